@@ -1,0 +1,463 @@
+/* Settings table, loading and validation. Runs once at start on the main thread. */
+#include "chat_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "chat_duration.h"
+#include "chat_log.h"
+
+#define ALL (CHAT_PROG_GATEWAY | CHAT_PROG_WORKER | CHAT_PROG_CTL | CHAT_PROG_BENCH)
+#define GW CHAT_PROG_GATEWAY
+#define WK CHAT_PROG_WORKER
+#define CTL CHAT_PROG_CTL
+
+typedef struct setting {
+    const char *env;      /* CHAT_* variable */
+    const char *flag;     /* --flag */
+    const char *def;      /* default ("$HOME" prefix: relative to CHAT_HOME) */
+    unsigned used_by;     /* CHAT_PROG_* bits */
+    size_t offset;        /* of the char * field in chat_cfg */
+    const char *help;
+} setting;
+
+#define F(field) offsetof(chat_cfg, field)
+
+static const setting settings[] = {
+    {"CHAT_HOME", "--home", ".local", ALL, F(home), "data and pid directory"},
+    {"CHAT_GATEWAY_LISTEN", "--gateway-listen", "127.0.0.1:8080", GW | CTL, F(gateway_listen_raw),
+     "gateway address (HTTP + WebSocket)"},
+    {"CHAT_WORKER_LISTEN", "--worker-listen", "127.0.0.1:9101", WK, F(worker_listen_raw),
+     "worker address for /healthz, /readyz, /metrics"},
+    {"CHAT_NATS_URL", "--nats-url", "nats://127.0.0.1:4222", ALL, F(nats_url),
+     "NATS server(s), comma separated"},
+    {"CHAT_PG_DSN", "--pg-dsn", "host=127.0.0.1 port=5433 dbname=chat user=chat", WK, F(pg_dsn),
+     "libpq connection string"},
+    {"CHAT_REDIS_URL", "--redis-url", "redis://127.0.0.1:6379", GW | WK, F(redis_url), "Redis"},
+    {"CHAT_JWT_SECRET", "--jwt-secret", "", GW | CTL, F(jwt_secret),
+     "HS256 secret for client tokens (default: read from $CHAT_HOME/jwt_secret)"},
+    {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
+     "number of ordering partitions of the message stream"},
+    {"CHAT_ARCHIVE_URL", "--archive-url", "", WK | CTL, F(archive_url),
+     "cold storage: file:///path or s3://bucket/prefix (default file://$CHAT_HOME/archive)"},
+    {"CHAT_S3_ENDPOINT", "--s3-endpoint", "", WK | CTL, F(s3_endpoint), "S3 endpoint URL"},
+    {"CHAT_S3_REGION", "--s3-region", "us-east-1", WK | CTL, F(s3_region), "S3 region"},
+    {"CHAT_S3_ACCESS_KEY", "--s3-access-key", "", WK | CTL, F(s3_access_key), "S3 access key"},
+    {"CHAT_S3_SECRET_KEY", "--s3-secret-key", "", WK | CTL, F(s3_secret_key), "S3 secret key"},
+    {"CHAT_PARTITION_SPAN", "--partition-span", "1d", WK | CTL, F(span_raw),
+     "time span of one messages partition (1m to 7d)"},
+    {"CHAT_HOT_RETENTION", "--hot-retention", "30d", WK | CTL, F(retention_raw),
+     "how long a message stays in PostgreSQL before archiving"},
+    {"CHAT_PUSH_GRACE", "--push-grace", "10s", WK, F(grace_raw),
+     "how long a member may stay behind before a push is sent"},
+    {"CHAT_ALLOWED_ORIGINS", "--allowed-origins", "", GW, F(allowed_origins),
+     "browser origins allowed to open a WebSocket, comma separated (empty: any)"},
+    {"CHAT_DEV_MODE", "--dev-mode", "0", GW, F(dev_mode_raw), "1 serves GET /dev/token?user=U"},
+    {"CHAT_PUSH_WEBHOOK_URL", "--push-webhook-url", "", WK, F(push_webhook_url),
+     "where offline notifications are POSTed (empty: none)"},
+    {"CHAT_WORKER_ROLES", "--roles", "ingest,api,notify,archive", WK, F(worker_roles),
+     "worker roles, comma separated"},
+    {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static char **field(chat_cfg *cfg, const setting *s)
+{
+    return (char **)((char *)cfg + s->offset);
+}
+
+static void set_value(chat_cfg *cfg, const setting *s, const char *value)
+{
+    char **f = field(cfg, s);
+    free(*f);
+    *f = strdup(value);
+}
+
+static const setting *find_flag(const char *arg, size_t len)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (strlen(settings[i].flag) == len && strncmp(settings[i].flag, arg, len) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+static chat_status fail(char *err, size_t errsz, const char *env, const char *fmt, const char *val)
+{
+    char reason[512];
+    snprintf(reason, sizeof reason, fmt, val ? val : "");
+    for (char *p = reason; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = p[1] ? ' ' : '\0';
+    snprintf(err, errsz, "%s: %s", env, reason);
+    return CHAT_ERR_INVALID;
+}
+
+chat_status chat_parse_listen(const char *text, chat_listen *out)
+{
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || colon == text || (size_t)(colon - text) >= sizeof out->host)
+        return CHAT_ERR_INVALID;
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || port < 1 || port > 65535)
+        return CHAT_ERR_INVALID;
+    memcpy(out->host, text, (size_t)(colon - text));
+    out->host[colon - text] = '\0';
+    out->port = (int)port;
+    return CHAT_OK;
+}
+
+static bool parse_int(const char *text, long min, long max, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || *text == '\0' || *end || v < min || v > max)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
+/* nats://host:port or tls://host:port, optionally user:pass@, comma separated. */
+static bool nats_urls_valid(const char *list)
+{
+    if (*list == '\0')
+        return false;
+    char *copy = strdup(list), *save = NULL;
+    bool ok = true;
+    for (char *u = strtok_r(copy, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*u))
+            u++;
+        const char *rest = NULL;
+        if (strncmp(u, "nats://", 7) == 0)
+            rest = u + 7;
+        else if (strncmp(u, "tls://", 6) == 0)
+            rest = u + 6;
+        const char *at = rest ? strrchr(rest, '@') : NULL;
+        if (at)
+            rest = at + 1;
+        chat_listen l;
+        if (rest == NULL || chat_parse_listen(rest, &l) != CHAT_OK)
+            ok = false;
+    }
+    free(copy);
+    return ok;
+}
+
+/* redis://[[user]:password@]host:port[/db] */
+static bool parse_redis(const char *url, chat_cfg *cfg)
+{
+    if (strncmp(url, "redis://", 8) != 0)
+        return false;
+    char buf[512];
+    if (strlen(url + 8) >= sizeof buf)
+        return false;
+    strcpy(buf, url + 8);
+    char *hostport = buf;
+    cfg->redis_password[0] = '\0';
+    char *at = strrchr(buf, '@');
+    if (at) {
+        *at = '\0';
+        char *colon = strchr(buf, ':');
+        snprintf(cfg->redis_password, sizeof cfg->redis_password, "%s", colon ? colon + 1 : buf);
+        hostport = at + 1;
+    }
+    cfg->redis_db = 0;
+    char *slash = strchr(hostport, '/');
+    if (slash) {
+        *slash = '\0';
+        if (slash[1] && !parse_int(slash + 1, 0, 15, &cfg->redis_db))
+            return false;
+    }
+    chat_listen l;
+    if (strchr(hostport, ':') == NULL) {
+        snprintf(l.host, sizeof l.host, "%s", hostport);
+        l.port = 6379;
+        if (l.host[0] == '\0')
+            return false;
+    } else if (chat_parse_listen(hostport, &l) != CHAT_OK) {
+        return false;
+    }
+    snprintf(cfg->redis_host, sizeof cfg->redis_host, "%s", l.host);
+    cfg->redis_port = l.port;
+    return true;
+}
+
+static unsigned parse_roles(const char *list)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } roles[] = {{"ingest", CHAT_ROLE_INGEST}, {"api", CHAT_ROLE_API},
+                 {"notify", CHAT_ROLE_NOTIFY}, {"archive", CHAT_ROLE_ARCHIVE},
+                 {"all", CHAT_ROLE_ALL}};
+    unsigned bits = 0;
+    char *copy = strdup(list), *save = NULL;
+    for (char *r = strtok_r(copy, ",", &save); r; r = strtok_r(NULL, ",", &save)) {
+        unsigned bit = 0;
+        for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+            if (strcmp(r, roles[i].name) == 0)
+                bit = roles[i].bit;
+        if (bit == 0) {
+            bits = 0;
+            break;
+        }
+        bits |= bit;
+    }
+    free(copy);
+    return bits;
+}
+
+static char *read_secret_file(const char *home)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/jwt_secret", home);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    while (n > 0 && isspace((unsigned char)buf[n - 1]))
+        n--;
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
+static chat_status duration_in(const char *env, const char *raw, int64_t min, int64_t max,
+                               int64_t *out, char *err, size_t errsz)
+{
+    int64_t ms;
+    if (chat_duration_parse(raw, &ms) != CHAT_OK || ms < min || ms > max) {
+        char lo[32], hi[32], fmt[160];
+        chat_duration_format(min, lo, sizeof lo);
+        chat_duration_format(max, hi, sizeof hi);
+        snprintf(fmt, sizeof fmt, "must be a duration from %s to %s like 30s, 5m, 12h, 30d (got \"%%s\")",
+                 lo, hi);
+        return fail(err, errsz, env, fmt, raw);
+    }
+    *out = ms;
+    return CHAT_OK;
+}
+
+static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errsz)
+{
+    /* CHAT_HOME: made absolute, so file:// defaults and pid paths do not depend on cwd later. */
+    if (cfg->home[0] == '\0')
+        return fail(err, errsz, "CHAT_HOME", "must not be empty", NULL);
+    if (cfg->home[0] != '/') {
+        char cwd[PATH_MAX], abs[PATH_MAX + 256];
+        if (getcwd(cwd, sizeof cwd) == NULL)
+            return fail(err, errsz, "CHAT_HOME", "cannot resolve relative path \"%s\"", cfg->home);
+        snprintf(abs, sizeof abs, "%s/%s", cwd, cfg->home);
+        free(cfg->home);
+        cfg->home = strdup(abs);
+    }
+    int lvl = chat_log_level_parse(cfg->log_raw);
+    if (lvl < 0)
+        return fail(err, errsz, "CHAT_LOG", "must be error, warn, info or debug (got \"%s\")", cfg->log_raw);
+    cfg->log_level = lvl;
+
+    if ((prog & GW) && chat_parse_listen(cfg->gateway_listen_raw, &cfg->gateway_listen) != CHAT_OK)
+        return fail(err, errsz, "CHAT_GATEWAY_LISTEN", "must be host:port (got \"%s\")",
+                    cfg->gateway_listen_raw);
+    if ((prog & WK) && chat_parse_listen(cfg->worker_listen_raw, &cfg->worker_listen) != CHAT_OK)
+        return fail(err, errsz, "CHAT_WORKER_LISTEN", "must be host:port (got \"%s\")",
+                    cfg->worker_listen_raw);
+    if (!nats_urls_valid(cfg->nats_url))
+        return fail(err, errsz, "CHAT_NATS_URL",
+                    "must be nats://host:port[,nats://host:port...] (got \"%s\")", cfg->nats_url);
+    if (prog & WK) {
+        char *perr = NULL;
+        PQconninfoOption *opts = PQconninfoParse(cfg->pg_dsn, &perr);
+        if (opts == NULL) {
+            chat_status st = fail(err, errsz, "CHAT_PG_DSN", "malformed: %s",
+                                  perr ? perr : "cannot parse");
+            PQfreemem(perr);
+            return st;
+        }
+        PQconninfoFree(opts);
+    }
+    if ((prog & (GW | WK)) && !parse_redis(cfg->redis_url, cfg))
+        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[:password@]host:port[/db] (got \"%s\")",
+                    cfg->redis_url);
+    if (!parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
+        return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
+                    cfg->partitions_raw);
+    if (prog & (GW | CTL)) {
+        if (cfg->jwt_secret[0] == '\0') {
+            char *s = read_secret_file(cfg->home);
+            if (s == NULL) {
+                snprintf(err, errsz, "CHAT_JWT_SECRET: not set, and %s/jwt_secret does not exist "
+                         "(scripts/up creates it)", cfg->home);
+                return CHAT_ERR_INVALID;
+            }
+            free(cfg->jwt_secret);
+            cfg->jwt_secret = s;
+        }
+        if (strlen(cfg->jwt_secret) < 32)
+            return fail(err, errsz, "CHAT_JWT_SECRET", "must be at least 32 characters%s", NULL);
+    }
+    if (prog & (WK | CTL)) {
+        if (cfg->archive_url[0] == '\0') {
+            char buf[PATH_MAX + 32];
+            snprintf(buf, sizeof buf, "file://%s/archive", cfg->home);
+            free(cfg->archive_url);
+            cfg->archive_url = strdup(buf);
+        }
+        bool file = strncmp(cfg->archive_url, "file:///", 8) == 0;
+        bool s3 = strncmp(cfg->archive_url, "s3://", 5) == 0 && cfg->archive_url[5] != '\0' &&
+                  cfg->archive_url[5] != '/';
+        if (!file && !s3)
+            return fail(err, errsz, "CHAT_ARCHIVE_URL",
+                        "must be file:///absolute/path or s3://bucket/prefix (got \"%s\")", cfg->archive_url);
+        if (s3 && (cfg->s3_access_key[0] == '\0' || cfg->s3_secret_key[0] == '\0'))
+            return fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
+                        "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
+        if (s3 && cfg->s3_endpoint[0] && strncmp(cfg->s3_endpoint, "http://", 7) != 0 &&
+            strncmp(cfg->s3_endpoint, "https://", 8) != 0)
+            return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")",
+                        cfg->s3_endpoint);
+        chat_status st = duration_in("CHAT_PARTITION_SPAN", cfg->span_raw, 60000, 7 * 86400000LL,
+                                     &cfg->partition_span_ms, err, errsz);
+        if (st != CHAT_OK)
+            return st;
+        st = duration_in("CHAT_HOT_RETENTION", cfg->retention_raw, 60000, 100LL * 365 * 86400000,
+                         &cfg->hot_retention_ms, err, errsz);
+        if (st != CHAT_OK)
+            return st;
+    }
+    if (prog & WK) {
+        chat_status st = duration_in("CHAT_PUSH_GRACE", cfg->grace_raw, 1, 7 * 86400000LL,
+                                     &cfg->push_grace_ms, err, errsz);
+        if (st != CHAT_OK)
+            return st;
+        const char *w = cfg->push_webhook_url;
+        if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0)
+            return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", w);
+        cfg->roles = parse_roles(cfg->worker_roles);
+        if (cfg->roles == 0)
+            return fail(err, errsz, "CHAT_WORKER_ROLES",
+                        "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
+                        cfg->worker_roles);
+    }
+    if (prog & GW) {
+        if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
+            return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
+        cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
+    }
+    return CHAT_OK;
+}
+
+chat_status chat_cfg_load(chat_cfg *cfg, unsigned prog, int argc, char **argv, char *err, size_t errsz)
+{
+    memset(cfg, 0, sizeof *cfg);
+    err[0] = '\0';
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *env = getenv(settings[i].env);
+        set_value(cfg, &settings[i], env ? env : settings[i].def);
+    }
+    cfg->args = calloc((size_t)(argc > 0 ? argc : 1), sizeof(char *));
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            cfg->help = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) == 0) {
+            const char *eq = strchr(a, '=');
+            const setting *s = find_flag(a, eq ? (size_t)(eq - a) : strlen(a));
+            if (s) {
+                if (eq) {
+                    set_value(cfg, s, eq + 1);
+                } else if (i + 1 < argc) {
+                    set_value(cfg, s, argv[++i]);
+                } else {
+                    snprintf(err, errsz, "%s: flag %s needs a value", s->env, s->flag);
+                    return CHAT_ERR_INVALID;
+                }
+                continue;
+            }
+        }
+        cfg->args[cfg->nargs++] = argv[i];
+    }
+    if (cfg->help)
+        return CHAT_OK;
+    return validate(cfg, prog, err, errsz);
+}
+
+void chat_cfg_print_help(unsigned prog, const char *progname, const char *usage)
+{
+    printf("usage: %s\n\nsettings (environment variable or flag; flags win):\n", usage ? usage : progname);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        if (!(settings[i].used_by & prog))
+            continue;
+        printf("  %-22s %-20s %s", settings[i].flag, settings[i].env, settings[i].help);
+        if (settings[i].def[0])
+            printf(" [%s]", settings[i].def);
+        printf("\n");
+    }
+}
+
+void chat_cfg_load_or_exit(chat_cfg *cfg, unsigned prog, const char *progname, const char *usage,
+                           int argc, char **argv)
+{
+    char err[768];
+    if (chat_cfg_load(cfg, prog, argc, argv, err, sizeof err) != CHAT_OK) {
+        fprintf(stderr, "%s: %s\n", progname, err);
+        chat_cfg_free(cfg);
+        exit(2);
+    }
+    if (cfg->help) {
+        chat_cfg_print_help(prog, progname, usage);
+        chat_cfg_free(cfg);
+        exit(0);
+    }
+    chat_log_set_level((chat_log_level)cfg->log_level);
+}
+
+void chat_cfg_free(chat_cfg *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char **f = field(cfg, &settings[i]);
+        free(*f);
+        *f = NULL;
+    }
+    free(cfg->args);
+    cfg->args = NULL;
+    cfg->nargs = 0;
+}
+
+bool chat_origin_allowed(const char *allowed_list, const char *origin)
+{
+    if (allowed_list == NULL || allowed_list[0] == '\0')
+        return true;
+    if (origin == NULL)
+        return false;
+    size_t olen = strlen(origin);
+    const char *p = allowed_list;
+    while (*p) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *e = end;
+        while (e > p && e[-1] == ' ')
+            e--;
+        if ((size_t)(e - p) == olen && strncmp(p, origin, olen) == 0)
+            return true;
+        p = end;
+    }
+    return false;
+}

@@ -1,0 +1,90 @@
+/* Settings: one table (name, CHAT_* variable, flag, type, default), read from the environment,
+ * then from flags (--nats-url=... or --nats-url ...), then validated once at start.
+ * A program gets a filled, read-only `const chat_cfg *`; nothing changes it afterwards. */
+#ifndef CHAT_CONFIG_H
+#define CHAT_CONFIG_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chat_status.h"
+
+/* Which program asks: only the settings a program uses are validated for it. */
+enum {
+    CHAT_PROG_GATEWAY = 1 << 0,
+    CHAT_PROG_WORKER = 1 << 1,
+    CHAT_PROG_CTL = 1 << 2,
+    CHAT_PROG_BENCH = 1 << 3,
+};
+
+typedef struct chat_listen {
+    char host[256];
+    int port;
+} chat_listen;
+
+typedef struct chat_cfg {
+    /* raw values as given (or defaulted), owned by the cfg */
+    char *home;               /* absolute path */
+    char *gateway_listen_raw;
+    char *worker_listen_raw;
+    char *nats_url;           /* comma separated, as nats.c takes it */
+    char *pg_dsn;
+    char *redis_url;
+    char *jwt_secret;
+    char *archive_url;
+    char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
+    char *allowed_origins;    /* comma separated; "" = any */
+    char *push_webhook_url;   /* "" = none */
+    char *worker_roles;       /* comma separated subset of ingest,api,notify,archive */
+    char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
+
+    /* parsed */
+    chat_listen gateway_listen;
+    chat_listen worker_listen;
+    char redis_host[256];
+    int redis_port;
+    int redis_db;
+    char redis_password[256];
+    int partitions;
+    int64_t partition_span_ms;
+    int64_t hot_retention_ms;
+    int64_t push_grace_ms;
+    bool dev_mode;
+    int log_level;
+    unsigned roles;           /* CHAT_ROLE_* bits */
+
+    /* what was left on the command line (positional words and flags no setting claims) */
+    int nargs;
+    char **args;
+    bool help;
+} chat_cfg;
+
+enum {
+    CHAT_ROLE_INGEST = 1 << 0,
+    CHAT_ROLE_API = 1 << 1,
+    CHAT_ROLE_NOTIFY = 1 << 2,
+    CHAT_ROLE_ARCHIVE = 1 << 3,
+    CHAT_ROLE_ALL = 0xf,
+};
+
+/* Fills cfg for program `prog` (a CHAT_PROG_* bit) from the environment and argv (argv[0] is
+ * skipped). On error returns CHAT_ERR_INVALID and writes one line naming the setting into err,
+ * e.g. "CHAT_PARTITIONS: must be an integer from 1 to 1024 (got \"0\")". cfg must be freed with
+ * chat_cfg_free in every case. */
+chat_status chat_cfg_load(chat_cfg *cfg, unsigned prog, int argc, char **argv, char *err, size_t errsz);
+
+/* chat_cfg_load, then on error prints "<prog>: <err>" to stderr and exits 2; on --help prints
+ * usage (the text given, then the settings table for this program) and exits 0. */
+void chat_cfg_load_or_exit(chat_cfg *cfg, unsigned prog, const char *progname, const char *usage,
+                           int argc, char **argv);
+
+/* Prints the settings this program reads, one per line, with flag, variable and default. */
+void chat_cfg_print_help(unsigned prog, const char *progname, const char *usage);
+
+void chat_cfg_free(chat_cfg *cfg);
+
+/* Helpers for validation, exposed for tests. */
+chat_status chat_parse_listen(const char *text, chat_listen *out);
+bool chat_origin_allowed(const char *allowed_list, const char *origin);
+
+#endif

@@ -1,0 +1,33 @@
+/* NATS helpers shared by every binary: connecting from the settings, turning natsStatus into
+ * chat_status, subject names. Connections reconnect forever; callers check the status. */
+#ifndef CHAT_NATS_H
+#define CHAT_NATS_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <nats/nats.h>
+
+#include "chat_config.h"
+#include "chat_status.h"
+
+/* Connects to cfg->nats_url with name `name`. With wait_initial false the call returns at once
+ * even if no server answers yet and the library keeps trying in the background (the binary is
+ * then not ready); with true it fails after the connect timeout. *out is set only on CHAT_OK;
+ * the caller destroys it with natsConnection_Destroy. */
+chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out);
+
+/* Maps a natsStatus (and logs its text under comp with the action that failed). */
+chat_status chat_nats_check(natsStatus s, const char *comp, const char *action);
+
+bool chat_nats_connected(natsConnection *nc);
+
+/* Subject builders; return false if the result would not fit. */
+bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);   /* chat.in.<p>.<conv> */
+bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
+bool chat_subject_event(char *buf, size_t size, const char *conv);              /* chat.evt.<conv> */
+
+#define CHAT_STREAM_IN "CHAT_IN"
+#define CHAT_STREAM_EVENTS "CHAT_EVENTS"
+#define CHAT_API_PREFIX "chat.api.v1."
+
+#endif

@@ -1,0 +1,55 @@
+/* chat-gateway: settings, dependencies, the lws loop on the main thread, graceful stop. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "chat_config.h"
+#include "chat_health.h"
+#include "chat_http.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_signal.h"
+#include "gw_server.h"
+
+static const char *usage = "chat-gateway [settings...]";
+
+static void on_stop(int signo, void *ctx)
+{
+    LOG_INFO("gateway", "event=stop_requested signal=%d", signo);
+    gw_server_stop(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    chat_cfg cfg;
+    chat_cfg_load_or_exit(&cfg, CHAT_PROG_GATEWAY, "chat-gateway", usage, argc, argv);
+    if (cfg.nargs > 0) {
+        fprintf(stderr, "chat-gateway: unknown argument \"%s\" (try --help)\n", cfg.args[0]);
+        chat_cfg_free(&cfg);
+        return 2;
+    }
+    gw_server srv = {.cfg = &cfg};
+    if (chat_signal_start(on_stop, &srv) != CHAT_OK)
+        return 1;
+    srv.metrics = chat_metrics_create();
+    chat_metrics_add_process(srv.metrics);
+    chat_http_lws_logging();
+    if (chat_nats_connect(&cfg, "gateway", false, &srv.nc) != CHAT_OK)
+        return 1;
+    if (chat_health_start(&cfg, CHAT_DEP_NATS | CHAT_DEP_REDIS, srv.nc, &srv.health) != CHAT_OK)
+        return 1;
+    if (gw_server_create(&srv) != CHAT_OK) {
+        fprintf(stderr, "chat-gateway: CHAT_GATEWAY_LISTEN: cannot listen on %s (in use?)\n",
+                cfg.gateway_listen_raw);
+        return 1;
+    }
+    LOG_INFO("gateway", "event=started listen=%s", cfg.gateway_listen_raw);
+    gw_server_run(&srv);
+    gw_server_destroy(&srv);
+    chat_health_destroy(srv.health);
+    natsConnection_Destroy(srv.nc);
+    chat_metrics_destroy(srv.metrics);
+    chat_cfg_free(&cfg);
+    nats_Close();
+    LOG_INFO("gateway", "event=stopped");
+    return 0;
+}

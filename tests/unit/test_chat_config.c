@@ -1,0 +1,198 @@
+/* Settings: defaults, environment, flags over environment, and one clear error per bad value. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_config.h"
+
+static const char *vars[] = {"CHAT_HOME", "CHAT_GATEWAY_LISTEN", "CHAT_WORKER_LISTEN", "CHAT_NATS_URL",
+                             "CHAT_PG_DSN", "CHAT_REDIS_URL", "CHAT_JWT_SECRET", "CHAT_PARTITIONS",
+                             "CHAT_ARCHIVE_URL", "CHAT_PARTITION_SPAN", "CHAT_HOT_RETENTION",
+                             "CHAT_PUSH_GRACE", "CHAT_ALLOWED_ORIGINS", "CHAT_DEV_MODE",
+                             "CHAT_PUSH_WEBHOOK_URL", "CHAT_LOG", "CHAT_WORKER_ROLES", "CHAT_S3_ENDPOINT",
+                             "CHAT_S3_ACCESS_KEY", "CHAT_S3_SECRET_KEY", NULL};
+
+static void clean_env(void)
+{
+    for (int i = 0; vars[i]; i++)
+        unsetenv(vars[i]);
+    setenv("CHAT_HOME", "/tmp/chat-test-home", 1);
+    setenv("CHAT_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+}
+
+static chat_status load(chat_cfg *cfg, unsigned prog, char *err, int argc, char **argv)
+{
+    return chat_cfg_load(cfg, prog, argc, argv, err, 512);
+}
+
+START_TEST(defaults_serve_the_embedded_stack)
+{
+    clean_env();
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER | CHAT_PROG_GATEWAY, err, 1, argv), CHAT_OK);
+    ck_assert_str_eq(cfg.gateway_listen.host, "127.0.0.1");
+    ck_assert_int_eq(cfg.gateway_listen.port, 8080);
+    ck_assert_int_eq(cfg.worker_listen.port, 9101);
+    ck_assert_str_eq(cfg.nats_url, "nats://127.0.0.1:4222");
+    ck_assert_str_eq(cfg.redis_host, "127.0.0.1");
+    ck_assert_int_eq(cfg.redis_port, 6379);
+    ck_assert_int_eq(cfg.partitions, 16);
+    ck_assert_int_eq(cfg.partition_span_ms, 86400000);
+    ck_assert_int_eq(cfg.hot_retention_ms, 30LL * 86400000);
+    ck_assert_int_eq(cfg.push_grace_ms, 10000);
+    ck_assert_str_eq(cfg.archive_url, "file:///tmp/chat-test-home/archive");
+    ck_assert(!cfg.dev_mode);
+    ck_assert_uint_eq(cfg.roles, CHAT_ROLE_ALL);
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(flags_win_over_environment)
+{
+    clean_env();
+    setenv("CHAT_PARTITIONS", "8", 1);
+    setenv("CHAT_NATS_URL", "nats://127.0.0.1:1", 1);
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x", "--partitions=32", "--nats-url", "nats://10.0.0.1:4222,nats://10.0.0.2:4222",
+                    "migrate", "--other"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 6, argv), CHAT_OK);
+    ck_assert_int_eq(cfg.partitions, 32);
+    ck_assert_str_eq(cfg.nats_url, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+    ck_assert_int_eq(cfg.nargs, 2);
+    ck_assert_str_eq(cfg.args[0], "migrate");
+    ck_assert_str_eq(cfg.args[1], "--other");
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+/* Each malformed value: the error starts with the variable's name. */
+static const struct {
+    const char *var, *value;
+    unsigned prog;
+} bad[] = {
+    {"CHAT_PARTITIONS", "0", CHAT_PROG_WORKER},
+    {"CHAT_PARTITIONS", "abc", CHAT_PROG_GATEWAY},
+    {"CHAT_PARTITIONS", "2000", CHAT_PROG_CTL},
+    {"CHAT_NATS_URL", "notaurl", CHAT_PROG_GATEWAY},
+    {"CHAT_NATS_URL", "nats://host", CHAT_PROG_WORKER},
+    {"CHAT_GATEWAY_LISTEN", "8080", CHAT_PROG_GATEWAY},
+    {"CHAT_GATEWAY_LISTEN", "127.0.0.1:99999", CHAT_PROG_GATEWAY},
+    {"CHAT_WORKER_LISTEN", "localhost:", CHAT_PROG_WORKER},
+    {"CHAT_REDIS_URL", "http://x:1", CHAT_PROG_GATEWAY},
+    {"CHAT_PG_DSN", "host=127.0.0.1 port", CHAT_PROG_WORKER},
+    {"CHAT_PARTITION_SPAN", "30s", CHAT_PROG_WORKER},
+    {"CHAT_PARTITION_SPAN", "8d", CHAT_PROG_WORKER},
+    {"CHAT_HOT_RETENTION", "forever", CHAT_PROG_WORKER},
+    {"CHAT_PUSH_GRACE", "10", CHAT_PROG_WORKER},
+    {"CHAT_ARCHIVE_URL", "ftp://x", CHAT_PROG_WORKER},
+    {"CHAT_S3_ACCESS_KEY", "", CHAT_PROG_WORKER}, /* s3 archive without keys: see below */
+    {"CHAT_DEV_MODE", "yes", CHAT_PROG_GATEWAY},
+    {"CHAT_LOG", "verbose", CHAT_PROG_CTL},
+    {"CHAT_JWT_SECRET", "short", CHAT_PROG_GATEWAY},
+    {"CHAT_PUSH_WEBHOOK_URL", "mailto:x", CHAT_PROG_WORKER},
+    {"CHAT_WORKER_ROLES", "ingest,cook", CHAT_PROG_WORKER},
+};
+
+START_TEST(malformed_setting_is_named)
+{
+    clean_env();
+    setenv(bad[_i].var, bad[_i].value, 1);
+    if (strcmp(bad[_i].var, "CHAT_S3_ACCESS_KEY") == 0)
+        setenv("CHAT_ARCHIVE_URL", "s3://bucket/prefix", 1);
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x"};
+    ck_assert_int_eq(load(&cfg, bad[_i].prog, err, 1, argv), CHAT_ERR_INVALID);
+    ck_assert_msg(strncmp(err, bad[_i].var, strlen(bad[_i].var)) == 0, "error \"%s\" does not name %s", err,
+                  bad[_i].var);
+    ck_assert_ptr_null(strchr(err, '\n'));
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(setting_unused_by_program_is_not_checked)
+{
+    clean_env();
+    setenv("CHAT_PARTITION_SPAN", "bogus", 1); /* the gateway does not read it */
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv), CHAT_OK);
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(missing_secret_names_the_file)
+{
+    clean_env();
+    unsetenv("CHAT_JWT_SECRET");
+    setenv("CHAT_HOME", "/nonexistent-chat-home", 1);
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv), CHAT_ERR_INVALID);
+    ck_assert(strncmp(err, "CHAT_JWT_SECRET", 15) == 0);
+    ck_assert_ptr_nonnull(strstr(err, "/nonexistent-chat-home/jwt_secret"));
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(flag_without_value)
+{
+    clean_env();
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x", "--nats-url"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 2, argv), CHAT_ERR_INVALID);
+    ck_assert(strncmp(err, "CHAT_NATS_URL", 13) == 0);
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(redis_url_parts)
+{
+    clean_env();
+    setenv("CHAT_REDIS_URL", "redis://:s3cret@10.1.2.3:6380/2", 1);
+    chat_cfg cfg;
+    char err[512];
+    char *argv[] = {"x"};
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv), CHAT_OK);
+    ck_assert_str_eq(cfg.redis_host, "10.1.2.3");
+    ck_assert_int_eq(cfg.redis_port, 6380);
+    ck_assert_int_eq(cfg.redis_db, 2);
+    ck_assert_str_eq(cfg.redis_password, "s3cret");
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+START_TEST(origins)
+{
+    ck_assert(chat_origin_allowed("", "http://evil"));
+    ck_assert(chat_origin_allowed("https://a.example, https://b.example", "https://b.example"));
+    ck_assert(!chat_origin_allowed("https://a.example", "https://a.example.evil"));
+    ck_assert(!chat_origin_allowed("https://a.example", NULL));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("chat_config");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, defaults_serve_the_embedded_stack);
+    tcase_add_test(tc, flags_win_over_environment);
+    tcase_add_loop_test(tc, malformed_setting_is_named, 0, (int)(sizeof bad / sizeof bad[0]));
+    tcase_add_test(tc, setting_unused_by_program_is_not_checked);
+    tcase_add_test(tc, missing_secret_names_the_file);
+    tcase_add_test(tc, flag_without_value);
+    tcase_add_test(tc, redis_url_parts);
+    tcase_add_test(tc, origins);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

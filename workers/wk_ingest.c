@@ -1,0 +1,1060 @@
+/* Role `ingest`. Threads: one coordinator, one per owned partition. A partition's PGconn, inbox
+ * subscription and JetStream context belong to its thread alone. */
+#include "wk_ingest.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "chat.pb-c.h"
+#include "chat_buf.h"
+#include "chat_id.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_partition.h"
+#include "chat_time.h"
+#include "wk_archive.h"
+#include "wk_pg.h"
+#include "wk_streams.h"
+
+#define LEASE_CLASS 727001   /* pg_try_advisory_lock(LEASE_CLASS, partition) */
+#define BATCH_MAX 256
+#define BODY_MAX (16 * 1024)
+#define META_MAX (16 * 1024)
+#define ACK_WAIT_NS (10LL * 1000000000LL)
+#define MAX_DELIVER 50
+#define IDLE_WAIT_MS 1000
+#define HEARTBEAT_MS 2000
+
+enum { P_IDLE, P_RUNNING, P_RELEASE, P_DONE };
+
+typedef struct partition {
+    struct wk_ingest *in;
+    int index;
+    atomic_int state;
+    pthread_t thread;
+    PGconn *pg;
+    int64_t epoch;
+    char consumer[64];
+    char next_subject[128];
+    char inbox[64];
+    natsSubscription *inbox_sub;
+    jsCtx *js;
+    atomic_int publish_errors;
+    int64_t last_pg_ms;
+} partition;
+
+struct wk_ingest {
+    wk_app *app;
+    char worker_id[40];
+    pthread_t coordinator;
+    partition *parts;
+    int nparts;
+    int owned;
+    atomic_int_fast64_t *m_owned;
+    atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches;
+    atomic_uint_fast64_t *m_drop_invalid, *m_drop_not_member, *m_drop_no_conv, *m_drop_poison;
+    chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* One message of a batch                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { I_NEW, I_STORED, I_DUP, I_DROP };
+
+typedef struct item {
+    natsMsg *msg;
+    Chat__V1__Post *post;
+    int state;
+    int dup_of;          /* I_DUP: index of the first item with the same (conv, cmid) */
+    int64_t ts_us;       /* broker timestamp */
+    uint64_t seq;
+    char id[32];
+    int64_t created_us;  /* stored created_at */
+    const char *drop_reason;
+} item;
+
+static const char *kind_name(Chat__V1__EventKind k)
+{
+    switch (k) {
+    case CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT: return "text";
+    case CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT: return "edit";
+    case CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE: return "delete";
+    case CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION: return "reaction";
+    case CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM: return "system";
+    default: return NULL;
+    }
+}
+
+/* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
+ * <domain>.<account hash> after ACK and a trailing token (v2). */
+static bool parse_ack_subject(const char *reply, int64_t *ts_ns)
+{
+    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
+        return false;
+    const char *tok[16];
+    int n = 0;
+    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
+        tok[n++] = p;
+    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
+    if (base < 0)
+        return false;
+    *ts_ns = strtoll(tok[base + 5], NULL, 10);
+    return *ts_ns > 0;
+}
+
+static void validate(item *it, const char *subject)
+{
+    Chat__V1__Post *p = it->post;
+    it->drop_reason = NULL;
+    if (p == NULL)
+        it->drop_reason = "undecodable";
+    else if (!chat_id_valid(p->conv) || !chat_id_valid(p->cmid) || !chat_id_valid(p->sender))
+        it->drop_reason = "bad id";
+    else if (kind_name(p->kind) == NULL)
+        it->drop_reason = "bad kind";
+    else if (p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT && p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM)
+        it->drop_reason = "kind not supported yet";
+    else if (strlen(p->body) > BODY_MAX)
+        it->drop_reason = "body too large";
+    else if (strlen(p->meta_json) > META_MAX)
+        it->drop_reason = "meta too large";
+    else {
+        const char *dot = strrchr(subject, '.');
+        if (dot == NULL || strcmp(dot + 1, p->conv) != 0)
+            it->drop_reason = "subject does not match conversation";
+    }
+    if (it->drop_reason == NULL && p->meta_json[0]) {
+        json_error_t err;
+        json_t *j = json_loads(p->meta_json, JSON_REJECT_DUPLICATES, &err);
+        if (j == NULL || !json_is_object(j))
+            it->drop_reason = "meta is not a JSON object";
+        json_decref(j);
+    }
+    if (it->drop_reason)
+        it->state = I_DROP;
+}
+
+/* A 26-character ULID: 48 bits of milliseconds, 80 random bits, Crockford base32. */
+static void make_id(char out[27], int64_t ms)
+{
+    static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    unsigned char r[10];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        for (size_t i = 0; i < sizeof r; i++)
+            r[i] = (unsigned char)rand();
+    uint64_t t = (uint64_t)ms;
+    for (int i = 9; i >= 0; i--) {
+        out[i] = b32[t & 31];
+        t >>= 5;
+    }
+    /* 80 bits -> 16 chars */
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 5; i++)
+        hi = hi << 8 | r[i];
+    for (int i = 5; i < 10; i++)
+        lo = lo << 8 | r[i];
+    for (int i = 17; i >= 10; i--) {
+        out[i] = b32[hi & 31];
+        hi >>= 5;
+    }
+    for (int i = 25; i >= 18; i--) {
+        out[i] = b32[lo & 31];
+        lo >>= 5;
+    }
+    out[26] = '\0';
+}
+
+static void format_ts(char *buf, size_t size, int64_t us)
+{
+    time_t s = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, size, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (long long)(us % 1000000));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The store transaction                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { S_OK, S_NO_PARTITION, S_LEASE_LOST, S_DATA_ERROR };
+
+typedef struct members {
+    char *conv;
+    char **users;
+    int n, cap;
+} members;
+
+typedef struct batch {
+    item items[BATCH_MAX];
+    int n;
+    members *convs;    /* distinct conversations of the batch with their members */
+    int nconvs;
+} batch;
+
+static members *find_conv(batch *b, const char *conv)
+{
+    for (int i = 0; i < b->nconvs; i++)
+        if (strcmp(b->convs[i].conv, conv) == 0)
+            return &b->convs[i];
+    return NULL;
+}
+
+static void free_convs(batch *b)
+{
+    for (int i = 0; i < b->nconvs; i++) {
+        for (int j = 0; j < b->convs[i].n; j++)
+            free(b->convs[i].users[j]);
+        free(b->convs[i].users);
+        free(b->convs[i].conv);
+    }
+    free(b->convs);
+    b->convs = NULL;
+    b->nconvs = 0;
+}
+
+static int classify(PGconn *pg, PGresult *r, const char *what)
+{
+    if (PQstatus(pg) != CONNECTION_OK)
+        return S_LEASE_LOST;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorMessage(r);
+    if (state && strcmp(state, "23514") == 0 && strstr(msg, "no partition") != NULL)
+        return S_NO_PARTITION;
+    char line[512];
+    snprintf(line, sizeof line, "%s", msg);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '"')
+            *p = ' ';
+    LOG_WARN("ingest", "event=store_failed step=%s sqlstate=%s detail=\"%s\"", what, state ? state : "", line);
+    /* 57P01 admin shutdown, 08xxx connection: the session (and with it the lease) is gone */
+    if (state && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 || strcmp(state, "57P05") == 0))
+        return S_LEASE_LOST;
+    return S_DATA_ERROR;
+}
+
+static PGresult *exec_params(PGconn *pg, const char *sql, int n, const char *const *params)
+{
+    return PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+}
+
+static int rollback(PGconn *pg, int rc)
+{
+    PGresult *r = PQexec(pg, "ROLLBACK");
+    PQclear(r);
+    return rc;
+}
+
+/* Runs the whole batch in one transaction. Fills seq/id of NEW items, marks STORED and DROP. */
+static int store(partition *pt, batch *b)
+{
+    PGconn *pg = pt->pg;
+    chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}, a8 = {0}, a9 = {0},
+             a10 = {0}, a11 = {0}, a12 = {0};
+    int rc = S_OK;
+    PGresult *r = PQexec(pg, "BEGIN");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        rc = classify(pg, r, "begin");
+        PQclear(r);
+        return rc;
+    }
+    PQclear(r);
+
+    /* 1. already stored? (conv, cmid) */
+    chat_buf_pg_array_begin(&a1);
+    chat_buf_pg_array_begin(&a2);
+    for (int i = 0; i < b->n; i++)
+        if (b->items[i].state == I_NEW) {
+            chat_buf_pg_array_str(&a1, b->items[i].post->conv);
+            chat_buf_pg_array_str(&a2, b->items[i].post->cmid);
+        }
+    chat_buf_pg_array_end(&a1);
+    chat_buf_pg_array_end(&a2);
+    const char *p_dedupe[] = {a1.data, a2.data};
+    r = exec_params(pg,
+                    "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
+                    " (extract(epoch FROM d.created_at) * 1000000)::bigint"
+                    " FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
+                    " ON d.conversation_id = k.c AND d.client_msg_id = k.m",
+                    2, p_dedupe);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        rc = classify(pg, r, "dedupe");
+        goto fail;
+    }
+    for (int row = 0; row < PQntuples(r); row++)
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state == I_NEW && strcmp(it->post->conv, PQgetvalue(r, row, 0)) == 0 &&
+                strcmp(it->post->cmid, PQgetvalue(r, row, 1)) == 0) {
+                it->state = I_STORED;
+                it->seq = strtoull(PQgetvalue(r, row, 2), NULL, 10);
+                snprintf(it->id, sizeof it->id, "%s", PQgetvalue(r, row, 3));
+                it->created_us = strtoll(PQgetvalue(r, row, 4), NULL, 10);
+            }
+        }
+    PQclear(r);
+
+    /* 2. members of every conversation of the batch (for the check and the fanout) */
+    chat_buf_reset(&a1);
+    chat_buf_pg_array_begin(&a1);
+    for (int i = 0; i < b->nconvs; i++)
+        chat_buf_pg_array_str(&a1, b->convs[i].conv);
+    chat_buf_pg_array_end(&a1);
+    const char *p_members[] = {a1.data};
+    r = exec_params(pg,
+                    "SELECT m.conversation_id, m.user_id FROM conversation_members m"
+                    " JOIN conversations c ON c.id = m.conversation_id"
+                    " WHERE c.deleted_at IS NULL AND m.conversation_id = ANY($1::text[])",
+                    1, p_members);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        rc = classify(pg, r, "members");
+        goto fail;
+    }
+    for (int row = 0; row < PQntuples(r); row++) {
+        members *m = find_conv(b, PQgetvalue(r, row, 0));
+        if (m == NULL)
+            continue;
+        if (m->n == m->cap) {
+            m->cap = m->cap ? m->cap * 2 : 4;
+            m->users = realloc(m->users, (size_t)m->cap * sizeof *m->users);
+        }
+        m->users[m->n++] = strdup(PQgetvalue(r, row, 1));
+    }
+    PQclear(r);
+
+    /* 3. new events: the conversation must exist and a gateway's sender must be a member */
+    chat_buf_reset(&a1);
+    chat_buf_reset(&a2);
+    chat_buf_pg_array_begin(&a1);
+    chat_buf_pg_array_begin(&a2);
+    int nnew = 0;
+    for (int c = 0; c < b->nconvs; c++) {
+        int count = 0;
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state != I_NEW || strcmp(it->post->conv, b->convs[c].conv) != 0)
+                continue;
+            if (b->convs[c].n == 0) {
+                it->state = I_DROP;
+                it->drop_reason = "no such conversation";
+                continue;
+            }
+            if (it->post->gateway[0]) {
+                bool member = false;
+                for (int u = 0; u < b->convs[c].n && !member; u++)
+                    member = strcmp(b->convs[c].users[u], it->post->sender) == 0;
+                if (!member) {
+                    it->state = I_DROP;
+                    it->drop_reason = "sender not a member";
+                    continue;
+                }
+            }
+            count++;
+        }
+        if (count) {
+            char n[16];
+            snprintf(n, sizeof n, "%d", count);
+            chat_buf_pg_array_str(&a1, b->convs[c].conv);
+            chat_buf_pg_array_str(&a2, n);
+            nnew += count;
+        }
+    }
+    chat_buf_pg_array_end(&a1);
+    chat_buf_pg_array_end(&a2);
+
+    if (nnew > 0) {
+        /* 4. next seqs: one UPDATE for every conversation of the batch */
+        const char *p_bump[] = {a1.data, a2.data};
+        r = exec_params(pg,
+                        "UPDATE conversations c SET last_seq = c.last_seq + n.cnt"
+                        " FROM unnest($1::text[], $2::int[]) AS n(id, cnt)"
+                        " WHERE c.id = n.id RETURNING c.id, c.last_seq",
+                        2, p_bump);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            rc = classify(pg, r, "bump");
+            goto fail;
+        }
+        for (int row = 0; row < PQntuples(r); row++) {
+            const char *conv = PQgetvalue(r, row, 0);
+            uint64_t last = strtoull(PQgetvalue(r, row, 1), NULL, 10);
+            int count = 0;
+            for (int i = 0; i < b->n; i++)
+                if (b->items[i].state == I_NEW && strcmp(b->items[i].post->conv, conv) == 0)
+                    count++;
+            uint64_t next = last - (uint64_t)count + 1;
+            for (int i = 0; i < b->n; i++) {
+                item *it = &b->items[i];
+                if (it->state == I_NEW && strcmp(it->post->conv, conv) == 0) {
+                    it->seq = next++;
+                    it->created_us = it->ts_us;
+                    make_id(it->id, it->ts_us / 1000);
+                }
+            }
+        }
+        PQclear(r);
+
+        /* 5. insert the events and their dedupe rows */
+        chat_buf *arrays[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12};
+        for (int k = 0; k < 12; k++) {
+            chat_buf_reset(arrays[k]);
+            chat_buf_pg_array_begin(arrays[k]);
+        }
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state != I_NEW)
+                continue;
+            Chat__V1__Post *p = it->post;
+            char seq[24], target[24], ts[48];
+            snprintf(seq, sizeof seq, "%" PRIu64, it->seq);
+            snprintf(target, sizeof target, "%" PRIu64, p->target);
+            format_ts(ts, sizeof ts, it->created_us);
+            chat_buf_pg_array_str(&a1, p->conv);
+            chat_buf_pg_array_str(&a2, seq);
+            chat_buf_pg_array_str(&a3, it->id);
+            chat_buf_pg_array_str(&a4, p->cmid);
+            chat_buf_pg_array_str(&a5, p->sender);
+            chat_buf_pg_array_str(&a6, kind_name(p->kind));
+            chat_buf_pg_array_str(&a7, p->body);
+            chat_buf_pg_array_str(&a8, p->meta_json[0] ? p->meta_json : NULL);
+            chat_buf_pg_array_str(&a9, p->target ? target : NULL);
+            chat_buf_pg_array_str(&a10, p->emoji[0] ? p->emoji : NULL);
+            chat_buf_pg_array_str(&a11, p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION
+                                            ? (p->reaction_on ? "t" : "f")
+                                            : NULL);
+            chat_buf_pg_array_str(&a12, ts);
+        }
+        for (int k = 0; k < 12; k++)
+            chat_buf_pg_array_end(arrays[k]);
+        const char *p_insert[] = {a1.data, a2.data, a3.data, a4.data, a5.data, a6.data,
+                                  a7.data, a8.data, a9.data, a10.data, a11.data, a12.data};
+        r = exec_params(pg,
+                        "INSERT INTO messages (conversation_id, seq, id, client_msg_id, sender_id, kind, body,"
+                        " meta, target_seq, emoji, reaction_on, created_at)"
+                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
+                        " $6::text[], $7::text[], $8::jsonb[], $9::bigint[], $10::text[], $11::bool[],"
+                        " $12::timestamptz[])",
+                        12, p_insert);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            rc = classify(pg, r, "insert");
+            goto fail;
+        }
+        PQclear(r);
+        const char *p_dedupe_insert[] = {a1.data, a4.data, a2.data, a3.data, a12.data};
+        r = exec_params(pg,
+                        "INSERT INTO message_dedupe (conversation_id, client_msg_id, seq, id, created_at)"
+                        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[])",
+                        5, p_dedupe_insert);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            rc = classify(pg, r, "dedupe_insert");
+            goto fail;
+        }
+        PQclear(r);
+    }
+
+    r = PQexec(pg, "COMMIT");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        rc = classify(pg, r, "commit");
+        PQclear(r);
+        r = NULL;
+        goto fail;
+    }
+    PQclear(r);
+    r = NULL;
+    goto done;
+fail:
+    PQclear(r);
+    if (rc != S_LEASE_LOST)
+        rollback(pg, rc);
+done:;
+    chat_buf *all[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12};
+    for (int k = 0; k < 12; k++)
+        chat_buf_free(all[k]);
+    pt->last_pg_ms = chat_mono_ns() / 1000000;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fanout and acks                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+static void fill_event(Chat__V1__Event *e, const item *it, const item *first, int64_t committed_ms)
+{
+    const Chat__V1__Post *p = it->post;
+    e->conv = p->conv;
+    e->seq = first->seq;
+    e->id = (char *)first->id;
+    e->cmid = p->cmid;
+    e->sender = p->sender;
+    e->ts_ms = first->created_us / 1000;
+    e->kind = p->kind;
+    e->body = p->body;
+    e->meta_json = p->meta_json;
+    e->target = p->target;
+    e->emoji = p->emoji;
+    e->reaction_on = p->reaction_on;
+    e->committed_ms = committed_ms;
+    e->session = p->session;
+}
+
+static void on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    partition *pt = closure;
+    atomic_fetch_add(&pt->publish_errors, 1);
+    LOG_WARN("ingest", "event=events_publish_failed partition=%d status=\"%s\" detail=\"%s\"", pt->index,
+             natsStatus_GetText(pae->Err), pae->ErrText ? pae->ErrText : "");
+}
+
+static void reply_all(partition *pt, batch *b, const char *what)
+{
+    for (int i = 0; i < b->n; i++) {
+        const char *reply = natsMsg_GetReply(b->items[i].msg);
+        if (reply)
+            natsConnection_PublishString(pt->in->app->nc, reply, what);
+    }
+}
+
+/* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns when
+ * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses). */
+static bool fanout(partition *pt, batch *b, int64_t committed_ms)
+{
+    natsConnection *nc = pt->in->app->nc;
+    for (int attempt = 0;; attempt++) {
+        atomic_store(&pt->publish_errors, 0);
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state == I_DROP)
+                continue;
+            const item *first = it->state == I_DUP ? &b->items[it->dup_of] : it;
+            if (first->state == I_DROP)
+                continue;
+            Chat__V1__Event e = CHAT__V1__EVENT__INIT;
+            fill_event(&e, it, first, committed_ms);
+            if (attempt == 0) {
+                Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+                d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
+                d.event = &e;
+                size_t len = chat__v1__delivery__get_packed_size(&d);
+                uint8_t stackbuf[4096], *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
+                chat__v1__delivery__pack(&d, buf);
+                members *m = find_conv(b, it->post->conv);
+                for (int u = 0; m && u < m->n; u++) {
+                    char subject[128];
+                    if (chat_subject_deliver(subject, sizeof subject, m->users[u]))
+                        natsConnection_Publish(nc, subject, buf, (int)len);
+                }
+                if (buf != stackbuf)
+                    free(buf);
+            }
+            size_t len = chat__v1__event__get_packed_size(&e);
+            uint8_t *buf = malloc(len ? len : 1);
+            chat__v1__event__pack(&e, buf);
+            char subject[128], msgid[160];
+            chat_subject_event(subject, sizeof subject, e.conv);
+            snprintf(msgid, sizeof msgid, "%s:%" PRIu64, e.conv, e.seq);
+            natsMsg *msg = NULL;
+            natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+            natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
+            natsMsgHeader_Set(msg, "Chat-Type", "event");
+            free(buf);
+            if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
+                atomic_fetch_add(&pt->publish_errors, 1);
+            natsMsg_Destroy(msg);
+        }
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 5000;
+        natsStatus s = js_PublishAsyncComplete(pt->js, &po);
+        if (s == NATS_OK && atomic_load(&pt->publish_errors) == 0)
+            return true;
+        if (atomic_load(&pt->in->app->stopping) && attempt > 2)
+            return false;
+        LOG_WARN("ingest", "event=events_publish_retry partition=%d attempt=%d", pt->index, attempt + 1);
+        reply_all(pt, b, "+WPI"); /* keep the batch ours while the broker recovers */
+        chat_sleep_ms(attempt < 10 ? 200 * (attempt + 1) : 2000);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The partition thread                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static void batch_reset(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        if (b->items[i].post)
+            chat__v1__post__free_unpacked(b->items[i].post, NULL);
+        natsMsg_Destroy(b->items[i].msg);
+    }
+    b->n = 0;
+    free_convs(b);
+}
+
+/* Decodes, validates and groups the messages of b. */
+static void batch_prepare(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        it->state = I_NEW;
+        it->dup_of = -1;
+        it->seq = 0;
+        it->id[0] = '\0';
+        int64_t ts_ns = 0;
+        if (!parse_ack_subject(natsMsg_GetReply(it->msg), &ts_ns))
+            ts_ns = chat_now_ms() * 1000000;
+        it->ts_us = ts_ns / 1000;
+        if (it->post == NULL)
+            it->post = chat__v1__post__unpack(NULL, (size_t)natsMsg_GetDataLength(it->msg),
+                                              (const uint8_t *)natsMsg_GetData(it->msg));
+        validate(it, natsMsg_GetSubject(it->msg));
+        if (it->state == I_DROP)
+            continue;
+        for (int j = 0; j < i; j++) {
+            item *o = &b->items[j];
+            if (o->state != I_DROP && o->state != I_DUP && strcmp(o->post->conv, it->post->conv) == 0 &&
+                strcmp(o->post->cmid, it->post->cmid) == 0) {
+                it->state = I_DUP;
+                it->dup_of = j;
+                break;
+            }
+        }
+        if (find_conv(b, it->post->conv) == NULL) {
+            b->convs = realloc(b->convs, (size_t)(b->nconvs + 1) * sizeof *b->convs);
+            b->convs[b->nconvs++] = (members){.conv = strdup(it->post->conv)};
+        }
+    }
+}
+
+static void count_drops(partition *pt, batch *b)
+{
+    wk_ingest *in = pt->in;
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_DROP)
+            continue;
+        const char *why = it->drop_reason ? it->drop_reason : "invalid";
+        atomic_uint_fast64_t *c = strcmp(why, "sender not a member") == 0    ? in->m_drop_not_member
+                                  : strcmp(why, "no such conversation") == 0 ? in->m_drop_no_conv
+                                  : strcmp(why, "poison") == 0               ? in->m_drop_poison
+                                                                             : in->m_drop_invalid;
+        atomic_fetch_add(c, 1);
+        LOG_WARN("ingest", "event=dropped partition=%d conv=%s cmid=%s reason=\"%s\"", pt->index,
+                 it->post ? it->post->conv : "?", it->post ? it->post->cmid : "?", why);
+    }
+}
+
+/* Stores, fans out and acks one batch. Returns false when the lease is lost. */
+static bool process(partition *pt, batch *b, int64_t fetched_ns)
+{
+    wk_ingest *in = pt->in;
+    batch_prepare(b);
+    int rc = S_OK;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        for (int c = 0; c < b->nconvs; c++) { /* members are re-read on every attempt */
+            for (int j = 0; j < b->convs[c].n; j++)
+                free(b->convs[c].users[j]);
+            b->convs[c].n = 0;
+        }
+        rc = store(pt, b);
+        if (rc != S_NO_PARTITION)
+            break;
+        int n = wk_archive_ensure_partitions(pt->pg, in->app->cfg->partition_span_ms);
+        LOG_WARN("ingest", "event=partition_missing partition=%d created=%d", pt->index, n);
+        /* a batch whose timestamps are older than now - span still has no partition: widen */
+        int64_t oldest = b->items[0].ts_us;
+        for (int i = 1; i < b->n; i++)
+            if (b->items[i].ts_us < oldest)
+                oldest = b->items[i].ts_us;
+        char from[48], span[48], params_sql[] =
+            "SELECT chat_ensure_partitions($1::timestamptz - $2::interval, now() + $2::interval, $2::interval)";
+        format_ts(from, sizeof from, oldest);
+        snprintf(span, sizeof span, "%lld milliseconds", (long long)in->app->cfg->partition_span_ms);
+        const char *params[] = {from, span};
+        PGresult *r = exec_params(pt->pg, params_sql, 2, params);
+        PQclear(r);
+    }
+    if (rc == S_LEASE_LOST)
+        return false;
+    if (rc == S_DATA_ERROR || rc == S_NO_PARTITION) {
+        if (b->n == 1) {
+            b->items[0].state = I_DROP;
+            b->items[0].drop_reason = "poison";
+        } else {
+            /* isolate the message the database refuses: one transaction each */
+            LOG_WARN("ingest", "event=batch_split partition=%d size=%d", pt->index, b->n);
+            for (int i = 0; i < b->n; i++) {
+                batch *one = calloc(1, sizeof *one);
+                one->items[0] = (item){.msg = b->items[i].msg, .post = b->items[i].post};
+                one->n = 1;
+                b->items[i].msg = NULL; /* owned by `one` now */
+                b->items[i].post = NULL;
+                bool ok = process(pt, one, fetched_ns);
+                batch_reset(one);
+                free(one);
+                if (!ok)
+                    return false;
+            }
+            return true;
+        }
+    }
+    int64_t committed_ms = chat_now_ms();
+    int64_t committed_ns = chat_mono_ns();
+    chat_histogram_observe_us(in->h_commit, (committed_ns - fetched_ns) / 1000);
+    count_drops(pt, b);
+    int stored = 0, redelivered = 0;
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state == I_NEW) {
+            stored++;
+            chat_histogram_observe_us(in->h_broker_to_commit, committed_ms * 1000 - it->ts_us);
+            LOG_DEBUG("ingest", "event=stored conv=%s cmid=%s seq=%" PRIu64 " id=%s", it->post->conv,
+                      it->post->cmid, it->seq, it->id);
+        } else if (it->state == I_STORED || it->state == I_DUP) {
+            redelivered++;
+        }
+    }
+    atomic_fetch_add(in->m_events, (uint64_t)stored);
+    atomic_fetch_add(in->m_redelivered, (uint64_t)redelivered);
+    atomic_fetch_add(in->m_batches, 1);
+    if (!fanout(pt, b, committed_ms))
+        return true; /* stopping: not acked, redelivered to the next owner and republished */
+    chat_histogram_observe_us(in->h_fanout, (chat_mono_ns() - committed_ns) / 1000);
+    for (int i = 0; i < b->n; i++) {
+        const char *reply = natsMsg_GetReply(b->items[i].msg);
+        if (reply)
+            natsConnection_PublishString(in->app->nc, reply,
+                                         b->items[i].state == I_DROP ? "+TERM" : "+ACK");
+    }
+    return true;
+}
+
+/* Pulls up to BATCH_MAX messages: what is there now, or waits up to IDLE_WAIT_MS for one. */
+static int fetch(partition *pt, batch *b)
+{
+    natsConnection *nc = pt->in->app->nc;
+    char req[96];
+    for (int round = 0; round < 2 && b->n == 0; round++) {
+        if (round == 0)
+            snprintf(req, sizeof req, "{\"batch\":%d,\"no_wait\":true}", BATCH_MAX);
+        else
+            snprintf(req, sizeof req, "{\"batch\":1,\"expires\":%lld}", (long long)IDLE_WAIT_MS * 1000000LL);
+        if (natsConnection_PublishRequestString(nc, pt->next_subject, pt->inbox, req) != NATS_OK) {
+            chat_sleep_ms(200);
+            return 0;
+        }
+        int64_t wait_ms = round == 0 ? 2000 : IDLE_WAIT_MS + 1000;
+        for (;;) {
+            natsMsg *m = NULL;
+            if (natsSubscription_NextMsg(&m, pt->inbox_sub, wait_ms) != NATS_OK)
+                break;
+            const char *status = NULL;
+            if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK) {
+                natsMsg_Destroy(m);
+                break; /* 404 no messages, 408 request done, 409 consumer gone */
+            }
+            b->items[b->n] = (item){.msg = m};
+            b->n++;
+            if (b->n == BATCH_MAX || (round == 1 && b->n == 1))
+                break;
+        }
+    }
+    return b->n;
+}
+
+static chat_status setup_consumer(partition *pt)
+{
+    wk_ingest *in = pt->in;
+    natsConnection *nc = in->app->nc;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8192;
+    jo.PublishAsync.ErrHandler = on_publish_error;
+    jo.PublishAsync.ErrHandlerClosure = pt;
+    jo.Wait = 5000;
+    if (natsConnection_JetStream(&pt->js, nc, &jo) != NATS_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    /* delete the consumers of earlier leases of this partition: a stale owner pulls from nothing */
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "ingest-%d-", pt->index);
+    jsConsumerNamesList *names = NULL;
+    jsErrCode jerr = 0;
+    if (js_ConsumerNames(&names, pt->js, CHAT_STREAM_IN, NULL, &jerr) == NATS_OK && names) {
+        for (int i = 0; i < names->Count; i++)
+            if (strncmp(names->List[i], prefix, strlen(prefix)) == 0)
+                js_DeleteConsumer(pt->js, CHAT_STREAM_IN, names->List[i], NULL, &jerr);
+        jsConsumerNamesList_Destroy(names);
+    }
+    snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    char filter[64];
+    snprintf(filter, sizeof filter, "chat.in.%d.*", pt->index);
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = pt->consumer;
+    cc.FilterSubject = filter;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = ACK_WAIT_NS;
+    cc.MaxDeliver = MAX_DELIVER;
+    cc.MaxAckPending = 4 * BATCH_MAX;
+    cc.DeliverPolicy = js_DeliverAll;
+    jsConsumerInfo *ci = NULL;
+    natsStatus s = js_AddConsumer(&ci, pt->js, CHAT_STREAM_IN, &cc, NULL, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        LOG_WARN("ingest", "event=consumer_setup_failed partition=%d status=\"%s\" jerr=%d", pt->index,
+                 natsStatus_GetText(s), (int)jerr);
+        return CHAT_ERR_UNAVAILABLE;
+    }
+    snprintf(pt->next_subject, sizeof pt->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_IN,
+             pt->consumer);
+    natsInbox *inbox = NULL;
+    natsInbox_Create(&inbox);
+    snprintf(pt->inbox, sizeof pt->inbox, "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
+    if (natsConnection_SubscribeSync(&pt->inbox_sub, nc, pt->inbox) != NATS_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    natsSubscription_SetPendingLimits(pt->inbox_sub, -1, -1);
+    return CHAT_OK;
+}
+
+static bool heartbeat(partition *pt)
+{
+    int64_t now = chat_mono_ns() / 1000000;
+    if (now - pt->last_pg_ms < HEARTBEAT_MS)
+        return true;
+    PGresult *r = PQexec(pt->pg, "SELECT 1");
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    pt->last_pg_ms = now;
+    return ok;
+}
+
+static void *partition_thread(void *arg)
+{
+    partition *pt = arg;
+    wk_ingest *in = pt->in;
+    batch *b = calloc(1, sizeof *b);
+    bool lost = false;
+    if (setup_consumer(pt) == CHAT_OK) {
+        LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
+                 (long long)pt->epoch, pt->consumer);
+        while (atomic_load(&pt->state) == P_RUNNING && !atomic_load(&in->app->stopping)) {
+            if (!heartbeat(pt)) {
+                lost = true;
+                break;
+            }
+            if (fetch(pt, b) == 0)
+                continue;
+            int64_t fetched = chat_mono_ns();
+            if (!process(pt, b, fetched))
+                lost = true;
+            batch_reset(b);
+            if (lost)
+                break;
+        }
+    } else {
+        lost = true;
+    }
+    batch_reset(b);
+    free(b);
+    natsSubscription_Destroy(pt->inbox_sub);
+    pt->inbox_sub = NULL;
+    jsCtx_Destroy(pt->js);
+    pt->js = NULL;
+    PQfinish(pt->pg); /* closing the session releases the advisory lock at once */
+    pt->pg = NULL;
+    LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index,
+             lost ? "lease_lost" : "released");
+    atomic_store(&pt->state, P_DONE);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The coordinator                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+static bool try_acquire(wk_ingest *in, partition *pt)
+{
+    char app_name[64];
+    snprintf(app_name, sizeof app_name, "chat-ingest-p%d", pt->index);
+    PGconn *pg = NULL;
+    if (wk_pg_connect(in->app->cfg->pg_dsn, app_name, &pg) != CHAT_OK)
+        return false;
+    char part[16];
+    snprintf(part, sizeof part, "%d", pt->index);
+    const char *p1[] = {part};
+    PGresult *r = exec_params(pg, "SELECT pg_try_advisory_lock(727001, $1::int)", 1, p1);
+    bool locked = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!locked) {
+        PQfinish(pg);
+        return false;
+    }
+    /* a paused owner loses its session (and lease) after 10 s without a word */
+    wk_pg_exec(pg, "SET idle_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
+    wk_pg_exec(pg, "SET idle_in_transaction_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
+    const char *p2[] = {part, in->worker_id};
+    r = exec_params(pg,
+                    "INSERT INTO ingest_leases (partition, epoch, owner) VALUES ($1::int, 1, $2)"
+                    " ON CONFLICT (partition) DO UPDATE SET epoch = ingest_leases.epoch + 1,"
+                    " owner = EXCLUDED.owner, acquired_at = now() RETURNING epoch",
+                    2, p2);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        LOG_WARN("ingest", "event=lease_epoch_failed partition=%d detail=\"%s\"", pt->index, PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(pg);
+        return false;
+    }
+    pt->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    pt->pg = pg;
+    pt->last_pg_ms = chat_mono_ns() / 1000000;
+    atomic_store(&pt->state, P_RUNNING);
+    if (pthread_create(&pt->thread, NULL, partition_thread, pt) != 0) {
+        PQfinish(pg);
+        pt->pg = NULL;
+        atomic_store(&pt->state, P_IDLE);
+        return false;
+    }
+    return true;
+}
+
+/* Live ingest workers: one presence session each, named chat-ingest:<worker id>. */
+static int live_workers(PGconn *pg)
+{
+    PGresult *r = PQexec(pg, "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+                             " WHERE application_name LIKE 'chat-ingest:%'");
+    int n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return n;
+}
+
+static void *coordinator_thread(void *arg)
+{
+    wk_ingest *in = arg;
+    PGconn *presence = NULL;
+    char app_name[64];
+    snprintf(app_name, sizeof app_name, "chat-ingest:%s", in->worker_id);
+    int offset = (int)(chat_fnv1a32(in->worker_id) % (uint32_t)in->nparts);
+    bool streams_ok = false;
+    while (!atomic_load(&in->app->stopping)) {
+        if (!streams_ok && chat_nats_connected(in->app->nc)) {
+            jsCtx *js = NULL;
+            if (natsConnection_JetStream(&js, in->app->nc, NULL) == NATS_OK)
+                streams_ok = wk_streams_ensure(js) == CHAT_OK;
+            jsCtx_Destroy(js);
+        }
+        for (int p = 0; p < in->nparts; p++) {
+            partition *pt = &in->parts[p];
+            if (atomic_load(&pt->state) == P_DONE) {
+                pthread_join(pt->thread, NULL);
+                atomic_store(&pt->state, P_IDLE);
+                in->owned--;
+            }
+        }
+        if (presence == NULL || PQstatus(presence) != CONNECTION_OK) {
+            PQfinish(presence);
+            presence = NULL;
+            if (wk_pg_connect(in->app->cfg->pg_dsn, app_name, &presence) != CHAT_OK)
+                presence = NULL;
+        }
+        int workers = presence ? live_workers(presence) : -1;
+        if (streams_ok && workers > 0 && chat_nats_connected(in->app->nc)) {
+            int target = (in->nparts + workers - 1) / workers;
+            for (int k = 0; k < in->nparts && in->owned < target; k++) {
+                partition *pt = &in->parts[(offset + k) % in->nparts];
+                if (atomic_load(&pt->state) == P_IDLE && try_acquire(in, pt))
+                    in->owned++;
+            }
+            int releasing = 0;
+            for (int p = 0; p < in->nparts; p++)
+                releasing += atomic_load(&in->parts[p].state) == P_RELEASE;
+            for (int k = in->nparts - 1; k >= 0 && in->owned - releasing > target; k--) {
+                partition *pt = &in->parts[(offset + k) % in->nparts];
+                int expect = P_RUNNING;
+                if (atomic_compare_exchange_strong(&pt->state, &expect, P_RELEASE))
+                    releasing++;
+            }
+        }
+        atomic_store(in->m_owned, in->owned);
+        for (int i = 0; i < 10 && !atomic_load(&in->app->stopping); i++)
+            chat_sleep_ms(100);
+    }
+    for (int p = 0; p < in->nparts; p++) {
+        partition *pt = &in->parts[p];
+        int st = atomic_load(&pt->state);
+        if (st == P_RUNNING || st == P_RELEASE || st == P_DONE) {
+            atomic_store(&pt->state, P_RELEASE);
+            pthread_join(pt->thread, NULL);
+            atomic_store(&pt->state, P_IDLE);
+        }
+    }
+    PQfinish(presence);
+    return NULL;
+}
+
+chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
+{
+    wk_ingest *in = calloc(1, sizeof *in);
+    if (in == NULL)
+        return CHAT_ERR_NOMEM;
+    in->app = app;
+    unsigned char r[8];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        memset(r, 0, sizeof r);
+    snprintf(in->worker_id, sizeof in->worker_id, "%d-%02x%02x%02x%02x", (int)getpid(), r[0], r[1], r[2], r[3]);
+    in->nparts = app->cfg->partitions;
+    in->parts = calloc((size_t)in->nparts, sizeof *in->parts);
+    for (int p = 0; p < in->nparts; p++) {
+        in->parts[p].in = in;
+        in->parts[p].index = p;
+    }
+    chat_metrics *m = app->metrics;
+    in->m_owned = chat_metrics_gauge(m, "chat_ingest_partitions_owned", NULL, "Ordering partitions this worker owns.");
+    in->m_events = chat_metrics_counter(m, "chat_ingest_events_total", NULL, "Events committed to PostgreSQL.");
+    in->m_redelivered = chat_metrics_counter(m, "chat_ingest_redelivered_total", NULL,
+                                             "Messages found already stored and published again.");
+    in->m_batches = chat_metrics_counter(m, "chat_ingest_batches_total", NULL, "Batches committed.");
+    in->m_drop_invalid = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"invalid\"",
+                                              "Messages dropped (acked without storing), by reason.");
+    in->m_drop_not_member = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"not_member\"",
+                                                 "Messages dropped (acked without storing), by reason.");
+    in->m_drop_no_conv = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"no_conversation\"",
+                                              "Messages dropped (acked without storing), by reason.");
+    in->m_drop_poison = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"poison\"",
+                                             "Messages dropped (acked without storing), by reason.");
+    in->h_commit = chat_metrics_histogram(m, "chat_ingest_fetch_to_commit_seconds", NULL,
+                                          "From a batch's fetch to its commit.");
+    in->h_fanout = chat_metrics_histogram(m, "chat_ingest_commit_to_fanout_seconds", NULL,
+                                          "From a batch's commit to its fanout published and CHAT_EVENTS acked.");
+    in->h_broker_to_commit = chat_metrics_histogram(m, "chat_ingest_broker_to_commit_seconds", NULL,
+                                                    "From the broker timestamp of a message to its commit.");
+    *out = in;
+    if (pthread_create(&in->coordinator, NULL, coordinator_thread, in) != 0) {
+        free(in->parts);
+        free(in);
+        *out = NULL;
+        return CHAT_ERR_INTERNAL;
+    }
+    LOG_INFO("ingest", "event=role_started worker=%s partitions=%d", in->worker_id, in->nparts);
+    return CHAT_OK;
+}
+
+void wk_ingest_destroy(wk_ingest *in)
+{
+    if (in == NULL)
+        return;
+    pthread_join(in->coordinator, NULL);
+    free(in->parts);
+    free(in);
+}

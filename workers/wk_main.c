@@ -1,0 +1,100 @@
+/* chat-worker: `chat-worker migrate` applies the schema; without a command it runs the roles
+ * named by --roles (ingest, api, notify, archive) until SIGTERM. Main thread: set-up, wait, stop. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_config.h"
+#include "chat_health.h"
+#include "chat_http.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_signal.h"
+#include "wk_app.h"
+#include "wk_archive.h"
+#include "wk_ingest.h"
+#include "wk_migrate.h"
+
+static const char *usage = "chat-worker [migrate] [--roles ingest,api,notify,archive] [settings...]";
+
+static pthread_mutex_t stop_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t stop_cv = PTHREAD_COND_INITIALIZER;
+
+static void on_stop(int signo, void *ctx)
+{
+    wk_app *app = ctx;
+    LOG_INFO("worker", "event=stop_requested signal=%d", signo);
+    pthread_mutex_lock(&stop_lock);
+    atomic_store(&app->stopping, true);
+    pthread_cond_broadcast(&stop_cv);
+    pthread_mutex_unlock(&stop_lock);
+}
+
+static int run(const chat_cfg *cfg)
+{
+    wk_app app = {.cfg = cfg};
+    if (chat_signal_start(on_stop, &app) != CHAT_OK) {
+        fprintf(stderr, "chat-worker: cannot install signal handling\n");
+        return 1;
+    }
+    app.metrics = chat_metrics_create();
+    chat_metrics_add_process(app.metrics);
+    chat_http_lws_logging();
+
+    if (chat_nats_connect(cfg, "worker", false, &app.nc) != CHAT_OK) {
+        fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", cfg->nats_url);
+        return 1;
+    }
+    unsigned deps = CHAT_DEP_NATS | CHAT_DEP_PG | ((cfg->roles & CHAT_ROLE_NOTIFY) ? CHAT_DEP_REDIS : 0);
+    chat_health *health = NULL;
+    chat_httpd *httpd = NULL;
+    if (chat_health_start(cfg, deps, app.nc, &health) != CHAT_OK)
+        return 1;
+    if (chat_httpd_start(&cfg->worker_listen, app.metrics, chat_health_ready, health, &httpd) != CHAT_OK) {
+        fprintf(stderr, "chat-worker: CHAT_WORKER_LISTEN: cannot listen on %s (in use?)\n", cfg->worker_listen_raw);
+        chat_health_destroy(health);
+        return 1;
+    }
+    wk_archive *archive = NULL;
+    if ((cfg->roles & CHAT_ROLE_ARCHIVE) && wk_archive_start(&app, &archive) != CHAT_OK)
+        return 1;
+    wk_ingest *ingest = NULL;
+    if ((cfg->roles & CHAT_ROLE_INGEST) && wk_ingest_start(&app, &ingest) != CHAT_OK)
+        return 1;
+    LOG_INFO("worker", "event=started listen=%s roles=%s", cfg->worker_listen_raw, cfg->worker_roles);
+
+    pthread_mutex_lock(&stop_lock);
+    while (!atomic_load(&app.stopping))
+        pthread_cond_wait(&stop_cv, &stop_lock);
+    pthread_mutex_unlock(&stop_lock);
+
+    wk_ingest_destroy(ingest);
+    wk_archive_destroy(archive);
+    chat_httpd_destroy(httpd);
+    chat_health_destroy(health);
+    natsConnection_Destroy(app.nc);
+    chat_metrics_destroy(app.metrics);
+    LOG_INFO("worker", "event=stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    chat_cfg cfg;
+    chat_cfg_load_or_exit(&cfg, CHAT_PROG_WORKER, "chat-worker", usage, argc, argv);
+    int rc;
+    if (cfg.nargs == 1 && strcmp(cfg.args[0], "migrate") == 0) {
+        rc = wk_migrate_run(cfg.pg_dsn) == CHAT_OK ? 0 : 1;
+        if (rc)
+            fprintf(stderr, "chat-worker: migrate failed (see the log line above)\n");
+    } else if (cfg.nargs > 0) {
+        fprintf(stderr, "chat-worker: unknown argument \"%s\" (try --help)\n", cfg.args[0]);
+        rc = 2;
+    } else {
+        rc = run(&cfg);
+    }
+    chat_cfg_free(&cfg);
+    nats_Close();
+    return rc;
+}

@@ -1,0 +1,53 @@
+/* Stream set-up. Main thread at start, or a role thread; idempotent. */
+#include "wk_streams.h"
+
+#include "chat_log.h"
+#include "chat_nats.h"
+
+static chat_status ensure(jsCtx *js, jsStreamConfig *sc)
+{
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    natsStatus s = js_AddStream(&si, js, sc, NULL, &jerr);
+    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+        jerr = 0;
+        s = js_UpdateStream(&si, js, sc, NULL, &jerr);
+    }
+    jsStreamInfo_Destroy(si);
+    if (s != NATS_OK) {
+        LOG_ERROR("streams", "event=stream_setup_failed stream=%s status=\"%s\" jerr=%d detail=\"%s\"", sc->Name,
+                  natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS ? CHAT_ERR_UNAVAILABLE : CHAT_ERR_INTERNAL;
+    }
+    return CHAT_OK;
+}
+
+chat_status wk_streams_ensure(jsCtx *js)
+{
+    jsStreamConfig in;
+    jsStreamConfig_Init(&in);
+    const char *in_subjects[] = {"chat.in.*.*"};
+    in.Name = CHAT_STREAM_IN;
+    in.Subjects = in_subjects;
+    in.SubjectsLen = 1;
+    in.Storage = js_FileStorage;
+    in.Retention = js_WorkQueuePolicy;
+    in.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    in.Replicas = 1;
+    chat_status st = ensure(js, &in);
+    if (st != CHAT_OK)
+        return st;
+
+    jsStreamConfig ev;
+    jsStreamConfig_Init(&ev);
+    const char *ev_subjects[] = {"chat.evt.>"};
+    ev.Name = CHAT_STREAM_EVENTS;
+    ev.Subjects = ev_subjects;
+    ev.SubjectsLen = 1;
+    ev.Storage = js_FileStorage;
+    ev.Retention = js_LimitsPolicy;
+    ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
+    ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    ev.Replicas = 1;
+    return ensure(js, &ev);
+}

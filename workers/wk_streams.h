@@ -1,0 +1,16 @@
+/* JetStream streams of the platform, created or updated idempotently at start by the worker:
+ *   CHAT_IN      chat.in.*.*   file storage, work-queue retention (a message leaves once the
+ *                              ingest acked it), duplicate window 10 minutes
+ *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
+ *                              the committed events, replayable by backends */
+#ifndef WK_STREAMS_H
+#define WK_STREAMS_H
+#include <nats/nats.h>
+
+#include "chat_status.h"
+
+#define WK_DUPLICATE_WINDOW_NS (10LL * 60 * 1000000000LL)
+
+chat_status wk_streams_ensure(jsCtx *js);
+
+#endif
