@@ -1,28 +1,152 @@
-/* lws protocol callback of the gateway. Runs only on the lws service thread. */
+/* The gateway's lws protocol callback: HTTP routes, the upgrade check (token, Origin), and the
+ * WebSocket events handed to gw_session. Runs only on the lws service thread. */
 #include "gw_server.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+
+#include <jansson.h>
 
 #include "chat_http.h"
+#include "chat_jwt.h"
 #include "chat_log.h"
+#include "chat_time.h"
+#include "gw_bus.h"
+#include "gw_session.h"
 
-typedef struct gw_session {
-    chat_http_reply reply; /* HTTP requests */
-} gw_session;
+#define TICK_US (100 * LWS_US_PER_MS)
+
+/* Every 100 ms on the lws thread: requests past their deadline. */
+static void tick(lws_sorted_usec_list_t *sul)
+{
+    gw_server *srv = lws_container_of(sul, gw_server, tick_sul);
+    gw_bus_tick(srv);
+    lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
+}
+
+/* The token: ?token=... or Authorization: Bearer ... */
+static bool get_token(struct lws *wsi, char *buf, int size)
+{
+    /* lws copies "token=<value>" into buf and returns a pointer to the value */
+    const char *v = lws_get_urlarg_by_name(wsi, "token=", buf, size);
+    if (v && v[0]) {
+        memmove(buf, v, strlen(v) + 1);
+        return true;
+    }
+    char auth[CHAT_JWT_MAX_LEN + 64];
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
+        strncasecmp(auth, "Bearer ", 7) == 0) {
+        size_t n = strlen(auth + 7);
+        if (n >= (size_t)size)
+            return false; /* longer than any token we accept */
+        memcpy(buf, auth + 7, n + 1);
+        return true;
+    }
+    return false;
+}
+
+static int refuse(struct lws *wsi, gw_server *srv, unsigned status, const char *why)
+{
+    LOG_INFO("gateway", "event=upgrade_refused status=%u reason=\"%s\"", status, why);
+    atomic_fetch_add(status == 401 ? srv->m.refused_auth : srv->m.refused_origin, 1);
+    lws_return_http_status(wsi, status, why);
+    return 1; /* we answered; lws completes the transaction */
+}
+
+/* Before the upgrade (no per-session memory yet): path, Origin and token, or an HTTP refusal. */
+static int confirm_upgrade(gw_server *srv, struct lws *wsi)
+{
+    char user[CHAT_ID_MAX + 1];
+    char uri[256];
+    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
+        return refuse(wsi, srv, 404, "WebSocket endpoint is /ws");
+    if (srv->cfg->allowed_origins[0]) {
+        char origin[512] = "";
+        lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+        if (!chat_origin_allowed(srv->cfg->allowed_origins, origin[0] ? origin : NULL))
+            return refuse(wsi, srv, 403, "origin not allowed");
+    }
+    char token[CHAT_JWT_MAX_LEN + 2] = "";
+    if (!get_token(wsi, token, sizeof token))
+        return refuse(wsi, srv, 401, "missing token");
+    const char *why = NULL;
+    if (chat_jwt_verify(token, srv->cfg->jwt_secret, chat_now_ms() / 1000, user, NULL, &why) != CHAT_OK)
+        return refuse(wsi, srv, 401, why);
+    return 0;
+}
+
+/* At ESTABLISHED the request headers are still there: take the user from the token again (a
+ * second HMAC, cheaper than carrying state across the upgrade). */
+static bool session_user(gw_server *srv, struct lws *wsi, char *user)
+{
+    char token[CHAT_JWT_MAX_LEN + 2] = "";
+    return get_token(wsi, token, sizeof token) &&
+           chat_jwt_verify(token, srv->cfg->jwt_secret, chat_now_ms() / 1000, user, NULL, NULL) == CHAT_OK;
+}
+
+/* GET /dev/token?user=U (CHAT_DEV_MODE=1 only): a one-day token for the demo page. */
+static void dev_token(gw_server *srv, struct lws *wsi, chat_http_reply *r)
+{
+    char arg[CHAT_ID_MAX + 16] = "";
+    const char *user = lws_get_urlarg_by_name(wsi, "user=", arg, sizeof arg);
+    if (user == NULL || !chat_id_valid(user)) {
+        const char *msg = "{\"error\":\"user must be 1-64 characters of [A-Za-z0-9_-]\"}";
+        chat_http_reply_set(r, 400, "application/json", msg, strlen(msg));
+        return;
+    }
+    char *token = NULL;
+    if (chat_jwt_sign(user, srv->cfg->jwt_secret, chat_now_ms() / 1000, 86400, &token) != CHAT_OK) {
+        chat_http_reply_set(r, 500, "application/json", "{\"error\":\"cannot sign\"}", 23);
+        return;
+    }
+    json_t *j = json_pack("{s:s, s:s}", "user", user, "token", token);
+    char *text = json_dumps(j, JSON_COMPACT);
+    chat_http_reply_set(r, 200, "application/json", text, strlen(text));
+    free(text);
+    json_decref(j);
+    free(token);
+}
 
 static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     gw_session *s = user;
     gw_server *srv = lws_context_user(lws_get_context(wsi));
     switch (reason) {
-    case LWS_CALLBACK_HTTP:
-        if (!chat_http_health((const char *)in, srv->metrics, chat_health_ready, srv->health, &s->reply))
-            chat_http_reply_set(&s->reply, 404, "text/plain", "not found\n", 10);
-        return chat_http_reply_begin(wsi, &s->reply);
+    case LWS_CALLBACK_HTTP: {
+        const char *path = in;
+        if (chat_http_health(path, srv->metrics, chat_health_ready, srv->health, &s->http))
+            ;
+        else if (srv->cfg->dev_mode && strcmp(path, "/dev/token") == 0)
+            dev_token(srv, wsi, &s->http);
+        else
+            chat_http_reply_set(&s->http, 404, "text/plain", "not found\n", 10);
+        return chat_http_reply_begin(wsi, &s->http);
+    }
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return chat_http_reply_continue(wsi, &s->reply);
+        return chat_http_reply_continue(wsi, &s->http);
     case LWS_CALLBACK_CLOSED_HTTP:
-        chat_http_reply_free(&s->reply);
+        chat_http_reply_free(&s->http);
+        break;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(srv, wsi);
+    case LWS_CALLBACK_ESTABLISHED:
+        if (!session_user(srv, wsi, s->user))
+            return -1; /* never a session without a checked token */
+        gw_session_established(srv, s, wsi);
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        return gw_session_receive(srv, s, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return gw_session_writeable(srv, s);
+    case LWS_CALLBACK_CLOSED:
+        gw_session_closed(srv, s);
+        break;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        /* no per-session data here: only the bus, which looks sessions up by id */
+        if (srv && srv->bus)
+            gw_bus_drain(srv);
         break;
     default:
         break;
@@ -35,8 +159,45 @@ static const struct lws_protocols protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
+static void register_metrics(gw_server *srv)
+{
+    chat_metrics *m = srv->metrics;
+    gw_metrics *g = &srv->m;
+    g->connections = chat_metrics_gauge(m, "chat_gateway_connections", NULL, "Open WebSocket connections.");
+    g->users = chat_metrics_gauge(m, "chat_gateway_users", NULL, "Distinct users connected.");
+    g->connects = chat_metrics_counter(m, "chat_gateway_connects_total", NULL, "WebSocket connections accepted.");
+    const char *rh = "Upgrades refused, by reason.";
+    g->refused_auth = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"auth\"", rh);
+    g->refused_origin = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"origin\"", rh);
+    const char *dh = "Connections closed, by reason.";
+    g->disc_client = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"client\"", dh);
+    g->disc_slow = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"slow_consumer\"", dh);
+    g->disc_too_large = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"too_large\"", dh);
+    g->disc_shutdown = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"shutdown\"", dh);
+    const char *fh = "Frames answered with an error, by code.";
+    g->fail_bad_request = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"bad_request\"", fh);
+    g->fail_not_member = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"not_member\"", fh);
+    g->fail_too_large = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"too_large\"", fh);
+    g->fail_unavailable = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"unavailable\"", fh);
+    g->frames_in = chat_metrics_counter(m, "chat_gateway_frames_in_total", NULL, "Frames received from clients.");
+    g->frames_out = chat_metrics_counter(m, "chat_gateway_frames_out_total", NULL, "Frames written to clients.");
+    g->acks = chat_metrics_counter(m, "chat_gateway_acks_total", NULL, "Sends acknowledged to clients.");
+    g->delivery = chat_metrics_histogram(m, "chat_delivery_latency_seconds", NULL,
+                                         "From the broker timestamp of an event to its frame written to a recipient's socket.");
+    g->puback = chat_metrics_histogram(m, "chat_gateway_publish_ack_seconds", NULL,
+                                       "From a send's publish to the broker's PubAck.");
+}
+
 chat_status gw_server_create(gw_server *srv)
 {
+    unsigned char r[6];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        memset(r, 0, sizeof r);
+    snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+    srv->sessions = chat_map_create();
+    srv->users = chat_map_create();
+    srv->membership = chat_map_create();
+    register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.port = srv->cfg->gateway_listen.port;
@@ -44,8 +205,14 @@ chat_status gw_server_create(gw_server *srv)
     info.protocols = protocols;
     info.user = srv;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+    info.timeout_secs = 10;
     srv->context = lws_create_context(&info);
-    return srv->context ? CHAT_OK : CHAT_ERR_IO;
+    if (srv->context == NULL)
+        return CHAT_ERR_IO;
+    if (gw_bus_create(srv, &srv->bus) != CHAT_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
+    return CHAT_OK;
 }
 
 void gw_server_run(gw_server *srv)
@@ -64,8 +231,16 @@ void gw_server_stop(gw_server *srv)
 
 void gw_server_destroy(gw_server *srv)
 {
-    if (srv && srv->context) {
-        lws_context_destroy(srv->context);
+    if (srv == NULL)
+        return;
+    if (srv->context) {
+        lws_context_destroy(srv->context); /* closes every session (CLOSED callbacks) */
         srv->context = NULL;
     }
+    gw_bus_destroy(srv->bus);
+    srv->bus = NULL;
+    chat_map_destroy(srv->sessions);
+    chat_map_destroy(srv->users);
+    chat_map_destroy(srv->membership);
+    srv->sessions = srv->users = srv->membership = NULL;
 }

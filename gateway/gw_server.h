@@ -1,17 +1,32 @@
-/* The gateway's libwebsockets server: one context, one service thread (the main thread) that
- * owns every socket. HTTP paths: /healthz, /readyz, /metrics (and /ws for clients). */
+/* The gateway: one libwebsockets context whose service thread (the main thread) owns every
+ * socket and all the state below marked "lws thread". nats.c threads only push onto the bus
+ * queue (gw_bus.h) and call lws_cancel_service(). HTTP: /healthz, /readyz, /metrics,
+ * /dev/token (CHAT_DEV_MODE=1); WebSocket clients on /ws (docs/protocol.md). */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <libwebsockets.h>
 #include <nats/nats.h>
 
 #include "chat_config.h"
 #include "chat_health.h"
+#include "chat_map.h"
 #include "chat_metrics.h"
 #include "chat_status.h"
+
+typedef struct gw_bus gw_bus;
+
+typedef struct gw_metrics {
+    atomic_int_fast64_t *connections, *users;
+    atomic_uint_fast64_t *connects, *refused_auth, *refused_origin;
+    atomic_uint_fast64_t *disc_client, *disc_slow, *disc_too_large, *disc_shutdown;
+    atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable;
+    atomic_uint_fast64_t *frames_in, *frames_out, *acks;
+    chat_histogram *delivery, *puback;
+} gw_metrics;
 
 typedef struct gw_server {
     const chat_cfg *cfg;
@@ -20,15 +35,24 @@ typedef struct gw_server {
     chat_health *health;
     struct lws_context *context;
     atomic_bool stopping;
+    char gateway_id[24];
+    gw_bus *bus;
+    gw_metrics m;
+    /* lws thread only */
+    chat_map *sessions;   /* session id -> gw_session * */
+    chat_map *users;      /* user id -> gw_user * */
+    chat_map *membership; /* conv -> gw_membership * (cache) */
+    uint64_t next_session;
+    lws_sorted_usec_list_t tick_sul;
 } gw_server;
 
-/* Creates the lws context listening on cfg->gateway_listen. Main thread. */
+/* Creates the lws context listening on cfg->gateway_listen and the bus. Main thread. */
 chat_status gw_server_create(gw_server *srv);
 /* Runs the service loop until gw_server_stop; main thread. */
 void gw_server_run(gw_server *srv);
 /* Asks the loop to end; any thread. */
 void gw_server_stop(gw_server *srv);
-/* Frees the context; main thread, after gw_server_run returned. NULL-safe. */
+/* Frees the context and the bus; main thread, after gw_server_run returned. NULL-safe. */
 void gw_server_destroy(gw_server *srv);
 
 #endif

@@ -1,0 +1,293 @@
+/* NATS <-> lws thread bridge. Push side: nats.c threads; everything else: the lws thread. */
+#include "gw_bus.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_time.h"
+#include "gw_session.h"
+
+typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS } in_kind;
+
+typedef struct inbound {
+    in_kind kind;
+    natsMsg *msg;
+    struct inbound *next;
+} inbound;
+
+struct gw_bus {
+    gw_server *srv;
+    pthread_mutex_t lock;
+    inbound *head, *tail; /* under lock */
+    natsSubscription *reply_sub, *members_sub;
+    char reply_prefix[64];
+    /* lws thread only */
+    uint64_t next_request;
+    chat_map *pending;            /* id -> gw_request */
+    gw_request *oldest, *newest;  /* in deadline order for the timer (timeouts are per kind) */
+};
+
+/* ---- push side (nats.c threads) ---- */
+
+static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
+{
+    inbound *n = malloc(sizeof *n);
+    if (n == NULL) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    n->kind = kind;
+    n->msg = msg;
+    n->next = NULL;
+    pthread_mutex_lock(&bus->lock);
+    bool was_empty = bus->head == NULL;
+    if (bus->tail)
+        bus->tail->next = n;
+    else
+        bus->head = n;
+    bus->tail = n;
+    pthread_mutex_unlock(&bus->lock);
+    if (was_empty)
+        lws_cancel_service(bus->srv->context);
+}
+
+static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, IN_DELIVERY, msg);
+}
+
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, IN_REPLY, msg);
+}
+
+static void on_members(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, IN_MEMBERS, msg);
+}
+
+/* ---- lws thread ---- */
+
+chat_status gw_bus_create(gw_server *srv, gw_bus **out)
+{
+    gw_bus *bus = calloc(1, sizeof *bus);
+    if (bus == NULL)
+        return CHAT_ERR_NOMEM;
+    bus->srv = srv;
+    pthread_mutex_init(&bus->lock, NULL);
+    bus->pending = chat_map_create();
+    snprintf(bus->reply_prefix, sizeof bus->reply_prefix, "_INBOX.gw.%s.", srv->gateway_id);
+    char subject[96];
+    snprintf(subject, sizeof subject, "%s*", bus->reply_prefix);
+    natsStatus s = natsConnection_Subscribe(&bus->reply_sub, srv->nc, subject, on_reply, bus);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(bus->reply_sub, -1, -1);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&bus->members_sub, srv->nc, "chat.members.*", on_members, bus);
+    if (s != NATS_OK) {
+        LOG_ERROR("gateway", "event=bus_subscribe_failed status=\"%s\"", natsStatus_GetText(s));
+        gw_bus_destroy(bus);
+        return CHAT_ERR_UNAVAILABLE;
+    }
+    *out = bus;
+    return CHAT_OK;
+}
+
+static void free_request(gw_request *r)
+{
+    free(r->post);
+    free(r);
+}
+
+void gw_bus_destroy(gw_bus *bus)
+{
+    if (bus == NULL)
+        return;
+    natsSubscription_Unsubscribe(bus->reply_sub);
+    natsSubscription_Destroy(bus->reply_sub);
+    natsSubscription_Unsubscribe(bus->members_sub);
+    natsSubscription_Destroy(bus->members_sub);
+    for (inbound *n = bus->head, *next; n; n = next) {
+        next = n->next;
+        natsMsg_Destroy(n->msg);
+        free(n);
+    }
+    for (gw_request *r = bus->oldest, *next; r; r = next) {
+        next = r->next;
+        free_request(r);
+    }
+    chat_map_destroy(bus->pending);
+    pthread_mutex_destroy(&bus->lock);
+    free(bus);
+}
+
+static void unlink_request(gw_bus *bus, gw_request *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        bus->oldest = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        bus->newest = r->prev;
+    r->prev = r->next = NULL;
+}
+
+static void link_request(gw_bus *bus, gw_request *r)
+{
+    r->prev = bus->newest;
+    r->next = NULL;
+    if (bus->newest)
+        bus->newest->next = r;
+    else
+        bus->oldest = r;
+    bus->newest = r;
+}
+
+gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t session, int timeout_ms)
+{
+    gw_bus *bus = srv->bus;
+    gw_request *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        abort();
+    r->id = ++bus->next_request;
+    r->kind = kind;
+    r->session = session;
+    r->deadline_ms = chat_mono_ns() / 1000000 + timeout_ms;
+    char key[24];
+    snprintf(key, sizeof key, "%" PRIu64, r->id);
+    chat_map_put(bus->pending, key, r, NULL);
+    link_request(bus, r);
+    return r;
+}
+
+void gw_bus_request_free(gw_server *srv, gw_request *req)
+{
+    char key[24];
+    snprintf(key, sizeof key, "%" PRIu64, req->id);
+    chat_map_remove(srv->bus->pending, key);
+    unlink_request(srv->bus, req);
+    free_request(req);
+}
+
+chat_status gw_bus_request_send(gw_server *srv, gw_request *req, const char *subject, const void *data,
+                                size_t len, const char *msg_id)
+{
+    char reply[96];
+    snprintf(reply, sizeof reply, "%s%" PRIu64, srv->bus->reply_prefix, req->id);
+    natsMsg *msg = NULL;
+    natsStatus s = natsMsg_Create(&msg, subject, reply, data, (int)len);
+    if (s == NATS_OK && msg_id)
+        s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(srv->nc, msg);
+    natsMsg_Destroy(msg);
+    if (s != NATS_OK) {
+        gw_bus_request_free(srv, req);
+        return chat_nats_check(s, "gateway", "request");
+    }
+    req->sent_ns = chat_mono_ns();
+    return CHAT_OK;
+}
+
+static void handle_reply(gw_server *srv, natsMsg *msg)
+{
+    const char *subject = natsMsg_GetSubject(msg);
+    size_t plen = strlen(srv->bus->reply_prefix);
+    if (strncmp(subject, srv->bus->reply_prefix, plen) != 0)
+        return;
+    gw_request *req = chat_map_get(srv->bus->pending, subject + plen);
+    if (req == NULL)
+        return; /* timed out already */
+    if (!gw_session_on_reply(srv, req, msg))
+        gw_bus_request_free(srv, req);
+}
+
+void gw_bus_drain(gw_server *srv)
+{
+    gw_bus *bus = srv->bus;
+    pthread_mutex_lock(&bus->lock);
+    inbound *list = bus->head;
+    bus->head = bus->tail = NULL;
+    pthread_mutex_unlock(&bus->lock);
+    while (list) {
+        inbound *n = list;
+        list = n->next;
+        switch (n->kind) {
+        case IN_DELIVERY: {
+            const char *subject = natsMsg_GetSubject(n->msg);
+            if (strncmp(subject, "chat.deliver.u.", 15) == 0)
+                gw_session_on_delivery(srv, subject + 15, n->msg);
+            break;
+        }
+        case IN_REPLY:
+            handle_reply(srv, n->msg);
+            break;
+        case IN_MEMBERS: {
+            const char *subject = natsMsg_GetSubject(n->msg);
+            if (strncmp(subject, "chat.members.", 13) == 0)
+                gw_session_on_members_changed(srv, subject + 13);
+            break;
+        }
+        }
+        natsMsg_Destroy(n->msg);
+        free(n);
+    }
+}
+
+void gw_bus_tick(gw_server *srv)
+{
+    gw_bus *bus = srv->bus;
+    int64_t now = chat_mono_ns() / 1000000;
+    /* few requests are in flight at once (one per unacked send), so a full walk is cheap */
+    for (gw_request *r = bus->oldest, *next; r; r = next) {
+        next = r->next;
+        if (r->retry_at_ms && r->retry_at_ms <= now) {
+            r->retry_at_ms = 0;
+            unlink_request(bus, r);
+            link_request(bus, r);
+            if (!gw_session_on_retry(srv, r))
+                gw_bus_request_free(srv, r);
+        } else if (r->retry_at_ms == 0 && r->deadline_ms <= now) {
+            if (!gw_session_on_reply(srv, r, NULL))
+                gw_bus_request_free(srv, r);
+        }
+    }
+}
+
+chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out)
+{
+    char subject[128];
+    if (!chat_subject_deliver(subject, sizeof subject, user))
+        return CHAT_ERR_INVALID;
+    natsSubscription *sub = NULL;
+    natsStatus s = natsConnection_Subscribe(&sub, srv->nc, subject, on_delivery, srv->bus);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(sub, -1, 256 * 1024 * 1024);
+    if (s != NATS_OK) {
+        natsSubscription_Destroy(sub);
+        return chat_nats_check(s, "gateway", "subscribe_user");
+    }
+    *out = sub;
+    return CHAT_OK;
+}
+
+void gw_bus_unsubscribe_user(natsSubscription *sub)
+{
+    if (sub == NULL)
+        return;
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+}

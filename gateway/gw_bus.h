@@ -1,0 +1,62 @@
+/* The bridge between nats.c threads and the lws thread. NATS callbacks (deliveries to the users
+ * this gateway holds, replies to its requests, membership changes) push the message onto one
+ * locked queue and wake the lws loop with lws_cancel_service() only when the queue goes from
+ * empty to non-empty (several cancels collapse into one wake-up); the lws thread drains the
+ * whole queue in LWS_CALLBACK_EVENT_WAIT_CANCELLED. Requests (publishes to JetStream,
+ * chat.api.v1.*) are sent without blocking: the reply comes back through the queue and is
+ * matched by its id; a timer fails the ones that do not answer in time. */
+#ifndef GW_BUS_H
+#define GW_BUS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include <nats/nats.h>
+
+#include "chat_status.h"
+#include "gw_server.h"
+
+/* What a request is for; the reply is handled by gw_session_on_reply. */
+typedef enum gw_req_kind {
+    GW_REQ_PUBLISH,      /* a Post to chat.in: the broker's PubAck */
+    GW_REQ_MEMBER_CHECK, /* chat.api.v1.members.check before publishing a send */
+    GW_REQ_POST_STATUS,  /* chat.api.v1.post.status after a duplicate PubAck */
+} gw_req_kind;
+
+typedef struct gw_request {
+    uint64_t id;
+    gw_req_kind kind;
+    uint64_t session;      /* the asking session (looked up again when the reply comes) */
+    char conv[65], cmid[65], user[65];
+    uint8_t *post;         /* packed Post waiting for its member check, or NULL */
+    size_t post_len;
+    int attempts;
+    int64_t sent_ns;
+    int64_t deadline_ms;   /* monotonic */
+    int64_t retry_at_ms;   /* POST_STATUS waiting to be asked again, or 0 */
+    struct gw_request *prev, *next;
+} gw_request;
+
+/* Creates the bus: the reply inbox and membership subscriptions. Main thread, after the lws
+ * context exists. */
+chat_status gw_bus_create(gw_server *srv, gw_bus **out);
+void gw_bus_destroy(gw_bus *bus);
+
+/* lws thread: handles everything queued (deliveries, replies, membership changes). */
+void gw_bus_drain(gw_server *srv);
+/* lws thread: fails or retries requests past their deadline; call every ~100 ms. */
+void gw_bus_tick(gw_server *srv);
+
+/* lws thread: subscribes chat.deliver.u.<user> (first device of a user) / unsubscribes (last). */
+chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out);
+void gw_bus_unsubscribe_user(natsSubscription *sub);
+
+/* lws thread: a new request record (owned by the bus until its reply or timeout). */
+gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t session, int timeout_ms);
+/* lws thread: publishes data to subject with the request's reply inbox (and a Nats-Msg-Id
+ * header when msg_id is not NULL). On failure the request is freed and an error returned. */
+chat_status gw_bus_request_send(gw_server *srv, gw_request *req, const char *subject, const void *data,
+                                size_t len, const char *msg_id);
+/* lws thread: forgets and frees a request. */
+void gw_bus_request_free(gw_server *srv, gw_request *req);
+
+#endif

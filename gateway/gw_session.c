@@ -1,0 +1,573 @@
+/* Client sessions: frames in, frames out, the send path. lws thread only. */
+#include "gw_session.h"
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "chat.pb-c.h"
+#include "chat_frames.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_partition.h"
+#include "chat_time.h"
+
+#define MEMBERSHIP_TTL_MS 60000
+#define REQUEST_TIMEOUT_MS 5000
+#define POST_STATUS_TRIES 40
+#define POST_STATUS_RETRY_MS 250
+
+/* ------------------------------------------------------------------------------------------ */
+/* Outbound frames                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+static gw_frame *frame_new(const char *text, size_t len, int64_t event_ts_ms)
+{
+    gw_frame *f = malloc(sizeof *f + LWS_PRE + len);
+    if (f == NULL)
+        abort();
+    f->refs = 1;
+    f->len = len;
+    f->event_ts_ms = event_ts_ms;
+    memcpy(f->data + LWS_PRE, text, len);
+    return f;
+}
+
+static void frame_release(gw_frame *f)
+{
+    if (f && --f->refs == 0)
+        free(f);
+}
+
+static gw_frame *frame_from_json(json_t *frame, int64_t event_ts_ms)
+{
+    chat_buf b = {0};
+    chat_frame_render(frame, &b);
+    gw_frame *f = frame_new(b.data ? b.data : "{}", b.len ? b.len : 2, event_ts_ms);
+    chat_buf_free(&b);
+    return f;
+}
+
+/* Queues f for s (taking a reference). A session whose queue passes the cap is closed as a slow
+ * consumer: it lost nothing that is not in PostgreSQL, and syncs when it reconnects. */
+static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
+{
+    if (s->close_code)
+        return;
+    if (s->qbytes + f->len > GW_OUTBOUND_MAX) {
+        LOG_WARN("gateway", "event=slow_consumer session=%s user=%s queued=%zu", s->id_str, s->user, s->qbytes);
+        s->close_code = GW_CLOSE_SLOW_CONSUMER;
+        atomic_fetch_add(srv->m.disc_slow, 1);
+        lws_callback_on_writable(s->wsi);
+        return;
+    }
+    gw_qnode *n = malloc(sizeof *n);
+    if (n == NULL)
+        abort();
+    f->refs++;
+    n->frame = f;
+    n->next = NULL;
+    if (s->qtail)
+        s->qtail->next = n;
+    else
+        s->qhead = n;
+    s->qtail = n;
+    s->qbytes += f->len;
+    if (n == s->qhead)
+        lws_callback_on_writable(s->wsi);
+}
+
+static void send_json(gw_server *srv, gw_session *s, json_t *frame)
+{
+    gw_frame *f = frame_from_json(frame, 0);
+    enqueue(srv, s, f);
+    frame_release(f);
+}
+
+static void send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
+    if (ref)
+        json_object_set_new(f, "ref", json_string(ref));
+    atomic_uint_fast64_t *c = strcmp(code, "not_member") == 0    ? srv->m.fail_not_member
+                              : strcmp(code, "too_large") == 0   ? srv->m.fail_too_large
+                              : strcmp(code, "unavailable") == 0 ? srv->m.fail_unavailable
+                                                                 : srv->m.fail_bad_request;
+    atomic_fetch_add(c, 1);
+    send_json(srv, s, f);
+}
+
+static gw_session *find_session(gw_server *srv, uint64_t id)
+{
+    char key[48];
+    snprintf(key, sizeof key, "%s-%" PRIu64, srv->gateway_id, id);
+    return chat_map_get(srv->sessions, key);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Membership cache: conv -> { user -> member? }, dropped on chat.members.<conv> and after a TTL */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct gw_membership {
+    chat_map *users; /* value (void *)1 member, (void *)2 not a member */
+    int64_t expires_ms;
+} gw_membership;
+
+static int membership_get(gw_server *srv, const char *conv, const char *user)
+{
+    gw_membership *m = chat_map_get(srv->membership, conv);
+    if (m == NULL)
+        return 0;
+    if (m->expires_ms < chat_mono_ns() / 1000000) {
+        gw_session_on_members_changed(srv, conv);
+        return 0;
+    }
+    return (int)(intptr_t)chat_map_get(m->users, user);
+}
+
+static void membership_put(gw_server *srv, const char *conv, const char *user, bool member)
+{
+    gw_membership *m = chat_map_get(srv->membership, conv);
+    if (m == NULL) {
+        m = calloc(1, sizeof *m);
+        m->users = chat_map_create();
+        m->expires_ms = chat_mono_ns() / 1000000 + MEMBERSHIP_TTL_MS;
+        chat_map_put(srv->membership, conv, m, NULL);
+    }
+    chat_map_put(m->users, user, (void *)(intptr_t)(member ? 1 : 2), NULL);
+}
+
+void gw_session_on_members_changed(gw_server *srv, const char *conv)
+{
+    gw_membership *m = chat_map_remove(srv->membership, conv);
+    if (m) {
+        chat_map_destroy(m->users);
+        free(m);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The send path                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+static void publish_post(gw_server *srv, gw_session *s, const char *conv, const char *cmid, const uint8_t *post,
+                         size_t len)
+{
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, s->id, REQUEST_TIMEOUT_MS);
+    snprintf(req->conv, sizeof req->conv, "%s", conv);
+    snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    char subject[128], msg_id[160];
+    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)srv->cfg->partitions), conv);
+    snprintf(msg_id, sizeof msg_id, "%s/%s", conv, cmid);
+    if (gw_bus_request_send(srv, req, subject, post, len, msg_id) != CHAT_OK) {
+        gw_bus_request_free(srv, req);
+        send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
+        return;
+    }
+    LOG_DEBUG("gateway", "event=published session=%s conv=%s cmid=%s", s->id_str, conv, cmid);
+}
+
+static const char *str_field(json_t *root, const char *name)
+{
+    return json_string_value(json_object_get(root, name));
+}
+
+static void handle_send(gw_server *srv, gw_session *s, json_t *root)
+{
+    const char *conv = str_field(root, "conv");
+    const char *cmid = str_field(root, "cmid");
+    const char *ref = chat_id_valid(cmid) ? cmid : NULL;
+    json_t *body = json_object_get(root, "body");
+    json_t *meta = json_object_get(root, "meta");
+    if (!chat_id_valid(conv)) {
+        send_error(srv, s, ref, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
+        return;
+    }
+    if (ref == NULL) {
+        send_error(srv, s, NULL, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
+        return;
+    }
+    if (!json_is_string(body)) {
+        send_error(srv, s, ref, "bad_request", "body must be a string");
+        return;
+    }
+    if (json_string_length(body) > GW_BODY_MAX) {
+        send_error(srv, s, ref, "too_large", "body is larger than 16 KiB");
+        return;
+    }
+    if (meta && !json_is_null(meta) && !json_is_object(meta)) {
+        send_error(srv, s, ref, "bad_request", "meta must be a JSON object");
+        return;
+    }
+    char *meta_text = json_is_object(meta) ? json_dumps(meta, JSON_COMPACT) : NULL;
+    if (meta_text && strlen(meta_text) > GW_BODY_MAX) {
+        free(meta_text);
+        send_error(srv, s, ref, "too_large", "meta is larger than 16 KiB");
+        return;
+    }
+    Chat__V1__Post p = CHAT__V1__POST__INIT;
+    p.conv = (char *)conv;
+    p.cmid = (char *)cmid;
+    p.sender = s->user;
+    p.kind = CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    p.body = (char *)json_string_value(body);
+    p.meta_json = meta_text ? meta_text : "";
+    p.sent_ms = chat_now_ms();
+    p.gateway = srv->gateway_id;
+    p.session = s->id_str;
+    size_t len = chat__v1__post__get_packed_size(&p);
+    uint8_t *packed = malloc(len ? len : 1);
+    chat__v1__post__pack(&p, packed);
+    free(meta_text);
+
+    int known = membership_get(srv, conv, s->user);
+    if (known == 1) {
+        publish_post(srv, s, conv, cmid, packed, len);
+        free(packed);
+        return;
+    }
+    if (known == 2) {
+        free(packed);
+        send_error(srv, s, ref, "not_member", "not a member of this conversation");
+        return;
+    }
+    Chat__V1__MemberCheckRequest rq = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
+    rq.conv = (char *)conv;
+    rq.user = s->user;
+    uint8_t buf[256];
+    size_t rlen = chat__v1__member_check_request__pack(&rq, buf);
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBER_CHECK, s->id, REQUEST_TIMEOUT_MS);
+    snprintf(req->conv, sizeof req->conv, "%s", conv);
+    snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    snprintf(req->user, sizeof req->user, "%s", s->user);
+    req->post = packed;
+    req->post_len = len;
+    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
+        gw_bus_request_free(srv, req);
+        send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry with the same cmid");
+    }
+}
+
+static bool ask_post_status(gw_server *srv, gw_request *req)
+{
+    Chat__V1__PostStatusRequest rq = CHAT__V1__POST_STATUS_REQUEST__INIT;
+    rq.conv = req->conv;
+    rq.cmid = req->cmid;
+    uint8_t buf[256];
+    size_t len = chat__v1__post_status_request__pack(&rq, buf);
+    req->kind = GW_REQ_POST_STATUS;
+    req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
+    return gw_bus_request_send(srv, req, CHAT_API_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
+}
+
+static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char *cmid, uint64_t seq, const char *id)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
+                          (json_int_t)seq, "id", id);
+    atomic_fetch_add(srv->m.acks, 1);
+    send_json(srv, s, f);
+}
+
+static bool no_responders(natsMsg *msg)
+{
+    const char *status = NULL;
+    return natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK &&
+           strcmp(status, "503") == 0;
+}
+
+bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    gw_session *s = find_session(srv, req->session);
+    if (s == NULL)
+        return false; /* the client left; it retries with the same cmid when it comes back */
+    switch (req->kind) {
+    case GW_REQ_PUBLISH: {
+        if (msg == NULL || no_responders(msg)) {
+            send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
+            return false;
+        }
+        chat_histogram_observe_us(srv->m.puback, (chat_mono_ns() - req->sent_ns) / 1000);
+        json_t *ack = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+        bool error = ack == NULL || json_object_get(ack, "error") != NULL;
+        bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
+        json_decref(ack);
+        if (error) {
+            send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
+            return false;
+        }
+        if (!duplicate)
+            return false; /* the ack comes with the committed event */
+        /* a retry the broker already has: ask the api role for the stored seq and id */
+        if (!ask_post_status(srv, req)) {
+            send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
+            return false;
+        }
+        return true;
+    }
+    case GW_REQ_MEMBER_CHECK: {
+        Chat__V1__MemberCheckReply *r = NULL;
+        if (msg && !no_responders(msg))
+            r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                     (const uint8_t *)natsMsg_GetData(msg));
+        if (r == NULL || (r->status && r->status->code[0])) {
+            if (r)
+                chat__v1__member_check_reply__free_unpacked(r, NULL);
+            send_error(srv, s, req->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
+            return false;
+        }
+        bool member = r->member;
+        chat__v1__member_check_reply__free_unpacked(r, NULL);
+        membership_put(srv, req->conv, req->user, member);
+        if (member)
+            publish_post(srv, s, req->conv, req->cmid, req->post, req->post_len);
+        else
+            send_error(srv, s, req->cmid, "not_member", "not a member of this conversation");
+        return false;
+    }
+    case GW_REQ_POST_STATUS: {
+        Chat__V1__PostReply *r = NULL;
+        if (msg && !no_responders(msg))
+            r = chat__v1__post_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                             (const uint8_t *)natsMsg_GetData(msg));
+        const char *code = r == NULL ? "unavailable" : r->status ? r->status->code : "";
+        if (r && code[0] == '\0') {
+            send_ack(srv, s, req->conv, req->cmid, r->seq, r->id);
+            chat__v1__post_reply__free_unpacked(r, NULL);
+            return false;
+        }
+        bool not_yet = r && strcmp(code, "not_found") == 0;
+        if (r)
+            chat__v1__post_reply__free_unpacked(r, NULL);
+        if (not_yet && ++req->attempts < POST_STATUS_TRIES) {
+            /* stored by the ingest any moment now: ask again shortly */
+            req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
+            return true;
+        }
+        send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
+        return false;
+    }
+    }
+    return false;
+}
+
+bool gw_session_on_retry(gw_server *srv, gw_request *req)
+{
+    if (find_session(srv, req->session) == NULL)
+        return false;
+    return req->kind == GW_REQ_POST_STATUS && ask_post_status(srv, req);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Deliveries from NATS                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static void fan_to_user(gw_server *srv, gw_user *u, gw_frame *f)
+{
+    for (gw_session *s = u->sessions; s; s = s->next_of_user)
+        enqueue(srv, s, f);
+}
+
+static json_t *string_array(char **items, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_string(items[i]));
+    return a;
+}
+
+void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
+{
+    gw_user *u = chat_map_get(srv->users, user);
+    if (u == NULL)
+        return;
+    Chat__V1__Delivery *d = chat__v1__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                       (const uint8_t *)natsMsg_GetData(msg));
+    if (d == NULL) {
+        LOG_WARN("gateway", "event=bad_delivery user=%s", user);
+        return;
+    }
+    switch (d->item_case) {
+    case CHAT__V1__DELIVERY__ITEM_EVENT: {
+        Chat__V1__Event *e = d->event;
+        gw_frame *f = frame_from_json(chat_event_json(e), e->ts_ms);
+        fan_to_user(srv, u, f);
+        frame_release(f);
+        if (e->session && e->session[0])
+            for (gw_session *s = u->sessions; s; s = s->next_of_user)
+                if (strcmp(s->id_str, e->session) == 0)
+                    send_ack(srv, s, e->conv, e->cmid, e->seq, e->id);
+        break;
+    }
+    case CHAT__V1__DELIVERY__ITEM_MEMBERS: {
+        Chat__V1__MembershipEvent *m = d->members;
+        gw_session_on_members_changed(srv, m->conv);
+        json_t *j = json_pack("{s:s, s:s}", "type", "members", "conv", m->conv);
+        json_object_set_new(j, "added", string_array(m->added, m->n_added));
+        json_object_set_new(j, "removed", string_array(m->removed, m->n_removed));
+        if (m->conversation_deleted)
+            json_object_set_new(j, "deleted", json_true());
+        gw_frame *f = frame_from_json(j, 0);
+        fan_to_user(srv, u, f);
+        frame_release(f);
+        break;
+    }
+    default:
+        break;
+    }
+    chat__v1__delivery__free_unpacked(d, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* lws events                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
+{
+    s->wsi = wsi;
+    s->id = ++srv->next_session;
+    snprintf(s->id_str, sizeof s->id_str, "%s-%" PRIu64, srv->gateway_id, s->id);
+    gw_user *u = chat_map_get(srv->users, s->user);
+    if (u == NULL) {
+        u = calloc(1, sizeof *u);
+        snprintf(u->id, sizeof u->id, "%s", s->user);
+        if (gw_bus_subscribe_user(srv, u->id, &u->sub) != CHAT_OK) {
+            free(u);
+            s->close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+            lws_callback_on_writable(wsi);
+            return;
+        }
+        chat_map_put(srv->users, u->id, u, NULL);
+        atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
+    }
+    s->next_of_user = u->sessions;
+    if (u->sessions)
+        u->sessions->prev_of_user = s;
+    u->sessions = s;
+    u->count++;
+    s->established = true;
+    chat_map_put(srv->sessions, s->id_str, s, NULL);
+    atomic_fetch_add(srv->m.connects, 1);
+    atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
+    LOG_DEBUG("gateway", "event=connected session=%s user=%s", s->id_str, s->user);
+    json_t *hello = json_pack("{s:s, s:s, s:s, s:I}", "type", "hello", "user", s->user, "session", s->id_str,
+                              "server_time", (json_int_t)chat_now_ms());
+    send_json(srv, s, hello);
+}
+
+static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
+{
+    atomic_fetch_add(srv->m.frames_in, 1);
+    json_error_t err;
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        send_error(srv, s, NULL, "bad_request", "a frame must be one JSON object");
+        return;
+    }
+    const char *type = str_field(root, "type");
+    if (type == NULL)
+        send_error(srv, s, NULL, "bad_request", "missing type");
+    else if (strcmp(type, "send") == 0)
+        handle_send(srv, s, root);
+    else if (strcmp(type, "ping") == 0)
+        send_json(srv, s, json_pack("{s:s}", "type", "pong"));
+    else
+        send_error(srv, s, NULL, "bad_request", "unknown type");
+    json_decref(root);
+}
+
+int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len)
+{
+    if (!s->established)
+        return -1;
+    bool complete = lws_is_final_fragment(s->wsi) && lws_remaining_packet_payload(s->wsi) == 0;
+    if (s->rx.len + len > GW_FRAME_MAX) {
+        lws_close_reason(s->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large", 15);
+        atomic_fetch_add(srv->m.disc_too_large, 1);
+        return -1;
+    }
+    if (complete && s->rx.len == 0) { /* the common case: one whole frame, no copy */
+        if (lws_frame_is_binary(s->wsi))
+            send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+        else
+            handle_frame(srv, s, in, len);
+        return 0;
+    }
+    chat_buf_append(&s->rx, in, len);
+    if (!complete)
+        return 0;
+    if (lws_frame_is_binary(s->wsi))
+        send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+    else
+        handle_frame(srv, s, s->rx.data, s->rx.len);
+    chat_buf_free(&s->rx); /* do not keep up to 64 KiB per idle connection */
+    return 0;
+}
+
+int gw_session_writeable(gw_server *srv, gw_session *s)
+{
+    if (s->close_code == GW_CLOSE_SLOW_CONSUMER || s->close_code == LWS_CLOSE_STATUS_UNEXPECTED_CONDITION) {
+        const char *why = s->close_code == GW_CLOSE_SLOW_CONSUMER ? "slow consumer" : "try again";
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
+        return -1;
+    }
+    gw_qnode *n = s->qhead;
+    if (n == NULL)
+        return 0;
+    s->qhead = n->next;
+    if (s->qhead == NULL)
+        s->qtail = NULL;
+    gw_frame *f = n->frame;
+    s->qbytes -= f->len;
+    free(n);
+    int w = lws_write(s->wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
+    if (f->event_ts_ms)
+        chat_histogram_observe_us(srv->m.delivery, (chat_now_ms() - f->event_ts_ms) * 1000);
+    bool ok = w >= (int)f->len;
+    frame_release(f);
+    if (!ok)
+        return -1;
+    atomic_fetch_add(srv->m.frames_out, 1);
+    if (s->qhead)
+        lws_callback_on_writable(s->wsi);
+    return 0;
+}
+
+void gw_session_closed(gw_server *srv, gw_session *s)
+{
+    chat_buf_free(&s->rx);
+    for (gw_qnode *n = s->qhead, *next; n; n = next) {
+        next = n->next;
+        frame_release(n->frame);
+        free(n);
+    }
+    s->qhead = s->qtail = NULL;
+    s->qbytes = 0;
+    if (!s->established)
+        return;
+    s->established = false;
+    gw_user *u = chat_map_get(srv->users, s->user);
+    if (u) {
+        if (s->prev_of_user)
+            s->prev_of_user->next_of_user = s->next_of_user;
+        else
+            u->sessions = s->next_of_user;
+        if (s->next_of_user)
+            s->next_of_user->prev_of_user = s->prev_of_user;
+        if (--u->count == 0) {
+            chat_map_remove(srv->users, u->id);
+            gw_bus_unsubscribe_user(u->sub);
+            free(u);
+        }
+    }
+    chat_map_remove(srv->sessions, s->id_str);
+    if (s->close_code != GW_CLOSE_SLOW_CONSUMER)
+        atomic_fetch_add(atomic_load(&srv->stopping) ? srv->m.disc_shutdown : srv->m.disc_client, 1);
+    atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
+    atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
+    LOG_DEBUG("gateway", "event=disconnected session=%s user=%s", s->id_str, s->user);
+}

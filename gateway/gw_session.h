@@ -1,0 +1,72 @@
+/* A WebSocket client session and the protocol frames (docs/protocol.md). Everything here runs on
+ * the lws thread. A session lives in lws's per-session memory from ESTABLISHED to CLOSED; other
+ * code refers to it by id (gw_server.sessions) and looks it up again, never keeps the pointer. */
+#ifndef GW_SESSION_H
+#define GW_SESSION_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libwebsockets.h>
+#include <nats/nats.h>
+
+#include "chat_buf.h"
+#include "chat_http.h"
+#include "chat_id.h"
+#include "gw_bus.h"
+#include "gw_server.h"
+
+#define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
+#define GW_BODY_MAX (16 * 1024)
+#define GW_OUTBOUND_MAX (8 * 1024 * 1024) /* queued bytes per connection before it is closed */
+#define GW_CLOSE_SLOW_CONSUMER 4008
+
+/* An outbound frame, shared by every session it goes to (one render per delivery). */
+typedef struct gw_frame {
+    int refs;
+    size_t len;
+    int64_t event_ts_ms; /* broker timestamp of the event it carries, or 0 */
+    unsigned char data[]; /* LWS_PRE bytes, then the text */
+} gw_frame;
+
+typedef struct gw_qnode {
+    gw_frame *frame;
+    struct gw_qnode *next;
+} gw_qnode;
+
+typedef struct gw_session {
+    chat_http_reply http; /* plain HTTP requests only */
+    struct lws *wsi;
+    bool established;
+    char user[CHAT_ID_MAX + 1];
+    uint64_t id;
+    char id_str[40];
+    gw_qnode *qhead, *qtail;
+    size_t qbytes;
+    chat_buf rx;                 /* fragments of the frame being received */
+    int close_code;              /* set: close after the queue (or at once) with this code */
+    struct gw_session *next_of_user, *prev_of_user;
+} gw_session;
+
+/* The sessions of one user on this gateway and their one delivery subscription. */
+typedef struct gw_user {
+    char id[CHAT_ID_MAX + 1];
+    natsSubscription *sub;
+    gw_session *sessions;
+    int count;
+} gw_user;
+
+void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi);
+/* lws contract: 0 carry on, -1 close. */
+int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len);
+int gw_session_writeable(gw_server *srv, gw_session *s);
+void gw_session_closed(gw_server *srv, gw_session *s);
+
+/* From the bus (lws thread). msg is borrowed. */
+void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg);
+/* msg NULL: the request timed out. The request is freed by the caller unless retried. */
+bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+/* A request waiting for retry_at_ms is due: send it again. false: free it. */
+bool gw_session_on_retry(gw_server *srv, gw_request *req);
+void gw_session_on_members_changed(gw_server *srv, const char *conv);
+
+#endif
