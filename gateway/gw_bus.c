@@ -106,7 +106,6 @@ chat_status gw_bus_create(gw_server *srv, gw_bus **out)
 
 static void free_request(gw_request *r)
 {
-    free(r->post);
     free(r);
 }
 

@@ -27,8 +27,6 @@ typedef struct gw_request {
     gw_req_kind kind;
     uint64_t session;      /* the asking session (looked up again when the reply comes) */
     char conv[65], cmid[65], user[65];
-    uint8_t *post;         /* packed Post waiting for its member check, or NULL */
-    size_t post_len;
     int attempts;
     int64_t sent_ns;
     int64_t deadline_ms;   /* monotonic */

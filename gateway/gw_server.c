@@ -197,6 +197,7 @@ chat_status gw_server_create(gw_server *srv)
     srv->sessions = chat_map_create();
     srv->users = chat_map_create();
     srv->membership = chat_map_create();
+    srv->checking = chat_map_create();
     register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -242,5 +243,6 @@ void gw_server_destroy(gw_server *srv)
     chat_map_destroy(srv->sessions);
     chat_map_destroy(srv->users);
     chat_map_destroy(srv->membership);
-    srv->sessions = srv->users = srv->membership = NULL;
+    chat_map_destroy(srv->checking);
+    srv->sessions = srv->users = srv->membership = srv->checking = NULL;
 }

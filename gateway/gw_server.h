@@ -42,6 +42,7 @@ typedef struct gw_server {
     chat_map *sessions;   /* session id -> gw_session * */
     chat_map *users;      /* user id -> gw_user * */
     chat_map *membership; /* conv -> gw_membership * (cache) */
+    chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;
 } gw_server;

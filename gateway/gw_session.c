@@ -154,10 +154,10 @@ void gw_session_on_members_changed(gw_server *srv, const char *conv)
 /* The send path                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-static void publish_post(gw_server *srv, gw_session *s, const char *conv, const char *cmid, const uint8_t *post,
+static void publish_post(gw_server *srv, uint64_t session, const char *conv, const char *cmid, const uint8_t *post,
                          size_t len)
 {
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, s->id, REQUEST_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
     char subject[128], msg_id[160];
@@ -165,10 +165,64 @@ static void publish_post(gw_server *srv, gw_session *s, const char *conv, const 
     snprintf(msg_id, sizeof msg_id, "%s/%s", conv, cmid);
     if (gw_bus_request_send(srv, req, subject, post, len, msg_id) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
+        gw_session *s = find_session(srv, session);
+        if (s)
+            send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
         return;
     }
-    LOG_DEBUG("gateway", "event=published session=%s conv=%s cmid=%s", s->id_str, conv, cmid);
+    LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
+}
+
+/* Sends waiting for a member check, in the order they came; the list takes ownership of post. */
+typedef struct waiting_post {
+    uint64_t session;
+    char cmid[CHAT_ID_MAX + 1];
+    uint8_t *post;
+    size_t len;
+    struct waiting_post *next;
+} waiting_post;
+
+typedef struct waiting {
+    waiting_post *head, *tail;
+} waiting;
+
+static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t *post, size_t len)
+{
+    waiting_post *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        abort();
+    p->session = session;
+    snprintf(p->cmid, sizeof p->cmid, "%s", cmid);
+    p->post = post;
+    p->len = len;
+    if (w->tail)
+        w->tail->next = p;
+    else
+        w->head = p;
+    w->tail = p;
+}
+
+/* The check for conv/user answered (member 1 or 0) or failed (-1): release the sends behind it. */
+static void waiting_release(gw_server *srv, const char *conv, const char *user, int member)
+{
+    char key[2 * CHAT_ID_MAX + 2];
+    snprintf(key, sizeof key, "%s/%s", conv, user);
+    waiting *w = chat_map_remove(srv->checking, key);
+    if (w == NULL)
+        return;
+    for (waiting_post *p = w->head, *next; p; p = next) {
+        next = p->next;
+        gw_session *s = find_session(srv, p->session);
+        if (member == 1)
+            publish_post(srv, p->session, conv, p->cmid, p->post, p->len);
+        else if (s && member == 0)
+            send_error(srv, s, p->cmid, "not_member", "not a member of this conversation");
+        else if (s)
+            send_error(srv, s, p->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
+        free(p->post);
+        free(p);
+    }
+    free(w);
 }
 
 static const char *str_field(json_t *root, const char *name)
@@ -176,13 +230,58 @@ static const char *str_field(json_t *root, const char *name)
     return json_string_value(json_object_get(root, name));
 }
 
-static void handle_send(gw_server *srv, gw_session *s, json_t *root)
+static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind,
+                                const char *conv, const char *cmid, const char *ref, json_t *body, json_t *meta,
+                                json_t *target, json_t *emoji, json_t *on);
+
+/* send, edit, delete and react: each becomes a Post of its kind, stored as an event with its own
+ * seq and acked like a send. Whether a change is allowed (its target exists, only the sender
+ * edits or deletes) is decided by the ingest, which answers a refusal through a Rejection. */
+static void handle_post(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind)
 {
     const char *conv = str_field(root, "conv");
     const char *cmid = str_field(root, "cmid");
     const char *ref = chat_id_valid(cmid) ? cmid : NULL;
     json_t *body = json_object_get(root, "body");
     json_t *meta = json_object_get(root, "meta");
+    json_t *target = json_object_get(root, "target");
+    json_t *emoji = json_object_get(root, "emoji");
+    json_t *on = json_object_get(root, "on");
+    bool change = kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE || kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION) {
+        if (body && !json_is_string(body)) {
+            send_error(srv, s, ref, "bad_request", "body must be a string");
+            return;
+        }
+        if (body == NULL)
+            body = json_string("");
+        else
+            json_incref(body);
+    } else {
+        json_incref(body);
+    }
+    /* from here on body holds a reference of ours */
+    if (change && (!json_is_integer(target) || json_integer_value(target) < 1)) {
+        json_decref(body);
+        send_error(srv, s, ref, "bad_request", "target must be the seq of a message (an integer >= 1)");
+        return;
+    }
+    if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION &&
+        (!json_is_string(emoji) || json_string_length(emoji) == 0 || json_string_length(emoji) > 64 ||
+         (on != NULL && !json_is_boolean(on)))) {
+        json_decref(body);
+        send_error(srv, s, ref, "bad_request", "a reaction needs emoji (1-64 bytes) and a boolean on");
+        return;
+    }
+    handle_send_checked(srv, s, root, kind, conv, cmid, ref, body, meta, target, emoji, on);
+    json_decref(body);
+}
+
+static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind,
+                                const char *conv, const char *cmid, const char *ref, json_t *body, json_t *meta,
+                                json_t *target, json_t *emoji, json_t *on)
+{
+    (void)root;
     if (!chat_id_valid(conv)) {
         send_error(srv, s, ref, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
         return;
@@ -213,8 +312,11 @@ static void handle_send(gw_server *srv, gw_session *s, json_t *root)
     p.conv = (char *)conv;
     p.cmid = (char *)cmid;
     p.sender = s->user;
-    p.kind = CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    p.kind = kind;
     p.body = (char *)json_string_value(body);
+    p.target = json_is_integer(target) ? (uint64_t)json_integer_value(target) : 0;
+    p.emoji = json_is_string(emoji) ? (char *)json_string_value(emoji) : "";
+    p.reaction_on = on == NULL || json_is_true(on);
     p.meta_json = meta_text ? meta_text : "";
     p.sent_ms = chat_now_ms();
     p.gateway = srv->gateway_id;
@@ -224,9 +326,16 @@ static void handle_send(gw_server *srv, gw_session *s, json_t *root)
     chat__v1__post__pack(&p, packed);
     free(meta_text);
 
+    char key[2 * CHAT_ID_MAX + 2];
+    snprintf(key, sizeof key, "%s/%s", conv, s->user);
+    waiting *w = chat_map_get(srv->checking, key);
+    if (w) { /* a check for this member is in flight: queue behind it, keeping the send order */
+        waiting_add(w, s->id, cmid, packed, len);
+        return;
+    }
     int known = membership_get(srv, conv, s->user);
     if (known == 1) {
-        publish_post(srv, s, conv, cmid, packed, len);
+        publish_post(srv, s->id, conv, cmid, packed, len);
         free(packed);
         return;
     }
@@ -244,12 +353,15 @@ static void handle_send(gw_server *srv, gw_session *s, json_t *root)
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
     snprintf(req->user, sizeof req->user, "%s", s->user);
-    req->post = packed;
-    req->post_len = len;
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
+        free(packed);
         send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry with the same cmid");
+        return;
     }
+    w = calloc(1, sizeof *w);
+    waiting_add(w, s->id, cmid, packed, len);
+    chat_map_put(srv->checking, key, w, NULL);
 }
 
 static bool ask_post_status(gw_server *srv, gw_request *req)
@@ -281,6 +393,19 @@ static bool no_responders(natsMsg *msg)
 
 bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    if (req->kind == GW_REQ_MEMBER_CHECK) {
+        Chat__V1__MemberCheckReply *r = NULL;
+        if (msg && !no_responders(msg))
+            r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                     (const uint8_t *)natsMsg_GetData(msg));
+        int member = r == NULL || (r->status && r->status->code[0]) ? -1 : r->member ? 1 : 0;
+        if (r)
+            chat__v1__member_check_reply__free_unpacked(r, NULL);
+        if (member >= 0)
+            membership_put(srv, req->conv, req->user, member == 1);
+        waiting_release(srv, req->conv, req->user, member);
+        return false;
+    }
     gw_session *s = find_session(srv, req->session);
     if (s == NULL)
         return false; /* the client left; it retries with the same cmid when it comes back */
@@ -308,26 +433,8 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         }
         return true;
     }
-    case GW_REQ_MEMBER_CHECK: {
-        Chat__V1__MemberCheckReply *r = NULL;
-        if (msg && !no_responders(msg))
-            r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                     (const uint8_t *)natsMsg_GetData(msg));
-        if (r == NULL || (r->status && r->status->code[0])) {
-            if (r)
-                chat__v1__member_check_reply__free_unpacked(r, NULL);
-            send_error(srv, s, req->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
-            return false;
-        }
-        bool member = r->member;
-        chat__v1__member_check_reply__free_unpacked(r, NULL);
-        membership_put(srv, req->conv, req->user, member);
-        if (member)
-            publish_post(srv, s, req->conv, req->cmid, req->post, req->post_len);
-        else
-            send_error(srv, s, req->cmid, "not_member", "not a member of this conversation");
-        return false;
-    }
+    case GW_REQ_MEMBER_CHECK:
+        return false; /* handled above */
     case GW_REQ_POST_STATUS: {
         Chat__V1__PostReply *r = NULL;
         if (msg && !no_responders(msg))
@@ -415,6 +522,15 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         frame_release(f);
         break;
     }
+    case CHAT__V1__DELIVERY__ITEM_REJECTION: {
+        Chat__V1__Rejection *rj = d->rejection;
+        for (gw_session *s = u->sessions; s; s = s->next_of_user)
+            if (strcmp(s->id_str, rj->session) == 0)
+                send_error(srv, s, rj->cmid, rj->code, rj->message);
+        if (strcmp(rj->code, "not_member") == 0)
+            gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
+        break;
+    }
     default:
         break;
     }
@@ -472,7 +588,13 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
     if (type == NULL)
         send_error(srv, s, NULL, "bad_request", "missing type");
     else if (strcmp(type, "send") == 0)
-        handle_send(srv, s, root);
+        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT);
+    else if (strcmp(type, "edit") == 0)
+        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT);
+    else if (strcmp(type, "delete") == 0)
+        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE);
+    else if (strcmp(type, "react") == 0)
+        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION);
     else if (strcmp(type, "ping") == 0)
         send_json(srv, s, json_pack("{s:s}", "type", "pong"));
     else

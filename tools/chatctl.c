@@ -1,16 +1,444 @@
 /* chatctl: the admin and backend CLI. `token` signs a client JWT; the conversation, send and
- * history commands talk to the api role over NATS request/reply. Main thread only. */
+ * history commands talk to the api role over NATS request/reply (chat.api.v1.*, docs/nats.md)
+ * and print one JSON line per result. Exit 0 ok, 1 failure, 2 usage. Main thread only. */
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
+#include <jansson.h>
+#include <nats/nats.h>
+
+#include "chat.pb-c.h"
+#include "chat_buf.h"
 #include "chat_config.h"
+#include "chat_frames.h"
+#include "chat_id.h"
 #include "chat_jwt.h"
+#include "chat_log.h"
+#include "chat_nats.h"
 #include "chat_time.h"
+
+#define REQUEST_TIMEOUT_MS 10000
+#define POST_TIMEOUT_MS 35000
 
 static const char *usage =
     "chatctl COMMAND ...\n"
-    "  token USER [--ttl SECONDS]       print a client JWT (default ttl 3600)";
+    "  token USER [--ttl SECONDS]        print a client JWT (default ttl 3600)\n"
+    "  conv create CONV USER...          create a conversation (the first user is its owner)\n"
+    "  conv add CONV USER...             add members\n"
+    "  conv remove CONV USER...          remove members\n"
+    "  conv delete CONV                  delete a conversation (soft: history stays)\n"
+    "  conv members CONV                 list the members\n"
+    "  conv check CONV USER              is USER a member?\n"
+    "  send CONV --from USER [--cmid K] [--system] [--meta JSON] TEXT...\n"
+    "                                    post as USER; prints {\"conv\",\"seq\",\"id\",\"cmid\"} once committed\n"
+    "  history CONV [--limit N] [--before SEQ] [--as USER]\n"
+    "                                    events newest first, one msg frame (JSON) per line\n"
+    "The conv, send and history commands need a chat-worker running the api role.";
+
+static bool valid_id(const char *cmd, const char *what, const char *id)
+{
+    if (chat_id_valid(id))
+        return true;
+    fprintf(stderr, "chatctl %s: %s must be 1-64 characters of [A-Za-z0-9_-] (got \"%s\")\n", cmd, what, id);
+    return false;
+}
+
+/* Parses a non-negative integer option value; false (and a line on stderr) when malformed. */
+static bool parse_u64(const char *cmd, const char *flag, const char *text, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (text[0] == '\0' || text[0] == '-' || *end || errno || v > max) {
+        fprintf(stderr, "chatctl %s: %s must be a number from 0 to %" PRIu64 " (got \"%s\")\n", cmd, flag, max, text);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static void print_json(json_t *j)
+{
+    char *text = json_dumps(j, JSON_COMPACT);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    json_decref(j);
+}
+
+static json_t *string_array(char **v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_string(v[i]));
+    return a;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Requests                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+static int connect_nats(const chat_cfg *cfg, natsConnection **nc)
+{
+    if (chat_nats_connect(cfg, "chatctl", true, nc) != CHAT_OK) {
+        fprintf(stderr, "chatctl: cannot connect to NATS at %s (CHAT_NATS_URL)\n", cfg->nats_url);
+        return 1;
+    }
+    return 0;
+}
+
+/* Sends req to chat.api.v1.<method> and waits for the reply (*out, destroyed by the caller).
+ * Returns 0, or 1 after one line on stderr. */
+static int api_request(natsConnection *nc, const char *method, const ProtobufCMessage *req, int64_t timeout_ms,
+                       natsMsg **out)
+{
+    size_t len = protobuf_c_message_get_packed_size(req);
+    uint8_t *buf = malloc(len ? len : 1);
+    protobuf_c_message_pack(req, buf);
+    char subject[128];
+    snprintf(subject, sizeof subject, "%s%s", CHAT_API_PREFIX, method);
+    natsStatus s = natsConnection_Request(out, nc, subject, buf, (int)len, timeout_ms);
+    free(buf);
+    if (s == NATS_OK)
+        return 0;
+    if (s == NATS_NO_RESPONDERS)
+        fprintf(stderr,
+                "chatctl: no api worker answers on chat.api.v1.* (is chat-worker running with the api role?)\n");
+    else if (s == NATS_TIMEOUT)
+        fprintf(stderr, "chatctl: no answer on %s within %lld s\n", subject, (long long)(timeout_ms / 1000));
+    else
+        fprintf(stderr, "chatctl: request on %s failed: %s\n", subject, natsStatus_GetText(s));
+    return 1;
+}
+
+/* Returns 0 for a success status; else prints "chatctl: <code>: <message>" and returns 1. */
+static int check_status(const ProtobufCMessage *reply, const Chat__V1__Status *st)
+{
+    if (reply == NULL) {
+        fprintf(stderr, "chatctl: malformed reply from the api role\n");
+        return 1;
+    }
+    if (st == NULL || st->code[0] == '\0')
+        return 0;
+    fprintf(stderr, "chatctl: %s: %s\n", st->code, st->message);
+    return 1;
+}
+
+#define REPLY_DATA(m) (size_t) natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m)
+
+/* ------------------------------------------------------------------------------------------ */
+/* conv                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static int conv_create(natsConnection *nc, const char *conv, int argc, char **argv)
+{
+    Chat__V1__ConvCreateRequest q = CHAT__V1__CONV_CREATE_REQUEST__INIT;
+    q.conv = (char *)conv;
+    q.members = argv;
+    q.n_members = (size_t)argc;
+    q.owner = argv[0];
+    natsMsg *m = NULL;
+    int rc = api_request(nc, "conv.create", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc)
+        return rc;
+    Chat__V1__ConvCreateReply *r = chat__v1__conv_create_reply__unpack(NULL, REPLY_DATA(m));
+    rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:b}", "conv", conv, "created", r->created));
+    chat__v1__conv_create_reply__free_unpacked(r, NULL);
+    natsMsg_Destroy(m);
+    return rc;
+}
+
+static int conv_change(natsConnection *nc, const char *conv, bool add, int argc, char **argv)
+{
+    Chat__V1__MembersChangeRequest q = CHAT__V1__MEMBERS_CHANGE_REQUEST__INIT;
+    q.conv = (char *)conv;
+    q.users = argv;
+    q.n_users = (size_t)argc;
+    natsMsg *m = NULL;
+    int rc = api_request(nc, add ? "members.add" : "members.remove", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc)
+        return rc;
+    Chat__V1__MembersChangeReply *r = chat__v1__members_change_reply__unpack(NULL, REPLY_DATA(m));
+    rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+    if (rc == 0)
+        print_json(
+            json_pack("{s:s, s:o}", "conv", conv, add ? "added" : "removed", string_array(r->changed, r->n_changed)));
+    chat__v1__members_change_reply__free_unpacked(r, NULL);
+    natsMsg_Destroy(m);
+    return rc;
+}
+
+static int conv_delete(natsConnection *nc, const char *conv)
+{
+    Chat__V1__ConvDeleteRequest q = CHAT__V1__CONV_DELETE_REQUEST__INIT;
+    q.conv = (char *)conv;
+    natsMsg *m = NULL;
+    int rc = api_request(nc, "conv.delete", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc)
+        return rc;
+    Chat__V1__ConvDeleteReply *r = chat__v1__conv_delete_reply__unpack(NULL, REPLY_DATA(m));
+    rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:b}", "conv", conv, "deleted", 1));
+    chat__v1__conv_delete_reply__free_unpacked(r, NULL);
+    natsMsg_Destroy(m);
+    return rc;
+}
+
+static int conv_members(natsConnection *nc, const char *conv)
+{
+    Chat__V1__MembersListRequest q = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
+    q.conv = (char *)conv;
+    natsMsg *m = NULL;
+    int rc = api_request(nc, "members.list", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc)
+        return rc;
+    Chat__V1__MembersListReply *r = chat__v1__members_list_reply__unpack(NULL, REPLY_DATA(m));
+    rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:o}", "conv", conv, "members", string_array(r->users, r->n_users)));
+    chat__v1__members_list_reply__free_unpacked(r, NULL);
+    natsMsg_Destroy(m);
+    return rc;
+}
+
+static int conv_check(natsConnection *nc, const char *conv, const char *user)
+{
+    Chat__V1__MemberCheckRequest q = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
+    q.conv = (char *)conv;
+    q.user = (char *)user;
+    natsMsg *m = NULL;
+    int rc = api_request(nc, "members.check", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc)
+        return rc;
+    Chat__V1__MemberCheckReply *r = chat__v1__member_check_reply__unpack(NULL, REPLY_DATA(m));
+    rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:s, s:b}", "conv", conv, "user", user, "member", r->member));
+    chat__v1__member_check_reply__free_unpacked(r, NULL);
+    natsMsg_Destroy(m);
+    return rc;
+}
+
+static int cmd_conv(const chat_cfg *cfg, int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int min_users, max_users;
+    } subs[] = {{"create", 1, 1 << 20}, {"add", 1, 1 << 20}, {"remove", 1, 1 << 20},
+                {"delete", 0, 0},       {"members", 0, 0},   {"check", 1, 1}};
+    int k = -1;
+    for (int i = 0; argc > 0 && i < (int)(sizeof subs / sizeof subs[0]); i++)
+        if (strcmp(argv[0], subs[i].name) == 0)
+            k = i;
+    if (k < 0) {
+        fprintf(stderr, "chatctl conv: expected create, add, remove, delete, members or check (try --help)\n");
+        return 2;
+    }
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "conv %s", subs[k].name);
+    int nusers = argc - 2;
+    if (argc < 2 || nusers < subs[k].min_users || nusers > subs[k].max_users) {
+        fprintf(stderr, "chatctl %s: expected CONV%s (try --help)\n", cmd,
+                subs[k].max_users == 0   ? ""
+                : subs[k].max_users == 1 ? " USER"
+                                         : " USER...");
+        return 2;
+    }
+    const char *conv = argv[1];
+    if (!valid_id(cmd, "CONV", conv))
+        return 2;
+    for (int i = 2; i < argc; i++)
+        if (strncmp(argv[i], "--", 2) == 0) {
+            fprintf(stderr, "chatctl %s: unknown option \"%s\" (try --help)\n", cmd, argv[i]);
+            return 2;
+        } else if (!valid_id(cmd, "USER", argv[i])) {
+            return 2;
+        }
+    natsConnection *nc = NULL;
+    int rc = connect_nats(cfg, &nc);
+    if (rc)
+        return rc;
+    switch (k) {
+    case 0: rc = conv_create(nc, conv, nusers, argv + 2); break;
+    case 1: rc = conv_change(nc, conv, true, nusers, argv + 2); break;
+    case 2: rc = conv_change(nc, conv, false, nusers, argv + 2); break;
+    case 3: rc = conv_delete(nc, conv); break;
+    case 4: rc = conv_members(nc, conv); break;
+    default: rc = conv_check(nc, conv, argv[2]); break;
+    }
+    natsConnection_Destroy(nc);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* send                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static void random_cmid(char out[17])
+{
+    unsigned char r[8];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        uint64_t t = (uint64_t)chat_mono_ns() ^ (uint64_t)chat_now_ms() << 20;
+        memcpy(r, &t, sizeof r);
+    }
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+static int cmd_send(const chat_cfg *cfg, int argc, char **argv)
+{
+    const char *conv = NULL, *from = NULL, *cmid = NULL, *meta = NULL;
+    bool system = false;
+    chat_buf text = {0};
+    int rc = 2;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_value = i + 1 < argc;
+        if (strcmp(a, "--from") == 0 && has_value) {
+            from = argv[++i];
+        } else if (strcmp(a, "--cmid") == 0 && has_value) {
+            cmid = argv[++i];
+        } else if (strcmp(a, "--meta") == 0 && has_value) {
+            meta = argv[++i];
+        } else if (strcmp(a, "--system") == 0) {
+            system = true;
+        } else if (strncmp(a, "--", 2) == 0) {
+            fprintf(stderr, "chatctl send: unknown option or missing value \"%s\" (try --help)\n", a);
+            goto out;
+        } else if (conv == NULL) {
+            conv = a;
+        } else {
+            if (text.len)
+                chat_buf_putc(&text, ' ');
+            chat_buf_puts(&text, a);
+        }
+    }
+    if (conv == NULL || from == NULL || text.len == 0) {
+        fprintf(stderr, "chatctl send: expected CONV --from USER TEXT (try --help)\n");
+        goto out;
+    }
+    if (!valid_id("send", "CONV", conv) || !valid_id("send", "--from", from) ||
+        (cmid && !valid_id("send", "--cmid", cmid)))
+        goto out;
+    if (meta) {
+        json_t *j = json_loads(meta, JSON_REJECT_DUPLICATES, NULL);
+        bool object = j && json_is_object(j);
+        json_decref(j);
+        if (!object) {
+            fprintf(stderr, "chatctl send: --meta must be a JSON object\n");
+            goto out;
+        }
+    }
+    char generated[17];
+    if (cmid == NULL) {
+        random_cmid(generated);
+        cmid = generated;
+    }
+    natsConnection *nc = NULL;
+    rc = connect_nats(cfg, &nc);
+    if (rc)
+        goto out;
+    Chat__V1__Post post = CHAT__V1__POST__INIT;
+    post.conv = (char *)conv;
+    post.cmid = (char *)cmid;
+    post.sender = (char *)from;
+    post.kind = system ? CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM : CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    post.body = text.data;
+    post.meta_json = (char *)(meta ? meta : "");
+    Chat__V1__PostRequest q = CHAT__V1__POST_REQUEST__INIT;
+    q.post = &post;
+    natsMsg *m = NULL;
+    rc = api_request(nc, "post", &q.base, POST_TIMEOUT_MS, &m);
+    if (rc == 0) {
+        Chat__V1__PostReply *r = chat__v1__post_reply__unpack(NULL, REPLY_DATA(m));
+        rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+        if (rc == 0)
+            print_json(
+                json_pack("{s:s, s:I, s:s, s:s}", "conv", conv, "seq", (json_int_t)r->seq, "id", r->id, "cmid", cmid));
+        chat__v1__post_reply__free_unpacked(r, NULL);
+        natsMsg_Destroy(m);
+    }
+    natsConnection_Destroy(nc);
+out:
+    chat_buf_free(&text);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* history                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static int cmd_history(const chat_cfg *cfg, int argc, char **argv)
+{
+    const char *conv = NULL, *as = "";
+    uint64_t limit = 0, before = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_value = i + 1 < argc;
+        if (strcmp(a, "--limit") == 0 && has_value) {
+            if (!parse_u64("history", "--limit", argv[++i], 100, &limit))
+                return 2;
+        } else if (strcmp(a, "--before") == 0 && has_value) {
+            if (!parse_u64("history", "--before", argv[++i], INT64_MAX, &before))
+                return 2;
+        } else if (strcmp(a, "--as") == 0 && has_value) {
+            as = argv[++i];
+            if (!valid_id("history", "--as", as))
+                return 2;
+        } else if (strncmp(a, "--", 2) == 0) {
+            fprintf(stderr, "chatctl history: unknown option or missing value \"%s\" (try --help)\n", a);
+            return 2;
+        } else if (conv == NULL) {
+            conv = a;
+        } else {
+            fprintf(stderr, "chatctl history: unexpected argument \"%s\"\n", a);
+            return 2;
+        }
+    }
+    if (conv == NULL) {
+        fprintf(stderr, "chatctl history: expected CONV (try --help)\n");
+        return 2;
+    }
+    if (!valid_id("history", "CONV", conv))
+        return 2;
+    natsConnection *nc = NULL;
+    int rc = connect_nats(cfg, &nc);
+    if (rc)
+        return rc;
+    Chat__V1__HistoryRequest q = CHAT__V1__HISTORY_REQUEST__INIT;
+    q.conv = (char *)conv;
+    q.user = (char *)as;
+    q.before = before;
+    q.limit = (uint32_t)limit;
+    natsMsg *m = NULL;
+    rc = api_request(nc, "history", &q.base, REQUEST_TIMEOUT_MS, &m);
+    if (rc == 0) {
+        Chat__V1__HistoryReply *r = chat__v1__history_reply__unpack(NULL, REPLY_DATA(m));
+        rc = check_status(r ? &r->base : NULL, r ? r->status : NULL);
+        chat_buf line = {0};
+        for (size_t i = 0; rc == 0 && i < r->n_events; i++) {
+            chat_buf_reset(&line);
+            chat_frame_render(chat_event_json(r->events[i]), &line);
+            printf("%s\n", line.data);
+        }
+        chat_buf_free(&line);
+        chat__v1__history_reply__free_unpacked(r, NULL);
+        natsMsg_Destroy(m);
+    }
+    natsConnection_Destroy(nc);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* token                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
 
 static int cmd_token(const chat_cfg *cfg, int argc, char **argv)
 {
@@ -49,14 +477,26 @@ int main(int argc, char **argv)
 {
     chat_cfg cfg;
     chat_cfg_load_or_exit(&cfg, CHAT_PROG_CTL, "chatctl", usage, argc, argv);
+    /* chatctl reports a failure in one line of its own; the library's log lines (connects,
+     * disconnects) only with CHAT_LOG=debug */
+    if (cfg.log_level < CHAT_LOG_DEBUG)
+        chat_log_set_level((chat_log_level)(CHAT_LOG_ERROR - 1));
     int rc = 2;
+    const char *cmd = cfg.nargs > 0 ? cfg.args[0] : "";
     if (cfg.nargs == 0) {
         chat_cfg_print_help(CHAT_PROG_CTL, "chatctl", usage);
-    } else if (strcmp(cfg.args[0], "token") == 0) {
+    } else if (strcmp(cmd, "token") == 0) {
         rc = cmd_token(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "conv") == 0) {
+        rc = cmd_conv(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "send") == 0) {
+        rc = cmd_send(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "history") == 0) {
+        rc = cmd_history(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else {
-        fprintf(stderr, "chatctl: unknown command \"%s\" (try --help)\n", cfg.args[0]);
+        fprintf(stderr, "chatctl: unknown command \"%s\" (try --help)\n", cmd);
     }
     chat_cfg_free(&cfg);
+    nats_Close();
     return rc;
 }

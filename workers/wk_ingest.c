@@ -17,6 +17,7 @@
 
 #include "chat.pb-c.h"
 #include "chat_buf.h"
+#include "chat_frames.h"
 #include "chat_id.h"
 #include "chat_log.h"
 #include "chat_nats.h"
@@ -62,7 +63,7 @@ struct wk_ingest {
     int owned;
     atomic_int_fast64_t *m_owned;
     atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches;
-    atomic_uint_fast64_t *m_drop_invalid, *m_drop_not_member, *m_drop_no_conv, *m_drop_poison;
+    atomic_uint_fast64_t *m_drop_invalid, *m_drop_not_member, *m_drop_no_conv, *m_drop_poison, *m_drop_not_found;
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
 
@@ -82,19 +83,8 @@ typedef struct item {
     char id[32];
     int64_t created_us;  /* stored created_at */
     const char *drop_reason;
+    const char *reject_code; /* told to the sending session: "bad_request", "not_member", "not_found" */
 } item;
-
-static const char *kind_name(Chat__V1__EventKind k)
-{
-    switch (k) {
-    case CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT: return "text";
-    case CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT: return "edit";
-    case CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE: return "delete";
-    case CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION: return "reaction";
-    case CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM: return "system";
-    default: return NULL;
-    }
-}
 
 /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
  * <domain>.<account hash> after ACK and a trailing token (v2). */
@@ -113,6 +103,12 @@ static bool parse_ack_subject(const char *reply, int64_t *ts_ns)
     return *ts_ns > 0;
 }
 
+static bool is_change(Chat__V1__EventKind k)
+{
+    return k == CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT || k == CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE ||
+           k == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION;
+}
+
 static void validate(item *it, const char *subject)
 {
     Chat__V1__Post *p = it->post;
@@ -121,10 +117,12 @@ static void validate(item *it, const char *subject)
         it->drop_reason = "undecodable";
     else if (!chat_id_valid(p->conv) || !chat_id_valid(p->cmid) || !chat_id_valid(p->sender))
         it->drop_reason = "bad id";
-    else if (kind_name(p->kind) == NULL)
+    else if (chat_kind_name(p->kind) == NULL)
         it->drop_reason = "bad kind";
-    else if (p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT && p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM)
-        it->drop_reason = "kind not supported yet";
+    else if (is_change(p->kind) && p->target == 0)
+        it->drop_reason = "a change needs a target seq";
+    else if (p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION && (p->emoji[0] == '\0' || strlen(p->emoji) > 64))
+        it->drop_reason = "a reaction needs an emoji of 1-64 bytes";
     else if (strlen(p->body) > BODY_MAX)
         it->drop_reason = "body too large";
     else if (strlen(p->meta_json) > META_MAX)
@@ -141,8 +139,17 @@ static void validate(item *it, const char *subject)
             it->drop_reason = "meta is not a JSON object";
         json_decref(j);
     }
-    if (it->drop_reason)
+    if (it->drop_reason) {
         it->state = I_DROP;
+        it->reject_code = "bad_request";
+    }
+}
+
+static void reject(item *it, const char *code, const char *reason)
+{
+    it->state = I_DROP;
+    it->reject_code = code;
+    it->drop_reason = reason;
 }
 
 /* A 26-character ULID: 48 bits of milliseconds, 80 random bits, Crockford base32. */
@@ -256,6 +263,66 @@ static int rollback(PGconn *pg, int rc)
     return rc;
 }
 
+static int check_targets(PGconn *pg, batch *b, int *rc)
+{
+    chat_buf convs = {0}, seqs = {0};
+    chat_buf_pg_array_begin(&convs);
+    chat_buf_pg_array_begin(&seqs);
+    int n = 0;
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW || !is_change(it->post->kind))
+            continue;
+        char seq[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, it->post->target);
+        chat_buf_pg_array_str(&convs, it->post->conv);
+        chat_buf_pg_array_str(&seqs, seq);
+        n++;
+    }
+    chat_buf_pg_array_end(&convs);
+    chat_buf_pg_array_end(&seqs);
+    if (n == 0) {
+        chat_buf_free(&convs);
+        chat_buf_free(&seqs);
+        return 0;
+    }
+    const char *params[] = {convs.data, seqs.data};
+    PGresult *r = exec_params(pg,
+                              "SELECT k.c, k.s, m.sender_id, m.kind,"
+                              " EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = k.c"
+                              " AND d.kind = 'delete' AND d.target_seq = k.s)"
+                              " FROM unnest($1::text[], $2::bigint[]) AS k(c, s)"
+                              " LEFT JOIN messages m ON m.conversation_id = k.c AND m.seq = k.s",
+                              2, params);
+    chat_buf_free(&convs);
+    chat_buf_free(&seqs);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        *rc = classify(pg, r, "targets");
+        PQclear(r);
+        return -1;
+    }
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW || !is_change(it->post->kind))
+            continue;
+        int row = -1;
+        for (int k = 0; k < PQntuples(r) && row < 0; k++)
+            if (strcmp(PQgetvalue(r, k, 0), it->post->conv) == 0 &&
+                strtoull(PQgetvalue(r, k, 1), NULL, 10) == it->post->target)
+                row = k;
+        const char *kind = row >= 0 && !PQgetisnull(r, row, 3) ? PQgetvalue(r, row, 3) : NULL;
+        if (kind == NULL || (strcmp(kind, "text") != 0 && strcmp(kind, "system") != 0))
+            reject(it, "not_found", "no such message to change");
+        else if (strcmp(PQgetvalue(r, row, 4), "t") == 0)
+            reject(it, "not_found", "the message was deleted");
+        else if (it->post->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION &&
+                 strcmp(PQgetvalue(r, row, 2), it->post->sender) != 0)
+            reject(it, "bad_request", "only the sender edits or deletes a message");
+    }
+    PQclear(r);
+    return 0;
+}
+
 /* Runs the whole batch in one transaction. Fills seq/id of NEW items, marks STORED and DROP. */
 static int store(partition *pt, batch *b)
 {
@@ -333,6 +400,11 @@ static int store(partition *pt, batch *b)
     }
     PQclear(r);
 
+    /* 2b. changes (edit, delete, reaction): the target must be a stored message that is not
+     * deleted; only its sender edits or deletes it */
+    if (check_targets(pg, b, &rc) != 0)
+        goto fail;
+
     /* 3. new events: the conversation must exist and a gateway's sender must be a member */
     chat_buf_reset(&a1);
     chat_buf_reset(&a2);
@@ -346,8 +418,7 @@ static int store(partition *pt, batch *b)
             if (it->state != I_NEW || strcmp(it->post->conv, b->convs[c].conv) != 0)
                 continue;
             if (b->convs[c].n == 0) {
-                it->state = I_DROP;
-                it->drop_reason = "no such conversation";
+                reject(it, "not_member", "no such conversation");
                 continue;
             }
             if (it->post->gateway[0]) {
@@ -355,8 +426,7 @@ static int store(partition *pt, batch *b)
                 for (int u = 0; u < b->convs[c].n && !member; u++)
                     member = strcmp(b->convs[c].users[u], it->post->sender) == 0;
                 if (!member) {
-                    it->state = I_DROP;
-                    it->drop_reason = "sender not a member";
+                    reject(it, "not_member", "sender not a member");
                     continue;
                 }
             }
@@ -424,7 +494,7 @@ static int store(partition *pt, batch *b)
             chat_buf_pg_array_str(&a3, it->id);
             chat_buf_pg_array_str(&a4, p->cmid);
             chat_buf_pg_array_str(&a5, p->sender);
-            chat_buf_pg_array_str(&a6, kind_name(p->kind));
+            chat_buf_pg_array_str(&a6, chat_kind_name(p->kind));
             chat_buf_pg_array_str(&a7, p->body);
             chat_buf_pg_array_str(&a8, p->meta_json[0] ? p->meta_json : NULL);
             chat_buf_pg_array_str(&a9, p->target ? target : NULL);
@@ -636,6 +706,27 @@ static void batch_prepare(batch *b)
     }
 }
 
+/* Tells the sending session why its post was not stored (through the sender's delivery subject). */
+static void send_rejection(partition *pt, const item *it, const char *why)
+{
+    Chat__V1__Rejection rj = CHAT__V1__REJECTION__INIT;
+    rj.conv = it->post->conv;
+    rj.cmid = it->post->cmid;
+    rj.session = it->post->session;
+    rj.code = (char *)it->reject_code;
+    rj.message = (char *)why;
+    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+    d.item_case = CHAT__V1__DELIVERY__ITEM_REJECTION;
+    d.rejection = &rj;
+    uint8_t buf[1024];
+    if (chat__v1__delivery__get_packed_size(&d) > sizeof buf)
+        return;
+    size_t len = chat__v1__delivery__pack(&d, buf);
+    char subject[128];
+    if (chat_subject_deliver(subject, sizeof subject, it->post->sender))
+        natsConnection_Publish(pt->in->app->nc, subject, buf, (int)len);
+}
+
 static void count_drops(partition *pt, batch *b)
 {
     wk_ingest *in = pt->in;
@@ -647,10 +738,14 @@ static void count_drops(partition *pt, batch *b)
         atomic_uint_fast64_t *c = strcmp(why, "sender not a member") == 0    ? in->m_drop_not_member
                                   : strcmp(why, "no such conversation") == 0 ? in->m_drop_no_conv
                                   : strcmp(why, "poison") == 0               ? in->m_drop_poison
-                                                                             : in->m_drop_invalid;
+                                  : it->reject_code && strcmp(it->reject_code, "bad_request") != 0
+                                      ? in->m_drop_not_found
+                                      : in->m_drop_invalid;
         atomic_fetch_add(c, 1);
         LOG_WARN("ingest", "event=dropped partition=%d conv=%s cmid=%s reason=\"%s\"", pt->index,
                  it->post ? it->post->conv : "?", it->post ? it->post->cmid : "?", why);
+        if (it->reject_code && it->post && it->post->session[0])
+            send_rejection(pt, it, why);
     }
 }
 
@@ -1033,6 +1128,8 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
                                               "Messages dropped (acked without storing), by reason.");
     in->m_drop_poison = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"poison\"",
                                              "Messages dropped (acked without storing), by reason.");
+    in->m_drop_not_found = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"no_target\"",
+                                                "Messages dropped (acked without storing), by reason.");
     in->h_commit = chat_metrics_histogram(m, "chat_ingest_fetch_to_commit_seconds", NULL,
                                           "From a batch's fetch to its commit.");
     in->h_fanout = chat_metrics_histogram(m, "chat_ingest_commit_to_fanout_seconds", NULL,

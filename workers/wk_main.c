@@ -11,6 +11,7 @@
 #include "chat_log.h"
 #include "chat_nats.h"
 #include "chat_signal.h"
+#include "wk_api.h"
 #include "wk_app.h"
 #include "wk_archive.h"
 #include "wk_ingest.h"
@@ -62,6 +63,9 @@ static int run(const chat_cfg *cfg)
     wk_ingest *ingest = NULL;
     if ((cfg->roles & CHAT_ROLE_INGEST) && wk_ingest_start(&app, &ingest) != CHAT_OK)
         return 1;
+    wk_api *api = NULL;
+    if ((cfg->roles & CHAT_ROLE_API) && wk_api_start(&app, &api) != CHAT_OK)
+        return 1;
     LOG_INFO("worker", "event=started listen=%s roles=%s", cfg->worker_listen_raw, cfg->worker_roles);
 
     pthread_mutex_lock(&stop_lock);
@@ -69,6 +73,7 @@ static int run(const chat_cfg *cfg)
         pthread_cond_wait(&stop_cv, &stop_lock);
     pthread_mutex_unlock(&stop_lock);
 
+    wk_api_destroy(api); /* first: posts in flight wait for the ingest's commit */
     wk_ingest_destroy(ingest);
     wk_archive_destroy(archive);
     chat_httpd_destroy(httpd);

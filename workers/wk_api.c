@@ -1,0 +1,1126 @@
+/* Role `api`. Threads: one nats.c delivery thread per lane runs that lane's requests; a lane's
+ * PGconn, JetStream context and transaction state belong to that thread alone. The main thread
+ * only starts and destroys. Replies are packed protobuf; every one starts with a Status. */
+#include "wk_api.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "chat_buf.h"
+#include "chat_frames.h"
+#include "chat_id.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_partition.h"
+#include "chat_time.h"
+#include "wk_pg.h"
+
+#define PG_RETRY_MS 1000     /* after a failed connect, answer "unavailable" this long */
+#define PUBLISH_WAIT_MS 5000 /* JetStream publish acknowledgement */
+#define POLL_FIRST_MS 10
+#define POLL_NEXT_MS 15
+#define STOP_GRACE_MS 2000 /* a post still waiting when the worker stops */
+#define DRAIN_TIMEOUT_MS 15000
+#define DONE_WAIT_MS 20000
+
+/* ------------------------------------------------------------------------------------------ */
+/* State                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct lane {
+    struct wk_api *api;
+    int index;
+    char name[32]; /* application_name of its PGconn: chat-api-<index> */
+    natsSubscription *sub;
+    jsCtx *js;
+    PGconn *pg;
+    bool in_tx;
+    int64_t pg_retry_at_ms; /* monotonic */
+    pthread_mutex_t lock;   /* guards done */
+    pthread_cond_t cv;
+    bool done; /* the delivery thread has returned from its last callback */
+} lane;
+
+/* One request being answered; lives on the delivery thread's stack. */
+typedef struct call {
+    lane *lane;
+    const uint8_t *data;
+    size_t len;
+    char code[16]; /* "" = success */
+    char message[256];
+    char detail[256]; /* for the log only (a database error) */
+    char conv[CHAT_ID_MAX + 1];
+    uint8_t *reply; /* packed reply, malloc'd; NULL: a status-only reply is sent */
+    size_t reply_len;
+} call;
+
+typedef void (*handler_fn)(call *c);
+
+typedef struct method {
+    const char *name; /* subject suffix after chat.api.v1. */
+    handler_fn fn;
+    const char *labels; /* metric labels */
+} method;
+
+static void h_conv_create(call *c);
+static void h_conv_delete(call *c);
+static void h_members_add(call *c);
+static void h_members_remove(call *c);
+static void h_members_check(call *c);
+static void h_members_list(call *c);
+static void h_post(call *c);
+static void h_post_status(call *c);
+static void h_history(call *c);
+
+static const method methods[] = {
+    {"conv.create", h_conv_create, "method=\"conv.create\""},
+    {"conv.delete", h_conv_delete, "method=\"conv.delete\""},
+    {"members.add", h_members_add, "method=\"members.add\""},
+    {"members.remove", h_members_remove, "method=\"members.remove\""},
+    {"members.check", h_members_check, "method=\"members.check\""},
+    {"members.list", h_members_list, "method=\"members.list\""},
+    {"post", h_post, "method=\"post\""},
+    {"post.status", h_post_status, "method=\"post.status\""},
+    {"history", h_history, "method=\"history\""},
+};
+#define NMETHODS (sizeof methods / sizeof methods[0])
+
+static const char *error_codes[] = {"bad_request", "not_found", "not_member", "unavailable", "internal"};
+#define NCODES (sizeof error_codes / sizeof error_codes[0])
+
+struct wk_api {
+    wk_app *app;
+    lane lanes[WK_API_LANES];
+    atomic_uint_fast64_t *m_requests[NMETHODS + 1]; /* last: unknown methods */
+    atomic_uint_fast64_t *m_errors[NCODES];
+    chat_histogram *h_seconds;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pure helpers                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+const char *wk_api_post_invalid(const Chat__V1__Post *p)
+{
+    if (p == NULL)
+        return "post is missing";
+    if (!chat_id_valid(p->conv))
+        return "post.conv must be 1-64 characters of [A-Za-z0-9_-]";
+    if (!chat_id_valid(p->cmid))
+        return "post.cmid must be 1-64 characters of [A-Za-z0-9_-]";
+    if (!chat_id_valid(p->sender))
+        return "post.sender must be 1-64 characters of [A-Za-z0-9_-]";
+    if (p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED && p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT &&
+        p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM)
+        return "post.kind must be text or system";
+    size_t body_len = strlen(p->body);
+    if (body_len > WK_API_BODY_MAX)
+        return "post.body is larger than 16 KiB";
+    json_t *utf8 = json_stringn(p->body, body_len); /* NULL for invalid UTF-8 */
+    if (utf8 == NULL)
+        return "post.body is not valid UTF-8";
+    json_decref(utf8);
+    if (p->meta_json[0]) {
+        if (strlen(p->meta_json) > WK_API_META_MAX)
+            return "post.meta_json is larger than 16 KiB";
+        json_error_t err;
+        json_t *meta = json_loads(p->meta_json, JSON_REJECT_DUPLICATES, &err);
+        bool object = meta != NULL && json_is_object(meta);
+        json_decref(meta);
+        if (!object)
+            return "post.meta_json must be empty or a JSON object";
+    }
+    return NULL;
+}
+
+uint32_t wk_api_history_limit(uint32_t asked)
+{
+    if (asked == 0)
+        return WK_API_HISTORY_DEFAULT;
+    return asked > WK_API_HISTORY_MAX ? WK_API_HISTORY_MAX : asked;
+}
+
+uint32_t wk_api_post_wait_ms(uint32_t asked)
+{
+    if (asked == 0)
+        return WK_API_POST_WAIT_DEFAULT_MS;
+    return asked > WK_API_POST_WAIT_MAX_MS ? WK_API_POST_WAIT_MAX_MS : asked;
+}
+
+const char *wk_api_conv_kind(const char *asked)
+{
+    if (asked == NULL || asked[0] == '\0' || strcmp(asked, "group") == 0)
+        return "group";
+    if (strcmp(asked, "direct") == 0)
+        return "direct";
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Replies and failures                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static int64_t mono_ms(void)
+{
+    return chat_mono_ns() / 1000000;
+}
+
+static void clean(char *s)
+{
+    for (; *s; s++)
+        if (*s == '\n' || *s == '"' || *s == '\r' || *s == '\t')
+            *s = ' ';
+}
+
+/* Marks the call failed with code and a message for the caller. The first failure wins. */
+static void fail(call *c, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(call *c, const char *code, const char *fmt, ...)
+{
+    if (c->code[0])
+        return;
+    snprintf(c->code, sizeof c->code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->message, sizeof c->message, fmt, ap);
+    va_end(ap);
+}
+
+static Chat__V1__Status *status_of(call *c, Chat__V1__Status *st)
+{
+    chat__v1__status__init(st);
+    st->code = c->code;
+    st->message = c->message;
+    return st;
+}
+
+static void reply_with(call *c, const ProtobufCMessage *m)
+{
+    free(c->reply);
+    c->reply_len = protobuf_c_message_get_packed_size(m);
+    c->reply = malloc(c->reply_len ? c->reply_len : 1);
+    protobuf_c_message_pack(m, c->reply);
+}
+
+/* Every reply type has its Status as field 1, so a reply holding only a status has the same
+ * bytes whatever its type: failures are answered with this one. */
+static void reply_status_only(call *c)
+{
+    Chat__V1__Status st;
+    Chat__V1__ConvDeleteReply r = CHAT__V1__CONV_DELETE_REPLY__INIT;
+    r.status = status_of(c, &st);
+    reply_with(c, &r.base);
+}
+
+static bool check_conv(call *c, const char *conv)
+{
+    if (!chat_id_valid(conv)) {
+        fail(c, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
+        return false;
+    }
+    snprintf(c->conv, sizeof c->conv, "%s", conv);
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* PostgreSQL on the lane's own connection                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static void drop_pg(lane *l)
+{
+    PQfinish(l->pg);
+    l->pg = NULL;
+    l->in_tx = false;
+}
+
+/* The lane's connection, opened when missing; NULL (and the call failed "unavailable") while
+ * PostgreSQL does not answer. After a failed connect the lane waits PG_RETRY_MS before trying
+ * again, so requests meanwhile are answered at once instead of each waiting for a timeout. */
+static PGconn *lane_pg(call *c)
+{
+    lane *l = c->lane;
+    if (l->pg && PQstatus(l->pg) == CONNECTION_OK)
+        return l->pg;
+    drop_pg(l);
+    int64_t now = mono_ms();
+    if (now >= l->pg_retry_at_ms) {
+        PGconn *pg = NULL;
+        if (wk_pg_connect(l->api->app->cfg->pg_dsn, l->name, &pg) == CHAT_OK) {
+            /* bounded waits: a stuck lock or query answers "unavailable" well inside the caller's timeout */
+            wk_pg_exec(pg, "SET statement_timeout = '5s'", PGRES_COMMAND_OK, "api_statement_timeout");
+            l->pg = pg;
+            return pg;
+        }
+        l->pg_retry_at_ms = now + PG_RETRY_MS;
+        snprintf(c->detail, sizeof c->detail, "connect failed (see pg_connect_failed)");
+    } else {
+        snprintf(c->detail, sizeof c->detail, "connect failed less than %d ms ago", PG_RETRY_MS);
+    }
+    fail(c, "unavailable", "database unavailable");
+    return NULL;
+}
+
+/* Runs one statement with text parameters. Returns the result when its status is `expect`
+ * (the caller PQclears it); else NULL with the call failed: "unavailable" for a lost
+ * connection, a timeout or a serialization failure, "internal" otherwise. A connection found
+ * broken outside a transaction (PostgreSQL restarted since the last request) is reopened and
+ * the statement run once more. */
+static PGresult *run(call *c, const char *step, const char *sql, int n, const char *const *params,
+                     ExecStatusType expect)
+{
+    lane *l = c->lane;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        PGconn *pg = lane_pg(c);
+        if (pg == NULL)
+            return NULL;
+        PGresult *r = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(r) == expect)
+            return r;
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        snprintf(c->detail, sizeof c->detail, "%s: %s%s%s", step, state ? state : "", state ? " " : "",
+                 PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(pg));
+        clean(c->detail);
+        bool broken =
+            PQstatus(pg) != CONNECTION_OK || (state && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0));
+        bool transient = state && (strcmp(state, "57014") == 0 || strcmp(state, "40001") == 0 ||
+                                   strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0);
+        PQclear(r);
+        if (broken) {
+            bool was_in_tx = l->in_tx;
+            drop_pg(l);
+            if (!was_in_tx && attempt == 0)
+                continue;
+            fail(c, "unavailable", "database unavailable");
+        } else if (transient) {
+            fail(c, "unavailable", "database busy, try again");
+        } else {
+            fail(c, "internal", "database error");
+        }
+        return NULL;
+    }
+    return NULL;
+}
+
+static bool exec_ok(call *c, const char *step, const char *sql)
+{
+    PGresult *r = run(c, step, sql, 0, NULL, PGRES_COMMAND_OK);
+    PQclear(r);
+    return r != NULL;
+}
+
+static bool begin(call *c)
+{
+    if (!exec_ok(c, "begin", "BEGIN"))
+        return false;
+    c->lane->in_tx = true;
+    return true;
+}
+
+static bool commit(call *c)
+{
+    bool ok = exec_ok(c, "commit", "COMMIT");
+    c->lane->in_tx = false;
+    return ok;
+}
+
+/* Ends an open transaction (after a failure); a no-op otherwise. */
+static void rollback(lane *l)
+{
+    if (!l->in_tx)
+        return;
+    l->in_tx = false;
+    if (l->pg == NULL || PQstatus(l->pg) != CONNECTION_OK)
+        return;
+    PGresult *r = PQexec(l->pg, "ROLLBACK");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        drop_pg(l);
+    PQclear(r);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* User lists                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct users {
+    char **v;
+    size_t n;
+} users;
+
+static void users_free(users *u)
+{
+    for (size_t i = 0; i < u->n; i++)
+        free(u->v[i]);
+    free(u->v);
+    u->v = NULL;
+    u->n = 0;
+}
+
+/* Column 0 of every row (non-NULL), in order. */
+static void users_from(users *u, PGresult *r)
+{
+    int rows = PQntuples(r);
+    u->v = calloc((size_t)rows + 1, sizeof *u->v);
+    u->n = 0;
+    for (int i = 0; i < rows; i++)
+        if (!PQgetisnull(r, i, 0))
+            u->v[u->n++] = strdup(PQgetvalue(r, i, 0));
+}
+
+/* Checks every id of list (named `what` in the message) and builds a PostgreSQL text array of
+ * them without repeats, `first` (when not "") at the front. */
+static bool users_array(call *c, const char *what, char **list, size_t n, const char *first, chat_buf *out)
+{
+    chat_buf_pg_array_begin(out);
+    if (first && first[0])
+        chat_buf_pg_array_str(out, first);
+    for (size_t i = 0; i < n; i++) {
+        if (!chat_id_valid(list[i])) {
+            fail(c, "bad_request", "%s[%zu] must be 1-64 characters of [A-Za-z0-9_-]", what, i);
+            return false;
+        }
+        bool seen = first && strcmp(list[i], first) == 0;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = strcmp(list[i], list[j]) == 0;
+        if (!seen)
+            chat_buf_pg_array_str(out, list[i]);
+    }
+    chat_buf_pg_array_end(out);
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Membership events                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* After a membership change committed: a Delivery{members} to every member and every removed
+ * user, the bare event on chat.members.<conv> (gateways drop their cache) and, through
+ * JetStream, on chat.evt.<conv> with Chat-Type: members (replayable by backends). */
+static void publish_membership(call *c, const char *conv, const users *added, const users *removed, bool deleted,
+                               const users *members)
+{
+    wk_api *api = c->lane->api;
+    natsConnection *nc = api->app->nc;
+    Chat__V1__MembershipEvent ev = CHAT__V1__MEMBERSHIP_EVENT__INIT;
+    ev.conv = (char *)conv;
+    ev.added = added ? added->v : NULL;
+    ev.n_added = added ? added->n : 0;
+    ev.removed = removed ? removed->v : NULL;
+    ev.n_removed = removed ? removed->n : 0;
+    ev.conversation_deleted = deleted;
+    ev.ts_ms = chat_now_ms();
+
+    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+    d.item_case = CHAT__V1__DELIVERY__ITEM_MEMBERS;
+    d.members = &ev;
+    size_t dlen = chat__v1__delivery__get_packed_size(&d);
+    uint8_t *dbuf = malloc(dlen ? dlen : 1);
+    chat__v1__delivery__pack(&d, dbuf);
+    const users *lists[] = {members, removed};
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; lists[k] && i < lists[k]->n; i++) {
+            char subject[128];
+            if (chat_subject_deliver(subject, sizeof subject, lists[k]->v[i]))
+                natsConnection_Publish(nc, subject, dbuf, (int)dlen);
+        }
+    free(dbuf);
+
+    size_t elen = chat__v1__membership_event__get_packed_size(&ev);
+    uint8_t *ebuf = malloc(elen ? elen : 1);
+    chat__v1__membership_event__pack(&ev, ebuf);
+    char subject[128];
+    snprintf(subject, sizeof subject, "chat.members.%s", conv);
+    natsConnection_Publish(nc, subject, ebuf, (int)elen);
+
+    chat_subject_event(subject, sizeof subject, conv);
+    natsMsg *msg = NULL;
+    natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)ebuf, (int)elen);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(msg, "Chat-Type", "members");
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = PUBLISH_WAIT_MS;
+    jsErrCode jerr = 0;
+    if (s == NATS_OK)
+        s = js_PublishMsg(NULL, c->lane->js, msg, &po, &jerr);
+    natsMsg_Destroy(msg);
+    free(ebuf);
+    if (s != NATS_OK)
+        LOG_WARN("api", "event=members_event_publish_failed conv=%s status=\"%s\" jerr=%d", conv, natsStatus_GetText(s),
+                 (int)jerr);
+}
+
+/* The members of conv (inside the change's transaction). */
+static bool read_members(call *c, const char *conv, users *out)
+{
+    const char *p[] = {conv};
+    PGresult *r =
+        run(c, "members", "SELECT user_id FROM conversation_members WHERE conversation_id = $1 ORDER BY user_id", 1, p,
+            PGRES_TUPLES_OK);
+    if (r == NULL)
+        return false;
+    users_from(out, r);
+    PQclear(r);
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Conversations and members                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static void h_conv_create(call *c)
+{
+    Chat__V1__ConvCreateRequest *q = chat__v1__conv_create_request__unpack(NULL, c->len, c->data);
+    chat_buf arr = {0};
+    users added = {0}, members = {0};
+    bool created = false;
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed ConvCreateRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    const char *kind = wk_api_conv_kind(q->kind);
+    if (kind == NULL) {
+        fail(c, "bad_request", "kind must be group or direct");
+        goto out;
+    }
+    if (q->owner[0] && !chat_id_valid(q->owner)) {
+        fail(c, "bad_request", "owner must be 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    if (!users_array(c, "members", q->members, q->n_members, q->owner, &arr) || !begin(c))
+        goto out;
+    const char *p1[] = {q->conv, kind};
+    PGresult *r = run(c, "insert_conversation",
+                      "INSERT INTO conversations (id, kind) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING RETURNING id",
+                      2, p1, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    created = PQntuples(r) == 1;
+    PQclear(r);
+    if (!created) {
+        const char *p2[] = {q->conv};
+        r = run(c, "conversation", "SELECT deleted_at IS NOT NULL FROM conversations WHERE id = $1", 1, p2,
+                PGRES_TUPLES_OK);
+        if (r == NULL)
+            goto out;
+        bool deleted = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        PQclear(r);
+        if (deleted) {
+            fail(c, "bad_request", "conversation was deleted");
+            goto out;
+        }
+    }
+    const char *p3[] = {q->conv, arr.data, q->owner};
+    r = run(c, "insert_members",
+            "INSERT INTO conversation_members (conversation_id, user_id, role)"
+            " SELECT $1, u, CASE WHEN u = $3 THEN 'owner' ELSE 'member' END FROM unnest($2::text[]) AS u"
+            " ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING user_id",
+            3, p3, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    users_from(&added, r);
+    PQclear(r);
+    if (!read_members(c, q->conv, &members) || !commit(c))
+        goto out;
+    if (added.n > 0)
+        publish_membership(c, q->conv, &added, NULL, false, &members);
+    Chat__V1__Status st;
+    Chat__V1__ConvCreateReply reply = CHAT__V1__CONV_CREATE_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.created = created;
+    reply_with(c, &reply.base);
+out:
+    users_free(&added);
+    users_free(&members);
+    chat_buf_free(&arr);
+    chat__v1__conv_create_request__free_unpacked(q, NULL);
+}
+
+/* Soft delete; deleting a deleted conversation again succeeds without a second event. */
+static void h_conv_delete(call *c)
+{
+    Chat__V1__ConvDeleteRequest *q = chat__v1__conv_delete_request__unpack(NULL, c->len, c->data);
+    users members = {0};
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed ConvDeleteRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv) || !begin(c))
+        goto out;
+    const char *p[] = {q->conv};
+    PGresult *r = run(c, "delete_conversation",
+                      "UPDATE conversations SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+                      1, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    bool deleted_now = PQntuples(r) == 1;
+    PQclear(r);
+    if (!deleted_now) {
+        r = run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1", 1, p, PGRES_TUPLES_OK);
+        if (r == NULL)
+            goto out;
+        bool exists = PQntuples(r) == 1;
+        PQclear(r);
+        if (!exists) {
+            fail(c, "not_found", "conversation not found");
+            goto out;
+        }
+    }
+    if ((deleted_now && !read_members(c, q->conv, &members)) || !commit(c))
+        goto out;
+    if (deleted_now)
+        publish_membership(c, q->conv, NULL, NULL, true, &members);
+    reply_status_only(c);
+out:
+    users_free(&members);
+    chat__v1__conv_delete_request__free_unpacked(q, NULL);
+}
+
+/* members.add (add true) and members.remove. */
+static void members_change(call *c, bool add)
+{
+    Chat__V1__MembersChangeRequest *q = chat__v1__members_change_request__unpack(NULL, c->len, c->data);
+    chat_buf arr = {0};
+    users changed = {0}, members = {0};
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed MembersChangeRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    if (q->n_users == 0) {
+        fail(c, "bad_request", "users must not be empty");
+        goto out;
+    }
+    if (!users_array(c, "users", q->users, q->n_users, NULL, &arr) || !begin(c))
+        goto out;
+    const char *p1[] = {q->conv};
+    PGresult *r = run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL", 1, p1,
+                      PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    bool exists = PQntuples(r) == 1;
+    PQclear(r);
+    if (!exists) {
+        fail(c, "not_found", "conversation not found");
+        goto out;
+    }
+    const char *p2[] = {q->conv, arr.data};
+    r = add ? run(c, "insert_members",
+                  "INSERT INTO conversation_members (conversation_id, user_id)"
+                  " SELECT $1, u FROM unnest($2::text[]) AS u"
+                  " ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING user_id",
+                  2, p2, PGRES_TUPLES_OK)
+            : run(c, "delete_members",
+                  "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = ANY ($2::text[])"
+                  " RETURNING user_id",
+                  2, p2, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    users_from(&changed, r);
+    PQclear(r);
+    if (!read_members(c, q->conv, &members) || !commit(c))
+        goto out;
+    if (changed.n > 0)
+        publish_membership(c, q->conv, add ? &changed : NULL, add ? NULL : &changed, false, &members);
+    Chat__V1__Status st;
+    Chat__V1__MembersChangeReply reply = CHAT__V1__MEMBERS_CHANGE_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.changed = changed.v;
+    reply.n_changed = changed.n;
+    reply_with(c, &reply.base);
+out:
+    users_free(&changed);
+    users_free(&members);
+    chat_buf_free(&arr);
+    chat__v1__members_change_request__free_unpacked(q, NULL);
+}
+
+static void h_members_add(call *c)
+{
+    members_change(c, true);
+}
+
+static void h_members_remove(call *c)
+{
+    members_change(c, false);
+}
+
+/* member false also when the conversation does not exist or is deleted. */
+static void h_members_check(call *c)
+{
+    Chat__V1__MemberCheckRequest *q = chat__v1__member_check_request__unpack(NULL, c->len, c->data);
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed MemberCheckRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    if (!chat_id_valid(q->user)) {
+        fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    const char *p[] = {q->conv, q->user};
+    PGresult *r = run(c, "member",
+                      "SELECT 1 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id"
+                      " WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.deleted_at IS NULL",
+                      2, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    Chat__V1__Status st;
+    Chat__V1__MemberCheckReply reply = CHAT__V1__MEMBER_CHECK_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.member = PQntuples(r) > 0;
+    PQclear(r);
+    reply_with(c, &reply.base);
+out:
+    chat__v1__member_check_request__free_unpacked(q, NULL);
+}
+
+static void h_members_list(call *c)
+{
+    Chat__V1__MembersListRequest *q = chat__v1__members_list_request__unpack(NULL, c->len, c->data);
+    users members = {0};
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed MembersListRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    const char *p[] = {q->conv};
+    PGresult *r = run(c, "members",
+                      "SELECT m.user_id FROM conversations c"
+                      " LEFT JOIN conversation_members m ON m.conversation_id = c.id"
+                      " WHERE c.id = $1 AND c.deleted_at IS NULL ORDER BY m.user_id",
+                      1, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    bool exists = PQntuples(r) > 0;
+    users_from(&members, r);
+    PQclear(r);
+    if (!exists) {
+        fail(c, "not_found", "conversation not found");
+        goto out;
+    }
+    Chat__V1__Status st;
+    Chat__V1__MembersListReply reply = CHAT__V1__MEMBERS_LIST_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.users = members.v;
+    reply.n_users = members.n;
+    reply_with(c, &reply.base);
+out:
+    users_free(&members);
+    chat__v1__members_list_request__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Posting                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The stored (seq, id) of (conv, cmid): 1 found, 0 not stored (yet), -1 failed. */
+static int lookup_post(call *c, const char *conv, const char *cmid, uint64_t *seq, char *id, size_t idsz)
+{
+    const char *p[] = {conv, cmid};
+    PGresult *r =
+        run(c, "dedupe", "SELECT seq, id FROM message_dedupe WHERE conversation_id = $1 AND client_msg_id = $2", 2, p,
+            PGRES_TUPLES_OK);
+    if (r == NULL)
+        return -1;
+    int found = PQntuples(r) == 1;
+    if (found) {
+        *seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        snprintf(id, idsz, "%s", PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
+    return found;
+}
+
+static void reply_post(call *c, uint64_t seq, const char *id)
+{
+    Chat__V1__Status st;
+    Chat__V1__PostReply reply = CHAT__V1__POST_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.seq = seq;
+    reply.id = (char *)id;
+    reply_with(c, &reply.base);
+}
+
+/* Publishes the post to CHAT_IN on its partition's subject with Nats-Msg-Id <conv>/<cmid>. */
+static bool publish_post(call *c, const Chat__V1__Post *in)
+{
+    lane *l = c->lane;
+    Chat__V1__Post p = CHAT__V1__POST__INIT;
+    p.conv = in->conv;
+    p.cmid = in->cmid;
+    p.sender = in->sender;
+    p.kind = in->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM ? CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM
+                                                                 : CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    p.body = in->body;
+    p.meta_json = in->meta_json;
+    p.sent_ms = chat_now_ms();
+    p.gateway = "";
+    p.session = "";
+    size_t len = chat__v1__post__get_packed_size(&p);
+    uint8_t *buf = malloc(len ? len : 1);
+    chat__v1__post__pack(&p, buf);
+    char subject[128], msgid[2 * CHAT_ID_MAX + 2];
+    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(p.conv, (uint32_t)l->api->app->cfg->partitions),
+                    p.conv);
+    snprintf(msgid, sizeof msgid, "%s/%s", p.conv, p.cmid);
+    natsMsg *msg = NULL;
+    natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+    free(buf);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = PUBLISH_WAIT_MS;
+    jsErrCode jerr = 0;
+    if (s == NATS_OK)
+        s = js_PublishMsg(NULL, l->js, msg, &po, &jerr);
+    natsMsg_Destroy(msg);
+    if (s != NATS_OK) {
+        snprintf(c->detail, sizeof c->detail, "publish %s: %s jerr=%d", subject, natsStatus_GetText(s), (int)jerr);
+        fail(c, "unavailable", "message stream unavailable");
+        return false;
+    }
+    return true;
+}
+
+/* Publishes, then waits for the ingest's commit by polling message_dedupe. A retry with the
+ * same cmid is stored once (broker duplicate window, then the dedupe table). */
+static void h_post(call *c)
+{
+    Chat__V1__PostRequest *q = chat__v1__post_request__unpack(NULL, c->len, c->data);
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed PostRequest");
+        goto out;
+    }
+    const char *why = wk_api_post_invalid(q->post);
+    if (why) {
+        fail(c, "bad_request", "%s", why);
+        goto out;
+    }
+    const Chat__V1__Post *p = q->post;
+    snprintf(c->conv, sizeof c->conv, "%s", p->conv);
+    uint64_t seq = 0;
+    char id[64];
+    int found = lookup_post(c, p->conv, p->cmid, &seq, id, sizeof id);
+    if (found < 0)
+        goto out;
+    if (found) {
+        reply_post(c, seq, id);
+        goto out;
+    }
+    const char *pc[] = {p->conv};
+    PGresult *r = run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL", 1, pc,
+                      PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    bool exists = PQntuples(r) == 1;
+    PQclear(r);
+    if (!exists) {
+        fail(c, "not_found", "conversation not found");
+        goto out;
+    }
+    if (!publish_post(c, p))
+        goto out;
+    wk_app *app = c->lane->api->app;
+    int64_t deadline = mono_ms() + wk_api_post_wait_ms(q->timeout_ms);
+    int64_t wait = POLL_FIRST_MS;
+    for (;;) {
+        chat_sleep_ms(wait);
+        wait = POLL_NEXT_MS;
+        found = lookup_post(c, p->conv, p->cmid, &seq, id, sizeof id);
+        if (found < 0)
+            goto out;
+        if (found) {
+            reply_post(c, seq, id);
+            goto out;
+        }
+        int64_t now = mono_ms();
+        if (atomic_load(&app->stopping) && deadline > now + STOP_GRACE_MS)
+            deadline = now + STOP_GRACE_MS;
+        if (now >= deadline)
+            break;
+    }
+    fail(c, "unavailable", "not committed in time; retry with the same cmid");
+out:
+    chat__v1__post_request__free_unpacked(q, NULL);
+}
+
+static void h_post_status(call *c)
+{
+    Chat__V1__PostStatusRequest *q = chat__v1__post_status_request__unpack(NULL, c->len, c->data);
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed PostStatusRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    if (!chat_id_valid(q->cmid)) {
+        fail(c, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    uint64_t seq = 0;
+    char id[64];
+    int found = lookup_post(c, q->conv, q->cmid, &seq, id, sizeof id);
+    if (found == 0)
+        fail(c, "not_found", "not stored (yet)");
+    else if (found == 1)
+        reply_post(c, seq, id);
+out:
+    chat__v1__post_status_request__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* History                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { H_SEQ, H_ID, H_CMID, H_SENDER, H_KIND, H_BODY, H_META, H_TARGET, H_EMOJI, H_ON, H_TS };
+
+static void h_history(call *c)
+{
+    Chat__V1__HistoryRequest *q = chat__v1__history_request__unpack(NULL, c->len, c->data);
+    PGresult *rows = NULL;
+    Chat__V1__Event *events = NULL, **eventp = NULL;
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed HistoryRequest");
+        goto out;
+    }
+    if (!check_conv(c, q->conv))
+        goto out;
+    if (q->user[0] && !chat_id_valid(q->user)) {
+        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    const char *p1[] = {q->conv, q->user};
+    PGresult *r = run(c, "conversation",
+                      "SELECT c.deleted_at IS NULL, EXISTS (SELECT 1 FROM conversation_members m"
+                      " WHERE m.conversation_id = c.id AND m.user_id = $2)"
+                      " FROM conversations c WHERE c.id = $1",
+                      2, p1, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    bool exists = PQntuples(r) == 1;
+    bool live = exists && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    bool member = exists && strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    PQclear(r);
+    if (q->user[0] && !(live && member)) {
+        fail(c, "not_member", "not a member of this conversation");
+        goto out;
+    }
+    if (!exists) {
+        fail(c, "not_found", "conversation not found");
+        goto out;
+    }
+    uint32_t limit = wk_api_history_limit(q->limit);
+    char before[24], fetch[16];
+    snprintf(before, sizeof before, "%" PRIu64, q->before > (uint64_t)INT64_MAX ? 0 : q->before);
+    snprintf(fetch, sizeof fetch, "%u", limit + 1);
+    const char *p2[] = {q->conv, before, fetch};
+    rows = run(c, "history",
+               "SELECT seq, id, client_msg_id, sender_id, kind, body, meta::text, target_seq, emoji, reaction_on,"
+               " floor(extract(epoch FROM created_at) * 1000)::bigint"
+               " FROM messages WHERE conversation_id = $1 AND ($2::bigint = 0 OR seq < $2::bigint)"
+               " ORDER BY seq DESC LIMIT $3::int",
+               3, p2, PGRES_TUPLES_OK);
+    if (rows == NULL)
+        goto out;
+    int n = PQntuples(rows);
+    bool more = n > (int)limit;
+    if (more)
+        n = (int)limit;
+    events = calloc((size_t)n + 1, sizeof *events);
+    eventp = calloc((size_t)n + 1, sizeof *eventp);
+    for (int i = 0; i < n; i++) {
+        Chat__V1__Event *e = &events[i];
+        chat__v1__event__init(e);
+        e->conv = q->conv;
+        e->seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10);
+        e->id = PQgetvalue(rows, i, H_ID);
+        e->cmid = PQgetvalue(rows, i, H_CMID);
+        e->sender = PQgetvalue(rows, i, H_SENDER);
+        e->kind = chat_kind_parse(PQgetvalue(rows, i, H_KIND));
+        e->body = PQgetvalue(rows, i, H_BODY);
+        e->meta_json = PQgetvalue(rows, i, H_META); /* "" when NULL */
+        e->target = PQgetisnull(rows, i, H_TARGET) ? 0 : strtoull(PQgetvalue(rows, i, H_TARGET), NULL, 10);
+        e->emoji = PQgetvalue(rows, i, H_EMOJI);
+        e->reaction_on = strcmp(PQgetvalue(rows, i, H_ON), "t") == 0;
+        e->ts_ms = strtoll(PQgetvalue(rows, i, H_TS), NULL, 10);
+        eventp[i] = e;
+    }
+    Chat__V1__Status st;
+    Chat__V1__HistoryReply reply = CHAT__V1__HISTORY_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.events = eventp;
+    reply.n_events = (size_t)n;
+    reply.more = more;
+    reply_with(c, &reply.base);
+out:
+    free(events);
+    free(eventp);
+    PQclear(rows);
+    chat__v1__history_request__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Dispatch                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    lane *l = closure;
+    wk_api *api = l->api;
+    int64_t t0 = chat_mono_ns();
+    const char *subject = natsMsg_GetSubject(msg);
+    size_t plen = strlen(CHAT_API_PREFIX);
+    const char *name = strncmp(subject, CHAT_API_PREFIX, plen) == 0 ? subject + plen : "";
+    int mi = -1;
+    for (size_t i = 0; i < NMETHODS && mi < 0; i++)
+        if (strcmp(name, methods[i].name) == 0)
+            mi = (int)i;
+    const char *data = natsMsg_GetData(msg);
+    call c = {.lane = l, .data = (const uint8_t *)(data ? data : ""), .len = (size_t)natsMsg_GetDataLength(msg)};
+    if (mi >= 0)
+        methods[mi].fn(&c);
+    else
+        fail(&c, "bad_request", "unknown method (see docs/nats.md)");
+    rollback(l);
+    if (c.code[0] || c.reply == NULL)
+        reply_status_only(&c);
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply)
+        natsConnection_Publish(nc, reply, c.reply, (int)c.reply_len);
+
+    int64_t us = (chat_mono_ns() - t0) / 1000;
+    atomic_fetch_add(api->m_requests[mi >= 0 ? (size_t)mi : NMETHODS], 1);
+    chat_histogram_observe_us(api->h_seconds, us);
+    const char *mname = mi >= 0 ? methods[mi].name : "unknown";
+    if (c.code[0]) {
+        for (size_t i = 0; i < NCODES; i++)
+            if (strcmp(c.code, error_codes[i]) == 0)
+                atomic_fetch_add(api->m_errors[i], 1);
+        LOG_WARN("api", "event=request_failed lane=%d method=%s conv=%s code=%s message=\"%s\" detail=\"%s\" ms=%.1f",
+                 l->index, mname, c.conv, c.code, c.message, c.detail, (double)us / 1000.0);
+    } else {
+        LOG_DEBUG("api", "event=request lane=%d method=%s conv=%s ms=%.1f", l->index, mname, c.conv,
+                  (double)us / 1000.0);
+    }
+    free(c.reply);
+    natsMsg_Destroy(msg);
+}
+
+/* Called by the lane's delivery thread once the subscription is closed and its last callback
+ * returned: from then on the lane's connection may be closed by another thread. */
+static void on_complete(void *closure)
+{
+    lane *l = closure;
+    pthread_mutex_lock(&l->lock);
+    l->done = true;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Start and stop                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+chat_status wk_api_start(wk_app *app, wk_api **out)
+{
+    wk_api *api = calloc(1, sizeof *api);
+    if (api == NULL)
+        return CHAT_ERR_NOMEM;
+    api->app = app;
+    chat_metrics *m = app->metrics;
+    for (size_t i = 0; i < NMETHODS; i++)
+        api->m_requests[i] =
+            chat_metrics_counter(m, "chat_api_requests_total", methods[i].labels, "API requests answered, by method.");
+    api->m_requests[NMETHODS] =
+        chat_metrics_counter(m, "chat_api_requests_total", "method=\"unknown\"", "API requests answered, by method.");
+    static const char *code_labels[NCODES] = {"code=\"bad_request\"", "code=\"not_found\"", "code=\"not_member\"",
+                                              "code=\"unavailable\"", "code=\"internal\""};
+    for (size_t i = 0; i < NCODES; i++)
+        api->m_errors[i] = chat_metrics_counter(m, "chat_api_errors_total", code_labels[i],
+                                                "API requests answered with an error status, by code.");
+    api->h_seconds =
+        chat_metrics_histogram(m, "chat_api_request_seconds", NULL, "From an API request's arrival to its reply.");
+
+    chat_status st = CHAT_OK;
+    for (int i = 0; i < WK_API_LANES && st == CHAT_OK; i++) {
+        lane *l = &api->lanes[i];
+        l->api = api;
+        l->index = i;
+        snprintf(l->name, sizeof l->name, "chat-api-%d", i);
+        pthread_mutex_init(&l->lock, NULL);
+        pthread_cond_init(&l->cv, NULL);
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = PUBLISH_WAIT_MS;
+        st = chat_nats_check(natsConnection_JetStream(&l->js, app->nc, &jo), "api", "jetstream_context");
+        if (st == CHAT_OK)
+            st = chat_nats_check(
+                natsConnection_QueueSubscribe(&l->sub, app->nc, CHAT_API_PREFIX ">", WK_API_QUEUE, on_request, l),
+                "api", "subscribe");
+        if (st == CHAT_OK)
+            st = chat_nats_check(natsSubscription_SetOnCompleteCB(l->sub, on_complete, l), "api", "on_complete");
+    }
+    if (st != CHAT_OK) {
+        wk_api_destroy(api);
+        return st;
+    }
+    *out = api;
+    LOG_INFO("api", "event=role_started lanes=%d subject=%s> queue=%s", WK_API_LANES, CHAT_API_PREFIX, WK_API_QUEUE);
+    return CHAT_OK;
+}
+
+void wk_api_destroy(wk_api *api)
+{
+    if (api == NULL)
+        return;
+    for (int i = 0; i < WK_API_LANES; i++) {
+        lane *l = &api->lanes[i];
+        if (l->sub && natsSubscription_DrainTimeout(l->sub, DRAIN_TIMEOUT_MS) != NATS_OK)
+            natsSubscription_Unsubscribe(l->sub);
+    }
+    bool stuck = false;
+    for (int i = 0; i < WK_API_LANES; i++) {
+        lane *l = &api->lanes[i];
+        if (l->api == NULL)
+            continue; /* never initialised */
+        bool done = l->sub == NULL;
+        if (!done) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += DONE_WAIT_MS / 1000;
+            pthread_mutex_lock(&l->lock);
+            while (!l->done && pthread_cond_timedwait(&l->cv, &l->lock, &until) == 0)
+                ;
+            done = l->done;
+            pthread_mutex_unlock(&l->lock);
+        }
+        if (!done) {
+            /* a callback may still run: leave its state alone rather than free it under it */
+            LOG_WARN("api", "event=lane_stop_timeout lane=%d", i);
+            stuck = true;
+            continue;
+        }
+        natsSubscription_Destroy(l->sub);
+        jsCtx_Destroy(l->js);
+        PQfinish(l->pg);
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->lock);
+    }
+    if (!stuck)
+        free(api);
+    LOG_INFO("api", "event=role_stopped");
+}
