@@ -595,6 +595,40 @@ static void reply_all(partition *pt, batch *b, const char *what)
     }
 }
 
+/* One NotifyRequest per new message to CHAT_NOTIFY (chat.notify.<conv>, Nats-Msg-Id <conv>:<seq>):
+ * the notify role checks after CHAT_PUSH_GRACE which members have still not seen it. */
+static void publish_notify(partition *pt, const Chat__V1__Event *e)
+{
+    char preview[128];
+    size_t n = strlen(e->body);
+    if (n > 100) { /* cut at a UTF-8 boundary */
+        n = 100;
+        while (n > 0 && ((unsigned char)e->body[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(preview, e->body, n);
+    preview[n] = '\0';
+    Chat__V1__NotifyRequest nr = CHAT__V1__NOTIFY_REQUEST__INIT;
+    nr.conv = e->conv;
+    nr.seq = e->seq;
+    nr.sender = e->sender;
+    nr.preview = preview;
+    nr.ts_ms = e->ts_ms;
+    uint8_t buf[512];
+    if (chat__v1__notify_request__get_packed_size(&nr) > sizeof buf)
+        return;
+    size_t len = chat__v1__notify_request__pack(&nr, buf);
+    char subject[128], msgid[160];
+    snprintf(subject, sizeof subject, "chat.notify.%s", e->conv);
+    snprintf(msgid, sizeof msgid, "%s:%" PRIu64, e->conv, e->seq);
+    natsMsg *msg = NULL;
+    natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+    natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
+    if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
+        atomic_fetch_add(&pt->publish_errors, 1);
+    natsMsg_Destroy(msg);
+}
+
 /* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns when
  * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses). */
 static bool fanout(partition *pt, batch *b, int64_t committed_ms)
@@ -641,6 +675,9 @@ static bool fanout(partition *pt, batch *b, int64_t committed_ms)
             if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
                 atomic_fetch_add(&pt->publish_errors, 1);
             natsMsg_Destroy(msg);
+            if (it->state != I_DUP && (e.kind == CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT ||
+                                       e.kind == CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM))
+                publish_notify(pt, &e);
         }
         jsPubOptions po;
         jsPubOptions_Init(&po);

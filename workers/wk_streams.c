@@ -49,5 +49,20 @@ chat_status wk_streams_ensure(jsCtx *js)
     ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
     ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
     ev.Replicas = 1;
-    return ensure(js, &ev);
+    st = ensure(js, &ev);
+    if (st != CHAT_OK)
+        return st;
+
+    jsStreamConfig nt;
+    jsStreamConfig_Init(&nt);
+    const char *nt_subjects[] = {"chat.notify.>"};
+    nt.Name = CHAT_STREAM_NOTIFY;
+    nt.Subjects = nt_subjects;
+    nt.SubjectsLen = 1;
+    nt.Storage = js_FileStorage;
+    nt.Retention = js_WorkQueuePolicy;
+    nt.MaxAge = 24LL * 3600 * 1000000000LL;
+    nt.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    nt.Replicas = 1;
+    return ensure(js, &nt);
 }
