@@ -12,11 +12,13 @@
 #include "chat_time.h"
 #include "gw_session.h"
 
-typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS } in_kind;
+typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS, IN_PRESENCE, IN_CALL } in_kind;
 
 typedef struct inbound {
     in_kind kind;
     natsMsg *msg;
+    gw_bus_fn fn; /* IN_CALL */
+    void *data;
     struct inbound *next;
 } inbound;
 
@@ -34,15 +36,15 @@ struct gw_bus {
 
 /* ---- push side (nats.c threads) ---- */
 
-static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
+static void push_item(gw_bus *bus, in_kind kind, natsMsg *msg, gw_bus_fn fn, void *data)
 {
     inbound *n = malloc(sizeof *n);
-    if (n == NULL) {
-        natsMsg_Destroy(msg);
-        return;
-    }
+    if (n == NULL)
+        abort();
     n->kind = kind;
     n->msg = msg;
+    n->fn = fn;
+    n->data = data;
     n->next = NULL;
     pthread_mutex_lock(&bus->lock);
     bool was_empty = bus->head == NULL;
@@ -54,6 +56,23 @@ static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
     pthread_mutex_unlock(&bus->lock);
     if (was_empty)
         lws_cancel_service(bus->srv->context);
+}
+
+static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
+{
+    push_item(bus, kind, msg, NULL, NULL);
+}
+
+void gw_bus_call(gw_server *srv, gw_bus_fn fn, void *data)
+{
+    push_item(srv->bus, IN_CALL, NULL, fn, data);
+}
+
+static void on_presence(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    push(closure, IN_PRESENCE, msg);
 }
 
 static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -106,6 +125,7 @@ chat_status gw_bus_create(gw_server *srv, gw_bus **out)
 
 static void free_request(gw_request *r)
 {
+    free(r->payload);
     free(r);
 }
 
@@ -120,6 +140,7 @@ void gw_bus_destroy(gw_bus *bus)
     for (inbound *n = bus->head, *next; n; n = next) {
         next = n->next;
         natsMsg_Destroy(n->msg);
+        free(n->kind == IN_CALL ? n->data : NULL);
         free(n);
     }
     for (gw_request *r = bus->oldest, *next; r; r = next) {
@@ -234,6 +255,12 @@ void gw_bus_drain(gw_server *srv)
         case IN_REPLY:
             handle_reply(srv, n->msg);
             break;
+        case IN_PRESENCE:
+            gw_session_on_presence_change(srv, n->msg);
+            break;
+        case IN_CALL:
+            n->fn(srv, n->data);
+            break;
         case IN_MEMBERS: {
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.members.", 13) == 0)
@@ -281,6 +308,14 @@ chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscrip
     }
     *out = sub;
     return CHAT_OK;
+}
+
+chat_status gw_bus_subscribe_presence(gw_server *srv, const char *user, natsSubscription **out)
+{
+    char subject[96];
+    snprintf(subject, sizeof subject, "chat.presence.%s", user);
+    natsStatus s = natsConnection_Subscribe(out, srv->nc, subject, on_presence, srv->bus);
+    return s == NATS_OK ? CHAT_OK : chat_nats_check(s, "gateway", "subscribe_presence");
 }
 
 void gw_bus_unsubscribe_user(natsSubscription *sub)

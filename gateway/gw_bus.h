@@ -20,6 +20,10 @@ typedef enum gw_req_kind {
     GW_REQ_PUBLISH,      /* a Post to chat.in: the broker's PubAck */
     GW_REQ_MEMBER_CHECK, /* chat.api.v1.members.check before publishing a send */
     GW_REQ_POST_STATUS,  /* chat.api.v1.post.status after a duplicate PubAck */
+    GW_REQ_SYNC,         /* chat.api.v1.sync: one page */
+    GW_REQ_HISTORY,      /* chat.api.v1.history */
+    GW_REQ_CURSOR,       /* chat.api.v1.cursor: a batch of seen/read cursors */
+    GW_REQ_MEMBERS_LIST, /* chat.api.v1.members.list, for typing fanout */
 } gw_req_kind;
 
 typedef struct gw_request {
@@ -28,6 +32,9 @@ typedef struct gw_request {
     uint64_t session;      /* the asking session (looked up again when the reply comes) */
     char conv[65], cmid[65], user[65];
     int attempts;
+    uint8_t *payload;      /* what to send again or merge back (cursor batches), or NULL */
+    size_t payload_len;
+    char ref[130];         /* history: the client's ref as JSON text */
     int64_t sent_ns;
     int64_t deadline_ms;   /* monotonic */
     int64_t retry_at_ms;   /* POST_STATUS waiting to be asked again, or 0 */
@@ -47,6 +54,13 @@ void gw_bus_tick(gw_server *srv);
 /* lws thread: subscribes chat.deliver.u.<user> (first device of a user) / unsubscribes (last). */
 chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out);
 void gw_bus_unsubscribe_user(natsSubscription *sub);
+
+/* Any thread: runs fn(srv, data) on the lws thread (fn frees data). */
+typedef void (*gw_bus_fn)(gw_server *srv, void *data);
+void gw_bus_call(gw_server *srv, gw_bus_fn fn, void *data);
+
+/* lws thread: subscribes chat.presence.<user> for the sessions watching the user. */
+chat_status gw_bus_subscribe_presence(gw_server *srv, const char *user, natsSubscription **out);
 
 /* lws thread: a new request record (owned by the bus until its reply or timeout). */
 gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t session, int timeout_ms);

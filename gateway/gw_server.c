@@ -14,6 +14,8 @@
 #include "chat_log.h"
 #include "chat_time.h"
 #include "gw_bus.h"
+#include "gw_cursor.h"
+#include "gw_presence.h"
 #include "gw_session.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
@@ -23,6 +25,8 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *srv = lws_container_of(sul, gw_server, tick_sul);
     gw_bus_tick(srv);
+    if (++srv->ticks % 2 == 0)
+        gw_cursor_flush(srv); /* every 200 ms */
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
 }
 
@@ -198,6 +202,8 @@ chat_status gw_server_create(gw_server *srv)
     srv->users = chat_map_create();
     srv->membership = chat_map_create();
     srv->checking = chat_map_create();
+    srv->cursors = chat_map_create();
+    srv->watched = chat_map_create();
     register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -212,6 +218,8 @@ chat_status gw_server_create(gw_server *srv)
         return CHAT_ERR_IO;
     if (gw_bus_create(srv, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
+    if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
+        return CHAT_ERR_INTERNAL;
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
     return CHAT_OK;
 }
@@ -235,14 +243,20 @@ void gw_server_destroy(gw_server *srv)
     if (srv == NULL)
         return;
     if (srv->context) {
+        gw_cursor_flush(srv); /* the last cursors; their replies are not awaited */
         lws_context_destroy(srv->context); /* closes every session (CLOSED callbacks) */
         srv->context = NULL;
     }
+    gw_presence_destroy(srv->presence); /* our users leave presence at once */
+    srv->presence = NULL;
     gw_bus_destroy(srv->bus);
+    gw_cursor_free_all(srv);
     srv->bus = NULL;
     chat_map_destroy(srv->sessions);
     chat_map_destroy(srv->users);
     chat_map_destroy(srv->membership);
     chat_map_destroy(srv->checking);
-    srv->sessions = srv->users = srv->membership = srv->checking = NULL;
+    chat_map_destroy(srv->cursors);
+    chat_map_destroy(srv->watched);
+    srv->sessions = srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = NULL;
 }

@@ -18,6 +18,7 @@
 #include "chat_status.h"
 
 typedef struct gw_bus gw_bus;
+typedef struct gw_presence gw_presence;
 
 typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
@@ -43,6 +44,10 @@ typedef struct gw_server {
     chat_map *users;      /* user id -> gw_user * */
     chat_map *membership; /* conv -> gw_membership * (cache) */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
+    chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
+    chat_map *watched;    /* user -> sessions watching the user's presence */
+    gw_presence *presence;
+    int ticks;
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;
 } gw_server;

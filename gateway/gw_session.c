@@ -15,6 +15,9 @@
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_time.h"
+#include "gw_cursor.h"
+#include "gw_presence.h"
+#include "gw_sync.h"
 
 #define MEMBERSHIP_TTL_MS 60000
 #define REQUEST_TIMEOUT_MS 5000
@@ -81,14 +84,14 @@ static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
         lws_callback_on_writable(s->wsi);
 }
 
-static void send_json(gw_server *srv, gw_session *s, json_t *frame)
+void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame)
 {
     gw_frame *f = frame_from_json(frame, 0);
     enqueue(srv, s, f);
     frame_release(f);
 }
 
-static void send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message)
+void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message)
 {
     json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (ref)
@@ -98,10 +101,17 @@ static void send_error(gw_server *srv, gw_session *s, const char *ref, const cha
                               : strcmp(code, "unavailable") == 0 ? srv->m.fail_unavailable
                                                                  : srv->m.fail_bad_request;
     atomic_fetch_add(c, 1);
-    send_json(srv, s, f);
+    gw_session_send_json(srv, s, f);
 }
 
-static gw_session *find_session(gw_server *srv, uint64_t id)
+void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e)
+{
+    gw_frame *f = frame_from_json(chat_event_json(e), 0);
+    enqueue(srv, s, f);
+    frame_release(f);
+}
+
+gw_session *gw_session_find(gw_server *srv, uint64_t id)
 {
     char key[48];
     snprintf(key, sizeof key, "%s-%" PRIu64, srv->gateway_id, id);
@@ -115,7 +125,18 @@ static gw_session *find_session(gw_server *srv, uint64_t id)
 typedef struct gw_membership {
     chat_map *users; /* value (void *)1 member, (void *)2 not a member */
     int64_t expires_ms;
+    char **list;     /* every member, once members.list answered (typing fanout); else NULL */
+    size_t nlist;
 } gw_membership;
+
+static void membership_free(gw_membership *m)
+{
+    for (size_t i = 0; i < m->nlist; i++)
+        free(m->list[i]);
+    free(m->list);
+    chat_map_destroy(m->users);
+    free(m);
+}
 
 static int membership_get(gw_server *srv, const char *conv, const char *user)
 {
@@ -144,10 +165,8 @@ static void membership_put(gw_server *srv, const char *conv, const char *user, b
 void gw_session_on_members_changed(gw_server *srv, const char *conv)
 {
     gw_membership *m = chat_map_remove(srv->membership, conv);
-    if (m) {
-        chat_map_destroy(m->users);
-        free(m);
-    }
+    if (m)
+        membership_free(m);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -165,9 +184,9 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     snprintf(msg_id, sizeof msg_id, "%s/%s", conv, cmid);
     if (gw_bus_request_send(srv, req, subject, post, len, msg_id) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        gw_session *s = find_session(srv, session);
+        gw_session *s = gw_session_find(srv, session);
         if (s)
-            send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
+            gw_session_send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
         return;
     }
     LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
@@ -212,13 +231,13 @@ static void waiting_release(gw_server *srv, const char *conv, const char *user, 
         return;
     for (waiting_post *p = w->head, *next; p; p = next) {
         next = p->next;
-        gw_session *s = find_session(srv, p->session);
+        gw_session *s = gw_session_find(srv, p->session);
         if (member == 1)
             publish_post(srv, p->session, conv, p->cmid, p->post, p->len);
         else if (s && member == 0)
-            send_error(srv, s, p->cmid, "not_member", "not a member of this conversation");
+            gw_session_send_error(srv, s, p->cmid, "not_member", "not a member of this conversation");
         else if (s)
-            send_error(srv, s, p->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
+            gw_session_send_error(srv, s, p->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
         free(p->post);
         free(p);
     }
@@ -250,7 +269,7 @@ static void handle_post(gw_server *srv, gw_session *s, json_t *root, Chat__V1__E
     bool change = kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
     if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE || kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION) {
         if (body && !json_is_string(body)) {
-            send_error(srv, s, ref, "bad_request", "body must be a string");
+            gw_session_send_error(srv, s, ref, "bad_request", "body must be a string");
             return;
         }
         if (body == NULL)
@@ -263,14 +282,14 @@ static void handle_post(gw_server *srv, gw_session *s, json_t *root, Chat__V1__E
     /* from here on body holds a reference of ours */
     if (change && (!json_is_integer(target) || json_integer_value(target) < 1)) {
         json_decref(body);
-        send_error(srv, s, ref, "bad_request", "target must be the seq of a message (an integer >= 1)");
+        gw_session_send_error(srv, s, ref, "bad_request", "target must be the seq of a message (an integer >= 1)");
         return;
     }
     if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION &&
         (!json_is_string(emoji) || json_string_length(emoji) == 0 || json_string_length(emoji) > 64 ||
          (on != NULL && !json_is_boolean(on)))) {
         json_decref(body);
-        send_error(srv, s, ref, "bad_request", "a reaction needs emoji (1-64 bytes) and a boolean on");
+        gw_session_send_error(srv, s, ref, "bad_request", "a reaction needs emoji (1-64 bytes) and a boolean on");
         return;
     }
     handle_send_checked(srv, s, root, kind, conv, cmid, ref, body, meta, target, emoji, on);
@@ -283,29 +302,29 @@ static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Cha
 {
     (void)root;
     if (!chat_id_valid(conv)) {
-        send_error(srv, s, ref, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
+        gw_session_send_error(srv, s, ref, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
         return;
     }
     if (ref == NULL) {
-        send_error(srv, s, NULL, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
+        gw_session_send_error(srv, s, NULL, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
         return;
     }
     if (!json_is_string(body)) {
-        send_error(srv, s, ref, "bad_request", "body must be a string");
+        gw_session_send_error(srv, s, ref, "bad_request", "body must be a string");
         return;
     }
     if (json_string_length(body) > GW_BODY_MAX) {
-        send_error(srv, s, ref, "too_large", "body is larger than 16 KiB");
+        gw_session_send_error(srv, s, ref, "too_large", "body is larger than 16 KiB");
         return;
     }
     if (meta && !json_is_null(meta) && !json_is_object(meta)) {
-        send_error(srv, s, ref, "bad_request", "meta must be a JSON object");
+        gw_session_send_error(srv, s, ref, "bad_request", "meta must be a JSON object");
         return;
     }
     char *meta_text = json_is_object(meta) ? json_dumps(meta, JSON_COMPACT) : NULL;
     if (meta_text && strlen(meta_text) > GW_BODY_MAX) {
         free(meta_text);
-        send_error(srv, s, ref, "too_large", "meta is larger than 16 KiB");
+        gw_session_send_error(srv, s, ref, "too_large", "meta is larger than 16 KiB");
         return;
     }
     Chat__V1__Post p = CHAT__V1__POST__INIT;
@@ -341,7 +360,7 @@ static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Cha
     }
     if (known == 2) {
         free(packed);
-        send_error(srv, s, ref, "not_member", "not a member of this conversation");
+        gw_session_send_error(srv, s, ref, "not_member", "not a member of this conversation");
         return;
     }
     Chat__V1__MemberCheckRequest rq = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
@@ -356,7 +375,7 @@ static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Cha
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         free(packed);
-        send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry with the same cmid");
+        gw_session_send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry with the same cmid");
         return;
     }
     w = calloc(1, sizeof *w);
@@ -381,7 +400,7 @@ static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char
     json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
                           (json_int_t)seq, "id", id);
     atomic_fetch_add(srv->m.acks, 1);
-    send_json(srv, s, f);
+    gw_session_send_json(srv, s, f);
 }
 
 static bool no_responders(natsMsg *msg)
@@ -391,8 +410,21 @@ static bool no_responders(natsMsg *msg)
            strcmp(status, "503") == 0;
 }
 
+static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg);
+
 bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    switch (req->kind) {
+    case GW_REQ_SYNC:
+    case GW_REQ_HISTORY:
+        return gw_sync_on_reply(srv, req, msg);
+    case GW_REQ_CURSOR:
+        return gw_cursor_on_reply(srv, req, msg && !no_responders(msg) ? msg : NULL);
+    case GW_REQ_MEMBERS_LIST:
+        return on_members_list(srv, req, msg && !no_responders(msg) ? msg : NULL);
+    default:
+        break;
+    }
     if (req->kind == GW_REQ_MEMBER_CHECK) {
         Chat__V1__MemberCheckReply *r = NULL;
         if (msg && !no_responders(msg))
@@ -406,13 +438,13 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         waiting_release(srv, req->conv, req->user, member);
         return false;
     }
-    gw_session *s = find_session(srv, req->session);
+    gw_session *s = gw_session_find(srv, req->session);
     if (s == NULL)
         return false; /* the client left; it retries with the same cmid when it comes back */
     switch (req->kind) {
     case GW_REQ_PUBLISH: {
         if (msg == NULL || no_responders(msg)) {
-            send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
+            gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
             return false;
         }
         chat_histogram_observe_us(srv->m.puback, (chat_mono_ns() - req->sent_ns) / 1000);
@@ -421,19 +453,19 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
         json_decref(ack);
         if (error) {
-            send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
+            gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
             return false;
         }
         if (!duplicate)
             return false; /* the ack comes with the committed event */
         /* a retry the broker already has: ask the api role for the stored seq and id */
         if (!ask_post_status(srv, req)) {
-            send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
+            gw_session_send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
             return false;
         }
         return true;
     }
-    case GW_REQ_MEMBER_CHECK:
+    default:
         return false; /* handled above */
     case GW_REQ_POST_STATUS: {
         Chat__V1__PostReply *r = NULL;
@@ -454,7 +486,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
             return true;
         }
-        send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
+        gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
         return false;
     }
     }
@@ -463,7 +495,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 
 bool gw_session_on_retry(gw_server *srv, gw_request *req)
 {
-    if (find_session(srv, req->session) == NULL)
+    if (gw_session_find(srv, req->session) == NULL)
         return false;
     return req->kind == GW_REQ_POST_STATUS && ask_post_status(srv, req);
 }
@@ -522,11 +554,27 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         frame_release(f);
         break;
     }
+    case CHAT__V1__DELIVERY__ITEM_TYPING: {
+        gw_frame *f = frame_from_json(
+            json_pack("{s:s, s:s, s:s}", "type", "typing", "conv", d->typing->conv, "user", d->typing->user), 0);
+        fan_to_user(srv, u, f);
+        frame_release(f);
+        break;
+    }
+    case CHAT__V1__DELIVERY__ITEM_RECEIPT: {
+        Chat__V1__Receipt *r = d->receipt;
+        gw_frame *f = frame_from_json(json_pack("{s:s, s:s, s:s, s:I, s:I}", "type", "receipt", "conv", r->conv, "user",
+                                                r->user, "read", (json_int_t)r->read, "seen", (json_int_t)r->seen),
+                                      0);
+        fan_to_user(srv, u, f);
+        frame_release(f);
+        break;
+    }
     case CHAT__V1__DELIVERY__ITEM_REJECTION: {
         Chat__V1__Rejection *rj = d->rejection;
         for (gw_session *s = u->sessions; s; s = s->next_of_user)
             if (strcmp(s->id_str, rj->session) == 0)
-                send_error(srv, s, rj->cmid, rj->code, rj->message);
+                gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
         if (strcmp(rj->code, "not_member") == 0)
             gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
         break;
@@ -558,6 +606,7 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
         }
         chat_map_put(srv->users, u->id, u, NULL);
         atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
+        gw_presence_online(srv->presence, u->id);
     }
     s->next_of_user = u->sessions;
     if (u->sessions)
@@ -571,7 +620,215 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
     LOG_DEBUG("gateway", "event=connected session=%s user=%s", s->id_str, s->user);
     json_t *hello = json_pack("{s:s, s:s, s:s, s:I}", "type", "hello", "user", s->user, "session", s->id_str,
                               "server_time", (json_int_t)chat_now_ms());
-    send_json(srv, s, hello);
+    gw_session_send_json(srv, s, hello);
+}
+
+/* ---- typing: ephemeral, core NATS only, to the members connected now ---- */
+
+#define TYPING_MIN_INTERVAL_MS 1000
+
+static void typing_fanout(gw_server *srv, gw_membership *m, const char *conv, const char *user)
+{
+    Chat__V1__Typing t = CHAT__V1__TYPING__INIT;
+    t.conv = (char *)conv;
+    t.user = (char *)user;
+    t.ts_ms = chat_now_ms();
+    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+    d.item_case = CHAT__V1__DELIVERY__ITEM_TYPING;
+    d.typing = &t;
+    uint8_t buf[256];
+    size_t len = chat__v1__delivery__pack(&d, buf);
+    for (size_t i = 0; i < m->nlist; i++) {
+        char subject[128];
+        if (strcmp(m->list[i], user) != 0 && chat_subject_deliver(subject, sizeof subject, m->list[i]))
+            natsConnection_Publish(srv->nc, subject, buf, (int)len);
+    }
+}
+
+static void handle_typing(gw_server *srv, gw_session *s, json_t *root)
+{
+    const char *conv = str_field(root, "conv");
+    if (!chat_id_valid(conv)) {
+        gw_session_send_error(srv, s, NULL, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
+        return;
+    }
+    int64_t now = chat_mono_ns() / 1000000;
+    if (strcmp(s->typing_conv, conv) == 0 && now - s->typing_at_ms < TYPING_MIN_INTERVAL_MS)
+        return; /* rate limit: typing is a hint, the extras are dropped */
+    s->typing_at_ms = now;
+    snprintf(s->typing_conv, sizeof s->typing_conv, "%s", conv);
+    if (membership_get(srv, conv, s->user) == 2) {
+        gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+        return;
+    }
+    gw_membership *m = chat_map_get(srv->membership, conv);
+    if (m && m->list && membership_get(srv, conv, s->user) == 1) {
+        typing_fanout(srv, m, conv, s->user);
+        return;
+    }
+    Chat__V1__MembersListRequest rq = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
+    rq.conv = (char *)conv;
+    uint8_t buf[128];
+    size_t len = chat__v1__members_list_request__pack(&rq, buf);
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBERS_LIST, s->id, REQUEST_TIMEOUT_MS);
+    snprintf(req->conv, sizeof req->conv, "%s", conv);
+    snprintf(req->user, sizeof req->user, "%s", s->user);
+    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.list", buf, len, NULL) != CHAT_OK)
+        gw_bus_request_free(srv, req); /* typing is best effort */
+}
+
+static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    Chat__V1__MembersListReply *r = NULL;
+    if (msg && natsMsg_GetDataLength(msg) > 0)
+        r = chat__v1__members_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                 (const uint8_t *)natsMsg_GetData(msg));
+    if (r == NULL || (r->status && r->status->code[0] && strcmp(r->status->code, "not_found") != 0)) {
+        if (r)
+            chat__v1__members_list_reply__free_unpacked(r, NULL);
+        return false;
+    }
+    gw_session_on_members_changed(srv, req->conv); /* replace whatever was cached */
+    bool member = false;
+    for (size_t i = 0; i < r->n_users; i++) {
+        membership_put(srv, req->conv, r->users[i], true);
+        member |= strcmp(r->users[i], req->user) == 0;
+    }
+    if (!member)
+        membership_put(srv, req->conv, req->user, false);
+    gw_membership *m = chat_map_get(srv->membership, req->conv);
+    m->list = calloc(r->n_users ? r->n_users : 1, sizeof *m->list);
+    for (size_t i = 0; i < r->n_users; i++)
+        m->list[i] = strdup(r->users[i]);
+    m->nlist = r->n_users;
+    chat__v1__members_list_reply__free_unpacked(r, NULL);
+    gw_session *s = gw_session_find(srv, req->session);
+    if (member)
+        typing_fanout(srv, m, req->conv, req->user);
+    else if (s)
+        gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+    return false;
+}
+
+/* ---- presence ---- */
+
+#define WATCH_MAX 200
+
+typedef struct gw_watch {
+    natsSubscription *sub;
+    uint64_t *sessions;
+    int n, cap;
+} gw_watch;
+
+static void watch(gw_server *srv, gw_session *s, const char *user)
+{
+    for (int i = 0; i < s->nwatching; i++)
+        if (strcmp(s->watching[i], user) == 0)
+            return;
+    if (s->nwatching >= WATCH_MAX)
+        return;
+    gw_watch *w = chat_map_get(srv->watched, user);
+    if (w == NULL) {
+        w = calloc(1, sizeof *w);
+        if (gw_bus_subscribe_presence(srv, user, &w->sub) != CHAT_OK) {
+            free(w);
+            return;
+        }
+        chat_map_put(srv->watched, user, w, NULL);
+    }
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 4;
+        w->sessions = realloc(w->sessions, (size_t)w->cap * sizeof *w->sessions);
+    }
+    w->sessions[w->n++] = s->id;
+    if (s->watching == NULL)
+        s->watching = calloc(WATCH_MAX, sizeof *s->watching);
+    snprintf(s->watching[s->nwatching++], sizeof s->watching[0], "%s", user);
+}
+
+static void unwatch_all(gw_server *srv, gw_session *s)
+{
+    for (int i = 0; i < s->nwatching; i++) {
+        gw_watch *w = chat_map_get(srv->watched, s->watching[i]);
+        if (w == NULL)
+            continue;
+        for (int k = 0; k < w->n; k++)
+            if (w->sessions[k] == s->id) {
+                w->sessions[k] = w->sessions[--w->n];
+                break;
+            }
+        if (w->n == 0) {
+            chat_map_remove(srv->watched, s->watching[i]);
+            gw_bus_unsubscribe_user(w->sub);
+            free(w->sessions);
+            free(w);
+        }
+    }
+    free(s->watching);
+    s->watching = NULL;
+    s->nwatching = 0;
+}
+
+static void handle_presence(gw_server *srv, gw_session *s, json_t *root)
+{
+    json_t *users = json_object_get(root, "users");
+    size_t n = json_is_array(users) ? json_array_size(users) : 0;
+    if (!json_is_array(users) || n > GW_PRESENCE_QUERY_MAX) {
+        gw_session_send_error(srv, s, NULL, "bad_request", "users must be an array of at most 100 user ids");
+        return;
+    }
+    const char *ids[GW_PRESENCE_QUERY_MAX];
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = json_string_value(json_array_get(users, i));
+        if (!chat_id_valid(ids[i])) {
+            gw_session_send_error(srv, s, NULL, "bad_request", "users must be an array of at most 100 user ids");
+            return;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        watch(srv, s, ids[i]);
+    gw_presence_query(srv->presence, s->id, ids, (int)n);
+}
+
+static json_t *presence_json(bool online, int64_t last_seen)
+{
+    json_t *j = json_pack("{s:b}", "online", online);
+    json_object_set_new(j, "last_seen", last_seen ? json_integer((json_int_t)last_seen) : json_null());
+    return j;
+}
+
+void gw_session_on_presence(gw_server *srv, void *data)
+{
+    gw_presence_answer *a = data;
+    gw_session *s = gw_session_find(srv, a->session);
+    if (s) {
+        json_t *users = json_object();
+        for (int i = 0; i < a->n; i++)
+            json_object_set_new(users, a->states[i].user, presence_json(a->states[i].online, a->states[i].last_seen_ms));
+        gw_session_send_json(srv, s, json_pack("{s:s, s:o}", "type", "presence", "users", users));
+    }
+    free(a);
+}
+
+void gw_session_on_presence_change(gw_server *srv, natsMsg *msg)
+{
+    Chat__V1__Presence *p = chat__v1__presence__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                       (const uint8_t *)natsMsg_GetData(msg));
+    if (p == NULL)
+        return;
+    gw_watch *w = chat_map_get(srv->watched, p->user);
+    if (w) {
+        json_t *users = json_object();
+        json_object_set_new(users, p->user, presence_json(p->online, p->last_seen_ms));
+        gw_frame *f = frame_from_json(json_pack("{s:s, s:o}", "type", "presence", "users", users), 0);
+        for (int i = 0; i < w->n; i++) {
+            gw_session *s = gw_session_find(srv, w->sessions[i]);
+            if (s)
+                enqueue(srv, s, f);
+        }
+        frame_release(f);
+    }
+    chat__v1__presence__free_unpacked(p, NULL);
 }
 
 static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
@@ -581,12 +838,12 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
     json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
     if (root == NULL || !json_is_object(root)) {
         json_decref(root);
-        send_error(srv, s, NULL, "bad_request", "a frame must be one JSON object");
+        gw_session_send_error(srv, s, NULL, "bad_request", "a frame must be one JSON object");
         return;
     }
     const char *type = str_field(root, "type");
     if (type == NULL)
-        send_error(srv, s, NULL, "bad_request", "missing type");
+        gw_session_send_error(srv, s, NULL, "bad_request", "missing type");
     else if (strcmp(type, "send") == 0)
         handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT);
     else if (strcmp(type, "edit") == 0)
@@ -595,10 +852,22 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
         handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE);
     else if (strcmp(type, "react") == 0)
         handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION);
+    else if (strcmp(type, "sync") == 0)
+        gw_sync_handle(srv, s, root);
+    else if (strcmp(type, "history") == 0)
+        gw_history_handle(srv, s, root);
+    else if (strcmp(type, "seen") == 0)
+        gw_cursor_handle(srv, s, root, false);
+    else if (strcmp(type, "read") == 0)
+        gw_cursor_handle(srv, s, root, true);
+    else if (strcmp(type, "typing") == 0)
+        handle_typing(srv, s, root);
+    else if (strcmp(type, "presence") == 0)
+        handle_presence(srv, s, root);
     else if (strcmp(type, "ping") == 0)
-        send_json(srv, s, json_pack("{s:s}", "type", "pong"));
+        gw_session_send_json(srv, s, json_pack("{s:s}", "type", "pong"));
     else
-        send_error(srv, s, NULL, "bad_request", "unknown type");
+        gw_session_send_error(srv, s, NULL, "bad_request", "unknown type");
     json_decref(root);
 }
 
@@ -614,7 +883,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     }
     if (complete && s->rx.len == 0) { /* the common case: one whole frame, no copy */
         if (lws_frame_is_binary(s->wsi))
-            send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+            gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
         else
             handle_frame(srv, s, in, len);
         return 0;
@@ -623,7 +892,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     if (!complete)
         return 0;
     if (lws_frame_is_binary(s->wsi))
-        send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+        gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
     else
         handle_frame(srv, s, s->rx.data, s->rx.len);
     chat_buf_free(&s->rx); /* do not keep up to 64 KiB per idle connection */
@@ -654,6 +923,8 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
     if (!ok)
         return -1;
     atomic_fetch_add(srv->m.frames_out, 1);
+    if (s->sync_next)
+        gw_sync_resume(srv, s);
     if (s->qhead)
         lws_callback_on_writable(s->wsi);
     return 0;
@@ -669,8 +940,11 @@ void gw_session_closed(gw_server *srv, gw_session *s)
     }
     s->qhead = s->qtail = NULL;
     s->qbytes = 0;
+    free(s->sync_next);
+    s->sync_next = NULL;
     if (!s->established)
         return;
+    unwatch_all(srv, s);
     s->established = false;
     gw_user *u = chat_map_get(srv->users, s->user);
     if (u) {
@@ -681,6 +955,7 @@ void gw_session_closed(gw_server *srv, gw_session *s)
         if (s->next_of_user)
             s->next_of_user->prev_of_user = s->prev_of_user;
         if (--u->count == 0) {
+            gw_presence_offline(srv->presence, u->id);
             chat_map_remove(srv->users, u->id);
             gw_bus_unsubscribe_user(u->sub);
             free(u);

@@ -9,6 +9,9 @@
 #include <libwebsockets.h>
 #include <nats/nats.h>
 
+#include <jansson.h>
+
+#include "chat.pb-c.h"
 #include "chat_buf.h"
 #include "chat_http.h"
 #include "chat_id.h"
@@ -44,6 +47,13 @@ typedef struct gw_session {
     size_t qbytes;
     chat_buf rx;                 /* fragments of the frame being received */
     int close_code;              /* set: close after the queue (or at once) with this code */
+    bool syncing;                /* a sync is running: pages until `synced` */
+    uint8_t *sync_next;          /* the next page's packed SyncRequest, parked while the queue drains */
+    size_t sync_next_len;
+    int64_t typing_at_ms;        /* rate limit of typing frames */
+    char typing_conv[CHAT_ID_MAX + 1];
+    char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
+    int nwatching;
     struct gw_session *next_of_user, *prev_of_user;
 } gw_session;
 
@@ -65,6 +75,16 @@ void gw_session_closed(gw_server *srv, gw_session *s);
 void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg);
 /* msg NULL: the request timed out. The request is freed by the caller unless retried. */
 bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+/* Presence: a query answer (gw_presence_answer *, freed here) and a change on chat.presence.<user>. */
+void gw_session_on_presence(gw_server *srv, void *answer);
+void gw_session_on_presence_change(gw_server *srv, natsMsg *msg);
+
+/* Shared with gw_sync.c and gw_cursor.c (lws thread). */
+gw_session *gw_session_find(gw_server *srv, uint64_t id);
+void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame); /* takes the reference */
+void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message);
+void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e);
+
 /* A request waiting for retry_at_ms is due: send it again. false: free it. */
 bool gw_session_on_retry(gw_server *srv, gw_request *req);
 void gw_session_on_members_changed(gw_server *srv, const char *conv);

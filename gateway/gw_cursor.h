@@ -1,0 +1,22 @@
+/* seen and read frames: cursors (watermarks) per member and conversation, gathered on the lws
+ * thread (the highest value wins) and sent to chat.api.v1.cursor in one batch every 200 ms; a
+ * batch that fails is merged back and sent again. The api role stores them with one statement
+ * and broadcasts `read` to the conversation's members as receipts. lws thread only. */
+#ifndef GW_CURSOR_H
+#define GW_CURSOR_H
+#include <jansson.h>
+#include <nats/nats.h>
+
+#include "gw_bus.h"
+#include "gw_session.h"
+
+#define GW_CURSOR_BATCH_MAX 1000
+
+void gw_cursor_handle(gw_server *srv, gw_session *s, json_t *root, bool read);
+/* Sends what gathered; called from the tick. */
+void gw_cursor_flush(gw_server *srv);
+bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+/* Frees what is still gathered (at stop). */
+void gw_cursor_free_all(gw_server *srv);
+
+#endif

@@ -1,0 +1,403 @@
+/* The presence thread: a queue from the lws thread, one hiredis connection, pipelined calls. */
+#include "gw_presence.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "chat.pb-c.h"
+#include "chat_log.h"
+#include "chat_map.h"
+#include "chat_time.h"
+#include "gw_bus.h"
+#include "gw_session.h"
+
+#define SWEEP_MS 5000
+
+typedef enum { W_ONLINE, W_OFFLINE, W_QUERY } work_kind;
+
+typedef struct work {
+    work_kind kind;
+    char user[65];
+    uint64_t session;
+    int n;
+    char (*users)[65];
+    struct work *next;
+} work;
+
+struct gw_presence {
+    gw_server *srv;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    work *head, *tail; /* under lock */
+    bool stop;         /* under lock */
+    /* presence thread only */
+    redisContext *redis;
+    chat_map *held; /* users with a device on this gateway */
+    bool redis_ok;
+};
+
+static void enqueue(gw_presence *p, work *w)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->tail)
+        p->tail->next = w;
+    else
+        p->head = w;
+    p->tail = w;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static work *work_new(work_kind kind, const char *user)
+{
+    work *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        abort();
+    w->kind = kind;
+    if (user)
+        snprintf(w->user, sizeof w->user, "%s", user);
+    return w;
+}
+
+void gw_presence_online(gw_presence *p, const char *user)
+{
+    if (p)
+        enqueue(p, work_new(W_ONLINE, user));
+}
+
+void gw_presence_offline(gw_presence *p, const char *user)
+{
+    if (p)
+        enqueue(p, work_new(W_OFFLINE, user));
+}
+
+void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n)
+{
+    if (p == NULL)
+        return;
+    work *w = work_new(W_QUERY, NULL);
+    w->session = session;
+    w->n = n;
+    w->users = calloc((size_t)(n ? n : 1), sizeof *w->users);
+    for (int i = 0; i < n; i++)
+        snprintf(w->users[i], sizeof w->users[i], "%s", users[i]);
+    enqueue(p, w);
+}
+
+/* ---- presence thread ---- */
+
+static bool connect_redis(gw_presence *p)
+{
+    if (p->redis && !p->redis->err)
+        return true;
+    if (p->redis)
+        redisFree(p->redis);
+    const chat_cfg *cfg = p->srv->cfg;
+    struct timeval tv = {1, 0};
+    p->redis = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
+    if (p->redis == NULL || p->redis->err) {
+        if (p->redis_ok)
+            LOG_WARN("presence", "event=redis_down detail=\"%s\"", p->redis ? p->redis->errstr : "no memory");
+        p->redis_ok = false;
+        return false;
+    }
+    redisSetTimeout(p->redis, tv);
+    bool ok = true;
+    if (cfg->redis_password[0]) {
+        redisReply *r = redisCommand(p->redis, "AUTH %s", cfg->redis_password);
+        ok = r && r->type != REDIS_REPLY_ERROR;
+        if (r)
+            freeReplyObject(r);
+    }
+    if (ok && cfg->redis_db) {
+        redisReply *r = redisCommand(p->redis, "SELECT %d", cfg->redis_db);
+        ok = r && r->type != REDIS_REPLY_ERROR;
+        if (r)
+            freeReplyObject(r);
+    }
+    if (!ok) {
+        LOG_WARN("presence", "event=redis_auth_failed");
+        redisFree(p->redis);
+        p->redis = NULL;
+        return false;
+    }
+    if (!p->redis_ok)
+        LOG_INFO("presence", "event=redis_up");
+    p->redis_ok = true;
+    return true;
+}
+
+/* Reads n pipelined replies; returns false (and drops the connection) on a broken link. */
+static bool drain_replies(gw_presence *p, int n, redisReply **keep)
+{
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (ok && redisGetReply(p->redis, (void **)&r) != REDIS_OK)
+            ok = false;
+        if (keep && ok)
+            keep[i] = r;
+        else if (r)
+            freeReplyObject(r);
+    }
+    if (!ok) {
+        redisFree(p->redis);
+        p->redis = NULL;
+    }
+    return ok;
+}
+
+static void announce(gw_presence *p, const char *user, bool online, int64_t last_seen)
+{
+    Chat__V1__Presence pr = CHAT__V1__PRESENCE__INIT;
+    pr.user = (char *)user;
+    pr.online = online;
+    pr.last_seen_ms = last_seen;
+    uint8_t buf[128];
+    size_t len = chat__v1__presence__pack(&pr, buf);
+    char subject[96];
+    snprintf(subject, sizeof subject, "chat.presence.%s", user);
+    natsConnection_Publish(p->srv->nc, subject, buf, (int)len);
+}
+
+static int append_alive(gw_presence *p, const char *user, int64_t now)
+{
+    const char *gw = p->srv->gateway_id;
+    long long exp = (long long)(now + GW_PRESENCE_TTL_MS);
+    redisAppendCommand(p->redis, "ZADD presence:%s %lld %s", user, exp, gw);
+    redisAppendCommand(p->redis, "ZADD presence:online GT %lld %s", exp, user);
+    redisAppendCommand(p->redis, "PEXPIRE presence:%s %d", user, 2 * GW_PRESENCE_TTL_MS);
+    redisAppendCommand(p->redis, "SET last_seen:%s %lld", user, (long long)now);
+    return 4;
+}
+
+static void do_online(gw_presence *p, const char *user)
+{
+    chat_map_put(p->held, user, (void *)1, NULL);
+    int64_t now = chat_now_ms();
+    if (connect_redis(p))
+        drain_replies(p, append_alive(p, user, now), NULL);
+    announce(p, user, true, now);
+}
+
+/* The user left this gateway: gone offline when no other gateway holds a live entry. */
+static void leave(gw_presence *p, const char *user, bool announce_offline)
+{
+    int64_t now = chat_now_ms();
+    if (!connect_redis(p)) {
+        if (announce_offline)
+            announce(p, user, false, now);
+        return;
+    }
+    redisAppendCommand(p->redis, "ZREM presence:%s %s", user, p->srv->gateway_id);
+    redisAppendCommand(p->redis, "ZCOUNT presence:%s (%lld +inf", user, (long long)now);
+    redisReply *r[2] = {NULL, NULL};
+    if (!drain_replies(p, 2, r))
+        return;
+    bool others = r[1] && r[1]->type == REDIS_REPLY_INTEGER && r[1]->integer > 0;
+    freeReplyObject(r[0]);
+    freeReplyObject(r[1]);
+    if (others)
+        return;
+    redisAppendCommand(p->redis, "SET last_seen:%s %lld", user, (long long)now);
+    redisAppendCommand(p->redis, "ZREM presence:online %s", user);
+    if (drain_replies(p, 2, NULL) && announce_offline)
+        announce(p, user, false, now);
+}
+
+typedef struct beat {
+    gw_presence *p;
+    int64_t now;
+    int replies;
+} beat;
+
+static void beat_one(const char *user, void *value, void *ctx)
+{
+    (void)value;
+    beat *b = ctx;
+    b->replies += append_alive(b->p, user, b->now);
+}
+
+/* Every held user's entries refreshed, in one pipeline. */
+static void heartbeat(gw_presence *p)
+{
+    if (chat_map_size(p->held) == 0 || !connect_redis(p))
+        return;
+    beat b = {p, chat_now_ms(), 0};
+    chat_map_each(p->held, beat_one, &b);
+    drain_replies(p, b.replies, NULL);
+}
+
+/* Users whose every entry expired (their gateway died): the gateway whose ZREM wins announces. */
+static void sweep(gw_presence *p)
+{
+    if (!connect_redis(p))
+        return;
+    int64_t now = chat_now_ms();
+    redisReply *r = redisCommand(p->redis, "ZRANGEBYSCORE presence:online -inf %lld LIMIT 0 500", (long long)now);
+    if (r == NULL) {
+        redisFree(p->redis);
+        p->redis = NULL;
+        return;
+    }
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            const char *user = r->element[i]->str;
+            if (user == NULL)
+                continue;
+            redisReply *c = redisCommand(p->redis, "ZCOUNT presence:%s (%lld +inf", user, (long long)now);
+            bool alive = c && c->type == REDIS_REPLY_INTEGER && c->integer > 0;
+            if (c)
+                freeReplyObject(c);
+            if (alive)
+                continue;
+            redisReply *z = redisCommand(p->redis, "ZREM presence:online %s", user);
+            bool won = z && z->type == REDIS_REPLY_INTEGER && z->integer == 1;
+            if (z)
+                freeReplyObject(z);
+            if (!won)
+                continue;
+            redisReply *g = redisCommand(p->redis, "GET last_seen:%s", user);
+            int64_t last = g && g->type == REDIS_REPLY_STRING ? strtoll(g->str, NULL, 10) : now;
+            if (g)
+                freeReplyObject(g);
+            LOG_INFO("presence", "event=expired user=%s last_seen=%lld", user, (long long)last);
+            announce(p, user, false, last);
+        }
+    }
+    freeReplyObject(r);
+}
+
+static void answer_query(gw_presence *p, work *w)
+{
+    gw_presence_answer *a = calloc(1, sizeof *a + (size_t)w->n * sizeof a->states[0]);
+    if (a == NULL)
+        abort();
+    a->session = w->session;
+    a->n = w->n;
+    int64_t now = chat_now_ms();
+    bool redis = connect_redis(p);
+    for (int i = 0; i < w->n; i++) {
+        snprintf(a->states[i].user, sizeof a->states[i].user, "%s", w->users[i]);
+        if (redis) {
+            redisAppendCommand(p->redis, "ZCOUNT presence:%s (%lld +inf", w->users[i], (long long)now);
+            redisAppendCommand(p->redis, "GET last_seen:%s", w->users[i]);
+        }
+    }
+    redisReply **r = calloc((size_t)(2 * w->n + 1), sizeof *r);
+    if (redis && drain_replies(p, 2 * w->n, r)) {
+        for (int i = 0; i < w->n; i++) {
+            redisReply *c = r[2 * i], *g = r[2 * i + 1];
+            a->states[i].online = c && c->type == REDIS_REPLY_INTEGER && c->integer > 0;
+            a->states[i].last_seen_ms = g && g->type == REDIS_REPLY_STRING ? strtoll(g->str, NULL, 10) : 0;
+        }
+        for (int i = 0; i < 2 * w->n; i++)
+            if (r[i])
+                freeReplyObject(r[i]);
+    }
+    free(r);
+    gw_bus_call(p->srv, gw_session_on_presence, a);
+}
+
+static void *presence_thread(void *arg)
+{
+    gw_presence *p = arg;
+    int64_t next_beat = 0, next_sweep = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (p->head == NULL && !p->stop) {
+            int64_t now = chat_mono_ns() / 1000000;
+            int64_t due = next_beat < next_sweep ? next_beat : next_sweep;
+            if (due <= now)
+                break;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            int64_t ns = until.tv_nsec + (due - now) * 1000000;
+            until.tv_sec += ns / 1000000000;
+            until.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&p->wake, &p->lock, &until);
+        }
+        work *list = p->head;
+        p->head = p->tail = NULL;
+        bool stop = p->stop;
+        pthread_mutex_unlock(&p->lock);
+        for (work *w = list, *next; w; w = next) {
+            next = w->next;
+            if (w->kind == W_ONLINE)
+                do_online(p, w->user);
+            else if (w->kind == W_OFFLINE) {
+                chat_map_remove(p->held, w->user);
+                leave(p, w->user, true);
+            } else
+                answer_query(p, w);
+            free(w->users);
+            free(w);
+        }
+        if (stop)
+            break;
+        int64_t now = chat_mono_ns() / 1000000;
+        if (now >= next_beat) {
+            heartbeat(p);
+            next_beat = now + GW_PRESENCE_HEARTBEAT_MS;
+        }
+        if (now >= next_sweep) {
+            sweep(p);
+            next_sweep = now + SWEEP_MS;
+        }
+    }
+    return NULL;
+}
+
+chat_status gw_presence_start(gw_server *srv, gw_presence **out)
+{
+    gw_presence *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return CHAT_ERR_NOMEM;
+    p->srv = srv;
+    p->held = chat_map_create();
+    p->redis_ok = true;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    if (pthread_create(&p->thread, NULL, presence_thread, p) != 0) {
+        chat_map_destroy(p->held);
+        free(p);
+        return CHAT_ERR_INTERNAL;
+    }
+    *out = p;
+    return CHAT_OK;
+}
+
+static void leave_one(const char *user, void *value, void *ctx)
+{
+    (void)value;
+    leave(ctx, user, true);
+}
+
+void gw_presence_destroy(gw_presence *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    pthread_join(p->thread, NULL);
+    chat_map_each(p->held, leave_one, p); /* a clean stop: our users leave at once */
+    for (work *w = p->head, *next; w; w = next) {
+        next = w->next;
+        free(w->users);
+        free(w);
+    }
+    chat_map_destroy(p->held);
+    if (p->redis)
+        redisFree(p->redis);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    free(p);
+}

@@ -1,0 +1,54 @@
+/* Presence in Redis, from a thread of its own with its own hiredis connection: the lws thread
+ * only queues work (a user's first device here came, its last one left, a query) and gets query
+ * results back through the bus. Delivery never depends on presence; Redis down only makes
+ * presence answers stale until it is back.
+ *
+ * Keys (TTL = GW_PRESENCE_TTL_MS, heartbeat every GW_PRESENCE_HEARTBEAT_MS, all pipelined):
+ *   presence:<user>   ZSET gateway id -> expiry ms: the gateways holding a device of the user
+ *   presence:online   ZSET user -> expiry ms: who may be online (the sweeper's index)
+ *   last_seen:<user>  Unix ms the user was last seen online (heartbeats keep it fresh)
+ * A user is online while presence:<user> has a member whose expiry is in the future. A gateway
+ * killed with kill -9 stops heartbeating, so its entries expire within the TTL; every gateway
+ * sweeps presence:online and the one whose ZREM succeeds announces the user offline.
+ * Changes go out on core NATS chat.presence.<user> as chat.v1.Presence. */
+#ifndef GW_PRESENCE_H
+#define GW_PRESENCE_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chat_status.h"
+#include "gw_server.h"
+
+#define GW_PRESENCE_TTL_MS 30000
+#define GW_PRESENCE_HEARTBEAT_MS 10000
+#define GW_PRESENCE_QUERY_MAX 100
+
+typedef struct gw_presence gw_presence;
+
+/* One user's state in a query answer. */
+typedef struct gw_presence_state {
+    char user[65];
+    bool online;
+    int64_t last_seen_ms; /* 0: never seen */
+} gw_presence_state;
+
+/* A query answer, handed to gw_session_on_presence on the lws thread (which frees it). */
+typedef struct gw_presence_answer {
+    uint64_t session;
+    int n;
+    gw_presence_state states[];
+} gw_presence_answer;
+
+chat_status gw_presence_start(gw_server *srv, gw_presence **out);
+/* Removes this gateway's entries (users fall offline at once when no other gateway holds them),
+ * stops the thread. NULL-safe. */
+void gw_presence_destroy(gw_presence *p);
+
+/* lws thread: the first device of a user connected here / the last one left. */
+void gw_presence_online(gw_presence *p, const char *user);
+void gw_presence_offline(gw_presence *p, const char *user);
+/* lws thread: asks for the state of users (at most GW_PRESENCE_QUERY_MAX); the answer comes back
+ * through the bus to gw_session_on_presence. */
+void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n);
+
+#endif

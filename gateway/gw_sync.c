@@ -1,0 +1,227 @@
+/* sync and history over the api role. lws thread only. */
+#include "gw_sync.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.pb-c.h"
+#include "chat_frames.h"
+#include "chat_id.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+
+#define SYNC_TIMEOUT_MS 10000
+#define HISTORY_TIMEOUT_MS 10000
+#define SYNC_CURSORS_MAX 10000
+
+static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
+{
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
+    snprintf(req->user, sizeof req->user, "%s", s->user);
+    bool ok = gw_bus_request_send(srv, req, CHAT_API_PREFIX "sync", packed, len, NULL) == CHAT_OK;
+    if (!ok)
+        gw_bus_request_free(srv, req);
+    free(packed);
+    return ok;
+}
+
+static uint8_t *pack_sync(const char *user, Chat__V1__SyncCursor **cursors, size_t n, bool listed_only, size_t *len)
+{
+    Chat__V1__SyncRequest rq = CHAT__V1__SYNC_REQUEST__INIT;
+    rq.user = (char *)user;
+    rq.cursors = cursors;
+    rq.n_cursors = n;
+    rq.max_events = GW_SYNC_PAGE;
+    rq.listed_only = listed_only;
+    *len = chat__v1__sync_request__get_packed_size(&rq);
+    uint8_t *buf = malloc(*len ? *len : 1);
+    if (buf == NULL)
+        abort();
+    chat__v1__sync_request__pack(&rq, buf);
+    return buf;
+}
+
+void gw_sync_handle(gw_server *srv, gw_session *s, json_t *root)
+{
+    if (s->syncing) {
+        gw_session_send_error(srv, s, NULL, "bad_request", "a sync is already running");
+        return;
+    }
+    json_t *cursors = json_object_get(root, "cursors");
+    if (cursors && !json_is_object(cursors) && !json_is_null(cursors)) {
+        gw_session_send_error(srv, s, NULL, "bad_request", "cursors must be an object of conv: seq");
+        return;
+    }
+    size_t n = json_is_object(cursors) ? json_object_size(cursors) : 0;
+    if (n > SYNC_CURSORS_MAX) {
+        gw_session_send_error(srv, s, NULL, "too_large", "at most 10000 cursors");
+        return;
+    }
+    Chat__V1__SyncCursor *items = calloc(n ? n : 1, sizeof *items);
+    Chat__V1__SyncCursor **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    size_t i = 0;
+    const char *conv;
+    json_t *seq;
+    bool ok = true;
+    if (n)
+        json_object_foreach(cursors, conv, seq)
+        {
+            if (!chat_id_valid(conv) || !json_is_integer(seq) || json_integer_value(seq) < 0) {
+                ok = false;
+                break;
+            }
+            chat__v1__sync_cursor__init(&items[i]);
+            items[i].conv = (char *)conv;
+            items[i].after = (uint64_t)json_integer_value(seq);
+            ptrs[i] = &items[i];
+            i++;
+        }
+    if (!ok) {
+        free(items);
+        free(ptrs);
+        gw_session_send_error(srv, s, NULL, "bad_request", "each cursor is conv (an id): seq (an integer >= 0)");
+        return;
+    }
+    size_t len;
+    uint8_t *packed = pack_sync(s->user, ptrs, i, false, &len);
+    free(items);
+    free(ptrs);
+    s->syncing = true;
+    if (!send_page(srv, s, packed, len)) {
+        s->syncing = false;
+        gw_session_send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
+    }
+}
+
+static void sync_failed(gw_server *srv, gw_session *s, const char *code)
+{
+    s->syncing = false;
+    free(s->sync_next);
+    s->sync_next = NULL;
+    gw_session_send_error(srv, s, NULL, strcmp(code, "not_member") == 0 ? code : "unavailable",
+                          "sync stopped; send it again with your cursors");
+}
+
+static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+{
+    Chat__V1__SyncReply *r = NULL;
+    if (msg && natsMsg_GetDataLength(msg) > 0)
+        r = chat__v1__sync_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+    if (r == NULL || (r->status && r->status->code[0])) {
+        sync_failed(srv, s, r && r->status ? r->status->code : "unavailable");
+        if (r)
+            chat__v1__sync_reply__free_unpacked(r, NULL);
+        return false;
+    }
+    for (size_t i = 0; i < r->n_events; i++)
+        gw_session_send_event(srv, s, r->events[i]);
+    if (r->n_next == 0) {
+        s->syncing = false;
+        gw_session_send_json(srv, s, json_pack("{s:s}", "type", "synced"));
+    } else {
+        size_t len;
+        uint8_t *packed = pack_sync(s->user, r->next, r->n_next, true, &len);
+        if (s->qbytes > GW_SYNC_PAUSE_BYTES) {
+            s->sync_next = packed; /* sent from the WRITEABLE path when the client caught up */
+            s->sync_next_len = len;
+        } else if (!send_page(srv, s, packed, len)) {
+            sync_failed(srv, s, "unavailable");
+        }
+    }
+    chat__v1__sync_reply__free_unpacked(r, NULL);
+    return false;
+}
+
+void gw_sync_resume(gw_server *srv, gw_session *s)
+{
+    if (s->sync_next == NULL || s->qbytes > GW_SYNC_RESUME_BYTES)
+        return;
+    uint8_t *packed = s->sync_next;
+    s->sync_next = NULL;
+    if (!send_page(srv, s, packed, s->sync_next_len))
+        sync_failed(srv, s, "unavailable");
+}
+
+void gw_history_handle(gw_server *srv, gw_session *s, json_t *root)
+{
+    const char *conv = json_string_value(json_object_get(root, "conv"));
+    json_t *before = json_object_get(root, "before");
+    json_t *limit = json_object_get(root, "limit");
+    json_t *ref = json_object_get(root, "ref");
+    char *ref_text = ref ? json_dumps(ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    bool ref_ok = ref == NULL || ((json_is_string(ref) || json_is_integer(ref)) && strlen(ref_text) < 130);
+    const char *err = NULL;
+    if (!ref_ok)
+        err = "ref must be a string or an integer (short)";
+    else if (!chat_id_valid(conv))
+        err = "conv must be 1-64 characters of [A-Za-z0-9_-]";
+    else if (before && !json_is_null(before) && (!json_is_integer(before) || json_integer_value(before) < 0))
+        err = "before must be an integer >= 0";
+    else if (limit && !json_is_null(limit) && (!json_is_integer(limit) || json_integer_value(limit) < 1))
+        err = "limit must be an integer from 1 to 100";
+    if (err) {
+        json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", "bad_request", "message", err);
+        if (ref_ok && ref)
+            json_object_set(f, "ref", ref);
+        free(ref_text);
+        gw_session_send_json(srv, s, f);
+        return;
+    }
+    Chat__V1__HistoryRequest rq = CHAT__V1__HISTORY_REQUEST__INIT;
+    rq.conv = (char *)conv;
+    rq.user = s->user;
+    rq.before = json_is_integer(before) ? (uint64_t)json_integer_value(before) : 0;
+    json_int_t l = json_is_integer(limit) ? json_integer_value(limit) : 50;
+    rq.limit = (uint32_t)(l > 100 ? 100 : l);
+    uint8_t buf[256];
+    size_t len = chat__v1__history_request__pack(&rq, buf);
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_HISTORY, s->id, HISTORY_TIMEOUT_MS);
+    snprintf(req->conv, sizeof req->conv, "%s", conv);
+    snprintf(req->ref, sizeof req->ref, "%s", ref_text ? ref_text : "");
+    free(ref_text);
+    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "history", buf, len, NULL) != CHAT_OK) {
+        gw_bus_request_free(srv, req);
+        gw_session_send_error(srv, s, NULL, "unavailable", "history cannot be read now");
+    }
+}
+
+static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, natsMsg *msg)
+{
+    Chat__V1__HistoryReply *r = NULL;
+    if (msg && natsMsg_GetDataLength(msg) > 0)
+        r = chat__v1__history_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                            (const uint8_t *)natsMsg_GetData(msg));
+    json_t *ref = req->ref[0] ? json_loads(req->ref, JSON_DECODE_ANY, NULL) : NULL;
+    json_t *f;
+    if (r == NULL || (r->status && r->status->code[0])) {
+        const char *code = r && r->status && strcmp(r->status->code, "not_member") == 0 ? "not_member" : "unavailable";
+        f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message",
+                      strcmp(code, "not_member") == 0 ? "not a member of this conversation" : "history cannot be read now");
+    } else {
+        json_t *messages = json_array();
+        for (size_t i = 0; i < r->n_events; i++)
+            json_array_append_new(messages, chat_event_json(r->events[i]));
+        f = json_pack("{s:s, s:s, s:o, s:b}", "type", "history", "conv", req->conv, "messages", messages, "more",
+                      r->more);
+    }
+    if (ref)
+        json_object_set_new(f, "ref", ref);
+    if (r)
+        chat__v1__history_reply__free_unpacked(r, NULL);
+    gw_session_send_json(srv, s, f);
+    return false;
+}
+
+bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    gw_session *s = gw_session_find(srv, req->session);
+    if (s == NULL)
+        return false;
+    if (msg) {
+        const char *status = NULL;
+        if (natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK)
+            msg = NULL; /* no responders: the api role is down */
+    }
+    return req->kind == GW_REQ_SYNC ? on_sync_reply(srv, s, msg) : on_history_reply(srv, s, req, msg);
+}

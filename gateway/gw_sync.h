@@ -1,0 +1,24 @@
+/* sync and history frames: pages from the api role (chat.api.v1.sync, chat.api.v1.history),
+ * turned into msg / synced / history frames. A sync runs page by page and parks the next page
+ * while the session's outbound queue is over GW_SYNC_PAUSE_BYTES, so a user with thousands of
+ * missed events never floods the gateway's memory nor stalls its loop. lws thread only. */
+#ifndef GW_SYNC_H
+#define GW_SYNC_H
+#include <jansson.h>
+#include <nats/nats.h>
+
+#include "gw_bus.h"
+#include "gw_session.h"
+
+#define GW_SYNC_PAGE 500
+#define GW_SYNC_PAUSE_BYTES (1024 * 1024)
+#define GW_SYNC_RESUME_BYTES (256 * 1024)
+
+void gw_sync_handle(gw_server *srv, gw_session *s, json_t *root);
+void gw_history_handle(gw_server *srv, gw_session *s, json_t *root);
+/* Replies of GW_REQ_SYNC and GW_REQ_HISTORY; false: free the request. */
+bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+/* From the WRITEABLE path: sends a parked page once the queue is small again. */
+void gw_sync_resume(gw_server *srv, gw_session *s);
+
+#endif
