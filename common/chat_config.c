@@ -62,6 +62,10 @@ static const setting settings[] = {
     {"CHAT_DEV_MODE", "--dev-mode", "0", GW, F(dev_mode_raw), "1 serves GET /dev/token?user=U"},
     {"CHAT_PUSH_WEBHOOK_URL", "--push-webhook-url", "", WK, F(push_webhook_url),
      "where offline notifications are POSTed (empty: none)"},
+    {"CHAT_PUSH_PREVIEW", "--push-preview", "1", WK, F(push_preview_raw),
+     "1 puts a preview of the newest message into pushes, 0 leaves it out"},
+    {"CHAT_WEB_DIR", "--web-dir", "", GW, F(web_dir),
+     "static files served at / (default: web/ beside the binary's bin/, as built or installed)"},
     {"CHAT_WORKER_ROLES", "--roles", "ingest,api,notify,archive", WK, F(worker_roles),
      "worker roles, comma separated"},
     {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},
@@ -343,6 +347,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         const char *w = cfg->push_webhook_url;
         if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0)
             return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", w);
+        if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
+            return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
+        cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
         cfg->roles = parse_roles(cfg->worker_roles);
         if (cfg->roles == 0)
             return fail(err, errsz, "CHAT_WORKER_ROLES",

@@ -35,7 +35,9 @@ typedef struct chat_cfg {
     char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
     char *allowed_origins;    /* comma separated; "" = any */
     char *push_webhook_url;   /* "" = none */
+    char *push_preview_raw;   /* "1" (default) or "0" */
     char *worker_roles;       /* comma separated subset of ingest,api,notify,archive */
+    char *web_dir;            /* the demo app's static files ("" = next to the binary) */
     char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
 
     /* parsed */
@@ -49,6 +51,7 @@ typedef struct chat_cfg {
     int64_t partition_span_ms;
     int64_t hot_retention_ms;
     int64_t push_grace_ms;
+    bool push_preview;        /* pushes carry a preview of the newest message */
     bool dev_mode;
     int log_level;
     unsigned roles;           /* CHAT_ROLE_* bits */

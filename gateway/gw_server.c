@@ -2,10 +2,17 @@
  * WebSocket events handed to gw_session. Runs only on the lws service thread. */
 #include "gw_server.h"
 
+#include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chat.pb-c.h"
+#include "chat_nats.h"
 
 #include <jansson.h>
 
@@ -113,6 +120,90 @@ static void dev_token(gw_server *srv, struct lws *wsi, chat_http_reply *r)
     free(token);
 }
 
+/* ---- static files of the demo app ---- */
+
+static const char *mime_of(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    static const struct {
+        const char *ext, *mime;
+    } types[] = {{".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+                 {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+                 {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+                 {".ico", "image/x-icon"}, {".ts", "text/plain; charset=utf-8"}, {".md", "text/plain; charset=utf-8"}};
+    for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(dot, types[i].ext) == 0)
+            return types[i].mime;
+    return "application/octet-stream";
+}
+
+/* Maps a URL path to a file under the web directory: only [A-Za-z0-9._/-], no "..", no hidden
+ * files. Returns false when the path is not a servable file. */
+static bool static_path(gw_server *srv, const char *path, char *file, size_t size)
+{
+    if (srv->web_dir[0] == '\0' || path[0] != '/' || strstr(path, "..") || strstr(path, "/."))
+        return false;
+    for (const char *p = path; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-' && *p != '/')
+            return false;
+    int n = snprintf(file, size, "%s%s%s", srv->web_dir, path, path[strlen(path) - 1] == '/' ? "index.html" : "");
+    struct stat st;
+    return n > 0 && (size_t)n < size && stat(file, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* GET /dev/conv?conv=C&members=a,b (CHAT_DEV_MODE=1 only): creates a conversation for the demo
+ * page. A blocking request on the loop, acceptable for a development endpoint only. */
+static void dev_conv(gw_server *srv, struct lws *wsi, chat_http_reply *r)
+{
+    char a1[CHAT_ID_MAX + 16] = "", a2[2048] = "";
+    const char *conv = lws_get_urlarg_by_name(wsi, "conv=", a1, sizeof a1);
+    const char *members = lws_get_urlarg_by_name(wsi, "members=", a2, sizeof a2);
+    char *list[64];
+    size_t n = 0;
+    char *copy = members ? strdup(members) : NULL, *save = NULL;
+    bool ok = chat_id_valid(conv) && copy != NULL;
+    for (char *u = copy ? strtok_r(copy, ",", &save) : NULL; ok && u; u = strtok_r(NULL, ",", &save)) {
+        ok = chat_id_valid(u) && n < 64;
+        if (ok)
+            list[n++] = u;
+    }
+    if (!ok || n == 0) {
+        free(copy);
+        const char *msg = "{\"error\":\"conv and members (comma separated ids, at most 64) are required\"}";
+        chat_http_reply_set(r, 400, "application/json", msg, strlen(msg));
+        return;
+    }
+    Chat__V1__ConvCreateRequest rq = CHAT__V1__CONV_CREATE_REQUEST__INIT;
+    rq.conv = (char *)conv;
+    rq.members = list;
+    rq.n_members = n;
+    rq.owner = list[0];
+    uint8_t buf[4096];
+    size_t len = chat__v1__conv_create_request__pack(&rq, buf);
+    natsMsg *reply = NULL;
+    natsStatus s = natsConnection_Request(&reply, srv->nc, CHAT_API_PREFIX "conv.create", buf, (int)len, 3000);
+    Chat__V1__ConvCreateReply *cr = NULL;
+    if (s == NATS_OK && natsMsg_GetDataLength(reply) > 0)
+        cr = chat__v1__conv_create_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
+                                                 (const uint8_t *)natsMsg_GetData(reply));
+    natsMsg_Destroy(reply);
+    free(copy);
+    json_t *j;
+    int status = 200;
+    if (cr && (cr->status == NULL || cr->status->code[0] == '\0')) {
+        j = json_pack("{s:s, s:b}", "conv", conv, "created", cr->created);
+    } else {
+        status = cr ? 400 : 503;
+        j = json_pack("{s:s}", "error", cr && cr->status ? cr->status->message : "the api role does not answer");
+    }
+    if (cr)
+        chat__v1__conv_create_reply__free_unpacked(cr, NULL);
+    char *text = json_dumps(j, JSON_COMPACT);
+    chat_http_reply_set(r, status, "application/json", text, strlen(text));
+    free(text);
+    json_decref(j);
+}
+
 static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     gw_session *s = user;
@@ -120,14 +211,24 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         const char *path = in;
+        char file[1024];
         if (chat_http_health(path, srv->metrics, chat_health_ready, srv->health, &s->http))
             ;
         else if (srv->cfg->dev_mode && strcmp(path, "/dev/token") == 0)
             dev_token(srv, wsi, &s->http);
-        else
+        else if (srv->cfg->dev_mode && strcmp(path, "/dev/conv") == 0)
+            dev_conv(srv, wsi, &s->http);
+        else if (static_path(srv, path, file, sizeof file)) {
+            int rc = lws_serve_http_file(wsi, file, mime_of(file), NULL, 0);
+            if (rc < 0)
+                return -1;
+            return rc > 0 && lws_http_transaction_completed(wsi) ? -1 : 0;
+        } else
             chat_http_reply_set(&s->http, 404, "text/plain", "not found\n", 10);
         return chat_http_reply_begin(wsi, &s->http);
     }
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return chat_http_reply_continue(wsi, &s->http);
     case LWS_CALLBACK_CLOSED_HTTP:
@@ -192,8 +293,36 @@ static void register_metrics(gw_server *srv)
                                        "From a send's publish to the broker's PubAck.");
 }
 
+/* CHAT_WEB_DIR, or web/ beside the binary's bin/ (build/web as built, share/chat/web installed). */
+static void find_web_dir(gw_server *srv)
+{
+    srv->web_dir[0] = '\0';
+    if (srv->cfg->web_dir[0]) {
+        snprintf(srv->web_dir, sizeof srv->web_dir, "%s", srv->cfg->web_dir);
+        return;
+    }
+    char exe[512];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0'; /* .../bin */
+    const char *candidates[] = {"%s/../web", "%s/../share/chat/web"};
+    for (size_t i = 0; i < 2; i++) {
+        char dir[600];
+        struct stat st;
+        snprintf(dir, sizeof dir, candidates[i], exe);
+        if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && realpath(dir, srv->web_dir) != NULL)
+            return;
+    }
+    srv->web_dir[0] = '\0';
+}
+
 chat_status gw_server_create(gw_server *srv)
 {
+    find_web_dir(srv);
     unsigned char r[6];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
         memset(r, 0, sizeof r);

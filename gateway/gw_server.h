@@ -37,6 +37,7 @@ typedef struct gw_server {
     struct lws_context *context;
     atomic_bool stopping;
     char gateway_id[24];
+    char web_dir[4096];   /* static files served at / ("" = none) */
     gw_bus *bus;
     gw_metrics m;
     /* lws thread only */
