@@ -24,6 +24,7 @@ typedef enum gw_req_kind {
     GW_REQ_HISTORY,      /* chat.api.v1.history */
     GW_REQ_CURSOR,       /* chat.api.v1.cursor: a batch of seen/read cursors */
     GW_REQ_MEMBERS_LIST, /* chat.api.v1.members.list, for typing fanout */
+    GW_REQ_CONV_LIST,    /* chat.api.v1.conv.list, for the conversations frame */
 } gw_req_kind;
 
 typedef struct gw_request {

@@ -417,6 +417,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     switch (req->kind) {
     case GW_REQ_SYNC:
     case GW_REQ_HISTORY:
+    case GW_REQ_CONV_LIST:
         return gw_sync_on_reply(srv, req, msg);
     case GW_REQ_CURSOR:
         return gw_cursor_on_reply(srv, req, msg && !no_responders(msg) ? msg : NULL);
@@ -856,6 +857,8 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
         gw_sync_handle(srv, s, root);
     else if (strcmp(type, "history") == 0)
         gw_history_handle(srv, s, root);
+    else if (strcmp(type, "conversations") == 0)
+        gw_conversations_handle(srv, s, root);
     else if (strcmp(type, "seen") == 0)
         gw_cursor_handle(srv, s, root, false);
     else if (strcmp(type, "read") == 0)

@@ -213,6 +213,45 @@ static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, nat
     return false;
 }
 
+void gw_conversations_handle(gw_server *srv, gw_session *s, json_t *root)
+{
+    (void)root;
+    Chat__V1__ConvListRequest rq = CHAT__V1__CONV_LIST_REQUEST__INIT;
+    rq.user = s->user;
+    uint8_t buf[128];
+    size_t len = chat__v1__conv_list_request__pack(&rq, buf);
+    gw_request *req = gw_bus_request_new(srv, GW_REQ_CONV_LIST, s->id, HISTORY_TIMEOUT_MS);
+    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
+        gw_bus_request_free(srv, req);
+        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+    }
+}
+
+static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+{
+    Chat__V1__ConvListReply *r = NULL;
+    if (msg && natsMsg_GetDataLength(msg) > 0)
+        r = chat__v1__conv_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                              (const uint8_t *)natsMsg_GetData(msg));
+    if (r == NULL || (r->status && r->status->code[0])) {
+        if (r)
+            chat__v1__conv_list_reply__free_unpacked(r, NULL);
+        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+        return false;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < r->n_conversations; i++) {
+        Chat__V1__ConvSummary *c = r->conversations[i];
+        json_array_append_new(list, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "conv", c->conv, "kind", c->kind,
+                                              "last_seq", (json_int_t)c->last_seq, "seen", (json_int_t)c->seen,
+                                              "read", (json_int_t)c->read, "unread",
+                                              (json_int_t)(c->last_seq > c->read ? c->last_seq - c->read : 0)));
+    }
+    chat__v1__conv_list_reply__free_unpacked(r, NULL);
+    gw_session_send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
+    return false;
+}
+
 bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
     gw_session *s = gw_session_find(srv, req->session);
@@ -223,5 +262,7 @@ bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         if (natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK)
             msg = NULL; /* no responders: the api role is down */
     }
+    if (req->kind == GW_REQ_CONV_LIST)
+        return on_conv_list_reply(srv, s, msg);
     return req->kind == GW_REQ_SYNC ? on_sync_reply(srv, s, msg) : on_history_reply(srv, s, req, msg);
 }

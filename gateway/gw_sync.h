@@ -16,7 +16,10 @@
 
 void gw_sync_handle(gw_server *srv, gw_session *s, json_t *root);
 void gw_history_handle(gw_server *srv, gw_session *s, json_t *root);
-/* Replies of GW_REQ_SYNC and GW_REQ_HISTORY; false: free the request. */
+/* {"type":"conversations"}: the user's conversations with their heads and cursors (an addition
+ * to the contract's protocol, for clients that list conversations with unread counts). */
+void gw_conversations_handle(gw_server *srv, gw_session *s, json_t *root);
+/* Replies of GW_REQ_SYNC, GW_REQ_HISTORY and GW_REQ_CONV_LIST; false: free the request. */
 bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
 /* From the WRITEABLE path: sends a parked page once the queue is small again. */
 void gw_sync_resume(gw_server *srv, gw_session *s);
