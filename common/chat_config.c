@@ -64,6 +64,21 @@ static const setting settings[] = {
      "where offline notifications are POSTed (empty: none)"},
     {"CHAT_PUSH_PREVIEW", "--push-preview", "1", WK, F(push_preview_raw),
      "1 puts a preview of the newest message into pushes, 0 leaves it out"},
+    {"CHAT_TLS_CERT", "--tls-cert", "", GW, F(tls_cert), "PEM certificate for wss:// (with CHAT_TLS_KEY)"},
+    {"CHAT_TLS_KEY", "--tls-key", "", GW, F(tls_key), "PEM private key for wss://"},
+    {"CHAT_WS_QUEUE_MAX", "--ws-queue-max", "8388608", GW, F(ws_queue_raw),
+     "outbound bytes queued per connection before it counts as a slow consumer"},
+    {"CHAT_WS_SLOW_GRACE", "--ws-slow-grace", "5s", GW, F(ws_grace_raw),
+     "how long a connection may stay over CHAT_WS_QUEUE_MAX before it is closed (4008)"},
+    {"CHAT_WS_RATE", "--ws-rate", "50", GW, F(ws_rate_raw), "frames per second per connection (burst twice that)"},
+    {"CHAT_WS_USER_RATE", "--ws-user-rate", "100", GW, F(ws_user_rate_raw),
+     "posts per second per user on one gateway (burst twice that)"},
+    {"CHAT_WS_MAX_PER_USER", "--ws-max-per-user", "20", GW, F(ws_per_user_raw),
+     "connections per user on one gateway (0: no limit)"},
+    {"CHAT_WS_MAX_PER_IP", "--ws-max-per-ip", "1000", GW, F(ws_per_ip_raw),
+     "connections per client address on one gateway (0: no limit)"},
+    {"CHAT_WS_PING", "--ws-ping", "30s", GW, F(ws_ping_raw),
+     "idle connections are pinged this often and closed when silent for twice that"},
     {"CHAT_WEB_DIR", "--web-dir", "", GW, F(web_dir),
      "static files served at / (default: web/ beside the binary's bin/, as built or installed)"},
     {"CHAT_WORKER_ROLES", "--roles", "ingest,api,notify,archive", WK, F(worker_roles),
@@ -360,6 +375,34 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
             return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
         cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
+        if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0'))
+            return fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
+                        "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
+        for (int i = 0; i < 2; i++) {
+            const char *path = i ? cfg->tls_key : cfg->tls_cert;
+            if (path[0] && access(path, R_OK) != 0)
+                return fail(err, errsz, i ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT", "cannot read \"%s\"", path);
+        }
+        char *end;
+        long long queue = strtoll(cfg->ws_queue_raw, &end, 10);
+        if (*end || queue < 65536 || queue > (1LL << 30))
+            return fail(err, errsz, "CHAT_WS_QUEUE_MAX", "must be a number of bytes from 65536 to 1073741824 (got \"%s\")",
+                        cfg->ws_queue_raw);
+        cfg->ws_queue_max = queue;
+        chat_status st = duration_in("CHAT_WS_SLOW_GRACE", cfg->ws_grace_raw, 1, 3600000, &cfg->ws_slow_grace_ms, err, errsz);
+        if (st == CHAT_OK)
+            st = duration_in("CHAT_WS_PING", cfg->ws_ping_raw, 1000, 3600000, &cfg->ws_ping_ms, err, errsz);
+        if (st != CHAT_OK)
+            return st;
+        if (!parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))
+            return fail(err, errsz, "CHAT_WS_RATE", "must be an integer from 1 to 1000000 (got \"%s\")", cfg->ws_rate_raw);
+        if (!parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
+            return fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
+                        cfg->ws_user_rate_raw);
+        if (!parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
+            return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
+        if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
+            return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
     }
     return CHAT_OK;
 }

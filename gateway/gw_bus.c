@@ -193,6 +193,11 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t sessio
     return r;
 }
 
+size_t gw_bus_pending(gw_server *srv)
+{
+    return chat_map_size(srv->bus->pending);
+}
+
 void gw_bus_request_free(gw_server *srv, gw_request *req)
 {
     char key[24];

@@ -69,6 +69,8 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t sessio
  * header when msg_id is not NULL). On failure the request is freed and an error returned. */
 chat_status gw_bus_request_send(gw_server *srv, gw_request *req, const char *subject, const void *data,
                                 size_t len, const char *msg_id);
+/* lws thread: requests waiting for a reply. */
+size_t gw_bus_pending(gw_server *srv);
 /* lws thread: forgets and frees a request. */
 void gw_bus_request_free(gw_server *srv, gw_request *req);
 

@@ -34,6 +34,8 @@ static void tick(lws_sorted_usec_list_t *sul)
     gw_bus_tick(srv);
     if (++srv->ticks % 2 == 0)
         gw_cursor_flush(srv); /* every 200 ms */
+    if (srv->ticks % 10 == 0)
+        gw_session_sweep(srv); /* every second */
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
 }
 
@@ -61,7 +63,7 @@ static bool get_token(struct lws *wsi, char *buf, int size)
 static int refuse(struct lws *wsi, gw_server *srv, unsigned status, const char *why)
 {
     LOG_INFO("gateway", "event=upgrade_refused status=%u reason=\"%s\"", status, why);
-    atomic_fetch_add(status == 401 ? srv->m.refused_auth : srv->m.refused_origin, 1);
+    atomic_fetch_add(status == 401 ? srv->m.refused_auth : status == 429 ? srv->m.refused_limit : srv->m.refused_origin, 1);
     lws_return_http_status(wsi, status, why);
     return 1; /* we answered; lws completes the transaction */
 }
@@ -70,6 +72,11 @@ static int refuse(struct lws *wsi, gw_server *srv, unsigned status, const char *
 static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 {
     char user[CHAT_ID_MAX + 1];
+    if (atomic_load(&srv->stopping)) {
+        atomic_fetch_add(srv->m.refused_stopping, 1);
+        lws_return_http_status(wsi, 503, "server going away");
+        return 1;
+    }
     char uri[256];
     if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
         return refuse(wsi, srv, 404, "WebSocket endpoint is /ws");
@@ -85,6 +92,13 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     const char *why = NULL;
     if (chat_jwt_verify(token, srv->cfg->jwt_secret, chat_now_ms() / 1000, user, NULL, &why) != CHAT_OK)
         return refuse(wsi, srv, 401, why);
+    gw_user *u = chat_map_get(srv->users, user);
+    if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
+        return refuse(wsi, srv, 429, "too many connections for this user");
+    char peer[64];
+    if (srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, peer, sizeof peer) &&
+        (intptr_t)chat_map_get(srv->per_ip, peer) >= srv->cfg->ws_max_per_ip)
+        return refuse(wsi, srv, 429, "too many connections from this address");
     return 0;
 }
 
@@ -204,6 +218,19 @@ static void dev_conv(gw_server *srv, struct lws *wsi, chat_http_reply *r)
     json_decref(j);
 }
 
+/* /readyz: every dependency answers, and the gateway is not stopping. */
+static bool gw_ready(void *ctx, char *detail, size_t size)
+{
+    gw_server *srv = ctx;
+    bool ok = chat_health_ready(srv->health, detail, size);
+    if (atomic_load(&srv->stopping)) {
+        size_t n = strlen(detail);
+        snprintf(detail + n, size - n, "gateway stopping\n");
+        return false;
+    }
+    return ok;
+}
+
 static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     gw_session *s = user;
@@ -212,7 +239,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP: {
         const char *path = in;
         char file[1024];
-        if (chat_http_health(path, srv->metrics, chat_health_ready, srv->health, &s->http))
+        if (chat_http_health(path, srv->metrics, gw_ready, srv, &s->http))
             ;
         else if (srv->cfg->dev_mode && strcmp(path, "/dev/token") == 0)
             dev_token(srv, wsi, &s->http);
@@ -274,6 +301,8 @@ static void register_metrics(gw_server *srv)
     const char *rh = "Upgrades refused, by reason.";
     g->refused_auth = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"auth\"", rh);
     g->refused_origin = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"origin\"", rh);
+    g->refused_limit = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"limit\"", rh);
+    g->refused_stopping = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"stopping\"", rh);
     const char *dh = "Connections closed, by reason.";
     g->disc_client = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"client\"", dh);
     g->disc_slow = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"slow_consumer\"", dh);
@@ -284,6 +313,7 @@ static void register_metrics(gw_server *srv)
     g->fail_not_member = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"not_member\"", fh);
     g->fail_too_large = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"too_large\"", fh);
     g->fail_unavailable = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"unavailable\"", fh);
+    g->fail_rate_limited = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"rate_limited\"", fh);
     g->frames_in = chat_metrics_counter(m, "chat_gateway_frames_in_total", NULL, "Frames received from clients.");
     g->frames_out = chat_metrics_counter(m, "chat_gateway_frames_out_total", NULL, "Frames written to clients.");
     g->acks = chat_metrics_counter(m, "chat_gateway_acks_total", NULL, "Sends acknowledged to clients.");
@@ -333,6 +363,7 @@ chat_status gw_server_create(gw_server *srv)
     srv->checking = chat_map_create();
     srv->cursors = chat_map_create();
     srv->watched = chat_map_create();
+    srv->per_ip = chat_map_create();
     register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -341,7 +372,18 @@ chat_status gw_server_create(gw_server *srv)
     info.protocols = protocols;
     info.user = srv;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
-    info.timeout_secs = 10;
+    info.timeout_secs = 10; /* handshake and HTTP transactions */
+    /* idle connections: pinged after CHAT_WS_PING without traffic, closed after twice that */
+    static lws_retry_bo_t idle;
+    unsigned ping_s = (unsigned)(srv->cfg->ws_ping_ms / 1000);
+    idle.secs_since_valid_ping = (uint16_t)(ping_s ? ping_s : 1);
+    idle.secs_since_valid_hangup = (uint16_t)(2 * (ping_s ? ping_s : 1));
+    info.retry_and_idle_policy = &idle;
+    if (srv->cfg->tls_cert[0]) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = srv->cfg->tls_cert;
+        info.ssl_private_key_filepath = srv->cfg->tls_key;
+    }
     srv->context = lws_create_context(&info);
     if (srv->context == NULL)
         return CHAT_ERR_IO;
@@ -353,11 +395,39 @@ chat_status gw_server_create(gw_server *srv)
     return CHAT_OK;
 }
 
+static void service_until(gw_server *srv, int64_t deadline_ms, bool (*done)(gw_server *))
+{
+    while (!done(srv) && chat_mono_ns() / 1000000 < deadline_ms)
+        if (lws_service(srv->context, 0) < 0)
+            break;
+}
+
+static bool no_requests(gw_server *srv)
+{
+    return gw_bus_pending(srv) == 0;
+}
+
+static bool no_sessions(gw_server *srv)
+{
+    return chat_map_size(srv->sessions) == 0;
+}
+
+/* Serves until SIGTERM, then stops gracefully: new upgrades get 503 and /readyz 503 at once;
+ * requests in flight (publishes waiting for their PubAck) get up to 3 s; then every client is
+ * closed with 1001 so it reconnects elsewhere and syncs, and gets up to 2 s to go. */
 void gw_server_run(gw_server *srv)
 {
     while (!atomic_load(&srv->stopping))
         if (lws_service(srv->context, 0) < 0)
-            break;
+            return;
+    int64_t now = chat_mono_ns() / 1000000;
+    LOG_INFO("gateway", "event=draining sessions=%zu requests=%zu", chat_map_size(srv->sessions), gw_bus_pending(srv));
+    service_until(srv, now + 3000, no_requests);
+    gw_cursor_flush(srv);
+    service_until(srv, chat_mono_ns() / 1000000 + 300, no_requests); /* acks and cursors on their way */
+    gw_session_close_all(srv);
+    service_until(srv, chat_mono_ns() / 1000000 + 2000, no_sessions);
+    LOG_INFO("gateway", "event=drained sessions_left=%zu", chat_map_size(srv->sessions));
 }
 
 void gw_server_stop(gw_server *srv)
@@ -387,5 +457,6 @@ void gw_server_destroy(gw_server *srv)
     chat_map_destroy(srv->checking);
     chat_map_destroy(srv->cursors);
     chat_map_destroy(srv->watched);
-    srv->sessions = srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = NULL;
+    chat_map_destroy(srv->per_ip);
+    srv->sessions = srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
 }

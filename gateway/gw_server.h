@@ -24,7 +24,8 @@ typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
     atomic_uint_fast64_t *connects, *refused_auth, *refused_origin;
     atomic_uint_fast64_t *disc_client, *disc_slow, *disc_too_large, *disc_shutdown;
-    atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable;
+    atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable, *fail_rate_limited;
+    atomic_uint_fast64_t *refused_limit, *refused_stopping;
     atomic_uint_fast64_t *frames_in, *frames_out, *acks;
     chat_histogram *delivery, *puback;
 } gw_metrics;
@@ -35,7 +36,7 @@ typedef struct gw_server {
     chat_metrics *metrics;
     chat_health *health;
     struct lws_context *context;
-    atomic_bool stopping;
+    atomic_bool stopping;  /* SIGTERM: refuse new upgrades, /readyz 503, then close all with 1001 */
     char gateway_id[24];
     char web_dir[4096];   /* static files served at / ("" = none) */
     gw_bus *bus;
@@ -47,6 +48,7 @@ typedef struct gw_server {
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
     chat_map *watched;    /* user -> sessions watching the user's presence */
+    chat_map *per_ip;     /* client address -> open connections (value is the count) */
     gw_presence *presence;
     int ticks;
     uint64_t next_session;

@@ -57,16 +57,28 @@ static gw_frame *frame_from_json(json_t *frame, int64_t event_ts_ms)
 
 /* Queues f for s (taking a reference). A session whose queue passes the cap is closed as a slow
  * consumer: it lost nothing that is not in PostgreSQL, and syncs when it reconnects. */
+static void close_slow(gw_server *srv, gw_session *s)
+{
+    LOG_WARN("gateway", "event=slow_consumer session=%s user=%s queued=%zu", s->id_str, s->user, s->qbytes);
+    s->close_code = GW_CLOSE_SLOW_CONSUMER;
+    atomic_fetch_add(srv->m.disc_slow, 1);
+    lws_callback_on_writable(s->wsi);
+}
+
 static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
 {
     if (s->close_code)
         return;
-    if (s->qbytes + f->len > GW_OUTBOUND_MAX) {
-        LOG_WARN("gateway", "event=slow_consumer session=%s user=%s queued=%zu", s->id_str, s->user, s->qbytes);
-        s->close_code = GW_CLOSE_SLOW_CONSUMER;
-        atomic_fetch_add(srv->m.disc_slow, 1);
-        lws_callback_on_writable(s->wsi);
-        return;
+    size_t max = (size_t)srv->cfg->ws_queue_max;
+    if (s->qbytes + f->len > max) {
+        int64_t now = chat_mono_ns() / 1000000;
+        if (s->over_since_ms == 0)
+            s->over_since_ms = now;
+        /* over the cap for longer than the grace, or twice over it: memory stays bounded */
+        if (now - s->over_since_ms > srv->cfg->ws_slow_grace_ms || s->qbytes + f->len > 2 * max) {
+            close_slow(srv, s);
+            return;
+        }
     }
     gw_qnode *n = malloc(sizeof *n);
     if (n == NULL)
@@ -96,10 +108,11 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
     json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (ref)
         json_object_set_new(f, "ref", json_string(ref));
-    atomic_uint_fast64_t *c = strcmp(code, "not_member") == 0    ? srv->m.fail_not_member
-                              : strcmp(code, "too_large") == 0   ? srv->m.fail_too_large
-                              : strcmp(code, "unavailable") == 0 ? srv->m.fail_unavailable
-                                                                 : srv->m.fail_bad_request;
+    atomic_uint_fast64_t *c = strcmp(code, "not_member") == 0     ? srv->m.fail_not_member
+                              : strcmp(code, "too_large") == 0    ? srv->m.fail_too_large
+                              : strcmp(code, "unavailable") == 0  ? srv->m.fail_unavailable
+                              : strcmp(code, "rate_limited") == 0 ? srv->m.fail_rate_limited
+                                                                  : srv->m.fail_bad_request;
     atomic_fetch_add(c, 1);
     gw_session_send_json(srv, s, f);
 }
@@ -290,6 +303,12 @@ static void handle_post(gw_server *srv, gw_session *s, json_t *root, Chat__V1__E
          (on != NULL && !json_is_boolean(on)))) {
         json_decref(body);
         gw_session_send_error(srv, s, ref, "bad_request", "a reaction needs emoji (1-64 bytes) and a boolean on");
+        return;
+    }
+    gw_user *u = chat_map_get(srv->users, s->user);
+    if (u && !gw_bucket_take(&u->post_tokens, &u->post_refill_ms, srv->cfg->ws_user_rate, chat_mono_ns() / 1000000)) {
+        json_decref(body);
+        gw_session_send_error(srv, s, ref, "rate_limited", "too many messages from this user; slow down");
         return;
     }
     handle_send_checked(srv, s, root, kind, conv, cmid, ref, body, meta, target, emoji, on);
@@ -616,6 +635,12 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
     u->count++;
     s->established = true;
     chat_map_put(srv->sessions, s->id_str, s, NULL);
+    if (lws_get_peer_simple(wsi, s->peer, sizeof s->peer) == NULL)
+        s->peer[0] = '\0';
+    if (s->peer[0]) {
+        intptr_t n = (intptr_t)chat_map_get(srv->per_ip, s->peer);
+        chat_map_put(srv->per_ip, s->peer, (void *)(n + 1), NULL);
+    }
     atomic_fetch_add(srv->m.connects, 1);
     atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
     LOG_DEBUG("gateway", "event=connected session=%s user=%s", s->id_str, s->user);
@@ -832,9 +857,33 @@ void gw_session_on_presence_change(gw_server *srv, natsMsg *msg)
     chat__v1__presence__free_unpacked(p, NULL);
 }
 
+bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms)
+{
+    if (*refill_ms == 0) {
+        *tokens = 2.0 * rate;
+        *refill_ms = now_ms;
+    }
+    *tokens += (double)(now_ms - *refill_ms) * rate / 1000.0;
+    if (*tokens > 2.0 * rate)
+        *tokens = 2.0 * rate;
+    *refill_ms = now_ms;
+    if (*tokens < 1.0)
+        return false;
+    *tokens -= 1.0;
+    return true;
+}
+
 static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
 {
     atomic_fetch_add(srv->m.frames_in, 1);
+    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ns() / 1000000)) {
+        json_t *root = json_loadb(data, len, 0, NULL); /* answer with the cmid when there is one */
+        const char *cmid = json_string_value(json_object_get(root, "cmid"));
+        gw_session_send_error(srv, s, chat_id_valid(cmid) ? cmid : NULL, "rate_limited",
+                              "too many frames on this connection; slow down");
+        json_decref(root);
+        return;
+    }
     json_error_t err;
     json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
     if (root == NULL || !json_is_object(root)) {
@@ -891,6 +940,8 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
             handle_frame(srv, s, in, len);
         return 0;
     }
+    if (s->rx.len == 0)
+        s->rx_started_ms = chat_mono_ns() / 1000000;
     chat_buf_append(&s->rx, in, len);
     if (!complete)
         return 0;
@@ -904,8 +955,11 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
 
 int gw_session_writeable(gw_server *srv, gw_session *s)
 {
-    if (s->close_code == GW_CLOSE_SLOW_CONSUMER || s->close_code == LWS_CLOSE_STATUS_UNEXPECTED_CONDITION) {
-        const char *why = s->close_code == GW_CLOSE_SLOW_CONSUMER ? "slow consumer" : "try again";
+    if (s->close_code) {
+        const char *why = s->close_code == GW_CLOSE_SLOW_CONSUMER           ? "slow consumer"
+                          : s->close_code == LWS_CLOSE_STATUS_GOINGAWAY      ? "server going away"
+                          : s->close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION ? "incomplete frame"
+                                                                             : "try again";
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
         return -1;
     }
@@ -917,6 +971,8 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
         s->qtail = NULL;
     gw_frame *f = n->frame;
     s->qbytes -= f->len;
+    if (s->qbytes <= (size_t)srv->cfg->ws_queue_max)
+        s->over_since_ms = 0;
     free(n);
     int w = lws_write(s->wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
     if (f->event_ts_ms)
@@ -931,6 +987,44 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
     if (s->qhead)
         lws_callback_on_writable(s->wsi);
     return 0;
+}
+
+static void sweep_one(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    gw_server *srv = ctx;
+    gw_session *s = value;
+    int64_t now = chat_mono_ns() / 1000000;
+    if (s->close_code)
+        return;
+    if (s->over_since_ms && now - s->over_since_ms > srv->cfg->ws_slow_grace_ms)
+        close_slow(srv, s); /* a client that reads nothing gets no more enqueues to notice it */
+    else if (s->rx.len > 0 && now - s->rx_started_ms > GW_FRAGMENT_TIMEOUT_MS) {
+        LOG_WARN("gateway", "event=incomplete_frame session=%s user=%s bytes=%zu", s->id_str, s->user, s->rx.len);
+        s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+        atomic_fetch_add(srv->m.disc_too_large, 1);
+        lws_callback_on_writable(s->wsi);
+    }
+}
+
+void gw_session_sweep(gw_server *srv)
+{
+    chat_map_each(srv->sessions, sweep_one, srv);
+}
+
+static void going_away(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    gw_session *s = value;
+    if (s->close_code == 0)
+        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+    lws_callback_on_writable(s->wsi);
+}
+
+void gw_session_close_all(gw_server *srv)
+{
+    chat_map_each(srv->sessions, going_away, srv);
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)
@@ -965,6 +1059,13 @@ void gw_session_closed(gw_server *srv, gw_session *s)
         }
     }
     chat_map_remove(srv->sessions, s->id_str);
+    if (s->peer[0]) {
+        intptr_t n = (intptr_t)chat_map_get(srv->per_ip, s->peer);
+        if (n <= 1)
+            chat_map_remove(srv->per_ip, s->peer);
+        else
+            chat_map_put(srv->per_ip, s->peer, (void *)(n - 1), NULL);
+    }
     if (s->close_code != GW_CLOSE_SLOW_CONSUMER)
         atomic_fetch_add(atomic_load(&srv->stopping) ? srv->m.disc_shutdown : srv->m.disc_client, 1);
     atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));

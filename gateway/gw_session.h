@@ -20,8 +20,8 @@
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
 #define GW_BODY_MAX (16 * 1024)
-#define GW_OUTBOUND_MAX (8 * 1024 * 1024) /* queued bytes per connection before it is closed */
-#define GW_CLOSE_SLOW_CONSUMER 4008
+#define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
+#define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 
 /* An outbound frame, shared by every session it goes to (one render per delivery). */
 typedef struct gw_frame {
@@ -46,7 +46,12 @@ typedef struct gw_session {
     gw_qnode *qhead, *qtail;
     size_t qbytes;
     chat_buf rx;                 /* fragments of the frame being received */
-    int close_code;              /* set: close after the queue (or at once) with this code */
+    int close_code;              /* set: close at the next WRITEABLE with this code */
+    int64_t over_since_ms;       /* when the queue went over CHAT_WS_QUEUE_MAX, or 0 */
+    int64_t rx_started_ms;       /* when the frame being reassembled started */
+    double frame_tokens;         /* token bucket: frames per connection */
+    int64_t frame_refill_ms;
+    char peer[64];               /* client address (per-address limit) */
     bool syncing;                /* a sync is running: pages until `synced` */
     uint8_t *sync_next;          /* the next page's packed SyncRequest, parked while the queue drains */
     size_t sync_next_len;
@@ -63,7 +68,16 @@ typedef struct gw_user {
     natsSubscription *sub;
     gw_session *sessions;
     int count;
+    double post_tokens;          /* token bucket: posts per user on this gateway */
+    int64_t post_refill_ms;
 } gw_user;
+
+/* Token bucket: refills `rate` per second up to 2 * rate; takes one token if it can. */
+bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
+/* Once a second from the tick: slow consumers past their grace, fragments that never finish. */
+void gw_session_sweep(gw_server *srv);
+/* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
+void gw_session_close_all(gw_server *srv);
 
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi);
 /* lws contract: 0 carry on, -1 close. */
