@@ -45,6 +45,8 @@ static const setting settings[] = {
      "HS256 secret for client tokens (default: read from $CHAT_HOME/jwt_secret)"},
     {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
      "number of ordering partitions of the message stream"},
+    {"CHAT_JS_REPLICAS", "--js-replicas", "1", WK, F(js_replicas_raw),
+     "JetStream replicas of the streams (3 on a three-node NATS cluster)"},
     {"CHAT_ARCHIVE_URL", "--archive-url", "", WK | CTL, F(archive_url),
      "cold storage: file:///path or s3://bucket/prefix (default file://$CHAT_HOME/archive)"},
     {"CHAT_S3_ENDPOINT", "--s3-endpoint", "", WK | CTL, F(s3_endpoint), "S3 endpoint URL"},
@@ -365,6 +367,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
             return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
         cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
+        if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
+            return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
+                        cfg->js_replicas_raw);
         cfg->roles = parse_roles(cfg->worker_roles);
         if (cfg->roles == 0)
             return fail(err, errsz, "CHAT_WORKER_ROLES",

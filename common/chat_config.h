@@ -41,6 +41,7 @@ typedef struct chat_cfg {
     char *tls_cert, *tls_key; /* gateway wss:// (both or neither) */
     char *ws_queue_raw, *ws_grace_raw, *ws_rate_raw, *ws_user_rate_raw, *ws_per_user_raw, *ws_per_ip_raw,
         *ws_ping_raw;
+    char *js_replicas_raw;
     char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
 
     /* parsed */
@@ -51,6 +52,7 @@ typedef struct chat_cfg {
     int redis_db;
     char redis_password[256];
     int partitions;
+    int js_replicas;          /* JetStream replicas of the streams the worker creates */
     int64_t partition_span_ms;
     int64_t hot_retention_ms;
     int64_t push_grace_ms;

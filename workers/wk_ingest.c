@@ -52,6 +52,9 @@ typedef struct partition {
     jsCtx *js;
     atomic_int publish_errors;
     int64_t last_pg_ms;
+    int64_t lag_at_ms;          /* when the consumer's lag was last read */
+    char label[32];             /* partition="N" */
+    atomic_int_fast64_t *m_pending, *m_ack_pending;
 } partition;
 
 struct wk_ingest {
@@ -959,6 +962,22 @@ static chat_status setup_consumer(partition *pt)
     return CHAT_OK;
 }
 
+/* Broker lag of this partition's consumer, every 5 s: messages waiting and delivered unacked. */
+static void read_lag(partition *pt)
+{
+    int64_t now = chat_mono_ns() / 1000000;
+    if (now - pt->lag_at_ms < 5000)
+        return;
+    pt->lag_at_ms = now;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, pt->js, CHAT_STREAM_IN, pt->consumer, NULL, &jerr) == NATS_OK && ci) {
+        atomic_store(pt->m_pending, (int_fast64_t)ci->NumPending);
+        atomic_store(pt->m_ack_pending, (int_fast64_t)ci->NumAckPending);
+    }
+    jsConsumerInfo_Destroy(ci);
+}
+
 static bool heartbeat(partition *pt)
 {
     int64_t now = chat_mono_ns() / 1000000;
@@ -985,6 +1004,7 @@ static void *partition_thread(void *arg)
                 lost = true;
                 break;
             }
+            read_lag(pt);
             if (fetch(pt, b) == 0)
                 continue;
             int64_t fetched = chat_mono_ns();
@@ -1003,6 +1023,8 @@ static void *partition_thread(void *arg)
     pt->inbox_sub = NULL;
     jsCtx_Destroy(pt->js);
     pt->js = NULL;
+    atomic_store(pt->m_pending, 0); /* reported by the next owner */
+    atomic_store(pt->m_ack_pending, 0);
     PQfinish(pt->pg); /* closing the session releases the advisory lock at once */
     pt->pg = NULL;
     LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index,
@@ -1083,7 +1105,7 @@ static void *coordinator_thread(void *arg)
         if (!streams_ok && chat_nats_connected(in->app->nc)) {
             jsCtx *js = NULL;
             if (natsConnection_JetStream(&js, in->app->nc, NULL) == NATS_OK)
-                streams_ok = wk_streams_ensure(js) == CHAT_OK;
+                streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas) == CHAT_OK;
             jsCtx_Destroy(js);
         }
         for (int p = 0; p < in->nparts; p++) {
@@ -1152,6 +1174,14 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
         in->parts[p].index = p;
     }
     chat_metrics *m = app->metrics;
+    for (int p = 0; p < in->nparts; p++) {
+        snprintf(in->parts[p].label, sizeof in->parts[p].label, "partition=\"%d\"", p);
+        in->parts[p].m_pending = chat_metrics_gauge(m, "chat_ingest_consumer_pending", in->parts[p].label,
+                                                    "Messages waiting in CHAT_IN for an owned partition (broker lag).");
+    }
+    for (int p = 0; p < in->nparts; p++)
+        in->parts[p].m_ack_pending = chat_metrics_gauge(m, "chat_ingest_consumer_ack_pending", in->parts[p].label,
+                                                        "Messages delivered to the partition's owner, not yet acked.");
     in->m_owned = chat_metrics_gauge(m, "chat_ingest_partitions_owned", NULL, "Ordering partitions this worker owns.");
     in->m_events = chat_metrics_counter(m, "chat_ingest_events_total", NULL, "Events committed to PostgreSQL.");
     in->m_redelivered = chat_metrics_counter(m, "chat_ingest_redelivered_total", NULL,

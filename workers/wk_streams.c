@@ -1,15 +1,19 @@
 /* Stream set-up. Main thread at start, or a role thread; idempotent. */
 #include "wk_streams.h"
 
+#include <stdbool.h>
+
 #include "chat_log.h"
 #include "chat_nats.h"
 
-static chat_status ensure(jsCtx *js, jsStreamConfig *sc)
+static chat_status ensure(jsCtx *js, jsStreamConfig *sc, bool update)
 {
     jsErrCode jerr = 0;
     jsStreamInfo *si = NULL;
     natsStatus s = js_AddStream(&si, js, sc, NULL, &jerr);
-    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+    if (s != NATS_OK && jerr == JSStreamNameExistErr && !update) {
+        s = NATS_OK; /* exists; its configuration is the ingest role's business */
+    } else if (s != NATS_OK && jerr == JSStreamNameExistErr) {
         jerr = 0;
         s = js_UpdateStream(&si, js, sc, NULL, &jerr);
     }
@@ -22,8 +26,11 @@ static chat_status ensure(jsCtx *js, jsStreamConfig *sc)
     return CHAT_OK;
 }
 
-chat_status wk_streams_ensure(jsCtx *js)
+chat_status wk_streams_ensure(jsCtx *js, int replicas)
 {
+    bool update = replicas > 0;
+    if (replicas < 1)
+        replicas = 1;
     jsStreamConfig in;
     jsStreamConfig_Init(&in);
     const char *in_subjects[] = {"chat.in.*.*"};
@@ -33,8 +40,8 @@ chat_status wk_streams_ensure(jsCtx *js)
     in.Storage = js_FileStorage;
     in.Retention = js_WorkQueuePolicy;
     in.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    in.Replicas = 1;
-    chat_status st = ensure(js, &in);
+    in.Replicas = replicas;
+    chat_status st = ensure(js, &in, update);
     if (st != CHAT_OK)
         return st;
 
@@ -48,8 +55,8 @@ chat_status wk_streams_ensure(jsCtx *js)
     ev.Retention = js_LimitsPolicy;
     ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
     ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    ev.Replicas = 1;
-    st = ensure(js, &ev);
+    ev.Replicas = replicas;
+    st = ensure(js, &ev, update);
     if (st != CHAT_OK)
         return st;
 
@@ -63,6 +70,6 @@ chat_status wk_streams_ensure(jsCtx *js)
     nt.Retention = js_WorkQueuePolicy;
     nt.MaxAge = 24LL * 3600 * 1000000000LL;
     nt.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    nt.Replicas = 1;
-    return ensure(js, &nt);
+    nt.Replicas = replicas;
+    return ensure(js, &nt, update);
 }

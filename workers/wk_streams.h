@@ -13,6 +13,9 @@
 
 #define WK_DUPLICATE_WINDOW_NS (10LL * 60 * 1000000000LL)
 
-chat_status wk_streams_ensure(jsCtx *js);
+/* replicas: CHAT_JS_REPLICAS (1 on one server, 3 on a three-node cluster): creates the streams or
+ * updates them to this configuration. replicas 0: only creates the missing ones (replicas 1),
+ * never changes an existing stream (for roles other than ingest). */
+chat_status wk_streams_ensure(jsCtx *js, int replicas);
 
 #endif
