@@ -1,6 +1,7 @@
 /* Role `api`. Threads: one nats.c delivery thread per lane runs that lane's requests; a lane's
  * PGconn, JetStream context and transaction state belong to that thread alone. The main thread
- * only starts and destroys. Replies are packed protobuf; every one starts with a Status. */
+ * only starts and destroys. Replies are packed protobuf; every one starts with a Status.
+ * Cursors are watermarks (one row per member), moved only forward; sync is paged (docs/sync.md). */
 #include "wk_api.h"
 
 #include <inttypes.h>
@@ -79,6 +80,9 @@ static void h_members_list(call *c);
 static void h_post(call *c);
 static void h_post_status(call *c);
 static void h_history(call *c);
+static void h_sync(call *c);
+static void h_cursor(call *c);
+static void h_conv_list(call *c);
 
 static const method methods[] = {
     {"conv.create", h_conv_create, "method=\"conv.create\""},
@@ -90,6 +94,9 @@ static const method methods[] = {
     {"post", h_post, "method=\"post\""},
     {"post.status", h_post_status, "method=\"post.status\""},
     {"history", h_history, "method=\"history\""},
+    {"sync", h_sync, "method=\"sync\""},
+    {"cursor", h_cursor, "method=\"cursor\""},
+    {"conv.list", h_conv_list, "method=\"conv.list\""},
 };
 #define NMETHODS (sizeof methods / sizeof methods[0])
 
@@ -162,6 +169,51 @@ const char *wk_api_conv_kind(const char *asked)
     if (strcmp(asked, "direct") == 0)
         return "direct";
     return NULL;
+}
+
+uint32_t wk_api_sync_max_events(uint32_t asked)
+{
+    if (asked == 0)
+        return WK_API_SYNC_DEFAULT;
+    return asked > WK_API_SYNC_MAX ? WK_API_SYNC_MAX : asked;
+}
+
+size_t wk_api_sync_plan(wk_api_sync_range *r, size_t n, uint32_t max_events)
+{
+    uint64_t left = max_events;
+    size_t taking = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t want = r[i].head > r[i].after ? r[i].head - r[i].after : 0;
+        uint64_t take = want < left ? want : left;
+        r[i].upto = r[i].after + take;
+        left -= take;
+        if (take > 0)
+            taking = i + 1;
+    }
+    return taking;
+}
+
+void wk_api_sync_settle(wk_api_sync_range *r, size_t n, size_t cut, uint64_t cut_done)
+{
+    for (size_t i = 0; i < n; i++)
+        r[i].done = i < cut ? r[i].upto : i == cut ? cut_done : r[i].after;
+}
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+size_t wk_api_sync_cursor_size(const char *conv, uint64_t after)
+{
+    size_t len = strlen(conv);
+    size_t inner = 1 + varint_size(len) + len + (after ? 1 + varint_size(after) : 0);
+    return 1 + varint_size(inner) + inner;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -885,8 +937,35 @@ out:
 /* History                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-enum { H_SEQ, H_ID, H_CMID, H_SENDER, H_KIND, H_BODY, H_META, H_TARGET, H_EMOJI, H_ON, H_TS };
+/* The columns every event read (history, sync) selects first, in this order; a query's own
+ * columns follow from H_EXTRA. */
+enum { H_SEQ, H_ID, H_CMID, H_SENDER, H_KIND, H_BODY, H_META, H_TARGET, H_EMOJI, H_ON, H_TS, H_EXTRA };
+#define EVENT_COLUMNS                                                                                                  \
+    "m.seq, m.id, m.client_msg_id, m.sender_id, m.kind, m.body, m.meta::text, m.target_seq, m.emoji,"                  \
+    " m.reaction_on, floor(extract(epoch FROM m.created_at) * 1000)::bigint"
 
+/* Fills e from a row of EVENT_COLUMNS; its strings point into the result (and to conv). */
+static void event_from_row(Chat__V1__Event *e, PGresult *rows, int i, char *conv)
+{
+    chat__v1__event__init(e);
+    e->conv = conv;
+    e->seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10);
+    e->id = PQgetvalue(rows, i, H_ID);
+    e->cmid = PQgetvalue(rows, i, H_CMID);
+    e->sender = PQgetvalue(rows, i, H_SENDER);
+    e->kind = chat_kind_parse(PQgetvalue(rows, i, H_KIND));
+    e->body = PQgetvalue(rows, i, H_BODY);      /* "" when NULL */
+    e->meta_json = PQgetvalue(rows, i, H_META); /* "" when NULL */
+    e->target = PQgetisnull(rows, i, H_TARGET) ? 0 : strtoull(PQgetvalue(rows, i, H_TARGET), NULL, 10);
+    e->emoji = PQgetvalue(rows, i, H_EMOJI);
+    e->reaction_on = strcmp(PQgetvalue(rows, i, H_ON), "t") == 0;
+    e->ts_ms = strtoll(PQgetvalue(rows, i, H_TS), NULL, 10);
+}
+
+/* Tombstones: a text or system message whose delete event exists, and an edit of such a
+ * message, come with deleted = true and an empty body and meta, so history never shows what
+ * was deleted (the edits carry its text too). The delete event's own row stays as it is.
+ * EXISTS per row is served by messages_changes_target_idx (migration 0004). */
 static void h_history(call *c)
 {
     Chat__V1__HistoryRequest *q = chat__v1__history_request__unpack(NULL, c->len, c->data);
@@ -928,10 +1007,12 @@ static void h_history(call *c)
     snprintf(fetch, sizeof fetch, "%u", limit + 1);
     const char *p2[] = {q->conv, before, fetch};
     rows = run(c, "history",
-               "SELECT seq, id, client_msg_id, sender_id, kind, body, meta::text, target_seq, emoji, reaction_on,"
-               " floor(extract(epoch FROM created_at) * 1000)::bigint"
-               " FROM messages WHERE conversation_id = $1 AND ($2::bigint = 0 OR seq < $2::bigint)"
-               " ORDER BY seq DESC LIMIT $3::int",
+               "SELECT " EVENT_COLUMNS ","
+               " m.kind IN ('text', 'system', 'edit') AND EXISTS (SELECT 1 FROM messages d"
+               " WHERE d.conversation_id = m.conversation_id AND d.kind = 'delete'"
+               " AND d.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END)"
+               " FROM messages m WHERE m.conversation_id = $1 AND ($2::bigint = 0 OR m.seq < $2::bigint)"
+               " ORDER BY m.seq DESC LIMIT $3::int",
                3, p2, PGRES_TUPLES_OK);
     if (rows == NULL)
         goto out;
@@ -943,19 +1024,12 @@ static void h_history(call *c)
     eventp = calloc((size_t)n + 1, sizeof *eventp);
     for (int i = 0; i < n; i++) {
         Chat__V1__Event *e = &events[i];
-        chat__v1__event__init(e);
-        e->conv = q->conv;
-        e->seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10);
-        e->id = PQgetvalue(rows, i, H_ID);
-        e->cmid = PQgetvalue(rows, i, H_CMID);
-        e->sender = PQgetvalue(rows, i, H_SENDER);
-        e->kind = chat_kind_parse(PQgetvalue(rows, i, H_KIND));
-        e->body = PQgetvalue(rows, i, H_BODY);
-        e->meta_json = PQgetvalue(rows, i, H_META); /* "" when NULL */
-        e->target = PQgetisnull(rows, i, H_TARGET) ? 0 : strtoull(PQgetvalue(rows, i, H_TARGET), NULL, 10);
-        e->emoji = PQgetvalue(rows, i, H_EMOJI);
-        e->reaction_on = strcmp(PQgetvalue(rows, i, H_ON), "t") == 0;
-        e->ts_ms = strtoll(PQgetvalue(rows, i, H_TS), NULL, 10);
+        event_from_row(e, rows, i, q->conv);
+        if (strcmp(PQgetvalue(rows, i, H_EXTRA), "t") == 0) {
+            e->deleted = true;
+            e->body = "";
+            e->meta_json = "";
+        }
         eventp[i] = e;
     }
     Chat__V1__Status st;
@@ -970,6 +1044,360 @@ out:
     free(eventp);
     PQclear(rows);
     chat__v1__history_request__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sync                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The user's live conversations that have events past the cursor, in one round trip: a listed
+ * cursor where the client gave one (the smallest when listed twice), else the stored `seen`
+ * (delivered_seq); with listed_only ($4) only the listed ones. A listed conversation the user
+ * is not a member of (or that is deleted or unknown) simply does not come back. Byte order of
+ * the ids, whatever the database's locale. */
+#define SYNC_HEADS_SQL                                                                                                 \
+    "SELECT m.conversation_id, c.last_seq, coalesce(k.after, m.delivered_seq)"                                         \
+    " FROM conversation_members m"                                                                                     \
+    " JOIN conversations c ON c.id = m.conversation_id AND c.deleted_at IS NULL"                                       \
+    " LEFT JOIN (SELECT u.conv, min(u.after) AS after FROM unnest($2::text[], $3::bigint[]) AS u(conv, after)"         \
+    " GROUP BY u.conv) k ON k.conv = m.conversation_id"                                                                \
+    " WHERE m.user_id = $1 AND (NOT $4::bool OR k.conv IS NOT NULL)"                                                   \
+    " AND c.last_seq > coalesce(k.after, m.delivered_seq)"                                                             \
+    " ORDER BY m.conversation_id COLLATE \"C\""
+
+/* One page of events: for each planned range k (in plan order) the events (after, upto] through
+ * the primary key of each partition (the LATERAL with its LIMIT keeps it a nested loop of index
+ * range scans, never a scan of `messages`), ordered by range then seq. `fits`: the bodies and
+ * metas before this row stay under the byte budget ($4); rows past it come without body and
+ * meta, so a page of big events never loads more than about the budget. */
+#define SYNC_EVENTS_SQL                                                                                                \
+    "SELECT e.seq, e.id, e.client_msg_id, e.sender_id, e.kind, CASE WHEN e.fits THEN e.body END,"                      \
+    " CASE WHEN e.fits THEN e.meta END, e.target_seq, e.emoji, e.reaction_on, e.ts, e.ord, e.fits"                     \
+    " FROM (SELECT k.ord, m.*, coalesce(sum(m.size) OVER (ORDER BY k.ord, m.seq"                                       \
+    " ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) < $4::bigint AS fits"                                      \
+    " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(conv, after, upto, ord)"                \
+    " CROSS JOIN LATERAL (SELECT x.seq, x.id, x.client_msg_id, x.sender_id, x.kind, x.body,"                           \
+    " x.meta::text AS meta, x.target_seq, x.emoji, x.reaction_on,"                                                     \
+    " floor(extract(epoch FROM x.created_at) * 1000)::bigint AS ts,"                                                   \
+    " octet_length(x.body) + coalesce(octet_length(x.meta::text), 0) AS size"                                          \
+    " FROM messages x WHERE x.conversation_id = k.conv AND x.seq > k.after AND x.seq <= k.upto"                        \
+    " ORDER BY x.seq LIMIT k.upto - k.after) m) e"                                                                     \
+    " ORDER BY e.ord, e.seq"
+enum { S_ORD = H_EXTRA, S_FITS };
+
+/* Events of every conversation the client is behind in, in pages (docs/sync.md): heads in one
+ * query, then one query for the page's events; `next` says where to continue. */
+static void h_sync(call *c)
+{
+    Chat__V1__SyncRequest *q = chat__v1__sync_request__unpack(NULL, c->len, c->data);
+    chat_buf a1 = {0}, a2 = {0}, a3 = {0};
+    PGresult *heads = NULL, *rows = NULL;
+    wk_api_sync_range *ranges = NULL;
+    Chat__V1__Event *events = NULL, **eventp = NULL;
+    Chat__V1__SyncCursor *next = NULL, **nextp = NULL;
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed SyncRequest");
+        goto out;
+    }
+    if (!chat_id_valid(q->user)) {
+        fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    if (q->n_cursors > WK_API_SYNC_CURSORS_MAX) {
+        fail(c, "bad_request", "at most %d cursors", WK_API_SYNC_CURSORS_MAX);
+        goto out;
+    }
+    chat_buf_pg_array_begin(&a1);
+    chat_buf_pg_array_begin(&a2);
+    for (size_t i = 0; i < q->n_cursors; i++) {
+        const Chat__V1__SyncCursor *k = q->cursors[i];
+        if (!chat_id_valid(k->conv)) {
+            fail(c, "bad_request", "cursors[%zu].conv must be 1-64 characters of [A-Za-z0-9_-]", i);
+            goto out;
+        }
+        char after[24];
+        snprintf(after, sizeof after, "%" PRIu64, k->after > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : k->after);
+        chat_buf_pg_array_str(&a1, k->conv);
+        chat_buf_pg_array_str(&a2, after);
+    }
+    chat_buf_pg_array_end(&a1);
+    chat_buf_pg_array_end(&a2);
+    const char *p1[] = {q->user, a1.data, a2.data, q->listed_only ? "t" : "f"};
+    heads = run(c, "sync_heads", SYNC_HEADS_SQL, 4, p1, PGRES_TUPLES_OK);
+    if (heads == NULL)
+        goto out;
+
+    /* Every range may end up in next: keep the ones whose cursors fit in the reply beside at
+     * least one event (a user behind in more than ~10,000 conversations gets the rest at the
+     * next sync: their seen cursors have not moved). */
+    size_t n = (size_t)PQntuples(heads), next_bound = 0;
+    ranges = calloc(n + 1, sizeof *ranges);
+    for (size_t i = 0; i < n; i++) {
+        wk_api_sync_range *r = &ranges[i];
+        r->conv = PQgetvalue(heads, (int)i, 0);
+        r->head = strtoull(PQgetvalue(heads, (int)i, 1), NULL, 10);
+        r->after = strtoull(PQgetvalue(heads, (int)i, 2), NULL, 10);
+        size_t size = wk_api_sync_cursor_size(r->conv, r->head);
+        if (next_bound + size > WK_API_SYNC_REPLY_MAX - WK_API_SYNC_BYTES / 8) {
+            LOG_WARN("api", "event=sync_too_many_conversations user=%s behind=%zu served=%zu", q->user, n, i);
+            n = i;
+            break;
+        }
+        next_bound += size;
+    }
+    size_t budget = WK_API_SYNC_REPLY_MAX - next_bound;
+    if (budget > WK_API_SYNC_BYTES)
+        budget = WK_API_SYNC_BYTES;
+    size_t planned = wk_api_sync_plan(ranges, n, wk_api_sync_max_events(q->max_events));
+
+    int nrows = 0;
+    if (planned > 0) {
+        chat_buf_reset(&a1);
+        chat_buf_reset(&a2);
+        chat_buf_pg_array_begin(&a1);
+        chat_buf_pg_array_begin(&a2);
+        chat_buf_pg_array_begin(&a3);
+        for (size_t i = 0; i < planned; i++) {
+            char after[24], upto[24];
+            snprintf(after, sizeof after, "%" PRIu64, ranges[i].after);
+            snprintf(upto, sizeof upto, "%" PRIu64, ranges[i].upto);
+            chat_buf_pg_array_str(&a1, ranges[i].conv);
+            chat_buf_pg_array_str(&a2, after);
+            chat_buf_pg_array_str(&a3, upto);
+        }
+        chat_buf_pg_array_end(&a1);
+        chat_buf_pg_array_end(&a2);
+        chat_buf_pg_array_end(&a3);
+        char bytes[24];
+        snprintf(bytes, sizeof bytes, "%zu", budget);
+        const char *p2[] = {a1.data, a2.data, a3.data, bytes};
+        rows = run(c, "sync_events", SYNC_EVENTS_SQL, 4, p2, PGRES_TUPLES_OK);
+        if (rows == NULL)
+            goto out;
+        nrows = PQntuples(rows);
+    }
+
+    /* Take rows while what came before stays under the budget (so at least one: progress). */
+    events = calloc((size_t)nrows + 1, sizeof *events);
+    eventp = calloc((size_t)nrows + 1, sizeof *eventp);
+    size_t used = 0, cut = n, sent = 0;
+    uint64_t cut_done = 0;
+    for (int i = 0; i < nrows; i++) {
+        size_t ord = strtoull(PQgetvalue(rows, i, S_ORD), NULL, 10) - 1; /* WITH ORDINALITY counts from 1 */
+        if (sent > 0 && (used >= budget || strcmp(PQgetvalue(rows, i, S_FITS), "t") != 0)) {
+            cut = ord;
+            bool same = events[sent - 1].conv == ranges[ord].conv;
+            cut_done = same ? events[sent - 1].seq : ranges[ord].after;
+            break;
+        }
+        Chat__V1__Event *e = &events[sent];
+        event_from_row(e, rows, i, (char *)ranges[ord].conv);
+        size_t size = chat__v1__event__get_packed_size(e);
+        used += 1 + varint_size(size) + size;
+        eventp[sent++] = e;
+    }
+    wk_api_sync_settle(ranges, n, cut, cut_done);
+    next = calloc(n + 1, sizeof *next);
+    nextp = calloc(n + 1, sizeof *nextp);
+    size_t nnext = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ranges[i].done < ranges[i].head) {
+            chat__v1__sync_cursor__init(&next[nnext]);
+            next[nnext].conv = (char *)ranges[i].conv;
+            next[nnext].after = ranges[i].done;
+            nextp[nnext] = &next[nnext];
+            nnext++;
+        }
+    Chat__V1__Status st;
+    Chat__V1__SyncReply reply = CHAT__V1__SYNC_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.events = eventp;
+    reply.n_events = sent;
+    reply.next = nextp;
+    reply.n_next = nnext;
+    reply_with(c, &reply.base);
+    LOG_DEBUG("api", "event=sync_page user=%s conversations=%zu planned=%zu events=%zu bytes=%zu next=%zu", q->user, n,
+              planned, sent, c->reply_len, nnext);
+out:
+    free(next);
+    free(nextp);
+    free(events);
+    free(eventp);
+    free(ranges);
+    PQclear(rows);
+    PQclear(heads);
+    chat_buf_free(&a1);
+    chat_buf_free(&a2);
+    chat_buf_free(&a3);
+    chat__v1__sync_request__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cursors and receipts                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The whole batch in one statement. Repeats of a (conv, user) in the batch are merged first
+ * (the highest wins: an UPDATE ... FROM would apply only one of them); the member rows are
+ * locked in key order (no deadlock between two batches) and read at their newest version; then
+ * each cursor moves to GREATEST(stored, asked) clamped to last_seq, `seen` at least `read`,
+ * only for members of live conversations, and only rows that move are written. The result: one
+ * row per (moved read, member of its conversation), the receipts to publish. */
+#define CURSOR_SQL                                                                                                     \
+    "WITH u AS (SELECT k.c, k.u, max(k.s) AS s, max(k.r) AS r"                                                         \
+    " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS k(c, u, s, r) GROUP BY k.c, k.u),"            \
+    " cur AS MATERIALIZED (SELECT m.conversation_id, m.user_id, m.read_seq AS old_read,"                               \
+    " GREATEST(m.delivered_seq, LEAST(GREATEST(u.s, u.r), c.last_seq)) AS seen,"                                       \
+    " GREATEST(m.read_seq, LEAST(u.r, c.last_seq)) AS read"                                                            \
+    " FROM u JOIN conversation_members m ON m.conversation_id = u.c AND m.user_id = u.u"                               \
+    " JOIN conversations c ON c.id = u.c AND c.deleted_at IS NULL"                                                     \
+    " ORDER BY m.conversation_id, m.user_id FOR UPDATE OF m),"                                                         \
+    " moved AS (UPDATE conversation_members m SET delivered_seq = cur.seen, read_seq = cur.read,"                      \
+    " updated_at = now() FROM cur"                                                                                     \
+    " WHERE m.conversation_id = cur.conversation_id AND m.user_id = cur.user_id"                                       \
+    " AND (cur.seen > m.delivered_seq OR cur.read > m.read_seq)"                                                       \
+    " RETURNING m.conversation_id, m.user_id, m.delivered_seq, m.read_seq, cur.read > cur.old_read AS read_moved)"     \
+    " SELECT mv.conversation_id, mv.user_id, mv.delivered_seq, mv.read_seq, r.user_id"                                 \
+    " FROM moved mv JOIN conversation_members r ON r.conversation_id = mv.conversation_id"                             \
+    " WHERE mv.read_moved ORDER BY mv.conversation_id, mv.user_id, r.user_id"
+
+/* A Delivery{receipt} to every recipient row of one reader (rows [from, to) of the result). */
+static void publish_receipt(call *c, PGresult *r, int from, int to)
+{
+    Chat__V1__Receipt rc = CHAT__V1__RECEIPT__INIT;
+    rc.conv = PQgetvalue(r, from, 0);
+    rc.user = PQgetvalue(r, from, 1);
+    rc.seen = strtoull(PQgetvalue(r, from, 2), NULL, 10);
+    rc.read = strtoull(PQgetvalue(r, from, 3), NULL, 10);
+    rc.ts_ms = chat_now_ms();
+    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+    d.item_case = CHAT__V1__DELIVERY__ITEM_RECEIPT;
+    d.receipt = &rc;
+    uint8_t buf[512]; /* two ids of at most 64 bytes and three numbers */
+    size_t len = chat__v1__delivery__pack(&d, buf);
+    natsConnection *nc = c->lane->api->app->nc;
+    for (int i = from; i < to; i++) {
+        char subject[128];
+        if (chat_subject_deliver(subject, sizeof subject, PQgetvalue(r, i, 4)))
+            natsConnection_Publish(nc, subject, buf, (int)len);
+    }
+}
+
+/* seen / read cursors from gateways; unknown pairs (not a member, deleted conversation) are
+ * ignored. After the statement committed, a read that moved is told to every member. */
+static void h_cursor(call *c)
+{
+    Chat__V1__CursorBatch *q = chat__v1__cursor_batch__unpack(NULL, c->len, c->data);
+    chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0};
+    PGresult *r = NULL;
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed CursorBatch");
+        goto out;
+    }
+    if (q->n_updates > WK_API_CURSOR_BATCH_MAX) {
+        fail(c, "bad_request", "at most %d updates per batch", WK_API_CURSOR_BATCH_MAX);
+        goto out;
+    }
+    if (q->n_updates == 0) {
+        reply_status_only(c);
+        goto out;
+    }
+    chat_buf_pg_array_begin(&a1);
+    chat_buf_pg_array_begin(&a2);
+    chat_buf_pg_array_begin(&a3);
+    chat_buf_pg_array_begin(&a4);
+    for (size_t i = 0; i < q->n_updates; i++) {
+        const Chat__V1__CursorUpdate *u = q->updates[i];
+        if (!chat_id_valid(u->conv) || !chat_id_valid(u->user)) {
+            fail(c, "bad_request", "updates[%zu]: conv and user must be 1-64 characters of [A-Za-z0-9_-]", i);
+            goto out;
+        }
+        char seen[24], read[24];
+        snprintf(seen, sizeof seen, "%" PRIu64, u->seen > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : u->seen);
+        snprintf(read, sizeof read, "%" PRIu64, u->read > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : u->read);
+        chat_buf_pg_array_str(&a1, u->conv);
+        chat_buf_pg_array_str(&a2, u->user);
+        chat_buf_pg_array_str(&a3, seen);
+        chat_buf_pg_array_str(&a4, read);
+    }
+    chat_buf_pg_array_end(&a1);
+    chat_buf_pg_array_end(&a2);
+    chat_buf_pg_array_end(&a3);
+    chat_buf_pg_array_end(&a4);
+    if (q->n_updates == 1)
+        snprintf(c->conv, sizeof c->conv, "%s", q->updates[0]->conv);
+    const char *p[] = {a1.data, a2.data, a3.data, a4.data};
+    r = run(c, "cursor", CURSOR_SQL, 4, p, PGRES_TUPLES_OK); /* autocommit: committed on return */
+    if (r == NULL)
+        goto out;
+    int rows = PQntuples(r);
+    for (int from = 0; from < rows;) {
+        int to = from + 1;
+        while (to < rows && strcmp(PQgetvalue(r, to, 0), PQgetvalue(r, from, 0)) == 0 &&
+               strcmp(PQgetvalue(r, to, 1), PQgetvalue(r, from, 1)) == 0)
+            to++;
+        publish_receipt(c, r, from, to);
+        from = to;
+    }
+    reply_status_only(c);
+out:
+    PQclear(r);
+    chat_buf_free(&a1);
+    chat_buf_free(&a2);
+    chat_buf_free(&a3);
+    chat_buf_free(&a4);
+    chat__v1__cursor_batch__free_unpacked(q, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Conversation list                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The user's live conversations with their heads and the user's cursors, by id. */
+static void h_conv_list(call *c)
+{
+    Chat__V1__ConvListRequest *q = chat__v1__conv_list_request__unpack(NULL, c->len, c->data);
+    PGresult *r = NULL;
+    Chat__V1__ConvSummary *convs = NULL, **convp = NULL;
+    if (q == NULL) {
+        fail(c, "bad_request", "malformed ConvListRequest");
+        goto out;
+    }
+    if (!chat_id_valid(q->user)) {
+        fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
+        goto out;
+    }
+    const char *p[] = {q->user};
+    r = run(c, "conv_list",
+            "SELECT c.id, c.kind, c.last_seq, m.delivered_seq, m.read_seq FROM conversation_members m"
+            " JOIN conversations c ON c.id = m.conversation_id AND c.deleted_at IS NULL"
+            " WHERE m.user_id = $1 ORDER BY c.id COLLATE \"C\"",
+            1, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        goto out;
+    int n = PQntuples(r);
+    convs = calloc((size_t)n + 1, sizeof *convs);
+    convp = calloc((size_t)n + 1, sizeof *convp);
+    for (int i = 0; i < n; i++) {
+        Chat__V1__ConvSummary *s = &convs[i];
+        chat__v1__conv_summary__init(s);
+        s->conv = PQgetvalue(r, i, 0);
+        s->kind = PQgetvalue(r, i, 1);
+        s->last_seq = strtoull(PQgetvalue(r, i, 2), NULL, 10);
+        s->seen = strtoull(PQgetvalue(r, i, 3), NULL, 10);
+        s->read = strtoull(PQgetvalue(r, i, 4), NULL, 10);
+        convp[i] = s;
+    }
+    Chat__V1__Status st;
+    Chat__V1__ConvListReply reply = CHAT__V1__CONV_LIST_REPLY__INIT;
+    reply.status = status_of(c, &st);
+    reply.conversations = convp;
+    reply.n_conversations = (size_t)n;
+    reply_with(c, &reply.base);
+out:
+    free(convs);
+    free(convp);
+    PQclear(r);
+    chat__v1__conv_list_request__free_unpacked(q, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------ */

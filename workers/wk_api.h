@@ -18,6 +18,12 @@
 #define WK_API_HISTORY_MAX 100
 #define WK_API_POST_WAIT_DEFAULT_MS 5000
 #define WK_API_POST_WAIT_MAX_MS 30000
+#define WK_API_SYNC_DEFAULT 500            /* sync: events per page when max_events is 0 */
+#define WK_API_SYNC_MAX 1000               /* sync: at most this many events per page */
+#define WK_API_SYNC_BYTES (512 * 1024)     /* sync: a page stops once its events pass this size */
+#define WK_API_SYNC_REPLY_MAX (960 * 1024) /* sync: events + next stay under this (NATS max_payload 1 MB) */
+#define WK_API_SYNC_CURSORS_MAX 10000      /* sync: listed cursors per request */
+#define WK_API_CURSOR_BATCH_MAX 1000       /* cursor: updates per batch */
 
 typedef struct wk_api wk_api;
 
@@ -40,5 +46,31 @@ uint32_t wk_api_history_limit(uint32_t asked);
 uint32_t wk_api_post_wait_ms(uint32_t asked);
 /* The stored kind of a conversation: "" -> "group", "group" and "direct" as is, else NULL. */
 const char *wk_api_conv_kind(const char *asked);
+
+/* sync page size: 0 -> WK_API_SYNC_DEFAULT, above WK_API_SYNC_MAX -> the max. */
+uint32_t wk_api_sync_max_events(uint32_t asked);
+
+/* One conversation of a sync page: the events wanted are (after, head]. */
+typedef struct wk_api_sync_range {
+    const char *conv; /* borrowed */
+    uint64_t after;   /* the cursor: the last seq the client has */
+    uint64_t head;    /* the conversation's last_seq when the page was planned */
+    uint64_t upto;    /* this page asks for (after, upto]; set by wk_api_sync_plan */
+    uint64_t done;    /* the client has everything up to here after this page; set by wk_api_sync_settle */
+} wk_api_sync_range;
+
+/* Plans one page of at most max_events events over ranges in their order: each range gets
+ * (after, min(head, after + what is left of the budget)], so the first ranges are served in
+ * full and the ones past the budget get nothing (upto = after). Returns the number of ranges
+ * that take part (they are the leading ones). */
+size_t wk_api_sync_plan(wk_api_sync_range *r, size_t n, uint32_t max_events);
+/* After the page was sent: cut is the index of the range where the page stopped early (bytes)
+ * and cut_done the last seq sent of that range (its after when none); cut >= n means it did not
+ * stop early. Sets done of every range: upto before the cut, cut_done at it, after beyond it.
+ * A range with done < head goes into the reply's next. */
+void wk_api_sync_settle(wk_api_sync_range *r, size_t n, size_t cut, uint64_t cut_done);
+/* Packed size of a SyncCursor{conv, after} as an element of SyncReply.next (field tag and
+ * length included), for keeping a reply under WK_API_SYNC_REPLY_MAX. */
+size_t wk_api_sync_cursor_size(const char *conv, uint64_t after);
 
 #endif

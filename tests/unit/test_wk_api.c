@@ -1,5 +1,6 @@
-/* The api role's pure parts: post validation, page and wait limits, conversation kinds, and the
- * wire fact that failures rely on (a status-only reply has the same bytes whatever its type). */
+/* The api role's pure parts: post validation, page and wait limits, conversation kinds, sync page
+ * planning and continuation cursors, and the wire fact that failures rely on (a status-only reply
+ * has the same bytes whatever its type). */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,96 @@ START_TEST(status_only_reply_is_any_reply)
 }
 END_TEST
 
+START_TEST(sync_page_size)
+{
+    ck_assert_uint_eq(wk_api_sync_max_events(0), 500);
+    ck_assert_uint_eq(wk_api_sync_max_events(1), 1);
+    ck_assert_uint_eq(wk_api_sync_max_events(1000), 1000);
+    ck_assert_uint_eq(wk_api_sync_max_events(1001), 1000);
+    ck_assert_uint_eq(wk_api_sync_max_events(UINT32_MAX), 1000);
+}
+END_TEST
+
+/* The budget goes to the ranges in order; the first ones whole, the rest nothing. */
+START_TEST(sync_plan_in_order)
+{
+    wk_api_sync_range r[4] = {
+        {.conv = "a", .after = 0, .head = 100},
+        {.conv = "b", .after = 40, .head = 50},
+        {.conv = "c", .after = 7, .head = 400},
+        {.conv = "d", .after = 0, .head = 3},
+    };
+    ck_assert_uint_eq(wk_api_sync_plan(r, 4, 150), 3);
+    ck_assert_uint_eq(r[0].upto, 100);
+    ck_assert_uint_eq(r[1].upto, 50);
+    ck_assert_uint_eq(r[2].upto, 7 + 40);
+    ck_assert_uint_eq(r[3].upto, 0); /* past the budget: nothing */
+
+    /* everything fits */
+    ck_assert_uint_eq(wk_api_sync_plan(r, 4, 1000), 4);
+    ck_assert_uint_eq(r[2].upto, 400);
+    ck_assert_uint_eq(r[3].upto, 3);
+
+    /* exactly the first range */
+    ck_assert_uint_eq(wk_api_sync_plan(r, 4, 100), 1);
+    ck_assert_uint_eq(r[0].upto, 100);
+    ck_assert_uint_eq(r[1].upto, 40);
+
+    /* a range already complete (head <= after) takes nothing and does not stop the others */
+    wk_api_sync_range z[2] = {{.conv = "x", .after = 9, .head = 9}, {.conv = "y", .after = 0, .head = 2}};
+    ck_assert_uint_eq(wk_api_sync_plan(z, 2, 10), 2);
+    ck_assert_uint_eq(z[0].upto, 9);
+    ck_assert_uint_eq(z[1].upto, 2);
+    ck_assert_uint_eq(wk_api_sync_plan(z, 0, 10), 0);
+}
+END_TEST
+
+/* Where each conversation continues: before the cut at its plan, at the cut where it stopped,
+ * after the cut where it began. */
+START_TEST(sync_settle_next)
+{
+    wk_api_sync_range r[3] = {
+        {.conv = "a", .after = 0, .head = 10},
+        {.conv = "b", .after = 5, .head = 30},
+        {.conv = "c", .after = 2, .head = 4},
+    };
+    wk_api_sync_plan(r, 3, 20); /* a: (0,10], b: (5,15], c: nothing */
+    wk_api_sync_settle(r, 3, 3, 0);
+    ck_assert_uint_eq(r[0].done, 10); /* complete: not in next */
+    ck_assert_uint_eq(r[1].done, 15);
+    ck_assert_uint_eq(r[2].done, 2);
+
+    wk_api_sync_settle(r, 3, 1, 8); /* bytes ran out after b's seq 8 */
+    ck_assert_uint_eq(r[0].done, 10);
+    ck_assert_uint_eq(r[1].done, 8);
+    ck_assert_uint_eq(r[2].done, 2);
+
+    wk_api_sync_settle(r, 3, 0, 6); /* in a, after seq 6 */
+    ck_assert_uint_eq(r[0].done, 6);
+    ck_assert_uint_eq(r[1].done, 5);
+    ck_assert_uint_eq(r[2].done, 2);
+}
+END_TEST
+
+/* The size estimate of a next cursor is the size protobuf-c packs. */
+START_TEST(sync_cursor_size_matches_packing)
+{
+    const char *convs[] = {"a", "general", "0123456789012345678901234567890123456789012345678901234567890123"};
+    uint64_t afters[] = {0, 1, 127, 128, 16383, 16384, (uint64_t)INT64_MAX};
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 7; j++) {
+            Chat__V1__SyncCursor k = CHAT__V1__SYNC_CURSOR__INIT;
+            k.conv = (char *)convs[i];
+            k.after = afters[j];
+            Chat__V1__SyncCursor *kp = &k;
+            Chat__V1__SyncReply r = CHAT__V1__SYNC_REPLY__INIT;
+            r.next = &kp;
+            r.n_next = 1;
+            ck_assert_uint_eq(wk_api_sync_cursor_size(convs[i], afters[j]), chat__v1__sync_reply__get_packed_size(&r));
+        }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("wk_api");
@@ -135,6 +226,10 @@ int main(void)
     tcase_add_test(tc, limits);
     tcase_add_test(tc, conv_kinds);
     tcase_add_test(tc, status_only_reply_is_any_reply);
+    tcase_add_test(tc, sync_page_size);
+    tcase_add_test(tc, sync_plan_in_order);
+    tcase_add_test(tc, sync_settle_next);
+    tcase_add_test(tc, sync_cursor_size_matches_packing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
