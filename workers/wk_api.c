@@ -1438,7 +1438,11 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         for (size_t i = 0; i < NCODES; i++)
             if (strcmp(c.code, error_codes[i]) == 0)
                 atomic_fetch_add(api->m_errors[i], 1);
-        LOG_WARN("api", "event=request_failed lane=%d method=%s conv=%s code=%s message=\"%s\" detail=\"%s\" ms=%.1f",
+        /* answers a caller expects (not a member, not stored yet) are not failures of ours */
+        bool expected = strcmp(c.code, "not_found") == 0 || strcmp(c.code, "not_member") == 0 ||
+                        strcmp(c.code, "bad_request") == 0;
+        CHAT_LOG(expected ? CHAT_LOG_DEBUG : CHAT_LOG_WARN, "api",
+                 "event=request_failed lane=%d method=%s conv=%s code=%s message=\"%s\" detail=\"%s\" ms=%.1f",
                  l->index, mname, c.conv, c.code, c.message, c.detail, (double)us / 1000.0);
     } else {
         LOG_DEBUG("api", "event=request lane=%d method=%s conv=%s ms=%.1f", l->index, mname, c.conv,

@@ -11,7 +11,8 @@ CHAT_SETTINGS=(
     CHAT_JWT_SECRET CHAT_PARTITIONS CHAT_ARCHIVE_URL CHAT_S3_ENDPOINT CHAT_S3_REGION
     CHAT_S3_ACCESS_KEY CHAT_S3_SECRET_KEY CHAT_PARTITION_SPAN CHAT_HOT_RETENTION CHAT_PUSH_GRACE
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_LOG
-    CHAT_NATS_MONITOR_PORT
+    CHAT_NATS_MONITOR_PORT CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
+    CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
 # chat_env_default NAME VALUE: export NAME=VALUE unless NAME is already set (even empty).
@@ -60,7 +61,7 @@ chat_env_init() {
     chat_env_default CHAT_PARTITIONS 16
     chat_env_default CHAT_ARCHIVE_URL "file://$CHAT_HOME/archive"
     chat_env_default CHAT_S3_ENDPOINT ''
-    chat_env_default CHAT_S3_REGION ''
+    chat_env_default CHAT_S3_REGION us-east-1
     chat_env_default CHAT_S3_ACCESS_KEY ''
     chat_env_default CHAT_S3_SECRET_KEY ''
     chat_env_default CHAT_PARTITION_SPAN 1d
@@ -70,6 +71,18 @@ chat_env_init() {
     chat_env_default CHAT_DEV_MODE "$dev_default"
     chat_env_default CHAT_PUSH_WEBHOOK_URL ''
     chat_env_default CHAT_LOG info
+    # Additions to the contract's table (docs/operations.md): the gateway's protection, wss://,
+    # and the JetStream replicas of the streams.
+    chat_env_default CHAT_JS_REPLICAS 1
+    chat_env_default CHAT_WS_QUEUE_MAX 8388608
+    chat_env_default CHAT_WS_SLOW_GRACE 5s
+    chat_env_default CHAT_WS_RATE 50
+    chat_env_default CHAT_WS_USER_RATE 100
+    chat_env_default CHAT_WS_MAX_PER_USER 20
+    chat_env_default CHAT_WS_MAX_PER_IP 1000
+    chat_env_default CHAT_WS_PING 30s
+    chat_env_default CHAT_TLS_CERT ''
+    chat_env_default CHAT_TLS_KEY ''
     nats_port=$(chat_url_hostport "$CHAT_NATS_URL" 4222) \
         || chat_die "CHAT_NATS_URL='$CHAT_NATS_URL' is not a nats://host:port URL"
     nats_port=${nats_port#* }
