@@ -18,7 +18,7 @@ typedef struct pending_cursor {
     uint64_t seen, read;
 } pending_cursor;
 
-static void merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read)
+void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read)
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, user);
@@ -35,18 +35,6 @@ static void merge(gw_server *srv, const char *conv, const char *user, uint64_t s
         c->seen = seen;
     if (read > c->read)
         c->read = read;
-}
-
-void gw_cursor_handle(gw_server *srv, gw_session *s, json_t *root, bool read)
-{
-    const char *conv = json_string_value(json_object_get(root, "conv"));
-    json_t *seq = json_object_get(root, "seq");
-    if (!chat_id_valid(conv) || !json_is_integer(seq) || json_integer_value(seq) < 0) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "seen and read need conv (an id) and seq (an integer >= 0)");
-        return;
-    }
-    uint64_t n = (uint64_t)json_integer_value(seq);
-    merge(srv, conv, s->user, n, read ? n : 0); /* read implies seen */
 }
 
 typedef struct collect {
@@ -119,7 +107,7 @@ bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     if (retry && req->payload) {
         Chat__V1__CursorBatch *b = chat__v1__cursor_batch__unpack(NULL, req->payload_len, req->payload);
         for (size_t i = 0; b && i < b->n_updates; i++)
-            merge(srv, b->updates[i]->conv, b->updates[i]->user, b->updates[i]->seen, b->updates[i]->read);
+            gw_cursor_merge(srv, b->updates[i]->conv, b->updates[i]->user, b->updates[i]->seen, b->updates[i]->read);
         if (b)
             chat__v1__cursor_batch__free_unpacked(b, NULL);
         LOG_WARN("gateway", "event=cursor_batch_retry");

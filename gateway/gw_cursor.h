@@ -12,7 +12,8 @@
 
 #define GW_CURSOR_BATCH_MAX 1000
 
-void gw_cursor_handle(gw_server *srv, gw_session *s, json_t *root, bool read);
+/* A member's cursors (read implies seen), kept until the next batch; the highest value wins. */
+void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read);
 /* Sends what gathered; called from the tick. */
 void gw_cursor_flush(gw_server *srv);
 bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);

@@ -16,6 +16,7 @@
 #include "chat_partition.h"
 #include "chat_time.h"
 #include "gw_cursor.h"
+#include "gw_frame.h"
 #include "gw_presence.h"
 #include "gw_sync.h"
 
@@ -208,9 +209,10 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
 /* Sends waiting for a member check, in the order they came; the list takes ownership of post. */
 typedef struct waiting_post {
     uint64_t session;
-    char cmid[CHAT_ID_MAX + 1];
-    uint8_t *post;
+    char cmid[CHAT_ID_MAX + 1]; /* "" for a cursor */
+    uint8_t *post;              /* a packed Post, or NULL for a cursor update */
     size_t len;
+    uint64_t seen, read;
     struct waiting_post *next;
 } waiting_post;
 
@@ -218,15 +220,18 @@ typedef struct waiting {
     waiting_post *head, *tail;
 } waiting;
 
-static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t *post, size_t len)
+static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t *post, size_t len, uint64_t seen,
+                        uint64_t read)
 {
     waiting_post *p = calloc(1, sizeof *p);
     if (p == NULL)
         abort();
     p->session = session;
-    snprintf(p->cmid, sizeof p->cmid, "%s", cmid);
+    snprintf(p->cmid, sizeof p->cmid, "%s", cmid ? cmid : "");
     p->post = post;
     p->len = len;
+    p->seen = seen;
+    p->read = read;
     if (w->tail)
         w->tail->next = p;
     else
@@ -245,141 +250,89 @@ static void waiting_release(gw_server *srv, const char *conv, const char *user, 
     for (waiting_post *p = w->head, *next; p; p = next) {
         next = p->next;
         gw_session *s = gw_session_find(srv, p->session);
-        if (member == 1)
+        const char *ref = p->cmid[0] ? p->cmid : NULL;
+        if (member == 1 && p->post)
             publish_post(srv, p->session, conv, p->cmid, p->post, p->len);
+        else if (member == 1)
+            gw_cursor_merge(srv, conv, user, p->seen, p->read);
         else if (s && member == 0)
-            gw_session_send_error(srv, s, p->cmid, "not_member", "not a member of this conversation");
+            gw_session_send_error(srv, s, ref, "not_member", "not a member of this conversation");
         else if (s)
-            gw_session_send_error(srv, s, p->cmid, "unavailable", "membership cannot be checked now; retry with the same cmid");
+            gw_session_send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry");
         free(p->post);
         free(p);
     }
     free(w);
 }
 
-static const char *str_field(json_t *root, const char *name)
-{
-    return json_string_value(json_object_get(root, name));
-}
-
-static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind,
-                                const char *conv, const char *cmid, const char *ref, json_t *body, json_t *meta,
-                                json_t *target, json_t *emoji, json_t *on);
+/* An action of a member that waits for (or skips) the membership check of its conversation. */
+static void member_action(gw_server *srv, gw_session *s, const char *conv, const char *cmid, uint8_t *packed,
+                          size_t len, uint64_t seen, uint64_t read);
 
 /* send, edit, delete and react: each becomes a Post of its kind, stored as an event with its own
  * seq and acked like a send. Whether a change is allowed (its target exists, only the sender
  * edits or deletes) is decided by the ingest, which answers a refusal through a Rejection. */
-static void handle_post(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind)
+static void handle_post(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
-    const char *conv = str_field(root, "conv");
-    const char *cmid = str_field(root, "cmid");
-    const char *ref = chat_id_valid(cmid) ? cmid : NULL;
-    json_t *body = json_object_get(root, "body");
-    json_t *meta = json_object_get(root, "meta");
-    json_t *target = json_object_get(root, "target");
-    json_t *emoji = json_object_get(root, "emoji");
-    json_t *on = json_object_get(root, "on");
-    bool change = kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
-    if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE || kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION) {
-        if (body && !json_is_string(body)) {
-            gw_session_send_error(srv, s, ref, "bad_request", "body must be a string");
-            return;
-        }
-        if (body == NULL)
-            body = json_string("");
-        else
-            json_incref(body);
-    } else {
-        json_incref(body);
-    }
-    /* from here on body holds a reference of ours */
-    if (change && (!json_is_integer(target) || json_integer_value(target) < 1)) {
-        json_decref(body);
-        gw_session_send_error(srv, s, ref, "bad_request", "target must be the seq of a message (an integer >= 1)");
-        return;
-    }
-    if (kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION &&
-        (!json_is_string(emoji) || json_string_length(emoji) == 0 || json_string_length(emoji) > 64 ||
-         (on != NULL && !json_is_boolean(on)))) {
-        json_decref(body);
-        gw_session_send_error(srv, s, ref, "bad_request", "a reaction needs emoji (1-64 bytes) and a boolean on");
-        return;
-    }
+    static const Chat__V1__EventKind kinds[] = {
+        [GW_IN_SEND] = CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT,
+        [GW_IN_EDIT] = CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT,
+        [GW_IN_DELETE] = CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE,
+        [GW_IN_REACT] = CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION,
+    };
     gw_user *u = chat_map_get(srv->users, s->user);
     if (u && !gw_bucket_take(&u->post_tokens, &u->post_refill_ms, srv->cfg->ws_user_rate, chat_mono_ns() / 1000000)) {
-        json_decref(body);
-        gw_session_send_error(srv, s, ref, "rate_limited", "too many messages from this user; slow down");
-        return;
-    }
-    handle_send_checked(srv, s, root, kind, conv, cmid, ref, body, meta, target, emoji, on);
-    json_decref(body);
-}
-
-static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Chat__V1__EventKind kind,
-                                const char *conv, const char *cmid, const char *ref, json_t *body, json_t *meta,
-                                json_t *target, json_t *emoji, json_t *on)
-{
-    (void)root;
-    if (!chat_id_valid(conv)) {
-        gw_session_send_error(srv, s, ref, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
-        return;
-    }
-    if (ref == NULL) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
-        return;
-    }
-    if (!json_is_string(body)) {
-        gw_session_send_error(srv, s, ref, "bad_request", "body must be a string");
-        return;
-    }
-    if (json_string_length(body) > GW_BODY_MAX) {
-        gw_session_send_error(srv, s, ref, "too_large", "body is larger than 16 KiB");
-        return;
-    }
-    if (meta && !json_is_null(meta) && !json_is_object(meta)) {
-        gw_session_send_error(srv, s, ref, "bad_request", "meta must be a JSON object");
-        return;
-    }
-    char *meta_text = json_is_object(meta) ? json_dumps(meta, JSON_COMPACT) : NULL;
-    if (meta_text && strlen(meta_text) > GW_BODY_MAX) {
-        free(meta_text);
-        gw_session_send_error(srv, s, ref, "too_large", "meta is larger than 16 KiB");
+        gw_session_send_error(srv, s, f->cmid, "rate_limited", "too many messages from this user; slow down");
         return;
     }
     Chat__V1__Post p = CHAT__V1__POST__INIT;
-    p.conv = (char *)conv;
-    p.cmid = (char *)cmid;
+    p.conv = (char *)f->conv;
+    p.cmid = (char *)f->cmid;
     p.sender = s->user;
-    p.kind = kind;
-    p.body = (char *)json_string_value(body);
-    p.target = json_is_integer(target) ? (uint64_t)json_integer_value(target) : 0;
-    p.emoji = json_is_string(emoji) ? (char *)json_string_value(emoji) : "";
-    p.reaction_on = on == NULL || json_is_true(on);
-    p.meta_json = meta_text ? meta_text : "";
+    p.kind = kinds[f->type];
+    p.body = (char *)f->body;
+    p.meta_json = f->meta ? f->meta : "";
+    p.target = f->target;
+    p.emoji = f->emoji ? (char *)f->emoji : "";
+    p.reaction_on = f->on;
     p.sent_ms = chat_now_ms();
     p.gateway = srv->gateway_id;
     p.session = s->id_str;
     size_t len = chat__v1__post__get_packed_size(&p);
     uint8_t *packed = malloc(len ? len : 1);
     chat__v1__post__pack(&p, packed);
-    free(meta_text);
+    member_action(srv, s, f->conv, f->cmid, packed, len, 0, 0);
+}
 
+/* seen and read: only a member's cursors are taken (a non-member gets not_member). */
+static void handle_cursor(gw_server *srv, gw_session *s, const gw_inframe *f)
+{
+    bool read = f->type == GW_IN_READ;
+    member_action(srv, s, f->conv, NULL, NULL, 0, f->seq, read ? f->seq : 0);
+}
+
+static void member_action(gw_server *srv, gw_session *s, const char *conv, const char *cmid, uint8_t *packed,
+                          size_t len, uint64_t seen, uint64_t read)
+{
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, s->user);
     waiting *w = chat_map_get(srv->checking, key);
-    if (w) { /* a check for this member is in flight: queue behind it, keeping the send order */
-        waiting_add(w, s->id, cmid, packed, len);
+    if (w) { /* a check for this member is in flight: queue behind it, keeping the order */
+        waiting_add(w, s->id, cmid, packed, len, seen, read);
         return;
     }
     int known = membership_get(srv, conv, s->user);
     if (known == 1) {
-        publish_post(srv, s->id, conv, cmid, packed, len);
+        if (packed)
+            publish_post(srv, s->id, conv, cmid, packed, len);
+        else
+            gw_cursor_merge(srv, conv, s->user, seen, read);
         free(packed);
         return;
     }
     if (known == 2) {
         free(packed);
-        gw_session_send_error(srv, s, ref, "not_member", "not a member of this conversation");
+        gw_session_send_error(srv, s, cmid, "not_member", "not a member of this conversation");
         return;
     }
     Chat__V1__MemberCheckRequest rq = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
@@ -389,16 +342,16 @@ static void handle_send_checked(gw_server *srv, gw_session *s, json_t *root, Cha
     size_t rlen = chat__v1__member_check_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBER_CHECK, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
-    snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    snprintf(req->cmid, sizeof req->cmid, "%s", cmid ? cmid : "");
     snprintf(req->user, sizeof req->user, "%s", s->user);
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         free(packed);
-        gw_session_send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry with the same cmid");
+        gw_session_send_error(srv, s, cmid, "unavailable", "membership cannot be checked now; retry");
         return;
     }
     w = calloc(1, sizeof *w);
-    waiting_add(w, s->id, cmid, packed, len);
+    waiting_add(w, s->id, cmid, packed, len, seen, read);
     chat_map_put(srv->checking, key, w, NULL);
 }
 
@@ -671,13 +624,9 @@ static void typing_fanout(gw_server *srv, gw_membership *m, const char *conv, co
     }
 }
 
-static void handle_typing(gw_server *srv, gw_session *s, json_t *root)
+static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
-    const char *conv = str_field(root, "conv");
-    if (!chat_id_valid(conv)) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "conv must be 1-64 characters of [A-Za-z0-9_-]");
-        return;
-    }
+    const char *conv = f->conv;
     int64_t now = chat_mono_ns() / 1000000;
     if (strcmp(s->typing_conv, conv) == 0 && now - s->typing_at_ms < TYPING_MIN_INTERVAL_MS)
         return; /* rate limit: typing is a hint, the extras are dropped */
@@ -795,22 +744,12 @@ static void unwatch_all(gw_server *srv, gw_session *s)
     s->nwatching = 0;
 }
 
-static void handle_presence(gw_server *srv, gw_session *s, json_t *root)
+static void handle_presence(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
-    json_t *users = json_object_get(root, "users");
-    size_t n = json_is_array(users) ? json_array_size(users) : 0;
-    if (!json_is_array(users) || n > GW_PRESENCE_QUERY_MAX) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "users must be an array of at most 100 user ids");
-        return;
-    }
-    const char *ids[GW_PRESENCE_QUERY_MAX];
-    for (size_t i = 0; i < n; i++) {
-        ids[i] = json_string_value(json_array_get(users, i));
-        if (!chat_id_valid(ids[i])) {
-            gw_session_send_error(srv, s, NULL, "bad_request", "users must be an array of at most 100 user ids");
-            return;
-        }
-    }
+    size_t n = json_array_size(f->users);
+    const char *ids[GW_PRESENCE_USERS_MAX];
+    for (size_t i = 0; i < n; i++)
+        ids[i] = json_string_value(json_array_get(f->users, i));
     for (size_t i = 0; i < n; i++)
         watch(srv, s, ids[i]);
     gw_presence_query(srv->presence, s->id, ids, (int)n);
@@ -876,51 +815,56 @@ bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms
 static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
 {
     atomic_fetch_add(srv->m.frames_in, 1);
+    gw_inframe f;
+    gw_frame_error err;
+    bool ok = gw_frame_parse(data, len, &f, &err);
     if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ns() / 1000000)) {
-        json_t *root = json_loadb(data, len, 0, NULL); /* answer with the cmid when there is one */
-        const char *cmid = json_string_value(json_object_get(root, "cmid"));
-        gw_session_send_error(srv, s, chat_id_valid(cmid) ? cmid : NULL, "rate_limited",
-                              "too many frames on this connection; slow down");
-        json_decref(root);
+        gw_session_send_error(srv, s, err.ref, "rate_limited", "too many frames on this connection; slow down");
+        gw_inframe_free(&f);
         return;
     }
-    json_error_t err;
-    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        gw_session_send_error(srv, s, NULL, "bad_request", "a frame must be one JSON object");
+    if (!ok) {
+        json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", err.code, "message", err.message);
+        if (err.ref)
+            json_object_set_new(e, "ref", json_string(err.ref));
+        else if (err.ref_json)
+            json_object_set(e, "ref", err.ref_json);
+        atomic_fetch_add(strcmp(err.code, "too_large") == 0 ? srv->m.fail_too_large : srv->m.fail_bad_request, 1);
+        gw_session_send_json(srv, s, e);
+        gw_inframe_free(&f);
         return;
     }
-    const char *type = str_field(root, "type");
-    if (type == NULL)
-        gw_session_send_error(srv, s, NULL, "bad_request", "missing type");
-    else if (strcmp(type, "send") == 0)
-        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT);
-    else if (strcmp(type, "edit") == 0)
-        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT);
-    else if (strcmp(type, "delete") == 0)
-        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE);
-    else if (strcmp(type, "react") == 0)
-        handle_post(srv, s, root, CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION);
-    else if (strcmp(type, "sync") == 0)
-        gw_sync_handle(srv, s, root);
-    else if (strcmp(type, "history") == 0)
-        gw_history_handle(srv, s, root);
-    else if (strcmp(type, "conversations") == 0)
-        gw_conversations_handle(srv, s, root);
-    else if (strcmp(type, "seen") == 0)
-        gw_cursor_handle(srv, s, root, false);
-    else if (strcmp(type, "read") == 0)
-        gw_cursor_handle(srv, s, root, true);
-    else if (strcmp(type, "typing") == 0)
-        handle_typing(srv, s, root);
-    else if (strcmp(type, "presence") == 0)
-        handle_presence(srv, s, root);
-    else if (strcmp(type, "ping") == 0)
+    switch (f.type) {
+    case GW_IN_SEND:
+    case GW_IN_EDIT:
+    case GW_IN_DELETE:
+    case GW_IN_REACT:
+        handle_post(srv, s, &f);
+        break;
+    case GW_IN_SYNC:
+        gw_sync_handle(srv, s, &f);
+        break;
+    case GW_IN_HISTORY:
+        gw_history_handle(srv, s, &f);
+        break;
+    case GW_IN_CONVERSATIONS:
+        gw_conversations_handle(srv, s);
+        break;
+    case GW_IN_SEEN:
+    case GW_IN_READ:
+        handle_cursor(srv, s, &f);
+        break;
+    case GW_IN_TYPING:
+        handle_typing(srv, s, &f);
+        break;
+    case GW_IN_PRESENCE:
+        handle_presence(srv, s, &f);
+        break;
+    case GW_IN_PING:
         gw_session_send_json(srv, s, json_pack("{s:s}", "type", "pong"));
-    else
-        gw_session_send_error(srv, s, NULL, "bad_request", "unknown type");
-    json_decref(root);
+        break;
+    }
+    gw_inframe_free(&f);
 }
 
 int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len)

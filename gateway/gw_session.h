@@ -19,7 +19,6 @@
 #include "gw_server.h"
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
-#define GW_BODY_MAX (16 * 1024)
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 

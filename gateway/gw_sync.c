@@ -13,7 +13,6 @@
 
 #define SYNC_TIMEOUT_MS 10000
 #define HISTORY_TIMEOUT_MS 10000
-#define SYNC_CURSORS_MAX 10000
 
 static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
 {
@@ -42,47 +41,27 @@ static uint8_t *pack_sync(const char *user, Chat__V1__SyncCursor **cursors, size
     return buf;
 }
 
-void gw_sync_handle(gw_server *srv, gw_session *s, json_t *root)
+void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     if (s->syncing) {
         gw_session_send_error(srv, s, NULL, "bad_request", "a sync is already running");
         return;
     }
-    json_t *cursors = json_object_get(root, "cursors");
-    if (cursors && !json_is_object(cursors) && !json_is_null(cursors)) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "cursors must be an object of conv: seq");
-        return;
-    }
-    size_t n = json_is_object(cursors) ? json_object_size(cursors) : 0;
-    if (n > SYNC_CURSORS_MAX) {
-        gw_session_send_error(srv, s, NULL, "too_large", "at most 10000 cursors");
-        return;
-    }
+    size_t n = f->cursors ? json_object_size(f->cursors) : 0;
     Chat__V1__SyncCursor *items = calloc(n ? n : 1, sizeof *items);
     Chat__V1__SyncCursor **ptrs = calloc(n ? n : 1, sizeof *ptrs);
     size_t i = 0;
     const char *conv;
     json_t *seq;
-    bool ok = true;
     if (n)
-        json_object_foreach(cursors, conv, seq)
+        json_object_foreach(f->cursors, conv, seq)
         {
-            if (!chat_id_valid(conv) || !json_is_integer(seq) || json_integer_value(seq) < 0) {
-                ok = false;
-                break;
-            }
             chat__v1__sync_cursor__init(&items[i]);
             items[i].conv = (char *)conv;
             items[i].after = (uint64_t)json_integer_value(seq);
             ptrs[i] = &items[i];
             i++;
         }
-    if (!ok) {
-        free(items);
-        free(ptrs);
-        gw_session_send_error(srv, s, NULL, "bad_request", "each cursor is conv (an id): seq (an integer >= 0)");
-        return;
-    }
     size_t len;
     uint8_t *packed = pack_sync(s->user, ptrs, i, false, &len);
     free(items);
@@ -114,6 +93,11 @@ static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
             chat__v1__sync_reply__free_unpacked(r, NULL);
         return false;
     }
+    for (size_t i = 0; i < r->n_not_member; i++) {
+        json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "code", "not_member", "message",
+                              "not a member of this conversation", "conv", r->not_member[i]);
+        gw_session_send_json(srv, s, e);
+    }
     for (size_t i = 0; i < r->n_events; i++)
         gw_session_send_event(srv, s, r->events[i]);
     if (r->n_next == 0) {
@@ -143,41 +127,18 @@ void gw_sync_resume(gw_server *srv, gw_session *s)
         sync_failed(srv, s, "unavailable");
 }
 
-void gw_history_handle(gw_server *srv, gw_session *s, json_t *root)
+void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
-    const char *conv = json_string_value(json_object_get(root, "conv"));
-    json_t *before = json_object_get(root, "before");
-    json_t *limit = json_object_get(root, "limit");
-    json_t *ref = json_object_get(root, "ref");
-    char *ref_text = ref ? json_dumps(ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    bool ref_ok = ref == NULL || ((json_is_string(ref) || json_is_integer(ref)) && strlen(ref_text) < 130);
-    const char *err = NULL;
-    if (!ref_ok)
-        err = "ref must be a string or an integer (short)";
-    else if (!chat_id_valid(conv))
-        err = "conv must be 1-64 characters of [A-Za-z0-9_-]";
-    else if (before && !json_is_null(before) && (!json_is_integer(before) || json_integer_value(before) < 0))
-        err = "before must be an integer >= 0";
-    else if (limit && !json_is_null(limit) && (!json_is_integer(limit) || json_integer_value(limit) < 1))
-        err = "limit must be an integer from 1 to 100";
-    if (err) {
-        json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", "bad_request", "message", err);
-        if (ref_ok && ref)
-            json_object_set(f, "ref", ref);
-        free(ref_text);
-        gw_session_send_json(srv, s, f);
-        return;
-    }
     Chat__V1__HistoryRequest rq = CHAT__V1__HISTORY_REQUEST__INIT;
-    rq.conv = (char *)conv;
+    rq.conv = (char *)f->conv;
     rq.user = s->user;
-    rq.before = json_is_integer(before) ? (uint64_t)json_integer_value(before) : 0;
-    json_int_t l = json_is_integer(limit) ? json_integer_value(limit) : 50;
-    rq.limit = (uint32_t)(l > 100 ? 100 : l);
+    rq.before = f->before;
+    rq.limit = f->limit;
     uint8_t buf[256];
     size_t len = chat__v1__history_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_HISTORY, s->id, HISTORY_TIMEOUT_MS);
-    snprintf(req->conv, sizeof req->conv, "%s", conv);
+    snprintf(req->conv, sizeof req->conv, "%s", f->conv);
+    char *ref_text = f->ref ? json_dumps(f->ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     snprintf(req->ref, sizeof req->ref, "%s", ref_text ? ref_text : "");
     free(ref_text);
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "history", buf, len, NULL) != CHAT_OK) {
@@ -213,9 +174,8 @@ static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, nat
     return false;
 }
 
-void gw_conversations_handle(gw_server *srv, gw_session *s, json_t *root)
+void gw_conversations_handle(gw_server *srv, gw_session *s)
 {
-    (void)root;
     Chat__V1__ConvListRequest rq = CHAT__V1__CONV_LIST_REQUEST__INIT;
     rq.user = s->user;
     uint8_t buf[128];

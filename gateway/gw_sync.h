@@ -8,17 +8,18 @@
 #include <nats/nats.h>
 
 #include "gw_bus.h"
+#include "gw_frame.h"
 #include "gw_session.h"
 
 #define GW_SYNC_PAGE 500
 #define GW_SYNC_PAUSE_BYTES (1024 * 1024)
 #define GW_SYNC_RESUME_BYTES (256 * 1024)
 
-void gw_sync_handle(gw_server *srv, gw_session *s, json_t *root);
-void gw_history_handle(gw_server *srv, gw_session *s, json_t *root);
+void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f);
+void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f);
 /* {"type":"conversations"}: the user's conversations with their heads and cursors (an addition
  * to the contract's protocol, for clients that list conversations with unread counts). */
-void gw_conversations_handle(gw_server *srv, gw_session *s, json_t *root);
+void gw_conversations_handle(gw_server *srv, gw_session *s);
 /* Replies of GW_REQ_SYNC, GW_REQ_HISTORY and GW_REQ_CONV_LIST; false: free the request. */
 bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
 /* From the WRITEABLE path: sends a parked page once the queue is small again. */

@@ -1208,9 +1208,30 @@ static void h_sync(call *c)
             nextp[nnext] = &next[nnext];
             nnext++;
         }
+    /* First page: name the listed conversations the user may not read, so the client gets
+     * not_member for them (and nothing of their content). */
+    PGresult *refused = NULL;
+    char **refusedp = NULL;
+    size_t nrefused = 0;
+    if (!q->listed_only && q->n_cursors > 0) {
+        const char *p3[] = {q->user, a1.data};
+        refused = run(c, "sync_not_member",
+                      "SELECT u.conv FROM unnest($2::text[]) AS u(conv) WHERE NOT EXISTS (SELECT 1"
+                      " FROM conversation_members m JOIN conversations x ON x.id = m.conversation_id"
+                      " AND x.deleted_at IS NULL WHERE m.conversation_id = u.conv AND m.user_id = $1)",
+                      2, p3, PGRES_TUPLES_OK);
+        if (refused == NULL)
+            goto out;
+        nrefused = (size_t)PQntuples(refused);
+        refusedp = calloc(nrefused + 1, sizeof *refusedp);
+        for (size_t i = 0; i < nrefused; i++)
+            refusedp[i] = PQgetvalue(refused, (int)i, 0);
+    }
     Chat__V1__Status st;
     Chat__V1__SyncReply reply = CHAT__V1__SYNC_REPLY__INIT;
     reply.status = status_of(c, &st);
+    reply.not_member = refusedp;
+    reply.n_not_member = nrefused;
     reply.events = eventp;
     reply.n_events = sent;
     reply.next = nextp;
@@ -1218,6 +1239,8 @@ static void h_sync(call *c)
     reply_with(c, &reply.base);
     LOG_DEBUG("api", "event=sync_page user=%s conversations=%zu planned=%zu events=%zu bytes=%zu next=%zu", q->user, n,
               planned, sent, c->reply_len, nnext);
+    free(refusedp);
+    PQclear(refused);
 out:
     free(next);
     free(nextp);
