@@ -16,6 +16,7 @@
 #include "wk_archive.h"
 #include "wk_ingest.h"
 #include "wk_migrate.h"
+#include "wk_notify.h"
 
 static const char *usage = "chat-worker [migrate] [--roles ingest,api,notify,archive] [settings...]";
 
@@ -47,7 +48,7 @@ static int run(const chat_cfg *cfg)
         fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", cfg->nats_url);
         return 1;
     }
-    unsigned deps = CHAT_DEP_NATS | CHAT_DEP_PG | ((cfg->roles & CHAT_ROLE_NOTIFY) ? CHAT_DEP_REDIS : 0);
+    unsigned deps = CHAT_DEP_NATS | CHAT_DEP_PG; /* the worker roles do not use Redis */
     chat_health *health = NULL;
     chat_httpd *httpd = NULL;
     if (chat_health_start(cfg, deps, app.nc, &health) != CHAT_OK)
@@ -66,6 +67,9 @@ static int run(const chat_cfg *cfg)
     wk_api *api = NULL;
     if ((cfg->roles & CHAT_ROLE_API) && wk_api_start(&app, &api) != CHAT_OK)
         return 1;
+    wk_notify *notify = NULL;
+    if ((cfg->roles & CHAT_ROLE_NOTIFY) && wk_notify_start(&app, &notify) != CHAT_OK)
+        return 1;
     LOG_INFO("worker", "event=started listen=%s roles=%s", cfg->worker_listen_raw, cfg->worker_roles);
 
     pthread_mutex_lock(&stop_lock);
@@ -74,6 +78,7 @@ static int run(const chat_cfg *cfg)
     pthread_mutex_unlock(&stop_lock);
 
     wk_api_destroy(api); /* first: posts in flight wait for the ingest's commit */
+    wk_notify_destroy(notify);
     wk_ingest_destroy(ingest);
     wk_archive_destroy(archive);
     chat_httpd_destroy(httpd);
