@@ -46,7 +46,50 @@ static void on_connected(natsConnection *nc, void *closure)
     LOG_INFO((const char *)closure, "event=nats_connected");
 }
 
+static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait_initial, int pool_threads,
+                                natsConnection **out);
+
+/* The URL list with any user:password@ replaced by ***@, for logs and error lines. */
+void chat_nats_redact(const char *urls, char *out, size_t size)
+{
+    size_t o = 0;
+    for (const char *p = urls; *p && o + 1 < size;) {
+        const char *scheme = strstr(p, "://");
+        const char *end = strchr(p, ',');
+        if (end == NULL)
+            end = p + strlen(p);
+        const char *at = NULL;
+        for (const char *q = scheme ? scheme + 3 : p; q < end; q++)
+            if (*q == '@')
+                at = q;
+        const char *from = p;
+        if (scheme && at && scheme < end) {
+            size_t n = (size_t)(scheme + 3 - p);
+            o += (size_t)snprintf(out + o, size - o, "%.*s***", (int)n, p);
+            from = at;
+        }
+        if (o + 1 < size)
+            o += (size_t)snprintf(out + o, size - o, "%.*s", (int)(end - from), from);
+        p = *end ? end + 1 : end;
+        if (*end && o + 1 < size)
+            out[o++] = ',', out[o] = '\0';
+    }
+    if (o < size)
+        out[o] = '\0';
+}
+
 chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out)
+{
+    return connect_with(cfg, name, wait_initial, 0, out);
+}
+
+chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int pool_threads, natsConnection **out)
+{
+    return connect_with(cfg, name, false, pool_threads, out);
+}
+
+static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait_initial, int pool_threads,
+                                natsConnection **out)
 {
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
@@ -79,17 +122,25 @@ chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_i
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, (void *)name);
     if (s == NATS_OK && !wait_initial)
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
+    if (s == NATS_OK && pool_threads > 0) {
+        s = nats_SetMessageDeliveryPoolSize(pool_threads);
+        if (s == NATS_OK)
+            s = natsOptions_UseGlobalMessageDelivery(opts, true);
+    }
     natsConnection *nc = NULL;
     if (s == NATS_OK)
         s = natsConnection_Connect(&nc, opts);
+    char shown[1024];
+    chat_nats_redact(cfg->nats_url, shown, sizeof shown);
     if (s == NATS_NOT_YET_CONNECTED) {
-        LOG_WARN(name, "event=nats_unreachable url=\"%s\" action=retrying_in_background", cfg->nats_url);
+        LOG_WARN(name, "event=nats_unreachable url=\"%s\" action=retrying_in_background", shown);
         s = NATS_OK;
     }
     natsOptions_Destroy(opts);
     free(urls);
     if (s != NATS_OK) {
-        LOG_ERROR(name, "event=nats_connect_failed url=\"%s\" status=\"%s\"", cfg->nats_url, natsStatus_GetText(s));
+        LOG_ERROR(name, "event=nats_connect_failed setting=CHAT_NATS_URL url=\"%s\" status=\"%s\" detail=\"%s\"", shown,
+                  natsStatus_GetText(s), nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
         return s == NATS_NO_SERVER ? CHAT_ERR_UNAVAILABLE : chat_nats_check(s, name, "connect");
     }
     *out = nc;

@@ -16,10 +16,18 @@
  * the caller destroys it with natsConnection_Destroy. */
 chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out);
 
+/* The same, with the async subscriptions of this connection delivered by nats.c's shared pool of
+ * delivery threads (nats_SetMessageDeliveryPoolSize) instead of one thread per subscription: for
+ * the gateway, which holds one subscription per connected user and whose callbacks never block. */
+chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int pool_threads, natsConnection **out);
+
 /* Maps a natsStatus (and logs its text under comp with the action that failed). */
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action);
 
 bool chat_nats_connected(natsConnection *nc);
+
+/* Copies a CHAT_NATS_URL list with every user:password@ shown as ***@ (for logs and errors). */
+void chat_nats_redact(const char *urls, char *out, size_t size);
 
 /* Subject builders; return false if the result would not fit. */
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);   /* chat.in.<p>.<conv> */

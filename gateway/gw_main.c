@@ -33,7 +33,8 @@ int main(int argc, char **argv)
     srv.metrics = chat_metrics_create();
     chat_metrics_add_process(srv.metrics);
     chat_http_lws_logging();
-    if (chat_nats_connect(&cfg, "gateway", false, &srv.nc) != CHAT_OK)
+    /* one subscription per connected user: shared delivery threads, not one thread each */
+    if (chat_nats_connect_shared(&cfg, "gateway", 2, &srv.nc) != CHAT_OK)
         return 1;
     if (chat_health_start(&cfg, CHAT_DEP_NATS | CHAT_DEP_REDIS, srv.nc, &srv.health) != CHAT_OK)
         return 1;

@@ -36,6 +36,8 @@ static void tick(lws_sorted_usec_list_t *sul)
         gw_cursor_flush(srv); /* every 200 ms */
     if (srv->ticks % 10 == 0)
         gw_session_sweep(srv); /* every second */
+    if (srv->ticks % 100 == 0)
+        gw_session_trim_caches(srv); /* every 10 s */
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
 }
 

@@ -176,6 +176,36 @@ static void membership_put(gw_server *srv, const char *conv, const char *user, b
     chat_map_put(m->users, user, (void *)(intptr_t)(member ? 1 : 2), NULL);
 }
 
+typedef struct expired {
+    char **keys;
+    size_t n, cap;
+    int64_t now;
+} expired;
+
+static void collect_expired(const char *key, void *value, void *ctx)
+{
+    expired *x = ctx;
+    gw_membership *m = value;
+    if (m->expires_ms >= x->now)
+        return;
+    if (x->n == x->cap) {
+        x->cap = x->cap ? 2 * x->cap : 64;
+        x->keys = realloc(x->keys, x->cap * sizeof *x->keys);
+    }
+    x->keys[x->n++] = strdup(key);
+}
+
+void gw_session_trim_caches(gw_server *srv)
+{
+    expired x = {.now = chat_mono_ns() / 1000000};
+    chat_map_each(srv->membership, collect_expired, &x);
+    for (size_t i = 0; i < x.n; i++) {
+        gw_session_on_members_changed(srv, x.keys[i]);
+        free(x.keys[i]);
+    }
+    free(x.keys);
+}
+
 void gw_session_on_members_changed(gw_server *srv, const char *conv)
 {
     gw_membership *m = chat_map_remove(srv->membership, conv);
@@ -1015,4 +1045,30 @@ void gw_session_closed(gw_server *srv, gw_session *s)
     atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
     atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
     LOG_DEBUG("gateway", "event=disconnected session=%s user=%s", s->id_str, s->user);
+}
+
+static void free_membership_entry(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    membership_free(value);
+}
+
+static void free_waiting_entry(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    waiting *w = value;
+    for (waiting_post *p = w->head, *next; p; p = next) {
+        next = p->next;
+        free(p->post);
+        free(p);
+    }
+    free(w);
+}
+
+void gw_session_free_caches(gw_server *srv)
+{
+    chat_map_each(srv->membership, free_membership_entry, NULL);
+    chat_map_each(srv->checking, free_waiting_entry, NULL);
 }

@@ -75,6 +75,11 @@ typedef struct gw_user {
 bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
 /* Once a second from the tick: slow consumers past their grace, fragments that never finish. */
 void gw_session_sweep(gw_server *srv);
+/* Every 10 s from the tick: drops membership cache entries past their TTL (memory stays bounded
+ * by what was used in the last minute). */
+void gw_session_trim_caches(gw_server *srv);
+/* At stop: frees every cache entry and waiting send. */
+void gw_session_free_caches(gw_server *srv);
 /* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
 void gw_session_close_all(gw_server *srv);
 

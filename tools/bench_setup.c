@@ -110,7 +110,9 @@ chat_status bench_setup_conversations(const bench_plan *p, uint64_t *created, ch
         return CHAT_OK;
     natsConnection *nc = NULL;
     if (chat_nats_connect(p->cfg, "chat-bench", true, &nc) != CHAT_OK) {
-        snprintf(err, errsz, "cannot connect to NATS at %s (CHAT_NATS_URL)", p->cfg->nats_url);
+        char shown[1024];
+        chat_nats_redact(p->cfg->nats_url, shown, sizeof shown);
+        snprintf(err, errsz, "cannot connect to NATS at %s (CHAT_NATS_URL)", shown);
         nats_CloseAndWait(2000);
         return CHAT_ERR_UNAVAILABLE;
     }

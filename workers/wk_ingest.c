@@ -1087,7 +1087,7 @@ static bool try_acquire(wk_ingest *in, partition *pt)
 static int live_workers(PGconn *pg)
 {
     PGresult *r = PQexec(pg, "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
-                             " WHERE application_name LIKE 'chat-ingest:%'");
+                             " WHERE application_name LIKE 'chat-ingest:%' AND datname = current_database()");
     int n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     return n;
@@ -1105,7 +1105,7 @@ static void *coordinator_thread(void *arg)
         if (!streams_ok && chat_nats_connected(in->app->nc)) {
             jsCtx *js = NULL;
             if (natsConnection_JetStream(&js, in->app->nc, NULL) == NATS_OK)
-                streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas) == CHAT_OK;
+                streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas, true) == CHAT_OK;
             jsCtx_Destroy(js);
         }
         for (int p = 0; p < in->nparts; p++) {

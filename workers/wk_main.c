@@ -45,7 +45,9 @@ static int run(const chat_cfg *cfg)
     chat_http_lws_logging();
 
     if (chat_nats_connect(cfg, "worker", false, &app.nc) != CHAT_OK) {
-        fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", cfg->nats_url);
+        char shown[1024];
+        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", shown);
         return 1;
     }
     unsigned deps = CHAT_DEP_NATS | CHAT_DEP_PG; /* the worker roles do not use Redis */

@@ -749,9 +749,9 @@ static void *puller_thread(void *arg)
 /* The monitor: consumer set-up, pending, members behind                                        */
 /* ------------------------------------------------------------------------------------------ */
 
-static bool setup_consumer(jsCtx *js)
+static bool setup_consumer(jsCtx *js, int replicas)
 {
-    if (wk_streams_ensure(js, 0) != CHAT_OK)
+    if (wk_streams_ensure(js, replicas, false) != CHAT_OK)
         return false;
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
@@ -837,7 +837,7 @@ static void *monitor_thread(void *arg)
                 js = NULL;
         }
         if (js && connected && !atomic_load(&w->consumer_ready) && now >= next_setup) {
-            if (setup_consumer(js)) {
+            if (setup_consumer(js, w->app->cfg->js_replicas)) {
                 atomic_store(&w->consumer_ready, true);
                 next_pending = now;
             } else {

@@ -26,11 +26,8 @@ static chat_status ensure(jsCtx *js, jsStreamConfig *sc, bool update)
     return CHAT_OK;
 }
 
-chat_status wk_streams_ensure(jsCtx *js, int replicas)
+chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
 {
-    bool update = replicas > 0;
-    if (replicas < 1)
-        replicas = 1;
     jsStreamConfig in;
     jsStreamConfig_Init(&in);
     const char *in_subjects[] = {"chat.in.*.*"};

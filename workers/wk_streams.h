@@ -7,15 +7,17 @@
  *                              message, for the notify role to check after CHAT_PUSH_GRACE */
 #ifndef WK_STREAMS_H
 #define WK_STREAMS_H
+#include <stdbool.h>
+
 #include <nats/nats.h>
 
 #include "chat_status.h"
 
 #define WK_DUPLICATE_WINDOW_NS (10LL * 60 * 1000000000LL)
 
-/* replicas: CHAT_JS_REPLICAS (1 on one server, 3 on a three-node cluster): creates the streams or
- * updates them to this configuration. replicas 0: only creates the missing ones (replicas 1),
- * never changes an existing stream (for roles other than ingest). */
-chat_status wk_streams_ensure(jsCtx *js, int replicas);
+/* Creates the missing streams with `replicas` (CHAT_JS_REPLICAS: 1 on one server, 3 on a
+ * three-node cluster); with update, also brings existing ones to this configuration (the ingest
+ * role does; the others only create what is missing, so they never fight over a stream). */
+chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update);
 
 #endif
