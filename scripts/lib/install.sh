@@ -225,3 +225,82 @@ chat_build() {
     chat_log "cmake build ${dir#"$CHAT_ROOT/"}"
     cmake --build "$dir" -j2 || chat_die "build failed"
 }
+
+# chat_install_browser: what the browser tests (tests/browser, ctest label "browser") need:
+# Debian's chromium (and an emoji font, so the demo's screenshot shows emoji, not boxes), and
+# playwright-core in tests/browser/node_modules from the committed package-lock.json. It never
+# downloads a browser: the tests drive /usr/bin/chromium through playwright-core's
+# executablePath.
+chat_install_browser() {
+    local dir="$CHAT_ROOT/tests/browser" lock stamp
+    local -a missing
+    mapfile -t missing < <(chat_apt_missing chromium fonts-noto-color-emoji)
+    if (( ${#missing[@]} > 0 )); then
+        [[ $EUID -eq 0 ]] || chat_die "packages missing (${missing[*]}); run as root to install them"
+        chat_apt_install "${missing[@]}"
+    fi
+    [[ -x /usr/bin/chromium ]] || chat_die "/usr/bin/chromium is missing after apt-get install chromium"
+    if ! command -v npm >/dev/null 2>&1; then
+        [[ $EUID -eq 0 ]] || chat_die "npm is missing; run as root to install it"
+        chat_apt_install nodejs npm
+    fi
+    [[ -f "$dir/package-lock.json" ]] || chat_die "$dir/package-lock.json is missing"
+    # npm ci again only when the lock changed since the last install.
+    lock=$(sha256sum -- "$dir/package-lock.json")
+    lock=${lock%% *}
+    stamp="$dir/node_modules/.chat-lock-sha256"
+    if [[ -d "$dir/node_modules/playwright-core" && -f "$stamp" && "$(cat -- "$stamp")" == "$lock" ]]; then
+        return 0
+    fi
+    chat_log "npm ci (tests/browser: playwright-core)"
+    (cd -- "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+        || chat_die "npm ci in $dir failed"
+    printf '%s\n' "$lock" >"$stamp"
+}
+
+# chat_install_ops_tools: the validators of the deployment files (deploy/check.sh), none of them
+# a service on this machine: docker-compose from apt (small, for `docker-compose config`), and
+# promtool and haproxy from Debian 12's prometheus and haproxy packages, unpacked with dpkg -x into
+# $CHAT_DEPS (prometheus/, haproxy/ with the libraries haproxy needs beside it), as nats-server
+# is; nothing is installed as a package or started. About 25 MB to download once.
+chat_install_ops_tools() {
+    local deps mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg deb p lockfd
+    deps=$(chat_deps_dir)
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        [[ $EUID -eq 0 ]] || chat_die "docker-compose is missing; run as root to install it"
+        chat_apt_install docker-compose
+    fi
+    mkdir -p -- "$deps"
+    exec {lockfd}>"$deps/.ops.lock"
+    flock "$lockfd"
+    if [[ ! -x "$deps/prometheus/usr/bin/promtool" || ! -x "$deps/haproxy/usr/sbin/haproxy" ]]; then
+        mirror=$(chat_apt_mirror) || chat_die "could not find the machine's Debian mirror in its apt configuration"
+        if [[ ! -x "$deps/prometheus/usr/bin/promtool" ]]; then
+            chat_log "fetching promtool (Debian 12's prometheus package) into ${deps#"$CHAT_ROOT/"}/prometheus"
+            deb=$(chat_fetch_deb "$deps/apt-ops" "deb [signed-by=$keyring] $mirror bookworm main" prometheus) \
+                || chat_die "downloading Debian's prometheus package failed; logs in $deps/apt-ops"
+            rm -rf -- "$deps/prometheus.tmp"
+            dpkg -x "$deb" "$deps/prometheus.tmp" || chat_die "dpkg -x $deb failed"
+            rm -rf -- "$deps/prometheus"
+            mv -- "$deps/prometheus.tmp" "$deps/prometheus"
+        fi
+        if [[ ! -x "$deps/haproxy/usr/sbin/haproxy" ]]; then
+            chat_log "fetching haproxy (Debian 12's package and its libraries) into ${deps#"$CHAT_ROOT/"}/haproxy"
+            rm -rf -- "$deps/haproxy.tmp"
+            for p in haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1; do
+                deb=$(chat_fetch_deb "$deps/apt-ops" "deb [signed-by=$keyring] $mirror bookworm main" "$p") \
+                    || chat_die "downloading Debian's $p package failed; logs in $deps/apt-ops"
+                dpkg -x "$deb" "$deps/haproxy.tmp" || chat_die "dpkg -x $deb failed"
+            done
+            rm -rf -- "$deps/haproxy"
+            mv -- "$deps/haproxy.tmp" "$deps/haproxy"
+        fi
+        rm -rf -- "$deps/apt-ops"
+    fi
+    exec {lockfd}>&-
+    "$deps/prometheus/usr/bin/promtool" --version >/dev/null 2>&1 || chat_die "$deps/prometheus/usr/bin/promtool does not run"
+    local libs
+    libs=$(printf '%s:' "$deps"/haproxy/usr/lib/*-linux-gnu)
+    LD_LIBRARY_PATH="$libs" "$deps/haproxy/usr/sbin/haproxy" -v >/dev/null 2>&1 \
+        || chat_die "$deps/haproxy/usr/sbin/haproxy does not run"
+}

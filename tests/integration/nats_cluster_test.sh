@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # NATS protocol lines with literal $JS subjects, in single quotes
+# The three-node NATS cluster of deploy/ forms and serves the platform, on loopback:
+#   - three nats-server processes run deploy/nats/nats.conf (with deploy/nats/accounts.conf) as it
+#     is, each with its own loopback ports and a temporary store_dir given through the variables
+#     the file reads; each sees the two others as routes and answers /healthz;
+#   - a chat-worker (ingest, api, archive; CHAT_JS_REPLICAS=3) with the worker credentials creates
+#     the streams with three replicas; a second one runs the notify role; a chat-gateway with the
+#     gateway credentials gets ready;
+#   - with the backend credentials chatctl creates a conversation and posts, a WebSocket client
+#     posts through the gateway (ack + msg), chatctl history reads both back; with one node
+#     stopped, a post is still stored (two of three replicas);
+#   - the permission matrix holds: the gateway may not delete a stream, call an api method it does
+#     not use, or read CHAT_EVENTS; the worker may not delete a stream; the backend may read
+#     CHAT_EVENTS but not touch CHAT_IN's consumers; a wrong password is refused; and no role
+#     hit a permission violation while serving.
+# The test brings everything it needs: the three NATS nodes, and a PostgreSQL cluster and a Redis
+# of its own (scripts/lib/services.sh, in a temporary CHAT_HOME; PostgreSQL runs as the postgres
+# user, so the test needs root, as scripts/test does). Not the test stack's PostgreSQL: the ingest
+# coordinator counts the ingest workers of the whole PostgreSQL cluster (pg_stat_activity, every
+# database), so a worker on another database of the stack's cluster would halve the partitions
+# the stack's worker owns, and own only half of its own.
+#
+#   nats_cluster_test.sh [BUILD_DIR]    (default: $CHAT_BUILD_DIR, else <checkout>/build)
+# Exits 77 (skipped) when not run as root. Everything it starts is stopped by pid (PostgreSQL
+# with pg_ctl), and its temporary directory removed, on every exit.
+set -euo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
+
+if [[ $EUID -ne 0 ]]; then
+    echo "SKIP: needs root (PostgreSQL of the test runs as the postgres user); scripts/test runs as root"
+    exit 77
+fi
+build=$(realpath -m -- "${1:-${CHAT_BUILD_DIR:-$src/build}}")
+for b in chat-worker chat-gateway chatctl; do
+    [[ -x "$build/bin/$b" ]] || { echo "FAIL: $build/bin/$b not built"; exit 1; }
+done
+
+# nats-server 2.10 as scripts/up fetches it (.deps/), through the scripts' own helpers.
+# shellcheck source=/dev/null
+. "$src/scripts/lib/common.sh"
+# shellcheck source=/dev/null
+. "$src/scripts/lib/install.sh"
+# shellcheck source=/dev/null
+. "$src/scripts/lib/services.sh"
+# shellcheck disable=SC2034  # read by common.sh's chat_log
+CHAT_PROG=nats_cluster_test
+nats_bin=$(chat_nats_bin) || { echo "FAIL: no nats-server (scripts/up or scripts/test installs it)"; exit 1; }
+chat_nats_has_sync "$nats_bin" || { echo "FAIL: $nats_bin is older than 2.10 (deploy/nats/nats.conf needs sync_interval)"; exit 1; }
+conf="$src/deploy/nats/nats.conf"
+[[ -r "$conf" && -r "$src/deploy/nats/accounts.conf" ]] || { echo "FAIL: deploy/nats/nats.conf or accounts.conf missing"; exit 1; }
+
+passed=0
+failed=0
+pass() { printf 'PASS: %s\n' "$*"; passed=$((passed + 1)); }
+fail() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/chat-nats-cluster.XXXXXX")
+declare -A pids=()        # name -> pid of what this test started
+services=0                # 1 once PostgreSQL and Redis of the test may be running
+# The scripts' service helpers keep their data, logs and pid files under CHAT_HOME.
+export CHAT_HOME="$tmp/home"
+mkdir -p -- "$CHAT_HOME"
+
+stop_pid() { # NAME: SIGTERM, up to 10 s, then SIGKILL
+    local name=$1 pid=${pids[$1]:-} i
+    [[ -n "$pid" ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "pids[$name]"
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    for name in gateway worker worker2; do stop_pid "$name"; done
+    for name in "${!pids[@]}"; do stop_pid "$name"; done
+    if ((services)); then
+        chat_redis_stop >/dev/null
+        chat_pg_stop >/dev/null
+    fi
+    if (( rc != 0 || failed > 0 )); then
+        for log in "$tmp"/*.log "$CHAT_HOME"/logs/*.log; do
+            [[ -f "$log" ]] || continue
+            printf -- '----- last lines of %s -----\n' "$(basename -- "$log")"
+            tail -n 25 -- "$log"
+        done
+    fi
+    rm -rf -- "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- ports
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Fourteen free loopback ports from a random base: three per NATS node, the two workers', the
+# gateway's, PostgreSQL's, Redis'.
+ports=()
+for ((try = 0; try < 50; try++)); do
+    base=$((20000 + (RANDOM % 600) * 16))
+    ports=()
+    for ((i = 0; i < 14; i++)); do
+        port_free $((base + i)) || continue 2
+        ports+=($((base + i)))
+    done
+    break
+done
+(( ${#ports[@]} == 14 )) || { echo "FAIL: no free ports found"; exit 1; }
+for n in 1 2 3; do
+    client_port[n]=${ports[(n - 1) * 3]}
+    http_port[n]=${ports[(n - 1) * 3 + 1]}
+    route_port[n]=${ports[(n - 1) * 3 + 2]}
+done
+worker_port=${ports[9]}
+gateway_port=${ports[10]}
+export CHAT_PG_DSN="host=127.0.0.1 port=${ports[11]} dbname=chat user=chat"
+export CHAT_REDIS_URL="redis://127.0.0.1:${ports[12]}"
+worker2_port=${ports[13]}
+
+# ---------------------------------------------------------------- the cluster
+
+# Passwords reach nats-server through the environment, where its config parser reads them as
+# values: they must start with a letter (deploy/env.example says so), hence the "p".
+secret() { printf 'p%s' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"; }
+export NATS_ROUTE_PASSWORD NATS_GATEWAY_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD \
+    NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD
+NATS_ROUTE_PASSWORD=$(secret)
+NATS_GATEWAY_PASSWORD=$(secret)
+NATS_WORKER_PASSWORD=$(secret)
+NATS_BACKEND_PASSWORD=$(secret)
+NATS_ADMIN_PASSWORD=$(secret)
+NATS_SYS_PASSWORD=$(secret)
+
+start_node() { # N
+    local n=$1
+    mkdir -p -- "$tmp/js-$n"
+    NATS_SERVER_NAME="nats-$n" \
+    NATS_LISTEN="127.0.0.1:${client_port[n]}" \
+    NATS_HTTP="127.0.0.1:${http_port[n]}" \
+    NATS_CLUSTER_LISTEN="127.0.0.1:${route_port[n]}" \
+    NATS_ROUTE_1="nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${route_port[1]}" \
+    NATS_ROUTE_2="nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${route_port[2]}" \
+    NATS_ROUTE_3="nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${route_port[3]}" \
+    NATS_STORE_DIR="$tmp/js-$n" \
+        "$nats_bin" -c "$conf" >>"$tmp/nats-$n.log" 2>&1 &
+    pids[nats$n]=$!
+}
+
+# routes_of N: the distinct server names node N has routes to, sorted, space separated.
+routes_of() {
+    curl -fsS --max-time 2 "http://127.0.0.1:${http_port[$1]}/routez" 2>/dev/null \
+        | grep -o '"remote_name": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | sort -u | tr '\n' ' '
+}
+healthy() { curl -fsS --max-time 2 "http://127.0.0.1:${http_port[$1]}/healthz" 2>/dev/null | grep -q '"ok"'; }
+
+cluster_formed() {
+    local n want
+    for n in 1 2 3; do
+        kill -0 "${pids[nats$n]}" 2>/dev/null || { echo "nats-$n exited"; return 2; }
+        case $n in 1) want='nats-2 nats-3 ' ;; 2) want='nats-1 nats-3 ' ;; 3) want='nats-1 nats-2 ' ;; esac
+        [[ "$(routes_of "$n")" == "$want" ]] || return 1
+        healthy "$n" || return 1
+    done
+}
+
+# wait_for SECONDS CMD...: runs CMD every 0.2 s until it succeeds; false after SECONDS, or at
+# once when CMD exits with 2 (what it waits for can no longer happen).
+wait_for() {
+    local deadline=$((SECONDS + $1)) rc; shift
+    while :; do
+        rc=0
+        "$@" || rc=$?
+        ((rc == 0)) && return 0
+        ((rc != 2 && SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+for n in 1 2 3; do start_node "$n"; done
+if wait_for 60 cluster_formed; then
+    pass "three nodes from deploy/nats/nats.conf formed a cluster: every node has routes to the other two and /healthz ok"
+else
+    fail "the cluster did not form within 60 s (routes: 1: $(routes_of 1)/ 2: $(routes_of 2)/ 3: $(routes_of 3))"
+    exit 1
+fi
+
+urls() { # USER PASSWORD: CHAT_NATS_URL with the three nodes
+    local u=$1 p=$2 n out=''
+    for n in 1 2 3; do out+="${out:+,}nats://$u:$p@127.0.0.1:${client_port[n]}"; done
+    printf '%s\n' "$out"
+}
+
+# ---------------------------------------------------------------- PostgreSQL and Redis
+
+services=1
+chat_pg_start >"$tmp/services.log" 2>&1
+chat_redis_start >>"$tmp/services.log" 2>&1
+chat_redis_wait >>"$tmp/services.log" 2>&1
+
+# ---------------------------------------------------------------- worker and gateway
+
+mkdir -p -- "$tmp/home"
+CHAT_JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+common_env=(
+    CHAT_HOME="$tmp/home" CHAT_PG_DSN="$CHAT_PG_DSN" CHAT_REDIS_URL="$CHAT_REDIS_URL"
+    CHAT_PARTITIONS=16 CHAT_JWT_SECRET="$CHAT_JWT_SECRET" CHAT_LOG=info
+)
+if env "${common_env[@]}" "$build/bin/chat-worker" migrate >"$tmp/migrate.log" 2>&1; then
+    pass "chat-worker migrate prepared the test's database"
+else
+    fail "chat-worker migrate failed"
+    exit 1
+fi
+
+# ---------------------------------------------------------------- raw NATS protocol
+
+# nats_raw NODE USER PASSWORD WAIT_MSG PROTO: connects to node NODE as USER, sends PROTO (NATS
+# protocol lines, \r\n separated) and a PING, prints every server line until the PONG and, with
+# WAIT_MSG 1, until a MSG/HMSG and its payload arrived (up to 5 s).
+nats_raw() {
+    local node=$1 user=$2 pass=$3 want_msg=$4 proto=$5 fd line got_pong=0 got_msg=0 deadline
+    exec {fd}<>"/dev/tcp/127.0.0.1/${client_port[node]}" || return 1
+    read -r -t 5 line <&"$fd" || { exec {fd}>&-; return 1; }   # INFO
+    printf 'CONNECT {"verbose":false,"pedantic":false,"user":"%s","pass":"%s","protocol":1,"headers":true,"no_responders":true,"name":"nats_cluster_test"}\r\n%bPING\r\n' \
+        "$user" "$pass" "$proto" >&"$fd"
+    deadline=$((SECONDS + 5))
+    while ((SECONDS < deadline)) && read -r -t 5 line <&"$fd"; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line"
+        case $line in
+            PONG) got_pong=1 ;;
+            PING) printf 'PONG\r\n' >&"$fd" ;;
+            MSG\ *|HMSG\ *) got_msg=1; read -r -t 5 line <&"$fd" && printf '%s\n' "${line%$'\r'}" ;;
+        esac
+        (( got_pong && (want_msg == 0 || got_msg) )) && break
+        [[ $line == "-ERR 'Authorization Violation'" ]] && break
+    done
+    exec {fd}>&-
+}
+
+# ---------------------------------------------------------------- streams with three replicas
+
+stream_info() { # STREAM: the JetStream API's answer to the admin user
+    nats_raw 1 admin "$NATS_ADMIN_PASSWORD" 1 "SUB _INBOX.t.* 1\r\nPUB \$JS.API.STREAM.INFO.$1 _INBOX.t.1 0\r\n\r\n"
+}
+replicated() { # STREAM: three replicas configured, a leader and two current followers
+    info=$(stream_info "$1")
+    grep -q '"num_replicas":3' <<<"$info" && [[ $(grep -o '"current":true' <<<"$info" | wc -l) -eq 2 ]]
+}
+# ---------------------------------------------------------------- workers and gateway
+
+ready() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null; }
+alive() { kill -0 "${pids[$1]}" 2>/dev/null; }
+ready_or_dead() { ready "$1" || { alive "$2" || return 2; return 1; }; }
+start_worker() { # NAME PORT ROLES
+    env "${common_env[@]}" CHAT_NATS_URL="$(urls worker "$NATS_WORKER_PASSWORD")" CHAT_JS_REPLICAS=3 \
+        CHAT_PUSH_GRACE=1s \
+        CHAT_WORKER_LISTEN="127.0.0.1:$2" CHAT_WORKER_ROLES="$3" \
+        "$build/bin/chat-worker" >>"$tmp/$1.log" 2>&1 &
+    pids[$1]=$!
+    if wait_for 60 ready_or_dead "$2" "$1"; then
+        pass "$1 (roles $3) with the worker credentials is ready against the cluster"
+    else
+        fail "$1 not ready: $(curl -sS --max-time 2 "http://127.0.0.1:$2/readyz" 2>&1 | tr '\n' ' ')"
+        exit 1
+    fi
+}
+
+# The first worker's ingest role creates the streams with CHAT_JS_REPLICAS=3. The notify role
+# starts on a second worker once they exist: a notify role that finds a stream missing creates
+# it with one replica, and racing the ingest's creation that churns the stream's replicas.
+start_worker worker "$worker_port" ingest,api,archive
+for s in CHAT_IN CHAT_EVENTS CHAT_NOTIFY; do
+    if wait_for 30 replicated "$s"; then
+        pass "stream $s has 3 replicas (CHAT_JS_REPLICAS=3): a leader and two current followers"
+    else
+        fail "stream $s is not replicated three times: $(tr '\n' ' ' <<<"$info" | head -c 600)"
+    fi
+done
+start_worker worker2 "$worker2_port" notify
+
+env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway "$NATS_GATEWAY_PASSWORD")" CHAT_DEV_MODE=0 \
+    CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" CHAT_WS_MAX_PER_IP=0 \
+    "$build/bin/chat-gateway" >>"$tmp/gateway.log" 2>&1 &
+pids[gateway]=$!
+if wait_for 60 ready_or_dead "$gateway_port" gateway; then
+    pass "chat-gateway with the gateway credentials is ready against the cluster"
+else
+    fail "chat-gateway not ready: $(curl -sS --max-time 2 "http://127.0.0.1:$gateway_port/readyz" 2>&1 | tr '\n' ' ')"
+    exit 1
+fi
+
+# ---------------------------------------------------------------- serving
+
+ctl() { # USER PASSWORD ARGS...: chatctl against the cluster; stdout in $tmp/out, stderr in $tmp/err
+    local u=$1 p=$2; shift 2
+    rc=0
+    env "${common_env[@]}" CHAT_NATS_URL="$(urls "$u" "$p")" timeout 60 "$build/bin/chatctl" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+}
+why() { printf 'exit %s, out: %s, err: %s' "$rc" "$(head -c 300 "$tmp/out" | tr '\n' '|')" "$(head -c 300 "$tmp/err" | tr '\n' '|')"; }
+
+conv="cluster-$$-$RANDOM"
+ctl backend "$NATS_BACKEND_PASSWORD" conv create "$conv" alice bob
+if ((rc == 0)) && grep -q '"created":true' "$tmp/out"; then
+    pass "chatctl conv create with the backend credentials"
+else
+    fail "chatctl conv create: $(why)"
+fi
+ctl backend "$NATS_BACKEND_PASSWORD" send "$conv" --from alice --cmid c1 "hello over the cluster"
+if ((rc == 0)) && grep -q '"seq":1' "$tmp/out"; then
+    pass "chatctl send stored the message as seq 1"
+else
+    fail "chatctl send: $(why)"
+fi
+
+# A WebSocket client through the gateway: bash, /dev/tcp, one masked text frame (zero mask key).
+ws_frame() { # TEXT -> a client frame on stdout
+    local text=$1 len=${#1}
+    if ((len < 126)); then
+        printf '%b' "\\x81\\x$(printf '%02x' $((0x80 | len)))\\x00\\x00\\x00\\x00"
+    else
+        printf '%b' "\\x81\\xfe\\x$(printf '%02x' $((len >> 8)))\\x$(printf '%02x' $((len & 255)))\\x00\\x00\\x00\\x00"
+    fi
+    printf '%s' "$text"
+}
+ctl backend "$NATS_BACKEND_PASSWORD" token bob
+token=$(tr -d '[:space:]' <"$tmp/out")
+ws_ok=0
+if exec {ws}<>"/dev/tcp/127.0.0.1/$gateway_port"; then
+    printf 'GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' \
+        "$token" "$gateway_port" >&"$ws"
+    : >"$tmp/ws"
+    ws_until() { # PATTERN: reads the socket until PATTERN shows up in what arrived (10 s)
+        local deadline=$((SECONDS + 10))
+        until grep -aq "$1" "$tmp/ws"; do
+            ((SECONDS < deadline)) || return 1
+            timeout 0.5 cat <&"$ws" >>"$tmp/ws" || true
+        done
+    }
+    if ws_until '"type":"hello"'; then
+        ws_frame '{"type":"send","conv":"'"$conv"'","cmid":"ws1","body":"hello through the gateway"}' >&"$ws"
+        if ws_until '"type":"ack"' && ws_until 'hello through the gateway'; then
+            ws_ok=1
+            # every other api method and subject a gateway uses, so the permission check below
+            # covers them: members.list + chat.deliver.u (typing), history, sync, conv.list,
+            # chat.presence, cursor (seen/read, flushed every 200 ms)
+            for f in '{"type":"typing","conv":"'"$conv"'"}' \
+                     '{"type":"history","conv":"'"$conv"'","limit":10,"ref":"h1"}' \
+                     '{"type":"sync","cursors":{}}' \
+                     '{"type":"conversations"}' \
+                     '{"type":"presence","users":["alice"]}' \
+                     '{"type":"seen","conv":"'"$conv"'","seq":2}' \
+                     '{"type":"read","conv":"'"$conv"'","seq":2}'; do
+                ws_frame "$f" >&"$ws"
+            done
+            for want in '"type":"history"' '"type":"synced"' '"type":"conversations"' '"type":"presence"'; do
+                ws_until "$want" || { ws_ok=0; break; }
+            done
+            sleep 0.5
+            timeout 0.5 cat <&"$ws" >>"$tmp/ws" || true
+            grep -aq '"type":"error"' "$tmp/ws" && ws_ok=0
+        fi
+    fi
+    exec {ws}>&-
+fi
+if ((ws_ok)) && grep -aq '"seq":2' "$tmp/ws"; then
+    pass "a WebSocket client posted through the gateway (ack seq 2, its msg frame) and used typing, history, sync, conversations, presence, seen, read without an error"
+else
+    fail "WebSocket send through the gateway: got $(tr -c '[:print:]' '.' <"$tmp/ws" | head -c 600)"
+fi
+
+ctl backend "$NATS_BACKEND_PASSWORD" history "$conv"
+if ((rc == 0)) && grep -q 'hello through the gateway' "$tmp/out" && grep -q 'hello over the cluster' "$tmp/out"; then
+    pass "chatctl history reads both messages back"
+else
+    fail "chatctl history: $(why)"
+fi
+
+# One node down: two of three replicas still take and serve posts.
+stop_pid nats3
+ctl backend "$NATS_BACKEND_PASSWORD" send "$conv" --from bob --cmid c3 "with one node down"
+if ((rc == 0)) && grep -q '"seq":3' "$tmp/out"; then
+    pass "with nats-3 stopped a post is still stored (seq 3)"
+else
+    fail "send with nats-3 stopped: $(why)"
+fi
+
+# The notify role pulled, handled and acked the notify requests of these posts (CHAT_PUSH_GRACE=1s).
+notified() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$worker2_port/metrics" 2>/dev/null \
+        | grep -Eq '^chat_notify_requests_total\{result="(no_webhook|done)"\} [1-9]'
+}
+if wait_for 30 notified; then
+    pass "the notify role consumed CHAT_NOTIFY (chat_notify_requests_total > 0)"
+else
+    fail "the notify role handled no request: $(curl -sS --max-time 2 "http://127.0.0.1:$worker2_port/metrics" 2>&1 | grep '^chat_notify' | tr '\n' ' ')"
+fi
+
+# ---------------------------------------------------------------- permissions
+
+# No role hit a permission violation while serving (the deliberate ones come below).
+if grep -h 'Violation' "$tmp"/nats-*.log >"$tmp/violations" 2>/dev/null; then
+    fail "permission violations while serving: $(head -c 600 "$tmp/violations")"
+else
+    pass "no permission violation while the platform served"
+fi
+
+# expect_violation DESC NODE USER PASSWORD PROTO PATTERN
+expect_violation() {
+    local desc=$1 out
+    out=$(nats_raw "$2" "$3" "$4" 0 "$5" || true)
+    if grep -q "Permissions Violation for $6" <<<"$out"; then
+        pass "$desc: refused"
+    else
+        fail "$desc: not refused (server said: $(tr '\n' '|' <<<"$out" | head -c 300))"
+    fi
+}
+gw_pw=$NATS_GATEWAY_PASSWORD
+expect_violation "gateway publishes \$JS.API.STREAM.DELETE.CHAT_IN" 1 gateway "$gw_pw" \
+    'PUB $JS.API.STREAM.DELETE.CHAT_IN _INBOX.gw.x.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_IN"'
+expect_violation "gateway calls chat.api.v1.conv.delete" 1 gateway "$gw_pw" \
+    "PUB chat.api.v1.conv.delete _INBOX.gw.x.2 0\r\n\r\n" 'Publish to "chat.api.v1.conv.delete"'
+expect_violation "gateway calls chat.api.v1.post (posting as anyone)" 2 gateway "$gw_pw" \
+    "PUB chat.api.v1.post _INBOX.gw.x.3 0\r\n\r\n" 'Publish to "chat.api.v1.post"'
+expect_violation "gateway publishes into CHAT_EVENTS" 2 gateway "$gw_pw" \
+    "PUB chat.evt.$conv 0\r\n\r\n" "Publish to \"chat.evt.$conv\""
+expect_violation "gateway subscribes to chat.evt.>" 1 gateway "$gw_pw" \
+    'SUB chat.evt.> 1\r\n' 'Subscription to "chat.evt.>"'
+expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway "$gw_pw" \
+    'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
+expect_violation "worker publishes \$JS.API.STREAM.DELETE.CHAT_EVENTS" 1 worker "$NATS_WORKER_PASSWORD" \
+    'PUB $JS.API.STREAM.DELETE.CHAT_EVENTS _INBOX.w.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_EVENTS"'
+expect_violation "backend deletes an ingest consumer of CHAT_IN" 1 backend "$NATS_BACKEND_PASSWORD" \
+    'PUB $JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1 _INBOX.b.1 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1"'
+expect_violation "backend purges CHAT_EVENTS" 1 backend "$NATS_BACKEND_PASSWORD" \
+    'PUB $JS.API.STREAM.PURGE.CHAT_EVENTS _INBOX.b.2 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.PURGE.CHAT_EVENTS"'
+
+out=$(nats_raw 1 backend "$NATS_BACKEND_PASSWORD" 1 'SUB _INBOX.b.* 1\r\nPUB $JS.API.STREAM.INFO.CHAT_EVENTS _INBOX.b.3 0\r\n\r\n' || true)
+if grep -q '"config"' <<<"$out" && ! grep -q 'Violation' <<<"$out"; then
+    pass "backend reads CHAT_EVENTS' stream info (replay allowed)"
+else
+    fail "backend STREAM.INFO CHAT_EVENTS: $(tr '\n' '|' <<<"$out" | head -c 300)"
+fi
+out=$(nats_raw 1 gateway "wrong-$gw_pw" 0 '' || true)
+if grep -q 'Authorization Violation' <<<"$out"; then
+    pass "a wrong password is refused"
+else
+    fail "wrong password: $(tr '\n' '|' <<<"$out" | head -c 300)"
+fi
+info=$(stream_info CHAT_IN)
+if grep -q '"num_replicas":3' <<<"$info"; then
+    pass "CHAT_IN still exists after the refused delete"
+else
+    fail "CHAT_IN after the refused delete: $(head -c 300 <<<"$info")"
+fi
+
+printf '%d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))
