@@ -25,6 +25,8 @@ void chat_http_reply_set(chat_http_reply *r, int status, const char *content_typ
 
 void chat_http_reply_free(chat_http_reply *r)
 {
+    if (r == NULL)
+        return;
     free(r->buf);
     r->buf = NULL;
     r->len = r->sent = 0;
@@ -51,7 +53,7 @@ int chat_http_reply_begin(struct lws *wsi, chat_http_reply *r)
 
 int chat_http_reply_continue(struct lws *wsi, chat_http_reply *r)
 {
-    if (r->buf == NULL)
+    if (r == NULL || r->buf == NULL)
         return 0;
     size_t chunk = r->len - r->sent;
     if (chunk > 16384)
@@ -133,6 +135,8 @@ static int httpd_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
 {
     httpd_session *s = user;
     (void)len;
+    if (s == NULL) /* a connection closed before any request: no per-session memory exists */
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         chat_httpd *h = lws_context_user(lws_get_context(wsi));

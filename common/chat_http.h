@@ -28,7 +28,7 @@ void chat_http_reply_set(chat_http_reply *r, int status, const char *content_typ
 int chat_http_reply_begin(struct lws *wsi, chat_http_reply *r);
 /* Writes the next part of the body from LWS_CALLBACK_HTTP_WRITEABLE; frees the reply at the end. */
 int chat_http_reply_continue(struct lws *wsi, chat_http_reply *r);
-void chat_http_reply_free(chat_http_reply *r);
+void chat_http_reply_free(chat_http_reply *r); /* NULL-safe */
 
 /* Readiness: fills detail with one line per dependency ("nats ok", "postgres down: ..."). */
 typedef bool (*chat_ready_fn)(void *ctx, char *detail, size_t size);

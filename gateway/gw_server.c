@@ -237,6 +237,10 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     gw_session *s = user;
     gw_server *srv = lws_context_user(lws_get_context(wsi));
+    /* A connection that closes before sending a request (a TCP health check, a port scan) has no
+     * per-session memory: only the reasons that need none may go on. */
+    if (s == NULL && reason != LWS_CALLBACK_EVENT_WAIT_CANCELLED && reason != LWS_CALLBACK_HTTP_CONFIRM_UPGRADE)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         const char *path = in;

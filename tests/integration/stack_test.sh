@@ -140,6 +140,24 @@ for f in "$CHAT_HOME"/run/*.pid; do
 done
 shopt -u nullglob
 
+# ------------------------------------------------------------ bare TCP connections
+
+# A TCP health check or a port scan opens and closes a connection without a request; the gateway
+# and the worker's health server must stay up (it once crashed the gateway).
+for pair in "gateway $CHAT_GATEWAY_LISTEN" "worker $CHAT_WORKER_LISTEN"; do
+    name=${pair%% *}
+    addr=${pair#* }
+    for _ in 1 2 3; do
+        (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}" && exec 3>&-) 2>/dev/null || true
+    done
+    sleep 0.3
+    if curl -fsS -o /dev/null --max-time 5 "http://$addr/healthz"; then
+        pass "$name survives connections closed before a request"
+    else
+        fail "$name does not answer /healthz after bare TCP connects"
+    fi
+done
+
 # ------------------------------------------------------------ malformed settings
 
 # bad_setting BINARY NAME VALUE: BINARY with NAME=VALUE exits 2, printing one line that
