@@ -38,8 +38,8 @@ static const setting settings[] = {
      "worker address for /healthz, /readyz, /metrics"},
     {"CHAT_NATS_URL", "--nats-url", "nats://127.0.0.1:4222", ALL, F(nats_url),
      "NATS server(s), comma separated"},
-    {"CHAT_PG_DSN", "--pg-dsn", "host=127.0.0.1 port=5433 dbname=chat user=chat", WK, F(pg_dsn),
-     "libpq connection string"},
+    {"CHAT_PG_DSN", "--pg-dsn", "host=127.0.0.1 port=5433 dbname=chat user=chat", WK | CTL, F(pg_dsn),
+     "libpq connection string (chatctl: the archive commands)"},
     {"CHAT_REDIS_URL", "--redis-url", "redis://127.0.0.1:6379", GW | WK, F(redis_url), "Redis"},
     {"CHAT_JWT_SECRET", "--jwt-secret", "", GW | CTL, F(jwt_secret),
      "HS256 secret for client tokens (default: read from $CHAT_HOME/jwt_secret)"},
@@ -53,6 +53,8 @@ static const setting settings[] = {
     {"CHAT_S3_REGION", "--s3-region", "us-east-1", WK | CTL, F(s3_region), "S3 region"},
     {"CHAT_S3_ACCESS_KEY", "--s3-access-key", "", WK | CTL, F(s3_access_key), "S3 access key"},
     {"CHAT_S3_SECRET_KEY", "--s3-secret-key", "", WK | CTL, F(s3_secret_key), "S3 secret key"},
+    {"CHAT_ARCHIVE_CACHE_MB", "--archive-cache-mb", "64", WK, F(archive_cache_raw),
+     "MiB of recently read cold chunks each api worker keeps decoded (0: none)"},
     {"CHAT_PARTITION_SPAN", "--partition-span", "1d", WK | CTL, F(span_raw),
      "time span of one messages partition (1m to 7d)"},
     {"CHAT_HOT_RETENTION", "--hot-retention", "30d", WK | CTL, F(retention_raw),
@@ -296,7 +298,7 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
     if (!nats_urls_valid(cfg->nats_url))
         return fail(err, errsz, "CHAT_NATS_URL",
                     "must be nats://host:port[,nats://host:port...] (got \"%s\")", cfg->nats_url);
-    if (prog & WK) {
+    if (prog & (WK | CTL)) {
         char *perr = NULL;
         PQconninfoOption *opts = PQconninfoParse(cfg->pg_dsn, &perr);
         if (opts == NULL) {
@@ -370,6 +372,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
             return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
                         cfg->js_replicas_raw);
+        if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
+            return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
+                        cfg->archive_cache_raw);
         cfg->roles = parse_roles(cfg->worker_roles);
         if (cfg->roles == 0)
             return fail(err, errsz, "CHAT_WORKER_ROLES",

@@ -32,6 +32,7 @@ typedef struct chat_cfg {
     char *redis_url;
     char *jwt_secret;
     char *archive_url;
+    char *archive_cache_raw;  /* CHAT_ARCHIVE_CACHE_MB */
     char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
     char *allowed_origins;    /* comma separated; "" = any */
     char *push_webhook_url;   /* "" = none */
@@ -55,6 +56,7 @@ typedef struct chat_cfg {
     int js_replicas;          /* JetStream replicas of the streams the worker creates */
     int64_t partition_span_ms;
     int64_t hot_retention_ms;
+    int archive_cache_mb;     /* cold chunks cached per api worker, MiB (0: none) */
     int64_t push_grace_ms;
     bool push_preview;        /* pushes carry a preview of the newest message */
     bool dev_mode;

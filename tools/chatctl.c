@@ -1,6 +1,7 @@
 /* chatctl: the admin and backend CLI. `token` signs a client JWT; the conversation, send and
- * history commands talk to the api role over NATS request/reply (chat.api.v1.*, docs/nats.md)
- * and print one JSON line per result. Exit 0 ok, 1 failure, 2 usage. Main thread only. */
+ * history commands talk to the api role over NATS request/reply (chat.api.v1.*, docs/nats.md);
+ * the archive commands work on PostgreSQL and the object storage themselves (docs/storage.md).
+ * One JSON line per result. Exit 0 ok, 1 failure, 2 usage. Main thread only. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -20,6 +21,9 @@
 #include "chat_log.h"
 #include "chat_nats.h"
 #include "chat_time.h"
+#include "wk_archive.h"
+#include "wk_objstore.h"
+#include "wk_pg.h"
 
 #define REQUEST_TIMEOUT_MS 10000
 #define POST_TIMEOUT_MS 35000
@@ -37,7 +41,14 @@ static const char *usage =
     "                                    post as USER; prints {\"conv\",\"seq\",\"id\",\"cmid\"} once committed\n"
     "  history CONV [--limit N] [--before SEQ] [--as USER]\n"
     "                                    events newest first, one msg frame (JSON) per line\n"
-    "The conv, send and history commands need a chat-worker running the api role.";
+    "  archive run [--pause-at STEP]     one pass of partition upkeep and archiving now; prints a summary\n"
+    "                                    (--pause-at: stop after STEP and wait to be killed, for crash tests;\n"
+    "                                    STEP is one of " WK_ARCHIVE_STEPS ")\n"
+    "  archive status                    partitions (hot) and archived partitions (cold) with their objects\n"
+    "  archive restore PARTITION         put an archived partition (e.g. messages_p1732752000) back into\n"
+    "                                    PostgreSQL and delete its objects\n"
+    "The conv, send and history commands need a chat-worker running the api role; the archive commands\n"
+    "need CHAT_PG_DSN and CHAT_ARCHIVE_URL (and CHAT_S3_* for s3://) as the workers have them.";
 
 static bool valid_id(const char *cmd, const char *what, const char *id)
 {
@@ -85,7 +96,9 @@ static json_t *string_array(char **v, size_t n)
 static int connect_nats(const chat_cfg *cfg, natsConnection **nc)
 {
     if (chat_nats_connect(cfg, "chatctl", true, nc) != CHAT_OK) {
-        fprintf(stderr, "chatctl: cannot connect to NATS at %s (CHAT_NATS_URL)\n", cfg->nats_url);
+        char shown[1024];
+        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        fprintf(stderr, "chatctl: cannot connect to NATS at %s (CHAT_NATS_URL)\n", shown);
         return 1;
     }
     return 0;
@@ -437,6 +450,105 @@ static int cmd_history(const chat_cfg *cfg, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* archive                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static json_t *report_json(const wk_archive_report *r)
+{
+    double secs = (double)r->archive_ms / 1000.0;
+    return json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:f, s:I, s:s}", "partitions_created",
+                     r->partitions_created, "partitions_reshaped", r->partitions_reshaped, "archived", r->archived,
+                     "resumed", r->resumed, "undone", r->abandoned, "failed", r->failed, "rows", (json_int_t)r->rows,
+                     "bytes", (json_int_t)r->bytes, "raw_bytes", (json_int_t)r->raw_bytes, "seconds", secs,
+                     "rows_per_second", (json_int_t)(secs > 0 ? (double)r->rows / secs : 0.0), "error", r->error);
+}
+
+static int archive_status(PGconn *pg)
+{
+    PGresult *r = PQexec(pg, "SELECT row_to_json(s)::text FROM chat_archive_status s");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "chatctl archive status: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        return 1;
+    }
+    for (int i = 0; i < PQntuples(r); i++)
+        printf("%s\n", PQgetvalue(r, i, 0));
+    PQclear(r);
+    return 0;
+}
+
+static int cmd_archive(const chat_cfg *cfg, int argc, char **argv)
+{
+    const char *sub = argc > 0 ? argv[0] : "";
+    const char *pause_at = NULL, *partition = NULL;
+    bool run = strcmp(sub, "run") == 0, status = strcmp(sub, "status") == 0, restore = strcmp(sub, "restore") == 0;
+    if (!run && !status && !restore) {
+        fprintf(stderr, "chatctl archive: expected run, status or restore (try --help)\n");
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (run && strcmp(argv[i], "--pause-at") == 0 && i + 1 < argc) {
+            pause_at = argv[++i];
+            char steps[] = WK_ARCHIVE_STEPS;
+            bool known = false;
+            for (char *save = NULL, *t = strtok_r(steps, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+                known = known || strcmp(t, pause_at) == 0;
+            if (!known) {
+                fprintf(stderr, "chatctl archive run: --pause-at must be one of %s (got \"%s\")\n", WK_ARCHIVE_STEPS,
+                        pause_at);
+                return 2;
+            }
+        } else if (restore && partition == NULL && strncmp(argv[i], "--", 2) != 0) {
+            partition = argv[i];
+        } else {
+            fprintf(stderr, "chatctl archive %s: unexpected argument \"%s\" (try --help)\n", sub, argv[i]);
+            return 2;
+        }
+    }
+    if (restore && partition == NULL) {
+        fprintf(stderr, "chatctl archive restore: expected PARTITION, e.g. messages_p1732752000 (see chatctl archive "
+                        "status)\n");
+        return 2;
+    }
+    PGconn *pg = NULL;
+    if (wk_pg_connect(cfg->pg_dsn, "chatctl-archive", &pg) != CHAT_OK) {
+        fprintf(stderr, "chatctl archive: cannot connect to PostgreSQL (CHAT_PG_DSN %s)\n", cfg->pg_dsn);
+        return 1;
+    }
+    int rc = 0;
+    if (status) {
+        rc = archive_status(pg);
+        PQfinish(pg);
+        return rc;
+    }
+    wk_objstore *os = NULL;
+    if (wk_objstore_create(cfg, &os) != CHAT_OK) {
+        fprintf(stderr, "chatctl archive: cannot set up the object storage\n");
+        PQfinish(pg);
+        return 1;
+    }
+    wk_archive_options opt = {.pause_at = pause_at, .lock_wait_ms = 60000};
+    wk_archive_report rep;
+    chat_status st =
+        restore ? wk_archive_restore(cfg, pg, os, partition, &opt, &rep) : wk_archive_pass(cfg, pg, os, &opt, &rep);
+    json_t *j = report_json(&rep);
+    if (restore)
+        json_object_set_new(j, "partition", json_string(partition));
+    char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(4));
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    json_decref(j);
+    if (st != CHAT_OK) {
+        fprintf(stderr, "chatctl archive %s: %s: %s\n", sub, chat_status_str(st), rep.error[0] ? rep.error : "failed");
+        rc = st == CHAT_ERR_NOT_FOUND && restore ? 2 : 1;
+    }
+    wk_objstore_destroy(os);
+    PQfinish(pg);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* token                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -493,6 +605,8 @@ int main(int argc, char **argv)
         rc = cmd_send(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else if (strcmp(cmd, "history") == 0) {
         rc = cmd_history(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "archive") == 0) {
+        rc = cmd_archive(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else {
         fprintf(stderr, "chatctl: unknown command \"%s\" (try --help)\n", cmd);
     }

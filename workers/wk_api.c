@@ -22,6 +22,7 @@
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_time.h"
+#include "wk_cold.h"
 #include "wk_pg.h"
 
 #define PG_RETRY_MS 1000     /* after a failed connect, answer "unavailable" this long */
@@ -109,6 +110,7 @@ struct wk_api {
     atomic_uint_fast64_t *m_requests[NMETHODS + 1]; /* last: unknown methods */
     atomic_uint_fast64_t *m_errors[NCODES];
     chat_histogram *h_seconds;
+    wk_cold *cold; /* archived events: chunk reads and their cache, shared by the lanes */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -962,15 +964,173 @@ static void event_from_row(Chat__V1__Event *e, PGresult *rows, int i, char *conv
     e->ts_ms = strtoll(PQgetvalue(rows, i, H_TS), NULL, 10);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Cold tier: archived events below the hot rows (docs/storage.md)                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The live chunks a request reads (archive_chunks + archive_objects), in the order it reads them;
+ * the columns every cold query selects first, in this order. */
+enum { K_URL, K_OFFSET, K_LENGTH, K_CONV, K_SEQ_LO, K_SEQ_HI, K_ROWS, K_EXTRA };
+#define CHUNK_COLUMNS "o.url, k.byte_offset, k.byte_length, k.conversation_id, k.seq_lo, k.seq_hi, k.rows"
+#define COLD_CHUNKS_MAX 256 /* chunks one request reads at most (sync stops its page where they end) */
+
+typedef struct cold_set {
+    const wk_cold_chunk *chunk[COLD_CHUNKS_MAX];
+    int n;
+} cold_set;
+
+static void cold_release(call *c, cold_set *cs)
+{
+    for (int i = 0; i < cs->n; i++)
+        wk_cold_release(c->lane->api->cold, cs->chunk[i]);
+    cs->n = 0;
+}
+
+/* Reads the chunk of row i of r (CHUNK_COLUMNS) into cs; NULL with the call failed
+ * ("unavailable" while storage does not answer, "internal" for a damaged chunk). */
+static const wk_cold_chunk *cold_read(call *c, cold_set *cs, PGresult *r, int i)
+{
+    if (cs->n == COLD_CHUNKS_MAX) {
+        fail(c, "internal", "too many archived chunks for one request");
+        return NULL;
+    }
+    wk_cold_ref ref = {.url = PQgetvalue(r, i, K_URL),
+                       .offset = strtoull(PQgetvalue(r, i, K_OFFSET), NULL, 10),
+                       .length = strtoull(PQgetvalue(r, i, K_LENGTH), NULL, 10),
+                       .conv = PQgetvalue(r, i, K_CONV),
+                       .seq_lo = strtoull(PQgetvalue(r, i, K_SEQ_LO), NULL, 10),
+                       .seq_hi = strtoull(PQgetvalue(r, i, K_SEQ_HI), NULL, 10),
+                       .rows = (uint32_t)strtoul(PQgetvalue(r, i, K_ROWS), NULL, 10)};
+    char err[512];
+    const wk_cold_chunk *ch = NULL;
+    chat_status st = wk_cold_read(c->lane->api->cold, &ref, &ch, err, sizeof err);
+    if (st != CHAT_OK) {
+        snprintf(c->detail, sizeof c->detail, "cold: %.240s", err);
+        clean(c->detail);
+        if (st == CHAT_ERR_UNAVAILABLE)
+            fail(c, "unavailable", "archive storage unavailable");
+        else
+            fail(c, "internal", "archived chunk unreadable");
+        return NULL;
+    }
+    cs->chunk[cs->n++] = ch;
+    return ch;
+}
+
+/* A reply's copy of an archived event: conv set, the chunk's extra fields left out. */
+static void event_from_cold(Chat__V1__Event *e, const Chat__V1__Event *src, char *conv)
+{
+    *e = *src;
+    e->base.n_unknown_fields = 0;
+    e->base.unknown_fields = NULL;
+    e->conv = conv;
+}
+
+/* The seq whose delete would tombstone e (text and system: its own; edit: its target); 0 none. */
+static uint64_t tombstone_key(const Chat__V1__Event *e)
+{
+    if (e->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT || e->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM)
+        return e->seq;
+    return e->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT ? e->target : 0;
+}
+
+/* Archived events of conv with floor < seq < before (before 0: no bound), newest first, at most
+ * want of them, into out (pointers into chunks kept in cs). Returns how many, -1 on failure.
+ * Live chunks never overlap, so reading them by seq_hi descending gives the events in order. */
+static int history_cold(call *c, cold_set *cs, const char *conv, uint64_t floor, uint64_t before, int want,
+                        const Chat__V1__Event **out)
+{
+    char f[24], b[24], lim[16];
+    snprintf(f, sizeof f, "%" PRIu64, floor);
+    snprintf(b, sizeof b, "%" PRIu64, before);
+    snprintf(lim, sizeof lim, "%d", COLD_CHUNKS_MAX);
+    const char *p[] = {conv, f, b, lim};
+    PGresult *r = run(c, "history_cold",
+                      "SELECT " CHUNK_COLUMNS " FROM archive_chunks k JOIN archive_objects o ON o.id = k.object_id"
+                      " WHERE k.live AND k.conversation_id = $1 AND k.seq_hi > $2::bigint"
+                      " AND ($3::bigint = 0 OR k.seq_lo < $3::bigint)"
+                      " ORDER BY k.seq_hi DESC LIMIT $4::int",
+                      4, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        return -1;
+    int got = 0;
+    for (int i = 0; i < PQntuples(r) && got < want; i++) {
+        const wk_cold_chunk *ch = cold_read(c, cs, r, i);
+        if (ch == NULL) {
+            PQclear(r);
+            return -1;
+        }
+        for (size_t k = ch->n; k-- > 0 && got < want;) {
+            uint64_t seq = ch->events[k]->seq;
+            if (seq > floor && (before == 0 || seq < before))
+                out[got++] = ch->events[k];
+        }
+    }
+    PQclear(r);
+    return got;
+}
+
+/* Marks the archived events of a history page whose message was deleted (by a delete event that
+ * is hot, or archived: archive_tombstones). */
+static bool history_cold_tombstones(call *c, const char *conv, Chat__V1__Event *events, const bool *cold, int n)
+{
+    chat_buf keys = {0};
+    chat_buf_pg_array_begin(&keys);
+    int nkeys = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t key = cold[i] ? tombstone_key(&events[i]) : 0;
+        if (key == 0)
+            continue;
+        char v[24];
+        snprintf(v, sizeof v, "%" PRIu64, key);
+        chat_buf_pg_array_str(&keys, v);
+        nkeys++;
+    }
+    chat_buf_pg_array_end(&keys);
+    if (nkeys == 0) {
+        chat_buf_free(&keys);
+        return true;
+    }
+    const char *p[] = {conv, keys.data};
+    PGresult *r =
+        run(c, "history_cold_tombstones",
+            "SELECT k.s FROM unnest($2::bigint[]) AS k(s)"
+            " WHERE EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = $1 AND d.kind = 'delete'"
+            " AND d.target_seq = k.s)"
+            " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = $1 AND t.target_seq = k.s)",
+            2, p, PGRES_TUPLES_OK);
+    chat_buf_free(&keys);
+    if (r == NULL)
+        return false;
+    for (int k = 0; k < PQntuples(r); k++) {
+        uint64_t s = strtoull(PQgetvalue(r, k, 0), NULL, 10);
+        for (int i = 0; i < n; i++)
+            if (cold[i] && tombstone_key(&events[i]) == s) {
+                events[i].deleted = true;
+                events[i].body = "";
+                events[i].meta_json = "";
+            }
+    }
+    PQclear(r);
+    return true;
+}
+
 /* Tombstones: a text or system message whose delete event exists, and an edit of such a
  * message, come with deleted = true and an empty body and meta, so history never shows what
  * was deleted (the edits carry its text too). The delete event's own row stays as it is.
- * EXISTS per row is served by messages_changes_target_idx (migration 0004). */
+ * EXISTS per row is served by messages_changes_target_idx (migration 0004); a delete event that
+ * is already archived is found in archive_tombstones (migration 0006).
+ * Two tiers: the hot rows first, then, when they do not fill the page with consecutive seqs, the
+ * archive below them (floor = the lowest hot seq of a full page); merged newest first, an event
+ * found in both (archived between the two reads) taken once. */
 static void h_history(call *c)
 {
     Chat__V1__HistoryRequest *q = chat__v1__history_request__unpack(NULL, c->len, c->data);
     PGresult *rows = NULL;
     Chat__V1__Event *events = NULL, **eventp = NULL;
+    const Chat__V1__Event **cold_events = NULL;
+    bool *from_cold = NULL;
+    cold_set cs = {.n = 0};
     if (q == NULL) {
         fail(c, "bad_request", "malformed HistoryRequest");
         goto out;
@@ -1002,36 +1162,66 @@ static void h_history(call *c)
         goto out;
     }
     uint32_t limit = wk_api_history_limit(q->limit);
+    uint64_t before_seq = q->before > (uint64_t)INT64_MAX ? 0 : q->before;
     char before[24], fetch[16];
-    snprintf(before, sizeof before, "%" PRIu64, q->before > (uint64_t)INT64_MAX ? 0 : q->before);
+    snprintf(before, sizeof before, "%" PRIu64, before_seq);
     snprintf(fetch, sizeof fetch, "%u", limit + 1);
     const char *p2[] = {q->conv, before, fetch};
     rows = run(c, "history",
                "SELECT " EVENT_COLUMNS ","
-               " m.kind IN ('text', 'system', 'edit') AND EXISTS (SELECT 1 FROM messages d"
+               " m.kind IN ('text', 'system', 'edit') AND (EXISTS (SELECT 1 FROM messages d"
                " WHERE d.conversation_id = m.conversation_id AND d.kind = 'delete'"
                " AND d.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END)"
+               " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = m.conversation_id"
+               " AND t.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END))"
                " FROM messages m WHERE m.conversation_id = $1 AND ($2::bigint = 0 OR m.seq < $2::bigint)"
                " ORDER BY m.seq DESC LIMIT $3::int",
                3, p2, PGRES_TUPLES_OK);
     if (rows == NULL)
         goto out;
-    int n = PQntuples(rows);
+    int nhot = PQntuples(rows);
+    int want = (int)limit + 1;
+    uint64_t top = nhot ? strtoull(PQgetvalue(rows, 0, H_SEQ), NULL, 10) : 0;
+    uint64_t low = nhot ? strtoull(PQgetvalue(rows, nhot - 1, H_SEQ), NULL, 10) : 0;
+    int ncold = 0;
+    cold_events = calloc((size_t)want, sizeof *cold_events);
+    if (!(nhot == want && top - low == limit)) {
+        /* the hot rows leave room for archived events: below them, or between them */
+        ncold = history_cold(c, &cs, q->conv, nhot == want ? low : 0, before_seq, want, cold_events);
+        if (ncold < 0)
+            goto out;
+    }
+    events = calloc((size_t)want + 1, sizeof *events);
+    eventp = calloc((size_t)want + 1, sizeof *eventp);
+    from_cold = calloc((size_t)want + 1, sizeof *from_cold);
+    int n = 0, h = 0, k = 0;
+    while (n < want && (h < nhot || k < ncold)) {
+        uint64_t hs = h < nhot ? strtoull(PQgetvalue(rows, h, H_SEQ), NULL, 10) : 0;
+        uint64_t ks = k < ncold ? cold_events[k]->seq : 0;
+        Chat__V1__Event *e = &events[n];
+        if (h < nhot && (k >= ncold || hs >= ks)) {
+            event_from_row(e, rows, h, q->conv);
+            if (strcmp(PQgetvalue(rows, h, H_EXTRA), "t") == 0) {
+                e->deleted = true;
+                e->body = "";
+                e->meta_json = "";
+            }
+            if (k < ncold && hs == ks)
+                k++; /* archived between the two reads: once */
+            h++;
+        } else {
+            event_from_cold(e, cold_events[k], q->conv);
+            from_cold[n] = true;
+            k++;
+        }
+        eventp[n] = e;
+        n++;
+    }
     bool more = n > (int)limit;
     if (more)
         n = (int)limit;
-    events = calloc((size_t)n + 1, sizeof *events);
-    eventp = calloc((size_t)n + 1, sizeof *eventp);
-    for (int i = 0; i < n; i++) {
-        Chat__V1__Event *e = &events[i];
-        event_from_row(e, rows, i, q->conv);
-        if (strcmp(PQgetvalue(rows, i, H_EXTRA), "t") == 0) {
-            e->deleted = true;
-            e->body = "";
-            e->meta_json = "";
-        }
-        eventp[i] = e;
-    }
+    if (ncold > 0 && !history_cold_tombstones(c, q->conv, events, from_cold, n))
+        goto out;
     Chat__V1__Status st;
     Chat__V1__HistoryReply reply = CHAT__V1__HISTORY_REPLY__INIT;
     reply.status = status_of(c, &st);
@@ -1039,9 +1229,14 @@ static void h_history(call *c)
     reply.n_events = (size_t)n;
     reply.more = more;
     reply_with(c, &reply.base);
+    if (ncold > 0)
+        LOG_DEBUG("api", "event=history_cold conv=%s hot=%d cold=%d chunks=%d", q->conv, h, k, cs.n);
 out:
+    cold_release(c, &cs);
     free(events);
     free(eventp);
+    free(cold_events);
+    free(from_cold);
     PQclear(rows);
     chat__v1__history_request__free_unpacked(q, NULL);
 }
@@ -1085,6 +1280,149 @@ out:
     " ORDER BY e.ord, e.seq"
 enum { S_ORD = H_EXTRA, S_FITS };
 
+/* One event of a sync page, in page order (range, then seq): a hot row or an archived event. */
+typedef struct sync_slot {
+    size_t ord; /* index of its range */
+    uint64_t seq;
+    int row;                     /* row of the events result; -1: archived */
+    const Chat__V1__Event *cold; /* the archived event (row -1) */
+} sync_slot;
+
+/* The events of the page in order: the hot rows and, for every planned range they do not cover
+ * (fewer rows than upto - after), the archived events of (after, upto] from live chunks, merged
+ * by seq (an event archived between the two reads taken once). When the chunks of the page are
+ * more than one request reads, the page ends before the first chunk not read: *trunc is its range
+ * (n when nothing was cut) and that range keeps only the events below it. */
+static bool sync_slots(call *c, cold_set *cs, const wk_api_sync_range *ranges, size_t planned, PGresult *rows,
+                       int nrows, sync_slot **out, size_t *nout, size_t *trunc)
+{
+    size_t *hot = calloc(planned + 1, sizeof *hot);
+    for (int i = 0; i < nrows; i++)
+        hot[strtoull(PQgetvalue(rows, i, S_ORD), NULL, 10) - 1]++;
+    chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0};
+    chat_buf_pg_array_begin(&a1);
+    chat_buf_pg_array_begin(&a2);
+    chat_buf_pg_array_begin(&a3);
+    chat_buf_pg_array_begin(&a4);
+    int ncand = 0;
+    for (size_t i = 0; i < planned; i++) {
+        if (hot[i] >= ranges[i].upto - ranges[i].after)
+            continue;
+        char after[24], upto[24], ord[24];
+        snprintf(after, sizeof after, "%" PRIu64, ranges[i].after);
+        snprintf(upto, sizeof upto, "%" PRIu64, ranges[i].upto);
+        snprintf(ord, sizeof ord, "%zu", i);
+        chat_buf_pg_array_str(&a1, ranges[i].conv);
+        chat_buf_pg_array_str(&a2, after);
+        chat_buf_pg_array_str(&a3, upto);
+        chat_buf_pg_array_str(&a4, ord);
+        ncand++;
+    }
+    chat_buf_pg_array_end(&a1);
+    chat_buf_pg_array_end(&a2);
+    chat_buf_pg_array_end(&a3);
+    chat_buf_pg_array_end(&a4);
+    free(hot);
+    PGresult *k = NULL;
+    if (ncand > 0) {
+        char lim[16];
+        snprintf(lim, sizeof lim, "%d", COLD_CHUNKS_MAX + 1);
+        const char *p[] = {a1.data, a2.data, a3.data, a4.data, lim};
+        k = run(c, "sync_cold",
+                "SELECT " CHUNK_COLUMNS ", u.ord FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])"
+                " AS u(conv, after, upto, ord)"
+                " JOIN archive_chunks k ON k.live AND k.conversation_id = u.conv AND k.seq_hi > u.after"
+                " AND k.seq_lo <= u.upto"
+                " JOIN archive_objects o ON o.id = k.object_id"
+                " ORDER BY u.ord, k.seq_lo LIMIT $5::int",
+                5, p, PGRES_TUPLES_OK);
+    }
+    chat_buf_free(&a1);
+    chat_buf_free(&a2);
+    chat_buf_free(&a3);
+    chat_buf_free(&a4);
+    if (ncand > 0 && k == NULL)
+        return false;
+    int nk = k ? PQntuples(k) : 0;
+    *trunc = SIZE_MAX;
+    uint64_t trunc_below = UINT64_MAX;
+    if (nk > COLD_CHUNKS_MAX) {
+        *trunc = strtoull(PQgetvalue(k, COLD_CHUNKS_MAX, K_EXTRA), NULL, 10);
+        trunc_below = strtoull(PQgetvalue(k, COLD_CHUNKS_MAX, K_SEQ_LO), NULL, 10);
+        nk = COLD_CHUNKS_MAX;
+    }
+    const wk_cold_chunk **chunks = calloc((size_t)nk + 1, sizeof *chunks);
+    size_t *chunk_ord = calloc((size_t)nk + 1, sizeof *chunk_ord);
+    size_t ncold = 0;
+    for (int i = 0; i < nk; i++) {
+        chunks[i] = cold_read(c, cs, k, i);
+        if (chunks[i] == NULL) {
+            free(chunks);
+            free(chunk_ord);
+            PQclear(k);
+            return false;
+        }
+        chunk_ord[i] = strtoull(PQgetvalue(k, i, K_EXTRA), NULL, 10);
+        ncold += chunks[i]->n;
+    }
+    PQclear(k);
+
+    sync_slot *slots = calloc((size_t)nrows + ncold + 1, sizeof *slots);
+    size_t ns = 0;
+    int h = 0, ki = 0;
+    for (size_t ord = 0; ord < planned && ord <= *trunc; ord++) {
+        const wk_api_sync_range *r = &ranges[ord];
+        uint64_t below = ord == *trunc ? trunc_below : UINT64_MAX;
+        size_t kc = 0; /* position in the current chunk */
+        while (h < nrows || ki < nk) {
+            /* the next hot row and the next archived event of this range */
+            bool hot_here = h < nrows && strtoull(PQgetvalue(rows, h, S_ORD), NULL, 10) - 1 == ord;
+            const Chat__V1__Event *ce = NULL;
+            while (ki < nk && chunk_ord[ki] == ord && ce == NULL) {
+                if (kc >= chunks[ki]->n) {
+                    ki++;
+                    kc = 0;
+                    continue;
+                }
+                const Chat__V1__Event *e = chunks[ki]->events[kc];
+                if (e->seq <= r->after || e->seq > r->upto)
+                    kc++;
+                else
+                    ce = e;
+            }
+            if (!hot_here && ce == NULL)
+                break;
+            uint64_t hs = hot_here ? strtoull(PQgetvalue(rows, h, H_SEQ), NULL, 10) : UINT64_MAX;
+            sync_slot *s = &slots[ns];
+            s->ord = ord;
+            if (ce == NULL || hs <= ce->seq) {
+                if (ce && hs == ce->seq)
+                    kc++; /* archived between the two reads: once */
+                s->seq = hs;
+                s->row = h++;
+            } else {
+                s->seq = ce->seq;
+                s->row = -1;
+                s->cold = ce;
+                kc++;
+            }
+            if (s->seq < below)
+                ns++;
+        }
+        while (h < nrows && strtoull(PQgetvalue(rows, h, S_ORD), NULL, 10) - 1 == ord)
+            h++;
+        while (ki < nk && chunk_ord[ki] == ord) {
+            ki++;
+            kc = 0;
+        }
+    }
+    free(chunks);
+    free(chunk_ord);
+    *out = slots;
+    *nout = ns;
+    return true;
+}
+
 /* Events of every conversation the client is behind in, in pages (docs/sync.md): heads in one
  * query, then one query for the page's events; `next` says where to continue. */
 static void h_sync(call *c)
@@ -1092,6 +1430,8 @@ static void h_sync(call *c)
     Chat__V1__SyncRequest *q = chat__v1__sync_request__unpack(NULL, c->len, c->data);
     chat_buf a1 = {0}, a2 = {0}, a3 = {0};
     PGresult *heads = NULL, *rows = NULL;
+    cold_set cs = {.n = 0};
+    sync_slot *slots = NULL;
     wk_api_sync_range *ranges = NULL;
     Chat__V1__Event *events = NULL, **eventp = NULL;
     Chat__V1__SyncCursor *next = NULL, **nextp = NULL;
@@ -1177,24 +1517,43 @@ static void h_sync(call *c)
         nrows = PQntuples(rows);
     }
 
-    /* Take rows while what came before stays under the budget (so at least one: progress). */
-    events = calloc((size_t)nrows + 1, sizeof *events);
-    eventp = calloc((size_t)nrows + 1, sizeof *eventp);
-    size_t used = 0, cut = n, sent = 0;
+    /* The hot rows and, where they leave a range short, its archived events (docs/storage.md). */
+    size_t nslots = 0, trunc = SIZE_MAX;
+    if (!sync_slots(c, &cs, ranges, planned, rows, nrows, &slots, &nslots, &trunc))
+        goto out;
+
+    /* Take events while what came before stays under the budget (so at least one: progress).
+     * `fits` is the query's for hot rows (bodies past the budget were not even read) and the same
+     * sum in C once archived events come first. */
+    events = calloc(nslots + 1, sizeof *events);
+    eventp = calloc(nslots + 1, sizeof *eventp);
+    size_t used = 0, raw = 0, cut = n, sent = 0;
     uint64_t cut_done = 0;
-    for (int i = 0; i < nrows; i++) {
-        size_t ord = strtoull(PQgetvalue(rows, i, S_ORD), NULL, 10) - 1; /* WITH ORDINALITY counts from 1 */
-        if (sent > 0 && (used >= budget || strcmp(PQgetvalue(rows, i, S_FITS), "t") != 0)) {
+    for (size_t i = 0; i < nslots; i++) {
+        const sync_slot *s = &slots[i];
+        size_t ord = s->ord;
+        bool fits = raw < budget && (s->row < 0 || strcmp(PQgetvalue(rows, s->row, S_FITS), "t") == 0);
+        if (sent > 0 && (used >= budget || !fits)) {
             cut = ord;
             bool same = events[sent - 1].conv == ranges[ord].conv;
             cut_done = same ? events[sent - 1].seq : ranges[ord].after;
             break;
         }
         Chat__V1__Event *e = &events[sent];
-        event_from_row(e, rows, i, (char *)ranges[ord].conv);
+        if (s->row >= 0)
+            event_from_row(e, rows, s->row, (char *)ranges[ord].conv);
+        else
+            event_from_cold(e, s->cold, (char *)ranges[ord].conv);
+        raw += strlen(e->body) + strlen(e->meta_json);
         size_t size = chat__v1__event__get_packed_size(e);
         used += 1 + varint_size(size) + size;
         eventp[sent++] = e;
+    }
+    if (cut == n && trunc < n) {
+        /* the archived chunks of this page did not all fit in one request: continue there */
+        cut = trunc;
+        bool same = sent > 0 && events[sent - 1].conv == ranges[trunc].conv;
+        cut_done = same ? events[sent - 1].seq : ranges[trunc].after;
     }
     wk_api_sync_settle(ranges, n, cut, cut_done);
     next = calloc(n + 1, sizeof *next);
@@ -1242,6 +1601,8 @@ static void h_sync(call *c)
     free(refusedp);
     PQclear(refused);
 out:
+    cold_release(c, &cs);
+    free(slots);
     free(next);
     free(nextp);
     free(events);
@@ -1510,7 +1871,7 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
     api->h_seconds =
         chat_metrics_histogram(m, "chat_api_request_seconds", NULL, "From an API request's arrival to its reply.");
 
-    chat_status st = CHAT_OK;
+    chat_status st = wk_cold_create(app->cfg, (size_t)app->cfg->archive_cache_mb << 20, m, &api->cold);
     for (int i = 0; i < WK_API_LANES && st == CHAT_OK; i++) {
         lane *l = &api->lanes[i];
         l->api = api;
@@ -1575,7 +1936,9 @@ void wk_api_destroy(wk_api *api)
         pthread_cond_destroy(&l->cv);
         pthread_mutex_destroy(&l->lock);
     }
-    if (!stuck)
+    if (!stuck) {
+        wk_cold_destroy(api->cold);
         free(api);
+    }
     LOG_INFO("api", "event=role_stopped");
 }

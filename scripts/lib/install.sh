@@ -304,3 +304,60 @@ chat_install_ops_tools() {
     LD_LIBRARY_PATH="$libs" "$deps/haproxy/usr/sbin/haproxy" -v >/dev/null 2>&1 \
         || chat_die "$deps/haproxy/usr/sbin/haproxy does not run"
 }
+
+# chat_install_s3: the S3-compatible server of the archive tests (tests/integration/test_archive.c)
+# into $CHAT_DEPS/s3: @20minutes/s3rver 5.0.0 from npm, a fork of s3rver that checks AWS
+# Signature V4 signatures (s3rver 3.7.1 accepts any V4 signature unchecked), so a signing mistake in
+# the archive's libcurl requests fails the tests; it serves path-style PUT, range GET and DELETE and
+# keeps objects as files. Node 20+ is needed (its router); with an older Node the plain s3rver 3.7.1
+# is installed instead, with a warning. The launcher $CHAT_DEPS/s3/s3-server.js takes ADDRESS PORT
+# DIRECTORY BUCKET (access key and secret S3RVER); the test starts it on 127.0.0.1 and stops it by pid.
+chat_install_s3() {
+    local deps dir want major lockfd
+    deps=$(chat_deps_dir)
+    dir="$deps/s3"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        [[ $EUID -eq 0 ]] || chat_die "node and npm are missing; run as root to install them"
+        chat_apt_install nodejs npm
+    fi
+    major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+    want='@20minutes/s3rver@5.0.0'
+    if ((major < 20)); then
+        chat_warn "node $(node --version) is older than 20: installing s3rver 3.7.1, which does not check SigV4 signatures"
+        want='s3rver@3.7.1'
+    fi
+    if [[ -f "$dir/s3-server.js" && "$(cat -- "$dir/.chat-installed" 2>/dev/null)" == "$want" ]]; then
+        return 0
+    fi
+    mkdir -p -- "$dir"
+    exec {lockfd}>"$deps/.s3.lock"
+    flock "$lockfd"
+    if [[ ! -f "$dir/s3-server.js" || "$(cat -- "$dir/.chat-installed" 2>/dev/null)" != "$want" ]]; then
+        chat_log "npm install $want into ${dir#"$CHAT_ROOT/"}"
+        [[ -f "$dir/package.json" ]] || printf '{"name":"chat-test-s3","private":true}\n' >"$dir/package.json"
+        (cd -- "$dir" && npm install --no-audit --no-fund --loglevel=error "$want" >/dev/null) \
+            || chat_die "npm install $want in $dir failed"
+        cat >"$dir/s3-server.js.tmp" <<'JS'
+// S3-compatible server for the archive tests (written by chat_install_s3, scripts/lib/install.sh).
+// node s3-server.js ADDRESS PORT DIRECTORY BUCKET; credentials S3RVER / S3RVER; stop it with SIGTERM.
+'use strict';
+let S3rver;
+try {
+  S3rver = require('@20minutes/s3rver');
+} catch (e) {
+  S3rver = require('s3rver');
+}
+const [address, port, directory, bucket] = process.argv.slice(2);
+require('fs').mkdirSync(directory, { recursive: true });
+new S3rver({ address, port: Number(port), directory, silent: true, configureBuckets: [{ name: bucket, configs: [] }] })
+  .run()
+  .then(() => console.log(`s3 ready on ${address}:${port} bucket ${bucket}`),
+        (e) => { console.error(e); process.exit(1); });
+JS
+        mv -f -- "$dir/s3-server.js.tmp" "$dir/s3-server.js"
+        printf '%s\n' "$want" >"$dir/.chat-installed"
+    fi
+    exec {lockfd}>&-
+    (cd -- "$dir" && node -e "try { require('@20minutes/s3rver') } catch (e) { require('s3rver') }") \
+        || chat_die "the S3 server in $dir does not load"
+}
