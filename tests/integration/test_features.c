@@ -326,6 +326,24 @@ static json_t *presence_of(ws_client *watcher, const char *user, int timeout_ms)
     return u;
 }
 
+/* The first presence frame for user whose online state is `online`, within timeout_ms (frames
+ * with the other state may come first: announcements race the answer to a query). */
+static json_t *presence_until(ws_client *watcher, const char *user, bool online, int timeout_ms)
+{
+    int64_t deadline = test_mono_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - test_mono_ms();
+        if (left <= 0)
+            return NULL;
+        json_t *u = presence_of(watcher, user, (int)left);
+        if (u == NULL)
+            continue;
+        if (json_is_boolean(json_object_get(u, "online")) && json_is_true(json_object_get(u, "online")) == online)
+            return u;
+        json_decref(u);
+    }
+}
+
 static void ask_presence(ws_client *watcher, const char *user)
 {
     send_json(watcher, json_pack("{s:s, s:[s]}", "type", "presence", "users", user));
@@ -342,20 +360,21 @@ START_TEST(presence_follows_devices)
     ck_assert_msg(u && json_is_false(json_object_get(u, "online")), "eve is not offline before connecting");
     json_decref(u);
     ws_client *e1 = connect_user(eve);
-    u = presence_of(d, eve, 5000); /* the change, pushed to the watcher */
-    ck_assert_msg(u && json_is_true(json_object_get(u, "online")), "eve is not online after connecting");
+    u = presence_until(d, eve, true, 5000); /* the change, pushed to the watcher */
+    ck_assert_msg(u != NULL, "eve is not online after connecting");
     json_decref(u);
     ws_client *e2 = connect_user(eve);
-    ws_client_destroy(e1); /* one of two devices leaves: still online */
-    usleep(500000);
+    ws_client_destroy(e1); /* one of two devices leaves: still online, no offline announcement */
+    json_t *wrong = presence_until(d, eve, false, 1000);
+    ck_assert_msg(wrong == NULL, "eve announced offline while a device remains: %s", test_json(wrong));
     ask_presence(d, eve);
-    u = presence_of(d, eve, 5000);
-    ck_assert_msg(u && json_is_true(json_object_get(u, "online")), "eve offline while a device remains");
+    u = presence_until(d, eve, true, 5000); /* the answer; nothing says offline in between */
+    ck_assert_msg(u != NULL, "eve offline while a device remains");
     json_decref(u);
     int64_t before = (int64_t)time(NULL) * 1000 - 1000;
     ws_client_destroy(e2);
-    u = presence_of(d, eve, 5000);
-    ck_assert_msg(u && json_is_false(json_object_get(u, "online")), "eve still online after her last device left");
+    u = presence_until(d, eve, false, 5000);
+    ck_assert_msg(u != NULL, "eve still online after her last device left");
     json_int_t last = json_integer_value(json_object_get(u, "last_seen"));
     ck_assert_msg(last >= before && last <= (int64_t)time(NULL) * 1000 + 1000, "last_seen %lld is not about now",
                   (long long)last);
@@ -423,16 +442,16 @@ START_TEST(presence_expires_after_gateway_kill)
     ws_client *e = connect_to(eve, port); /* eve on the doomed gateway */
     ws_client *d = connect_user(dave);    /* dave watches from the stack's gateway */
     ask_presence(d, eve);
-    json_t *u = presence_of(d, eve, 5000);
-    ck_assert_msg(u && json_is_true(json_object_get(u, "online")), "eve is not online on the second gateway");
+    json_t *u = presence_until(d, eve, true, 5000);
+    ck_assert_msg(u != NULL, "eve is not online on the second gateway");
     json_decref(u);
     int64_t t0 = test_mono_ms();
     kill(gw, SIGKILL);
     waitpid(gw, NULL, 0);
     /* no clean leave: the entry expires after the 30 s TTL and a sweeper announces it */
-    u = presence_of(d, eve, 45000);
+    u = presence_until(d, eve, false, 45000);
     int64_t took = test_mono_ms() - t0;
-    ck_assert_msg(u && json_is_false(json_object_get(u, "online")), "eve still online 45 s after her gateway died");
+    ck_assert_msg(u != NULL, "eve still online 45 s after her gateway died");
     printf("test_features: offline %lld ms after kill -9 of the gateway\n", (long long)took);
     ck_assert_msg(took <= 40000, "offline only after %lld ms (TTL 30 s + sweep 5 s)", (long long)took);
     json_decref(u);
