@@ -163,6 +163,12 @@ routes_of() {
         | grep -o '"remote_name": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | sort -u | tr '\n' ' '
 }
 healthy() { curl -fsS --max-time 2 "http://127.0.0.1:${http_port[$1]}/healthz" 2>/dev/null | grep -q '"ok"'; }
+# JetStream's meta group has a leader that every node knows (streams can be made only then; a
+# loaded machine can take a while to elect one).
+meta_leader() {
+    curl -fsS --max-time 2 "http://127.0.0.1:${http_port[$1]}/jsz" 2>/dev/null \
+        | tr -d '\n' | grep -o '"meta_cluster": *{[^}]*"leader": *"[^"]\+"' >/dev/null
+}
 
 cluster_formed() {
     local n want
@@ -171,6 +177,7 @@ cluster_formed() {
         case $n in 1) want='nats-2 nats-3 ' ;; 2) want='nats-1 nats-3 ' ;; 3) want='nats-1 nats-2 ' ;; esac
         [[ "$(routes_of "$n")" == "$want" ]] || return 1
         healthy "$n" || return 1
+        meta_leader "$n" || return 1
     done
 }
 
@@ -188,10 +195,11 @@ wait_for() {
 }
 
 for n in 1 2 3; do start_node "$n"; done
-if wait_for 60 cluster_formed; then
-    pass "three nodes from deploy/nats/nats.conf formed a cluster: every node has routes to the other two and /healthz ok"
+if wait_for 90 cluster_formed; then
+    pass "three nodes from deploy/nats/nats.conf formed a cluster: every node has routes to the other two, /healthz ok and a JetStream meta leader"
 else
-    fail "the cluster did not form within 60 s (routes: 1: $(routes_of 1)/ 2: $(routes_of 2)/ 3: $(routes_of 3))"
+    fail "the cluster did not form within 90 s (routes: 1: $(routes_of 1)/ 2: $(routes_of 2)/ 3: $(routes_of 3)); last lines of the node logs:"
+    for n in 1 2 3; do tail -n 5 "$tmp/nats-$n.log" | sed "s/^/  nats-$n: /"; done
     exit 1
 fi
 
