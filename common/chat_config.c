@@ -83,6 +83,8 @@ static const setting settings[] = {
      "connections per client address on one gateway (0: no limit)"},
     {"CHAT_WS_PING", "--ws-ping", "30s", GW, F(ws_ping_raw),
      "idle connections are pinged this often and closed when silent for twice that"},
+    {"CHAT_WS_STOP_DELAY", "--ws-stop-delay", "2s", GW, F(ws_stop_delay_raw),
+     "on SIGTERM, how long the gateway answers 503 (readyz, new upgrades) before closing its clients (0: none)"},
     {"CHAT_WEB_DIR", "--web-dir", "", GW, F(web_dir),
      "static files served at / (default: web/ beside the binary's bin/, as built or installed)"},
     {"CHAT_WORKER_ROLES", "--roles", "ingest,api,notify,archive", WK, F(worker_roles),
@@ -402,6 +404,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         chat_status st = duration_in("CHAT_WS_SLOW_GRACE", cfg->ws_grace_raw, 1, 3600000, &cfg->ws_slow_grace_ms, err, errsz);
         if (st == CHAT_OK)
             st = duration_in("CHAT_WS_PING", cfg->ws_ping_raw, 1000, 3600000, &cfg->ws_ping_ms, err, errsz);
+        cfg->ws_stop_delay_ms = 0;
+        if (st == CHAT_OK && strcmp(cfg->ws_stop_delay_raw, "0") != 0)
+            st = duration_in("CHAT_WS_STOP_DELAY", cfg->ws_stop_delay_raw, 1, 60000, &cfg->ws_stop_delay_ms, err, errsz);
         if (st != CHAT_OK)
             return st;
         if (!parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))

@@ -418,14 +418,24 @@ static bool no_sessions(gw_server *srv)
     return chat_map_size(srv->sessions) == 0;
 }
 
-/* Serves until SIGTERM, then stops gracefully: new upgrades get 503 and /readyz 503 at once;
- * requests in flight (publishes waiting for their PubAck) get up to 3 s; then every client is
- * closed with 1001 so it reconnects elsewhere and syncs, and gets up to 2 s to go. */
+static bool never(gw_server *srv)
+{
+    (void)srv;
+    return false;
+}
+
+/* Serves until SIGTERM, then stops gracefully: for CHAT_WS_STOP_DELAY (2 s) it goes on serving
+ * its clients while /readyz and new upgrades answer 503, so load balancers take it out of
+ * rotation; requests in flight (publishes waiting for their PubAck) then get up to 3 s; then
+ * every client is closed with 1001 so it reconnects elsewhere and syncs, and gets up to 2 s. */
 void gw_server_run(gw_server *srv)
 {
     while (!atomic_load(&srv->stopping))
         if (lws_service(srv->context, 0) < 0)
             return;
+    LOG_INFO("gateway", "event=stopping delay_ms=%lld sessions=%zu", (long long)srv->cfg->ws_stop_delay_ms,
+             chat_map_size(srv->sessions));
+    service_until(srv, chat_mono_ns() / 1000000 + srv->cfg->ws_stop_delay_ms, never);
     int64_t now = chat_mono_ns() / 1000000;
     LOG_INFO("gateway", "event=draining sessions=%zu requests=%zu", chat_map_size(srv->sessions), gw_bus_pending(srv));
     service_until(srv, now + 3000, no_requests);

@@ -66,7 +66,11 @@ static void close_slow(gw_server *srv, gw_session *s)
     lws_callback_on_writable(s->wsi);
 }
 
-static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
+/* Queues f for s. Over the cap for longer than the grace, or twice over it, the session is
+ * closed as a slow consumer: memory stays bounded. `paced` frames (sync pages, which the sync
+ * itself holds back while the queue is full: gw_sync.h) count only against the grace, so a page
+ * bigger than a small cap does not close a client that reads as fast as it can. */
+static void enqueue_frame(gw_server *srv, gw_session *s, gw_frame *f, bool paced)
 {
     if (s->close_code)
         return;
@@ -75,8 +79,7 @@ static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
         int64_t now = chat_mono_ns() / 1000000;
         if (s->over_since_ms == 0)
             s->over_since_ms = now;
-        /* over the cap for longer than the grace, or twice over it: memory stays bounded */
-        if (now - s->over_since_ms > srv->cfg->ws_slow_grace_ms || s->qbytes + f->len > 2 * max) {
+        if (now - s->over_since_ms > srv->cfg->ws_slow_grace_ms || (!paced && s->qbytes + f->len > 2 * max)) {
             close_slow(srv, s);
             return;
         }
@@ -95,6 +98,11 @@ static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
     s->qbytes += f->len;
     if (n == s->qhead)
         lws_callback_on_writable(s->wsi);
+}
+
+static void enqueue(gw_server *srv, gw_session *s, gw_frame *f)
+{
+    enqueue_frame(srv, s, f, false);
 }
 
 void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame)
@@ -121,7 +129,7 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
 void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e)
 {
     gw_frame *f = frame_from_json(chat_event_json(e), 0);
-    enqueue(srv, s, f);
+    enqueue_frame(srv, s, f, true);
     frame_release(f);
 }
 

@@ -101,6 +101,7 @@ void gw_session_on_presence_change(gw_server *srv, natsMsg *msg);
 gw_session *gw_session_find(gw_server *srv, uint64_t id);
 void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame); /* takes the reference */
 void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message);
+/* An event of a sync page: paced by the sync, so only the grace rule closes a slow reader. */
 void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e);
 
 /* A request waiting for retry_at_ms is due: send it again. false: free it. */

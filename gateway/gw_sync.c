@@ -14,6 +14,14 @@
 #define SYNC_TIMEOUT_MS 10000
 #define HISTORY_TIMEOUT_MS 10000
 
+/* The next page waits while the queue holds more than this: 1 MiB, or half the queue cap when
+ * that is smaller; it is asked for again once the queue is down to a quarter of it. */
+static size_t pause_bytes(const gw_server *srv)
+{
+    size_t half = (size_t)srv->cfg->ws_queue_max / 2;
+    return half < GW_SYNC_PAUSE_BYTES ? half : GW_SYNC_PAUSE_BYTES;
+}
+
 static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
 {
     gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
@@ -25,9 +33,11 @@ static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len
     return ok;
 }
 
-static uint8_t *pack_sync(const char *user, Chat__V1__SyncCursor **cursors, size_t n, bool listed_only, size_t *len)
+static uint8_t *pack_sync(const gw_server *srv, const char *user, Chat__V1__SyncCursor **cursors, size_t n,
+                          bool listed_only, size_t *len)
 {
     Chat__V1__SyncRequest rq = CHAT__V1__SYNC_REQUEST__INIT;
+    rq.max_bytes = (uint32_t)(pause_bytes(srv) / 2); /* a page fits well inside the client's queue */
     rq.user = (char *)user;
     rq.cursors = cursors;
     rq.n_cursors = n;
@@ -63,7 +73,7 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
             i++;
         }
     size_t len;
-    uint8_t *packed = pack_sync(s->user, ptrs, i, false, &len);
+    uint8_t *packed = pack_sync(srv, s->user, ptrs, i, false, &len);
     free(items);
     free(ptrs);
     s->syncing = true;
@@ -105,8 +115,8 @@ static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
         gw_session_send_json(srv, s, json_pack("{s:s}", "type", "synced"));
     } else {
         size_t len;
-        uint8_t *packed = pack_sync(s->user, r->next, r->n_next, true, &len);
-        if (s->qbytes > GW_SYNC_PAUSE_BYTES) {
+        uint8_t *packed = pack_sync(srv, s->user, r->next, r->n_next, true, &len);
+        if (s->qbytes > pause_bytes(srv)) {
             s->sync_next = packed; /* sent from the WRITEABLE path when the client caught up */
             s->sync_next_len = len;
         } else if (!send_page(srv, s, packed, len)) {
@@ -119,7 +129,7 @@ static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
 
 void gw_sync_resume(gw_server *srv, gw_session *s)
 {
-    if (s->sync_next == NULL || s->qbytes > GW_SYNC_RESUME_BYTES)
+    if (s->sync_next == NULL || s->qbytes > pause_bytes(srv) / 4)
         return;
     uint8_t *packed = s->sync_next;
     s->sync_next = NULL;

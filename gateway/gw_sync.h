@@ -1,6 +1,6 @@
 /* sync and history frames: pages from the api role (chat.api.v1.sync, chat.api.v1.history),
  * turned into msg / synced / history frames. A sync runs page by page and parks the next page
- * while the session's outbound queue is over GW_SYNC_PAUSE_BYTES, so a user with thousands of
+ * while the session's outbound queue is over GW_SYNC_PAUSE_BYTES (resumed at a quarter of it), so a user with thousands of
  * missed events never floods the gateway's memory nor stalls its loop. lws thread only. */
 #ifndef GW_SYNC_H
 #define GW_SYNC_H
@@ -12,8 +12,7 @@
 #include "gw_session.h"
 
 #define GW_SYNC_PAGE 500
-#define GW_SYNC_PAUSE_BYTES (1024 * 1024)
-#define GW_SYNC_RESUME_BYTES (256 * 1024)
+#define GW_SYNC_PAUSE_BYTES (1024 * 1024) /* or half of CHAT_WS_QUEUE_MAX, when smaller */
 
 void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f);
 void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f);

@@ -1488,6 +1488,8 @@ static void h_sync(call *c)
     size_t budget = WK_API_SYNC_REPLY_MAX - next_bound;
     if (budget > WK_API_SYNC_BYTES)
         budget = WK_API_SYNC_BYTES;
+    if (q->max_bytes > 0 && budget > q->max_bytes)
+        budget = q->max_bytes; /* the gateway sizes pages to its client's queue */
     size_t planned = wk_api_sync_plan(ranges, n, wk_api_sync_max_events(q->max_events));
 
     int nrows = 0;

@@ -11,8 +11,8 @@ CHAT_SETTINGS=(
     CHAT_JWT_SECRET CHAT_PARTITIONS CHAT_ARCHIVE_URL CHAT_S3_ENDPOINT CHAT_S3_REGION
     CHAT_S3_ACCESS_KEY CHAT_S3_SECRET_KEY CHAT_PARTITION_SPAN CHAT_HOT_RETENTION CHAT_PUSH_GRACE
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_LOG
-    CHAT_NATS_MONITOR_PORT CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
-    CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_TLS_CERT CHAT_TLS_KEY
+    CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
+    CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_WS_STOP_DELAY CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
 # chat_env_default NAME VALUE: export NAME=VALUE unless NAME is already set (even empty).
@@ -74,6 +74,8 @@ chat_env_init() {
     # Additions to the contract's table (docs/operations.md): the gateway's protection, wss://,
     # and the JetStream replicas of the streams.
     chat_env_default CHAT_JS_REPLICAS 1
+    # JetStream fsync of the local nats-server (services.sh): always, or an interval like 1s.
+    chat_env_default CHAT_NATS_SYNC always
     chat_env_default CHAT_WS_QUEUE_MAX 8388608
     chat_env_default CHAT_WS_SLOW_GRACE 5s
     chat_env_default CHAT_WS_RATE 50
@@ -81,6 +83,7 @@ chat_env_init() {
     chat_env_default CHAT_WS_MAX_PER_USER 20
     chat_env_default CHAT_WS_MAX_PER_IP 1000
     chat_env_default CHAT_WS_PING 30s
+    chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_TLS_CERT ''
     chat_env_default CHAT_TLS_KEY ''
     nats_port=$(chat_url_hostport "$CHAT_NATS_URL" 4222) \
