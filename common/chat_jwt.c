@@ -29,7 +29,9 @@ chat_status chat_jwt_verify(const char *token, const char *secret, int64_t now_s
         reason = "bad signature or malformed token";
         goto out;
     }
-    if (jwt_get_alg(jwt) != JWT_ALG_HS256) {
+    /* libjwt matches the name without regard to case ("hs256" passes): insist on the exact name */
+    const char *alg = jwt_get_header(jwt, "alg");
+    if (jwt_get_alg(jwt) != JWT_ALG_HS256 || alg == NULL || strcmp(alg, "HS256") != 0) {
         reason = "algorithm is not HS256";
         goto out;
     }

@@ -379,6 +379,9 @@ chat_status gw_server_create(gw_server *srv)
     info.user = srv;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
     info.timeout_secs = 10; /* handshake and HTTP transactions */
+    /* room for a request head with a token of the largest size we accept (CHAT_JWT_MAX_LEN) and
+     * ordinary headers: a longer one gets an answer (401), not a dropped connection */
+    info.max_http_header_data = 16384;
     /* idle connections: pinged after CHAT_WS_PING without traffic, closed after twice that */
     static lws_retry_bo_t idle;
     unsigned ping_s = (unsigned)(srv->cfg->ws_ping_ms / 1000);
@@ -465,8 +468,9 @@ void gw_server_destroy(gw_server *srv)
     gw_presence_destroy(srv->presence); /* our users leave presence at once */
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);
-    gw_cursor_free_all(srv);
     srv->bus = NULL;
+    gw_cursor_free_all(srv);
+    gw_session_free_caches(srv);
     chat_map_destroy(srv->sessions);
     chat_map_destroy(srv->users);
     chat_map_destroy(srv->membership);

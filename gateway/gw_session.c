@@ -856,8 +856,16 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
     gw_inframe f;
     gw_frame_error err;
     bool ok = gw_frame_parse(data, len, &f, &err);
-    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ns() / 1000000)) {
-        gw_session_send_error(srv, s, err.ref, "rate_limited", "too many frames on this connection; slow down");
+    int64_t now = chat_mono_ns() / 1000000;
+    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, now)) {
+        /* a flood gets one answer per 100 ms, not one per frame: the answers would otherwise
+         * pile up faster than they are written and close the flooder as a slow consumer */
+        if (now - s->limited_at_ms >= 100) {
+            s->limited_at_ms = now;
+            gw_session_send_error(srv, s, err.ref, "rate_limited", "too many frames on this connection; slow down");
+        } else {
+            atomic_fetch_add(srv->m.fail_rate_limited, 1);
+        }
         gw_inframe_free(&f);
         return;
     }

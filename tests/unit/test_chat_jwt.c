@@ -89,6 +89,8 @@ START_TEST(refused_tokens)
     ck_assert_int_eq(check(forge("{\"alg\":\"HS512\",\"typ\":\"JWT\"}", p, secret, "HS512"), user), CHAT_ERR_DENIED);
     ck_assert_int_eq(check(forge("{\"alg\":\"RS256\",\"typ\":\"JWT\"}", p, secret, "HS256"), user), CHAT_ERR_DENIED);
     ck_assert_int_eq(check(forge(hs256, p, secret, NULL), user), CHAT_ERR_DENIED); /* no signature */
+    /* the algorithm's name must be exactly HS256, even when the HMAC-SHA256 signature is right */
+    ck_assert_int_eq(check(forge("{\"alg\":\"hs256\",\"typ\":\"JWT\"}", p, secret, "HS256"), user), CHAT_ERR_DENIED);
     /* expired beyond the leeway, and within it */
     snprintf(p, sizeof p, "{\"sub\":\"alice\",\"exp\":%lld}", (long long)now - 31);
     ck_assert_int_eq(check(forge(hs256, p, secret, "HS256"), user), CHAT_ERR_DENIED);
