@@ -49,7 +49,6 @@ typedef struct gw_session {
     int64_t over_since_ms;       /* when the queue went over CHAT_WS_QUEUE_MAX, or 0 */
     int64_t rx_started_ms;       /* when the frame being reassembled started */
     double frame_tokens;         /* token bucket: frames per connection */
-    int64_t limited_at_ms;       /* last rate_limited answer (at most one per 100 ms) */
     int64_t frame_refill_ms;
     char peer[64];               /* client address (per-address limit) */
     bool syncing;                /* a sync is running: pages until `synced` */

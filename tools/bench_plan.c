@@ -61,6 +61,12 @@ static const opt opts_table[] = {
     {"src_base", OPT_STR, O(src_base), "127.0.0.1", "first loopback source address; the next ones follow"},
     {"prefix", OPT_STR, O(prefix), "", "id prefix of this run's users and conversations (default: from the time)"},
     {"json", OPT_STR, O(json), "", "write the JSON report to this file"},
+    {"proto", OPT_STR, O(proto), "chat",
+     "protocol: chat (this platform), xmpp (XMPP over WebSocket, e.g. ejabberd), socketio (Socket.IO 4 relay)"},
+    {"xmpp_domain", OPT_STR, O(xmpp_domain), "localhost", "XMPP: the server's domain; users are <id>@<domain>"},
+    {"password", OPT_STR, O(password), "bench", "XMPP: the password of every user (SASL PLAIN)"},
+    {"ws_path", OPT_STR, O(ws_path), "",
+     "WebSocket request path (default: /ws; socketio: /socket.io/?EIO=4&transport=websocket)"},
 };
 #define N_OPTS (sizeof opts_table / sizeof opts_table[0])
 
@@ -406,6 +412,28 @@ chat_status bench_plan_build(bench_plan *p, const bench_opts *o, const chat_cfg 
         return failf(err, errsz, "reconnect_after: must not be negative");
     if (op->conns_per_ip < 1 || op->max_pending < 1 || op->token_ttl < 60)
         return failf(err, errsz, "conns_per_ip and max_pending must be at least 1, token_ttl at least 60");
+    if (strcmp(op->proto, "chat") == 0)
+        p->proto = BENCH_PROTO_CHAT;
+    else if (strcmp(op->proto, "xmpp") == 0)
+        p->proto = BENCH_PROTO_XMPP;
+    else if (strcmp(op->proto, "socketio") == 0)
+        p->proto = BENCH_PROTO_SOCKETIO;
+    else
+        return failf(err, errsz, "proto: chat, xmpp or socketio (got \"%s\")", op->proto);
+    p->echo = p->proto != BENCH_PROTO_XMPP;
+    if (p->proto != BENCH_PROTO_CHAT && op->drop > 0)
+        return failf(err, errsz, "drop: only with proto chat (the peers have no sync to check a reconnect with)");
+    if (p->proto == BENCH_PROTO_XMPP && op->conversations > 0 && op->mix < 1)
+        return failf(err, errsz, "mix: proto xmpp drives 1:1 conversations only (mix 1)");
+    if (p->proto == BENCH_PROTO_XMPP && (op->xmpp_domain[0] == '\0' || strpbrk(op->xmpp_domain, "'\"<>&/@ ")))
+        return failf(err, errsz, "xmpp_domain: a plain domain name");
+    if (strpbrk(op->password, "'\"<>&"))
+        return failf(err, errsz, "password: no quotes, <, > or &");
+    if (op->ws_path[0] == '\0')
+        snprintf(op->ws_path, sizeof op->ws_path, "%s",
+                 p->proto == BENCH_PROTO_SOCKETIO ? "/socket.io/?EIO=4&transport=websocket" : "/ws");
+    if (op->ws_path[0] != '/' || strpbrk(op->ws_path, " \r\n"))
+        return failf(err, errsz, "ws_path: a request target starting with /");
     if (inet_pton(AF_INET, op->src_base, &p->src_base) != 1)
         return failf(err, errsz, "src_base: \"%s\" is not an IPv4 address", op->src_base);
     uint64_t last = (uint64_t)ntohl(p->src_base.s_addr) + (uint64_t)(op->connections - 1) / (uint64_t)op->conns_per_ip;

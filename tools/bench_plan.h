@@ -16,6 +16,14 @@
 #define BENCH_MAX_GATEWAYS 16
 #define BENCH_FDS_PER_PROC 19900 /* 20,000 open files per process on these machines, less a margin */
 
+/* The protocol chat-bench speaks over its WebSocket connections: the platform's (CONTRACT
+ * section 3), or one of the peers it is compared with (bench/README.md, "Peers"). */
+typedef enum bench_proto {
+    BENCH_PROTO_CHAT = 0, /* the platform: token in the URL, hello, send/ack/msg with server seqs */
+    BENCH_PROTO_XMPP,     /* XMPP over WebSocket (RFC 7395): SASL PLAIN, bind, XEP-0198 acks, <message> */
+    BENCH_PROTO_SOCKETIO, /* Socket.IO 4 (Engine.IO 4 over WebSocket) to bench/peers/socketio/relay.js */
+} bench_proto;
+
 typedef struct bench_opts {
     char scenario[256];     /* name shown in reports (the file's base name) */
     long users;             /* U */
@@ -45,6 +53,10 @@ typedef struct bench_opts {
     char src_base[64];      /* first loopback source address */
     char prefix[40];        /* id prefix of this run; "" = made from the time */
     char json[1024];        /* write the JSON report here ("" = none) */
+    char proto[16];         /* chat, xmpp, socketio */
+    char xmpp_domain[128];  /* XMPP: the server's domain (JIDs are <user id>@<domain>) */
+    char password[64];      /* XMPP: every user's password (SASL PLAIN) */
+    char ws_path[256];      /* request target of the upgrade ("" = the protocol's usual one) */
 } bench_opts;
 
 /* One process's share: users [u0, u1), conversations [c0, c1), connections [n0, n1). */
@@ -70,6 +82,8 @@ typedef struct bench_plan {
     struct sockaddr_in gateway_addr[BENCH_MAX_GATEWAYS];
     char gateway_host[BENCH_MAX_GATEWAYS][64]; /* "host:port" for the Host header */
     struct in_addr src_base;
+    bench_proto proto;
+    bool echo; /* the sender's own devices get its messages too (chat, socketio; not XMPP) */
 } bench_plan;
 
 /* Defaults for every option. */

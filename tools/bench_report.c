@@ -8,6 +8,8 @@
 
 #include <jansson.h>
 
+#include "chat_time.h"
+
 typedef struct check {
     const char *name;
     uint64_t value;
@@ -80,9 +82,15 @@ void bench_report_print(FILE *out, const bench_plan *p, const bench_report *rep)
     uint64_t direct = 0;
     for (uint32_t c = 0; c < p->n_convs; c++)
         direct += p->conv_direct[c];
-    fprintf(out, "\n== chat-bench %s (run %s, %d process%s, gateway%s %s)\n", o->scenario, p->run_id, p->n_procs,
-            p->n_procs == 1 ? "" : "es", p->n_gateways == 1 ? "" : "s",
+    fprintf(out, "\n== chat-bench %s (run %s, proto %s, %d process%s, server%s %s)\n", o->scenario, p->run_id, o->proto,
+            p->n_procs, p->n_procs == 1 ? "" : "es", p->n_gateways == 1 ? "" : "s",
             o->gateways[0] ? o->gateways : p->gateway_host[0]);
+    if (p->proto == BENCH_PROTO_XMPP)
+        fprintf(out, "note         proto xmpp: ack = the server's XEP-0198 <a/> (stanza handled: archived and routed); "
+                     "no server seq, order checked per sender; the sender's own device gets no copy\n");
+    else if (p->proto == BENCH_PROTO_SOCKETIO)
+        fprintf(out, "note         proto socketio: ack = the relay's Socket.IO ack (relayed, nothing stored); "
+                     "no server seq, order checked per sender\n");
     fprintf(out,
             "set-up       %u conversations (%" PRIu64 " 1:1, %" PRIu64 " groups of %ld) over %u users, %" PRIu64
             " new, in %.2f s\n",
@@ -145,6 +153,10 @@ void bench_report_print(FILE *out, const bench_plan *p, const bench_report *rep)
     if (r->unexpected_frames)
         fprintf(out, "note         %" PRIu64 " frames of other types (members, receipt, ...) ignored\n",
                 r->unexpected_frames);
+    if (r->cross_sender_reorders)
+        fprintf(out, "note         %" PRIu64 " messages arrived after a later one of another sender (no order promised "
+                     "across senders by this protocol)\n",
+                r->cross_sender_reorders);
     bool ok = bench_report_ok(rep);
     for (int i = 0; i < N_CHECKS; i++)
         if (c[i].value)
@@ -205,6 +217,7 @@ chat_status bench_report_write_json(const char *path, const bench_plan *p, const
     json_t *root = json_object();
     json_object_set_new(root, "tool", json_string("chat-bench"));
     json_object_set_new(root, "scenario", json_string(o->scenario));
+    json_object_set_new(root, "proto", json_string(o->proto));
     json_object_set_new(root, "run_id", json_string(p->run_id));
     json_object_set_new(root, "date", json_string(date));
     json_object_set_new(root, "host", json_string(host));
@@ -254,6 +267,8 @@ chat_status bench_report_write_json(const char *path, const bench_plan *p, const
                         json_pack("{s:I, s:I, s:I, s:I}", "expected", (json_int_t)r->deliveries_expected, "unique",
                                   (json_int_t)r->deliveries, "redeliveries", (json_int_t)r->redeliveries,
                                   "other_frames", (json_int_t)r->unexpected_frames));
+    json_object_set_new(json_object_get(root, "deliveries"), "cross_sender_reorders",
+                        json_integer((json_int_t)r->cross_sender_reorders));
     json_t *rec = json_pack(
         "{s:I, s:I, s:I, s:I, s:f}", "dropped", (json_int_t)r->dropped, "reconnected", (json_int_t)r->reconnected,
         "synced", (json_int_t)r->synced, "sync_retries", (json_int_t)r->sync_retries, "seconds",
@@ -275,6 +290,15 @@ chat_status bench_report_write_json(const char *path, const bench_plan *p, const
         json_array_append_new(ex, json_string(r->examples[i]));
     json_object_set_new(root, "also_seen", ex);
     json_object_set_new(root, "wall_s", json_real(rep->wall_s));
+    /* the phases on the wall clock, to line them up with samples taken outside (bench/run) */
+    int64_t off_ns = chat_now_ms() * 1000000 - chat_mono_ns();
+#define UNIX_MS(ns) ((ns) ? json_integer((json_int_t)(((ns) + off_ns) / 1000000)) : json_null())
+    json_object_set_new(root, "unix_ms",
+                        json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "ramp_start", UNIX_MS(r->ramp_start_ns), "ramp_end",
+                                  UNIX_MS(r->ramp_end_ns), "send_start", UNIX_MS(r->send_start_ns), "send_end",
+                                  UNIX_MS(r->send_end_ns), "last_ack", UNIX_MS(r->last_ack_ns), "last_delivery",
+                                  UNIX_MS(r->last_delivery_ns)));
+#undef UNIX_MS
     int rc = json_dump_file(root, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(root);
     return rc == 0 ? CHAT_OK : CHAT_ERR_IO;

@@ -7,6 +7,7 @@
 
 #include "bench_hist.h"
 #include "bench_json.h"
+#include "bench_peer.h"
 #include "bench_worker.h"
 
 static int check(bool ok, const char *what)
@@ -76,9 +77,56 @@ static int hist_tests(void)
     return bad;
 }
 
+static bool slice_is(const char *v, size_t len, const char *want)
+{
+    return v && len == strlen(want) && memcmp(v, want, len) == 0;
+}
+
+/* The peers' scanners on frames as ejabberd and Socket.IO send them. */
+static int peer_tests(void)
+{
+    int bad = 0;
+    const char *name, *v;
+    size_t nl, vl;
+    const char *msg = "<message xml:lang='en' to='r-u1@bench.local' from='r-u0@bench.local/d0' type='chat' "
+                      "id='p0-7' xmlns='jabber:client'><body>b:0:7:123:xx</body><stanza-id by='r-u1@bench.local' "
+                      "id='1732' xmlns='urn:xmpp:sid:0'/></message>";
+    bad += check(bench_xml_root(msg, strlen(msg), &name, &nl) && slice_is(name, nl, "message"), "xml: root message");
+    bad += check(bench_xml_attr(msg, strlen(msg), "id", &v, &vl) && slice_is(v, vl, "p0-7"), "xml: id of the root");
+    bad += check(bench_xml_attr(msg, strlen(msg), "type", &v, &vl) && slice_is(v, vl, "chat"), "xml: type");
+    bad += check(!bench_xml_attr(msg, strlen(msg), "by", &v, &vl), "xml: a child's attribute is not the root's");
+    bad += check(bench_xml_child_text(msg, strlen(msg), "body", &v, &vl) && slice_is(v, vl, "b:0:7:123:xx"),
+                 "xml: body text");
+    const char *a = " <a xmlns=\"urn:xmpp:sm:3\" h=\"12\"/>";
+    bad += check(bench_xml_root(a, strlen(a), &name, &nl) && slice_is(name, nl, "a"), "xml: root a");
+    bad += check(bench_xml_attr(a, strlen(a), "h", &v, &vl) && slice_is(v, vl, "12"), "xml: h in double quotes");
+    const char *f = "<?xml version='1.0'?><stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
+                    "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism>"
+                    "</mechanisms></stream:features>";
+    bad += check(bench_xml_root(f, strlen(f), &name, &nl) && slice_is(name, nl, "stream:features"),
+                 "xml: root after a declaration");
+    bad += check(bench_mem_has(f, strlen(f), ">PLAIN<"), "xml: PLAIN offered");
+    bad += check(!bench_xml_root("hello", 5, &name, &nl), "xml: text is not an element");
+    char b64[64];
+    bad += check(bench_sasl_plain("u", "pw", b64, sizeof b64) && strcmp(b64, "AHUAcHc=") == 0, "sasl: PLAIN of u/pw");
+
+    bench_sio_packet pk;
+    bad += check(bench_sio_parse("0{\"sid\":\"x\"}", 13, &pk) && pk.kind == BENCH_SIO_OPEN, "sio: open");
+    bad += check(bench_sio_parse("2", 1, &pk) && pk.kind == BENCH_SIO_PING, "sio: ping");
+    bad += check(bench_sio_parse("40{\"sid\":\"y\"}", 14, &pk) && pk.kind == BENCH_SIO_CONNECTED, "sio: connected");
+    const char *ack = "43120[{\"ok\":true}]";
+    bad += check(bench_sio_parse(ack, strlen(ack), &pk) && pk.kind == BENCH_SIO_ACK && pk.ack_id == 120, "sio: ack 120");
+    const char *ev = "42[\"msg\",{\"conv\":\"c1\",\"cmid\":\"p0-1\",\"body\":\"b\"}]";
+    bad += check(bench_sio_parse(ev, strlen(ev), &pk) && pk.kind == BENCH_SIO_EVENT && slice_is(pk.name, pk.name_len, "msg") &&
+                     pk.data_len == strlen("{\"conv\":\"c1\",\"cmid\":\"p0-1\",\"body\":\"b\"}"),
+                 "sio: event msg and its object");
+    bad += check(!bench_sio_parse("x", 1, &pk), "sio: not a packet");
+    return bad;
+}
+
 int bench_self_test(void)
 {
-    int bad = json_tests() + hist_tests() + bench_worker_self_test();
+    int bad = json_tests() + hist_tests() + peer_tests() + bench_worker_self_test();
     printf("chat-bench self-test: %s (%d failed)\n", bad ? "FAIL" : "PASS", bad);
     return bad ? 1 : 0;
 }

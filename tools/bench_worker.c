@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bench_json.h"
+#include "bench_peer.h"
 #include "bench_ws.h"
 #include "chat_jwt.h"
 #include "chat_time.h"
@@ -40,6 +41,19 @@ enum { ST_RAMP, ST_WAIT, ST_RUN, ST_DRAIN, ST_DONE };
 enum { DEV_IDLE, DEV_CONNECTING, DEV_OPEN, DEV_DOWN, DEV_FAILED };
 enum { MSG_PLANNED, MSG_SENT, MSG_ACKED, MSG_SKIPPED, MSG_FAILED };
 enum { RETRY_SEND, RETRY_SYNC };
+/* The handshake of a peer protocol (proto xmpp or socketio), after the TCP connect. */
+enum {
+    PS_NONE = 0,  /* proto chat: the gateway's hello ends the handshake */
+    PS_WS,        /* waiting for the 101 */
+    PX_OPEN1,     /* XMPP: <open/> sent, waiting for the features with SASL PLAIN */
+    PX_AUTH,      /* XMPP: <auth/> sent */
+    PX_OPEN2,     /* XMPP: <open/> sent again, waiting for the features with bind */
+    PX_BIND,      /* XMPP: bind sent */
+    PX_ENABLE,    /* XMPP: <enable/> (XEP-0198) and the initial <presence/> sent */
+    PS_SIO_OPEN,  /* Socket.IO: waiting for the Engine.IO open packet */
+    PS_SIO_CONN,  /* Socket.IO: CONNECT (with the user and its conversations) sent */
+    PS_READY,
+};
 
 /* What one device has received of one conversation. */
 typedef struct dev_conv {
@@ -69,6 +83,13 @@ typedef struct device {
     uint32_t n_convs;
     uint32_t *resend;
     uint32_t n_resend, cap_resend;
+    /* peer protocols */
+    uint8_t pstage;       /* PS_* / PX_* */
+    const char *fail_why; /* set inside a frame callback; the connection is failed after the read */
+    uint32_t in_stanzas;  /* XMPP: stanzas received since <enabled/> (our <a h=.../>) */
+    uint32_t acked_out;   /* XMPP: our messages the server acked (its <a h=.../> less the presence) */
+    uint32_t *fifo;       /* XMPP: messages sent and not yet acked, in order */
+    uint32_t fifo_head, fifo_len, fifo_cap;
 } device;
 
 typedef struct user_state {
@@ -168,6 +189,7 @@ void bench_result_merge(bench_result *into, const bench_result *f)
     ADD(err_unavailable), ADD(err_rate_limited), ADD(err_not_member), ADD(err_other), ADD(late_sends);
     ADD(deliveries_expected), ADD(deliveries), ADD(missing_deliveries), ADD(redeliveries), ADD(duplicates);
     ADD(seq_conflicts), ADD(out_of_order), ADD(gaps), ADD(gap_seqs), ADD(sync_holes), ADD(body_mismatch);
+    ADD(cross_sender_reorders);
     ADD(bad_frames), ADD(unexpected_frames), ADD(protocol_errors);
     ADD(dropped), ADD(reconnected), ADD(synced), ADD(sync_retries), ADD(unsynced);
 #undef ADD
@@ -406,6 +428,8 @@ static void build(worker *w)
 /* Signs a token for every user that has a device. */
 static bool sign_tokens(worker *w)
 {
+    if (w->plan->proto != BENCH_PROTO_CHAT)
+        return true; /* the peers log in inside the connection (XMPP) or trust the CONNECT (Socket.IO) */
     int64_t now_s = chat_now_ms() / 1000;
     for (uint32_t u = 0; u < w->n_users; u++) {
         if (w->users[u].n_devices == 0)
@@ -542,34 +566,114 @@ static void lost(worker *w, device *d)
 /* ------------------------------------------------------------------ sending */
 
 /* Writes the send frame of message k into w->frame; returns its length. */
-static size_t render_send(worker *w, uint64_t k)
+/* The body of message k into out (at most cap - 1 bytes): "b:<connection>:<index>:<scheduled send
+ * ns>:" and 'x' up to body_size bytes. The same in every protocol. Returns its length. */
+static size_t render_body(const worker *w, uint64_t k, char *out, size_t cap)
 {
     const bench_msg *m = &w->msgs[k];
+    int n = snprintf(out, cap, "b:%u:%" PRIu64 ":%" PRId64 ":", w->devs[m->dev].n, k, m->sched_ns);
+    size_t len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
+    size_t want = (size_t)w->plan->opts.body_size;
+    while (len < want && len + 1 < cap)
+        out[len++] = 'x';
+    return len;
+}
+
+/* Writes the send frame of message k into w->frame; returns its length. */
+static size_t render_send(worker *w, uint64_t k)
+{
     char conv[80];
     uint32_t lc = (uint32_t)(k % w->n_convs);
     bench_conv_id(w->plan, w->share->c0 + lc, conv, sizeof conv);
-    int n = snprintf(w->frame, FRAME_MAX,
-                     "{\"type\":\"send\",\"conv\":\"%s\",\"cmid\":\"p%d-%" PRIu64 "\",\"body\":\"b:%u:%" PRIu64
-                     ":%" PRId64 ":",
-                     conv, w->proc, k, w->devs[m->dev].n, k, m->sched_ns);
-    size_t len = (size_t)n;
-    size_t stamp = len - (size_t)(strstr(w->frame, "\"body\":\"") + 8 - w->frame);
-    size_t want = (size_t)w->plan->opts.body_size;
-    while (stamp < want && len < FRAME_MAX - 4) {
-        w->frame[len++] = 'x';
-        stamp++;
-    }
+    size_t len = (size_t)snprintf(w->frame, FRAME_MAX, "{\"type\":\"send\",\"conv\":\"%s\",\"cmid\":\"p%d-%" PRIu64 "\",\"body\":\"",
+                                  conv, w->proc, k);
+    len += render_body(w, k, w->frame + len, FRAME_MAX - len - 4);
     memcpy(w->frame + len, "\"}", 3);
     return len + 2;
+}
+
+/* XMPP: the <message/> of message k to the other member of its 1:1 conversation. */
+static size_t render_xmpp(worker *w, uint64_t k)
+{
+    const bench_plan *p = w->plan;
+    uint32_t c = w->share->c0 + (uint32_t)(k % w->n_convs);
+    uint32_t sender = w->share->u0 + w->devs[w->msgs[k].dev].user;
+    uint32_t to = p->member_of[p->conv_first[c]];
+    if (to == sender)
+        to = p->member_of[p->conv_first[c] + 1];
+    char user[80];
+    bench_user_id(p, to, user, sizeof user);
+    size_t len = (size_t)snprintf(w->frame, FRAME_MAX,
+                                  "<message xmlns='jabber:client' to='%s@%s' type='chat' id='p%d-%" PRIu64 "'><body>",
+                                  user, p->opts.xmpp_domain, w->proc, k);
+    len += render_body(w, k, w->frame + len, FRAME_MAX - len - 32);
+    len += (size_t)snprintf(w->frame + len, FRAME_MAX - len, "</body></message>");
+    return len;
+}
+
+/* Socket.IO: EVENT "send" {conv, cmid, body} asking for ack id k. */
+static size_t render_sio(worker *w, uint64_t k)
+{
+    char conv[80];
+    bench_conv_id(w->plan, w->share->c0 + (uint32_t)(k % w->n_convs), conv, sizeof conv);
+    size_t len = (size_t)snprintf(w->frame, FRAME_MAX,
+                                  "42%" PRIu64 "[\"send\",{\"conv\":\"%s\",\"cmid\":\"p%d-%" PRIu64 "\",\"body\":\"", k,
+                                  conv, w->proc, k);
+    len += render_body(w, k, w->frame + len, FRAME_MAX - len - 8);
+    memcpy(w->frame + len, "\"}]", 4);
+    return len + 3;
+}
+
+static void fifo_push(device *d, uint32_t k)
+{
+    if (d->fifo_head + d->fifo_len == d->fifo_cap) {
+        if (d->fifo_head > 0) {
+            memmove(d->fifo, d->fifo + d->fifo_head, (size_t)d->fifo_len * sizeof *d->fifo);
+            d->fifo_head = 0;
+        }
+        if (d->fifo_len == d->fifo_cap) {
+            d->fifo_cap = d->fifo_cap ? d->fifo_cap * 2 : 16;
+            d->fifo = realloc(d->fifo, (size_t)d->fifo_cap * sizeof *d->fifo);
+            if (d->fifo == NULL)
+                abort();
+        }
+    }
+    d->fifo[d->fifo_head + d->fifo_len++] = k;
 }
 
 static void send_msg(worker *w, uint64_t k)
 {
     bench_msg *m = &w->msgs[k];
     device *d = &w->devs[m->dev];
-    size_t len = render_send(w, k);
-    bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, len);
+    switch (w->plan->proto) {
+    case BENCH_PROTO_XMPP:
+        bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, render_xmpp(w, k));
+        /* XEP-0198: ask at once for the server's ack; its <a h=.../> covers this message */
+        bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, "<r xmlns='urn:xmpp:sm:3'/>", 26);
+        fifo_push(d, (uint32_t)k);
+        break;
+    case BENCH_PROTO_SOCKETIO:
+        bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, render_sio(w, k));
+        break;
+    default:
+        bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, render_send(w, k));
+        break;
+    }
     mark_dirty(w, d);
+}
+
+/* Peers: the devices that must get message k of local conversation lc sent from device dev
+ * (every counted device of the members; without echo, not those of the sender's user). */
+static uint32_t peer_recipients(const worker *w, uint32_t lc, uint32_t dev)
+{
+    uint32_t n = w->convs[lc].n_counted;
+    if (!w->plan->echo) {
+        const user_state *us = &w->users[w->devs[dev].user];
+        for (uint32_t i = 0; i < us->n_devices; i++)
+            if (w->devs[us->devices[i]].counted && n > 0)
+                n--;
+    }
+    return n;
 }
 
 /* The device that sends message k (conversations in turn; in each, members and their devices in
@@ -613,6 +717,8 @@ static void send_due(worker *w, int64_t now)
         m->tries = 1;
         w->outstanding++;
         w->r.sent++;
+        if (w->plan->proto != BENCH_PROTO_CHAT)
+            w->r.deliveries_expected += peer_recipients(w, (uint32_t)(k % w->n_convs), (uint32_t)dev);
         int64_t lag = now - sched;
         bench_hist_add(&w->r.lag, lag / 1000);
         if (lag > LATE_NS)
@@ -731,7 +837,7 @@ static void on_hello(worker *w, device *d, int64_t now)
         send_msg(w, d->resend[i]);
     }
     d->n_resend = 0;
-    if (w->stage >= ST_RUN) {
+    if (w->stage >= ST_RUN && w->plan->proto == BENCH_PROTO_CHAT) { /* the peers have no sync */
         d->syncing = true;
         d->sync_tries = 1;
         w->n_syncing++;
@@ -937,6 +1043,277 @@ static void on_error(worker *w, device *d, const bench_json_member *f, int n, in
     problem(w, "cmid p%d-%" PRId64 " refused: %.*s", w->proc, k, code ? (int)code->val_len : 1, code ? code->val : "?");
 }
 
+/* ------------------------------------------------------------------ frames from a peer */
+
+/* A peer acknowledged message k sent on device d. */
+static void peer_ack(worker *w, device *d, uint64_t k, int64_t now)
+{
+    bench_msg *m = k < w->next_msg ? &w->msgs[k] : NULL;
+    if (m == NULL || m->state != MSG_SENT || &w->devs[m->dev] != d) {
+        w->r.protocol_errors++;
+        problem(w, "connection %u: an ack of p%d-%" PRIu64 ", which is not outstanding there", d->n, w->proc, k);
+        return;
+    }
+    m->state = MSG_ACKED;
+    w->outstanding--;
+    w->r.acked++;
+    w->r.last_ack_ns = now;
+    if (!m->resent)
+        bench_hist_add(&w->r.ack, (now - m->sched_ns) / 1000);
+}
+
+/* A peer delivered message k (-1: not one of this run) with body[0..len) to device d. The peers
+ * have no server seq: a message's place in its conversation (k / conversations + 1) stands in. */
+static void peer_delivery(worker *w, device *d, int64_t k, const char *body, size_t len, int64_t now)
+{
+    if (k < 0) {
+        w->r.unexpected_frames++;
+        return;
+    }
+    bench_msg *m = &w->msgs[k];
+    uint32_t lc = (uint32_t)((uint64_t)k % w->n_convs);
+    dev_conv *dc = find_dev_conv(d, lc);
+    if (dc == NULL || m->state == MSG_PLANNED || m->state == MSG_SKIPPED) {
+        w->r.protocol_errors++;
+        problem(w, "connection %u: got p%d-%" PRId64 ", which was not sent to it", d->n, w->proc, k);
+        return;
+    }
+    if (!d->counted)
+        return;
+    uint32_t seq = (uint32_t)((uint64_t)k / w->n_convs) + 1;
+    if (has_seq(dc, seq)) {
+        w->r.redeliveries++;
+        return;
+    }
+    bench_json_member b = {.val = body, .val_len = len, .kind = BENCH_JSON_STRING};
+    int64_t stamp = body_stamp(w, &b, (uint64_t)k);
+    if (stamp < 0) {
+        w->r.body_mismatch++;
+        problem(w, "connection %u: the body of cmid p%d-%" PRId64 " arrived changed", d->n, w->proc, k);
+    }
+    uint32_t before = dc->max_seq;
+    set_seq(dc, seq);
+    w->r.deliveries++;
+    w->r.last_delivery_ns = now;
+    if (seq < before) {
+        /* out of order only against a later message of the same sender */
+        uint64_t kb = (uint64_t)(before - 1) * w->n_convs + lc;
+        if (kb < w->next_msg && w->msgs[kb].dev == m->dev) {
+            w->r.out_of_order++;
+            problem(w, "connection %u: p%d-%" PRId64 " arrived after p%d-%" PRIu64 ", sent later by the same device",
+                    d->n, w->proc, k, w->proc, kb);
+        } else {
+            w->r.cross_sender_reorders++;
+        }
+    }
+    if (stamp >= 0 && !m->resent)
+        bench_hist_add(&w->r.delivery, (now - stamp) / 1000);
+}
+
+static void queue_text(worker *w, device *d, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void queue_text(worker *w, device *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(w->frame, FRAME_MAX, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= FRAME_MAX) {
+        d->fail_why = "a frame too long to send";
+        return;
+    }
+    bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, (size_t)n);
+    mark_dirty(w, d);
+}
+
+/* XMPP: the WebSocket is open: open the stream (RFC 7395). */
+static void xmpp_start(worker *w, device *d)
+{
+    queue_text(w, d, "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='%s' version='1.0'/>",
+               w->plan->opts.xmpp_domain);
+    d->pstage = PX_OPEN1;
+}
+
+/* XMPP: the server's <a h=.../>: it handled h stanzas since <enable/>, the first being our
+ * initial presence, then our messages in the order of the fifo. */
+static void xmpp_acked(worker *w, device *d, uint64_t h, int64_t now)
+{
+    uint64_t msgs = h > 0 ? h - 1 : 0;
+    while (d->acked_out < msgs && d->fifo_len > 0) {
+        uint32_t k = d->fifo[d->fifo_head++];
+        d->fifo_len--;
+        d->acked_out++;
+        peer_ack(w, d, k, now);
+    }
+    if (d->fifo_len == 0)
+        d->fifo_head = 0;
+}
+
+static bool xml_attr_is(const char *data, size_t len, const char *attr, const char *want)
+{
+    const char *v;
+    size_t vl;
+    return bench_xml_attr(data, len, attr, &v, &vl) && vl == strlen(want) && memcmp(v, want, vl) == 0;
+}
+
+static void xmpp_frame(worker *w, device *d, const char *data, size_t len, int64_t now)
+{
+    const char *name, *v;
+    size_t nl, vl;
+    if (!bench_xml_root(data, len, &name, &nl)) {
+        w->r.bad_frames++;
+        problem(w, "connection %u: a frame that is not an XML element: %.*s", d->n, (int)(len > 120 ? 120 : len), data);
+        return;
+    }
+#define IS(s) (nl == sizeof(s) - 1 && memcmp(name, s, nl) == 0)
+    if (IS("message")) {
+        if (d->pstage == PS_READY)
+            d->in_stanzas++;
+        if (xml_attr_is(data, len, "type", "error")) {
+            w->r.err_other++;
+            w->r.protocol_errors++;
+            problem(w, "connection %u: a message bounced: %.*s", d->n, (int)(len > 160 ? 160 : len), data);
+            return;
+        }
+        const char *body;
+        size_t bl;
+        if (!bench_xml_attr(data, len, "id", &v, &vl) || !bench_xml_child_text(data, len, "body", &body, &bl)) {
+            w->r.unexpected_frames++; /* a message without id or body: not one of ours */
+            return;
+        }
+        bench_json_member cm = {.val = v, .val_len = vl, .kind = BENCH_JSON_STRING};
+        peer_delivery(w, d, cmid_index(w, &cm), body, bl, now);
+    } else if (IS("a")) {
+        uint64_t h;
+        if (!bench_xml_attr(data, len, "h", &v, &vl) || !parse_u64(v, vl, &h)) {
+            w->r.protocol_errors++;
+            problem(w, "connection %u: an <a/> without h", d->n);
+            return;
+        }
+        xmpp_acked(w, d, h, now);
+    } else if (IS("r")) {
+        queue_text(w, d, "<a xmlns='urn:xmpp:sm:3' h='%u'/>", d->in_stanzas);
+    } else if (IS("open")) {
+        /* the stream header of the server */
+    } else if (IS("stream:features") || IS("features")) {
+        if (d->pstage == PX_OPEN1) {
+            char user[80], b64[400];
+            bench_user_id(w->plan, w->share->u0 + d->user, user, sizeof user);
+            if (!bench_mem_has(data, len, ">PLAIN<") || !bench_sasl_plain(user, w->plan->opts.password, b64, sizeof b64)) {
+                d->fail_why = "the server offers no SASL PLAIN";
+                return;
+            }
+            queue_text(w, d, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>", b64);
+            d->pstage = PX_AUTH;
+        } else if (d->pstage == PX_OPEN2) {
+            queue_text(w, d,
+                       "<iq xmlns='jabber:client' type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                       "<resource>d%u</resource></bind></iq>",
+                       d->n);
+            d->pstage = PX_BIND;
+        }
+    } else if (IS("success") && d->pstage == PX_AUTH) {
+        xmpp_start(w, d);
+        d->pstage = PX_OPEN2;
+    } else if (IS("failure") && d->pstage == PX_AUTH) {
+        d->fail_why = "SASL PLAIN refused (is the user there, the password right?)";
+    } else if (IS("iq") && d->pstage == PX_BIND) {
+        if (!xml_attr_is(data, len, "type", "result")) {
+            d->fail_why = "resource bind refused";
+            return;
+        }
+        queue_text(w, d, "<enable xmlns='urn:xmpp:sm:3'/>");
+        queue_text(w, d, "<presence xmlns='jabber:client'/>");
+        d->pstage = PX_ENABLE;
+    } else if (IS("enabled") && d->pstage == PX_ENABLE) {
+        d->pstage = PS_READY;
+        on_hello(w, d, now);
+    } else if (IS("failed") && d->pstage == PX_ENABLE) {
+        d->fail_why = "stream management (XEP-0198) refused";
+    } else if (IS("presence") || IS("iq")) {
+        if (d->pstage == PS_READY)
+            d->in_stanzas++;
+        w->r.unexpected_frames++;
+    } else if (IS("close") || IS("stream:error")) {
+        problem(w, "connection %u: the server ended the stream: %.*s", d->n, (int)(len > 160 ? 160 : len), data);
+        d->fail_why = "stream closed by the server";
+    } else {
+        w->r.unexpected_frames++;
+    }
+#undef IS
+}
+
+/* Socket.IO: CONNECT to the default namespace with the user and its conversations (the relay
+ * joins a room per conversation). */
+static void sio_connect(worker *w, device *d)
+{
+    char user[80], conv[80];
+    bench_user_id(w->plan, w->share->u0 + d->user, user, sizeof user);
+    size_t len = (size_t)snprintf(w->frame, FRAME_MAX, "40{\"user\":\"%s\",\"convs\":[", user);
+    for (uint32_t i = 0; i < d->n_convs; i++) {
+        bench_conv_id(w->plan, w->share->c0 + d->convs[i].conv, conv, sizeof conv);
+        if (len + strlen(conv) + 8 >= FRAME_MAX) {
+            d->fail_why = "too many conversations for one CONNECT";
+            return;
+        }
+        len += (size_t)snprintf(w->frame + len, FRAME_MAX - len, "%s\"%s\"", i ? "," : "", conv);
+    }
+    len += (size_t)snprintf(w->frame + len, FRAME_MAX - len, "]}");
+    bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, w->frame, len);
+    mark_dirty(w, d);
+    d->pstage = PS_SIO_CONN;
+}
+
+static void sio_frame(worker *w, device *d, const char *data, size_t len, int64_t now)
+{
+    bench_sio_packet pk;
+    if (!bench_sio_parse(data, len, &pk)) {
+        w->r.bad_frames++;
+        problem(w, "connection %u: a frame that is not a Socket.IO packet: %.*s", d->n, (int)(len > 120 ? 120 : len),
+                data);
+        return;
+    }
+    switch (pk.kind) {
+    case BENCH_SIO_OPEN:
+        if (d->pstage == PS_SIO_OPEN)
+            sio_connect(w, d);
+        break;
+    case BENCH_SIO_PING:
+        bench_ws_queue(&d->ws, BENCH_WS_OP_TEXT, "3", 1);
+        mark_dirty(w, d);
+        break;
+    case BENCH_SIO_CONNECTED:
+        if (d->pstage == PS_SIO_CONN) {
+            d->pstage = PS_READY;
+            on_hello(w, d, now);
+        }
+        break;
+    case BENCH_SIO_CONNECT_ERR:
+        d->fail_why = "Socket.IO CONNECT refused";
+        break;
+    case BENCH_SIO_CLOSE:
+    case BENCH_SIO_DISCONNECT:
+        d->fail_why = "Socket.IO closed by the server";
+        break;
+    case BENCH_SIO_ACK:
+        peer_ack(w, d, pk.ack_id, now);
+        break;
+    case BENCH_SIO_EVENT: {
+        bench_json_member f[16];
+        int n = pk.data ? bench_json_scan(pk.data, pk.data_len, f, 16) : -1;
+        const bench_json_member *body = n > 0 ? bench_json_get(f, n, "body") : NULL;
+        if (pk.name_len != 3 || memcmp(pk.name, "msg", 3) != 0 || body == NULL || body->kind != BENCH_JSON_STRING) {
+            w->r.unexpected_frames++;
+            break;
+        }
+        peer_delivery(w, d, cmid_index(w, bench_json_get(f, n, "cmid")), body->val, body->val_len, now);
+        break;
+    }
+    default:
+        w->r.unexpected_frames++;
+        break;
+    }
+}
+
 typedef struct read_ctx {
     worker *w;
     device *d;
@@ -949,6 +1326,15 @@ static void on_message(void *ctx, int opcode, const char *data, size_t len)
     worker *w = rc->w;
     if (opcode != BENCH_WS_OP_TEXT) {
         w->r.bad_frames++;
+        return;
+    }
+    if (w->plan->proto != BENCH_PROTO_CHAT) {
+        if (rc->d->fail_why == NULL) {
+            if (w->plan->proto == BENCH_PROTO_XMPP)
+                xmpp_frame(w, rc->d, data, len, rc->now);
+            else
+                sio_frame(w, rc->d, data, len, rc->now);
+        }
         return;
     }
     bench_json_member f[24];
@@ -999,18 +1385,31 @@ static void on_socket(worker *w, device *d, uint32_t events, int64_t now)
     if (d->ws.state == BENCH_WS_CONNECTING) {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
-        uint32_t u = d->user;
-        if (bench_ws_upgrade(&d->ws, w->plan->gateway_host[d->n % (uint32_t)w->plan->n_gateways], w->users[u].target) !=
-            CHAT_OK) {
+        const bench_plan *p = w->plan;
+        const char *target = p->proto == BENCH_PROTO_CHAT ? w->users[d->user].target : p->opts.ws_path;
+        if (bench_ws_upgrade(&d->ws, p->gateway_host[d->n % (uint32_t)p->n_gateways], target,
+                             p->proto == BENCH_PROTO_XMPP ? "xmpp" : NULL) != CHAT_OK) {
             connect_failed(w, d, d->ws.why);
             return;
         }
+        d->pstage = p->proto == BENCH_PROTO_XMPP ? PS_WS : p->proto == BENCH_PROTO_SOCKETIO ? PS_SIO_OPEN : PS_NONE;
+        d->fail_why = NULL;
+        d->in_stanzas = d->acked_out = 0;
+        d->fifo_head = d->fifo_len = 0;
         mark_dirty(w, d);
         return;
     }
     if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
         read_ctx rc = {w, d, now};
         bench_ws_event ev = bench_ws_read(&d->ws, w->scratch, SCRATCH_SIZE, on_message, &rc);
+        if (d->fail_why) { /* a peer refused the log-in, or closed the stream */
+            d->ws.why = d->fail_why;
+            d->fail_why = NULL;
+            lost(w, d);
+            return;
+        }
+        if (ev == BENCH_WS_AGAIN && d->pstage == PS_WS && d->ws.state == BENCH_WS_OPEN)
+            xmpp_start(w, d);
         if (ev == BENCH_WS_REFUSED || ev == BENCH_WS_BROKEN || (ev == BENCH_WS_EOF && d->phase == DEV_CONNECTING)) {
             if (ev == BENCH_WS_BROKEN && d->phase == DEV_OPEN) {
                 w->r.protocol_errors++;
@@ -1241,6 +1640,33 @@ static void arm(worker *w, int64_t at)
     w->armed_ns = at;
 }
 
+/* Peers: every sent message must be at every counted device of its members (without echo,
+ * not at the sender's user's own devices). */
+static void peer_missing(worker *w)
+{
+    const bench_plan *p = w->plan;
+    for (uint64_t k = 0; k < w->next_msg; k++) {
+        const bench_msg *m = &w->msgs[k];
+        if (m->state != MSG_SENT && m->state != MSG_ACKED)
+            continue;
+        uint32_t lc = (uint32_t)(k % w->n_convs), c = w->share->c0 + lc;
+        uint32_t seq = (uint32_t)(k / w->n_convs) + 1, from = w->devs[m->dev].user;
+        for (uint32_t i = p->conv_first[c]; i < p->conv_first[c + 1]; i++) {
+            const user_state *us = &w->users[p->member_of[i] - w->share->u0];
+            if (!p->echo && p->member_of[i] - w->share->u0 == from)
+                continue;
+            for (uint32_t j = 0; j < us->n_devices; j++) {
+                device *d = &w->devs[us->devices[j]];
+                dev_conv *dc = find_dev_conv(d, lc);
+                if (!d->counted || dc == NULL || has_seq(dc, seq))
+                    continue;
+                w->r.missing_deliveries++;
+                problem(w, "connection %u never got p%d-%" PRIu64, d->n, w->proc, k);
+            }
+        }
+    }
+}
+
 static void finish(worker *w)
 {
     bench_result *r = &w->r;
@@ -1250,6 +1676,10 @@ static void finish(worker *w)
             r->unacked++;
     if (r->unacked)
         problem(w, "%" PRIu64 " sent messages never acked", r->unacked);
+    if (w->plan->proto != BENCH_PROTO_CHAT) {
+        peer_missing(w);
+        return;
+    }
     for (uint32_t j = 0; j < w->n_devs; j++) {
         device *d = &w->devs[j];
         if (!d->counted)
@@ -1283,6 +1713,7 @@ static void worker_free(worker *w)
             free(d->convs[i].bits);
         free(d->convs);
         free(d->resend);
+        free(d->fifo);
     }
     for (uint32_t u = 0; u < w->n_users; u++) {
         free(w->users[u].convs);

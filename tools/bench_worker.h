@@ -46,6 +46,8 @@ typedef struct bench_result {
     uint64_t gap_seqs;      /* seqs skipped by those gaps */
     uint64_t sync_holes;    /* seqs still missing right after a synced */
     uint64_t body_mismatch; /* a delivery whose body does not match its cmid */
+    uint64_t cross_sender_reorders; /* peers: a message arrived after a later one of another sender
+                                       (a relay promises no order across senders; not a failure) */
     uint64_t bad_frames, unexpected_frames, protocol_errors;
     /* drop and reconnect */
     uint64_t dropped, reconnected, synced, sync_retries, unsynced;

@@ -102,7 +102,7 @@ chat_status bench_ws_connect(bench_ws *ws, const struct sockaddr_in *dst, const 
     return CHAT_OK;
 }
 
-chat_status bench_ws_upgrade(bench_ws *ws, const char *host, const char *target)
+chat_status bench_ws_upgrade(bench_ws *ws, const char *host, const char *target, const char *protocol)
 {
     int err = 0;
     socklen_t len = sizeof err;
@@ -125,15 +125,18 @@ chat_status bench_ws_upgrade(bench_ws *ws, const char *host, const char *target)
     SHA1((const unsigned char *)concat, strlen(concat), sha);
     base64(sha, sizeof sha, ws->accept);
 
+    ws->protocol = protocol;
+    const char *ph = protocol ? "Sec-WebSocket-Protocol: " : "", *pv = protocol ? protocol : "",
+               *pe = protocol ? "\r\n" : "";
     int n = snprintf(NULL, 0,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     target, host, key);
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
+                     target, host, key, ph, pv, pe);
     grow(&ws->tx, &ws->tx_cap, ws->tx_len + (size_t)n + 1);
     snprintf(ws->tx + ws->tx_len, (size_t)n + 1,
              "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-             target, host, key);
+             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
+             target, host, key, ph, pv, pe);
     ws->tx_len += (uint32_t)n;
     ws->state = BENCH_WS_UPGRADING;
     return CHAT_OK;
@@ -198,6 +201,12 @@ static bench_ws_event parse_head(bench_ws *ws, const char *buf, size_t len, size
     if (!header_value(buf, (size_t)(end - buf), "Sec-WebSocket-Accept", accept, sizeof accept) ||
         strcmp(accept, ws->accept) != 0) {
         ws->why = "101 without the right Sec-WebSocket-Accept";
+        return BENCH_WS_BROKEN;
+    }
+    char proto[64];
+    if (ws->protocol && (!header_value(buf, (size_t)(end - buf), "Sec-WebSocket-Protocol", proto, sizeof proto) ||
+                         strcasecmp(proto, ws->protocol) != 0)) {
+        ws->why = "101 without the subprotocol asked for";
         return BENCH_WS_BROKEN;
     }
     *used = (size_t)(end - buf);

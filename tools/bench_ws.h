@@ -50,6 +50,7 @@ typedef struct bench_ws {
     char *frag;
     uint32_t frag_len, frag_cap;
     char accept[32]; /* the Sec-WebSocket-Accept we expect */
+    const char *protocol; /* the subprotocol asked for (static), or NULL */
     const char *why; /* static text about the last failure */
 } bench_ws;
 
@@ -64,9 +65,10 @@ typedef void (*bench_ws_message_fn)(void *ctx, int opcode, const char *data, siz
 chat_status bench_ws_connect(bench_ws *ws, const struct sockaddr_in *dst, const struct sockaddr_in *src);
 
 /* On the first EPOLLOUT of a CONNECTING socket: checks that connect succeeded and queues the
- * upgrade request GET <target> (path and query) with Host: host. CHAT_OK (state UPGRADING; call
+ * upgrade request GET <target> (path and query) with Host: host, and Sec-WebSocket-Protocol:
+ * protocol unless it is NULL (then the answer must name it too). CHAT_OK (state UPGRADING; call
  * bench_ws_flush) or CHAT_ERR_IO (connect failed, why says so). */
-chat_status bench_ws_upgrade(bench_ws *ws, const char *host, const char *target);
+chat_status bench_ws_upgrade(bench_ws *ws, const char *host, const char *target, const char *protocol);
 
 /* Reads what the socket has (at most a few chunks, so one busy connection cannot starve the
  * others) through scratch (scratch_size bytes, at least 64 KiB), parses the upgrade answer and

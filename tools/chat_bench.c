@@ -29,7 +29,8 @@ static const char *usage =
     "  SCENARIO: a file of key=value lines, or a name in bench/scenarios/ (smoke, one_to_one_7k, ...).\n"
     "  Creates the conversations over NATS (chat.api.v1.conv.create), opens the connections, sends open\n"
     "  loop at --rate for --duration, checks every ack and delivery (lost, duplicated, out of order, gaps)\n"
-    "  and prints a summary (--json FILE for the JSON). Exit 0 when every check passed, 1 when one failed.";
+    "  and prints a summary (--json FILE for the JSON). Exit 0 when every check passed, 1 when one failed.\n"
+    "  --proto xmpp|socketio drives a peer instead (ejabberd over XMPP-over-WebSocket, a Socket.IO relay).";
 
 typedef struct child {
     pid_t pid;
@@ -272,12 +273,15 @@ int main(int argc, char **argv)
     bench_report rep;
     memset(&rep, 0, sizeof rep);
     bench_result_init(&rep.r);
-    fprintf(stderr, "chat-bench: %s: %u users, %u conversations, %u connections, %d process%s, run %s\n",
+    fprintf(stderr, "chat-bench: %s: %u users, %u conversations, %u connections, %d process%s, run %s, proto %s\n",
             plan.opts.scenario, plan.n_users, plan.n_convs, plan.n_conns, plan.n_procs, plan.n_procs == 1 ? "" : "es",
-            plan.run_id);
+            plan.run_id, plan.opts.proto);
 
     int64_t t = chat_mono_ns();
-    if (bench_setup_conversations(&plan, &rep.convs_created, err, sizeof err) != CHAT_OK) {
+    /* the peers have no conversations to create: XMPP users exist beforehand (bench/run creates
+     * them in ejabberd's database), the Socket.IO relay takes them from the CONNECT */
+    if (plan.proto == BENCH_PROTO_CHAT &&
+        bench_setup_conversations(&plan, &rep.convs_created, err, sizeof err) != CHAT_OK) {
         fprintf(stderr, "chat-bench: set-up: %s\n", err);
         bench_plan_free(&plan);
         chat_cfg_free(&cfg);

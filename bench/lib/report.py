@@ -1,0 +1,760 @@
+#!/usr/bin/env python3
+"""bench/run's arithmetic and its page (docs/benchmarks.md). Standard library only.
+
+    report.py verdict RUN.json          one line about one chat-bench run
+    report.py sustained RUN.json        exit 0 when the run was sustained (see SUSTAINED_P99_MS)
+    report.py capacity RESULTS SYSTEM   the median over the ladders of SYSTEM's highest sustained rate
+    report.py page RESULTS OUT.md       the page, from everything bench/run left in RESULTS
+"""
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+SUSTAINED_P99_MS = 250.0  # a ladder step is sustained when nothing is lost and p99 delivery stays below this
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ loading
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def lat(j, which, q):
+    try:
+        return j["latency_ms"][which][q]
+    except (KeyError, TypeError):
+        return None
+
+
+def sustained(j):
+    if not j or not j.get("ok"):
+        return False
+    if j["connections"]["failed"] or j["send"]["sent"] == 0:
+        return False
+    p99 = lat(j, "send_to_delivery", "p99")
+    return p99 is not None and p99 <= SUSTAINED_P99_MS
+
+
+def verdict(j):
+    if j is None:
+        return "no JSON (chat-bench failed before its report; see its log)"
+    s = "PASS" if j.get("ok") else "FAIL"
+    parts = [s]
+    rate = j["params"]["rate"]
+    if rate > 0:
+        parts.append("offered %g/s acked %.0f/s" % (rate, j["throughput"]["acked_per_s"]))
+        parts.append("p50/p99 ack %s/%s ms" % (fmt_ms(lat(j, "send_to_ack", "p50")), fmt_ms(lat(j, "send_to_ack", "p99"))))
+        parts.append("delivery %s/%s ms" % (fmt_ms(lat(j, "send_to_delivery", "p50")),
+                                            fmt_ms(lat(j, "send_to_delivery", "p99"))))
+        parts.append("lost %d" % j["lost"])
+    c = j["connections"]
+    parts.append("conns %d/%d" % (c["open"], c["target"]))
+    rss = j.get("gateway_rss", {})
+    if "per_connection_kib" in rss:
+        parts.append("%.2f KiB/conn" % rss["per_connection_kib"])
+    if j.get("reconnect", {}).get("dropped"):
+        parts.append("resync %.2f s" % j["reconnect"]["seconds"])
+    if not j.get("ok"):
+        parts.append("(%s)" % j.get("problem", "")[:120])
+    return " ".join(parts)
+
+
+def fmt_ms(v):
+    if v is None:
+        return "-"
+    if v >= 100:
+        return "%.0f" % v
+    if v >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def fmt_rate(v):
+    if v is None:
+        return "-"
+    return "{:,.0f}".format(v)
+
+
+def med(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return statistics.median(v)
+
+
+# ------------------------------------------------------------------ the results directory
+
+class Results:
+    def __init__(self, d):
+        self.dir = d
+        self.runs = []
+        try:
+            with open(os.path.join(d, "runs.jsonl")) as f:
+                for line in f:
+                    line = line.strip()
+                    if line:
+                        r = json.loads(line)
+                        r["j"] = load(os.path.join(d, r["json"]))
+                        self.runs.append(r)
+        except OSError:
+            pass
+        self.machine = {}
+        try:
+            with open(os.path.join(d, "machine.txt")) as f:
+                for line in f:
+                    k, _, v = line.rstrip("\n").partition("=")
+                    self.machine[k] = v
+        except OSError:
+            pass
+
+    def of(self, row, system=None):
+        return [r for r in self.runs if r["row"] == row and (system is None or r["system"] == system)]
+
+    def systems(self, row):
+        seen = []
+        for r in self.runs:
+            if r["row"] == row and r["system"] not in seen:
+                seen.append(r["system"])
+        return seen
+
+    def ladder_caps(self, system):
+        """Highest sustained rate of each ladder repetition of system (0: not even the first)."""
+        caps = {}
+        for r in self.of("ladder", system):
+            rep = r["rep"]
+            caps.setdefault(rep, 0)
+            if sustained(r["j"]):
+                caps[rep] = max(caps[rep], r["rate"])
+        return [caps[k] for k in sorted(caps)]
+
+    def capacity(self, system):
+        caps = self.ladder_caps(system)
+        return statistics.median_low(caps) if caps else None
+
+    def samples(self, run):
+        out = []
+        try:
+            with open(os.path.join(self.dir, run["samples"])) as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass
+        except OSError:
+            pass
+        return out
+
+
+# ------------------------------------------------------------------ CPU and metrics over the send window
+
+def window(j):
+    u = j.get("unix_ms") or {}
+    start = u.get("send_start")
+    end = max([x for x in (u.get("send_end"), u.get("last_ack"), u.get("last_delivery")) if x] or [0])
+    if not start or not end or end <= start:
+        return None
+    return start / 1000.0, end / 1000.0
+
+
+def nearest(samples, t, after):
+    best = None
+    for s in samples:
+        if after and s["t"] >= t:
+            return s
+        if not after and s["t"] <= t:
+            best = s
+    return best if not after else (samples[-1] if samples else None)
+
+
+def cpu_breakdown(res, run):
+    """{group: cores used} over the send window, plus machine busy cores, and seconds."""
+    j = run["j"]
+    w = window(j) if j else None
+    smp = res.samples(run)
+    if not w or len(smp) < 2:
+        return None
+    a, b = nearest(smp, w[0], False) or smp[0], nearest(smp, w[1], True)
+    if b is None or b["t"] <= a["t"]:
+        return None
+    secs = b["t"] - a["t"]
+    out = {"seconds": secs, "groups": {}}
+    inside = [x for x in smp if a["t"] < x["t"] <= b["t"]]
+    for g, t0 in a["cpu"].items():
+        # the last sample of the window in which the group was still there (a process group that
+        # ends, chat-bench at its end, drops out of the samples rather than count as 0)
+        last = None
+        for x in inside:
+            if x["cpu"].get(g, -1) >= t0:
+                last = x
+        if last is None or last["t"] <= a["t"]:
+            continue
+        out["groups"][g] = (last["cpu"][g] - t0) / CLK_TCK / (last["t"] - a["t"])
+    for extra in ("gateway1", "gateway2"):  # the extra gateways of a run count as the gateway
+        if extra in out["groups"]:
+            out["groups"]["gateway"] = out["groups"].get("gateway", 0.0) + out["groups"].pop(extra)
+    busy = (b["machine"]["busy"] - a["machine"]["busy"]) / CLK_TCK / secs
+    out["machine"] = busy
+    out["other"] = max(0.0, busy - sum(out["groups"].values()))
+    pend = [s.get("metrics", {}).get("pending") for s in smp if w[0] - 1 <= s["t"] <= w[1] + 1]
+    pend = [p for p in pend if p is not None]
+    out["pending_max"] = max(pend) if pend else None
+    ha, hb = a.get("metrics", {}).get("hist", {}), b.get("metrics", {}).get("hist", {})
+    out["hist"] = {}
+    for name, buckets in hb.items():
+        if name in ha:
+            out["hist"][name] = hist_delta(ha[name], buckets)
+    ca, cb = a.get("metrics", {}).get("counters", {}), b.get("metrics", {}).get("counters", {})
+    out["counters"] = {k: cb[k] - ca.get(k, 0) for k in cb}
+    return out
+
+
+def hist_delta(a, b):
+    les = []
+    for k in b:
+        if k == "sum":
+            continue
+        les.append((math.inf if k == "+Inf" else float(k), b[k] - a.get(k, 0)))
+    les.sort()
+    if not les:
+        return None
+    count = les[-1][1]
+    if count <= 0:
+        return {"count": 0}
+    s = b.get("sum", 0) - a.get("sum", 0)
+
+    def q(p):
+        want = p * count
+        prev_le, prev_c = 0.0, 0.0
+        for le, c in les:
+            if c >= want:
+                if le == math.inf:
+                    return prev_le * 1000
+                # linear inside the bucket
+                frac = (want - prev_c) / (c - prev_c) if c > prev_c else 1
+                return (prev_le + (le - prev_le) * frac) * 1000
+            prev_le, prev_c = le, c
+        return prev_le * 1000
+
+    return {"count": count, "mean_ms": s / count * 1000, "p50_ms": q(0.5), "p99_ms": q(0.99)}
+
+
+# ------------------------------------------------------------------ perf
+
+def perf_comm(res, run):
+    path = os.path.join(res.dir, run["id"] + ".perf-comm.txt")
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"\s+([\d.]+)%\s+(\S.*?)\s*$", line)
+                if m:
+                    out.append((float(m.group(1)), m.group(2)))
+    except OSError:
+        return None
+    return out
+
+
+def perf_syms(res, run, comms, n=8):
+    path = os.path.join(res.dir, run["id"] + ".perf-sym.txt")
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+(\S+)\s+\[[.k]\]\s+(.*?)\s*$", line)
+                if not m:
+                    continue
+                comm = m.group(2)
+                key = next((c for c in comms if comm.startswith(c[:15])), None)
+                if key is None:
+                    continue
+                lst = out.setdefault(key, [])
+                if len(lst) < n:
+                    lst.append((float(m.group(1)), m.group(3), m.group(4)))
+    except OSError:
+        return None
+    return out
+
+
+# ------------------------------------------------------------------ the page
+
+LABEL = {
+    "platform-always": "this platform, CHAT_NATS_SYNC=always",
+    "ejabberd": "ejabberd 23.01 (MAM + offline in PostgreSQL)",
+    "socketio": "Socket.IO 4.8 relay (nothing stored)",
+}
+
+
+def label(system):
+    if system in LABEL:
+        return LABEL[system]
+    if system.startswith("platform-"):
+        return "this platform, CHAT_NATS_SYNC=" + system[9:]
+    return system
+
+
+def short_cmd(run):
+    return "`" + run["cmd"].replace("|", "\\|") + "`"
+
+
+def page(resdir, out_path):
+    res = Results(resdir)
+    m = res.machine
+    quick = m.get("quick") == "1"
+    runs_n = m.get("runs", "3")
+    fast = m.get("sync_fast", "1s")
+    L = []
+    w = L.append
+    w("# Benchmarks")
+    w("")
+    w("Written by `bench/run` (issue 7); do not edit by hand: run `%s` again. The last sections "
+      "(\"What to change\") come from `bench/findings.md`, written by hand from measurements." % m.get("argv", "bench/run").strip())
+    w("")
+    if m.get("incomplete"):
+        w("**This run did not finish (%s): the tables hold the rows done before it stopped.**" % m["incomplete"])
+        w("")
+    if quick:
+        w("**This page comes from a `--quick` run: one run of each row, short phases and fewer connections "
+          "than the targets name (shown in each command). It shows that the bench works end to end and the "
+          "order of magnitude; the targets are judged only by a full `bench/run`.**")
+        w("")
+    w("## The machine and the run")
+    w("")
+    w("| | |")
+    w("| --- | --- |")
+    w("| date | %s |" % m.get("date", "?"))
+    w("| CPU | %s, **%s cores** (%s) |" % (m.get("cpu", "?"), m.get("cores", "?"),
+                                           "virtual machine" if m.get("virt", "none") not in ("none", "") else "bare metal"))
+    w("| memory | %s GiB; kernel %s; %s |" % (m.get("memory_gib", "?"), m.get("kernel", "?"), m.get("os", "?")))
+    w("| load average | %s at the start, %s at the end |" % (m.get("loadavg_start", "?"), m.get("loadavg_end", "?")))
+    w("| software | %s; %s; Redis %s; ejabberd %s (Erlang %s, erlang-p1-pgsql %s); node %s, socket.io %s |" % (
+        m.get("nats", "?"), m.get("postgres", "?"), m.get("redis", "?"), m.get("ejabberd", "?"), m.get("erlang", "?"),
+        m.get("p1_pgsql", "?"), m.get("node", "?"), m.get("socketio", "?")))
+    w("| code | git %s, built RelWithDebInfo (-O2 -g) into build-bench |" % m.get("git", "?"))
+    w("| runs | %s of each row%s; the tables show medians |" % (runs_n, " (quick)" if quick else ""))
+    w("| profiler | perf, cpu-clock sampling of every process (hardware counters: %s) |" % (
+        "available" if m.get("perf_counters") == "yes" else "not available in this VM"))
+    w("")
+    others = []
+    for r in res.runs:
+        cb = cpu_breakdown(res, r) if r["j"] else None
+        if cb:
+            others.append(cb["other"])
+    w("Everything runs on this one machine: broker, database, Redis, gateway, workers, the peers and the "
+      "load generator (chat-bench), on loopback. **The machine was shared with other engineers' work while "
+      "this ran**: over the send phases, processes that were not part of the bench used a median of %s "
+      "cores (max %s) of the %s, measured from /proc/stat minus every process of the bench. The numbers are "
+      "therefore noisy and lower than on an idle machine; ratios between systems are measured within the "
+      "same run, systems interleaved (the ladder runs each system once per round), so they share that noise." % (
+          "%.2f" % med(others) if others else "?", "%.2f" % max(others) if others else "?", m.get("cores", "?")))
+    w("")
+
+    # ---------------- capacity ladder
+    ladder_systems = res.systems("ladder")
+    caps = {s: res.capacity(s) for s in ladder_systems}
+    w("## Sustained throughput: the ladder")
+    w("")
+    lr = res.of("ladder")
+    if lr:
+        conns = lr[0]["j"]["params"]["connections"] if lr[0]["j"] else "?"
+        dur = lr[0]["j"]["params"]["duration"] if lr[0]["j"] else "?"
+        w("1:1 conversations, %s connections (one per user, %s conversations), open-loop sends at rising "
+          "rates, %s s per step; a step is **sustained** when every message is acked and delivered within "
+          "the drain and p99 send-to-delivery stays under %d ms (a queue that does not grow). A step that "
+          "is not is run once more (a burst of other load on the shared machine is not the system's "
+          "capacity); the ladder stops at the first step that fails twice; each system starts fresh for "
+          "each ladder. "
+          "Capacity = the highest sustained rate, median of %s ladders." % (
+              conns, conns // 2 if isinstance(conns, int) else "?", dur, SUSTAINED_P99_MS, runs_n))
+        w("")
+        rates = sorted({r["rate"] for r in lr})
+        w("| system | capacity (msg/s) | ladders | " + " | ".join(fmt_rate(x) for x in rates) + " |")
+        w("| --- | --- | --- | " + " | ".join("---" for _ in rates) + " |")
+        for s in ladder_systems:
+            cells = []
+            for rate in rates:
+                rs = [r for r in res.of("ladder", s) if r["rate"] == rate and r["j"]]
+                if not rs:
+                    cells.append("")
+                    continue
+                ok = sum(1 for r in rs if sustained(r["j"]))
+                acked = med([r["j"]["throughput"]["acked_per_s"] for r in rs])
+                p99 = med([lat(r["j"], "send_to_delivery", "p99") for r in rs])
+                cells.append("%s %s/s p99 %s" % ("ok" if ok == len(rs) else "%d/%d ok" % (ok, len(rs)) if ok else "**no**",
+                                                 fmt_rate(acked), fmt_ms(p99)))
+            w("| %s | **%s** | %s | %s |" % (label(s), fmt_rate(caps[s]),
+                                           ", ".join(fmt_rate(c) for c in res.ladder_caps(s)), " | ".join(cells)))
+        w("")
+        w("Each cell: sustained or not, acked messages/s achieved, p99 send-to-delivery in ms (medians of the "
+          "runs of that step; an empty cell: the ladders stopped before it). The command of a step, ejabberd: " + next((short_cmd(r) for r in lr if r["system"] == "ejabberd"), "-") + "; the "
+          "platform's: " + next((short_cmd(r) for r in lr if r["system"].startswith("platform")), "-") + ".")
+        w("")
+        ej = caps.get("ejabberd")
+        if ej:
+            w("Ratios against ejabberd measured in the same run: " + ", ".join(
+                "%s %.1fx" % (label(s), caps[s] / ej) for s in ladder_systems if s != "ejabberd" and caps[s]) + ".")
+            w("")
+        # equal load: highest rate every system sustained in every ladder
+        common = None
+        for rate in rates:
+            if all(any(r["rate"] == rate and sustained(r["j"]) for r in res.of("ladder", s)) for s in ladder_systems):
+                common = rate
+        if common:
+            w("### Same load: %s msg/s (the highest rate every system sustained)" % fmt_rate(common))
+            w("")
+            w("| system | send-to-ack p50 / p99 (ms) | send-to-delivery p50 / p99 / p99.9 (ms) | what the ack means |")
+            w("| --- | --- | --- | --- |")
+            meaning = {"ejabberd": "XEP-0198 `<a/>`: the stanza was handled (archived by MAM in PostgreSQL and routed)",
+                       "socketio": "Socket.IO ack: relayed (nothing stored)"}
+            for s in ladder_systems:
+                rs = [r["j"] for r in res.of("ladder", s) if r["rate"] == common and r["j"]]
+                w("| %s | %s / %s | %s / %s / %s | %s |" % (
+                    label(s), fmt_ms(med([lat(j, "send_to_ack", "p50") for j in rs])),
+                    fmt_ms(med([lat(j, "send_to_ack", "p99") for j in rs])),
+                    fmt_ms(med([lat(j, "send_to_delivery", "p50") for j in rs])),
+                    fmt_ms(med([lat(j, "send_to_delivery", "p99") for j in rs])),
+                    fmt_ms(med([lat(j, "send_to_delivery", "p99_9") for j in rs])),
+                    meaning.get(s, "committed to PostgreSQL (synchronous_commit=on), then fanned out")))
+            w("")
+    else:
+        w("(not run)")
+        w("")
+
+    # ---------------- memory per connection
+    pm = res.of("peermem")
+    if pm:
+        w("## Memory per idle connection")
+        w("")
+        n = pm[0]["j"]["params"]["connections"] if pm[0]["j"] else "?"
+        w("%s idle connections, opened on a freshly started server; the server's RSS growth over the ramp "
+          "divided by the connections (VmRSS of the gateway / ejabberd's beam.smp / node)." % fmt_rate(n))
+        w("")
+        w("| system | KiB per connection | connect p50 / p99 (ms) | command |")
+        w("| --- | --- | --- | --- |")
+        per = {}
+        for s in res.systems("peermem"):
+            rs = [r for r in res.of("peermem", s) if r["j"]]
+            per[s] = med([r["j"]["gateway_rss"].get("per_connection_kib") for r in rs])
+            w("| %s | **%s** | %s / %s | %s |" % (
+                label(s), "%.2f" % per[s] if per[s] is not None else "-",
+                fmt_ms(med([r["j"]["connections"]["connect_ms"]["p50"] for r in rs])),
+                fmt_ms(med([r["j"]["connections"]["connect_ms"]["p99"] for r in rs])),
+                short_cmd(rs[0]) if rs else "-"))
+        w("")
+        if per.get("ejabberd") and per.get("platform-always"):
+            w("The platform's gateway holds a connection in %.1f%% of ejabberd's memory (1/%.0f)." % (
+                100 * per["platform-always"] / per["ejabberd"], per["ejabberd"] / per["platform-always"]))
+            w("")
+
+    # ---------------- target rows
+    w("## The targets")
+    w("")
+    w("| target | measured (median of %s) | met? |" % runs_n)
+    w("| --- | --- | --- |")
+    targets(res, caps, w, fast)
+    w("")
+    rows_detail(res, w)
+    where_time(res, w, fast)
+    durability(w, fast)
+    findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "findings.md")
+    try:
+        with open(findings) as f:
+            w(f.read().rstrip("\n"))
+            w("")
+    except OSError:
+        pass
+    w("## Raw results")
+    w("")
+    w("`%s` holds each run's chat-bench JSON and log, one sample a second of every process's CPU and RSS and "
+      "of the platform's metrics (`*.samples.jsonl`), the perf reports and the stacks' logs." % resdir)
+    w("")
+    with open(out_path, "w") as f:
+        f.write("\n".join(L))
+
+
+def row_med(runs, f):
+    return med([f(r["j"]) for r in runs if r["j"]])
+
+
+def passed(runs):
+    return sum(1 for r in runs if r["j"] and r["j"].get("ok")), len(runs)
+
+
+def step_failed(res, r):
+    """A ladder run that was not sustained, and neither was the other try of its step."""
+    if not r["j"] or sustained(r["j"]):
+        return False
+    return not any(o["rep"] == r["rep"] and o["rate"] == r["rate"] and sustained(o["j"])
+                   for o in res.of("ladder", r["system"]))
+
+
+def evidence(res, system):
+    """What the first failing ladder step of system measured: where the CPU went, the broker."""
+    fails = sorted([r for r in res.of("ladder", system) if step_failed(res, r)], key=lambda r: r["rate"])
+    for r in fails:
+        cb = cpu_breakdown(res, r)
+        if not cb:
+            continue
+        top = sorted(cb["groups"].items(), key=lambda kv: -kv[1])[:3]
+        s = "at the first step not sustained (%s msg/s offered, %s acked/s): machine busy %.2f of %s cores " \
+            "(others %.2f), most CPU: %s" % (
+                fmt_rate(r["rate"]), fmt_rate(r["j"]["throughput"]["acked_per_s"]), cb["machine"],
+                res.machine.get("cores", "?"), cb["other"], ", ".join("%s %.2f" % kv for kv in top))
+        pa = cb["hist"].get("chat_gateway_publish_ack_seconds")
+        if pa and pa.get("count"):
+            s += "; broker PubAck p99 %s ms" % fmt_ms(pa["p99_ms"])
+        fc = cb["hist"].get("chat_ingest_fetch_to_commit_seconds")
+        if fc and fc.get("count"):
+            s += ", fetch→commit p99 %s ms" % fmt_ms(fc["p99_ms"])
+        if cb.get("pending_max") is not None:
+            s += ", CHAT_IN backlog up to %s" % fmt_rate(cb["pending_max"])
+        return s
+    return None
+
+
+def targets(res, caps, w, fast):
+    for s in res.systems("sustained"):
+        rs = res.of("sustained", s)
+        ok, n = passed(rs)
+        rate = rs[0]["rate"]
+        acked = row_med(rs, lambda j: j["throughput"]["acked_per_s"])
+        p99 = row_med(rs, lambda j: lat(j, "send_to_delivery", "p99"))
+        lost = row_med(rs, lambda j: j["lost"])
+        ooo = row_med(rs, lambda j: j["checks"]["out_of_order"])
+        dur = rs[0]["j"]["params"]["duration"] if rs[0]["j"] else "?"
+        conns = rs[0]["j"]["params"]["connections"] if rs[0]["j"] else "?"
+        met = rate >= 20000 and ok == n and p99 is not None and p99 < 50 and acked >= 19800
+        why = ""
+        if not met:
+            ev = evidence(res, s)
+            why = (" — not met: the ladder's sustained capacity is %s msg/s, so this row ran at that rate; %s" % (
+                fmt_rate(caps.get(s)), ev or "see \"Where the time goes\"") if rate < 20000 else " — not met")
+        w("| 1:1 sustained %s s, >= 20,000 msg/s, 0 lost, 0 out of order, p99 < 50 ms (%s) | %s msg/s offered on %s "
+          "connections: %s acked/s, p99 delivery %s ms, lost %s, out of order %s; %d/%d runs passed the checks | %s%s |" % (
+              dur, label(s), fmt_rate(rate), fmt_rate(conns), fmt_rate(acked), fmt_ms(p99), fmt_rate(lost),
+              fmt_rate(ooo), ok, n, "**yes**" if met else "**no**", why))
+    for s in res.systems("latency7k"):
+        rs = res.of("latency7k", s)
+        ok, n = passed(rs)
+        p50 = row_med(rs, lambda j: lat(j, "send_to_delivery", "p50"))
+        p99 = row_med(rs, lambda j: lat(j, "send_to_delivery", "p99"))
+        acked = row_med(rs, lambda j: j["throughput"]["acked_per_s"])
+        met = p50 is not None and p50 < 5 and p99 < 25 and ok == n
+        w("| 1:1 at 7,000 msg/s: p50 < 5 ms, p99 < 25 ms (%s) | p50 %s ms, p99 %s ms, %s acked/s; %d/%d passed | %s |" % (
+            label(s), fmt_ms(p50), fmt_ms(p99), fmt_rate(acked), ok, n,
+            "**yes**" if met else "**no**" + (" (above the sustained capacity, %s msg/s)" % fmt_rate(caps.get(s))
+                                             if caps.get(s) and caps[s] < 7000 else "")))
+    for s in res.systems("idle"):
+        rs = res.of("idle", s)
+        ok, n = passed(rs)
+        kib = row_med(rs, lambda j: j["gateway_rss"].get("per_connection_kib"))
+        opened = row_med(rs, lambda j: j["connections"]["open"])
+        target = row_med(rs, lambda j: j["connections"]["target"])
+        met = kib is not None and kib <= 4 and opened == target and target >= 18000
+        w("| idle: 18,000 held on one gateway, RSS growth <= 4 KiB per connection | %s/%s held, %s KiB per connection; "
+          "%d/%d passed | %s |" % (fmt_rate(opened), fmt_rate(target), "%.2f" % kib if kib is not None else "-", ok, n,
+                                  "**yes**" if met else "**no**"))
+    for s in res.systems("reconnect"):
+        rs = res.of("reconnect", s)
+        ok, n = passed(rs)
+        j0 = rs[0]["j"]
+        secs = row_med(rs, lambda j: j["reconnect"]["seconds"])
+        held = row_med(rs, lambda j: j["connections"]["open"])
+        dropped = row_med(rs, lambda j: j["reconnect"]["dropped"])
+        lost = row_med(rs, lambda j: j["lost"])
+        gws = len(j0["gateways"]) if j0 else 0
+        met = ok == n and secs is not None and secs <= 15 and held >= 50000 and dropped >= 10000
+        w("| 50,000 across 3 gateways, 10,000 dropped reconnect and sync within 15 s, nothing lost | %s held on %d "
+          "gateway%s, %s dropped, all synced in %s s, lost %s; %d/%d passed | %s |" % (
+              fmt_rate(held), gws, "" if gws == 1 else "s", fmt_rate(dropped),
+              "%.2f" % secs if secs is not None else "-", fmt_rate(lost), ok, n, "**yes**" if met else "**no**"))
+    for s in res.systems("groups"):
+        rs = res.of("groups", s)
+        ok, n = passed(rs)
+        p99 = row_med(rs, lambda j: lat(j, "send_to_delivery", "p99"))
+        dps = row_med(rs, lambda j: j["throughput"]["deliveries_per_s"])
+        j0 = rs[0]["j"]
+        shape = "%d groups of %d" % (j0["params"]["conversations"], j0["params"]["group_size"]) if j0 else "?"
+        met = ok == n and p99 is not None and p99 < 100 and j0 and j0["params"]["group_size"] >= 1000
+        w("| groups: 10 of 1,000, 1 msg/s each, p99 < 100 ms for 10,000 deliveries/s | %s: %s deliveries/s, p99 %s ms; "
+          "%d/%d passed | %s |" % (shape, fmt_rate(dps), fmt_ms(p99), ok, n, "**yes**" if met else "**no**"))
+    ej = caps.get("ejabberd")
+    for s in [x for x in caps if x.startswith("platform")]:
+        if not ej or not caps.get(s):
+            continue
+        ratio = caps[s] / ej
+        ev = evidence(res, "ejabberd")
+        w("| against ejabberd: >= 20x its sustained msg/s at equal or better p99 (%s) | %s vs %s msg/s: %.1fx "
+          "(ejabberd %s) | %s |" % (label(s), fmt_rate(caps[s]), fmt_rate(ej), ratio, ev or "", "**yes**" if ratio >= 20 else "**no**"))
+    pm = {s: med([r["j"]["gateway_rss"].get("per_connection_kib") for r in res.of("peermem", s) if r["j"]])
+          for s in res.systems("peermem")}
+    if pm.get("ejabberd") and pm.get("platform-always"):
+        ratio = pm["ejabberd"] / pm["platform-always"]
+        w("| against ejabberd: <= 1/20 of its memory per connection | %.2f vs %.2f KiB: 1/%.0f | %s |" % (
+            pm["platform-always"], pm["ejabberd"], ratio, "**yes**" if ratio >= 20 else "**no**"))
+
+
+def rows_detail(res, w):
+    rows = [("sustained", "1:1 sustained"), ("latency7k", "1:1 at 7,000 msg/s"), ("idle", "Idle connections"),
+            ("groups", "Groups"), ("reconnect", "Reconnect and sync")]
+    w("## Each row")
+    w("")
+    w("Medians of the runs; the exact command of each run (from `bench/scenarios/` with the flags that "
+      "win over the file; the stack's settings are those of `bench/lib/stacks.sh`).")
+    w("")
+    w("| row | system | runs passed | acked/s | deliveries/s | ack p50 / p99 | delivery p50 / p99 / max (ms) | other | command |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row, name in rows:
+        for s in res.systems(row):
+            rs = res.of(row, s)
+            ok, n = passed(rs)
+            other = ""
+            if row == "idle":
+                other = "%s KiB/conn, ramp %s s" % (
+                    "%.2f" % (row_med(rs, lambda j: j["gateway_rss"].get("per_connection_kib")) or 0),
+                    "%.1f" % (row_med(rs, lambda j: j["connections"]["ramp_s"]) or 0))
+            elif row == "reconnect":
+                other = "resync %s s (p99 per connection %s ms)" % (
+                    "%.2f" % (row_med(rs, lambda j: j["reconnect"]["seconds"]) or 0),
+                    fmt_ms(row_med(rs, lambda j: j["reconnect"]["per_connection_ms"]["p99"])))
+            else:
+                other = "late sends %s" % fmt_rate(row_med(rs, lambda j: j["send"]["late"]))
+            w("| %s | %s | %d/%d | %s | %s | %s / %s | %s / %s / %s | %s | %s |" % (
+                name, label(s), ok, n, fmt_rate(row_med(rs, lambda j: j["throughput"]["acked_per_s"])),
+                fmt_rate(row_med(rs, lambda j: j["throughput"]["deliveries_per_s"])),
+                fmt_ms(row_med(rs, lambda j: lat(j, "send_to_ack", "p50"))),
+                fmt_ms(row_med(rs, lambda j: lat(j, "send_to_ack", "p99"))),
+                fmt_ms(row_med(rs, lambda j: lat(j, "send_to_delivery", "p50"))),
+                fmt_ms(row_med(rs, lambda j: lat(j, "send_to_delivery", "p99"))),
+                fmt_ms(row_med(rs, lambda j: lat(j, "send_to_delivery", "max"))), other, short_cmd(rs[0])))
+    w("")
+    fails = [r for r in res.runs if r["j"] and not r["j"].get("ok") and r["row"] != "ladder"]
+    if fails:
+        w("Runs that failed a check (outside the ladder, where the failing step is the point):")
+        w("")
+        for r in fails:
+            w("- `%s`: %s" % (r["id"], r["j"].get("problem", "")))
+        w("")
+
+
+def where_time(res, w, fast):
+    w("## Where the time goes")
+    w("")
+    prof = res.of("profile")
+    cands = prof + [r for r in res.runs if r["row"] in ("sustained", "ladder") and r["system"].startswith("platform")]
+    w("CPU of each process over the send phase (from `/proc/<pid>/stat`, once a second; PostgreSQL is the "
+      "postmaster and all its backends), as cores used and as CPU microseconds per message acked. The last "
+      "columns are the platform's own metrics over the same window (deltas of its histograms): fetch to "
+      "commit and commit to fanout (`chat_ingest_*_seconds`), the broker's PubAck to the gateway "
+      "(`chat_gateway_publish_ack_seconds`), and the largest CHAT_IN backlog seen "
+      "(`chat_ingest_consumer_pending`, summed over partitions).")
+    w("")
+    groups = ["gateway", "worker", "nats", "postgres", "redis", "bench", "ejabberd", "relay"]
+    w("| run | msg/s acked | " + " | ".join(groups) + " | machine busy | others (not the bench) | fetch→commit mean/p99 ms | "
+      "commit→fanout mean/p99 ms | publish ack p99 ms | backlog max |")
+    w("| --- | --- | " + " | ".join("---" for _ in groups) + " | --- | --- | --- | --- | --- | --- |")
+    picked = []
+    for s in ["platform-always", "platform-" + fast, "ejabberd", "socketio"]:
+        # the profile run, and the highest sustained ladder step of each system
+        p = [r for r in prof if r["system"] == s and r["j"]]
+        lad = [r for r in res.of("ladder", s) if r["j"] and sustained(r["j"])]
+        lad.sort(key=lambda r: r["rate"])
+        fail = [r for r in res.of("ladder", s) if step_failed(res, r)]
+        fail.sort(key=lambda r: r["rate"])
+        sus = [r for r in res.of("sustained", s) if r["j"]]
+        for r in p[:1] + lad[-1:] + fail[:1] + sus[:1]:
+            picked.append(r)
+    for r in picked:
+        cb = cpu_breakdown(res, r)
+        if not cb:
+            continue
+        acked = r["j"]["throughput"]["acked_per_s"] or 1
+        cells = []
+        for g in groups:
+            v = cb["groups"].get(g)
+            cells.append("" if v is None else "%.2f (%.0f µs)" % (v, v * 1e6 / acked))
+        h = cb["hist"]
+
+        def hm(name, k):
+            x = h.get(name)
+            return fmt_ms(x[k]) if x and x.get("count") else "-"
+        w("| %s %s @%s on %s connections%s | %s | %s | %.2f | %.2f | %s / %s | %s / %s | %s | %s |" % (
+            r["row"], label(r["system"]), fmt_rate(r["rate"]), fmt_rate(r["j"]["params"]["connections"]),
+            "" if sustained(r["j"]) else " (not sustained)",
+            fmt_rate(acked), " | ".join(cells), cb["machine"], cb["other"],
+            hm("chat_ingest_fetch_to_commit_seconds", "mean_ms"), hm("chat_ingest_fetch_to_commit_seconds", "p99_ms"),
+            hm("chat_ingest_commit_to_fanout_seconds", "mean_ms"), hm("chat_ingest_commit_to_fanout_seconds", "p99_ms"),
+            hm("chat_gateway_publish_ack_seconds", "p99_ms"),
+            fmt_rate(cb["pending_max"]) if cb.get("pending_max") is not None else "-"))
+    w("")
+    w("Cells: cores used (CPU µs per acked message). `bench` is chat-bench itself (it sends, receives and checks "
+      "every message). \"Machine busy\" counts every process on the machine; \"others\" is what was not the bench "
+      "(the other engineers' work on this shared machine).")
+    w("")
+    for r in prof:
+        pc = perf_comm(res, r)
+        if not pc:
+            continue
+        w("### perf: %s at %s msg/s" % (label(r["system"]), fmt_rate(r["rate"])))
+        w("")
+        w("`perf record -a -F 499` for %s s in the middle of the send phase (cpu-clock samples of every process); "
+          "share of all samples by process:" % r["perf"])
+        w("")
+        w(", ".join("%s %.1f%%" % (c, p) for p, c in pc[:10]) + ".")
+        w("")
+        syms = perf_syms(res, r, ["chat-gateway", "chat-worker", "nats-server", "postgres", "swapper"])
+        if syms:
+            w("| process | top symbols (share of all samples, shared object, symbol) |")
+            w("| --- | --- |")
+            for c, lst in syms.items():
+                w("| %s | %s |" % (c, "; ".join("%.1f%% %s `%s`" % (p, os.path.basename(d), s.replace("|", "\\|")[:60])
+                                                  for p, d, s in lst)))
+            w("")
+
+
+def durability(w, fast):
+    w("## CHAT_NATS_SYNC: what each setting means for durability")
+    w("")
+    w("- `always` (the default): nats-server fsyncs every JetStream write before it acknowledges it. A "
+      "message in CHAT_IN survives a power loss of the broker's machine as soon as the gateway has its PubAck.")
+    w("- `%s`: nats-server writes at once but fsyncs every %s; a PubAck can come before the bytes are on the "
+      "disk, so a power loss (not a crash of nats-server alone: the page cache survives that) can lose up to "
+      "%s of broker writes. **What a client was acked is not at risk**: the platform acks a send only after the "
+      "PostgreSQL commit (`synchronous_commit=on`, fsync), and delivers only committed messages. What can be "
+      "lost is (a) a post the gateway published whose ack the client never got (the client resends it with the "
+      "same cmid; dedupe makes that safe), (b) CHAT_EVENTS entries of committed messages (the durable copy is "
+      "PostgreSQL; a sync fills the gap), (c) CHAT_NOTIFY requests (a missed push). A replicated JetStream "
+      "(`CHAT_JS_REPLICAS=3`) keeps a copy on other machines in any case." % (fast, fast, fast))
+    w("")
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd = sys.argv[1]
+    if cmd == "verdict":
+        print(verdict(load(sys.argv[2])))
+        return 0
+    if cmd == "sustained":
+        return 0 if sustained(load(sys.argv[2])) else 1
+    if cmd == "capacity":
+        c = Results(sys.argv[2]).capacity(sys.argv[3])
+        print(c if c is not None else 0)
+        return 0
+    if cmd == "page":
+        page(sys.argv[2], sys.argv[3])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
