@@ -356,6 +356,30 @@ def page(resdir, out_path):
           "%.2f" % med(others) if others else "?", "%.2f" % max(others) if others else "?", m.get("cores", "?")))
     w("")
 
+    w("## How the systems were set up")
+    w("")
+    w("- **This platform**: `scripts/up` stacks of bench/run's own (`bench/lib/stacks.sh`): nats-server "
+      "with JetStream on disk, `sync_interval` from `CHAT_NATS_SYNC` (`always`, the default, and `%s`, both "
+      "measured in this run), PostgreSQL 15 with `fsync=on`, `synchronous_commit=on`, Redis, one worker with "
+      "every role, 16 partitions, one gateway (two for the 20,000-connection rows, three for reconnect). The "
+      "gateway's abuse limits `CHAT_WS_RATE` and `CHAT_WS_USER_RATE` are raised to 100,000 so that they do not "
+      "throttle the load; everything else is the default." % fast)
+    w("- **ejabberd 23.01** (Debian 12 package) with its own `ejabberdctl.cfg` (`--ctl-config`: node name, a fixed "
+      "distribution port, no epmd), config, spool and log directories, run as the ejabberd user through "
+      "`setpriv` (not `su`, whose PAM limits leave it 1,024 open files; it gets 20,000). XMPP over WebSocket "
+      "(RFC 7395) on `/ws`, no TLS (neither side uses TLS here). Everything in PostgreSQL through Debian's "
+      "erlang-p1-pgsql (`default_db: sql`, a cluster set up by the same code as the platform's, fsync on, "
+      "`synchronous_commit=on`): users (SASL PLAIN), roster, offline storage, and MAM with `default: always` "
+      "(every message archived for both parties). **Its c2s traffic shaper is off** (`c2s_shaper: none`; "
+      "Debian's configuration shapes each user to 3,000 bytes/s, which throttles a load test), and its "
+      "caches are sized for the users (`cache_size`; the default 1,000 entries thrash with more users). "
+      "Acks are XEP-0198 (`<r/>` after each message, the server's `<a h/>`).")
+    w("- **Socket.IO 4.8.x** (npm, `bench/peers/socketio`): one node process, a room per conversation, "
+      "`io.to(conv).emit` and an ack; nothing stored, nothing checked but membership.")
+    w("- **chat-bench** drives all three with the same engine (`--proto chat|xmpp|socketio`): the same "
+      "connections, the same open-loop schedule, the same checks (`bench/README.md`).")
+    w("")
+
     # ---------------- capacity ladder
     ladder_systems = res.systems("ladder")
     caps = {s: res.capacity(s) for s in ladder_systems}
@@ -709,7 +733,7 @@ def where_time(res, w, fast):
         w("")
         w(", ".join("%s %.1f%%" % (c, p) for p, c in pc[:10]) + ".")
         w("")
-        syms = perf_syms(res, r, ["chat-gateway", "chat-worker", "nats-server", "postgres", "swapper"])
+        syms = perf_syms(res, r, ["chat-gateway", "chat-worker", "nats-server", "postgres"])
         if syms:
             w("| process | top symbols (share of all samples, shared object, symbol) |")
             w("| --- | --- |")

@@ -324,7 +324,7 @@ topology_down() {
 
 save_logs() { # SCENARIO
     local dest=${keep_logs:+$keep_logs/$1}
-    if [[ -z "$dest" && -n "${CHAT_TEST_HOME:-}" ]]; then dest="$CHAT_TEST_HOME/logs/faults-$1"; fi
+    if [[ -z "$dest" && -n "${outer_home:-}" && -d "$outer_home" ]]; then dest="$outer_home/logs/faults-$1"; fi
     [[ -n "$dest" && -n "$tmp" ]] || return 0
     mkdir -p -- "$dest"
     cp -r -- "$logs"/. "$dest"/ 2>/dev/null || true
@@ -593,7 +593,8 @@ scenario_pg_restart() {
     load_start pg_restart 20 || return 1
     local rc=0 t0
     at 5
-    chat_as_postgres "$CHAT_PG_BIN/pg_ctl" stop -D "$CHAT_HOME/pg" -m immediate -w >/dev/null 2>&1
+    chat_as_postgres "$CHAT_PG_BIN/pg_ctl" stop -D "$CHAT_HOME/pg" -m immediate -w >/dev/null 2>&1 \
+        || { echo "  VIOLATION: pg_ctl stop -m immediate failed"; rc=1; }
     t0=$(now_ms)
     say "pg_ctl stop -m immediate"
     at 10
@@ -619,7 +620,7 @@ scenario_redis_restart() {
     at 4
     online=$(redis-cli -p "${port[redis]}" ZCARD presence:online 2>/dev/null || echo 0)
     at 5
-    chat_redis_stop >/dev/null 2>&1
+    (chat_redis_stop) >>"$logs/services.log" 2>&1 || true
     t0=$(now_ms)
     say "Redis stopped (presence:online held $online users)"
     # deliveries written by the gateways, each second, while Redis is away and after
@@ -628,9 +629,13 @@ scenario_redis_restart() {
     for ((i = 0; i < 10; i++)); do
         sleep 1
         if ((i == 2)); then
-            chat_redis_start >/dev/null 2>&1
-            chat_redis_wait >/dev/null 2>&1
-            say "Redis started again (empty: no persistence)"
+            # in a subshell: the helpers exit when Redis does not come up
+            if (chat_redis_start && chat_redis_wait) >>"$logs/services.log" 2>&1; then
+                say "Redis started again (empty: no persistence)"
+            else
+                echo "  VIOLATION: Redis did not start again: $(tail -n 3 "$logs/services.log" | tr '\n' ' ')"
+                rc=1
+            fi
         fi
         f1=$(($(metric "${port[gw-1]}" chat_gateway_frames_out_total) + $(metric "${port[gw-2]}" chat_gateway_frames_out_total)))
         seq+=" $((f1 - f0))"
@@ -679,9 +684,9 @@ scenario_notify_kill() {
         JOIN LATERAL (SELECT max(seq) AS s FROM messages m WHERE m.conversation_id = cm.conversation_id
                       AND m.sender_id <> cm.user_id AND m.kind IN ('text', 'system')) o ON o.s IS NOT NULL
         LEFT JOIN push_state ps ON ps.conversation_id = cm.conversation_id AND ps.user_id = cm.user_id
-        WHERE cm.conversation_id LIKE '$run-c%' AND cm.delivered_seq < o.s AND coalesce(ps.pushed_seq, 0) < o.s")
-    members=$(pg_value "SELECT count(*) FROM conversation_members WHERE conversation_id LIKE '$run-c%'")
-    pushes=$(wc -l <"$tmp/pushes.jsonl")
+        WHERE cm.conversation_id LIKE '$run-c%' AND cm.delivered_seq < o.s AND coalesce(ps.pushed_seq, 0) < o.s" || true)
+    members=$(pg_value "SELECT count(*) FROM conversation_members WHERE conversation_id LIKE '$run-c%'" || true)
+    pushes=$(wc -l <"$tmp/pushes.jsonl" 2>/dev/null || echo 0)
     if [[ "$uncovered" == 0 ]]; then
         say "every one of $members members was pushed up to the last message of the others ($pushes pushes received)"
     else

@@ -18,17 +18,19 @@
 # Scenarios: baseline ingest_kill ingest_pause gateway_kill nats_leader_kill nats_partition
 #            pg_restart redis_restart notify_kill
 # Settings: CHAT_BUILD_DIR (binaries; default <checkout>/build), CHAT_FAULT_RATE (messages per
-# second, default 300), CHAT_FAULT_RESULTS (a file the table rows are appended to, tab separated).
+# second, default 200), CHAT_FAULT_RESULTS (a file the table rows are appended to, tab separated).
 # Needs root (PostgreSQL runs as the postgres user; ip netns); exits 77 (skipped) without it.
-# Logs of a failed run are copied to $CHAT_HOME/logs/faults-<scenario>/ when CHAT_HOME is set.
+# Logs of a failed scenario are copied to --keep-logs DIR/<scenario>/, else to
+# $CHAT_HOME/logs/faults-<scenario>/ when CHAT_HOME is set (scripts/test's .local-test).
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+outer_home=${CHAT_HOME:-}
 src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
 all_scenarios=(baseline ingest_kill ingest_pause gateway_kill nats_leader_kill nats_partition pg_restart redis_restart
     notify_kill)
 
-rate=${CHAT_FAULT_RATE:-300}
+rate=${CHAT_FAULT_RATE:-200}
 keep_logs=''
 scenarios=()
 while (($#)); do
@@ -71,6 +73,7 @@ conf="$src/deploy/nats/nats.conf"
 . "$here/lib.sh"
 
 trap topology_down EXIT
+trap 'echo "run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM
 
 failed=()
