@@ -112,6 +112,13 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
         s = natsOptions_SetReconnectWait(opts, 250);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, 2000);
+    /* A server that went silent (a network partition: no FIN, no RST) is noticed after two
+     * unanswered pings, 4-6 s, not nats.c's default of 2 x 2 minutes; then the client moves to
+     * another node of the cluster. */
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(opts, 2);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK)

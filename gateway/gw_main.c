@@ -27,7 +27,7 @@ int main(int argc, char **argv)
         chat_cfg_free(&cfg);
         return 2;
     }
-    gw_server srv = {.cfg = &cfg};
+    gw_server srv = {.cfg = &cfg, .context_lock = PTHREAD_MUTEX_INITIALIZER};
     if (chat_signal_start(on_stop, &srv) != CHAT_OK)
         return 1;
     srv.metrics = chat_metrics_create();

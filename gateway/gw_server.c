@@ -393,9 +393,12 @@ chat_status gw_server_create(gw_server *srv)
         info.ssl_cert_filepath = srv->cfg->tls_cert;
         info.ssl_private_key_filepath = srv->cfg->tls_key;
     }
-    srv->context = lws_create_context(&info);
-    if (srv->context == NULL)
+    struct lws_context *context = lws_create_context(&info);
+    if (context == NULL)
         return CHAT_ERR_IO;
+    pthread_mutex_lock(&srv->context_lock);
+    srv->context = context;
+    pthread_mutex_unlock(&srv->context_lock);
     if (gw_bus_create(srv, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
@@ -452,19 +455,23 @@ void gw_server_run(gw_server *srv)
 void gw_server_stop(gw_server *srv)
 {
     atomic_store(&srv->stopping, true);
+    pthread_mutex_lock(&srv->context_lock);
     if (srv->context)
         lws_cancel_service(srv->context);
+    pthread_mutex_unlock(&srv->context_lock);
 }
 
 void gw_server_destroy(gw_server *srv)
 {
     if (srv == NULL)
         return;
+    pthread_mutex_lock(&srv->context_lock);
     if (srv->context) {
         gw_cursor_flush(srv); /* the last cursors; their replies are not awaited */
         lws_context_destroy(srv->context); /* closes every session (CLOSED callbacks) */
         srv->context = NULL;
     }
+    pthread_mutex_unlock(&srv->context_lock);
     gw_presence_destroy(srv->presence); /* our users leave presence at once */
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);

@@ -4,6 +4,7 @@
  * /dev/token (CHAT_DEV_MODE=1); WebSocket clients on /ws (docs/protocol.md). */
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -36,6 +37,9 @@ typedef struct gw_server {
     chat_metrics *metrics;
     chat_health *health;
     struct lws_context *context;
+    /* guards context against gw_server_stop on the signal thread while the main thread creates
+     * or destroys it (the main thread's other uses need no lock: only it writes the pointer) */
+    pthread_mutex_t context_lock;
     atomic_bool stopping;  /* SIGTERM: refuse new upgrades, /readyz 503, then close all with 1001 */
     char gateway_id[24];
     char web_dir[4096];   /* static files served at / ("" = none) */

@@ -1121,6 +1121,14 @@ static void *coordinator_thread(void *arg)
             presence = NULL;
             if (wk_pg_connect(in->app->cfg->pg_dsn, app_name, &presence) != CHAT_OK)
                 presence = NULL;
+            /* A hung worker (SIGSTOP, a paused VM) must stop counting as live, or the others keep
+             * their share of partitions and leave its partitions, whose leases PostgreSQL ended
+             * after 10 s, without an owner. This session asks every second, so a live worker's
+             * never idles that long. */
+            else if (!wk_pg_exec(presence, "SET idle_session_timeout = '10s'", PGRES_COMMAND_OK, "presence_timeout")) {
+                PQfinish(presence);
+                presence = NULL;
+            }
         }
         int workers = presence ? live_workers(presence) : -1;
         if (streams_ok && workers > 0 && chat_nats_connected(in->app->nc)) {
