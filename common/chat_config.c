@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "chat_duration.h"
 #include "chat_log.h"
@@ -38,6 +42,11 @@ static const setting settings[] = {
      "worker address for /healthz, /readyz, /metrics"},
     {"CHAT_NATS_URL", "--nats-url", "nats://127.0.0.1:4222", ALL, F(nats_url),
      "NATS server(s), comma separated"},
+    {"CHAT_NATS_CA", "--nats-ca", "", ALL, F(nats_ca),
+     "PEM CA certificate(s) to trust for tls:// NATS servers, besides the system's"},
+    {"CHAT_NATS_CERT", "--nats-cert", "", ALL, F(nats_cert),
+     "PEM client certificate for tls:// NATS (mutual TLS, with CHAT_NATS_KEY)"},
+    {"CHAT_NATS_KEY", "--nats-key", "", ALL, F(nats_key), "PEM private key of CHAT_NATS_CERT"},
     {"CHAT_PG_DSN", "--pg-dsn", "host=127.0.0.1 port=5433 dbname=chat user=chat", WK | CTL, F(pg_dsn),
      "libpq connection string (chatctl: the archive commands)"},
     {"CHAT_REDIS_URL", "--redis-url", "redis://127.0.0.1:6379", GW | WK, F(redis_url), "Redis"},
@@ -177,6 +186,96 @@ static bool nats_urls_valid(const char *list)
     return ok;
 }
 
+/* The scheme of every URL of a valid CHAT_NATS_URL list: "nats", "tls", or "mixed". */
+static const char *nats_urls_scheme(const char *list)
+{
+    bool plain = false, tls = false;
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        if (strncmp(p, "tls://", 6) == 0)
+            tls = true;
+        else if (*p)
+            plain = true;
+        p += strcspn(p, ",");
+    }
+    return plain && tls ? "mixed" : tls ? "tls" : "nats";
+}
+
+/* OpenSSL's passphrase callback: none (no prompt on the terminal; an encrypted key is refused). */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+/* The NATS TLS settings: tls:// URLs for them, and their PEM files parsed at start, so that a wrong
+ * file stops the program with one line here rather than failing every connection later. */
+static chat_status nats_tls_valid(const chat_cfg *cfg, char *err, size_t errsz)
+{
+    bool any = cfg->nats_ca[0] || cfg->nats_cert[0] || cfg->nats_key[0];
+    const char *scheme = nats_urls_scheme(cfg->nats_url);
+    if (strcmp(scheme, "mixed") == 0)
+        return fail(err, errsz, "CHAT_NATS_URL", "mixes nats:// and tls:// URLs: use tls:// for every server%s", NULL);
+    const char *first = cfg->nats_ca[0] ? "CHAT_NATS_CA" : cfg->nats_cert[0] ? "CHAT_NATS_CERT" : "CHAT_NATS_KEY";
+    if (any && strcmp(scheme, "tls") != 0)
+        return fail(err, errsz, first, "needs tls:// URLs in CHAT_NATS_URL (they are nats://)%s", NULL);
+    if ((cfg->nats_cert[0] != '\0') != (cfg->nats_key[0] != '\0'))
+        return fail(err, errsz, cfg->nats_cert[0] ? "CHAT_NATS_KEY" : "CHAT_NATS_CERT",
+                    "CHAT_NATS_CERT and CHAT_NATS_KEY go together%s", NULL);
+    const struct {
+        const char *env, *path;
+    } files[] = {{"CHAT_NATS_CA", cfg->nats_ca}, {"CHAT_NATS_CERT", cfg->nats_cert}, {"CHAT_NATS_KEY", cfg->nats_key}};
+    /* This is the process's first use of OpenSSL. nats.c 3.4.1's exit handler frees OpenSSL's
+     * compression-method stack, which OpenSSL's own exit handler frees again (a crash at exit)
+     * when it runs second, as it would, registered here before nats.c's: so OpenSSL registers
+     * none. (nats_Open here would order them, but start nats.c's threads before the program
+     * blocks SIGTERM for its signal thread.) */
+    if (cfg->nats_ca[0] == '\0' && cfg->nats_cert[0] == '\0')
+        return CHAT_OK;
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    chat_status st = CHAT_OK;
+    for (size_t i = 0; i < sizeof files / sizeof files[0] && st == CHAT_OK; i++) {
+        if (files[i].path[0] == '\0')
+            continue;
+        FILE *f = fopen(files[i].path, "r");
+        if (f == NULL) {
+            char fmt[300];
+            snprintf(fmt, sizeof fmt, "cannot read \"%%s\" (%s)", strerror(errno));
+            st = fail(err, errsz, files[i].env, fmt, files[i].path);
+            break;
+        }
+        if (i == 0) { /* every certificate of the CA file must parse, and there must be one */
+            STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read(f, NULL, no_passphrase, NULL);
+            int certs = 0;
+            for (int j = 0; infos && j < sk_X509_INFO_num(infos); j++)
+                certs += sk_X509_INFO_value(infos, j)->x509 != NULL;
+            if (certs == 0)
+                st = fail(err, errsz, files[i].env, "\"%s\" holds no PEM certificate", files[i].path);
+            sk_X509_INFO_pop_free(infos, X509_INFO_free);
+        } else if (i == 1) {
+            cert = PEM_read_X509(f, NULL, no_passphrase, NULL);
+            if (cert == NULL)
+                st = fail(err, errsz, files[i].env, "\"%s\" holds no PEM certificate", files[i].path);
+        } else {
+            key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+            if (key == NULL)
+                st = fail(err, errsz, files[i].env,
+                          "\"%s\" holds no PEM private key (or it is encrypted: give it without a passphrase)",
+                          files[i].path);
+            else if (cert && X509_check_private_key(cert, key) != 1)
+                st = fail(err, errsz, files[i].env, "\"%s\" is not the key of the certificate in CHAT_NATS_CERT",
+                          files[i].path);
+        }
+        fclose(f);
+    }
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    ERR_clear_error(); /* nats.c reads this thread's OpenSSL error queue later */
+    return st;
+}
+
 /* redis://[[user]:password@]host:port[/db] */
 static bool parse_redis(const char *url, chat_cfg *cfg)
 {
@@ -299,7 +398,11 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
                     cfg->worker_listen_raw);
     if (!nats_urls_valid(cfg->nats_url))
         return fail(err, errsz, "CHAT_NATS_URL",
-                    "must be nats://host:port[,nats://host:port...] (got \"%s\")", cfg->nats_url);
+                    "must be nats://host:port[,nats://host:port...] or the same with tls:// (got \"%s\")",
+                    cfg->nats_url);
+    chat_status tls_st = nats_tls_valid(cfg, err, errsz);
+    if (tls_st != CHAT_OK)
+        return tls_st;
     if (prog & (WK | CTL)) {
         char *perr = NULL;
         PQconninfoOption *opts = PQconninfoParse(cfg->pg_dsn, &perr);

@@ -28,6 +28,8 @@ typedef struct chat_cfg {
     char *gateway_listen_raw;
     char *worker_listen_raw;
     char *nats_url;           /* comma separated, as nats.c takes it */
+    char *nats_ca;            /* tls:// NATS: PEM CA certificate(s) trusted besides the system's ("" = none) */
+    char *nats_cert, *nats_key; /* tls:// NATS: client certificate and key for mutual TLS (both or neither) */
     char *pg_dsn;
     char *redis_url;
     char *jwt_secret;

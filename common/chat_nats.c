@@ -88,6 +88,49 @@ chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int 
     return connect_with(cfg, name, false, pool_threads, out);
 }
 
+/* true for tls:// URLs (chat_config.c allows no mix of tls:// and nats://) */
+static bool tls_urls(const chat_cfg *cfg)
+{
+    return strncmp(cfg->nats_url + strspn(cfg->nats_url, " \t"), "tls://", 6) == 0;
+}
+
+/* tls:// URLs: the connection must be secure, since
+ * nats.c itself ignores the scheme and would talk plain text to a server that offers no TLS;
+ * CHAT_NATS_CA is trusted besides the system's CAs, CHAT_NATS_CERT/KEY is the client certificate
+ * for servers that verify clients. nats.c checks each server's certificate against the host of
+ * its URL. The files were parsed at start (chat_config.c). */
+static natsStatus set_tls(natsOptions *opts, const chat_cfg *cfg)
+{
+    if (!tls_urls(cfg))
+        return NATS_OK;
+    natsStatus s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && cfg->nats_ca[0])
+        s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_ca);
+    if (s == NATS_OK && cfg->nats_cert[0])
+        s = natsOptions_LoadCertificatesChain(opts, cfg->nats_cert, cfg->nats_key);
+    return s;
+}
+
+/* What an operator should look at when a server answered and the connection still failed. */
+static const char *refusal_hint(const chat_cfg *cfg, natsStatus s)
+{
+    bool tls = tls_urls(cfg);
+    if (s == NATS_SSL_ERROR && !tls)
+        return "the server requires TLS: use tls:// URLs, with CHAT_NATS_CA for a private CA";
+    if (s == NATS_SSL_ERROR)
+        return "the server's certificate is not trusted: CHAT_NATS_CA must hold the CA that signed it, and "
+               "the certificate must name the URL's host";
+    if (s == NATS_PROTOCOL_ERROR && tls && cfg->nats_cert[0] == '\0')
+        return "the server closed the connection after the TLS handshake: it may require a client "
+               "certificate (CHAT_NATS_CERT, CHAT_NATS_KEY)";
+    if (s == NATS_PROTOCOL_ERROR && tls)
+        return "the server closed the connection after the TLS handshake: it may not accept the client "
+               "certificate of CHAT_NATS_CERT";
+    if (s == NATS_CONNECTION_AUTH_FAILED)
+        return "the server refused the credentials of CHAT_NATS_URL";
+    return "";
+}
+
 static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait_initial, int pool_threads,
                                 natsConnection **out)
 {
@@ -107,6 +150,8 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
     if (s == NATS_OK)
         s = natsOptions_SetName(opts, name);
     if (s == NATS_OK)
+        s = set_tls(opts, cfg);
+    if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(opts, 250);
@@ -119,6 +164,11 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
         s = natsOptions_SetPingInterval(opts, 2000);
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(opts, 2);
+    /* Writes to such a server stall once the socket buffer is full, and nats.c writes holding the
+     * connection's lock: without a deadline every publish (the gateway's service thread) and the
+     * ping timer wait with it for as long as the partition lasts. */
+    if (s == NATS_OK)
+        s = natsOptions_SetWriteDeadline(opts, 2000);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK)
@@ -127,8 +177,6 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, (void *)name);
-    if (s == NATS_OK && !wait_initial)
-        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
     if (s == NATS_OK && pool_threads > 0) {
         s = nats_SetMessageDeliveryPoolSize(pool_threads);
         if (s == NATS_OK)
@@ -137,6 +185,15 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
     natsConnection *nc = NULL;
     if (s == NATS_OK)
         s = natsConnection_Connect(&nc, opts);
+    /* Not waiting: when no server answered, nats.c goes on trying in the background. Only then:
+     * a server that answered and refused (TLS verification, credentials) fails here with its
+     * reason, since nats.c 3.4.1 closes a connection retrying in the background for good after
+     * such a refusal, leaving the program up and never ready. */
+    if (s == NATS_NO_SERVER && !wait_initial) {
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
+        if (s == NATS_OK)
+            s = natsConnection_Connect(&nc, opts);
+    }
     char shown[1024];
     chat_nats_redact(cfg->nats_url, shown, sizeof shown);
     if (s == NATS_NOT_YET_CONNECTED) {
@@ -146,9 +203,11 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
     natsOptions_Destroy(opts);
     free(urls);
     if (s != NATS_OK) {
-        LOG_ERROR(name, "event=nats_connect_failed setting=CHAT_NATS_URL url=\"%s\" status=\"%s\" detail=\"%s\"", shown,
-                  natsStatus_GetText(s), nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
-        return s == NATS_NO_SERVER ? CHAT_ERR_UNAVAILABLE : chat_nats_check(s, name, "connect");
+        LOG_ERROR(
+            name, "event=nats_connect_failed setting=CHAT_NATS_URL url=\"%s\" status=\"%s\" detail=\"%s\" hint=\"%s\"",
+            shown, natsStatus_GetText(s), nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "", refusal_hint(cfg, s));
+        /* that line is the one report: no second one from chat_nats_check */
+        return s == NATS_NO_MEMORY ? CHAT_ERR_NOMEM : s == NATS_INVALID_ARG ? CHAT_ERR_INVALID : CHAT_ERR_UNAVAILABLE;
     }
     *out = nc;
     return CHAT_OK;

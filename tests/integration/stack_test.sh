@@ -68,15 +68,18 @@ alive() {
     [[ "${rest:0:1}" != [ZX] ]]
 }
 
-# count_procs COMM MATCH KIND: live processes named COMM whose command line (KIND=cmdline)
-# or environment (KIND=environ) has the string MATCH.
+# count_procs COMM MATCH KIND: live processes named COMM whose command line (KIND=cmdline) has
+# the string MATCH, or whose environment (KIND=environ) has MATCH as a whole entry (tests that run
+# beside this one start workers with CHAT_HOME=$CHAT_HOME/<their own>).
 count_procs() {
     local comm=$1 match=$2 kind=$3 n=0 d p
     for d in /proc/[0-9]*; do
         p=${d#/proc/}
         [[ "$(cat "$d/comm" 2>/dev/null)" == "$comm" ]] || continue
         alive "$p" || continue
-        if tr '\0' '\n' <"$d/$kind" 2>/dev/null | grep -Fq -- "$match"; then
+        local how=-Fq
+        [[ $kind == environ ]] && how=-Fxq
+        if tr '\0' '\n' <"$d/$kind" 2>/dev/null | grep "$how" -- "$match"; then
             n=$((n + 1))
         fi
     done
