@@ -29,6 +29,8 @@ struct gw_bus {
     natsSubscription *reply_sub, *members_sub;
     char reply_prefix[64];
     /* lws thread only */
+    natsStatistics *stats;
+    uint64_t reconnects; /* nats.c's count of new sockets, as last acted on */
     uint64_t next_request;
     chat_map *pending;            /* id -> gw_request */
     gw_request *oldest, *newest;  /* in deadline order for the timer (timeouts are per kind) */
@@ -98,6 +100,34 @@ static void on_members(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
 
 /* ---- lws thread ---- */
 
+/* New sockets the NATS connection opened since it was created (every reconnect counts one). */
+static uint64_t nats_reconnects(gw_bus *bus)
+{
+    uint64_t n = bus->reconnects;
+    if (bus->stats && natsConnection_GetStats(bus->srv->nc, bus->stats) == NATS_OK)
+        natsStatistics_GetCounts(bus->stats, NULL, NULL, NULL, NULL, &n);
+    return n;
+}
+
+/* Live deliveries are core NATS: while the connection was down, and until its subscriptions were
+ * sent again, whatever was published to our users went nowhere, and nothing tells their devices.
+ * So after a reconnect every session is closed with 1012 and syncs from its cursors when it comes
+ * back. nats.c counts the reconnect before it sends the subscriptions again, so a delivery that
+ * came through the new socket was pushed after the count moved: checking the count after taking
+ * the queue (and before handling it) means no session gets a delivery past a hole before its
+ * close; the 100 ms tick covers the sessions that get nothing new. */
+static void check_reconnected(gw_server *srv)
+{
+    gw_bus *bus = srv->bus;
+    uint64_t n = nats_reconnects(bus);
+    if (n == bus->reconnects)
+        return;
+    bus->reconnects = n;
+    size_t closed = gw_session_restart_all(srv);
+    LOG_WARN("gateway", "event=nats_reconnect_resync reconnects=%" PRIu64 " sessions_closed=%zu close_code=%d", n,
+             closed, GW_CLOSE_SERVICE_RESTART);
+}
+
 chat_status gw_bus_create(gw_server *srv, gw_bus **out)
 {
     gw_bus *bus = calloc(1, sizeof *bus);
@@ -109,13 +139,17 @@ chat_status gw_bus_create(gw_server *srv, gw_bus **out)
     snprintf(bus->reply_prefix, sizeof bus->reply_prefix, "_INBOX.gw.%s.", srv->gateway_id);
     char subject[96];
     snprintf(subject, sizeof subject, "%s*", bus->reply_prefix);
-    natsStatus s = natsConnection_Subscribe(&bus->reply_sub, srv->nc, subject, on_reply, bus);
+    natsStatus s = natsStatistics_Create(&bus->stats); /* for check_reconnected */
+    if (s == NATS_OK) {
+        bus->reconnects = nats_reconnects(bus);
+        s = natsConnection_Subscribe(&bus->reply_sub, srv->nc, subject, on_reply, bus);
+    }
     if (s == NATS_OK)
         s = natsSubscription_SetPendingLimits(bus->reply_sub, -1, -1);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&bus->members_sub, srv->nc, "chat.members.*", on_members, bus);
     if (s != NATS_OK) {
-        LOG_ERROR("gateway", "event=bus_subscribe_failed status=\"%s\"", natsStatus_GetText(s));
+        LOG_ERROR("gateway", "event=bus_create_failed status=\"%s\"", natsStatus_GetText(s));
         gw_bus_destroy(bus);
         return CHAT_ERR_UNAVAILABLE;
     }
@@ -148,6 +182,7 @@ void gw_bus_destroy(gw_bus *bus)
         free_request(r);
     }
     chat_map_destroy(bus->pending);
+    natsStatistics_Destroy(bus->stats);
     pthread_mutex_destroy(&bus->lock);
     free(bus);
 }
@@ -247,6 +282,7 @@ void gw_bus_drain(gw_server *srv)
     inbound *list = bus->head;
     bus->head = bus->tail = NULL;
     pthread_mutex_unlock(&bus->lock);
+    check_reconnected(srv);
     while (list) {
         inbound *n = list;
         list = n->next;
@@ -281,6 +317,7 @@ void gw_bus_drain(gw_server *srv)
 void gw_bus_tick(gw_server *srv)
 {
     gw_bus *bus = srv->bus;
+    check_reconnected(srv);
     int64_t now = chat_mono_ns() / 1000000;
     /* few requests are in flight at once (one per unacked send), so a full walk is cheap */
     for (gw_request *r = bus->oldest, *next; r; r = next) {

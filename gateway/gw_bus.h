@@ -49,7 +49,8 @@ void gw_bus_destroy(gw_bus *bus);
 
 /* lws thread: handles everything queued (deliveries, replies, membership changes). */
 void gw_bus_drain(gw_server *srv);
-/* lws thread: fails or retries requests past their deadline; call every ~100 ms. */
+/* lws thread: fails or retries requests past their deadline, and closes every session with 1012
+ * after the NATS connection came back from a loss (gw_session_restart_all); call every ~100 ms. */
 void gw_bus_tick(gw_server *srv);
 
 /* lws thread: subscribes chat.deliver.u.<user> (first device of a user) / unsubscribes (last). */

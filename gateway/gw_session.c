@@ -939,10 +939,11 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
 int gw_session_writeable(gw_server *srv, gw_session *s)
 {
     if (s->close_code) {
-        const char *why = s->close_code == GW_CLOSE_SLOW_CONSUMER           ? "slow consumer"
-                          : s->close_code == LWS_CLOSE_STATUS_GOINGAWAY      ? "server going away"
+        const char *why = s->close_code == GW_CLOSE_SLOW_CONSUMER              ? "slow consumer"
+                          : s->close_code == LWS_CLOSE_STATUS_GOINGAWAY        ? "server going away"
+                          : s->close_code == GW_CLOSE_SERVICE_RESTART          ? "service restart: sync"
                           : s->close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION ? "incomplete frame"
-                                                                             : "try again";
+                                                                               : "try again";
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
         return -1;
     }
@@ -999,19 +1000,26 @@ void gw_session_sweep(gw_server *srv)
     chat_map_each(srv->sessions, sweep_one, srv);
 }
 
-static void going_away(const char *key, void *value, void *ctx)
+static void close_with(const char *key, void *value, void *ctx)
 {
     (void)key;
-    (void)ctx;
     gw_session *s = value;
     if (s->close_code == 0)
-        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+        s->close_code = *(const int *)ctx;
     lws_callback_on_writable(s->wsi);
 }
 
 void gw_session_close_all(gw_server *srv)
 {
-    chat_map_each(srv->sessions, going_away, srv);
+    int code = LWS_CLOSE_STATUS_GOINGAWAY;
+    chat_map_each(srv->sessions, close_with, &code);
+}
+
+size_t gw_session_restart_all(gw_server *srv)
+{
+    int code = GW_CLOSE_SERVICE_RESTART;
+    chat_map_each(srv->sessions, close_with, &code);
+    return chat_map_size(srv->sessions);
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)

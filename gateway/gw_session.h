@@ -20,6 +20,7 @@
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
+#define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 
 /* An outbound frame, shared by every session it goes to (one render per delivery). */
@@ -82,6 +83,10 @@ void gw_session_trim_caches(gw_server *srv);
 void gw_session_free_caches(gw_server *srv);
 /* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
 void gw_session_close_all(gw_server *srv);
+/* The gateway's NATS connection came back after a loss: deliveries published meanwhile (and until
+ * its subscriptions were known again) went nowhere, so close every session with 1012 (service
+ * restart); clients reconnect and sync from their cursors. Returns the sessions closed. */
+size_t gw_session_restart_all(gw_server *srv);
 
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi);
 /* lws contract: 0 carry on, -1 close. */

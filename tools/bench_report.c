@@ -102,6 +102,10 @@ void bench_report_print(FILE *out, const bench_plan *p, const bench_report *rep)
             r->conns_open, r->conns, secs(r->ramp_end_ns - r->ramp_start_ns), o->ramp_rate, r->conns_failed,
             r->connect_retries, r->http_refused);
     print_lat(out, "  connect", &r->connect);
+    if (r->restart_closes)
+        fprintf(out,
+                "closes       %" PRIu64 " closed by the server with 1012 (service restart): reconnected and synced\n",
+                r->restart_closes);
     char end[32] = "?";
     if (rep->rss_end_kib >= 0)
         snprintf(end, sizeof end, "%" PRId64, rep->rss_end_kib);
@@ -232,6 +236,7 @@ chat_status bench_report_write_json(const char *path, const bench_plan *p, const
                              (json_int_t)r->connect_attempts, "retries", (json_int_t)r->connect_retries, "http_refused",
                              (json_int_t)r->http_refused, "unexpected_closes", (json_int_t)r->unexpected_closes,
                              "ramp_s", secs(r->ramp_end_ns - r->ramp_start_ns));
+    json_object_set_new(conn, "restart_closes", json_integer((json_int_t)r->restart_closes));
     json_object_set_new(conn, "connect_ms", lat_json(&r->connect));
     json_object_set_new(root, "connections", conn);
     json_t *rss = json_object();

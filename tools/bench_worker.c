@@ -26,6 +26,7 @@
 #define CONNECT_ATTEMPTS 5
 #define RETRY_DELAY_NS (500 * NS_PER_MS)
 #define RECONNECT_DELAY_NS NS_PER_S /* after a close the bench did not ask for */
+#define CLOSE_SERVICE_RESTART 1012  /* the server asks the client to reconnect and sync (docs/protocol.md) */
 #define SYNC_TRIES 10
 #define TICK_NS (100 * NS_PER_MS)
 #define LATE_NS (5 * NS_PER_MS)
@@ -184,7 +185,7 @@ void bench_result_merge(bench_result *into, const bench_result *f)
 {
 #define ADD(x) into->x += f->x
     ADD(conns), ADD(conns_open), ADD(conns_failed), ADD(connect_attempts), ADD(connect_retries);
-    ADD(http_refused), ADD(unexpected_closes);
+    ADD(http_refused), ADD(unexpected_closes), ADD(restart_closes);
     ADD(scheduled), ADD(sent), ADD(acked), ADD(unacked), ADD(skipped_offline), ADD(failed_sends), ADD(resent);
     ADD(err_unavailable), ADD(err_rate_limited), ADD(err_not_member), ADD(err_other), ADD(late_sends);
     ADD(deliveries_expected), ADD(deliveries), ADD(missing_deliveries), ADD(redeliveries), ADD(duplicates);
@@ -556,6 +557,14 @@ static void lost(worker *w, device *d)
     }
     if (d->phase != DEV_OPEN)
         return;
+    if (d->ws.close_code == CLOSE_SERVICE_RESTART) {
+        /* the server lost live deliveries (its NATS connection) and says so: reconnect and sync,
+         * spread over a second so a gateway's clients do not all come back at once */
+        w->r.restart_closes++;
+        go_down(w, d, false, chat_mono_ns() + (int64_t)(d->n % 10 + 1) * 100 * NS_PER_MS);
+        w->need_collect = true;
+        return;
+    }
     w->r.unexpected_closes++;
     problem(w, "connection %u closed by the server (%s, close code %d)", d->n, d->ws.why ? d->ws.why : "?",
             d->ws.close_code);

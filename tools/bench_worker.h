@@ -29,6 +29,8 @@ typedef struct bench_result {
     /* connections */
     uint64_t conns, conns_open, conns_failed, connect_attempts, connect_retries, http_refused;
     uint64_t unexpected_closes;
+    uint64_t restart_closes;   /* closed by the server with 1012 (service restart): the protocol's "reconnect
+                                  and sync", so not a failure; the device reconnects and syncs */
     int64_t ramp_start_ns, ramp_end_ns;
     /* sending */
     uint64_t scheduled, sent, acked, unacked, skipped_offline, failed_sends, resent;

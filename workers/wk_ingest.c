@@ -254,9 +254,85 @@ static int classify(PGconn *pg, PGresult *r, const char *what)
     return S_DATA_ERROR;
 }
 
+/* One-off statements (the lease, a missing partition): planned at each call. */
 static PGresult *exec_params(PGconn *pg, const char *sql, int n, const char *const *params)
 {
     return PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+}
+
+/* The statements of every batch, prepared once per lease connection (prepare_statements(), from
+ * try_acquire, outside any transaction: a failed Parse there aborts nothing) and run with
+ * PQexecPrepared. The connection uses generic plans (plan_cache_mode = force_generic_plan): with
+ * array parameters PostgreSQL would otherwise keep choosing custom plans, i.e. plan every batch
+ * again. So each statement is written for a good generic plan, whatever the tables' statistics:
+ * conversations by `id = ANY($1)` (an index scan; a join with unnest() lets the planner pick a
+ * sequential scan of a small table), the rest through primary keys. */
+enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
+
+static const struct {
+    const char *name;
+    int nparams;
+    const char *sql;
+} statements[Q_COUNT] = {
+    [Q_DEDUPE] = {"ingest_dedupe", 2,
+                  "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
+                  " (extract(epoch FROM d.created_at) * 1000000)::bigint"
+                  " FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
+                  " ON d.conversation_id = k.c AND d.client_msg_id = k.m"},
+    [Q_MEMBERS] = {"ingest_members", 1,
+                   "SELECT m.conversation_id, m.user_id FROM conversations c"
+                   " JOIN conversation_members m ON m.conversation_id = c.id"
+                   " WHERE c.id = ANY($1::text[]) AND c.deleted_at IS NULL"},
+    [Q_TARGETS] = {"ingest_targets", 2,
+                   "SELECT k.c, k.s, m.sender_id, m.kind,"
+                   " EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = k.c"
+                   " AND d.kind = 'delete' AND d.target_seq = k.s)"
+                   " FROM unnest($1::text[], $2::bigint[]) AS k(c, s)"
+                   " LEFT JOIN messages m ON m.conversation_id = k.c AND m.seq = k.s"},
+    [Q_WRITE] = {"ingest_write", 13,
+                 "WITH b AS (UPDATE conversations c"
+                 " SET last_seq = c.last_seq + ($2::int[])[array_position($1::text[], c.id)]"
+                 " WHERE c.id = ANY($1::text[])"
+                 " RETURNING c.id, c.last_seq - ($2::int[])[array_position($1::text[], c.id)] AS base),"
+                 " k AS (SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+                 " $8::text[], $9::jsonb[], $10::bigint[], $11::text[], $12::bool[], $13::timestamptz[])"
+                 " WITH ORDINALITY AS k(conv, id, cmid, sender, kind, body, meta, target, emoji, reaction_on,"
+                 " created_at, ord)),"
+                 " s AS (SELECT k.*, b.base + row_number() OVER (PARTITION BY k.conv ORDER BY k.ord) AS seq"
+                 " FROM k JOIN b ON b.id = k.conv),"
+                 " m AS (INSERT INTO messages (conversation_id, seq, id, client_msg_id, sender_id, kind, body,"
+                 " meta, target_seq, emoji, reaction_on, created_at)"
+                 " SELECT conv, seq, id, cmid, sender, kind, body, meta, target, emoji, reaction_on, created_at"
+                 " FROM s),"
+                 " d AS (INSERT INTO message_dedupe (conversation_id, client_msg_id, seq, id, created_at)"
+                 " SELECT conv, cmid, seq, id, created_at FROM s)"
+                 " SELECT ord, seq FROM s"},
+};
+
+/* Prepares the batch statements on a fresh lease connection. False (logged) when PostgreSQL
+ * refuses one or the connection is gone: the caller closes the connection, and with it the lease. */
+static bool prepare_statements(PGconn *pg, int partition)
+{
+    if (!wk_pg_exec(pg, "SET plan_cache_mode = force_generic_plan", PGRES_COMMAND_OK, "plan_cache_mode"))
+        return false;
+    for (int q = 0; q < Q_COUNT; q++) {
+        PGresult *r = PQprepare(pg, statements[q].name, statements[q].sql, statements[q].nparams, NULL);
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            LOG_WARN("ingest", "event=prepare_failed partition=%d statement=%s detail=\"%s\"", partition,
+                     statements[q].name, PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Runs a prepared batch statement. A connection lost meanwhile gives an error result, which
+ * classify() turns into S_LEASE_LOST: the partition ends and the next lease prepares anew. */
+static PGresult *exec_prepared(PGconn *pg, int q, const char *const *params)
+{
+    return PQexecPrepared(pg, statements[q].name, statements[q].nparams, params, NULL, NULL, 0);
 }
 
 static int rollback(PGconn *pg, int rc)
@@ -290,13 +366,7 @@ static int check_targets(PGconn *pg, batch *b, int *rc)
         return 0;
     }
     const char *params[] = {convs.data, seqs.data};
-    PGresult *r = exec_params(pg,
-                              "SELECT k.c, k.s, m.sender_id, m.kind,"
-                              " EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = k.c"
-                              " AND d.kind = 'delete' AND d.target_seq = k.s)"
-                              " FROM unnest($1::text[], $2::bigint[]) AS k(c, s)"
-                              " LEFT JOIN messages m ON m.conversation_id = k.c AND m.seq = k.s",
-                              2, params);
+    PGresult *r = exec_prepared(pg, Q_TARGETS, params);
     chat_buf_free(&convs);
     chat_buf_free(&seqs);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
@@ -331,7 +401,7 @@ static int store(partition *pt, batch *b)
 {
     PGconn *pg = pt->pg;
     chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}, a8 = {0}, a9 = {0},
-             a10 = {0}, a11 = {0}, a12 = {0};
+             a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     int rc = S_OK;
     PGresult *r = PQexec(pg, "BEGIN");
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -352,12 +422,7 @@ static int store(partition *pt, batch *b)
     chat_buf_pg_array_end(&a1);
     chat_buf_pg_array_end(&a2);
     const char *p_dedupe[] = {a1.data, a2.data};
-    r = exec_params(pg,
-                    "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
-                    " (extract(epoch FROM d.created_at) * 1000000)::bigint"
-                    " FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
-                    " ON d.conversation_id = k.c AND d.client_msg_id = k.m",
-                    2, p_dedupe);
+    r = exec_prepared(pg, Q_DEDUPE, p_dedupe);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         rc = classify(pg, r, "dedupe");
         goto fail;
@@ -382,11 +447,7 @@ static int store(partition *pt, batch *b)
         chat_buf_pg_array_str(&a1, b->convs[i].conv);
     chat_buf_pg_array_end(&a1);
     const char *p_members[] = {a1.data};
-    r = exec_params(pg,
-                    "SELECT m.conversation_id, m.user_id FROM conversation_members m"
-                    " JOIN conversations c ON c.id = m.conversation_id"
-                    " WHERE c.deleted_at IS NULL AND m.conversation_id = ANY($1::text[])",
-                    1, p_members);
+    r = exec_prepared(pg, Q_MEMBERS, p_members);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         rc = classify(pg, r, "members");
         goto fail;
@@ -447,91 +508,64 @@ static int store(partition *pt, batch *b)
     chat_buf_pg_array_end(&a2);
 
     if (nnew > 0) {
-        /* 4. next seqs: one UPDATE for every conversation of the batch */
-        const char *p_bump[] = {a1.data, a2.data};
-        r = exec_params(pg,
-                        "UPDATE conversations c SET last_seq = c.last_seq + n.cnt"
-                        " FROM unnest($1::text[], $2::int[]) AS n(id, cnt)"
-                        " WHERE c.id = n.id RETURNING c.id, c.last_seq",
-                        2, p_bump);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            rc = classify(pg, r, "bump");
-            goto fail;
-        }
-        for (int row = 0; row < PQntuples(r); row++) {
-            const char *conv = PQgetvalue(r, row, 0);
-            uint64_t last = strtoull(PQgetvalue(r, row, 1), NULL, 10);
-            int count = 0;
-            for (int i = 0; i < b->n; i++)
-                if (b->items[i].state == I_NEW && strcmp(b->items[i].post->conv, conv) == 0)
-                    count++;
-            uint64_t next = last - (uint64_t)count + 1;
-            for (int i = 0; i < b->n; i++) {
-                item *it = &b->items[i];
-                if (it->state == I_NEW && strcmp(it->post->conv, conv) == 0) {
-                    it->seq = next++;
-                    it->created_us = it->ts_us;
-                    make_id(it->id, it->ts_us / 1000);
-                }
-            }
-        }
-        PQclear(r);
-
-        /* 5. insert the events and their dedupe rows */
-        chat_buf *arrays[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12};
-        for (int k = 0; k < 12; k++) {
-            chat_buf_reset(arrays[k]);
+        /* 4. one statement: the next seqs of every conversation of the batch (one UPDATE ...
+         * RETURNING, a1/a2 above), the events numbered in batch order within each conversation,
+         * and their dedupe rows; it returns the seq of each event by its place in the arrays */
+        chat_buf *arrays[] = {&a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12, &a13};
+        for (int k = 0; k < 11; k++)
             chat_buf_pg_array_begin(arrays[k]);
-        }
         for (int i = 0; i < b->n; i++) {
             item *it = &b->items[i];
             if (it->state != I_NEW)
                 continue;
             Chat__V1__Post *p = it->post;
-            char seq[24], target[24], ts[48];
-            snprintf(seq, sizeof seq, "%" PRIu64, it->seq);
+            char target[24], ts[48];
+            it->created_us = it->ts_us;
+            make_id(it->id, it->ts_us / 1000);
             snprintf(target, sizeof target, "%" PRIu64, p->target);
             format_ts(ts, sizeof ts, it->created_us);
-            chat_buf_pg_array_str(&a1, p->conv);
-            chat_buf_pg_array_str(&a2, seq);
-            chat_buf_pg_array_str(&a3, it->id);
-            chat_buf_pg_array_str(&a4, p->cmid);
-            chat_buf_pg_array_str(&a5, p->sender);
-            chat_buf_pg_array_str(&a6, chat_kind_name(p->kind));
-            chat_buf_pg_array_str(&a7, p->body);
-            chat_buf_pg_array_str(&a8, p->meta_json[0] ? p->meta_json : NULL);
-            chat_buf_pg_array_str(&a9, p->target ? target : NULL);
-            chat_buf_pg_array_str(&a10, p->emoji[0] ? p->emoji : NULL);
-            chat_buf_pg_array_str(&a11, p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION
+            chat_buf_pg_array_str(&a3, p->conv);
+            chat_buf_pg_array_str(&a4, it->id);
+            chat_buf_pg_array_str(&a5, p->cmid);
+            chat_buf_pg_array_str(&a6, p->sender);
+            chat_buf_pg_array_str(&a7, chat_kind_name(p->kind));
+            chat_buf_pg_array_str(&a8, p->body);
+            chat_buf_pg_array_str(&a9, p->meta_json[0] ? p->meta_json : NULL);
+            chat_buf_pg_array_str(&a10, p->target ? target : NULL);
+            chat_buf_pg_array_str(&a11, p->emoji[0] ? p->emoji : NULL);
+            chat_buf_pg_array_str(&a12, p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION
                                             ? (p->reaction_on ? "t" : "f")
                                             : NULL);
-            chat_buf_pg_array_str(&a12, ts);
+            chat_buf_pg_array_str(&a13, ts);
         }
-        for (int k = 0; k < 12; k++)
+        for (int k = 0; k < 11; k++)
             chat_buf_pg_array_end(arrays[k]);
-        const char *p_insert[] = {a1.data, a2.data, a3.data, a4.data, a5.data, a6.data,
-                                  a7.data, a8.data, a9.data, a10.data, a11.data, a12.data};
-        r = exec_params(pg,
-                        "INSERT INTO messages (conversation_id, seq, id, client_msg_id, sender_id, kind, body,"
-                        " meta, target_seq, emoji, reaction_on, created_at)"
-                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
-                        " $6::text[], $7::text[], $8::jsonb[], $9::bigint[], $10::text[], $11::bool[],"
-                        " $12::timestamptz[])",
-                        12, p_insert);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            rc = classify(pg, r, "insert");
+        const char *p_write[] = {a1.data, a2.data, a3.data, a4.data, a5.data, a6.data, a7.data,
+                                 a8.data, a9.data, a10.data, a11.data, a12.data, a13.data};
+        r = exec_prepared(pg, Q_WRITE, p_write);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            rc = classify(pg, r, "write");
             goto fail;
         }
-        PQclear(r);
-        const char *p_dedupe_insert[] = {a1.data, a4.data, a2.data, a3.data, a12.data};
-        r = exec_params(pg,
-                        "INSERT INTO message_dedupe (conversation_id, client_msg_id, seq, id, created_at)"
-                        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[])",
-                        5, p_dedupe_insert);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            rc = classify(pg, r, "dedupe_insert");
-            goto fail;
+        int *seq_of = calloc((size_t)nnew, sizeof *seq_of); /* row of the nth new event, or -1 */
+        for (int k = 0; k < nnew; k++)
+            seq_of[k] = -1;
+        for (int row = 0; row < PQntuples(r); row++) {
+            long ord = strtol(PQgetvalue(r, row, 0), NULL, 10);
+            if (ord >= 1 && ord <= nnew)
+                seq_of[ord - 1] = row;
         }
+        for (int i = 0, k = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state != I_NEW)
+                continue;
+            if (seq_of[k] >= 0)
+                it->seq = strtoull(PQgetvalue(r, seq_of[k], 1), NULL, 10);
+            else /* the conversation's row went away after the members were read: nothing stored */
+                reject(it, "not_member", "no such conversation");
+            k++;
+        }
+        free(seq_of);
         PQclear(r);
     }
 
@@ -550,8 +584,8 @@ fail:
     if (rc != S_LEASE_LOST)
         rollback(pg, rc);
 done:;
-    chat_buf *all[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12};
-    for (int k = 0; k < 12; k++)
+    chat_buf *all[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12, &a13};
+    for (int k = 0; k < 13; k++)
         chat_buf_free(all[k]);
     pt->last_pg_ms = chat_mono_ns() / 1000000;
     return rc;
@@ -632,13 +666,49 @@ static void publish_notify(partition *pt, const Chat__V1__Event *e)
     natsMsg_Destroy(msg);
 }
 
-/* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns when
- * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses). */
-static bool fanout(partition *pt, batch *b, int64_t committed_ms)
+/* How many times the connection reconnected (nats.c counts every new socket). */
+static uint64_t reconnects(natsConnection *nc)
+{
+    natsStatistics *st = NULL;
+    uint64_t n = 0;
+    if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(nc, st) == NATS_OK)
+        natsStatistics_GetCounts(st, NULL, NULL, NULL, NULL, &n);
+    natsStatistics_Destroy(st);
+    return n;
+}
+
+/* Forgets the publishes still waiting for a PubAck and returns how many there were. A PubAck lost
+ * with a NATS node (or a connection that died silently) never comes: left in the context, such a
+ * publish would make every later js_PublishAsyncComplete time out and stall the partition for
+ * good. Both streams drop repeats by Nats-Msg-Id, so the caller simply publishes again. */
+static int drop_pending(partition *pt)
+{
+    natsMsgList pending = {0};
+    if (js_PublishAsyncGetPendingList(&pending, pt->js) != NATS_OK)
+        return 0; /* NATS_NOT_FOUND: nothing pending */
+    int n = pending.Count;
+    natsMsgList_Destroy(&pending);
+    return n;
+}
+
+static bool heartbeat(partition *pt);
+
+enum { F_DONE, F_STOPPING, F_LEASE_LOST };
+
+/* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns F_DONE when
+ * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses). A retry publishes
+ * the events (and notify requests) again, and the live deliveries too when the connection changed
+ * since they went out (they may have died with the old socket); devices drop repeats by id. While
+ * it retries it keeps the lease session from idling out (idle_session_timeout). */
+static int fanout(partition *pt, batch *b, int64_t committed_ms)
 {
     natsConnection *nc = pt->in->app->nc;
+    bool deliver = true;
+    uint64_t delivered_on = 0; /* reconnects() when the deliveries were published */
     for (int attempt = 0;; attempt++) {
         atomic_store(&pt->publish_errors, 0);
+        if (deliver)
+            delivered_on = reconnects(nc);
         for (int i = 0; i < b->n; i++) {
             item *it = &b->items[i];
             if (it->state == I_DROP)
@@ -648,7 +718,7 @@ static bool fanout(partition *pt, batch *b, int64_t committed_ms)
                 continue;
             Chat__V1__Event e = CHAT__V1__EVENT__INIT;
             fill_event(&e, it, first, committed_ms);
-            if (attempt == 0) {
+            if (deliver) {
                 Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
                 d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
                 d.event = &e;
@@ -685,14 +755,27 @@ static bool fanout(partition *pt, batch *b, int64_t committed_ms)
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MaxWait = 5000;
+        int64_t waited = chat_mono_ns();
         natsStatus s = js_PublishAsyncComplete(pt->js, &po);
+        waited = (chat_mono_ns() - waited) / 1000000;
         if (s == NATS_OK && atomic_load(&pt->publish_errors) == 0)
-            return true;
+            return F_DONE;
+        int dropped = drop_pending(pt);
+        deliver = reconnects(nc) != delivered_on;
         if (atomic_load(&pt->in->app->stopping) && attempt > 2)
-            return false;
-        LOG_WARN("ingest", "event=events_publish_retry partition=%d attempt=%d", pt->index, attempt + 1);
+            return F_STOPPING;
+        if (!heartbeat(pt))
+            return F_LEASE_LOST;
+        LOG_WARN("ingest",
+                 "event=events_publish_retry partition=%d attempt=%d status=\"%s\" errors=%d dropped=%d"
+                 " redeliver=%d",
+                 pt->index, attempt + 1, natsStatus_GetText(s), atomic_load(&pt->publish_errors), dropped,
+                 deliver ? 1 : 0);
         reply_all(pt, b, "+WPI"); /* keep the batch ours while the broker recovers */
-        chat_sleep_ms(attempt < 10 ? 200 * (attempt + 1) : 2000);
+        /* back off when the broker refused at once; a wait that timed out has waited already */
+        int64_t pause = attempt < 10 ? 200 * (attempt + 1) : 2000;
+        if (waited < pause)
+            chat_sleep_ms(pause - waited);
     }
 }
 
@@ -862,8 +945,9 @@ static bool process(partition *pt, batch *b, int64_t fetched_ns)
     atomic_fetch_add(in->m_events, (uint64_t)stored);
     atomic_fetch_add(in->m_redelivered, (uint64_t)redelivered);
     atomic_fetch_add(in->m_batches, 1);
-    if (!fanout(pt, b, committed_ms))
-        return true; /* stopping: not acked, redelivered to the next owner and republished */
+    int f = fanout(pt, b, committed_ms);
+    if (f != F_DONE) /* not acked: redelivered to the next owner, found stored and published again */
+        return f == F_STOPPING;
     chat_histogram_observe_us(in->h_fanout, (chat_mono_ns() - committed_ns) / 1000);
     for (int i = 0; i < b->n; i++) {
         const char *reply = natsMsg_GetReply(b->items[i].msg);
@@ -1057,6 +1141,10 @@ static bool try_acquire(wk_ingest *in, partition *pt)
     /* a paused owner loses its session (and lease) after 10 s without a word */
     wk_pg_exec(pg, "SET idle_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
     wk_pg_exec(pg, "SET idle_in_transaction_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
+    if (!prepare_statements(pg, pt->index)) {
+        PQfinish(pg); /* releases the lock; the epoch was not bumped */
+        return false;
+    }
     const char *p2[] = {part, in->worker_id};
     r = exec_params(pg,
                     "INSERT INTO ingest_leases (partition, epoch, owner) VALUES ($1::int, 1, $2)"

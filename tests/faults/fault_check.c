@@ -215,11 +215,13 @@ int main(int argc, char **argv)
            " %8.1f s\n",
            scenario, rate, sent, acked, stored, unique, lost_s, dup, order[0] + jint(checks, "out_of_order"), gaps[0],
            recovery / 1000.0);
-    printf("  (%" PRId64 " conversations; %" PRId64 " deliveries expected, %" PRId64 " redeliveries dropped by id; %"
-           PRId64 " resent, %" PRId64 " connections closed by the server; probe: %" PRId64 " sent, %" PRId64
-           " acked, ack p99 %" PRId64 " ms, %" PRId64 " reconnects)\n",
-           convs, expected, redeliveries, resent, closes, probe_sent, probe_acked, jint(probe, "p99_ms"),
-           jint(probe, "reconnects"));
+    printf("  (%" PRId64 " conversations; %" PRId64 " deliveries expected, %" PRId64
+           " redeliveries dropped by id; %" PRId64 " resent, %" PRId64 " connections closed by the server, %" PRId64
+           " closed with 1012 to sync; probe: %" PRId64 " sent, %" PRId64 " acked, ack p99 %" PRId64 " ms, %" PRId64
+           " reconnects)\n",
+           convs, expected, redeliveries, resent, closes,
+           (int64_t)json_integer_value(json_object_get(json_object_get(bench, "connections"), "restart_closes")),
+           probe_sent, probe_acked, jint(probe, "p99_ms"), jint(probe, "reconnects"));
     printf("  result: %s\n\n", problems ? "FAIL" : "PASS");
     if (results) {
         FILE *f = fopen(results, "a");

@@ -9,7 +9,7 @@
 # holds no ThreadSanitizer report (also none at exit after SIGTERM).
 #
 #   test_security_tsan.sh [BUILD_DIR]    BUILD_DIR: where chat-bench is (default $CHAT_BUILD_DIR)
-# Runs only with CHAT_TSAN=1 (scripts/sanitize sets it; the build takes about a minute), else
+# Runs only with CHAT_TSAN=1 (scripts/test sets it; the build takes about a minute), else
 # exits 77 (skipped); exits 77 too when no stack runs. CHAT_TSAN_BUILD_DIR: the TSan build
 # (default <checkout>/build-tsan).
 set -euo pipefail
@@ -18,7 +18,7 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
 
 if [[ "${CHAT_TSAN:-0}" != 1 ]]; then
-    echo "SKIP: ThreadSanitizer run only with CHAT_TSAN=1 (scripts/sanitize)"
+    echo "SKIP: ThreadSanitizer run only with CHAT_TSAN=1 (scripts/test sets it)"
     exit 77
 fi
 if [[ -z "${CHAT_HOME:-}" || ! -r "$CHAT_HOME/env" ]]; then

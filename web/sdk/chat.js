@@ -11,7 +11,8 @@
 // - one WebSocket, reconnected with exponential backoff and full jitter; a token refreshed through
 //   getToken() before its `exp` (read from the JWT's payload) and after refused connections;
 // - on every (re)connect a `sync` from the cursors it keeps (per conversation: the highest seq it
-//   handed on with nothing missing below it), persisted in IndexedDB;
+//   handed on with nothing missing below it), persisted in IndexedDB; whatever closed the socket
+//   (1001 server going away, 1012 service restart, 4008 slow consumer, the network);
 // - events handed on exactly once and in `seq` order per conversation: repeated ids are dropped,
 //   early ones are held back, and a gap is filled through `history` first;
 // - sends (and edits, deletes, reactions) get a client id (cmid) and wait in an outbox kept in
@@ -505,11 +506,18 @@ export class ChatClient {
     }, this.opts.helloTimeout);
   }
 
-  /** The socket is gone (or given up on): clean up and plan the next attempt. */
+  /**
+   * The socket is gone (or given up on): clean up and plan the next attempt. Whatever the close
+   * code, the next connection syncs from the cursors (docs/protocol.md, Close codes); 1001 (the
+   * gateway stops) and 1012 (the gateway lost live deliveries: sync) are the server asking for
+   * exactly that, so they start the backoff over (with its jitter: a gateway's clients do not all
+   * come back at once).
+   */
   _onSocketGone(reason, code) {
     const hadHello = this._helloed;
     this._teardown(reason);
     if (!hadHello) this._failuresBeforeHello++;
+    else if (code === 1001 || code === 1012) this._attempt = 0;
     this._log('connection lost:', reason);
     if (!this._closed) this._scheduleReconnect(code);
   }
