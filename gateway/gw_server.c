@@ -1,5 +1,6 @@
 /* The gateway's lws protocol callback: HTTP routes, the upgrade check (token, Origin), and the
- * WebSocket events handed to gw_session. Runs only on the lws service thread. */
+ * WebSocket events handed to gw_session; the service loop (libev on epoll, through lws's evlib
+ * plugin). Runs only on the lws service thread. */
 #include "gw_server.h"
 
 #include <ctype.h>
@@ -8,8 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <ev.h>
 
 #include "chat.pb-c.h"
 #include "chat_nats.h"
@@ -26,6 +30,19 @@
 #include "gw_session.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
+
+/* lws gives every WebSocket connection a receive buffer of this size (plus LWS_PRE) at the
+ * upgrade and keeps it for the connection's life. A larger frame is still taken (up to
+ * GW_FRAME_MAX): lws hands it over in pieces and gw_session_receive joins them. 64 KiB (the frame
+ * limit) cost about 4 KiB of RSS per idle connection (the pages the allocator touches around each
+ * buffer), 1 KiB about 1 KiB (docs/benchmarks.md); 512 bytes hold a typical send in one piece. */
+#define RX_BUFFER_SIZE 512
+/* What lws hands to one send(2): frames up to the frame limit in one call, as before. */
+#define TX_PACKET_SIZE GW_FRAME_MAX
+/* lws sets SO_SNDBUF to the receive buffer's size at the upgrade (a fixed size: the kernel's
+ * autotuning is off from then on); the gateway keeps the send buffer of a 64 KiB receive buffer,
+ * so that a burst of frames (a sync page) goes to the kernel, not to lws's own copies. */
+#define SNDBUF_SIZE (GW_FRAME_MAX + LWS_PRE)
 
 /* Every 100 ms on the lws thread: requests past their deadline. */
 static void tick(lws_sorted_usec_list_t *sul)
@@ -269,11 +286,15 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         break;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(srv, wsi);
-    case LWS_CALLBACK_ESTABLISHED:
+    case LWS_CALLBACK_ESTABLISHED: {
         if (!session_user(srv, wsi, s->user))
             return -1; /* never a session without a checked token */
+        int sndbuf = SNDBUF_SIZE;
+        if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
+            return -1; /* as lws does when its own setsockopt fails */
         gw_session_established(srv, s, wsi);
         return 0;
+    }
     case LWS_CALLBACK_RECEIVE:
         return gw_session_receive(srv, s, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE:
@@ -293,7 +314,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
 }
 
 static const struct lws_protocols protocols[] = {
-    {"chat", callback_chat, sizeof(gw_session), 65536, 0, NULL, 0},
+    {"chat", callback_chat, sizeof(gw_session), RX_BUFFER_SIZE, 0, NULL, TX_PACKET_SIZE},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -378,6 +399,18 @@ chat_status gw_server_create(gw_server *srv)
     info.protocols = protocols;
     info.user = srv;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* lws's own loop is poll(2) over every socket at each wakeup: with thousands of idle
+     * connections that scan was most of the gateway's CPU (docs/benchmarks.md). libev on epoll
+     * (lws's evlib plugin, Debian package libwebsockets-evlib-ev) wakes on ready sockets only. The
+     * loop is ours (a foreign loop to lws), so gw_server_run decides when to stop turning it. No
+     * signal mask changes: SIGTERM stays with chat_signal's thread. */
+    srv->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+    if (srv->loop == NULL) {
+        LOG_ERROR("gateway", "event=loop_failed reason=\"libev cannot create an epoll loop\"");
+        return CHAT_ERR_INTERNAL;
+    }
+    info.options |= LWS_SERVER_OPTION_LIBEV;
+    info.foreign_loops = (void **)&srv->loop;
     info.timeout_secs = 10; /* handshake and HTTP transactions */
     /* room for a request head with a token of the largest size we accept (CHAT_JWT_MAX_LEN) and
      * ordinary headers: a longer one gets an answer (401), not a dropped connection */
@@ -407,10 +440,18 @@ chat_status gw_server_create(gw_server *srv)
     return CHAT_OK;
 }
 
+/* One turn of the loop: waits for a ready socket, the 100 ms tick or another lws timer, or a
+ * lws_cancel_service() wake-up (the bus, gw_server_stop), and runs their callbacks. false when the
+ * loop has nothing left to wait for (no context). */
+static bool service_once(gw_server *srv)
+{
+    return ev_run(srv->loop, EVRUN_ONCE) != 0;
+}
+
 static void service_until(gw_server *srv, int64_t deadline_ms, bool (*done)(gw_server *))
 {
     while (!done(srv) && chat_mono_ns() / 1000000 < deadline_ms)
-        if (lws_service(srv->context, 0) < 0)
+        if (!service_once(srv))
             break;
 }
 
@@ -437,7 +478,7 @@ static bool never(gw_server *srv)
 void gw_server_run(gw_server *srv)
 {
     while (!atomic_load(&srv->stopping))
-        if (lws_service(srv->context, 0) < 0)
+        if (!service_once(srv))
             return;
     LOG_INFO("gateway", "event=stopping delay_ms=%lld sessions=%zu", (long long)srv->cfg->ws_stop_delay_ms,
              chat_map_size(srv->sessions));
@@ -472,6 +513,9 @@ void gw_server_destroy(gw_server *srv)
         srv->context = NULL;
     }
     pthread_mutex_unlock(&srv->context_lock);
+    if (srv->loop) /* after the context: lws stops its watchers on it as it goes */
+        ev_loop_destroy(srv->loop);
+    srv->loop = NULL;
     gw_presence_destroy(srv->presence); /* our users leave presence at once */
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);

@@ -18,6 +18,7 @@
 #include "chat_metrics.h"
 #include "chat_status.h"
 
+struct ev_loop;
 typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
 
@@ -37,6 +38,7 @@ typedef struct gw_server {
     chat_metrics *metrics;
     chat_health *health;
     struct lws_context *context;
+    struct ev_loop *loop; /* libev (epoll) loop lws runs on; main thread only */
     /* guards context against gw_server_stop on the signal thread while the main thread creates
      * or destroys it (the main thread's other uses need no lock: only it writes the pointer) */
     pthread_mutex_t context_lock;

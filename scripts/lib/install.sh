@@ -7,8 +7,8 @@
 # Needs common.sh.
 
 CHAT_APT_PACKAGES=(
-    build-essential cmake pkg-config libnats-dev libwebsockets-dev libprotobuf-c-dev
-    protobuf-c-compiler libhiredis-dev check libjansson-dev libjwt-dev libcurl4-openssl-dev
+    build-essential cmake pkg-config libnats-dev libwebsockets-dev libwebsockets-evlib-ev libev-dev
+    libprotobuf-c-dev protobuf-c-compiler libhiredis-dev check libjansson-dev libjwt-dev libcurl4-openssl-dev
     libzstd-dev libssl-dev libpq-dev redis-server postgresql-15 postgresql-client-15 curl
     ca-certificates clang libclang-rt-14-dev openssl
 )
