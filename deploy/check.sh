@@ -91,11 +91,13 @@ fi
 
 # ---------------------------------------------------------------- compose
 
+# compose reads variables from its environment before the --env-file: run it with none of ours (a
+# test stack's CHAT_* settings would hide what the file itself lacks)
 compose=()
 if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose)
+    compose=(env -i "PATH=$PATH" "HOME=${HOME:-/root}" docker-compose)
 elif command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
+    compose=(env -i "PATH=$PATH" "HOME=${HOME:-/root}" docker compose)
 fi
 if ((${#compose[@]})); then
     if (cd "$root" && "${compose[@]}" --env-file "$env_example" -f docker-compose.yml config -q) >"$tmp/compose.out" 2>&1; then

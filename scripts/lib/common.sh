@@ -151,6 +151,22 @@ chat_pid_running() {
     [[ "${rest:0:1}" != [ZX] ]]
 }
 
+# chat_stop_pid PID: SIGTERM to a child of this shell, up to 10 s for it to end, then SIGKILL;
+# reaps it. For the processes a test script started itself (a pid it holds, never a name).
+chat_stop_pid() {
+    local pid=$1 i
+    [[ -n "$pid" ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
 # chat_home_claim: makes sure $CHAT_HOME is a stack home: creates it with a marker file
 # (.chat-home), or accepts it if it has the marker or is empty. Refuses any other directory,
 # so that pid files, data and --purge never land in a directory the scripts did not make.

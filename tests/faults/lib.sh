@@ -54,19 +54,25 @@ alive() { [[ -n "${pids[$1]:-}" ]] && kill -0 "${pids[$1]}" 2>/dev/null; }
 
 # stop NAME [SIGNAL]: SIGNAL (default TERM; up to 10 s, then KILL) to a process of the suite.
 stop() {
-    local name=$1 sig=${2:-TERM} pid=${pids[$1]:-} i
+    local name=$1 sig=${2:-TERM} pid=${pids[$1]:-}
     [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
+    if [[ $sig != TERM ]] && kill -0 "$pid" 2>/dev/null; then
         kill "-$sig" "$pid" 2>/dev/null || true
         [[ $sig == STOP ]] && return 0
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
     fi
-    wait "$pid" 2>/dev/null || true
+    chat_stop_pid "$pid"
     unset "pids[$name]"
+}
+
+# stop_all: every process of the scenario, paused ones woken first (gateways and workers before
+# what they depend on).
+stop_all() {
+    local name
+    for name in "${!pids[@]}"; do
+        kill -CONT "${pids[$name]}" 2>/dev/null || true
+    done
+    for name in lb bench probe gw-1 gw-2 svc-1 svc-2 ingest-1 ingest-2 webhook; do stop "$name"; done
+    for name in "${!pids[@]}"; do stop "$name"; done
 }
 
 # ---------------------------------------------------------------- network namespaces
@@ -309,13 +315,8 @@ topology_up() {
 }
 
 topology_down() {
-    local name
     [[ -n "$tmp" ]] || return 0
-    for name in "${!pids[@]}"; do
-        kill -CONT "${pids[$name]}" 2>/dev/null || true
-    done
-    for name in lb bench probe gw-1 gw-2 svc-1 svc-2 ingest-1 ingest-2 webhook; do stop "$name"; done
-    for name in "${!pids[@]}"; do stop "$name"; done
+    stop_all
     if ((services)); then
         chat_redis_stop >/dev/null 2>&1 || true
         chat_pg_stop >/dev/null 2>&1 || true
@@ -330,13 +331,9 @@ topology_down() {
 # and fails when a log holds a sanitizer report (scripts/test builds everything with ASan and
 # UBSan); prints the first one.
 sanitizer_check() {
-    local name hits
+    local hits
     [[ -n "$tmp" ]] || return 0
-    for name in "${!pids[@]}"; do
-        kill -CONT "${pids[$name]}" 2>/dev/null || true
-    done
-    for name in lb bench probe gw-1 gw-2 svc-1 svc-2 ingest-1 ingest-2 webhook; do stop "$name"; done
-    for name in "${!pids[@]}"; do stop "$name"; done
+    stop_all
     hits=$(grep -l -E 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:' "$logs"/*.log 2>/dev/null || true)
     [[ -z "$hits" ]] && return 0
     echo "FAIL: sanitizer reports in ${hits//$'\n'/ }"

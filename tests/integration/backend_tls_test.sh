@@ -58,18 +58,8 @@ export CHAT_HOME="$tmp/home" CHAT_START_TIMEOUT=${CHAT_START_TIMEOUT:-120}
 mkdir -p -- "$CHAT_HOME"
 
 stop_pid() { # NAME: SIGTERM, up to 10 s, then SIGKILL
-    local name=$1 pid=${pids[$1]:-} i
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "pids[$name]"
+    chat_stop_pid "${pids[$1]:-}"
+    unset "pids[$1]"
 }
 
 cleanup() {

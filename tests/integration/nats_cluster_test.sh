@@ -76,18 +76,8 @@ mkdir -p -- "$CHAT_HOME"
 export CHAT_START_TIMEOUT=${CHAT_START_TIMEOUT:-120}
 
 stop_pid() { # NAME: SIGTERM, up to 10 s, then SIGKILL
-    local name=$1 pid=${pids[$1]:-} i
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "pids[$name]"
+    chat_stop_pid "${pids[$1]:-}"
+    unset "pids[$1]"
 }
 
 cleanup() {
@@ -298,6 +288,31 @@ replicated() { # STREAM: three replicas configured, a leader and two current fol
     info=$(stream_info "$1")
     grep -q '"num_replicas":3' <<<"$info" && [[ $(grep -o '"current":true' <<<"$info" | wc -l) -eq 2 ]]
 }
+# Can the meta leader place a stream with three replicas? (admin makes and deletes a memory
+# stream.) Three nodes started together sometimes form a cluster with routes and a meta leader
+# that answers "no suitable peers for placement" for many minutes (seen about once in fifteen
+# starts, with nats-server 2.10.27, here and in tests/faults); the platform's workers would retry
+# for as long. That is a server fault outside what this test checks, so the test starts the
+# nodes again, one after the other, once.
+placement_ok() {
+    local out
+    out=$(nats_raw 1 admin "$NATS_ADMIN_PASSWORD" 1 \
+        "SUB _INBOX.t.* 1\r\nPUB \$JS.API.STREAM.CREATE.PLACEMENT_PROBE _INBOX.t.1 93\r\n{\"name\":\"PLACEMENT_PROBE\",\"subjects\":[\"probe.placement\"],\"num_replicas\":3,\"storage\":\"memory\"}\r\n")
+    grep -q '"config"' <<<"$out" && ! grep -q '"error"' <<<"$out" || return 1
+    nats_raw 1 admin "$NATS_ADMIN_PASSWORD" 1 "SUB _INBOX.t.* 1\r\nPUB \$JS.API.STREAM.DELETE.PLACEMENT_PROBE _INBOX.t.1 0\r\n\r\n" >/dev/null
+}
+if ! wait_for 45 placement_ok; then
+    echo "note: the cluster cannot place a replicated stream 45 s after it formed; starting its nodes again, one by one"
+    for n in 1 2 3; do stop_pid "nats$n"; rm -rf -- "$tmp/js-$n"; done
+    for n in 1 2 3; do
+        start_node "$n"
+        wait_for 30 chat_port_open "${client_port[n]}" || true
+    done
+    wait_for 120 cluster_formed || { fail "the cluster did not form again within 120 s"; exit 1; }
+    wait_for 60 placement_ok || { fail "the cluster cannot place a stream with three replicas (no suitable peers)"; exit 1; }
+fi
+pass "the cluster places a stream with three replicas"
+
 # ---------------------------------------------------------------- workers and gateway
 
 ready() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null; }
