@@ -86,6 +86,9 @@ static const setting settings[] = {
     {"CHAT_WS_RATE", "--ws-rate", "50", GW, F(ws_rate_raw), "frames per second per connection (burst twice that)"},
     {"CHAT_WS_USER_RATE", "--ws-user-rate", "100", GW, F(ws_user_rate_raw),
      "posts per second per user on one gateway (burst twice that)"},
+    {"CHAT_WS_INFLIGHT_MAX", "--ws-inflight-max", "1000", GW, F(ws_inflight_raw),
+     "sends one gateway has published and not yet answered; past it new sends get rate_limited at once (0: no "
+     "limit)"},
     {"CHAT_WS_MAX_PER_USER", "--ws-max-per-user", "20", GW, F(ws_per_user_raw),
      "connections per user on one gateway (0: no limit)"},
     {"CHAT_WS_MAX_PER_IP", "--ws-max-per-ip", "1000", GW, F(ws_per_ip_raw),
@@ -517,6 +520,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (!parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
             return fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
                         cfg->ws_user_rate_raw);
+        if (!parse_int(cfg->ws_inflight_raw, 0, 1000000, &cfg->ws_inflight_max))
+            return fail(err, errsz, "CHAT_WS_INFLIGHT_MAX", "must be an integer from 0 to 1000000 (got \"%s\")",
+                        cfg->ws_inflight_raw);
         if (!parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
             return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
         if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))

@@ -42,8 +42,8 @@ typedef struct chat_cfg {
     char *worker_roles;       /* comma separated subset of ingest,api,notify,archive */
     char *web_dir;            /* the demo app's static files ("" = next to the binary) */
     char *tls_cert, *tls_key; /* gateway wss:// (both or neither) */
-    char *ws_queue_raw, *ws_grace_raw, *ws_rate_raw, *ws_user_rate_raw, *ws_per_user_raw, *ws_per_ip_raw,
-        *ws_ping_raw, *ws_stop_delay_raw;
+    char *ws_queue_raw, *ws_grace_raw, *ws_rate_raw, *ws_user_rate_raw, *ws_inflight_raw, *ws_per_user_raw,
+        *ws_per_ip_raw, *ws_ping_raw, *ws_stop_delay_raw;
     char *js_replicas_raw;
     char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
 
@@ -67,6 +67,7 @@ typedef struct chat_cfg {
     int64_t ws_slow_grace_ms;  /* how long a connection may stay over ws_queue_max */
     int ws_rate;               /* frames per second per connection (burst: twice) */
     int ws_user_rate;          /* posts per second per user on one gateway (burst: twice) */
+    int ws_inflight_max;       /* sends published by one gateway and not yet answered (0: no limit) */
     int ws_max_per_user;       /* connections per user on one gateway (0: no limit) */
     int ws_max_per_ip;         /* connections per client address on one gateway (0: no limit) */
     int64_t ws_ping_ms;        /* idle connections are pinged this often and closed when silent for twice that */

@@ -112,17 +112,35 @@ void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame)
     frame_release(f);
 }
 
-void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message)
+/* chat_gateway_failed_total{reason=code} */
+static void error_count(gw_server *srv, const char *code)
 {
-    json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
-    if (ref)
-        json_object_set_new(f, "ref", json_string(ref));
     atomic_uint_fast64_t *c = strcmp(code, "not_member") == 0     ? srv->m.fail_not_member
                               : strcmp(code, "too_large") == 0    ? srv->m.fail_too_large
                               : strcmp(code, "unavailable") == 0  ? srv->m.fail_unavailable
                               : strcmp(code, "rate_limited") == 0 ? srv->m.fail_rate_limited
                                                                   : srv->m.fail_bad_request;
     atomic_fetch_add(c, 1);
+}
+
+void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
+    if (ref)
+        json_object_set_new(f, "ref", json_string(ref));
+    error_count(srv, code);
+    gw_session_send_json(srv, s, f);
+}
+
+/* A send refused by admission control (gw_bus_admit): the client sends it again with the same
+ * cmid, not before retry_after_ms (a hint; clients keep their own backoff too). */
+static void send_retry_later(gw_server *srv, gw_session *s, const char *cmid, int retry_after_ms)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:i}", "type", "error", "code", "rate_limited", "message",
+                          "the service is busy; retry with the same cmid later", "retry_after_ms", retry_after_ms);
+    if (cmid)
+        json_object_set_new(f, "ref", json_string(cmid));
+    error_count(srv, "rate_limited");
     gw_session_send_json(srv, s, f);
 }
 
@@ -225,9 +243,26 @@ void gw_session_on_members_changed(gw_server *srv, const char *conv)
 /* The send path                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The send of session (by id) is answered or failed: it leaves admission control's count. */
+static void inflight_done(gw_server *srv, uint64_t session, const char *conv, const char *cmid)
+{
+    char id[48];
+    snprintf(id, sizeof id, "%s-%" PRIu64, srv->gateway_id, session);
+    gw_bus_inflight_done(srv, id, conv, cmid);
+}
+
+/* Publishes a send to CHAT_IN, or refuses it at once when this gateway has CHAT_WS_INFLIGHT_MAX
+ * sends in flight (gw_bus_admit). A send whose session is gone is published all the same (as
+ * before: the client resends with the same cmid when it comes back) but not counted. */
 static void publish_post(gw_server *srv, uint64_t session, const char *conv, const char *cmid, const uint8_t *post,
                          size_t len)
 {
+    gw_session *s = gw_session_find(srv, session);
+    int retry_after_ms = 0;
+    if (s && !gw_bus_admit(srv, s->user, &retry_after_ms)) {
+        send_retry_later(srv, s, cmid, retry_after_ms);
+        return;
+    }
     gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
@@ -236,11 +271,12 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     snprintf(msg_id, sizeof msg_id, "%s/%s", conv, cmid);
     if (gw_bus_request_send(srv, req, subject, post, len, msg_id) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        gw_session *s = gw_session_find(srv, session);
         if (s)
             gw_session_send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
         return;
     }
+    if (s)
+        gw_bus_inflight_add(srv, s->id_str, s->user, conv, cmid);
     LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
 }
 
@@ -410,6 +446,7 @@ static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char
     json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
                           (json_int_t)seq, "id", id);
     atomic_fetch_add(srv->m.acks, 1);
+    gw_bus_inflight_done(srv, s->id_str, conv, cmid);
     gw_session_send_json(srv, s, f);
 }
 
@@ -450,11 +487,14 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         return false;
     }
     gw_session *s = gw_session_find(srv, req->session);
-    if (s == NULL)
+    if (s == NULL) {
+        inflight_done(srv, req->session, req->conv, req->cmid);
         return false; /* the client left; it retries with the same cmid when it comes back */
+    }
     switch (req->kind) {
     case GW_REQ_PUBLISH: {
         if (msg == NULL || no_responders(msg)) {
+            inflight_done(srv, req->session, req->conv, req->cmid);
             gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
             return false;
         }
@@ -464,6 +504,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
         json_decref(ack);
         if (error) {
+            inflight_done(srv, req->session, req->conv, req->cmid);
             gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
             return false;
         }
@@ -471,6 +512,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             return false; /* the ack comes with the committed event */
         /* a retry the broker already has: ask the api role for the stored seq and id */
         if (!ask_post_status(srv, req)) {
+            inflight_done(srv, req->session, req->conv, req->cmid);
             gw_session_send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
             return false;
         }
@@ -497,6 +539,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
             return true;
         }
+        inflight_done(srv, req->session, req->conv, req->cmid);
         gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
         return false;
     }
@@ -546,10 +589,12 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         gw_frame *f = frame_from_json(chat_event_json(e), e->ts_ms);
         fan_to_user(srv, u, f);
         frame_release(f);
-        if (e->session && e->session[0])
+        if (e->session && e->session[0]) {
+            gw_bus_inflight_done(srv, e->session, e->conv, e->cmid); /* even when the session left */
             for (gw_session *s = u->sessions; s; s = s->next_of_user)
                 if (strcmp(s->id_str, e->session) == 0)
                     send_ack(srv, s, e->conv, e->cmid, e->seq, e->id);
+        }
         break;
     }
     case CHAT__V1__DELIVERY__ITEM_MEMBERS: {
@@ -583,6 +628,7 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
     }
     case CHAT__V1__DELIVERY__ITEM_REJECTION: {
         Chat__V1__Rejection *rj = d->rejection;
+        gw_bus_inflight_done(srv, rj->session, rj->conv, rj->cmid);
         for (gw_session *s = u->sessions; s; s = s->next_of_user)
             if (strcmp(s->id_str, rj->session) == 0)
                 gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
