@@ -368,11 +368,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, sends_past_the_bound_are_refused_at_once);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_ops_cleanup();
+    int failed = test_ops_run(s);
     test_stack_free(&stack);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -269,11 +269,7 @@ int main(void)
     tcase_add_test(tc, wss_with_a_test_certificate);
     tcase_add_test(tc, cert_without_key_does_not_start);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_ops_cleanup();
+    int failed = test_ops_run(s);
     char cmd[PATH_MAX + 32];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)

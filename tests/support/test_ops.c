@@ -166,6 +166,16 @@ void test_ops_cleanup(void)
     kill_listed();
 }
 
+int test_ops_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_VERBOSE);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    test_ops_cleanup();
+    return failed;
+}
+
 static void log_line(const char *path, const char *text)
 {
     FILE *f = fopen(path, "a");

@@ -4,6 +4,7 @@
  * of a test program (or its Check child). */
 #ifndef TEST_OPS_H
 #define TEST_OPS_H
+#include <check.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -41,6 +42,10 @@ void test_ops_init(const char *prog);
 /* Kills (SIGKILL) every chat-gateway process still listed in the pid file and removes it. For
  * main() after the tests (a Check child that timed out leaves its gateways to this). */
 void test_ops_cleanup(void);
+
+/* main()'s end: runs suite s (verbose), frees the runner, test_ops_cleanup(). Returns the number
+ * of failed tests. */
+int test_ops_run(Suite *s);
 
 /* Starts build_dir/bin/chat-gateway with the test's environment (the stack's settings), then
  * CHAT_GATEWAY_LISTEN=127.0.0.1:<free port> and the NAME=value strings of env (NULL-terminated,
