@@ -576,27 +576,37 @@ gateway_resynced() {
     fi
 }
 
-# kill -9 the node leading CHAT_IN; started again (same store) 10 s later
-scenario_nats_leader_kill() {
-    gateway_on_leader || return 1
-    load_start nats_leader_kill 30 || return 1
-    local rc=0 leader k t0 others new held before
-    at 5
-    leader=$(stream_leader 1 2 3) || { echo "  VIOLATION: no CHAT_IN leader"; return 1; }
+# lose_leader WHAT FAULT: the node leading CHAT_IN is lost to FAULT (a command given the node's
+# number: kill_node, partition); sets the caller's leader, k (its node), held (gateway connections
+# on it), before (resyncs so far) and t0, then waits up to 20 s for another node to lead CHAT_IN.
+# 1: no new leader; 2: no leader to begin with.
+lose_leader() {
+    local what=$1 fault=$2 others new
+    leader=$(stream_leader 1 2 3) || { echo "  VIOLATION: no CHAT_IN leader"; return 2; }
     k=$(node_of "$leader")
     others=$(printf '%s ' 1 2 3 | sed "s/$k //")
     held=$(gateways_on "$k")
     before=$(resyncs)
-    stop "nats$k" KILL
+    "$fault" "$k"
     t0=$(now_ms)
-    say "kill -9 $leader (CHAT_IN leader, $held gateway connection(s))"
+    say "$what: $leader (CHAT_IN leader, $held gateway connection(s)) lost"
     # shellcheck disable=SC2086
     if new=$(wait_leader_other "$leader" $others); then
-        say "new CHAT_IN leader $new $(($(now_ms) - t0)) ms after the kill"
+        say "new CHAT_IN leader $new $(($(now_ms) - t0)) ms after the $what"
     else
-        echo "  VIOLATION: no new CHAT_IN leader 20 s after the kill"
-        rc=1
+        echo "  VIOLATION: no new CHAT_IN leader 20 s after the $what"
+        return 1
     fi
+}
+kill_node() { stop "nats$1" KILL; }
+
+# kill -9 the node leading CHAT_IN; started again (same store) 10 s later
+scenario_nats_leader_kill() {
+    gateway_on_leader || return 1
+    load_start nats_leader_kill 30 || return 1
+    local rc=0 leader k t0 held before
+    at 5
+    lose_leader kill kill_node || { (($? == 2)) && return 1; rc=1; }
     at 15
     nats_start "$k"
     say "nats-$k started again"
@@ -626,23 +636,9 @@ wait_leader_other() {
 scenario_nats_partition() {
     gateway_on_leader || return 1
     load_start nats_partition 30 || return 1
-    local rc=0 leader k t0 others new held before
+    local rc=0 leader k t0 held before
     at 5
-    leader=$(stream_leader 1 2 3) || { echo "  VIOLATION: no CHAT_IN leader"; return 1; }
-    k=$(node_of "$leader")
-    others=$(printf '%s ' 1 2 3 | sed "s/$k //")
-    held=$(gateways_on "$k")
-    before=$(resyncs)
-    partition "$k"
-    t0=$(now_ms)
-    say "partition: $leader (CHAT_IN leader, $held gateway connection(s)) cut off from the other nodes and every client"
-    # shellcheck disable=SC2086
-    if new=$(wait_leader_other "$leader" $others); then
-        say "new CHAT_IN leader $new $(($(now_ms) - t0)) ms after the cut"
-    else
-        echo "  VIOLATION: no new CHAT_IN leader 20 s after the cut"
-        rc=1
-    fi
+    lose_leader cut partition || { (($? == 2)) && return 1; rc=1; }
     at 20
     heal "$k"
     say "healed: $leader back on the network"

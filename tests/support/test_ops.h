@@ -36,7 +36,7 @@ typedef struct test_gateway {
 
 /* Where the gateways of program prog record their pids ($CHAT_HOME/run/<prog>.pids) and log
  * ($CHAT_HOME/logs/<prog>-<name>.log); kills (SIGKILL) chat-gateway processes an earlier run of
- * prog left behind in its pid file. Call once in main() before the tests. */
+ * prog left behind in its pid file; ignores SIGPIPE. Call once in main() before the tests. */
 void test_ops_init(const char *prog);
 
 /* Kills (SIGKILL) every chat-gateway process still listed in the pid file and removes it. For
