@@ -73,7 +73,7 @@ static void push_item(gw_bus *bus, in_kind kind, natsMsg *msg, gw_bus_fn fn, voi
     bus->tail = n;
     pthread_mutex_unlock(&bus->lock);
     if (was_empty)
-        lws_cancel_service(bus->srv->context);
+        gw_server_wake(bus->srv);
 }
 
 static void push(gw_bus *bus, in_kind kind, natsMsg *msg)

@@ -493,13 +493,18 @@ void gw_server_run(gw_server *srv)
     LOG_INFO("gateway", "event=drained sessions_left=%zu", chat_map_size(srv->sessions));
 }
 
-void gw_server_stop(gw_server *srv)
+void gw_server_wake(gw_server *srv)
 {
-    atomic_store(&srv->stopping, true);
     pthread_mutex_lock(&srv->context_lock);
     if (srv->context)
         lws_cancel_service(srv->context);
     pthread_mutex_unlock(&srv->context_lock);
+}
+
+void gw_server_stop(gw_server *srv)
+{
+    atomic_store(&srv->stopping, true);
+    gw_server_wake(srv);
 }
 
 void gw_server_destroy(gw_server *srv)

@@ -67,6 +67,9 @@ chat_status gw_server_create(gw_server *srv);
 void gw_server_run(gw_server *srv);
 /* Asks the loop to end; any thread. */
 void gw_server_stop(gw_server *srv);
+/* Wakes the loop (lws_cancel_service) from any thread; nothing once the context is destroyed
+ * (a nats.c callback may still run while the gateway shuts down). */
+void gw_server_wake(gw_server *srv);
 /* Frees the context and the bus; main thread, after gw_server_run returned. NULL-safe. */
 void gw_server_destroy(gw_server *srv);
 
