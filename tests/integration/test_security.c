@@ -48,6 +48,7 @@
 #include <openssl/rsa.h>
 
 #include "chat_jwt.h"
+#include "test_jwt.h"
 #include "test_stack.h"
 
 #define PROG "test_security"
@@ -404,24 +405,6 @@ static int64_t post_ok(ws_client *c, const char *conv, const char *cmid, const c
 
 /* ------------------------------------------------------------------ tokens */
 
-static size_t b64url(const unsigned char *in, size_t len, char *out)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v =
-            (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[o++] = tbl[(v >> 6) & 63];
-        if (i + 2 < len)
-            out[o++] = tbl[v & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
-
 /* header.payload signed with HMAC (md) keyed with key[0..keylen), or with the RSA key (rsa), or
  * unsigned (both NULL). Caller frees. */
 static char *forge(const char *header, const char *payload, const EVP_MD *md, const void *key, size_t keylen,
@@ -430,9 +413,9 @@ static char *forge(const char *header, const char *payload, const EVP_MD *md, co
     size_t hlen = strlen(header), plen = strlen(payload);
     char *t = malloc(4 * (hlen + plen) / 3 + 1200);
     ck_assert_ptr_nonnull(t);
-    size_t o = b64url((const unsigned char *)header, hlen, t);
+    size_t o = test_jwt_b64url((const unsigned char *)header, hlen, t);
     t[o++] = '.';
-    o += b64url((const unsigned char *)payload, plen, t + o);
+    o += test_jwt_b64url((const unsigned char *)payload, plen, t + o);
     size_t signed_len = o;
     t[o++] = '.';
     t[o] = '\0';
@@ -450,7 +433,7 @@ static char *forge(const char *header, const char *payload, const EVP_MD *md, co
         EVP_MD_CTX_free(ctx);
     }
     if (siglen)
-        b64url(sig, siglen, t + o);
+        test_jwt_b64url(sig, siglen, t + o);
     return t;
 }
 

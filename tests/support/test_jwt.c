@@ -8,7 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-static size_t b64url(const unsigned char *in, size_t len, char *out)
+size_t test_jwt_b64url(const unsigned char *in, size_t len, char *out)
 {
     static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     size_t o = 0;
@@ -32,9 +32,9 @@ char *test_jwt_forge(const char *header, const char *payload, const char *key, c
     char *token = malloc(4 * (hlen + plen) / 3 + 200);
     if (!token)
         abort();
-    size_t o = b64url((const unsigned char *)header, hlen, token);
+    size_t o = test_jwt_b64url((const unsigned char *)header, hlen, token);
     token[o++] = '.';
-    o += b64url((const unsigned char *)payload, plen, token + o);
+    o += test_jwt_b64url((const unsigned char *)payload, plen, token + o);
     size_t signed_len = o;
     token[o++] = '.';
     token[o] = '\0';
@@ -43,7 +43,7 @@ char *test_jwt_forge(const char *header, const char *payload, const char *key, c
         unsigned int maclen = 0;
         const EVP_MD *md = strcmp(sig_alg, "HS512") == 0 ? EVP_sha512() : EVP_sha256();
         HMAC(md, key, (int)strlen(key), (const unsigned char *)token, signed_len, mac, &maclen);
-        b64url(mac, maclen, token + o);
+        test_jwt_b64url(mac, maclen, token + o);
     }
     return token;
 }
