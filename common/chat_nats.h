@@ -36,7 +36,6 @@ bool chat_subject_event(char *buf, size_t size, const char *conv);              
 
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
-#define CHAT_STREAM_NOTIFY "CHAT_NOTIFY"
 #define CHAT_API_PREFIX "chat.api.v1."
 
 #endif

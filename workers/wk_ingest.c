@@ -632,40 +632,6 @@ static void reply_all(partition *pt, batch *b, const char *what)
     }
 }
 
-/* One NotifyRequest per new message to CHAT_NOTIFY (chat.notify.<conv>, Nats-Msg-Id <conv>:<seq>):
- * the notify role checks after CHAT_PUSH_GRACE which members have still not seen it. */
-static void publish_notify(partition *pt, const Chat__V1__Event *e)
-{
-    char preview[128];
-    size_t n = strlen(e->body);
-    if (n > 100) { /* cut at a UTF-8 boundary */
-        n = 100;
-        while (n > 0 && ((unsigned char)e->body[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(preview, e->body, n);
-    preview[n] = '\0';
-    Chat__V1__NotifyRequest nr = CHAT__V1__NOTIFY_REQUEST__INIT;
-    nr.conv = e->conv;
-    nr.seq = e->seq;
-    nr.sender = e->sender;
-    nr.preview = preview;
-    nr.ts_ms = e->ts_ms;
-    uint8_t buf[512];
-    if (chat__v1__notify_request__get_packed_size(&nr) > sizeof buf)
-        return;
-    size_t len = chat__v1__notify_request__pack(&nr, buf);
-    char subject[128], msgid[160];
-    snprintf(subject, sizeof subject, "chat.notify.%s", e->conv);
-    snprintf(msgid, sizeof msgid, "%s:%" PRIu64, e->conv, e->seq);
-    natsMsg *msg = NULL;
-    natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
-    natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
-    if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
-        atomic_fetch_add(&pt->publish_errors, 1);
-    natsMsg_Destroy(msg);
-}
-
 /* How many times the connection reconnected (nats.c counts every new socket). */
 static uint64_t reconnects(natsConnection *nc)
 {
@@ -680,7 +646,7 @@ static uint64_t reconnects(natsConnection *nc)
 /* Forgets the publishes still waiting for a PubAck and returns how many there were. A PubAck lost
  * with a NATS node (or a connection that died silently) never comes: left in the context, such a
  * publish would make every later js_PublishAsyncComplete time out and stall the partition for
- * good. Both streams drop repeats by Nats-Msg-Id, so the caller simply publishes again. */
+ * good. CHAT_EVENTS drops repeats by Nats-Msg-Id, so the caller simply publishes again. */
 static int drop_pending(partition *pt)
 {
     natsMsgList pending = {0};
@@ -696,10 +662,11 @@ static bool heartbeat(partition *pt);
 enum { F_DONE, F_STOPPING, F_LEASE_LOST };
 
 /* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns F_DONE when
- * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses). A retry publishes
- * the events (and notify requests) again, and the live deliveries too when the connection changed
- * since they went out (they may have died with the old socket); devices drop repeats by id. While
- * it retries it keeps the lease session from idling out (idle_session_timeout). */
+ * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses); the notify role
+ * reads its offline pushes from there too. A retry publishes the events again, and the live
+ * deliveries too when the connection changed since they went out (they may have died with the old
+ * socket); devices drop repeats by id. While it retries it keeps the lease session from idling out
+ * (idle_session_timeout). */
 static int fanout(partition *pt, batch *b, int64_t committed_ms)
 {
     natsConnection *nc = pt->in->app->nc;
@@ -748,9 +715,6 @@ static int fanout(partition *pt, batch *b, int64_t committed_ms)
             if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
                 atomic_fetch_add(&pt->publish_errors, 1);
             natsMsg_Destroy(msg);
-            if (it->state != I_DUP && (e.kind == CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT ||
-                                       e.kind == CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM))
-                publish_notify(pt, &e);
         }
         jsPubOptions po;
         jsPubOptions_Init(&po);

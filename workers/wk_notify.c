@@ -58,7 +58,7 @@ struct wk_notify {
     bool monitor_started;
     bool curl_global;
     atomic_uint_fast64_t *m_pushes, *m_failures, *m_given_up;
-    atomic_uint_fast64_t *m_done, *m_no_webhook, *m_invalid;
+    atomic_uint_fast64_t *m_done, *m_no_webhook, *m_invalid, *m_skipped;
     atomic_int_fast64_t *m_pending, *m_behind;
     chat_histogram *h_webhook;
 };
@@ -95,6 +95,27 @@ bool wk_notify_parse_ack(const char *reply, uint64_t *delivered, int64_t *ts_ns)
     *delivered = dc;
     *ts_ns = ts;
     return true;
+}
+
+wk_notify_kind wk_notify_classify(const char *chat_type, const void *data, size_t len, Chat__V1__Event **ev)
+{
+    *ev = NULL;
+    /* membership changes, and whatever a later release may add, are none of the notifier's business */
+    if (chat_type == NULL || strcmp(chat_type, "event") != 0)
+        return WK_NOTIFY_SKIP;
+    Chat__V1__Event *e = chat__v1__event__unpack(NULL, len, data);
+    if (e == NULL || !chat_id_valid(e->conv) || !chat_id_valid(e->sender) || e->seq == 0) {
+        if (e)
+            chat__v1__event__free_unpacked(e, NULL);
+        return WK_NOTIFY_INVALID;
+    }
+    /* edits, deletes and reactions change what is unread, never add to it: no push of their own */
+    if (e->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT && e->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM) {
+        chat__v1__event__free_unpacked(e, NULL);
+        return WK_NOTIFY_SKIP;
+    }
+    *ev = e;
+    return WK_NOTIFY_MESSAGE;
 }
 
 char *wk_notify_payload(const char *user, const wk_push_conv *convs, size_t n, const wk_push_msg *newest,
@@ -150,9 +171,10 @@ static void nak_after(puller *p, natsMsg *m, int64_t delay_ms)
 /* One batch                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
+/* One text or system message of CHAT_EVENTS that has passed its grace. */
 typedef struct req {
     natsMsg *msg;
-    Chat__V1__NotifyRequest *nr;
+    Chat__V1__Event *ev;
     uint64_t delivered;
 } req;
 
@@ -285,10 +307,10 @@ static PGresult *claim(puller *p, req *rq, int n, const char *token, int64_t *la
     chat_buf_pg_array_begin(&senders);
     for (int i = 0; i < n; i++) {
         char seq[24];
-        snprintf(seq, sizeof seq, "%" PRIu64, rq[i].nr->seq);
-        chat_buf_pg_array_str(&convs, rq[i].nr->conv);
+        snprintf(seq, sizeof seq, "%" PRIu64, rq[i].ev->seq);
+        chat_buf_pg_array_str(&convs, rq[i].ev->conv);
         chat_buf_pg_array_str(&seqs, seq);
-        chat_buf_pg_array_str(&senders, rq[i].nr->sender);
+        chat_buf_pg_array_str(&senders, rq[i].ev->sender);
     }
     chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&seqs);
@@ -545,11 +567,11 @@ static void settle(puller *p, pair *pairs, int npairs, const char *token)
     chat_buf_free(&holds);
 }
 
-/* Whether request nr waits on member q: q is behind it and no push covered it yet. */
-static bool depends(const Chat__V1__NotifyRequest *nr, const pair *q)
+/* Whether message ev waits on member q: q is behind it and no push covered it yet. */
+static bool depends(const Chat__V1__Event *ev, const pair *q)
 {
-    return strcmp(q->conv, nr->conv) == 0 && strcmp(q->user, nr->sender) != 0 && q->delivered < nr->seq &&
-           q->pushed < nr->seq;
+    return strcmp(q->conv, ev->conv) == 0 && strcmp(q->user, ev->sender) != 0 && q->delivered < ev->seq &&
+           q->pushed < ev->seq;
 }
 
 enum { D_DONE, D_BLOCKED, D_DEFERRED, D_FAILED };
@@ -560,12 +582,12 @@ static void decide(puller *p, req *rq, int n, pair *pairs, int npairs)
     wk_notify *w = p->n;
     static const char *names[] = {"done", "blocked", "deferred", "failed"};
     for (int i = 0; i < n; i++) {
-        const Chat__V1__NotifyRequest *nr = rq[i].nr;
+        const Chat__V1__Event *ev = rq[i].ev;
         int worst = D_DONE;
         int64_t wait_ms = RETRY_SOON_MS;
         for (int k = 0; k < npairs; k++) {
             const pair *q = &pairs[k];
-            if (!depends(nr, q))
+            if (!depends(ev, q))
                 continue;
             int d = D_DONE;
             if (!q->mine) {
@@ -590,14 +612,14 @@ static void decide(puller *p, req *rq, int n, pair *pairs, int npairs)
             /* the broker would not deliver it again: say so, count it, and take it out */
             reply(p, rq[i].msg, "+TERM");
             atomic_fetch_add(w->m_given_up, 1);
-            LOG_WARN("notify", "event=given_up conv=%s seq=%" PRIu64 " deliveries=%" PRIu64 " reason=%s", nr->conv,
-                     nr->seq, rq[i].delivered, names[worst]);
+            LOG_WARN("notify", "event=given_up conv=%s seq=%" PRIu64 " deliveries=%" PRIu64 " reason=%s", ev->conv,
+                     ev->seq, rq[i].delivered, names[worst]);
             continue;
         }
         int64_t delay = worst == D_FAILED ? wk_notify_backoff_ms(rq[i].delivered) : wait_ms;
         nak_after(p, rq[i].msg, delay);
         LOG_DEBUG("notify", "event=retry_later conv=%s seq=%" PRIu64 " deliveries=%" PRIu64 " reason=%s delay_ms=%lld",
-                  nr->conv, nr->seq, rq[i].delivered, names[worst], (long long)delay);
+                  ev->conv, ev->seq, rq[i].delivered, names[worst], (long long)delay);
     }
 }
 
@@ -616,7 +638,7 @@ static void process_due(puller *p, req *rq, int n)
     read_pairs(res, pairs);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < npairs; k++)
-            if (depends(rq[i].nr, &pairs[k]) && rq[i].delivered > pairs[k].max_delivered)
+            if (depends(rq[i].ev, &pairs[k]) && rq[i].delivered > pairs[k].max_delivered)
                 pairs[k].max_delivered = rq[i].delivered;
     push_all(p, pairs, npairs, rq, n, &last_keep);
     settle(p, pairs, npairs, token);
@@ -625,8 +647,9 @@ static void process_due(puller *p, req *rq, int n)
     PQclear(res);
 }
 
-/* Sorts a fetched batch: malformed requests are terminated, without a webhook everything is acked,
- * requests still inside their grace are nak'ed with the time left; the rest is processed. */
+/* Sorts a fetched batch: what needs no push is acked, a malformed event is terminated, without a
+ * webhook everything is acked, messages still inside their grace are nak'ed with the time left;
+ * the rest is processed. */
 static void handle_batch(puller *p, natsMsg **msgs, int n)
 {
     wk_notify *w = p->n;
@@ -639,33 +662,38 @@ static void handle_batch(puller *p, natsMsg **msgs, int n)
         uint64_t dc = 1;
         int64_t ts_ns = 0;
         wk_notify_parse_ack(natsMsg_GetReply(m), &dc, &ts_ns);
-        Chat__V1__NotifyRequest *nr = chat__v1__notify_request__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                                                       (const uint8_t *)natsMsg_GetData(m));
-        if (nr == NULL || !chat_id_valid(nr->conv) || !chat_id_valid(nr->sender) || nr->seq == 0) {
-            LOG_WARN("notify", "event=dropped subject=%s reason=\"%s\"", natsMsg_GetSubject(m),
-                     nr == NULL ? "undecodable" : "bad conv, sender or seq");
+        const char *type = NULL;
+        if (natsMsgHeader_Get(m, "Chat-Type", &type) != NATS_OK)
+            type = NULL;
+        Chat__V1__Event *ev = NULL;
+        wk_notify_kind kind = wk_notify_classify(type, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &ev);
+        if (kind == WK_NOTIFY_SKIP) {
+            reply(p, m, "+ACK");
+            atomic_fetch_add(w->m_skipped, 1);
+        } else if (kind == WK_NOTIFY_INVALID) {
+            LOG_WARN("notify", "event=dropped subject=%s reason=\"not a valid Event\"", natsMsg_GetSubject(m));
             reply(p, m, "+TERM");
             atomic_fetch_add(w->m_invalid, 1);
         } else if (cfg->push_webhook_url[0] == '\0') {
             reply(p, m, "+ACK");
             atomic_fetch_add(w->m_no_webhook, 1);
         } else {
-            int64_t left = nr->ts_ms + cfg->push_grace_ms - now;
+            int64_t left = ev->ts_ms + cfg->push_grace_ms - now;
             if (left > DUE_SLACK_MS) {
                 nak_after(p, m, left > cfg->push_grace_ms ? cfg->push_grace_ms : left);
             } else {
-                due[ndue++] = (req){.msg = m, .nr = nr, .delivered = dc};
+                due[ndue++] = (req){.msg = m, .ev = ev, .delivered = dc};
                 continue; /* owned by due[] now */
             }
         }
-        if (nr)
-            chat__v1__notify_request__free_unpacked(nr, NULL);
+        if (ev)
+            chat__v1__event__free_unpacked(ev, NULL);
         natsMsg_Destroy(m);
     }
     if (ndue > 0)
         process_due(p, due, ndue);
     for (int i = 0; i < ndue; i++) {
-        chat__v1__notify_request__free_unpacked(due[i].nr, NULL);
+        chat__v1__event__free_unpacked(due[i].ev, NULL);
         natsMsg_Destroy(due[i].msg);
     }
 }
@@ -749,6 +777,10 @@ static void *puller_thread(void *arg)
 /* The monitor: consumer set-up, pending, members behind                                        */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Creates the shared consumer, or brings an existing one to this configuration (an update keeps
+ * its position). DeliverPolicy new only matters the first time: CHAT_EVENTS is not a work queue
+ * but 7 days of history, and a new notifier starts with what is posted from now on. The policy
+ * cannot be changed by an update, so every release must create it with the same one. */
 static bool setup_consumer(jsCtx *js, int replicas)
 {
     if (wk_streams_ensure(js, replicas, false) != CHAT_OK)
@@ -761,22 +793,22 @@ static bool setup_consumer(jsCtx *js, int replicas)
     cc.AckWait = (int64_t)WK_NOTIFY_ACK_WAIT_MS * 1000000LL;
     cc.MaxDeliver = WK_NOTIFY_MAX_DELIVER;
     cc.MaxAckPending = WK_NOTIFY_MAX_ACK_PENDING;
-    cc.DeliverPolicy = js_DeliverAll;
+    cc.DeliverPolicy = js_DeliverNew;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_AddConsumer(&ci, js, CHAT_STREAM_NOTIFY, &cc, NULL, &jerr);
+    natsStatus s = js_AddConsumer(&ci, js, CHAT_STREAM_EVENTS, &cc, NULL, &jerr);
     if (s != NATS_OK && jerr != 0) { /* exists with another configuration (an older release) */
         jsConsumerInfo_Destroy(ci);
         ci = NULL;
         jerr = 0;
-        s = js_UpdateConsumer(&ci, js, CHAT_STREAM_NOTIFY, &cc, NULL, &jerr);
+        s = js_UpdateConsumer(&ci, js, CHAT_STREAM_EVENTS, &cc, NULL, &jerr);
     }
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
         LOG_WARN("notify", "event=consumer_setup_failed status=\"%s\" jerr=%d", natsStatus_GetText(s), (int)jerr);
         return false;
     }
-    LOG_INFO("notify", "event=consumer_ready stream=%s consumer=%s", CHAT_STREAM_NOTIFY, WK_NOTIFY_CONSUMER);
+    LOG_INFO("notify", "event=consumer_ready stream=%s consumer=%s", CHAT_STREAM_EVENTS, WK_NOTIFY_CONSUMER);
     return true;
 }
 
@@ -784,12 +816,14 @@ static void poll_pending(wk_notify *w, jsCtx *js)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, js, CHAT_STREAM_NOTIFY, WK_NOTIFY_CONSUMER, NULL, &jerr);
+    natsStatus s = js_GetConsumerInfo(&ci, js, CHAT_STREAM_EVENTS, WK_NOTIFY_CONSUMER, NULL, &jerr);
     if (s == NATS_OK && ci) {
         atomic_store(w->m_pending, (int_fast64_t)ci->NumPending + ci->NumAckPending);
     } else if (jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr) {
         LOG_WARN("notify", "event=consumer_missing jerr=%d", (int)jerr);
-        atomic_store(&w->consumer_ready, false); /* set up again */
+        /* set up again; a consumer created anew starts at the stream's end: what was posted while
+         * it was missing gets no push */
+        atomic_store(&w->consumer_ready, false);
     }
     jsConsumerInfo_Destroy(ci);
 }
@@ -873,7 +907,7 @@ chat_status wk_notify_start(wk_app *app, wk_notify **out)
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
         memset(r, 0, sizeof r);
     snprintf(w->worker_id, sizeof w->worker_id, "%d-%02x%02x%02x%02x", (int)getpid(), r[0], r[1], r[2], r[3]);
-    snprintf(w->next_subject, sizeof w->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_NOTIFY,
+    snprintf(w->next_subject, sizeof w->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_EVENTS,
              WK_NOTIFY_CONSUMER);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         free(w);
@@ -886,14 +920,15 @@ chat_status wk_notify_start(wk_app *app, wk_notify **out)
     w->m_failures = chat_metrics_counter(m, "chat_notify_push_failures_total", NULL,
                                          "Pushes that failed (no answer in time, or not a 2xx); retried.");
     w->m_given_up = chat_metrics_counter(m, "chat_notify_given_up_total", NULL,
-                                         "Notify requests given up after the last delivery failed.");
-    static const char *help_req = "Notify requests acked, by result.";
+                                         "Messages whose push was given up after the last delivery failed.");
+    static const char *help_req = "Events of CHAT_EVENTS the notify role acked, by result.";
     w->m_done = chat_metrics_counter(m, "chat_notify_requests_total", "result=\"done\"", help_req);
     w->m_no_webhook = chat_metrics_counter(m, "chat_notify_requests_total", "result=\"no_webhook\"", help_req);
     w->m_invalid = chat_metrics_counter(m, "chat_notify_requests_total", "result=\"invalid\"", help_req);
+    w->m_skipped = chat_metrics_counter(m, "chat_notify_requests_total", "result=\"skipped\"", help_req);
     w->m_pending = chat_metrics_gauge(m, "chat_notify_pending", NULL,
-                                      "Notify requests in the consumer: not yet delivered plus awaiting ack "
-                                      "(inside the grace, or being retried).");
+                                      "Events in the notify consumer of CHAT_EVENTS: not yet delivered plus "
+                                      "awaiting ack (inside the grace, or being retried).");
     w->m_behind = chat_metrics_gauge(m, "chat_notify_members_behind", NULL,
                                      "Members whose seen cursor is behind a message older than CHAT_PUSH_GRACE.");
     w->h_webhook = chat_metrics_histogram(m, "chat_notify_webhook_seconds", NULL, "Duration of webhook POSTs.");

@@ -4,10 +4,13 @@
  * coalesces into one push per user, a failing webhook is retried through JetStream redelivery
  * with a delay, a killed notifier's work comes back to another one.
  *
- * Input: stream CHAT_NOTIFY (chat.notify.<conv>, one NotifyRequest per new text or system
- * message), through the durable pull consumer "notify" that every notify worker shares, pulled by
- * hand with $JS.API.CONSUMER.MSG.NEXT like the ingest. Watermarks and claims: table push_state
- * (migrations/0005_push.sql).
+ * Input: stream CHAT_EVENTS (chat.evt.<conv>: every committed Event, Chat-Type "event", and every
+ * MembershipEvent, Chat-Type "members"), through the durable pull consumer "chat-notify-events"
+ * that every notify worker shares, pulled by hand with $JS.API.CONSUMER.MSG.NEXT like the ingest.
+ * Only new text and system messages can need a push; everything else is acked at once. The
+ * consumer is created with DeliverPolicy new: CHAT_EVENTS keeps 7 days, and a notify role
+ * started for the first time must not push a week of old messages. Watermarks and claims: table
+ * push_state (migrations/0005_push.sql).
  *
  * Threads: WK_NOTIFY_THREADS pullers, each with its own inbox subscription, PGconn and libcurl
  * easy handle; one monitor thread (consumer set-up, chat_notify_pending every few seconds,
@@ -18,15 +21,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat.pb-c.h"
 #include "chat_status.h"
 #include "wk_app.h"
 
 #define WK_NOTIFY_THREADS 2
-#define WK_NOTIFY_CONSUMER "notify"
-#define WK_NOTIFY_FILTER "chat.notify.>"
+#define WK_NOTIFY_CONSUMER "chat-notify-events" /* not "notify": that one was on CHAT_NOTIFY */
+#define WK_NOTIFY_FILTER "chat.evt.>"
 #define WK_NOTIFY_ACK_WAIT_MS 30000
 #define WK_NOTIFY_MAX_DELIVER 10
-#define WK_NOTIFY_MAX_ACK_PENDING 100000 /* requests inside their grace count: rate * grace must fit */
+#define WK_NOTIFY_MAX_ACK_PENDING 100000 /* messages inside their grace count: rate * grace must fit */
 #define WK_NOTIFY_BATCH 64
 #define WK_NOTIFY_BACKOFF_MAX_MS 60000
 #define WK_NOTIFY_CLAIM_S 30      /* a claim on push_state runs out after this (= AckWait) */
@@ -54,6 +58,17 @@ int64_t wk_notify_backoff_ms(uint64_t delivered);
  * ($JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form with
  * domain and account hash). false when reply is not one. */
 bool wk_notify_parse_ack(const char *reply, uint64_t *delivered, int64_t *ts_ns);
+
+typedef enum {
+    WK_NOTIFY_SKIP,    /* needs no push (an edit, delete, reaction, membership change): ack */
+    WK_NOTIFY_INVALID, /* Chat-Type "event" that is no valid Event: terminate */
+    WK_NOTIFY_MESSAGE  /* a text or system message: wait out the grace, then check its members */
+} wk_notify_kind;
+
+/* Sorts one message of CHAT_EVENTS by its Chat-Type header (NULL when it has none) and its bytes.
+ * *ev is set, to an Event the caller frees with chat__v1__event__free_unpacked, only for
+ * WK_NOTIFY_MESSAGE. */
+wk_notify_kind wk_notify_classify(const char *chat_type, const void *data, size_t len, Chat__V1__Event **ev);
 
 typedef struct wk_push_conv {
     const char *conv;

@@ -53,20 +53,7 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
     ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
     ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
     ev.Replicas = replicas;
-    st = ensure(js, &ev, update);
-    if (st != CHAT_OK)
-        return st;
-
-    jsStreamConfig nt;
-    jsStreamConfig_Init(&nt);
-    const char *nt_subjects[] = {"chat.notify.>"};
-    nt.Name = CHAT_STREAM_NOTIFY;
-    nt.Subjects = nt_subjects;
-    nt.SubjectsLen = 1;
-    nt.Storage = js_FileStorage;
-    nt.Retention = js_WorkQueuePolicy;
-    nt.MaxAge = 24LL * 3600 * 1000000000LL;
-    nt.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    nt.Replicas = replicas;
-    return ensure(js, &nt, update);
+    /* CHAT_NOTIFY, the notify requests of older releases, is no longer created; a stream left
+     * from one is not touched here (an operator removes it once drained, docs/notifications.md) */
+    return ensure(js, &ev, update);
 }

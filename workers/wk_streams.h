@@ -2,9 +2,8 @@
  *   CHAT_IN      chat.in.*.*   file storage, work-queue retention (a message leaves once the
  *                              ingest acked it), duplicate window 10 minutes
  *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
- *                              the committed events, replayable by backends
- *   CHAT_NOTIFY  chat.notify.<conv>  file storage, work-queue, 1 day: one NotifyRequest per new
- *                              message, for the notify role to check after CHAT_PUSH_GRACE */
+ *                              the committed events, replayable by backends; the notify role
+ *                              reads its offline pushes from it too (workers/wk_notify.h) */
 #ifndef WK_STREAMS_H
 #define WK_STREAMS_H
 #include <stdbool.h>

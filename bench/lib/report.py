@@ -754,7 +754,7 @@ def durability(w, fast):
       "PostgreSQL commit (`synchronous_commit=on`, fsync), and delivers only committed messages. What can be "
       "lost is (a) a post the gateway published whose ack the client never got (the client resends it with the "
       "same cmid; dedupe makes that safe), (b) CHAT_EVENTS entries of committed messages (the durable copy is "
-      "PostgreSQL; a sync fills the gap), (c) CHAT_NOTIFY requests (a missed push). A replicated JetStream "
+      "PostgreSQL; a sync fills the gap; the notify role reads them too: a push may be missed). A replicated JetStream "
       "(`CHAT_JS_REPLICAS=3`) keeps a copy on other machines in any case." % (fast, fast, fast))
     w("")
 

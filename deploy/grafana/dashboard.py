@@ -93,8 +93,8 @@ nextrow()
 ts("Partitions owned by worker", [("chat_ingest_partitions_owned", "{{instance}}"),
                                   ("count(count by (partition) (chat_ingest_consumer_pending))", "partitions")],
    x=0, stack=False)
-ts("Offline notifications waiting (CHAT_NOTIFY)", [("max(chat_notify_pending)", "pending + ack pending"),
-                                                   ("max(chat_notify_members_behind)", "members behind past CHAT_PUSH_GRACE")],
+ts("Offline notifications waiting (notify consumer)", [("max(chat_notify_pending)", "pending + ack pending"),
+                                                       ("max(chat_notify_members_behind)", "members behind past CHAT_PUSH_GRACE")],
    x=12)
 nextrow()
 

@@ -204,19 +204,16 @@ replicated() { # STREAM: 3 replicas, a leader and two current followers
 gateways_on() {
     curl -fsS --max-time 2 "http://$(node_ip "$1"):8222/connz?limit=1024" 2>/dev/null | grep -c '"name": *"gateway"' || true
 }
-# notify_backlog: pending + ack pending of the CHAT_NOTIFY consumers (-1 when not readable)
+# notify_backlog: pending + ack pending of the notify role's consumer on CHAT_EVENTS (-1 when not
+# readable); CHAT_EVENTS keeps every event, so only that consumer's position says what is left
 notify_backlog() {
-    local names total=0 n info k
+    local info total=0 k v
     # shellcheck disable=SC2016
-    names=$(js_api 1 '$JS.API.CONSUMER.NAMES.CHAT_NOTIFY' | grep -o '"consumers":\[[^]]*\]' | grep -o '"[^"]*"' \
-        | grep -v consumers | tr -d '"') || { echo -1; return; }
-    [[ -n "$names" ]] || { echo -1; return; }
-    for n in $names; do
-        info=$(js_api 1 "\$JS.API.CONSUMER.INFO.CHAT_NOTIFY.$n")
-        for k in num_pending num_ack_pending; do
-            v=$(grep -o "\"$k\":[0-9]*" <<<"$info" | head -n 1 | cut -d: -f2)
-            total=$((total + ${v:-0}))
-        done
+    info=$(js_api 1 '$JS.API.CONSUMER.INFO.CHAT_EVENTS.chat-notify-events') || { echo -1; return; }
+    grep -q '"num_pending"' <<<"$info" || { echo -1; return; }
+    for k in num_pending num_ack_pending; do
+        v=$(grep -o "\"$k\":[0-9]*" <<<"$info" | head -n 1 | cut -d: -f2)
+        total=$((total + ${v:-0}))
     done
     echo "$total"
 }
@@ -297,7 +294,7 @@ topology_up() {
     start_worker ingest-1 ingest
     wait_ready ingest-1 || return 1
     local s
-    for s in CHAT_IN CHAT_EVENTS CHAT_NOTIFY; do
+    for s in CHAT_IN CHAT_EVENTS; do
         wait_for 60 replicated "$s" \
             || { echo "FAIL: stream $s is not replicated 3 times: $(js_api 1 "\$JS.API.STREAM.INFO.$s" | head -c 600)"; return 1; }
     done
@@ -720,26 +717,26 @@ scenario_redis_restart() {
     return $rc
 }
 
-# kill -9 a worker running notify (and api, archive) while it holds notify requests
+# kill -9 a worker running notify (and api, archive) while it holds messages waiting for a push
 scenario_notify_kill() {
     load_start notify_kill 20 || return 1
     local rc=0 backlog
     at 8
     backlog=$(notify_backlog)
     stop svc-1 KILL
-    say "kill -9 svc-1 (notify, api, archive) with $backlog notify requests in CHAT_NOTIFY"
+    say "kill -9 svc-1 (notify, api, archive) with $backlog events in the notify consumer of CHAT_EVENTS"
     at 12
     start_worker svc-1 api,notify,archive
     wait_ready svc-1 30 || rc=1
     say "svc-1 started again"
     load_wait
-    # every notify request is handled (none stuck with the dead worker), and every member who
-    # stayed behind on a message of someone else got a push covering it (the clients of the
-    # bench never send `seen`, so every member is behind on everything)
+    # every message is handled by the notify role (none stuck with the dead worker), and every
+    # member who stayed behind on a message of someone else got a push covering it (the clients
+    # of the bench never send `seen`, so every member is behind on everything)
     if wait_notify_drained; then
-        say "CHAT_NOTIFY drained: nothing pending or unacked"
+        say "the notify consumer of CHAT_EVENTS drained: nothing pending or unacked"
     else
-        echo "  VIOLATION: CHAT_NOTIFY still holds $(notify_backlog) requests 90 s after the load"
+        echo "  VIOLATION: the notify consumer of CHAT_EVENTS still holds $(notify_backlog) events 90 s after the load"
         rc=1
     fi
     local uncovered members pushes

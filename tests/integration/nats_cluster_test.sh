@@ -5,14 +5,16 @@
 #     is, each with its own loopback ports and a temporary store_dir given through the variables
 #     the file reads; each sees the two others as routes and answers /healthz;
 #   - a chat-worker (ingest, api, archive; CHAT_JS_REPLICAS=3) with the worker credentials creates
-#     the streams with three replicas; a second one runs the notify role; a chat-gateway with the
+#     the streams with three replicas (CHAT_IN, CHAT_EVENTS, and no CHAT_NOTIFY any more); a second
+#     one runs the notify role (its consumer on CHAT_EVENTS); a chat-gateway with the
 #     gateway credentials gets ready;
 #   - with the backend credentials chatctl creates a conversation and posts, a WebSocket client
 #     posts through the gateway (ack + msg), chatctl history reads both back; with one node
 #     stopped, a post is still stored (two of three replicas);
 #   - the permission matrix holds: the gateway may not delete a stream, call an api method it does
 #     not use, or read CHAT_EVENTS; the worker may not delete a stream; the backend may read
-#     CHAT_EVENTS but not touch CHAT_IN's consumers; a wrong password is refused; and no role
+#     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; a wrong password is
+#     refused; and no role
 #     hit a permission violation while serving.
 # The test brings everything it needs: the three NATS nodes, and a PostgreSQL cluster and a Redis
 # of its own (scripts/lib/services.sh, in a temporary CHAT_HOME; PostgreSQL runs as the postgres
@@ -336,13 +338,21 @@ start_worker() { # NAME PORT ROLES
 # starts on a second worker once they exist: a notify role that finds a stream missing creates
 # it with one replica, and racing the ingest's creation that churns the stream's replicas.
 start_worker worker "$worker_port" ingest,api,archive
-for s in CHAT_IN CHAT_EVENTS CHAT_NOTIFY; do
+for s in CHAT_IN CHAT_EVENTS; do
     if wait_for 120 replicated "$s"; then
         pass "stream $s has 3 replicas (CHAT_JS_REPLICAS=3): a leader and two current followers"
     else
         fail "stream $s is not replicated three times: $(tr '\n' ' ' <<<"$info" | head -c 600)"
     fi
 done
+# CHAT_NOTIFY (the notify requests of releases before issue 7) is not created any more.
+notify_known() { info=$(stream_info CHAT_NOTIFY); grep -q '"config"\|"code":404' <<<"$info"; }
+wait_for 30 notify_known || true
+if grep -q '"code":404' <<<"$info"; then
+    pass "no stream CHAT_NOTIFY: the notify role reads CHAT_EVENTS"
+else
+    fail "CHAT_NOTIFY exists or its info is unreadable: $(tr '\n' ' ' <<<"$info" | head -c 300)"
+fi
 start_worker worker2 "$worker2_port" notify
 
 env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway "$NATS_GATEWAY_PASSWORD")" CHAT_DEV_MODE=0 \
@@ -497,13 +507,14 @@ else
     fail "send with nats-3 stopped: $(why)"
 fi
 
-# The notify role pulled, handled and acked the notify requests of these posts (CHAT_PUSH_GRACE=1s).
+# The notify role pulled, handled and acked these posts from CHAT_EVENTS (CHAT_PUSH_GRACE=1s), through
+# its consumer on CHAT_EVENTS with the worker's credentials.
 notified() {
     curl -fsS --max-time 2 "http://127.0.0.1:$worker2_port/metrics" 2>/dev/null \
         | grep -Eq '^chat_notify_requests_total\{result="(no_webhook|done)"\} [1-9]'
 }
 if wait_for 90 notified; then
-    pass "the notify role consumed CHAT_NOTIFY (chat_notify_requests_total > 0)"
+    pass "the notify role consumed CHAT_EVENTS (chat_notify_requests_total > 0)"
 else
     fail "the notify role handled no request: $(curl -sS --max-time 2 "http://127.0.0.1:$worker2_port/metrics" 2>&1 | grep '^chat_notify' | tr '\n' ' ')"
 fi
@@ -544,6 +555,10 @@ expect_violation "worker publishes \$JS.API.STREAM.DELETE.CHAT_EVENTS" 1 worker 
     'PUB $JS.API.STREAM.DELETE.CHAT_EVENTS _INBOX.w.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_EVENTS"'
 expect_violation "backend deletes an ingest consumer of CHAT_IN" 1 backend "$NATS_BACKEND_PASSWORD" \
     'PUB $JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1 _INBOX.b.1 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1"'
+expect_violation "backend deletes the notify role's consumer of CHAT_EVENTS" 1 backend "$NATS_BACKEND_PASSWORD" \
+    'PUB $JS.API.CONSUMER.DELETE.CHAT_EVENTS.chat-notify-events _INBOX.b.4 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.CHAT_EVENTS.chat-notify-events"'
+expect_violation "backend pulls from the notify role's consumer of CHAT_EVENTS" 2 backend "$NATS_BACKEND_PASSWORD" \
+    'PUB $JS.API.CONSUMER.MSG.NEXT.CHAT_EVENTS.chat-notify-events _INBOX.b.5 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.MSG.NEXT.CHAT_EVENTS.chat-notify-events"'
 expect_violation "backend purges CHAT_EVENTS" 1 backend "$NATS_BACKEND_PASSWORD" \
     'PUB $JS.API.STREAM.PURGE.CHAT_EVENTS _INBOX.b.2 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.PURGE.CHAT_EVENTS"'
 

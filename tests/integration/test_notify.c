@@ -9,7 +9,9 @@
  * sender; a member who marks the messages seen within the grace gets none; a failing webhook (500,
  * then no answer, then refused connections) gets the push after it recovers; a notifier killed
  * with SIGKILL inside the grace loses nothing (a new one, started with CHAT_PUSH_PREVIEW=0, pushes);
- * nor does one killed while its POST hangs (the next one pushes once the claim and AckWait ran out).
+ * nor does one killed while its POST hangs (the next one pushes once the claim and AckWait ran out);
+ * a notifier that creates the consumer on CHAT_EVENTS anew (it was deleted) pushes nothing posted
+ * before, only what comes after.
  *
  * Runs in one process (CK_NOFORK): the receiver thread and the worker processes live across the
  * cases. Main thread, plus the receiver thread. */
@@ -34,6 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <nats/nats.h>
+
+#include "chat.pb-c.h"
 #include "test_stack.h"
 
 #ifndef CHAT_SOURCE_DIR
@@ -42,6 +47,8 @@
 
 #define GRACE_MS 2000
 #define GRACE_TEXT "2s"
+#define NOTIFY_STREAM "CHAT_EVENTS"
+#define NOTIFY_CONSUMER "chat-notify-events" /* workers/wk_notify.h */
 
 static test_stack stack;
 
@@ -486,6 +493,82 @@ static double metric(const char *listen, const char *name)
     return v;
 }
 
+/* A connection and JetStream context to the stack's NATS for one check; false when there is none. */
+static bool js_open(natsConnection **nc, jsCtx **js)
+{
+    *nc = NULL;
+    *js = NULL;
+    return natsConnection_ConnectTo(nc, stack.cfg.nats_url) == NATS_OK &&
+           natsConnection_JetStream(js, *nc, NULL) == NATS_OK;
+}
+
+static void js_close(natsConnection *nc, jsCtx *js)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
+/* Deletes the notify role's consumer; true when it is gone. */
+static bool delete_notify_consumer(void)
+{
+    natsConnection *nc;
+    jsCtx *js;
+    jsErrCode jerr = 0;
+    bool ok = js_open(&nc, &js) && (js_DeleteConsumer(js, NOTIFY_STREAM, NOTIFY_CONSUMER, NULL, &jerr) == NATS_OK ||
+                                    jerr == JSConsumerNotFoundErr);
+    js_close(nc, js);
+    return ok;
+}
+
+/* Waits up to 10 s until a notifier created its consumer; fails the test unless it was created
+ * with DeliverPolicy new. */
+static bool wait_notify_consumer(void)
+{
+    natsConnection *nc;
+    jsCtx *js;
+    bool open = js_open(&nc, &js), ok = false;
+    for (int i = 0; open && i < 100 && !ok; i++) {
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, js, NOTIFY_STREAM, NOTIFY_CONSUMER, NULL, NULL) == NATS_OK && ci) {
+            ck_assert_msg(ci->Config->DeliverPolicy == js_DeliverNew,
+                          "the notify consumer was created with DeliverPolicy %d, not new",
+                          (int)ci->Config->DeliverPolicy);
+            ok = true;
+        } else {
+            usleep(100000);
+        }
+        jsConsumerInfo_Destroy(ci);
+    }
+    js_close(nc, js);
+    return ok;
+}
+
+/* Waits up to 10 s until CHAT_EVENTS holds event seq of conv as its last on chat.evt.<conv>: the
+ * ingest publishes it just after the commit that answered the send. */
+static bool wait_event(const char *conv, uint64_t seq)
+{
+    natsConnection *nc;
+    jsCtx *js;
+    char subject[128];
+    snprintf(subject, sizeof subject, "chat.evt.%s", conv);
+    bool open = js_open(&nc, &js), ok = false;
+    for (int i = 0; open && i < 100 && !ok; i++) {
+        natsMsg *m = NULL;
+        if (js_GetLastMsg(&m, js, NOTIFY_STREAM, subject, NULL, NULL) == NATS_OK) {
+            Chat__V1__Event *e =
+                chat__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+            ok = e && e->seq == seq;
+            if (e)
+                chat__v1__event__free_unpacked(e, NULL);
+        }
+        natsMsg_Destroy(m);
+        if (!ok)
+            usleep(100000);
+    }
+    js_close(nc, js);
+    return ok;
+}
+
 /* ------------------------------------------------------------------ cases */
 
 START_TEST(burst_gives_one_push)
@@ -667,6 +750,45 @@ START_TEST(notifier_killed_during_a_push_loses_nothing)
 }
 END_TEST
 
+START_TEST(fresh_consumer_skips_the_past)
+{
+    char alice[80], ivan[80], conv[80];
+    test_stack_unique_id("alice", alice, sizeof alice);
+    test_stack_unique_id("ivan", ivan, sizeof ivan);
+    test_stack_unique_id("conv", conv, sizeof conv);
+    char *out = NULL;
+    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, ivan, NULL));
+    /* no notifier and no consumer: what is posted now is only in CHAT_EVENTS' history */
+    stop_child(&notify_pid);
+    ck_assert_msg(delete_notify_consumer(), "cannot delete the consumer %s of %s", NOTIFY_CONSUMER, NOTIFY_STREAM);
+    send_n(conv, alice, "before the consumer", 3);
+    ck_assert_msg(wait_event(conv, 3), "the third message is not in %s within 10 s", NOTIFY_STREAM);
+    notify_pid = start_worker("notify4", "notify", notify_listen, sizeof notify_listen, "1");
+    ck_assert_msg(notify_pid > 0, "the fourth notifier did not start");
+    ck_assert_msg(wait_notify_consumer(), "the new notifier did not create %s within 10 s", NOTIFY_CONSUMER);
+    int64_t created = test_mono_ms();
+    /* ivan is behind on three messages past their grace: delivered to the notifier they would be
+     * pushed at once */
+    usleep((GRACE_MS + 3000) * 1000);
+    json_t *p = pushes_for(ivan, -1);
+    ck_assert_msg(json_array_size(p) == 0, "a new consumer pushed messages posted before it existed: %s", test_json(p));
+    json_decref(p);
+    /* what comes after is pushed, and covers everything unread */
+    send_n(conv, alice, "after the consumer", 1);
+    p = wait_pushes(ivan, 200, 1, GRACE_MS + 10000);
+    ck_assert_msg(json_array_size(p) == 1, "no push for %s for a message posted after the consumer was created", ivan);
+    json_decref(p);
+    usleep(3000 * 1000);
+    p = pushes_for(ivan, -1);
+    ck_assert_msg(json_array_size(p) == 1, "%zu pushes for %s, one expected: %s", json_array_size(p), ivan,
+                  test_json(p));
+    check_push(json_array_get(p, 0), ivan, conv, 4, alice, "after the consumer 1");
+    json_decref(p);
+    printf("test_notify: a new consumer pushed none of 3 older messages in %lld ms, then one push for a new one\n",
+           (long long)(test_mono_ms() - created));
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_notify");
@@ -699,6 +821,7 @@ int main(void)
         tcase_add_test(tc, failing_webhook_pushes_after_recovery);
         tcase_add_test(tc, killed_notifier_loses_nothing);
         tcase_add_test(tc, notifier_killed_during_a_push_loses_nothing);
+        tcase_add_test(tc, fresh_consumer_skips_the_past);
         suite_add_tcase(s, tc);
         SRunner *sr = srunner_create(s);
         srunner_set_fork_status(sr, CK_NOFORK);

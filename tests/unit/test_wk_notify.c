@@ -1,5 +1,6 @@
-/* The notify role's pure parts: the retry delays, reading JetStream ack subjects, and the JSON body
- * of a push (with and without the preview). */
+/* The notify role's pure parts: the retry delays, reading JetStream ack subjects, sorting the
+ * messages of CHAT_EVENTS (only text and system messages can need a push), and the JSON body of a
+ * push (with and without the preview). */
 #include <check.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -25,18 +26,85 @@ START_TEST(ack_subjects)
 {
     uint64_t dc = 0;
     int64_t ts = 0;
-    ck_assert(wk_notify_parse_ack("$JS.ACK.CHAT_NOTIFY.notify.3.17.12.1795832157506000000.4", &dc, &ts));
+    ck_assert(wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.3.17.12.1795832157506000000.4", &dc, &ts));
     ck_assert_uint_eq(dc, 3);
     ck_assert_int_eq(ts, 1795832157506000000LL);
     /* v2: domain and account hash after ACK, a random token at the end */
-    ck_assert(wk_notify_parse_ack("$JS.ACK.hub.ACCHASH.CHAT_NOTIFY.notify.1.5.5.1795832157506000001.0.xyz", &dc, &ts));
+    ck_assert(wk_notify_parse_ack("$JS.ACK.hub.ACCHASH.CHAT_EVENTS.chat-notify-events.1.5.5.1795832157506000001.0.xyz",
+                                  &dc, &ts));
     ck_assert_uint_eq(dc, 1);
     ck_assert_int_eq(ts, 1795832157506000001LL);
     ck_assert(!wk_notify_parse_ack(NULL, &dc, &ts));
     ck_assert(!wk_notify_parse_ack("_INBOX.abc", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_NOTIFY.notify.x.17.12.179.4", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_NOTIFY.notify.0.17.12.179.4", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_NOTIFY.notify.3.17", &dc, &ts));
+    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.x.17.12.179.4", &dc, &ts));
+    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.0.17.12.179.4", &dc, &ts));
+    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.3.17", &dc, &ts));
+}
+END_TEST
+
+/* Packs e and sorts it as a message with header Chat-Type: type. */
+static wk_notify_kind classify(const char *type, const Chat__V1__Event *e, Chat__V1__Event **out)
+{
+    uint8_t buf[512];
+    size_t len = chat__v1__event__pack(e, buf);
+    return wk_notify_classify(type, buf, len, out);
+}
+
+START_TEST(classify_events)
+{
+    Chat__V1__Event e = CHAT__V1__EVENT__INIT;
+    e.conv = "general";
+    e.seq = 41;
+    e.sender = "alice";
+    e.ts_ms = 1795832157506;
+    e.kind = CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    e.body = "see you at 10";
+    Chat__V1__Event *out = NULL;
+    ck_assert_int_eq(classify("event", &e, &out), WK_NOTIFY_MESSAGE);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_str_eq(out->conv, "general");
+    ck_assert_str_eq(out->sender, "alice");
+    ck_assert_uint_eq(out->seq, 41);
+    ck_assert_int_eq(out->ts_ms, 1795832157506);
+    chat__v1__event__free_unpacked(out, NULL);
+    e.kind = CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM;
+    ck_assert_int_eq(classify("event", &e, &out), WK_NOTIFY_MESSAGE);
+    chat__v1__event__free_unpacked(out, NULL);
+
+    /* changes of a message and unknown kinds: acked, never pushed */
+    const Chat__V1__EventKind quiet[] = {CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT, CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE,
+                                         CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION,
+                                         CHAT__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED};
+    for (size_t i = 0; i < sizeof quiet / sizeof quiet[0]; i++) {
+        e.kind = quiet[i];
+        e.target = 40;
+        out = (Chat__V1__Event *)&e;
+        ck_assert_int_eq(classify("event", &e, &out), WK_NOTIFY_SKIP);
+        ck_assert_ptr_null(out);
+    }
+
+    /* a membership change, or no Chat-Type at all: not a message, whatever the bytes */
+    e.kind = CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT;
+    e.target = 0;
+    ck_assert_int_eq(classify("members", &e, &out), WK_NOTIFY_SKIP);
+    ck_assert_ptr_null(out);
+    ck_assert_int_eq(classify(NULL, &e, &out), WK_NOTIFY_SKIP);
+    Chat__V1__MembershipEvent me = CHAT__V1__MEMBERSHIP_EVENT__INIT;
+    me.conv = "general";
+    uint8_t buf[256];
+    size_t len = chat__v1__membership_event__pack(&me, buf);
+    ck_assert_int_eq(wk_notify_classify("members", buf, len, &out), WK_NOTIFY_SKIP);
+    ck_assert_ptr_null(out);
+
+    /* Chat-Type event that is no usable Event: terminated */
+    ck_assert_int_eq(wk_notify_classify("event", "\xff\xff\xff", 3, &out), WK_NOTIFY_INVALID);
+    ck_assert_ptr_null(out);
+    e.seq = 0;
+    ck_assert_int_eq(classify("event", &e, &out), WK_NOTIFY_INVALID);
+    e.seq = 41;
+    e.sender = "not a valid id";
+    ck_assert_int_eq(classify("event", &e, &out), WK_NOTIFY_INVALID);
+    ck_assert_ptr_null(out);
 }
 END_TEST
 
@@ -87,6 +155,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, backoff_doubles_up_to_a_minute);
     tcase_add_test(tc, ack_subjects);
+    tcase_add_test(tc, classify_events);
     tcase_add_test(tc, payload_with_preview);
     tcase_add_test(tc, payload_without_preview);
     suite_add_tcase(s, tc);
