@@ -283,7 +283,7 @@ topology_up() {
     export CHAT_JWT_SECRET
     common_env=(
         CHAT_HOME="$CHAT_HOME" CHAT_PG_DSN="$CHAT_PG_DSN" CHAT_REDIS_URL="$CHAT_REDIS_URL" CHAT_PARTITIONS=16
-        CHAT_JWT_SECRET="$CHAT_JWT_SECRET" CHAT_LOG=info CHAT_ARCHIVE_URL="file://$tmp/archive"
+        CHAT_JWT_SECRET="$CHAT_JWT_SECRET" CHAT_LOG="${CHAT_FAULT_LOG:-info}" CHAT_ARCHIVE_URL="file://$tmp/archive"
         CHAT_PUSH_GRACE=2s CHAT_PUSH_WEBHOOK_URL="http://127.0.0.1:${port[webhook]}/push"
     )
     # the push receiver: 2 ms per push, every body recorded

@@ -18,7 +18,9 @@
 # Scenarios: baseline ingest_kill ingest_pause gateway_kill nats_leader_kill nats_partition
 #            pg_restart redis_restart notify_kill
 # Settings: CHAT_BUILD_DIR (binaries; default <checkout>/build), CHAT_FAULT_RATE (messages per
-# second, default 200), CHAT_FAULT_RESULTS (a file the table rows are appended to, tab separated).
+# second, default 200), CHAT_FAULT_LOG (CHAT_LOG of the platform's processes, default info; debug
+# logs every send's way through gateway and ingest), CHAT_FAULT_RESULTS (a file the table rows
+# are appended to, tab separated).
 # Needs root (PostgreSQL runs as the postgres user; ip netns); exits 77 (skipped) without it.
 # With --keep-logs DIR the logs of every scenario are copied to DIR/<scenario>/; without it those
 # of a failed one go to $CHAT_HOME/logs/faults-<scenario>/ when CHAT_HOME is set (scripts/test's
@@ -38,7 +40,7 @@ while (($#)); do
     case $1 in
         --rate) rate=$2; shift 2 ;;
         --keep-logs) keep_logs=$2; shift 2 ;;
-        -h|--help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27s/^# \{0,1\}//p' "$0"; exit 0 ;;
         -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
         *) scenarios+=("$1"); shift ;;
     esac
