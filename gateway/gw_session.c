@@ -129,6 +129,7 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
     if (ref)
         json_object_set_new(f, "ref", json_string(ref));
     error_count(srv, code);
+    LOG_DEBUG("gateway", "event=send_error session=%s ref=%s code=%s", s->id_str, ref ? ref : "", code);
     gw_session_send_json(srv, s, f);
 }
 
@@ -446,6 +447,7 @@ static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char
     json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
                           (json_int_t)seq, "id", id);
     atomic_fetch_add(srv->m.acks, 1);
+    LOG_DEBUG("gateway", "event=acked session=%s conv=%s cmid=%s seq=%" PRIu64, s->id_str, conv, cmid, seq);
     gw_bus_inflight_done(srv, s->id_str, conv, cmid);
     gw_session_send_json(srv, s, f);
 }
@@ -502,6 +504,9 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         json_t *ack = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
         bool error = ack == NULL || json_object_get(ack, "error") != NULL;
         bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
+        LOG_DEBUG("gateway", "event=puback session=%s conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
+                  s->id_str, req->conv, req->cmid, error, duplicate,
+                  ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL);
         json_decref(ack);
         if (error) {
             inflight_done(srv, req->session, req->conv, req->cmid);
