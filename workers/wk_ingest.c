@@ -1,5 +1,9 @@
-/* Role `ingest`. Threads: one coordinator, one per owned partition. A partition's PGconn, inbox
- * subscription and JetStream context belong to its thread alone. */
+/* Role `ingest`. Threads: one coordinator, one per owned partition, one committer. A partition's
+ * thread pulls from its own consumer (inbox subscription and JetStream context are its alone) and
+ * hands each batch to the committer, which stores the batches of every partition waiting at that
+ * moment in one transaction on the worker's lease connection (whose session holds the advisory
+ * lock of every partition the worker owns), publishes them and acks them: one commit, one WAL
+ * flush and one round of PubAcks for all of them (docs/architecture.md, "Ingest"). */
 #include "wk_ingest.h"
 
 #include <inttypes.h>
@@ -20,6 +24,7 @@
 #include "chat_frames.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_map.h"
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_time.h"
@@ -35,32 +40,60 @@
 #define MAX_DELIVER 50
 #define IDLE_WAIT_MS 1000
 #define HEARTBEAT_MS 2000
+#define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
 
 enum { P_IDLE, P_RUNNING, P_RELEASE, P_DONE };
+
+enum { R_WAIT, R_DONE, R_LOST };
+
+struct batch;
 
 typedef struct partition {
     struct wk_ingest *in;
     int index;
     atomic_int state;
     pthread_t thread;
-    PGconn *pg;
+    uint64_t gen;               /* the lease connection's generation this lease was taken on */
+    bool lost;                  /* the thread ended because the lease was lost */
     int64_t epoch;
     char consumer[64];
     char next_subject[128];
     char inbox[64];
     natsSubscription *inbox_sub;
-    jsCtx *js;
-    atomic_int publish_errors;
-    int64_t last_pg_ms;
+    jsCtx *js;                  /* consumer management and lag */
     int64_t lag_at_ms;          /* when the consumer's lag was last read */
     char label[32];             /* partition="N" */
     atomic_int_fast64_t *m_pending, *m_ack_pending;
+    /* handed to the committer (under committer.mu) */
+    struct batch *pending;
+    int64_t fetched_ns;
+    int result;
 } partition;
+
+/* The committer and the lease connection. `mu` guards the queue and the results; `pg_mu` guards
+ * the connection, which the coordinator also uses (lock, epoch, unlock) between commits. */
+typedef struct committer {
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;        /* a batch was queued, or stop */
+    pthread_cond_t done;        /* results were set */
+    partition **queue;
+    int nqueue;
+    bool stop;
+    pthread_mutex_t pg_mu;
+    PGconn *pg;
+    atomic_uint_fast64_t gen;   /* bumped whenever pg is given up: its leases are gone with it */
+    int64_t last_pg_ms;
+    jsCtx *js;                  /* CHAT_EVENTS publishes */
+    atomic_int publish_errors;
+} committer;
 
 struct wk_ingest {
     wk_app *app;
     char worker_id[40];
     pthread_t coordinator;
+    committer com;
     partition *parts;
     int nparts;
     int owned;
@@ -79,6 +112,7 @@ enum { I_NEW, I_STORED, I_DUP, I_DROP };
 typedef struct item {
     natsMsg *msg;
     Chat__V1__Post *post;
+    int part;            /* partition index */
     int state;
     int dup_of;          /* I_DUP: index of the first item with the same (conv, cmid) */
     int64_t ts_us;       /* broker timestamp */
@@ -206,19 +240,23 @@ typedef struct members {
     int n, cap;
 } members;
 
+/* A partition's batch owns its messages and posts; a view (the committer's group of several
+ * batches, or a piece of a batch split to isolate a message the database refuses) only points at
+ * the items of others. */
 typedef struct batch {
-    item items[BATCH_MAX];
-    int n;
+    item *items;
+    int n, cap;
+    bool view;
+    int part;          /* partition index for the logs, -1 when several */
     members *convs;    /* distinct conversations of the batch with their members */
     int nconvs;
+    chat_map *conv_ix; /* conversation -> index + 1 in convs */
 } batch;
 
 static members *find_conv(batch *b, const char *conv)
 {
-    for (int i = 0; i < b->nconvs; i++)
-        if (strcmp(b->convs[i].conv, conv) == 0)
-            return &b->convs[i];
-    return NULL;
+    intptr_t k = b->conv_ix ? (intptr_t)chat_map_get(b->conv_ix, conv) : 0;
+    return k ? &b->convs[k - 1] : NULL;
 }
 
 static void free_convs(batch *b)
@@ -232,6 +270,26 @@ static void free_convs(batch *b)
     free(b->convs);
     b->convs = NULL;
     b->nconvs = 0;
+    chat_map_destroy(b->conv_ix);
+    b->conv_ix = NULL;
+}
+
+static void batch_add(batch *b, const item *it)
+{
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 16;
+        b->items = realloc(b->items, (size_t)b->cap * sizeof *b->items);
+        if (b->items == NULL)
+            abort();
+    }
+    b->items[b->n++] = *it;
+}
+
+static void view_free(batch *v)
+{
+    free_convs(v);
+    free(v->items);
+    *v = (batch){0};
 }
 
 static int classify(PGconn *pg, PGresult *r, const char *what)
@@ -311,7 +369,7 @@ static const struct {
 
 /* Prepares the batch statements on a fresh lease connection. False (logged) when PostgreSQL
  * refuses one or the connection is gone: the caller closes the connection, and with it the lease. */
-static bool prepare_statements(PGconn *pg, int partition)
+static bool prepare_statements(PGconn *pg)
 {
     if (!wk_pg_exec(pg, "SET plan_cache_mode = force_generic_plan", PGRES_COMMAND_OK, "plan_cache_mode"))
         return false;
@@ -319,8 +377,8 @@ static bool prepare_statements(PGconn *pg, int partition)
         PGresult *r = PQprepare(pg, statements[q].name, statements[q].sql, statements[q].nparams, NULL);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
         if (!ok)
-            LOG_WARN("ingest", "event=prepare_failed partition=%d statement=%s detail=\"%s\"", partition,
-                     statements[q].name, PQresultErrorMessage(r));
+            LOG_WARN("ingest", "event=prepare_failed statement=%s detail=\"%s\"", statements[q].name,
+                     PQresultErrorMessage(r));
         PQclear(r);
         if (!ok)
             return false;
@@ -396,10 +454,11 @@ static int check_targets(PGconn *pg, batch *b, int *rc)
     return 0;
 }
 
-/* Runs the whole batch in one transaction. Fills seq/id of NEW items, marks STORED and DROP. */
-static int store(partition *pt, batch *b)
+/* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu). Fills
+ * seq/id of NEW items, marks STORED and DROP. */
+static int store(committer *c, batch *b)
 {
-    PGconn *pg = pt->pg;
+    PGconn *pg = c->pg;
     chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}, a8 = {0}, a9 = {0},
              a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     int rc = S_OK;
@@ -475,35 +534,36 @@ static int store(partition *pt, batch *b)
     chat_buf_pg_array_begin(&a1);
     chat_buf_pg_array_begin(&a2);
     int nnew = 0;
-    for (int c = 0; c < b->nconvs; c++) {
-        int count = 0;
-        for (int i = 0; i < b->n; i++) {
-            item *it = &b->items[i];
-            if (it->state != I_NEW || strcmp(it->post->conv, b->convs[c].conv) != 0)
-                continue;
-            if (b->convs[c].n == 0) {
-                reject(it, "not_member", "no such conversation");
+    int *count = calloc((size_t)b->nconvs + 1, sizeof *count);
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        members *m = it->state == I_NEW ? find_conv(b, it->post->conv) : NULL;
+        if (m == NULL)
+            continue;
+        if (m->n == 0) {
+            reject(it, "not_member", "no such conversation");
+            continue;
+        }
+        if (it->post->gateway[0]) {
+            bool member = false;
+            for (int u = 0; u < m->n && !member; u++)
+                member = strcmp(m->users[u], it->post->sender) == 0;
+            if (!member) {
+                reject(it, "not_member", "sender not a member");
                 continue;
             }
-            if (it->post->gateway[0]) {
-                bool member = false;
-                for (int u = 0; u < b->convs[c].n && !member; u++)
-                    member = strcmp(b->convs[c].users[u], it->post->sender) == 0;
-                if (!member) {
-                    reject(it, "not_member", "sender not a member");
-                    continue;
-                }
-            }
-            count++;
         }
-        if (count) {
-            char n[16];
-            snprintf(n, sizeof n, "%d", count);
-            chat_buf_pg_array_str(&a1, b->convs[c].conv);
-            chat_buf_pg_array_str(&a2, n);
-            nnew += count;
-        }
+        count[m - b->convs]++;
     }
+    for (int k = 0; k < b->nconvs; k++)
+        if (count[k]) {
+            char n[16];
+            snprintf(n, sizeof n, "%d", count[k]);
+            chat_buf_pg_array_str(&a1, b->convs[k].conv);
+            chat_buf_pg_array_str(&a2, n);
+            nnew += count[k];
+        }
+    free(count);
     chat_buf_pg_array_end(&a1);
     chat_buf_pg_array_end(&a2);
 
@@ -587,7 +647,7 @@ done:;
     chat_buf *all[] = {&a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &a12, &a13};
     for (int k = 0; k < 13; k++)
         chat_buf_free(all[k]);
-    pt->last_pg_ms = chat_mono_ns() / 1000000;
+    c->last_pg_ms = chat_mono_ns() / 1000000;
     return rc;
 }
 
@@ -617,18 +677,18 @@ static void fill_event(Chat__V1__Event *e, const item *it, const item *first, in
 static void on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure)
 {
     (void)js;
-    partition *pt = closure;
-    atomic_fetch_add(&pt->publish_errors, 1);
-    LOG_WARN("ingest", "event=events_publish_failed partition=%d status=\"%s\" detail=\"%s\"", pt->index,
-             natsStatus_GetText(pae->Err), pae->ErrText ? pae->ErrText : "");
+    committer *c = closure;
+    atomic_fetch_add(&c->publish_errors, 1);
+    LOG_WARN("ingest", "event=events_publish_failed status=\"%s\" detail=\"%s\"", natsStatus_GetText(pae->Err),
+             pae->ErrText ? pae->ErrText : "");
 }
 
-static void reply_all(partition *pt, batch *b, const char *what)
+static void reply_all(natsConnection *nc, batch *b, const char *what)
 {
     for (int i = 0; i < b->n; i++) {
         const char *reply = natsMsg_GetReply(b->items[i].msg);
         if (reply)
-            natsConnection_PublishString(pt->in->app->nc, reply, what);
+            natsConnection_PublishString(nc, reply, what);
     }
 }
 
@@ -647,17 +707,17 @@ static uint64_t reconnects(natsConnection *nc)
  * with a NATS node (or a connection that died silently) never comes: left in the context, such a
  * publish would make every later js_PublishAsyncComplete time out and stall the partition for
  * good. CHAT_EVENTS drops repeats by Nats-Msg-Id, so the caller simply publishes again. */
-static int drop_pending(partition *pt)
+static int drop_pending(committer *c)
 {
     natsMsgList pending = {0};
-    if (js_PublishAsyncGetPendingList(&pending, pt->js) != NATS_OK)
+    if (js_PublishAsyncGetPendingList(&pending, c->js) != NATS_OK)
         return 0; /* NATS_NOT_FOUND: nothing pending */
     int n = pending.Count;
     natsMsgList_Destroy(&pending);
     return n;
 }
 
-static bool heartbeat(partition *pt);
+static bool heartbeat(committer *c, uint64_t gen);
 
 enum { F_DONE, F_STOPPING, F_LEASE_LOST };
 
@@ -667,13 +727,14 @@ enum { F_DONE, F_STOPPING, F_LEASE_LOST };
  * deliveries too when the connection changed since they went out (they may have died with the old
  * socket); devices drop repeats by id. While it retries it keeps the lease session from idling out
  * (idle_session_timeout). */
-static int fanout(partition *pt, batch *b, int64_t committed_ms)
+static int fanout(wk_ingest *in, batch *b, uint64_t gen, int64_t committed_ms)
 {
-    natsConnection *nc = pt->in->app->nc;
+    committer *c = &in->com;
+    natsConnection *nc = in->app->nc;
     bool deliver = true;
     uint64_t delivered_on = 0; /* reconnects() when the deliveries were published */
     for (int attempt = 0;; attempt++) {
-        atomic_store(&pt->publish_errors, 0);
+        atomic_store(&c->publish_errors, 0);
         if (deliver)
             delivered_on = reconnects(nc);
         for (int i = 0; i < b->n; i++) {
@@ -712,30 +773,30 @@ static int fanout(partition *pt, batch *b, int64_t committed_ms)
             natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
             natsMsgHeader_Set(msg, "Chat-Type", "event");
             free(buf);
-            if (js_PublishMsgAsync(pt->js, &msg, NULL) != NATS_OK)
-                atomic_fetch_add(&pt->publish_errors, 1);
+            if (js_PublishMsgAsync(c->js, &msg, NULL) != NATS_OK)
+                atomic_fetch_add(&c->publish_errors, 1);
             natsMsg_Destroy(msg);
         }
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MaxWait = 5000;
         int64_t waited = chat_mono_ns();
-        natsStatus s = js_PublishAsyncComplete(pt->js, &po);
+        natsStatus s = js_PublishAsyncComplete(c->js, &po);
         waited = (chat_mono_ns() - waited) / 1000000;
-        if (s == NATS_OK && atomic_load(&pt->publish_errors) == 0)
+        if (s == NATS_OK && atomic_load(&c->publish_errors) == 0)
             return F_DONE;
-        int dropped = drop_pending(pt);
+        int dropped = drop_pending(c);
         deliver = reconnects(nc) != delivered_on;
-        if (atomic_load(&pt->in->app->stopping) && attempt > 2)
+        if (atomic_load(&in->app->stopping) && attempt > 2)
             return F_STOPPING;
-        if (!heartbeat(pt))
+        if (!heartbeat(c, gen))
             return F_LEASE_LOST;
         LOG_WARN("ingest",
                  "event=events_publish_retry partition=%d attempt=%d status=\"%s\" errors=%d dropped=%d"
                  " redeliver=%d",
-                 pt->index, attempt + 1, natsStatus_GetText(s), atomic_load(&pt->publish_errors), dropped,
+                 b->part, attempt + 1, natsStatus_GetText(s), atomic_load(&c->publish_errors), dropped,
                  deliver ? 1 : 0);
-        reply_all(pt, b, "+WPI"); /* keep the batch ours while the broker recovers */
+        reply_all(nc, b, "+WPI"); /* keep the batch ours while the broker recovers */
         /* back off when the broker refused at once; a wait that timed out has waited already */
         int64_t pause = attempt < 10 ? 200 * (attempt + 1) : 2000;
         if (waited < pause)
@@ -744,9 +805,10 @@ static int fanout(partition *pt, batch *b, int64_t committed_ms)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The partition thread                                                                         */
+/* Batches                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Empties a partition's batch (which owns its messages and posts). */
 static void batch_reset(batch *b)
 {
     for (int i = 0; i < b->n; i++) {
@@ -758,43 +820,58 @@ static void batch_reset(batch *b)
     free_convs(b);
 }
 
-/* Decodes, validates and groups the messages of b. */
+/* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops them). */
+static void batch_decode(batch *b, int part)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        it->part = part;
+        it->post = chat__v1__post__unpack(NULL, (size_t)natsMsg_GetDataLength(it->msg),
+                                          (const uint8_t *)natsMsg_GetData(it->msg));
+    }
+}
+
+/* Validates and groups the items of b (again, when b is retried): a repeated (conv, cmid) points
+ * at its first copy, every conversation is listed once. */
 static void batch_prepare(batch *b)
 {
+    free_convs(b);
+    b->conv_ix = chat_map_create();
+    chat_map *first = chat_map_create(); /* "conv/cmid" -> index + 1 */
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         it->state = I_NEW;
         it->dup_of = -1;
         it->seq = 0;
         it->id[0] = '\0';
+        it->reject_code = NULL;
         int64_t ts_ns = 0;
         if (!parse_ack_subject(natsMsg_GetReply(it->msg), &ts_ns))
             ts_ns = chat_now_ms() * 1000000;
         it->ts_us = ts_ns / 1000;
-        if (it->post == NULL)
-            it->post = chat__v1__post__unpack(NULL, (size_t)natsMsg_GetDataLength(it->msg),
-                                              (const uint8_t *)natsMsg_GetData(it->msg));
         validate(it, natsMsg_GetSubject(it->msg));
         if (it->state == I_DROP)
             continue;
-        for (int j = 0; j < i; j++) {
-            item *o = &b->items[j];
-            if (o->state != I_DROP && o->state != I_DUP && strcmp(o->post->conv, it->post->conv) == 0 &&
-                strcmp(o->post->cmid, it->post->cmid) == 0) {
-                it->state = I_DUP;
-                it->dup_of = j;
-                break;
-            }
+        char key[2 * CHAT_ID_MAX + 4];
+        snprintf(key, sizeof key, "%s/%s", it->post->conv, it->post->cmid);
+        intptr_t k = (intptr_t)chat_map_get(first, key);
+        if (k) {
+            it->state = I_DUP;
+            it->dup_of = (int)k - 1;
+        } else {
+            chat_map_put(first, key, (void *)(intptr_t)(i + 1), NULL);
         }
         if (find_conv(b, it->post->conv) == NULL) {
             b->convs = realloc(b->convs, (size_t)(b->nconvs + 1) * sizeof *b->convs);
             b->convs[b->nconvs++] = (members){.conv = strdup(it->post->conv)};
+            chat_map_put(b->conv_ix, it->post->conv, (void *)(intptr_t)b->nconvs, NULL);
         }
     }
+    chat_map_destroy(first);
 }
 
 /* Tells the sending session why its post was not stored (through the sender's delivery subject). */
-static void send_rejection(partition *pt, const item *it, const char *why)
+static void send_rejection(natsConnection *nc, const item *it, const char *why)
 {
     Chat__V1__Rejection rj = CHAT__V1__REJECTION__INIT;
     rj.conv = it->post->conv;
@@ -811,12 +888,11 @@ static void send_rejection(partition *pt, const item *it, const char *why)
     size_t len = chat__v1__delivery__pack(&d, buf);
     char subject[128];
     if (chat_subject_deliver(subject, sizeof subject, it->post->sender))
-        natsConnection_Publish(pt->in->app->nc, subject, buf, (int)len);
+        natsConnection_Publish(nc, subject, buf, (int)len);
 }
 
-static void count_drops(partition *pt, batch *b)
+static void count_drops(wk_ingest *in, batch *b)
 {
-    wk_ingest *in = pt->in;
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         if (it->state != I_DROP)
@@ -829,30 +905,66 @@ static void count_drops(partition *pt, batch *b)
                                       ? in->m_drop_not_found
                                       : in->m_drop_invalid;
         atomic_fetch_add(c, 1);
-        LOG_WARN("ingest", "event=dropped partition=%d conv=%s cmid=%s reason=\"%s\"", pt->index,
+        LOG_WARN("ingest", "event=dropped partition=%d conv=%s cmid=%s reason=\"%s\"", it->part,
                  it->post ? it->post->conv : "?", it->post ? it->post->cmid : "?", why);
         if (it->reject_code && it->post && it->post->session[0])
-            send_rejection(pt, it, why);
+            send_rejection(in->app->nc, it, why);
     }
 }
 
-/* Stores, fans out and acks one batch. Returns false when the lease is lost. */
-static bool process(partition *pt, batch *b, int64_t fetched_ns)
+/* ------------------------------------------------------------------------------------------ */
+/* The committer                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Gives up the lease connection of generation gen (a failed statement: its session, and with it
+ * every lease of this worker, is gone or cannot be trusted). Caller holds pg_mu. */
+static void lose_connection(committer *c, uint64_t gen)
 {
-    wk_ingest *in = pt->in;
-    batch_prepare(b);
-    int rc = S_OK;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        for (int c = 0; c < b->nconvs; c++) { /* members are re-read on every attempt */
-            for (int j = 0; j < b->convs[c].n; j++)
-                free(b->convs[c].users[j]);
-            b->convs[c].n = 0;
+    if (atomic_load(&c->gen) != gen)
+        return;
+    PQfinish(c->pg); /* closing the session releases every advisory lock at once */
+    c->pg = NULL;
+    atomic_fetch_add(&c->gen, 1);
+    LOG_WARN("ingest", "event=lease_connection_lost gen=%" PRIu64, gen);
+}
+
+/* Keeps the lease session from idling out (idle_session_timeout) and finds out when it is gone.
+ * False when generation gen is no longer the live one. */
+static bool heartbeat(committer *c, uint64_t gen)
+{
+    pthread_mutex_lock(&c->pg_mu);
+    bool ok = c->pg != NULL && atomic_load(&c->gen) == gen;
+    int64_t now = chat_mono_ns() / 1000000;
+    if (ok && now - c->last_pg_ms >= HEARTBEAT_MS) {
+        PGresult *r = PQexec(c->pg, "SELECT 1");
+        ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        c->last_pg_ms = now;
+        if (!ok)
+            lose_connection(c, gen);
+    }
+    pthread_mutex_unlock(&c->pg_mu);
+    return ok;
+}
+
+/* store() under pg_mu, creating a missing `messages` partition on the way; S_LEASE_LOST when the
+ * connection of generation gen is gone (nothing of a lost lease is ever written). */
+static int store_locked(wk_ingest *in, batch *b, uint64_t gen)
+{
+    committer *c = &in->com;
+    pthread_mutex_lock(&c->pg_mu);
+    int rc = S_LEASE_LOST;
+    for (int attempt = 0; attempt < 5 && c->pg != NULL && atomic_load(&c->gen) == gen; attempt++) {
+        for (int k = 0; k < b->nconvs; k++) { /* members are re-read on every attempt */
+            for (int j = 0; j < b->convs[k].n; j++)
+                free(b->convs[k].users[j]);
+            b->convs[k].n = 0;
         }
-        rc = store(pt, b);
+        rc = store(c, b);
         if (rc != S_NO_PARTITION)
             break;
-        int n = wk_archive_ensure_partitions(pt->pg, in->app->cfg->partition_span_ms);
-        LOG_WARN("ingest", "event=partition_missing partition=%d created=%d", pt->index, n);
+        int n = wk_archive_ensure_partitions(c->pg, in->app->cfg->partition_span_ms);
+        LOG_WARN("ingest", "event=partition_missing partition=%d created=%d", b->part, n);
         /* a batch whose timestamps are older than now - span still has no partition: widen */
         int64_t oldest = b->items[0].ts_us;
         for (int i = 1; i < b->n; i++)
@@ -863,9 +975,21 @@ static bool process(partition *pt, batch *b, int64_t fetched_ns)
         format_ts(from, sizeof from, oldest);
         snprintf(span, sizeof span, "%lld milliseconds", (long long)in->app->cfg->partition_span_ms);
         const char *params[] = {from, span};
-        PGresult *r = exec_params(pt->pg, params_sql, 2, params);
+        PGresult *r = exec_params(c->pg, params_sql, 2, params);
         PQclear(r);
     }
+    if (rc == S_LEASE_LOST)
+        lose_connection(c, gen);
+    pthread_mutex_unlock(&c->pg_mu);
+    return rc;
+}
+
+/* Stores, fans out and acks b (a group of batches, or one). Returns false when the lease is lost:
+ * nothing of b is acked then, and the next owners get it again. */
+static bool process(wk_ingest *in, batch *b, uint64_t gen, int64_t fetched_ns)
+{
+    batch_prepare(b);
+    int rc = store_locked(in, b, gen);
     if (rc == S_LEASE_LOST)
         return false;
     if (rc == S_DATA_ERROR || rc == S_NO_PARTITION) {
@@ -873,27 +997,36 @@ static bool process(partition *pt, batch *b, int64_t fetched_ns)
             b->items[0].state = I_DROP;
             b->items[0].drop_reason = "poison";
         } else {
-            /* isolate the message the database refuses: one transaction each */
-            LOG_WARN("ingest", "event=batch_split partition=%d size=%d", pt->index, b->n);
-            for (int i = 0; i < b->n; i++) {
-                batch *one = calloc(1, sizeof *one);
-                one->items[0] = (item){.msg = b->items[i].msg, .post = b->items[i].post};
-                one->n = 1;
-                b->items[i].msg = NULL; /* owned by `one` now */
-                b->items[i].post = NULL;
-                bool ok = process(pt, one, fetched_ns);
-                batch_reset(one);
-                free(one);
-                if (!ok)
-                    return false;
+            /* isolate the message the database refuses: a group is split into its partitions'
+             * batches, a batch into one transaction per message (in order: a partition's messages
+             * are stored in the order they came) */
+            bool several = false;
+            for (int i = 1; i < b->n && !several; i++)
+                several = b->items[i].part != b->items[0].part;
+            LOG_WARN("ingest", "event=batch_split partition=%d size=%d into=%s", b->part, b->n,
+                     several ? "partitions" : "messages");
+            bool *taken = calloc((unsigned)b->n, sizeof *taken);
+            bool ok = true;
+            for (int i = 0; i < b->n && ok; i++) {
+                if (taken[i])
+                    continue;
+                batch piece = {.view = true, .part = b->items[i].part};
+                for (int j = i; j < b->n; j++)
+                    if (!taken[j] && (several ? b->items[j].part == b->items[i].part : j == i)) {
+                        batch_add(&piece, &b->items[j]);
+                        taken[j] = true;
+                    }
+                ok = process(in, &piece, gen, fetched_ns);
+                view_free(&piece);
             }
-            return true;
+            free(taken);
+            return ok;
         }
     }
     int64_t committed_ms = chat_now_ms();
     int64_t committed_ns = chat_mono_ns();
     chat_histogram_observe_us(in->h_commit, (committed_ns - fetched_ns) / 1000);
-    count_drops(pt, b);
+    count_drops(in, b);
     int stored = 0, redelivered = 0;
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
@@ -909,7 +1042,7 @@ static bool process(partition *pt, batch *b, int64_t fetched_ns)
     atomic_fetch_add(in->m_events, (uint64_t)stored);
     atomic_fetch_add(in->m_redelivered, (uint64_t)redelivered);
     atomic_fetch_add(in->m_batches, 1);
-    int f = fanout(pt, b, committed_ms);
+    int f = fanout(in, b, gen, committed_ms);
     if (f != F_DONE) /* not acked: redelivered to the next owner, found stored and published again */
         return f == F_STOPPING;
     chat_histogram_observe_us(in->h_fanout, (chat_mono_ns() - committed_ns) / 1000);
@@ -921,6 +1054,103 @@ static bool process(partition *pt, batch *b, int64_t fetched_ns)
     }
     return true;
 }
+
+/* Commits the batches of group[0..n) together; the verdict of each goes to results[]. A batch
+ * whose lease was taken on an earlier connection is lost without touching the database. */
+static void commit_group(wk_ingest *in, partition **group, int n, int *results)
+{
+    uint64_t gen = atomic_load(&in->com.gen);
+    batch all = {.view = true, .part = -1};
+    int live = 0, last = -1;
+    int64_t fetched = 0;
+    for (int i = 0; i < n; i++) {
+        partition *pt = group[i];
+        if (pt->gen != gen) {
+            results[i] = R_LOST;
+            continue;
+        }
+        results[i] = R_DONE;
+        for (int k = 0; k < pt->pending->n; k++)
+            batch_add(&all, &pt->pending->items[k]);
+        if (live++ == 0 || pt->fetched_ns < fetched)
+            fetched = pt->fetched_ns;
+        last = pt->index;
+    }
+    if (live == 1)
+        all.part = last;
+    if (all.n > 0 && !process(in, &all, gen, fetched)) {
+        pthread_mutex_lock(&in->com.pg_mu);
+        lose_connection(&in->com, gen);
+        pthread_mutex_unlock(&in->com.pg_mu);
+        for (int i = 0; i < n; i++)
+            results[i] = R_LOST;
+    }
+    view_free(&all);
+}
+
+static void *committer_thread(void *arg)
+{
+    wk_ingest *in = arg;
+    committer *c = &in->com;
+    partition **group = calloc((size_t)in->nparts, sizeof *group);
+    int *results = calloc((size_t)in->nparts, sizeof *results);
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        if (c->nqueue == 0 && !c->stop) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&c->wake, &c->mu, &until);
+        }
+        if (c->nqueue == 0) {
+            bool stop = c->stop;
+            pthread_mutex_unlock(&c->mu);
+            if (stop)
+                break;
+            heartbeat(c, atomic_load(&c->gen));
+            continue;
+        }
+        /* everything queued now, within GROUP_MAX items (the first batch always) */
+        int n = 0, items = 0;
+        while (n < c->nqueue && (n == 0 || items + c->queue[n]->pending->n <= GROUP_MAX))
+            items += c->queue[n++]->pending->n;
+        memcpy(group, c->queue, (size_t)n * sizeof *group);
+        memmove(c->queue, c->queue + n, (size_t)(c->nqueue - n) * sizeof *c->queue);
+        c->nqueue -= n;
+        pthread_mutex_unlock(&c->mu);
+        commit_group(in, group, n, results);
+        pthread_mutex_lock(&c->mu);
+        for (int i = 0; i < n; i++)
+            group[i]->result = results[i];
+        pthread_cond_broadcast(&c->done);
+        pthread_mutex_unlock(&c->mu);
+    }
+    free(group);
+    free(results);
+    return NULL;
+}
+
+/* Hands a partition's batch to the committer and waits for its verdict: R_DONE (committed,
+ * published and acked; or left unacked while stopping) or R_LOST. */
+static int submit(partition *pt, batch *b)
+{
+    committer *c = &pt->in->com;
+    pthread_mutex_lock(&c->mu);
+    pt->pending = b;
+    pt->result = R_WAIT;
+    c->queue[c->nqueue++] = pt;
+    pthread_cond_signal(&c->wake);
+    while (pt->result == R_WAIT)
+        pthread_cond_wait(&c->done, &c->mu);
+    int r = pt->result;
+    pt->pending = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return r;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The partition thread                                                                         */
+/* ------------------------------------------------------------------------------------------ */
 
 /* Pulls up to BATCH_MAX messages: what is there now, or waits up to IDLE_WAIT_MS for one. */
 static int fetch(partition *pt, batch *b)
@@ -946,8 +1176,7 @@ static int fetch(partition *pt, batch *b)
                 natsMsg_Destroy(m);
                 break; /* 404 no messages, 408 request done, 409 consumer gone */
             }
-            b->items[b->n] = (item){.msg = m};
-            b->n++;
+            batch_add(b, &(item){.msg = m});
             if (b->n == BATCH_MAX || (round == 1 && b->n == 1))
                 break;
         }
@@ -961,9 +1190,6 @@ static chat_status setup_consumer(partition *pt)
     natsConnection *nc = in->app->nc;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 8192;
-    jo.PublishAsync.ErrHandler = on_publish_error;
-    jo.PublishAsync.ErrHandlerClosure = pt;
     jo.Wait = 5000;
     if (natsConnection_JetStream(&pt->js, nc, &jo) != NATS_OK)
         return CHAT_ERR_UNAVAILABLE;
@@ -1026,18 +1252,6 @@ static void read_lag(partition *pt)
     jsConsumerInfo_Destroy(ci);
 }
 
-static bool heartbeat(partition *pt)
-{
-    int64_t now = chat_mono_ns() / 1000000;
-    if (now - pt->last_pg_ms < HEARTBEAT_MS)
-        return true;
-    PGresult *r = PQexec(pt->pg, "SELECT 1");
-    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
-    PQclear(r);
-    pt->last_pg_ms = now;
-    return ok;
-}
-
 static void *partition_thread(void *arg)
 {
     partition *pt = arg;
@@ -1048,16 +1262,16 @@ static void *partition_thread(void *arg)
         LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
                  (long long)pt->epoch, pt->consumer);
         while (atomic_load(&pt->state) == P_RUNNING && !atomic_load(&in->app->stopping)) {
-            if (!heartbeat(pt)) {
+            if (pt->gen != atomic_load(&in->com.gen)) { /* the lease connection is gone */
                 lost = true;
                 break;
             }
             read_lag(pt);
             if (fetch(pt, b) == 0)
                 continue;
-            int64_t fetched = chat_mono_ns();
-            if (!process(pt, b, fetched))
-                lost = true;
+            pt->fetched_ns = chat_mono_ns();
+            batch_decode(b, pt->index);
+            lost = submit(pt, b) == R_LOST;
             batch_reset(b);
             if (lost)
                 break;
@@ -1066,6 +1280,7 @@ static void *partition_thread(void *arg)
         lost = true;
     }
     batch_reset(b);
+    free(b->items);
     free(b);
     natsSubscription_Destroy(pt->inbox_sub);
     pt->inbox_sub = NULL;
@@ -1073,8 +1288,7 @@ static void *partition_thread(void *arg)
     pt->js = NULL;
     atomic_store(pt->m_pending, 0); /* reported by the next owner */
     atomic_store(pt->m_ack_pending, 0);
-    PQfinish(pt->pg); /* closing the session releases the advisory lock at once */
-    pt->pg = NULL;
+    pt->lost = lost;
     LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index,
              lost ? "lease_lost" : "released");
     atomic_store(&pt->state, P_DONE);
@@ -1085,32 +1299,48 @@ static void *partition_thread(void *arg)
 /* The coordinator                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-static bool try_acquire(wk_ingest *in, partition *pt)
+/* Opens the lease connection when there is none (caller holds pg_mu): a paused owner loses its
+ * session, and with it every lease, after 10 s without a word; the batch statements are prepared
+ * here, outside any transaction. */
+static bool lease_connection(wk_ingest *in)
 {
+    committer *c = &in->com;
+    if (c->pg != NULL)
+        return true;
     char app_name[64];
-    snprintf(app_name, sizeof app_name, "chat-ingest-p%d", pt->index);
+    snprintf(app_name, sizeof app_name, "chat-ingest-lease:%s", in->worker_id);
     PGconn *pg = NULL;
     if (wk_pg_connect(in->app->cfg->pg_dsn, app_name, &pg) != CHAT_OK)
         return false;
-    char part[16];
-    snprintf(part, sizeof part, "%d", pt->index);
-    const char *p1[] = {part};
-    PGresult *r = exec_params(pg, "SELECT pg_try_advisory_lock(727001, $1::int)", 1, p1);
-    bool locked = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    PQclear(r);
-    if (!locked) {
+    if (!wk_pg_exec(pg, "SET idle_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout") ||
+        !wk_pg_exec(pg, "SET idle_in_transaction_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout") ||
+        !prepare_statements(pg)) {
         PQfinish(pg);
         return false;
     }
-    /* a paused owner loses its session (and lease) after 10 s without a word */
-    wk_pg_exec(pg, "SET idle_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
-    wk_pg_exec(pg, "SET idle_in_transaction_session_timeout = '10s'", PGRES_COMMAND_OK, "lease_timeout");
-    if (!prepare_statements(pg, pt->index)) {
-        PQfinish(pg); /* releases the lock; the epoch was not bumped */
+    c->pg = pg;
+    c->last_pg_ms = chat_mono_ns() / 1000000;
+    return true;
+}
+
+/* Takes the lease of pt on the lease connection: its advisory lock and a new epoch. */
+static bool lock_partition(wk_ingest *in, partition *pt)
+{
+    committer *c = &in->com;
+    uint64_t gen = atomic_load(&c->gen);
+    char part[16];
+    snprintf(part, sizeof part, "%d", pt->index);
+    const char *p1[] = {part};
+    PGresult *r = exec_params(c->pg, "SELECT pg_try_advisory_lock(727001, $1::int)", 1, p1);
+    bool answered = PQresultStatus(r) == PGRES_TUPLES_OK;
+    bool locked = answered && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!answered)
+        lose_connection(c, gen);
+    if (!locked)
         return false;
-    }
     const char *p2[] = {part, in->worker_id};
-    r = exec_params(pg,
+    r = exec_params(c->pg,
                     "INSERT INTO ingest_leases (partition, epoch, owner) VALUES ($1::int, 1, $2)"
                     " ON CONFLICT (partition) DO UPDATE SET epoch = ingest_leases.epoch + 1,"
                     " owner = EXCLUDED.owner, acquired_at = now() RETURNING epoch",
@@ -1118,18 +1348,46 @@ static bool try_acquire(wk_ingest *in, partition *pt)
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         LOG_WARN("ingest", "event=lease_epoch_failed partition=%d detail=\"%s\"", pt->index, PQresultErrorMessage(r));
         PQclear(r);
-        PQfinish(pg);
+        lose_connection(c, gen); /* gives the lock back with the session; the epoch was not bumped */
         return false;
     }
     pt->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
-    pt->pg = pg;
-    pt->last_pg_ms = chat_mono_ns() / 1000000;
+    pt->gen = gen;
+    c->last_pg_ms = chat_mono_ns() / 1000000;
+    return true;
+}
+
+/* Gives the lease of a partition whose thread ended back (its lock, if its connection lives on). */
+static void unlock_partition(wk_ingest *in, partition *pt)
+{
+    committer *c = &in->com;
+    pthread_mutex_lock(&c->pg_mu);
+    if (c->pg != NULL && atomic_load(&c->gen) == pt->gen) {
+        char part[16];
+        snprintf(part, sizeof part, "%d", pt->index);
+        const char *p1[] = {part};
+        PGresult *r = exec_params(c->pg, "SELECT pg_advisory_unlock(727001, $1::int)", 1, p1);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            lose_connection(c, pt->gen);
+        PQclear(r);
+        c->last_pg_ms = chat_mono_ns() / 1000000;
+    }
+    pthread_mutex_unlock(&c->pg_mu);
+}
+
+static bool try_acquire(wk_ingest *in, partition *pt)
+{
+    committer *c = &in->com;
+    pthread_mutex_lock(&c->pg_mu);
+    bool ok = lease_connection(in) && lock_partition(in, pt);
+    pthread_mutex_unlock(&c->pg_mu);
+    if (!ok)
+        return false;
     atomic_store(&pt->state, P_RUNNING);
     if (pthread_create(&pt->thread, NULL, partition_thread, pt) != 0) {
-        PQfinish(pg);
-        pt->pg = NULL;
         atomic_store(&pt->state, P_IDLE);
+        unlock_partition(in, pt);
         return false;
     }
     return true;
@@ -1164,6 +1422,7 @@ static void *coordinator_thread(void *arg)
             partition *pt = &in->parts[p];
             if (atomic_load(&pt->state) == P_DONE) {
                 pthread_join(pt->thread, NULL);
+                unlock_partition(in, pt);
                 atomic_store(&pt->state, P_IDLE);
                 in->owned--;
             }
@@ -1210,11 +1469,59 @@ static void *coordinator_thread(void *arg)
         if (st == P_RUNNING || st == P_RELEASE || st == P_DONE) {
             atomic_store(&pt->state, P_RELEASE);
             pthread_join(pt->thread, NULL);
+            unlock_partition(in, pt);
             atomic_store(&pt->state, P_IDLE);
         }
     }
     PQfinish(presence);
     return NULL;
+}
+
+static chat_status committer_start(wk_ingest *in)
+{
+    committer *c = &in->com;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->pg_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&c->done, NULL);
+    c->queue = calloc((size_t)in->nparts, sizeof *c->queue);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 8 * GROUP_MAX;
+    jo.PublishAsync.ErrHandler = on_publish_error;
+    jo.PublishAsync.ErrHandlerClosure = c;
+    jo.Wait = 5000;
+    if (c->queue == NULL || natsConnection_JetStream(&c->js, in->app->nc, &jo) != NATS_OK)
+        return CHAT_ERR_INTERNAL;
+    if (pthread_create(&c->thread, NULL, committer_thread, in) != 0)
+        return CHAT_ERR_INTERNAL;
+    c->started = true;
+    return CHAT_OK;
+}
+
+/* After every partition thread has ended (nothing waits on the committer any more). */
+static void committer_stop(wk_ingest *in)
+{
+    committer *c = &in->com;
+    if (c->started) {
+        pthread_mutex_lock(&c->mu);
+        c->stop = true;
+        pthread_cond_signal(&c->wake);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thread, NULL);
+    }
+    PQfinish(c->pg);
+    c->pg = NULL;
+    jsCtx_Destroy(c->js);
+    free(c->queue);
+    pthread_cond_destroy(&c->wake);
+    pthread_cond_destroy(&c->done);
+    pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->pg_mu);
 }
 
 chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
@@ -1263,8 +1570,15 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
                                           "From a batch's commit to its fanout published and CHAT_EVENTS acked.");
     in->h_broker_to_commit = chat_metrics_histogram(m, "chat_ingest_broker_to_commit_seconds", NULL,
                                                     "From the broker timestamp of a message to its commit.");
+    if (committer_start(in) != CHAT_OK) {
+        committer_stop(in);
+        free(in->parts);
+        free(in);
+        return CHAT_ERR_INTERNAL;
+    }
     *out = in;
     if (pthread_create(&in->coordinator, NULL, coordinator_thread, in) != 0) {
+        committer_stop(in);
         free(in->parts);
         free(in);
         *out = NULL;
@@ -1278,7 +1592,8 @@ void wk_ingest_destroy(wk_ingest *in)
 {
     if (in == NULL)
         return;
-    pthread_join(in->coordinator, NULL);
+    pthread_join(in->coordinator, NULL); /* it joined every partition thread */
+    committer_stop(in);
     free(in->parts);
     free(in);
 }
