@@ -101,6 +101,8 @@ static const setting settings[] = {
      "static files served at / (default: web/ beside the binary's bin/, as built or installed)"},
     {"CHAT_WORKER_ROLES", "--roles", "ingest,api,notify,archive", WK, F(worker_roles),
      "worker roles, comma separated"},
+    {"CHAT_INGEST_COMMITTERS", "--ingest-committers", "2", WK, F(committers_raw),
+     "transactions an ingest worker runs at once, each for the batches of its share of the partitions (1 to 64)"},
     {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -483,6 +485,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
             return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
                         cfg->archive_cache_raw);
+        if (!parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
+            return fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
+                        cfg->committers_raw);
         cfg->roles = parse_roles(cfg->worker_roles);
         if (cfg->roles == 0)
             return fail(err, errsz, "CHAT_WORKER_ROLES",

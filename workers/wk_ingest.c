@@ -47,12 +47,14 @@ enum { P_IDLE, P_RUNNING, P_RELEASE, P_DONE };
 enum { R_WAIT, R_DONE, R_LOST };
 
 struct batch;
+struct committer;
 
 typedef struct partition {
     struct wk_ingest *in;
     int index;
     atomic_int state;
     pthread_t thread;
+    struct committer *com;      /* the committer of this partition's batches */
     uint64_t gen;               /* the lease connection's generation this lease was taken on */
     bool lost;                  /* the thread ended because the lease was lost */
     int64_t epoch;
@@ -73,6 +75,8 @@ typedef struct partition {
 /* The committer and the lease connection. `mu` guards the queue and the results; `pg_mu` guards
  * the connection, which the coordinator also uses (lock, epoch, unlock) between commits. */
 typedef struct committer {
+    struct wk_ingest *in;
+    int index;
     pthread_t thread;
     bool started;
     pthread_mutex_t mu;
@@ -93,7 +97,8 @@ struct wk_ingest {
     wk_app *app;
     char worker_id[40];
     pthread_t coordinator;
-    committer com;
+    committer *com;             /* CHAT_INGEST_COMMITTERS of them; partition p goes to p % ncom */
+    int ncom;
     partition *parts;
     int nparts;
     int owned;
@@ -727,9 +732,9 @@ enum { F_DONE, F_STOPPING, F_LEASE_LOST };
  * deliveries too when the connection changed since they went out (they may have died with the old
  * socket); devices drop repeats by id. While it retries it keeps the lease session from idling out
  * (idle_session_timeout). */
-static int fanout(wk_ingest *in, batch *b, uint64_t gen, int64_t committed_ms)
+static int fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 {
-    committer *c = &in->com;
+    wk_ingest *in = c->in;
     natsConnection *nc = in->app->nc;
     bool deliver = true;
     uint64_t delivered_on = 0; /* reconnects() when the deliveries were published */
@@ -949,9 +954,9 @@ static bool heartbeat(committer *c, uint64_t gen)
 
 /* store() under pg_mu, creating a missing `messages` partition on the way; S_LEASE_LOST when the
  * connection of generation gen is gone (nothing of a lost lease is ever written). */
-static int store_locked(wk_ingest *in, batch *b, uint64_t gen)
+static int store_locked(committer *c, batch *b, uint64_t gen)
 {
-    committer *c = &in->com;
+    wk_ingest *in = c->in;
     pthread_mutex_lock(&c->pg_mu);
     int rc = S_LEASE_LOST;
     for (int attempt = 0; attempt < 5 && c->pg != NULL && atomic_load(&c->gen) == gen; attempt++) {
@@ -986,10 +991,11 @@ static int store_locked(wk_ingest *in, batch *b, uint64_t gen)
 
 /* Stores, fans out and acks b (a group of batches, or one). Returns false when the lease is lost:
  * nothing of b is acked then, and the next owners get it again. */
-static bool process(wk_ingest *in, batch *b, uint64_t gen, int64_t fetched_ns)
+static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
 {
+    wk_ingest *in = c->in;
     batch_prepare(b);
-    int rc = store_locked(in, b, gen);
+    int rc = store_locked(c, b, gen);
     if (rc == S_LEASE_LOST)
         return false;
     if (rc == S_DATA_ERROR || rc == S_NO_PARTITION) {
@@ -1016,7 +1022,7 @@ static bool process(wk_ingest *in, batch *b, uint64_t gen, int64_t fetched_ns)
                         batch_add(&piece, &b->items[j]);
                         taken[j] = true;
                     }
-                ok = process(in, &piece, gen, fetched_ns);
+                ok = process(c, &piece, gen, fetched_ns);
                 view_free(&piece);
             }
             free(taken);
@@ -1042,7 +1048,7 @@ static bool process(wk_ingest *in, batch *b, uint64_t gen, int64_t fetched_ns)
     atomic_fetch_add(in->m_events, (uint64_t)stored);
     atomic_fetch_add(in->m_redelivered, (uint64_t)redelivered);
     atomic_fetch_add(in->m_batches, 1);
-    int f = fanout(in, b, gen, committed_ms);
+    int f = fanout(c, b, gen, committed_ms);
     if (f != F_DONE) /* not acked: redelivered to the next owner, found stored and published again */
         return f == F_STOPPING;
     chat_histogram_observe_us(in->h_fanout, (chat_mono_ns() - committed_ns) / 1000);
@@ -1057,9 +1063,9 @@ static bool process(wk_ingest *in, batch *b, uint64_t gen, int64_t fetched_ns)
 
 /* Commits the batches of group[0..n) together; the verdict of each goes to results[]. A batch
  * whose lease was taken on an earlier connection is lost without touching the database. */
-static void commit_group(wk_ingest *in, partition **group, int n, int *results)
+static void commit_group(committer *c, partition **group, int n, int *results)
 {
-    uint64_t gen = atomic_load(&in->com.gen);
+    uint64_t gen = atomic_load(&c->gen);
     batch all = {.view = true, .part = -1};
     int live = 0, last = -1;
     int64_t fetched = 0;
@@ -1078,10 +1084,10 @@ static void commit_group(wk_ingest *in, partition **group, int n, int *results)
     }
     if (live == 1)
         all.part = last;
-    if (all.n > 0 && !process(in, &all, gen, fetched)) {
-        pthread_mutex_lock(&in->com.pg_mu);
-        lose_connection(&in->com, gen);
-        pthread_mutex_unlock(&in->com.pg_mu);
+    if (all.n > 0 && !process(c, &all, gen, fetched)) {
+        pthread_mutex_lock(&c->pg_mu);
+        lose_connection(c, gen);
+        pthread_mutex_unlock(&c->pg_mu);
         for (int i = 0; i < n; i++)
             results[i] = R_LOST;
     }
@@ -1090,8 +1096,8 @@ static void commit_group(wk_ingest *in, partition **group, int n, int *results)
 
 static void *committer_thread(void *arg)
 {
-    wk_ingest *in = arg;
-    committer *c = &in->com;
+    committer *c = arg;
+    wk_ingest *in = c->in;
     partition **group = calloc((size_t)in->nparts, sizeof *group);
     int *results = calloc((size_t)in->nparts, sizeof *results);
     for (;;) {
@@ -1118,7 +1124,7 @@ static void *committer_thread(void *arg)
         memmove(c->queue, c->queue + n, (size_t)(c->nqueue - n) * sizeof *c->queue);
         c->nqueue -= n;
         pthread_mutex_unlock(&c->mu);
-        commit_group(in, group, n, results);
+        commit_group(c, group, n, results);
         pthread_mutex_lock(&c->mu);
         for (int i = 0; i < n; i++)
             group[i]->result = results[i];
@@ -1134,7 +1140,7 @@ static void *committer_thread(void *arg)
  * published and acked; or left unacked while stopping) or R_LOST. */
 static int submit(partition *pt, batch *b)
 {
-    committer *c = &pt->in->com;
+    committer *c = pt->com;
     pthread_mutex_lock(&c->mu);
     pt->pending = b;
     pt->result = R_WAIT;
@@ -1262,7 +1268,7 @@ static void *partition_thread(void *arg)
         LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
                  (long long)pt->epoch, pt->consumer);
         while (atomic_load(&pt->state) == P_RUNNING && !atomic_load(&in->app->stopping)) {
-            if (pt->gen != atomic_load(&in->com.gen)) { /* the lease connection is gone */
+            if (pt->gen != atomic_load(&pt->com->gen)) { /* the lease connection is gone */
                 lost = true;
                 break;
             }
@@ -1302,13 +1308,13 @@ static void *partition_thread(void *arg)
 /* Opens the lease connection when there is none (caller holds pg_mu): a paused owner loses its
  * session, and with it every lease, after 10 s without a word; the batch statements are prepared
  * here, outside any transaction. */
-static bool lease_connection(wk_ingest *in)
+static bool lease_connection(committer *c)
 {
-    committer *c = &in->com;
+    wk_ingest *in = c->in;
     if (c->pg != NULL)
         return true;
     char app_name[64];
-    snprintf(app_name, sizeof app_name, "chat-ingest-lease:%s", in->worker_id);
+    snprintf(app_name, sizeof app_name, "chat-ingest-lease:%s/%d", in->worker_id, c->index);
     PGconn *pg = NULL;
     if (wk_pg_connect(in->app->cfg->pg_dsn, app_name, &pg) != CHAT_OK)
         return false;
@@ -1326,7 +1332,7 @@ static bool lease_connection(wk_ingest *in)
 /* Takes the lease of pt on the lease connection: its advisory lock and a new epoch. */
 static bool lock_partition(wk_ingest *in, partition *pt)
 {
-    committer *c = &in->com;
+    committer *c = pt->com;
     uint64_t gen = atomic_load(&c->gen);
     char part[16];
     snprintf(part, sizeof part, "%d", pt->index);
@@ -1359,9 +1365,9 @@ static bool lock_partition(wk_ingest *in, partition *pt)
 }
 
 /* Gives the lease of a partition whose thread ended back (its lock, if its connection lives on). */
-static void unlock_partition(wk_ingest *in, partition *pt)
+static void unlock_partition(partition *pt)
 {
-    committer *c = &in->com;
+    committer *c = pt->com;
     pthread_mutex_lock(&c->pg_mu);
     if (c->pg != NULL && atomic_load(&c->gen) == pt->gen) {
         char part[16];
@@ -1378,16 +1384,16 @@ static void unlock_partition(wk_ingest *in, partition *pt)
 
 static bool try_acquire(wk_ingest *in, partition *pt)
 {
-    committer *c = &in->com;
+    committer *c = pt->com;
     pthread_mutex_lock(&c->pg_mu);
-    bool ok = lease_connection(in) && lock_partition(in, pt);
+    bool ok = lease_connection(c) && lock_partition(in, pt);
     pthread_mutex_unlock(&c->pg_mu);
     if (!ok)
         return false;
     atomic_store(&pt->state, P_RUNNING);
     if (pthread_create(&pt->thread, NULL, partition_thread, pt) != 0) {
         atomic_store(&pt->state, P_IDLE);
-        unlock_partition(in, pt);
+        unlock_partition(pt);
         return false;
     }
     return true;
@@ -1422,7 +1428,7 @@ static void *coordinator_thread(void *arg)
             partition *pt = &in->parts[p];
             if (atomic_load(&pt->state) == P_DONE) {
                 pthread_join(pt->thread, NULL);
-                unlock_partition(in, pt);
+                unlock_partition(pt);
                 atomic_store(&pt->state, P_IDLE);
                 in->owned--;
             }
@@ -1469,7 +1475,7 @@ static void *coordinator_thread(void *arg)
         if (st == P_RUNNING || st == P_RELEASE || st == P_DONE) {
             atomic_store(&pt->state, P_RELEASE);
             pthread_join(pt->thread, NULL);
-            unlock_partition(in, pt);
+            unlock_partition(pt);
             atomic_store(&pt->state, P_IDLE);
         }
     }
@@ -1477,9 +1483,10 @@ static void *coordinator_thread(void *arg)
     return NULL;
 }
 
-static chat_status committer_start(wk_ingest *in)
+static chat_status committer_start(wk_ingest *in, committer *c, int index)
 {
-    committer *c = &in->com;
+    c->in = in;
+    c->index = index;
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->pg_mu, NULL);
     pthread_condattr_t ca;
@@ -1497,16 +1504,15 @@ static chat_status committer_start(wk_ingest *in)
     jo.Wait = 5000;
     if (c->queue == NULL || natsConnection_JetStream(&c->js, in->app->nc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
-    if (pthread_create(&c->thread, NULL, committer_thread, in) != 0)
+    if (pthread_create(&c->thread, NULL, committer_thread, c) != 0)
         return CHAT_ERR_INTERNAL;
     c->started = true;
     return CHAT_OK;
 }
 
 /* After every partition thread has ended (nothing waits on the committer any more). */
-static void committer_stop(wk_ingest *in)
+static void committer_stop(committer *c)
 {
-    committer *c = &in->com;
     if (c->started) {
         pthread_mutex_lock(&c->mu);
         c->stop = true;
@@ -1522,6 +1528,14 @@ static void committer_stop(wk_ingest *in)
     pthread_cond_destroy(&c->done);
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->pg_mu);
+}
+
+static void committers_stop(wk_ingest *in)
+{
+    for (int k = 0; in->com && k < in->ncom; k++)
+        committer_stop(&in->com[k]);
+    free(in->com);
+    in->com = NULL;
 }
 
 chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
@@ -1570,15 +1584,22 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
                                           "From a batch's commit to its fanout published and CHAT_EVENTS acked.");
     in->h_broker_to_commit = chat_metrics_histogram(m, "chat_ingest_broker_to_commit_seconds", NULL,
                                                     "From the broker timestamp of a message to its commit.");
-    if (committer_start(in) != CHAT_OK) {
-        committer_stop(in);
+    in->ncom = app->cfg->ingest_committers < in->nparts ? app->cfg->ingest_committers : in->nparts;
+    in->com = calloc((size_t)in->ncom, sizeof *in->com);
+    bool started = in->com != NULL;
+    for (int k = 0; started && k < in->ncom; k++)
+        started = committer_start(in, &in->com[k], k) == CHAT_OK;
+    if (!started) {
+        committers_stop(in);
         free(in->parts);
         free(in);
         return CHAT_ERR_INTERNAL;
     }
+    for (int p = 0; p < in->nparts; p++)
+        in->parts[p].com = &in->com[p % in->ncom];
     *out = in;
     if (pthread_create(&in->coordinator, NULL, coordinator_thread, in) != 0) {
-        committer_stop(in);
+        committers_stop(in);
         free(in->parts);
         free(in);
         *out = NULL;
@@ -1593,7 +1614,7 @@ void wk_ingest_destroy(wk_ingest *in)
     if (in == NULL)
         return;
     pthread_join(in->coordinator, NULL); /* it joined every partition thread */
-    committer_stop(in);
+    committers_stop(in);
     free(in->parts);
     free(in);
 }

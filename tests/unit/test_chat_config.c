@@ -10,7 +10,7 @@ static const char *vars[] = {"CHAT_HOME", "CHAT_GATEWAY_LISTEN", "CHAT_WORKER_LI
                              "CHAT_ARCHIVE_URL", "CHAT_PARTITION_SPAN", "CHAT_HOT_RETENTION",
                              "CHAT_PUSH_GRACE", "CHAT_ALLOWED_ORIGINS", "CHAT_DEV_MODE",
                              "CHAT_PUSH_WEBHOOK_URL", "CHAT_LOG", "CHAT_WORKER_ROLES", "CHAT_S3_ENDPOINT",
-                             "CHAT_S3_ACCESS_KEY", "CHAT_S3_SECRET_KEY", NULL};
+                             "CHAT_S3_ACCESS_KEY", "CHAT_S3_SECRET_KEY", "CHAT_INGEST_COMMITTERS", NULL};
 
 static void clean_env(void)
 {
@@ -45,6 +45,7 @@ START_TEST(defaults_serve_the_embedded_stack)
     ck_assert_str_eq(cfg.archive_url, "file:///tmp/chat-test-home/archive");
     ck_assert(!cfg.dev_mode);
     ck_assert_uint_eq(cfg.roles, CHAT_ROLE_ALL);
+    ck_assert_int_eq(cfg.ingest_committers, 2);
     chat_cfg_free(&cfg);
 }
 END_TEST
@@ -94,6 +95,8 @@ static const struct {
     {"CHAT_JWT_SECRET", "short", CHAT_PROG_GATEWAY},
     {"CHAT_PUSH_WEBHOOK_URL", "mailto:x", CHAT_PROG_WORKER},
     {"CHAT_WORKER_ROLES", "ingest,cook", CHAT_PROG_WORKER},
+    {"CHAT_INGEST_COMMITTERS", "0", CHAT_PROG_WORKER},
+    {"CHAT_INGEST_COMMITTERS", "65", CHAT_PROG_WORKER},
 };
 
 START_TEST(malformed_setting_is_named)
