@@ -34,12 +34,14 @@ typedef struct gw_request {
     uint64_t session;      /* the asking session (looked up again when the reply comes) */
     char conv[65], cmid[65], user[65];
     int attempts;
-    uint8_t *payload;      /* what to send again or merge back (cursor batches), or NULL */
+    uint8_t *payload;      /* what to send again (a send's Post) or merge back (cursor batches), or NULL */
     size_t payload_len;
     char ref[130];         /* history: the client's ref as JSON text */
     int64_t sent_ns;
     int64_t deadline_ms;   /* monotonic */
     int64_t retry_at_ms;   /* POST_STATUS waiting to be asked again, or 0 */
+    bool staged_dup;       /* PUBLISH: the PubAck said duplicate of stream seq 0 (gw_session.c) */
+    bool republished;      /* PUBLISH: published again under a Nats-Msg-Id of its own */
     struct gw_request *prev, *next;
 } gw_request;
 

@@ -267,6 +267,12 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    /* kept for publish_again (a duplicate the broker does not have) */
+    req->payload = malloc(len ? len : 1);
+    if (req->payload == NULL)
+        abort();
+    memcpy(req->payload, post, len);
+    req->payload_len = len;
     char subject[128], msg_id[160];
     chat_subject_in(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)srv->cfg->partitions), conv);
     snprintf(msg_id, sizeof msg_id, "%s/%s", conv, cmid);
@@ -442,6 +448,34 @@ static bool ask_post_status(gw_server *srv, gw_request *req)
     return gw_bus_request_send(srv, req, CHAT_API_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
 
+/* nats-server 2.10 stages a Nats-Msg-Id in the stream's duplicate map (with seq 0) before it
+ * proposes the message to the stream's replicas, and does not clear it when that proposal is lost
+ * (a leader change at that moment: nats-io/nats-server#6415, fixed in 2.11 by #6486). Every send
+ * again with the same cmid is then answered "duplicate" (seq 0) and dropped, for the whole
+ * duplicate window (10 min), although the stream never had the message: the client would retry
+ * into the same answer until it gives up. A duplicate of seq 0 is also what a send again gets while
+ * the first copy is still in flight (proposed, not applied), so this is decided only once
+ * post.status has not found the message for POST_STATUS_TRIES: the Post is then published once
+ * more under a Nats-Msg-Id of this request. If the first copy did get in after all, the ingest
+ * stores the (conv, cmid) once all the same (message_dedupe) and answers the copy with the stored
+ * seq and id. */
+static bool publish_again(gw_server *srv, gw_request *req)
+{
+    char subject[128], msg_id[200];
+    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(req->conv, (uint32_t)srv->cfg->partitions),
+                    req->conv);
+    snprintf(msg_id, sizeof msg_id, "%s/%s/%s-%" PRIu64, req->conv, req->cmid, srv->gateway_id, req->id);
+    req->kind = GW_REQ_PUBLISH;
+    req->republished = true;
+    req->attempts = 0;
+    req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
+    if (gw_bus_request_send(srv, req, subject, req->payload, req->payload_len, msg_id) != CHAT_OK)
+        return false;
+    LOG_WARN("gateway", "event=published_again conv=%s cmid=%s msg_id=%s reason=duplicate_not_stored", req->conv,
+             req->cmid, msg_id);
+    return true;
+}
+
 static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char *cmid, uint64_t seq, const char *id)
 {
     json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
@@ -504,10 +538,11 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         json_t *ack = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
         bool error = ack == NULL || json_object_get(ack, "error") != NULL;
         bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
+        long long stream_seq = ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL;
         LOG_DEBUG("gateway", "event=puback session=%s conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
-                  s->id_str, req->conv, req->cmid, error, duplicate,
-                  ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL);
+                  s->id_str, req->conv, req->cmid, error, duplicate, stream_seq);
         json_decref(ack);
+        req->staged_dup = duplicate && stream_seq == 0; /* in flight, or lost: publish_again */
         if (error) {
             inflight_done(srv, req->session, req->conv, req->cmid);
             gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
@@ -544,6 +579,8 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
             return true;
         }
+        if (not_yet && req->staged_dup && !req->republished && req->payload && publish_again(srv, req))
+            return true; /* its PubAck comes to this request again */
         inflight_done(srv, req->session, req->conv, req->cmid);
         gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
         return false;

@@ -1681,8 +1681,14 @@ static void finish(worker *w)
     bench_result *r = &w->r;
     r->conns = w->n_devs;
     for (uint64_t k = 0; k < w->next_msg; k++)
-        if (w->msgs[k].state == MSG_SENT)
+        if (w->msgs[k].state == MSG_SENT) {
             r->unacked++;
+            /* name them (the examples are few): their way can be followed in the server's logs */
+            if (r->unacked <= 50)
+                fprintf(stderr, "chat-bench[%d]: never answered: cmid p%d-%" PRIu64 " connection %u tries %u%s\n",
+                        w->proc, w->proc, k, w->devs[w->msgs[k].dev].n, w->msgs[k].tries,
+                        w->msgs[k].resent ? " (resent)" : "");
+        }
     if (r->unacked)
         problem(w, "%" PRIu64 " sent messages never acked", r->unacked);
     if (w->plan->proto != BENCH_PROTO_CHAT) {
