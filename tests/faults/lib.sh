@@ -597,23 +597,36 @@ lose_leader() {
 }
 kill_node() { stop "nats$1" KILL; }
 
-# kill -9 the node leading CHAT_IN; started again (same store) 10 s later
-scenario_nats_leader_kill() {
+# leader_scenario NAME WHAT FAULT BACK_AT RECOVER STORY: under 30 s of load, the CHAT_IN leader is
+# lost at 5 s (lose_leader WHAT FAULT), RECOVER runs at BACK_AT s (it sees leader, k and t0),
+# then the checks; STORY is the verdict's line, with %s for the lost leader
+leader_scenario() {
+    local name=$1 what=$2 fault=$3 back_at=$4 recover=$5 story=$6
     gateway_on_leader || return 1
-    load_start nats_leader_kill 30 || return 1
+    load_start "$name" 30 || return 1
     local rc=0 leader k t0 held before
     at 5
-    lose_leader kill kill_node || { (($? == 2)) && return 1; rc=1; }
-    at 15
+    lose_leader "$what" "$fault" || { (($? == 2)) && return 1; rc=1; }
+    at "$back_at"
+    "$recover" || rc=1
+    load_wait
+    gateway_resynced "$held" "$before" || rc=1
+    # shellcheck disable=SC2059
+    verdict "$name" "$(printf "$story" "$leader")" || rc=1
+    no_violations || rc=1
+    return $rc
+}
+
+# kill -9 the node leading CHAT_IN; started again (same store) 10 s later
+restart_node() {
     nats_start "$k"
     say "nats-$k started again"
     wait_for 60 nats_healthy "$k" && say "nats-$k healthy (JetStream current) again" \
-        || { echo "  VIOLATION: nats-$k not healthy 60 s after its restart"; rc=1; }
-    load_wait
-    gateway_resynced "$held" "$before" || rc=1
-    verdict nats_leader_kill "kill -9 of the CHAT_IN leader ($leader) at 5 s, back at 15 s" || rc=1
-    no_violations || rc=1
-    return $rc
+        || { echo "  VIOLATION: nats-$k not healthy 60 s after its restart"; return 1; }
+}
+scenario_nats_leader_kill() {
+    leader_scenario nats_leader_kill kill kill_node 15 restart_node \
+        "kill -9 of the CHAT_IN leader (%s) at 5 s, back at 15 s"
 }
 
 # wait_leader_other OLD NODE...: a CHAT_IN leader other than OLD, asked of NODEs (20 s)
@@ -630,22 +643,15 @@ wait_leader_other() {
 
 # cut the CHAT_IN leader off the network for 15 s (a new leader within ~7 s, and its clients
 # noticing within 4-6 s), then heal
-scenario_nats_partition() {
-    gateway_on_leader || return 1
-    load_start nats_partition 30 || return 1
-    local rc=0 leader k t0 held before
-    at 5
-    lose_leader cut partition || { (($? == 2)) && return 1; rc=1; }
-    at 20
+heal_node() {
     heal "$k"
     say "healed: $leader back on the network"
     wait_for 60 cluster_formed && say "cluster whole again $(($(now_ms) - t0 - 15000)) ms after the heal" \
-        || { echo "  VIOLATION: the cluster did not re-form 60 s after the heal"; rc=1; }
-    load_wait
-    gateway_resynced "$held" "$before" || rc=1
-    verdict nats_partition "the CHAT_IN leader ($leader) cut off at 5 s for 15 s (network namespaces), then healed" || rc=1
-    no_violations || rc=1
-    return $rc
+        || { echo "  VIOLATION: the cluster did not re-form 60 s after the heal"; return 1; }
+}
+scenario_nats_partition() {
+    leader_scenario nats_partition cut partition 20 heal_node \
+        "the CHAT_IN leader (%s) cut off at 5 s for 15 s (network namespaces), then healed"
 }
 
 # PostgreSQL stopped with -m immediate (a crash) and started again 5 s later

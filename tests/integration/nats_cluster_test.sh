@@ -290,6 +290,10 @@ replicated() { # STREAM: three replicas configured, a leader and two current fol
     info=$(stream_info "$1")
     grep -q '"num_replicas":3' <<<"$info" && [[ $(grep -o '"current":true' <<<"$info" | wc -l) -eq 2 ]]
 }
+stream_known() { # STREAM: the API answered (its config, or 404 no such stream), into $info
+    info=$(stream_info "$1")
+    grep -q '"config"\|"code":404' <<<"$info"
+}
 # Can the meta leader place a stream with three replicas? (admin makes and deletes a memory
 # stream.) Three nodes started together sometimes form a cluster with routes and a meta leader
 # that answers "no suitable peers for placement" for many minutes (seen about once in fifteen
@@ -346,8 +350,7 @@ for s in CHAT_IN CHAT_EVENTS; do
     fi
 done
 # CHAT_NOTIFY (the notify requests of releases before issue 7) is not created any more.
-notify_known() { info=$(stream_info CHAT_NOTIFY); grep -q '"config"\|"code":404' <<<"$info"; }
-wait_for 30 notify_known || true
+wait_for 30 stream_known CHAT_NOTIFY || true
 if grep -q '"code":404' <<<"$info"; then
     pass "no stream CHAT_NOTIFY: the notify role reads CHAT_EVENTS"
 else
@@ -580,8 +583,7 @@ if grep -q 'Authorization Violation' <<<"$out"; then
 else
     fail "wrong password: $(tr '\n' '|' <<<"$out" | head -c 300)"
 fi
-in_exists() { info=$(stream_info CHAT_IN); grep -q '"config"\|"code":404' <<<"$info"; }
-wait_for 60 in_exists || true
+wait_for 60 stream_known CHAT_IN || true
 if grep -q '"num_replicas":3' <<<"$info"; then
     pass "CHAT_IN still exists after the refused delete"
 else

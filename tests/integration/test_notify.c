@@ -571,14 +571,20 @@ static bool wait_event(const char *conv, uint64_t seq)
 
 /* ------------------------------------------------------------------ cases */
 
+/* A fresh 1:1 conversation (made with chatctl) of a new user alice and a new user named after name. */
+static void one_to_one(const char *name, char alice[80], char other[80], char conv[80])
+{
+    test_stack_unique_id("alice", alice, 80);
+    test_stack_unique_id(name, other, 80);
+    test_stack_unique_id("conv", conv, 80);
+    char *out = NULL;
+    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, other, NULL));
+}
+
 START_TEST(burst_gives_one_push)
 {
     char alice[80], bob[80], conv[80];
-    test_stack_unique_id("alice", alice, sizeof alice);
-    test_stack_unique_id("bob", bob, sizeof bob);
-    test_stack_unique_id("conv", conv, sizeof conv);
-    char *out = NULL;
-    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL));
+    one_to_one("bob", alice, bob, conv);
 
     int64_t t0 = test_mono_ms();
     send_n(conv, alice, "burst message", 20);
@@ -636,11 +642,7 @@ END_TEST
 START_TEST(failing_webhook_pushes_after_recovery)
 {
     char alice[80], frank[80], conv[80];
-    test_stack_unique_id("alice", alice, sizeof alice);
-    test_stack_unique_id("frank", frank, sizeof frank);
-    test_stack_unique_id("conv", conv, sizeof conv);
-    char *out = NULL;
-    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, frank, NULL));
+    one_to_one("frank", alice, frank, conv);
     double failures0 = metric(notify_listen, "chat_notify_push_failures_total");
 
     atomic_store(&hook.mode, HOOK_ERROR);
@@ -684,11 +686,7 @@ END_TEST
 START_TEST(killed_notifier_loses_nothing)
 {
     char alice[80], gina[80], conv[80];
-    test_stack_unique_id("alice", alice, sizeof alice);
-    test_stack_unique_id("gina", gina, sizeof gina);
-    test_stack_unique_id("conv", conv, sizeof conv);
-    char *out = NULL;
-    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, gina, NULL));
+    one_to_one("gina", alice, gina, conv);
     int64_t t0 = test_mono_ms();
     send_n(conv, alice, "before the kill", 5);
     kill(notify_pid, SIGKILL);
@@ -717,11 +715,7 @@ END_TEST
 START_TEST(notifier_killed_during_a_push_loses_nothing)
 {
     char alice[80], hank[80], conv[80];
-    test_stack_unique_id("alice", alice, sizeof alice);
-    test_stack_unique_id("hank", hank, sizeof hank);
-    test_stack_unique_id("conv", conv, sizeof conv);
-    char *out = NULL;
-    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, hank, NULL));
+    one_to_one("hank", alice, hank, conv);
     atomic_store(&hook.mode, HOOK_HANG); /* the POST is read and never answered */
     send_n(conv, alice, "in flight", 3);
     json_t *p = wait_pushes(hank, 0, 1, GRACE_MS + 10000);
@@ -753,11 +747,7 @@ END_TEST
 START_TEST(fresh_consumer_skips_the_past)
 {
     char alice[80], ivan[80], conv[80];
-    test_stack_unique_id("alice", alice, sizeof alice);
-    test_stack_unique_id("ivan", ivan, sizeof ivan);
-    test_stack_unique_id("conv", conv, sizeof conv);
-    char *out = NULL;
-    chatctl_ok("conv create", &out, test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, ivan, NULL));
+    one_to_one("ivan", alice, ivan, conv);
     /* no notifier and no consumer: what is posted now is only in CHAT_EVENTS' history */
     stop_child(&notify_pid);
     ck_assert_msg(delete_notify_consumer(), "cannot delete the consumer %s of %s", NOTIFY_CONSUMER, NOTIFY_STREAM);
