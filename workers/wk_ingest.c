@@ -378,6 +378,14 @@ static bool prepare_statements(PGconn *pg)
 {
     if (!wk_pg_exec(pg, "SET plan_cache_mode = force_generic_plan", PGRES_COMMAND_OK, "plan_cache_mode"))
         return false;
+    /* A generic plan is made once, at the first batch, from the statistics of that moment: on a
+     * new database (empty tables) the planner took sequential scans of message_dedupe and
+     * conversations with hash joins, and kept them while the tables grew, so every batch read
+     * the whole dedupe table (docs/benchmarks.md). Every statement here reaches its rows through a
+     * primary key: take the other paths off the table for this connection. */
+    if (!wk_pg_exec(pg, "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+                    PGRES_COMMAND_OK, "plan_settings"))
+        return false;
     for (int q = 0; q < Q_COUNT; q++) {
         PGresult *r = PQprepare(pg, statements[q].name, statements[q].sql, statements[q].nparams, NULL);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
