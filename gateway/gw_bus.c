@@ -50,7 +50,32 @@ struct gw_bus {
     int64_t shed_at_ms;           /* the last refusal */
     atomic_int_fast64_t *m_inflight;
     atomic_uint_fast64_t *m_shed;
+    natsMsg *dead[256]; /* handled messages not yet destroyed (bury) */
+    int ndead;
 };
+
+/* ---- destroying messages (lws thread) ---- */
+
+/* nats.c hands every destroyed message to its garbage-collector thread and wakes that thread
+ * whenever it waits: destroyed one at a time, each message cost a futex wake and two context
+ * switches (perf of the gateway at 5,000 msg/s: 9 to 13 % of the loop thread in natsMsg_Destroy).
+ * So the lws thread keeps the messages it is done with and destroys them together, when 256 have
+ * gathered and on every tick (100 ms): one wake per group. */
+static void bury_flush(gw_bus *bus)
+{
+    for (int i = 0; i < bus->ndead; i++)
+        natsMsg_Destroy(bus->dead[i]);
+    bus->ndead = 0;
+}
+
+static void bury(gw_bus *bus, natsMsg *msg)
+{
+    if (msg == NULL)
+        return;
+    if (bus->ndead == (int)(sizeof bus->dead / sizeof bus->dead[0]))
+        bury_flush(bus);
+    bus->dead[bus->ndead++] = msg;
+}
 
 /* ---- push side (nats.c threads) ---- */
 
@@ -189,6 +214,7 @@ void gw_bus_destroy(gw_bus *bus)
 {
     if (bus == NULL)
         return;
+    bury_flush(bus);
     natsSubscription_Unsubscribe(bus->reply_sub);
     natsSubscription_Destroy(bus->reply_sub);
     natsSubscription_Unsubscribe(bus->members_sub);
@@ -281,7 +307,7 @@ chat_status gw_bus_request_send(gw_server *srv, gw_request *req, const char *sub
         s = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(srv->nc, msg);
-    natsMsg_Destroy(msg);
+    bury(srv->bus, msg);
     if (s != NATS_OK)
         return chat_nats_check(s, "gateway", "request"); /* the caller frees req (every caller does) */
     req->sent_ns = chat_mono_ns();
@@ -335,7 +361,7 @@ void gw_bus_drain(gw_server *srv)
             break;
         }
         }
-        natsMsg_Destroy(n->msg);
+        bury(bus, n->msg);
         free(n);
     }
 }
@@ -445,6 +471,7 @@ size_t gw_bus_inflight(gw_server *srv)
 void gw_bus_tick(gw_server *srv)
 {
     gw_bus *bus = srv->bus;
+    bury_flush(bus);
     check_reconnected(srv);
     int64_t now = chat_mono_ns() / 1000000;
     inflight_expire(bus, now);
