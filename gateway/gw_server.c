@@ -297,6 +297,9 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     }
     case LWS_CALLBACK_RECEIVE:
         return gw_session_receive(srv, s, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        gw_session_pong(s);
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return gw_session_writeable(srv, s);
     case LWS_CALLBACK_CLOSED:
@@ -415,12 +418,10 @@ chat_status gw_server_create(gw_server *srv)
     /* room for a request head with a token of the largest size we accept (CHAT_JWT_MAX_LEN) and
      * ordinary headers: a longer one gets an answer (401), not a dropped connection */
     info.max_http_header_data = 16384;
-    /* idle connections: pinged after CHAT_WS_PING without traffic, closed after twice that */
-    static lws_retry_bo_t idle;
-    unsigned ping_s = (unsigned)(srv->cfg->ws_ping_ms / 1000);
-    idle.secs_since_valid_ping = (uint16_t)(ping_s ? ping_s : 1);
-    idle.secs_since_valid_hangup = (uint16_t)(2 * (ping_s ? ping_s : 1));
-    info.retry_and_idle_policy = &idle;
+    /* idle connections are pinged by gw_session_sweep, not by lws: a policy of zeros turns lws's
+     * validity timers off (without one, lws would use its default of a ping after 5 minutes) */
+    static const lws_retry_bo_t no_idle_timers;
+    info.retry_and_idle_policy = &no_idle_timers;
     if (srv->cfg->tls_cert[0]) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = srv->cfg->tls_cert;

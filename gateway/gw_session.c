@@ -403,7 +403,14 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
         return;
     }
     int known = membership_get(srv, conv, s->user);
-    if (known == 1) {
+    /* A post of a member not known either way is published without asking first: the ingest checks
+     * the sender's membership in the transaction that stores the post (and answers a non-member
+     * with a not_member Rejection), so asking the api role as well only cost a round trip through
+     * NATS and PostgreSQL before the first post of each member of each conversation (the
+     * 20,000-connection and reconnect rows of docs/benchmarks.md, where every send was a first).
+     * The ack or the Rejection then fills the cache (gw_session_on_delivery). Cursors have no such
+     * check downstream and still ask. */
+    if (known == 1 || (known == 0 && packed)) {
         if (packed)
             publish_post(srv, s->id, conv, cmid, packed, len);
         else
@@ -633,6 +640,8 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         frame_release(f);
         if (e->session && e->session[0]) {
             gw_bus_inflight_done(srv, e->session, e->conv, e->cmid); /* even when the session left */
+            if (membership_get(srv, e->conv, u->id) == 0)
+                membership_put(srv, e->conv, u->id, true); /* a post of u's was stored: u is a member */
             for (gw_session *s = u->sessions; s; s = s->next_of_user)
                 if (strcmp(s->id_str, e->session) == 0)
                     send_ack(srv, s, e->conv, e->cmid, e->seq, e->id);
@@ -674,8 +683,10 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         for (gw_session *s = u->sessions; s; s = s->next_of_user)
             if (strcmp(s->id_str, rj->session) == 0)
                 gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
-        if (strcmp(rj->code, "not_member") == 0)
+        if (strcmp(rj->code, "not_member") == 0) {
             gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
+            membership_put(srv, rj->conv, u->id, false);  /* u's next posts there are refused here */
+        }
         break;
     }
     default:
@@ -691,6 +702,7 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
 {
     s->wsi = wsi;
+    s->last_rx_ms = chat_mono_ns() / 1000000;
     s->id = ++srv->next_session;
     snprintf(s->id_str, sizeof s->id_str, "%s-%" PRIu64, srv->gateway_id, s->id);
     gw_user *u = chat_map_get(srv->users, s->user);
@@ -998,6 +1010,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
 {
     if (!s->established)
         return -1;
+    s->last_rx_ms = chat_mono_ns() / 1000000;
     bool complete = lws_is_final_fragment(s->wsi) && lws_remaining_packet_payload(s->wsi) == 0;
     if (s->rx.len + len > GW_FRAME_MAX) {
         lws_close_reason(s->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large", 15);
@@ -1034,6 +1047,14 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
                                                                                : "try again";
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
         return -1;
+    }
+    if (s->want_ping) {
+        /* with a payload: lws hands an empty pong to no callback, and the pong is what we wait for */
+        unsigned char ping[LWS_PRE + 4] = {[LWS_PRE] = 'c', 'h', 'a', 't'};
+        s->want_ping = false;
+        s->ping_sent_ms = chat_mono_ns() / 1000000;
+        if (lws_write(s->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 4)
+            return -1;
     }
     /* several frames per WRITEABLE while the socket takes them: a busy connection (a flood's
      * answers, a sync page) drains at the socket's pace, not one frame per loop turn */
@@ -1080,7 +1101,27 @@ static void sweep_one(const char *key, void *value, void *ctx)
         s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
         atomic_fetch_add(srv->m.disc_too_large, 1);
         lws_callback_on_writable(s->wsi);
+    } else if (s->established && now - s->last_rx_ms >= 2 * srv->cfg->ws_ping_ms) {
+        /* silent for twice CHAT_WS_PING, the ping unanswered: gone without a word, so hung up
+         * without one (counted with the client's disconnects, in gw_session_closed) */
+        LOG_INFO("gateway", "event=idle_hangup session=%s user=%s idle_ms=%lld", s->id_str, s->user,
+                 (long long)(now - s->last_rx_ms));
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    } else if (s->established && now - s->last_rx_ms >= srv->cfg->ws_ping_ms && s->ping_sent_ms <= s->last_rx_ms &&
+               !s->want_ping) {
+        s->want_ping = true;
+        lws_callback_on_writable(s->wsi);
     }
+}
+
+/* The idle ping is the gateway's, from this once-a-second sweep, not libwebsockets' (its retry
+ * policy keeps one timer per connection in one sorted list and re-inserts it at every ping and
+ * pong, a walk of the whole list: with 10,000 connections, connected within seconds and so pinged
+ * within seconds of each other every CHAT_WS_PING, that walk took 0.7 of a core for 10 s of
+ * every 30, docs/benchmarks.md). */
+void gw_session_pong(gw_session *s)
+{
+    s->last_rx_ms = chat_mono_ns() / 1000000;
 }
 
 void gw_session_sweep(gw_server *srv)

@@ -60,6 +60,9 @@ typedef struct gw_session {
     char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
     int nwatching;
     struct gw_session *next_of_user, *prev_of_user;
+    int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
+    int64_t ping_sent_ms;        /* the last ping sent, or 0 */
+    bool want_ping;              /* a ping goes out at the next WRITEABLE */
 } gw_session;
 
 /* The sessions of one user on this gateway and their one delivery subscription. */
@@ -74,8 +77,11 @@ typedef struct gw_user {
 
 /* Token bucket: refills `rate` per second up to 2 * rate; takes one token if it can. */
 bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
-/* Once a second from the tick: slow consumers past their grace, fragments that never finish. */
+/* Once a second from the tick: slow consumers past their grace, fragments that never finish,
+ * idle connections (pinged after CHAT_WS_PING without a frame or pong, dropped after twice that). */
 void gw_session_sweep(gw_server *srv);
+/* A pong from the client: the connection is alive. */
+void gw_session_pong(gw_session *s);
 /* Every 10 s from the tick: drops membership cache entries past their TTL (memory stays bounded
  * by what was used in the last minute). */
 void gw_session_trim_caches(gw_server *srv);

@@ -920,8 +920,11 @@ static void count_drops(wk_ingest *in, batch *b)
         atomic_fetch_add(c, 1);
         LOG_WARN("ingest", "event=dropped partition=%d conv=%s cmid=%s reason=\"%s\"", it->part,
                  it->post ? it->post->conv : "?", it->post ? it->post->cmid : "?", why);
+        /* a non-member is told the same whether the conversation exists or not (the gateway's
+         * wording): the log and the metric above keep the difference */
         if (it->reject_code && it->post && it->post->session[0])
-            send_rejection(in->app->nc, it, why);
+            send_rejection(in->app->nc, it,
+                           strcmp(it->reject_code, "not_member") == 0 ? "not a member of this conversation" : why);
     }
 }
 

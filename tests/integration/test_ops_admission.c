@@ -12,13 +12,20 @@
  *   - the other user (nothing in flight when it sends) is never refused and every send is acked;
  *   - chat_gateway_shed_total and chat_gateway_failed_total{reason="rate_limited"} grew by the
  *     refusals the flooder saw, and chat_gateway_sends_in_flight is back to 0 at the end.
- * Gateway log: $CHAT_HOME/logs/test_ops_admission-small.log. */
+ * Idle connections (docs/operations.md CHAT_WS_PING), a gateway of its own with CHAT_WS_PING=1s:
+ * a client that answers pings (and sends nothing) is pinged at least twice in IDLE_WATCH_MS and
+ * stays connected; a client that reads nothing, and so never answers, is hung up (no close frame)
+ * within twice the interval plus the once-a-second sweep, counted as
+ * chat_gateway_disconnects_total{reason="client"}, with an idle_hangup line in the log.
+ * Gateway logs: $CHAT_HOME/logs/test_ops_admission-small.log, -idle.log. */
 #include <check.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "chat_time.h"
 
 #include "test_ops.h"
 
@@ -358,6 +365,56 @@ START_TEST(sends_past_the_bound_are_refused_at_once)
 }
 END_TEST
 
+#define IDLE_WATCH_MS 4500  /* > 2 x 1 s + the 1 s sweep + slack: the silent one is gone by then */
+
+START_TEST(idle_connections_are_pinged_and_silent_ones_dropped)
+{
+    const char *env[] = {"CHAT_WS_PING=1s", "CHAT_LOG=info", "CHAT_TLS_CERT=", "CHAT_TLS_KEY=", NULL};
+    char why[2400];
+    ck_assert_msg(test_gateway_spawn(&stack, "idle", env, &gw, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_wait_ready(&gw, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    char alive[80], silent[80];
+    test_stack_unique_id("alive", alive, sizeof alive);
+    test_stack_unique_id("silent", silent, sizeof silent);
+    json_t *m0 = scrape();
+    ws_client *a = connect_user(alive);
+    ws_client *q = connect_user(silent);
+    int64_t start = chat_mono_ns() / 1000000;
+    while (chat_mono_ns() / 1000000 - start < IDLE_WATCH_MS) { /* a reads (and answers pings); q does not */
+        ws_message m = {0};
+        chat_status st = ws_client_recv(a, 100, &m);
+        ck_assert_msg(st == CHAT_OK || st == CHAT_ERR_TIMEOUT, "the client that answers pings lost its connection: %s (%s)",
+                      chat_status_str(st), ws_client_error(a));
+        ws_message_clear(&m);
+    }
+    ck_assert_msg(ws_client_pings(a) >= 2, "%lu pings in %d ms with CHAT_WS_PING=1s, want >= 2", ws_client_pings(a),
+                  IDLE_WATCH_MS);
+    /* q: what it never read (pings), then the end of the connection, without a close frame */
+    chat_status st = CHAT_OK;
+    for (int i = 0; i < 100 && st != CHAT_ERR_IO && st != CHAT_ERR_INVALID; i++) {
+        ws_message m = {0};
+        st = ws_client_recv(q, 100, &m);
+        ws_message_clear(&m);
+    }
+    ck_assert_msg(st == CHAT_ERR_IO, "the silent client's connection is still open after %d ms: %s", IDLE_WATCH_MS,
+                  chat_status_str(st));
+    ck_assert_msg(ws_client_close_code(q) == 0, "the silent client got close code %d; a hang-up sends none",
+                  ws_client_close_code(q));
+    json_t *m1 = scrape();
+    ck_assert_msg(test_metric_delta(m0, m1, "chat_gateway_disconnects_total{reason=\"client\"}") == 1,
+                  "disconnects_total{reason=client} grew by %g, want 1 (the silent client)",
+                  test_metric_delta(m0, m1, "chat_gateway_disconnects_total{reason=\"client\"}"));
+    ck_assert_msg(test_metric(m1, "chat_gateway_connections") == 1, "%g connections open, want 1 (the one answering)",
+                  test_metric(m1, "chat_gateway_connections"));
+    ck_assert_msg(strstr(test_gateway_log_tail(&gw, 8000), "event=idle_hangup") != NULL,
+                  "no event=idle_hangup in the gateway's log: %s", test_gateway_log_tail(&gw, 2000));
+    json_decref(m0);
+    json_decref(m1);
+    ws_client_destroy(q);
+    ck_assert(ws_client_shutdown(a, 5000) == CHAT_OK);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, PROG);
@@ -367,6 +424,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, sends_past_the_bound_are_refused_at_once);
+    tcase_add_test(tc, idle_connections_are_pinged_and_silent_ones_dropped);
     suite_add_tcase(s, tc);
     int failed = test_ops_run(s);
     test_stack_free(&stack);
