@@ -34,6 +34,7 @@
 #define MAX_EVENTS 1024
 #define NS_PER_MS 1000000LL
 #define NS_PER_S 1000000000LL
+#define RETRY_ANSWER_NS (5 * NS_PER_S) /* a resend is answered within the gateway's 5 s request deadline */
 
 #define TAG_TIMER UINT64_C(0xffffffff00000001)
 #define TAG_PARENT UINT64_C(0xffffffff00000002)
@@ -745,6 +746,8 @@ static void add_retry(worker *w, int kind, uint32_t what, int64_t due)
             abort();
     }
     w->retries[w->n_retries++] = (retry){.due_ns = due, .what = what, .kind = (uint8_t)kind};
+    if (w->stage == ST_DRAIN)
+        w->drain_until = max_time(w->drain_until, due + RETRY_ANSWER_NS);
 }
 
 /* ------------------------------------------------------------------ sync */
@@ -1612,6 +1615,11 @@ static void advance(worker *w, int64_t now)
         if (w->next_msg == w->n_msgs && now >= w->t_end) {
             w->r.send_end_ns = now;
             w->drain_until = max_time(w->t_end, w->reconnect_ns) + (int64_t)(w->plan->opts.drain * 1e9);
+            /* a send refused (rate_limited, unavailable) and waiting out its back-off is still
+             * being sent: the drain gives its last try time for an answer (add_retry does the
+             * same for refusals during the drain), or it would be counted as never acked */
+            for (uint32_t i = 0; i < w->n_retries; i++)
+                w->drain_until = max_time(w->drain_until, w->retries[i].due_ns + RETRY_ANSWER_NS);
             w->stage = ST_DRAIN;
         }
     }
