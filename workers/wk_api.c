@@ -309,6 +309,12 @@ static PGconn *lane_pg(call *c)
         if (wk_pg_connect(l->api->app->cfg->pg_dsn, l->name, &pg) == CHAT_OK) {
             /* bounded waits: a stuck lock or query answers "unavailable" well inside the caller's timeout */
             wk_pg_exec(pg, "SET statement_timeout = '5s'", PGRES_COMMAND_OK, "api_statement_timeout");
+            /* every request reaches its rows through an index; without statistics (a table filled
+             * faster than autovacuum analyzes it) the planner took a sequential scan of
+             * conversations with a hash join for each sync, and a storm of 10,000 syncs timed out
+             * (docs/benchmarks.md, item 7). As the ingest's lease connections do. */
+            wk_pg_exec(pg, "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+                       PGRES_COMMAND_OK, "api_plan_settings");
             l->pg = pg;
             return pg;
         }
