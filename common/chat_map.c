@@ -8,10 +8,10 @@
 #include "chat_partition.h"
 
 typedef struct entry {
-    char *key;
+    struct entry *next;
     void *value;
     uint32_t hash;
-    struct entry *next;
+    char key[]; /* one allocation per entry, key included */
 } entry;
 
 struct chat_map {
@@ -38,7 +38,6 @@ void chat_map_destroy(chat_map *m)
     for (size_t i = 0; i < m->nbuckets; i++)
         for (entry *e = m->buckets[i], *n; e; e = n) {
             n = e->next;
-            free(e->key);
             free(e);
         }
     free(m->buckets);
@@ -88,10 +87,11 @@ void chat_map_put(chat_map *m, const char *key, void *value, void **old)
     }
     if (old)
         *old = NULL;
-    entry *e = malloc(sizeof *e);
+    size_t len = strlen(key);
+    entry *e = malloc(sizeof *e + len + 1);
     if (e == NULL)
         abort();
-    e->key = strdup(key);
+    memcpy(e->key, key, len + 1);
     e->value = value;
     e->hash = h;
     e->next = NULL;
@@ -108,7 +108,6 @@ void *chat_map_remove(chat_map *m, const char *key)
         return NULL;
     *pe = e->next;
     void *v = e->value;
-    free(e->key);
     free(e);
     m->size--;
     return v;

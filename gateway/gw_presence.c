@@ -18,14 +18,19 @@
 
 #define SWEEP_MS 5000
 
-typedef enum { W_ONLINE, W_OFFLINE, W_QUERY } work_kind;
+typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
+
+/* Users per heartbeat work item (one pipeline flush): one pipeline for every user held would grow
+ * hiredis's output buffer to ~380 bytes per user (3.8 MB at 10,000), memory malloc keeps. */
+#define BEAT_USERS 256
 
 typedef struct work {
     work_kind kind;
     char user[65];
     uint64_t session;
     int n;
-    char (*users)[65];
+    char (*users)[65]; /* W_QUERY */
+    char *names;       /* W_BEAT: n user ids, each ending in NUL */
     struct work *next;
 } work;
 
@@ -38,7 +43,6 @@ struct gw_presence {
     bool stop;         /* under lock */
     /* presence thread only */
     redisContext *redis;
-    chat_map *held; /* users with a device on this gateway */
     bool redis_ok;
 };
 
@@ -88,6 +92,51 @@ void gw_presence_query(gw_presence *p, uint64_t session, const char *const *user
     for (int i = 0; i < n; i++)
         snprintf(w->users[i], sizeof w->users[i], "%s", users[i]);
     enqueue(p, w);
+}
+
+typedef struct beat_batch {
+    gw_presence *p;
+    work *w;
+    size_t used, cap;
+} beat_batch;
+
+static void beat_flush(beat_batch *b)
+{
+    if (b->w)
+        enqueue(b->p, b->w);
+    b->w = NULL;
+}
+
+static void beat_collect(const char *user, void *value, void *ctx)
+{
+    (void)value;
+    beat_batch *b = ctx;
+    size_t len = strlen(user) + 1;
+    if (b->w == NULL) {
+        b->w = work_new(W_BEAT, NULL);
+        b->cap = BEAT_USERS * 16;
+        b->used = 0;
+        if ((b->w->names = malloc(b->cap)) == NULL)
+            abort();
+    }
+    if (b->used + len > b->cap) {
+        b->cap = 2 * (b->used + len);
+        if ((b->w->names = realloc(b->w->names, b->cap)) == NULL)
+            abort();
+    }
+    memcpy(b->w->names + b->used, user, len);
+    b->used += len;
+    if (++b->w->n == BEAT_USERS)
+        beat_flush(b);
+}
+
+void gw_presence_beat(gw_presence *p, const chat_map *users)
+{
+    if (p == NULL)
+        return;
+    beat_batch b = {p, NULL, 0, 0};
+    chat_map_each(users, beat_collect, &b);
+    beat_flush(&b);
 }
 
 /* ---- presence thread ---- */
@@ -179,7 +228,6 @@ static int append_alive(gw_presence *p, const char *user, int64_t now)
 
 static void do_online(gw_presence *p, const char *user)
 {
-    chat_map_put(p->held, user, (void *)1, NULL);
     int64_t now = chat_now_ms();
     if (connect_redis(p))
         drain_replies(p, append_alive(p, user, now), NULL);
@@ -211,27 +259,17 @@ static void leave(gw_presence *p, const char *user, bool announce_offline)
         announce(p, user, false, now);
 }
 
-typedef struct beat {
-    gw_presence *p;
-    int64_t now;
-    int replies;
-} beat;
-
-static void beat_one(const char *user, void *value, void *ctx)
+/* One heartbeat item: these users' entries refreshed, in one pipeline. */
+static void heartbeat(gw_presence *p, const work *w)
 {
-    (void)value;
-    beat *b = ctx;
-    b->replies += append_alive(b->p, user, b->now);
-}
-
-/* Every held user's entries refreshed, in one pipeline. */
-static void heartbeat(gw_presence *p)
-{
-    if (chat_map_size(p->held) == 0 || !connect_redis(p))
+    if (w->n == 0 || !connect_redis(p))
         return;
-    beat b = {p, chat_now_ms(), 0};
-    chat_map_each(p->held, beat_one, &b);
-    drain_replies(p, b.replies, NULL);
+    int64_t now = chat_now_ms();
+    int replies = 0;
+    const char *user = w->names;
+    for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
+        replies += append_alive(p, user, now);
+    drain_replies(p, replies, NULL);
 }
 
 /* Users whose every entry expired (their gateway died): the gateway whose ZREM wins announces. */
@@ -308,12 +346,12 @@ static void answer_query(gw_presence *p, work *w)
 static void *presence_thread(void *arg)
 {
     gw_presence *p = arg;
-    int64_t next_beat = 0, next_sweep = 0;
+    int64_t next_sweep = 0;
     for (;;) {
         pthread_mutex_lock(&p->lock);
         while (p->head == NULL && !p->stop) {
             int64_t now = chat_mono_ns() / 1000000;
-            int64_t due = next_beat < next_sweep ? next_beat : next_sweep;
+            int64_t due = next_sweep;
             if (due <= now)
                 break;
             struct timespec until;
@@ -331,21 +369,19 @@ static void *presence_thread(void *arg)
             next = w->next;
             if (w->kind == W_ONLINE)
                 do_online(p, w->user);
-            else if (w->kind == W_OFFLINE) {
-                chat_map_remove(p->held, w->user);
+            else if (w->kind == W_OFFLINE)
                 leave(p, w->user, true);
-            } else
+            else if (w->kind == W_BEAT)
+                heartbeat(p, w);
+            else
                 answer_query(p, w);
             free(w->users);
+            free(w->names);
             free(w);
         }
         if (stop)
             break;
         int64_t now = chat_mono_ns() / 1000000;
-        if (now >= next_beat) {
-            heartbeat(p);
-            next_beat = now + GW_PRESENCE_HEARTBEAT_MS;
-        }
         if (now >= next_sweep) {
             sweep(p);
             next_sweep = now + SWEEP_MS;
@@ -360,23 +396,15 @@ chat_status gw_presence_start(gw_server *srv, gw_presence **out)
     if (p == NULL)
         return CHAT_ERR_NOMEM;
     p->srv = srv;
-    p->held = chat_map_create();
     p->redis_ok = true;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     if (pthread_create(&p->thread, NULL, presence_thread, p) != 0) {
-        chat_map_destroy(p->held);
         free(p);
         return CHAT_ERR_INTERNAL;
     }
     *out = p;
     return CHAT_OK;
-}
-
-static void leave_one(const char *user, void *value, void *ctx)
-{
-    (void)value;
-    leave(ctx, user, true);
 }
 
 void gw_presence_destroy(gw_presence *p)
@@ -387,14 +415,13 @@ void gw_presence_destroy(gw_presence *p)
     p->stop = true;
     pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->lock);
-    pthread_join(p->thread, NULL);
-    chat_map_each(p->held, leave_one, p); /* a clean stop: our users leave at once */
+    pthread_join(p->thread, NULL); /* it did the work queued before the stop: every user's leave */
     for (work *w = p->head, *next; w; w = next) {
         next = w->next;
         free(w->users);
+        free(w->names);
         free(w);
     }
-    chat_map_destroy(p->held);
     if (p->redis)
         redisFree(p->redis);
     pthread_mutex_destroy(&p->lock);

@@ -47,6 +47,9 @@ void gw_presence_destroy(gw_presence *p);
 /* lws thread: the first device of a user connected here / the last one left. */
 void gw_presence_online(gw_presence *p, const char *user);
 void gw_presence_offline(gw_presence *p, const char *user);
+/* lws thread, every GW_PRESENCE_HEARTBEAT_MS: refreshes the entries of every user held (the
+ * gw_user map: the presence thread keeps no copy of it). */
+void gw_presence_beat(gw_presence *p, const chat_map *users);
 /* lws thread: asks for the state of users (at most GW_PRESENCE_QUERY_MAX); the answer comes back
  * through the bus to gw_session_on_presence. */
 void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n);

@@ -35,8 +35,9 @@
  * upgrade and keeps it for the connection's life. A larger frame is still taken (up to
  * GW_FRAME_MAX): lws hands it over in pieces and gw_session_receive joins them. 64 KiB (the frame
  * limit) cost about 4 KiB of RSS per idle connection (the pages the allocator touches around each
- * buffer), 1 KiB about 1 KiB (docs/benchmarks.md); 512 bytes hold a typical send in one piece. */
-#define RX_BUFFER_SIZE 512
+ * buffer), 1 KiB about 1 KiB (docs/benchmarks.md). 128 bytes (the most a control frame carries, 125)
+ * take a typical send in two pieces, joined into one allocation sized from the frame's header. */
+#define RX_BUFFER_SIZE 128
 /* What lws hands to one send(2): frames up to the frame limit in one call, as before. */
 #define TX_PACKET_SIZE GW_FRAME_MAX
 /* lws sets SO_SNDBUF to the receive buffer's size at the upgrade (a fixed size: the kernel's
@@ -55,6 +56,8 @@ static void tick(lws_sorted_usec_list_t *sul)
         gw_session_sweep(srv); /* every second */
     if (srv->ticks % 100 == 0)
         gw_session_trim_caches(srv); /* every 10 s */
+    if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
+        gw_presence_beat(srv->presence, srv->users);
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
 }
 
@@ -114,9 +117,10 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     gw_user *u = chat_map_get(srv->users, user);
     if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
         return refuse(wsi, srv, 429, "too many connections for this user");
-    char peer[64];
-    if (srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, peer, sizeof peer) &&
-        (intptr_t)chat_map_get(srv->per_ip, peer) >= srv->cfg->ws_max_per_ip)
+    char addr[64];
+    gw_peer *peer = srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, addr, sizeof addr)
+                        ? chat_map_get(srv->per_ip, addr) : NULL;
+    if (peer && peer->count >= srv->cfg->ws_max_per_ip)
         return refuse(wsi, srv, 429, "too many connections from this address");
     return 0;
 }
@@ -262,37 +266,42 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP: {
         const char *path = in;
         char file[1024];
-        if (chat_http_health(path, srv->metrics, gw_ready, srv, &s->http))
+        if (s->http == NULL && (s->http = calloc(1, sizeof *s->http)) == NULL)
+            abort();
+        if (chat_http_health(path, srv->metrics, gw_ready, srv, s->http))
             ;
         else if (srv->cfg->dev_mode && strcmp(path, "/dev/token") == 0)
-            dev_token(srv, wsi, &s->http);
+            dev_token(srv, wsi, s->http);
         else if (srv->cfg->dev_mode && strcmp(path, "/dev/conv") == 0)
-            dev_conv(srv, wsi, &s->http);
+            dev_conv(srv, wsi, s->http);
         else if (static_path(srv, path, file, sizeof file)) {
             int rc = lws_serve_http_file(wsi, file, mime_of(file), NULL, 0);
             if (rc < 0)
                 return -1;
             return rc > 0 && lws_http_transaction_completed(wsi) ? -1 : 0;
         } else
-            chat_http_reply_set(&s->http, 404, "text/plain", "not found\n", 10);
-        return chat_http_reply_begin(wsi, &s->http);
+            chat_http_reply_set(s->http, 404, "text/plain", "not found\n", 10);
+        return chat_http_reply_begin(wsi, s->http);
     }
     case LWS_CALLBACK_HTTP_FILE_COMPLETION:
         return lws_http_transaction_completed(wsi) ? -1 : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return chat_http_reply_continue(wsi, &s->http);
+        return chat_http_reply_continue(wsi, s->http);
     case LWS_CALLBACK_CLOSED_HTTP:
-        chat_http_reply_free(&s->http);
+        chat_http_reply_free(s->http);
+        free(s->http);
+        s->http = NULL;
         break;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(srv, wsi);
     case LWS_CALLBACK_ESTABLISHED: {
-        if (!session_user(srv, wsi, s->user))
+        char user[CHAT_ID_MAX + 1];
+        if (!session_user(srv, wsi, user))
             return -1; /* never a session without a checked token */
         int sndbuf = SNDBUF_SIZE;
         if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
             return -1; /* as lws does when its own setsockopt fails */
-        gw_session_established(srv, s, wsi);
+        gw_session_established(srv, s, wsi, user);
         return 0;
     }
     case LWS_CALLBACK_RECEIVE:
@@ -304,6 +313,9 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         return gw_session_writeable(srv, s);
     case LWS_CALLBACK_CLOSED:
         gw_session_closed(srv, s);
+        chat_http_reply_free(s->http); /* a keep-alive connection that answered HTTP, then upgraded */
+        free(s->http);
+        s->http = NULL;
         break;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         /* no per-session data here: only the bus, which looks sessions up by id */
@@ -387,7 +399,6 @@ chat_status gw_server_create(gw_server *srv)
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
         memset(r, 0, sizeof r);
     snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
-    srv->sessions = chat_map_create();
     srv->users = chat_map_create();
     srv->membership = chat_map_create();
     srv->checking = chat_map_create();
@@ -463,7 +474,7 @@ static bool no_requests(gw_server *srv)
 
 static bool no_sessions(gw_server *srv)
 {
-    return chat_map_size(srv->sessions) == 0;
+    return srv->nsessions == 0;
 }
 
 static bool never(gw_server *srv)
@@ -482,16 +493,16 @@ void gw_server_run(gw_server *srv)
         if (!service_once(srv))
             return;
     LOG_INFO("gateway", "event=stopping delay_ms=%lld sessions=%zu", (long long)srv->cfg->ws_stop_delay_ms,
-             chat_map_size(srv->sessions));
+             srv->nsessions);
     service_until(srv, chat_mono_ns() / 1000000 + srv->cfg->ws_stop_delay_ms, never);
     int64_t now = chat_mono_ns() / 1000000;
-    LOG_INFO("gateway", "event=draining sessions=%zu requests=%zu", chat_map_size(srv->sessions), gw_bus_pending(srv));
+    LOG_INFO("gateway", "event=draining sessions=%zu requests=%zu", srv->nsessions, gw_bus_pending(srv));
     service_until(srv, now + 3000, no_requests);
     gw_cursor_flush(srv);
     service_until(srv, chat_mono_ns() / 1000000 + 300, no_requests); /* acks and cursors on their way */
     gw_session_close_all(srv);
     service_until(srv, chat_mono_ns() / 1000000 + 2000, no_sessions);
-    LOG_INFO("gateway", "event=drained sessions_left=%zu", chat_map_size(srv->sessions));
+    LOG_INFO("gateway", "event=drained sessions_left=%zu", srv->nsessions);
 }
 
 void gw_server_wake(gw_server *srv)
@@ -528,12 +539,16 @@ void gw_server_destroy(gw_server *srv)
     srv->bus = NULL;
     gw_cursor_free_all(srv);
     gw_session_free_caches(srv);
-    chat_map_destroy(srv->sessions);
+    free(srv->slots);
+    free(srv->free_slots);
+    srv->slots = NULL;
+    srv->free_slots = NULL;
+    srv->nslots = srv->nfree = 0;
     chat_map_destroy(srv->users);
     chat_map_destroy(srv->membership);
     chat_map_destroy(srv->checking);
     chat_map_destroy(srv->cursors);
     chat_map_destroy(srv->watched);
     chat_map_destroy(srv->per_ip);
-    srv->sessions = srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
+    srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
 }

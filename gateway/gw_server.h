@@ -48,18 +48,28 @@ typedef struct gw_server {
     gw_bus *bus;
     gw_metrics m;
     /* lws thread only */
-    chat_map *sessions;   /* session id -> gw_session * */
+    /* Open sessions by slot, the low 32 bits of a session id (the high 32 bits count sessions, so
+     * an id is never used twice): a lookup without hashing, 12 bytes per connection held. */
+    struct gw_session **slots;
+    uint32_t nslots, nfree, *free_slots;
+    size_t nsessions;
     chat_map *users;      /* user id -> gw_user * */
     chat_map *membership; /* conv -> gw_membership * (cache) */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
     chat_map *watched;    /* user -> sessions watching the user's presence */
-    chat_map *per_ip;     /* client address -> open connections (value is the count) */
+    chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
     gw_presence *presence;
     int ticks;
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;
 } gw_server;
+
+/* The connections open from one client address (CHAT_WS_MAX_PER_IP); sessions point at it. */
+typedef struct gw_peer {
+    int count;
+    char addr[]; /* the key in per_ip */
+} gw_peer;
 
 /* Creates the lws context listening on cfg->gateway_listen and the bus. Main thread. */
 chat_status gw_server_create(gw_server *srv);

@@ -60,7 +60,7 @@ static gw_frame *frame_from_json(json_t *frame, int64_t event_ts_ms)
  * consumer: it lost nothing that is not in PostgreSQL, and syncs when it reconnects. */
 static void close_slow(gw_server *srv, gw_session *s)
 {
-    LOG_WARN("gateway", "event=slow_consumer session=%s user=%s queued=%zu", s->id_str, s->user, s->qbytes);
+    LOG_WARN("gateway", "event=slow_consumer session=%s-%" PRIu64 " user=%s queued=%zu", srv->gateway_id, s->id, gw_session_user(s), s->qbytes);
     s->close_code = GW_CLOSE_SLOW_CONSUMER;
     atomic_fetch_add(srv->m.disc_slow, 1);
     lws_callback_on_writable(s->wsi);
@@ -129,7 +129,7 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
     if (ref)
         json_object_set_new(f, "ref", json_string(ref));
     error_count(srv, code);
-    LOG_DEBUG("gateway", "event=send_error session=%s ref=%s code=%s", s->id_str, ref ? ref : "", code);
+    LOG_DEBUG("gateway", "event=send_error session=%s-%" PRIu64 " ref=%s code=%s", srv->gateway_id, s->id, ref ? ref : "", code);
     gw_session_send_json(srv, s, f);
 }
 
@@ -154,9 +154,67 @@ void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event 
 
 gw_session *gw_session_find(gw_server *srv, uint64_t id)
 {
-    char key[48];
-    snprintf(key, sizeof key, "%s-%" PRIu64, srv->gateway_id, id);
-    return chat_map_get(srv->sessions, key);
+    uint32_t slot = (uint32_t)id;
+    gw_session *s = slot < srv->nslots ? srv->slots[slot] : NULL;
+    return s && s->id == id ? s : NULL;
+}
+
+/* Gives s a slot and its id. */
+static void slot_take(gw_server *srv, gw_session *s)
+{
+    if (srv->nfree == 0) {
+        uint32_t n = srv->nslots ? 2 * srv->nslots : 1024;
+        gw_session **slots = realloc(srv->slots, n * sizeof *slots);
+        uint32_t *free_slots = realloc(srv->free_slots, n * sizeof *free_slots);
+        if (slots == NULL || free_slots == NULL)
+            abort();
+        srv->slots = slots;
+        srv->free_slots = free_slots;
+        for (uint32_t i = n; i > srv->nslots; i--) { /* the lowest slot first */
+            slots[i - 1] = NULL;
+            free_slots[srv->nfree++] = i - 1;
+        }
+        srv->nslots = n;
+    }
+    uint32_t slot = srv->free_slots[--srv->nfree];
+    s->id = (++srv->next_session << 32) | slot;
+    srv->slots[slot] = s;
+    srv->nsessions++;
+}
+
+static void slot_give_back(gw_server *srv, gw_session *s)
+{
+    uint32_t slot = (uint32_t)s->id;
+    if (slot < srv->nslots && srv->slots[slot] == s) {
+        srv->slots[slot] = NULL;
+        srv->free_slots[srv->nfree++] = slot;
+        srv->nsessions--;
+    }
+}
+
+/* fn for every open session; fn must not open or close one (closing is asked for, it happens later). */
+static void each_session(gw_server *srv, void (*fn)(gw_server *srv, gw_session *s, void *ctx), void *ctx)
+{
+    for (uint32_t i = 0; i < srv->nslots; i++)
+        if (srv->slots[i])
+            fn(srv, srv->slots[i], ctx);
+}
+
+const char *gw_session_name(const gw_server *srv, const gw_session *s, char *buf)
+{
+    snprintf(buf, GW_SESSION_NAME_MAX, "%s-%" PRIu64, srv->gateway_id, s->id);
+    return buf;
+}
+
+/* The number of a session named by gw_session_name on this gateway, or 0 (another gateway's). */
+static uint64_t session_number(const gw_server *srv, const char *name)
+{
+    size_t n = strlen(srv->gateway_id);
+    if (name == NULL || strncmp(name, srv->gateway_id, n) != 0 || name[n] != '-')
+        return 0;
+    char *end;
+    unsigned long long v = strtoull(name + n + 1, &end, 10);
+    return *end == '\0' ? (uint64_t)v : 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -260,7 +318,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
 {
     gw_session *s = gw_session_find(srv, session);
     int retry_after_ms = 0;
-    if (s && !gw_bus_admit(srv, s->user, &retry_after_ms)) {
+    if (s && !gw_bus_admit(srv, gw_session_user(s), &retry_after_ms)) {
         send_retry_later(srv, s, cmid, retry_after_ms);
         return;
     }
@@ -282,8 +340,9 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
             gw_session_send_error(srv, s, cmid, "unavailable", "the message broker is not reachable; retry with the same cmid");
         return;
     }
+    char name[GW_SESSION_NAME_MAX];
     if (s)
-        gw_bus_inflight_add(srv, s->id_str, s->user, conv, cmid);
+        gw_bus_inflight_add(srv, gw_session_name(srv, s, name), gw_session_user(s), conv, cmid);
     LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
 }
 
@@ -361,7 +420,7 @@ static void handle_post(gw_server *srv, gw_session *s, const gw_inframe *f)
         [GW_IN_DELETE] = CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE,
         [GW_IN_REACT] = CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION,
     };
-    gw_user *u = chat_map_get(srv->users, s->user);
+    gw_user *u = s->u;
     if (u && !gw_bucket_take(&u->post_tokens, &u->post_refill_ms, srv->cfg->ws_user_rate, chat_mono_ns() / 1000000)) {
         gw_session_send_error(srv, s, f->cmid, "rate_limited", "too many messages from this user; slow down");
         return;
@@ -369,7 +428,7 @@ static void handle_post(gw_server *srv, gw_session *s, const gw_inframe *f)
     Chat__V1__Post p = CHAT__V1__POST__INIT;
     p.conv = (char *)f->conv;
     p.cmid = (char *)f->cmid;
-    p.sender = s->user;
+    p.sender = (char *)gw_session_user(s);
     p.kind = kinds[f->type];
     p.body = (char *)f->body;
     p.meta_json = f->meta ? f->meta : "";
@@ -378,7 +437,8 @@ static void handle_post(gw_server *srv, gw_session *s, const gw_inframe *f)
     p.reaction_on = f->on;
     p.sent_ms = chat_now_ms();
     p.gateway = srv->gateway_id;
-    p.session = s->id_str;
+    char name[GW_SESSION_NAME_MAX];
+    p.session = (char *)gw_session_name(srv, s, name);
     size_t len = chat__v1__post__get_packed_size(&p);
     uint8_t *packed = malloc(len ? len : 1);
     chat__v1__post__pack(&p, packed);
@@ -396,13 +456,13 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
                           size_t len, uint64_t seen, uint64_t read)
 {
     char key[2 * CHAT_ID_MAX + 2];
-    snprintf(key, sizeof key, "%s/%s", conv, s->user);
+    snprintf(key, sizeof key, "%s/%s", conv, gw_session_user(s));
     waiting *w = chat_map_get(srv->checking, key);
     if (w) { /* a check for this member is in flight: queue behind it, keeping the order */
         waiting_add(w, s->id, cmid, packed, len, seen, read);
         return;
     }
-    int known = membership_get(srv, conv, s->user);
+    int known = membership_get(srv, conv, gw_session_user(s));
     /* A post of a member not known either way is published without asking first: the ingest checks
      * the sender's membership in the transaction that stores the post (and answers a non-member
      * with a not_member Rejection), so asking the api role as well only cost a round trip through
@@ -414,7 +474,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
         if (packed)
             publish_post(srv, s->id, conv, cmid, packed, len);
         else
-            gw_cursor_merge(srv, conv, s->user, seen, read);
+            gw_cursor_merge(srv, conv, gw_session_user(s), seen, read);
         free(packed);
         return;
     }
@@ -425,13 +485,13 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     }
     Chat__V1__MemberCheckRequest rq = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
     rq.conv = (char *)conv;
-    rq.user = s->user;
+    rq.user = (char *)gw_session_user(s);
     uint8_t buf[256];
     size_t rlen = chat__v1__member_check_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBER_CHECK, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid ? cmid : "");
-    snprintf(req->user, sizeof req->user, "%s", s->user);
+    snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         free(packed);
@@ -488,8 +548,9 @@ static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char
     json_t *f = json_pack("{s:s, s:s, s:s, s:I, s:s}", "type", "ack", "conv", conv, "cmid", cmid, "seq",
                           (json_int_t)seq, "id", id);
     atomic_fetch_add(srv->m.acks, 1);
-    LOG_DEBUG("gateway", "event=acked session=%s conv=%s cmid=%s seq=%" PRIu64, s->id_str, conv, cmid, seq);
-    gw_bus_inflight_done(srv, s->id_str, conv, cmid);
+    LOG_DEBUG("gateway", "event=acked session=%s-%" PRIu64 " conv=%s cmid=%s seq=%" PRIu64, srv->gateway_id, s->id, conv, cmid, seq);
+    char name[GW_SESSION_NAME_MAX];
+    gw_bus_inflight_done(srv, gw_session_name(srv, s, name), conv, cmid);
     gw_session_send_json(srv, s, f);
 }
 
@@ -546,8 +607,8 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         bool error = ack == NULL || json_object_get(ack, "error") != NULL;
         bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
         long long stream_seq = ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL;
-        LOG_DEBUG("gateway", "event=puback session=%s conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
-                  s->id_str, req->conv, req->cmid, error, duplicate, stream_seq);
+        LOG_DEBUG("gateway", "event=puback session=%s-%" PRIu64 " conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
+                  srv->gateway_id, s->id, req->conv, req->cmid, error, duplicate, stream_seq);
         json_decref(ack);
         req->staged_dup = duplicate && stream_seq == 0; /* in flight, or lost: publish_again */
         if (error) {
@@ -642,8 +703,9 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
             gw_bus_inflight_done(srv, e->session, e->conv, e->cmid); /* even when the session left */
             if (membership_get(srv, e->conv, u->id) == 0)
                 membership_put(srv, e->conv, u->id, true); /* a post of u's was stored: u is a member */
-            for (gw_session *s = u->sessions; s; s = s->next_of_user)
-                if (strcmp(s->id_str, e->session) == 0)
+            uint64_t n = session_number(srv, e->session);
+            for (gw_session *s = u->sessions; s && n; s = s->next_of_user)
+                if (s->id == n)
                     send_ack(srv, s, e->conv, e->cmid, e->seq, e->id);
         }
         break;
@@ -680,8 +742,9 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
     case CHAT__V1__DELIVERY__ITEM_REJECTION: {
         Chat__V1__Rejection *rj = d->rejection;
         gw_bus_inflight_done(srv, rj->session, rj->conv, rj->cmid);
-        for (gw_session *s = u->sessions; s; s = s->next_of_user)
-            if (strcmp(s->id_str, rj->session) == 0)
+        uint64_t n = session_number(srv, rj->session);
+        for (gw_session *s = u->sessions; s && n; s = s->next_of_user)
+            if (s->id == n)
                 gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
         if (strcmp(rj->code, "not_member") == 0) {
             gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
@@ -699,16 +762,17 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
 /* lws events                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
+void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user)
 {
     s->wsi = wsi;
     s->last_rx_ms = chat_mono_ns() / 1000000;
-    s->id = ++srv->next_session;
-    snprintf(s->id_str, sizeof s->id_str, "%s-%" PRIu64, srv->gateway_id, s->id);
-    gw_user *u = chat_map_get(srv->users, s->user);
+    gw_user *u = chat_map_get(srv->users, user);
     if (u == NULL) {
-        u = calloc(1, sizeof *u);
-        snprintf(u->id, sizeof u->id, "%s", s->user);
+        size_t len = strlen(user);
+        u = calloc(1, sizeof *u + len + 1);
+        if (u == NULL)
+            abort();
+        memcpy(u->id, user, len + 1);
         if (gw_bus_subscribe_user(srv, u->id, &u->sub) != CHAT_OK) {
             free(u);
             s->close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
@@ -724,18 +788,27 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi)
         u->sessions->prev_of_user = s;
     u->sessions = s;
     u->count++;
+    s->u = u;
     s->established = true;
-    chat_map_put(srv->sessions, s->id_str, s, NULL);
-    if (lws_get_peer_simple(wsi, s->peer, sizeof s->peer) == NULL)
-        s->peer[0] = '\0';
-    if (s->peer[0]) {
-        intptr_t n = (intptr_t)chat_map_get(srv->per_ip, s->peer);
-        chat_map_put(srv->per_ip, s->peer, (void *)(n + 1), NULL);
+    slot_take(srv, s);
+    char addr[64];
+    if (lws_get_peer_simple(wsi, addr, sizeof addr) && addr[0]) {
+        s->peer = chat_map_get(srv->per_ip, addr);
+        if (s->peer == NULL) {
+            size_t n = strlen(addr);
+            if ((s->peer = calloc(1, sizeof *s->peer + n + 1)) == NULL)
+                abort();
+            memcpy(s->peer->addr, addr, n + 1);
+            chat_map_put(srv->per_ip, addr, s->peer, NULL);
+        }
+        s->peer->count++;
     }
     atomic_fetch_add(srv->m.connects, 1);
-    atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
-    LOG_DEBUG("gateway", "event=connected session=%s user=%s", s->id_str, s->user);
-    json_t *hello = json_pack("{s:s, s:s, s:s, s:I}", "type", "hello", "user", s->user, "session", s->id_str,
+    atomic_store(srv->m.connections, (int_fast64_t)srv->nsessions);
+    LOG_DEBUG("gateway", "event=connected session=%s-%" PRIu64 " user=%s", srv->gateway_id, s->id, gw_session_user(s));
+    char name[GW_SESSION_NAME_MAX];
+    json_t *hello = json_pack("{s:s, s:s, s:s, s:I}", "type", "hello", "user", gw_session_user(s), "session",
+                              gw_session_name(srv, s, name),
                               "server_time", (json_int_t)chat_now_ms());
     gw_session_send_json(srv, s, hello);
 }
@@ -766,17 +839,18 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     const char *conv = f->conv;
     int64_t now = chat_mono_ns() / 1000000;
-    if (strcmp(s->typing_conv, conv) == 0 && now - s->typing_at_ms < TYPING_MIN_INTERVAL_MS)
+    uint32_t h = chat_fnv1a32(conv);
+    if (s->typing_conv == h && now - s->typing_at_ms < TYPING_MIN_INTERVAL_MS)
         return; /* rate limit: typing is a hint, the extras are dropped */
     s->typing_at_ms = now;
-    snprintf(s->typing_conv, sizeof s->typing_conv, "%s", conv);
-    if (membership_get(srv, conv, s->user) == 2) {
+    s->typing_conv = h;
+    if (membership_get(srv, conv, gw_session_user(s)) == 2) {
         gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return;
     }
     gw_membership *m = chat_map_get(srv->membership, conv);
-    if (m && m->list && membership_get(srv, conv, s->user) == 1) {
-        typing_fanout(srv, m, conv, s->user);
+    if (m && m->list && membership_get(srv, conv, gw_session_user(s)) == 1) {
+        typing_fanout(srv, m, conv, gw_session_user(s));
         return;
     }
     Chat__V1__MembersListRequest rq = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
@@ -785,7 +859,7 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
     size_t len = chat__v1__members_list_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBERS_LIST, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
-    snprintf(req->user, sizeof req->user, "%s", s->user);
+    snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.list", buf, len, NULL) != CHAT_OK)
         gw_bus_request_free(srv, req); /* typing is best effort */
 }
@@ -1006,34 +1080,50 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
     gw_inframe_free(&f);
 }
 
+static void rx_free(gw_session *s)
+{
+    if (s->rx) {
+        chat_buf_free(&s->rx->buf);
+        free(s->rx);
+        s->rx = NULL;
+    }
+}
+
 int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len)
 {
     if (!s->established)
         return -1;
     s->last_rx_ms = chat_mono_ns() / 1000000;
     bool complete = lws_is_final_fragment(s->wsi) && lws_remaining_packet_payload(s->wsi) == 0;
-    if (s->rx.len + len > GW_FRAME_MAX) {
+    size_t have = s->rx ? s->rx->buf.len : 0;
+    if (have + len > GW_FRAME_MAX) {
         lws_close_reason(s->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large", 15);
         atomic_fetch_add(srv->m.disc_too_large, 1);
         return -1;
     }
-    if (complete && s->rx.len == 0) { /* the common case: one whole frame, no copy */
+    if (complete && have == 0) { /* the common case: one whole frame, no copy */
         if (lws_frame_is_binary(s->wsi))
             gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
         else
             handle_frame(srv, s, in, len);
         return 0;
     }
-    if (s->rx.len == 0)
-        s->rx_started_ms = chat_mono_ns() / 1000000;
-    chat_buf_append(&s->rx, in, len);
+    if (s->rx == NULL) {
+        if ((s->rx = calloc(1, sizeof *s->rx)) == NULL)
+            abort();
+        s->rx->started_ms = chat_mono_ns() / 1000000;
+        /* lws hands a frame over in RX_BUFFER_SIZE pieces: room for the whole of it at once */
+        size_t rest = lws_remaining_packet_payload(s->wsi);
+        chat_buf_reserve(&s->rx->buf, len + (rest < GW_FRAME_MAX ? rest : GW_FRAME_MAX));
+    }
+    chat_buf_append(&s->rx->buf, in, len);
     if (!complete)
         return 0;
     if (lws_frame_is_binary(s->wsi))
         gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
     else
-        handle_frame(srv, s, s->rx.data, s->rx.len);
-    chat_buf_free(&s->rx); /* do not keep up to 64 KiB per idle connection */
+        handle_frame(srv, s, s->rx->buf.data, s->rx->buf.len);
+    rx_free(s); /* do not keep up to 64 KiB per idle connection */
     return 0;
 }
 
@@ -1086,25 +1176,23 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
     return 0;
 }
 
-static void sweep_one(const char *key, void *value, void *ctx)
+static void sweep_one(gw_server *srv, gw_session *s, void *ctx)
 {
-    (void)key;
-    gw_server *srv = ctx;
-    gw_session *s = value;
+    (void)ctx;
     int64_t now = chat_mono_ns() / 1000000;
     if (s->close_code)
         return;
     if (s->over_since_ms && now - s->over_since_ms > srv->cfg->ws_slow_grace_ms)
         close_slow(srv, s); /* a client that reads nothing gets no more enqueues to notice it */
-    else if (s->rx.len > 0 && now - s->rx_started_ms > GW_FRAGMENT_TIMEOUT_MS) {
-        LOG_WARN("gateway", "event=incomplete_frame session=%s user=%s bytes=%zu", s->id_str, s->user, s->rx.len);
+    else if (s->rx && now - s->rx->started_ms > GW_FRAGMENT_TIMEOUT_MS) {
+        LOG_WARN("gateway", "event=incomplete_frame session=%s-%" PRIu64 " user=%s bytes=%zu", srv->gateway_id, s->id, gw_session_user(s), s->rx->buf.len);
         s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
         atomic_fetch_add(srv->m.disc_too_large, 1);
         lws_callback_on_writable(s->wsi);
     } else if (s->established && now - s->last_rx_ms >= 2 * srv->cfg->ws_ping_ms) {
         /* silent for twice CHAT_WS_PING, the ping unanswered: gone without a word, so hung up
          * without one (counted with the client's disconnects, in gw_session_closed) */
-        LOG_INFO("gateway", "event=idle_hangup session=%s user=%s idle_ms=%lld", s->id_str, s->user,
+        LOG_INFO("gateway", "event=idle_hangup session=%s-%" PRIu64 " user=%s idle_ms=%lld", srv->gateway_id, s->id, gw_session_user(s),
                  (long long)(now - s->last_rx_ms));
         lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     } else if (s->established && now - s->last_rx_ms >= srv->cfg->ws_ping_ms && s->ping_sent_ms <= s->last_rx_ms &&
@@ -1126,13 +1214,12 @@ void gw_session_pong(gw_session *s)
 
 void gw_session_sweep(gw_server *srv)
 {
-    chat_map_each(srv->sessions, sweep_one, srv);
+    each_session(srv, sweep_one, NULL);
 }
 
-static void close_with(const char *key, void *value, void *ctx)
+static void close_with(gw_server *srv, gw_session *s, void *ctx)
 {
-    (void)key;
-    gw_session *s = value;
+    (void)srv;
     if (s->close_code == 0)
         s->close_code = *(const int *)ctx;
     lws_callback_on_writable(s->wsi);
@@ -1141,19 +1228,19 @@ static void close_with(const char *key, void *value, void *ctx)
 void gw_session_close_all(gw_server *srv)
 {
     int code = LWS_CLOSE_STATUS_GOINGAWAY;
-    chat_map_each(srv->sessions, close_with, &code);
+    each_session(srv, close_with, &code);
 }
 
 size_t gw_session_restart_all(gw_server *srv)
 {
     int code = GW_CLOSE_SERVICE_RESTART;
-    chat_map_each(srv->sessions, close_with, &code);
-    return chat_map_size(srv->sessions);
+    each_session(srv, close_with, &code);
+    return srv->nsessions;
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)
 {
-    chat_buf_free(&s->rx);
+    rx_free(s);
     for (gw_qnode *n = s->qhead, *next; n; n = next) {
         next = n->next;
         frame_release(n->frame);
@@ -1167,7 +1254,9 @@ void gw_session_closed(gw_server *srv, gw_session *s)
         return;
     unwatch_all(srv, s);
     s->established = false;
-    gw_user *u = chat_map_get(srv->users, s->user);
+    LOG_DEBUG("gateway", "event=disconnected session=%s-%" PRIu64 " user=%s", srv->gateway_id, s->id, gw_session_user(s));
+    gw_user *u = s->u;
+    s->u = NULL;
     if (u) {
         if (s->prev_of_user)
             s->prev_of_user->next_of_user = s->next_of_user;
@@ -1182,19 +1271,16 @@ void gw_session_closed(gw_server *srv, gw_session *s)
             free(u);
         }
     }
-    chat_map_remove(srv->sessions, s->id_str);
-    if (s->peer[0]) {
-        intptr_t n = (intptr_t)chat_map_get(srv->per_ip, s->peer);
-        if (n <= 1)
-            chat_map_remove(srv->per_ip, s->peer);
-        else
-            chat_map_put(srv->per_ip, s->peer, (void *)(n - 1), NULL);
+    slot_give_back(srv, s);
+    if (s->peer && --s->peer->count == 0) {
+        chat_map_remove(srv->per_ip, s->peer->addr);
+        free(s->peer);
     }
+    s->peer = NULL;
     if (s->close_code != GW_CLOSE_SLOW_CONSUMER)
         atomic_fetch_add(atomic_load(&srv->stopping) ? srv->m.disc_shutdown : srv->m.disc_client, 1);
-    atomic_store(srv->m.connections, (int_fast64_t)chat_map_size(srv->sessions));
+    atomic_store(srv->m.connections, (int_fast64_t)srv->nsessions);
     atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
-    LOG_DEBUG("gateway", "event=disconnected session=%s user=%s", s->id_str, s->user);
 }
 
 static void free_membership_entry(const char *key, void *value, void *ctx)

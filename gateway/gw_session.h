@@ -36,44 +36,62 @@ typedef struct gw_qnode {
     struct gw_qnode *next;
 } gw_qnode;
 
+/* Lives in lws's per-session memory, one per connection: kept small (docs/benchmarks.md, memory
+ * per connection). What only some sessions need is allocated when they need it. */
+/* A frame being received in pieces (lws hands it over RX_BUFFER_SIZE bytes at a time, and a
+ * client may fragment it): only sessions in the middle of one carry this. */
+typedef struct gw_rx {
+    chat_buf buf;
+    int64_t started_ms;          /* when the frame started (GW_FRAGMENT_TIMEOUT_MS) */
+} gw_rx;
+
+/* A packed request waiting for its turn. */
+typedef struct gw_parked {
+    size_t len;
+    uint8_t data[];
+} gw_parked;
+
 typedef struct gw_session {
-    chat_http_reply http; /* plain HTTP requests only */
     struct lws *wsi;
-    bool established;
-    char user[CHAT_ID_MAX + 1];
+    struct gw_user *u;           /* the user's entry, from ESTABLISHED until CLOSED */
+    chat_http_reply *http;       /* plain HTTP requests only */
     uint64_t id;
-    char id_str[40];
     gw_qnode *qhead, *qtail;
     size_t qbytes;
-    chat_buf rx;                 /* fragments of the frame being received */
-    int close_code;              /* set: close at the next WRITEABLE with this code */
+    gw_rx *rx;                   /* a frame coming in pieces, or NULL */
     int64_t over_since_ms;       /* when the queue went over CHAT_WS_QUEUE_MAX, or 0 */
-    int64_t rx_started_ms;       /* when the frame being reassembled started */
     double frame_tokens;         /* token bucket: frames per connection */
     int64_t frame_refill_ms;
-    char peer[64];               /* client address (per-address limit) */
-    bool syncing;                /* a sync is running: pages until `synced` */
-    uint8_t *sync_next;          /* the next page's packed SyncRequest, parked while the queue drains */
-    size_t sync_next_len;
-    int64_t typing_at_ms;        /* rate limit of typing frames */
-    char typing_conv[CHAT_ID_MAX + 1];
+    gw_parked *sync_next;        /* the next page's packed SyncRequest, parked while the queue drains */
+    int64_t typing_at_ms;        /* rate limit of typing frames ... */
+    uint32_t typing_conv;        /* ... per conversation (its FNV-1a hash: a collision drops one hint) */
+    int close_code;              /* set: close at the next WRITEABLE with this code */
     char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
     int nwatching;
+    bool established;
+    bool syncing;                /* a sync is running: pages until `synced` */
+    bool want_ping;              /* a ping goes out at the next WRITEABLE */
     struct gw_session *next_of_user, *prev_of_user;
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
-    bool want_ping;              /* a ping goes out at the next WRITEABLE */
+    gw_peer *peer;               /* the client address's count (per-address limit), or NULL */
 } gw_session;
 
 /* The sessions of one user on this gateway and their one delivery subscription. */
 typedef struct gw_user {
-    char id[CHAT_ID_MAX + 1];
     natsSubscription *sub;
     gw_session *sessions;
     int count;
     double post_tokens;          /* token bucket: posts per user on this gateway */
     int64_t post_refill_ms;
+    char id[];                   /* as long as it is (one per user held) */
 } gw_user;
+
+/* The session's user id ("" outside ESTABLISHED..CLOSED). */
+static inline const char *gw_session_user(const gw_session *s)
+{
+    return s->u ? s->u->id : "";
+}
 
 /* Token bucket: refills `rate` per second up to 2 * rate; takes one token if it can. */
 bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
@@ -94,7 +112,8 @@ void gw_session_close_all(gw_server *srv);
  * restart); clients reconnect and sync from their cursors. Returns the sessions closed. */
 size_t gw_session_restart_all(gw_server *srv);
 
-void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi);
+/* user: the token's checked user id. */
+void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
 /* lws contract: 0 carry on, -1 close. */
 int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len);
 int gw_session_writeable(gw_server *srv, gw_session *s);
@@ -110,6 +129,9 @@ void gw_session_on_presence_change(gw_server *srv, natsMsg *msg);
 
 /* Shared with gw_sync.c and gw_cursor.c (lws thread). */
 gw_session *gw_session_find(gw_server *srv, uint64_t id);
+/* "<gateway id>-<n>": the session's name in hello, posts and logs; buf has GW_SESSION_NAME_MAX bytes. */
+#define GW_SESSION_NAME_MAX 48
+const char *gw_session_name(const gw_server *srv, const gw_session *s, char *buf);
 void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame); /* takes the reference */
 void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message);
 /* An event of a sync page: paced by the sync, so only the grace rule closes a slow reader. */

@@ -25,7 +25,7 @@ static size_t pause_bytes(const gw_server *srv)
 static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
 {
     gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
-    snprintf(req->user, sizeof req->user, "%s", s->user);
+    snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     bool ok = gw_bus_request_send(srv, req, CHAT_API_PREFIX "sync", packed, len, NULL) == CHAT_OK;
     if (!ok)
         gw_bus_request_free(srv, req);
@@ -73,7 +73,7 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
             i++;
         }
     size_t len;
-    uint8_t *packed = pack_sync(srv, s->user, ptrs, i, false, &len);
+    uint8_t *packed = pack_sync(srv, gw_session_user(s), ptrs, i, false, &len);
     free(items);
     free(ptrs);
     s->syncing = true;
@@ -115,10 +115,15 @@ static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
         gw_session_send_json(srv, s, json_pack("{s:s}", "type", "synced"));
     } else {
         size_t len;
-        uint8_t *packed = pack_sync(srv, s->user, r->next, r->n_next, true, &len);
+        uint8_t *packed = pack_sync(srv, gw_session_user(s), r->next, r->n_next, true, &len);
         if (s->qbytes > pause_bytes(srv)) {
-            s->sync_next = packed; /* sent from the WRITEABLE path when the client caught up */
-            s->sync_next_len = len;
+            /* sent from the WRITEABLE path when the client caught up */
+            s->sync_next = malloc(sizeof *s->sync_next + len);
+            if (s->sync_next == NULL)
+                abort();
+            s->sync_next->len = len;
+            memcpy(s->sync_next->data, packed, len);
+            free(packed);
         } else if (!send_page(srv, s, packed, len)) {
             sync_failed(srv, s, "unavailable");
         }
@@ -131,9 +136,15 @@ void gw_sync_resume(gw_server *srv, gw_session *s)
 {
     if (s->sync_next == NULL || s->qbytes > pause_bytes(srv) / 4)
         return;
-    uint8_t *packed = s->sync_next;
+    gw_parked *parked = s->sync_next;
     s->sync_next = NULL;
-    if (!send_page(srv, s, packed, s->sync_next_len))
+    size_t len = parked->len;
+    uint8_t *packed = malloc(len ? len : 1);
+    if (packed == NULL)
+        abort();
+    memcpy(packed, parked->data, len);
+    free(parked);
+    if (!send_page(srv, s, packed, len))
         sync_failed(srv, s, "unavailable");
 }
 
@@ -141,7 +152,7 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     Chat__V1__HistoryRequest rq = CHAT__V1__HISTORY_REQUEST__INIT;
     rq.conv = (char *)f->conv;
-    rq.user = s->user;
+    rq.user = (char *)gw_session_user(s);
     rq.before = f->before;
     rq.limit = f->limit;
     uint8_t buf[256];
@@ -187,7 +198,7 @@ static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, nat
 void gw_conversations_handle(gw_server *srv, gw_session *s)
 {
     Chat__V1__ConvListRequest rq = CHAT__V1__CONV_LIST_REQUEST__INIT;
-    rq.user = s->user;
+    rq.user = (char *)gw_session_user(s);
     uint8_t buf[128];
     size_t len = chat__v1__conv_list_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_CONV_LIST, s->id, HISTORY_TIMEOUT_MS);
