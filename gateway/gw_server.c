@@ -254,6 +254,14 @@ static bool gw_ready(void *ctx, char *detail, size_t size)
     return ok;
 }
 
+/* The HTTP reply of a plain HTTP request (allocated at LWS_CALLBACK_HTTP). */
+static void http_free(gw_session *s)
+{
+    chat_http_reply_free(s->http);
+    free(s->http);
+    s->http = NULL;
+}
+
 static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     gw_session *s = user;
@@ -288,9 +296,8 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return chat_http_reply_continue(wsi, s->http);
     case LWS_CALLBACK_CLOSED_HTTP:
-        chat_http_reply_free(s->http);
-        free(s->http);
-        s->http = NULL;
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL: /* a keep-alive transaction done: lws frees the session memory */
+        http_free(s);
         break;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(srv, wsi);
@@ -313,9 +320,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         return gw_session_writeable(srv, s);
     case LWS_CALLBACK_CLOSED:
         gw_session_closed(srv, s);
-        chat_http_reply_free(s->http); /* a keep-alive connection that answered HTTP, then upgraded */
-        free(s->http);
-        s->http = NULL;
+        http_free(s); /* a keep-alive connection that answered HTTP, then upgraded */
         break;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         /* no per-session data here: only the bus, which looks sessions up by id */
