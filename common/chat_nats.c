@@ -237,3 +237,9 @@ bool chat_subject_event(char *buf, size_t size, const char *conv)
 {
     return fits(snprintf(buf, size, "chat.evt.%s", conv), size);
 }
+
+void chat_nats_shutdown(void)
+{
+    if (nats_CloseAndWait(2000) == NATS_TIMEOUT) /* anything else: the library was never opened */
+        LOG_WARN("nats", "event=shutdown_timeout detail=\"nats.c threads still running after 2 s\"");
+}

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
     natsConnection_Destroy(srv.nc);
     chat_metrics_destroy(srv.metrics);
     chat_cfg_free(&cfg);
-    nats_Close();
+    chat_nats_shutdown();
     LOG_INFO("gateway", "event=stopped");
     return 0;
 }

@@ -611,6 +611,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "chatctl: unknown command \"%s\" (try --help)\n", cmd);
     }
     chat_cfg_free(&cfg);
-    nats_Close();
+    chat_nats_shutdown();
     return rc;
 }

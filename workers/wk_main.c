@@ -107,6 +107,6 @@ int main(int argc, char **argv)
         rc = run(&cfg);
     }
     chat_cfg_free(&cfg);
-    nats_Close();
+    chat_nats_shutdown();
     return rc;
 }
