@@ -63,19 +63,6 @@ typedef struct proc {
 
 static proc nats_proc, s3_proc, worker_a, worker_b;
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind: %s", strerror(errno));
-    socklen_t len = sizeof a;
-    ck_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static bool port_open(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -184,7 +171,7 @@ static int http_status(const char *listen, const char *path)
 static void start_worker(proc *p, const char *name, const char *roles, const char *archive_url)
 {
     snprintf(p->name, sizeof p->name, "%s", name);
-    snprintf(p->listen, sizeof p->listen, "127.0.0.1:%d", free_port());
+    snprintf(p->listen, sizeof p->listen, "127.0.0.1:%d", test_free_port());
     snprintf(p->log, sizeof p->log, "%s/%s.log", work, name);
     char bin[sizeof stack.build_dir + 32];
     snprintf(bin, sizeof bin, "%s/bin/chat-worker", stack.build_dir);
@@ -233,7 +220,7 @@ static void start_nats(void)
                 snprintf(bin, sizeof bin, "%s", sys[i]);
     }
     ck_assert_msg(access(bin, X_OK) == 0, "no nats-server (scripts/up installs it into .deps)");
-    int port = free_port();
+    int port = test_free_port();
     snprintf(nats_url, sizeof nats_url, "nats://127.0.0.1:%d", port);
     char portv[16], store[PATH_MAX + 16];
     snprintf(portv, sizeof portv, "%d", port);
@@ -256,7 +243,7 @@ static void start_s3(void)
     ck_assert_msg(find_file(script, sizeof script, "s3/s3-server.js", false),
                   "no S3-compatible server: scripts/test installs it (scripts/lib/install.sh chat_install_s3)");
     if (s3_port == 0) {
-        s3_port = free_port();
+        s3_port = test_free_port();
         snprintf(s3_endpoint, sizeof s3_endpoint, "http://127.0.0.1:%d", s3_port);
     }
     char portv[16], data[PATH_MAX + 16];

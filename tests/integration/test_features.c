@@ -383,18 +383,6 @@ START_TEST(presence_follows_devices)
 }
 END_TEST
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-    socklen_t len = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* A gateway of this test on a free port (the stack's environment); its log under CHAT_HOME/logs. */
 static pid_t spawn_gateway(int port)
 {
@@ -437,7 +425,7 @@ START_TEST(presence_expires_after_gateway_kill)
     char dave[80], eve[80];
     test_stack_unique_id("dave", dave, sizeof dave);
     test_stack_unique_id("eve", eve, sizeof eve);
-    int port = free_port();
+    int port = test_free_port();
     pid_t gw = spawn_gateway(port);
     ws_client *e = connect_to(eve, port); /* eve on the doomed gateway */
     ws_client *d = connect_user(dave);    /* dave watches from the stack's gateway */

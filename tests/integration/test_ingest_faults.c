@@ -66,19 +66,6 @@ typedef struct proc {
 static proc procs[MAX_PROCS];
 static int nprocs;
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind 127.0.0.1:0: %s", strerror(errno));
-    socklen_t len = sizeof a;
-    ck_assert_msg(getsockname(fd, (struct sockaddr *)&a, &len) == 0, "getsockname: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* GET http://listen/path (HTTP/1.1, Connection: close). Returns the status (0 when no answer came
  * within timeout_ms); the body goes into body (NUL-terminated, cut at bodysz). */
 static int http_get(const char *listen, const char *path, char *body, size_t bodysz, int timeout_ms)
@@ -237,7 +224,7 @@ static proc *spawn_worker(const char *name, const char *roles)
     proc *p = &procs[nprocs];
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
-    snprintf(p->listen, sizeof p->listen, "127.0.0.1:%d", free_port());
+    snprintf(p->listen, sizeof p->listen, "127.0.0.1:%d", test_free_port());
     snprintf(p->log, sizeof p->log, "%s/logs/test-ingest-faults-%s.log", home, name);
     char bin[sizeof stack.build_dir + 32];
     snprintf(bin, sizeof bin, "%s/bin/chat-worker", stack.build_dir);

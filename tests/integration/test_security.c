@@ -57,19 +57,6 @@ static test_stack stack;
 
 /* ------------------------------------------------------------------ small helpers */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind: %s", strerror(errno));
-    socklen_t len = sizeof a;
-    ck_assert_msg(getsockname(fd, (struct sockaddr *)&a, &len) == 0, "getsockname: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* Sends request (raw bytes) to 127.0.0.1:port from source address src (NULL: any) and reads the
  * answer until the server closes or timeout_ms passes. Returns the HTTP status (0 when no status
  * line came: the connection was dropped); the whole answer in resp. */
@@ -178,7 +165,7 @@ static bool pid_running(pid_t pid)
 static own_gateway start_gateway(const char *name, const char *const *overrides)
 {
     own_gateway g = {0};
-    g.port = free_port();
+    g.port = test_free_port();
     snprintf(g.log, sizeof g.log, "%s/logs/test-security-%s.log", getenv("CHAT_HOME") ? getenv("CHAT_HOME") : "/tmp",
              name);
     char bin[sizeof stack.build_dir + 32];

@@ -26,21 +26,6 @@ static char logs_dir[PATH_MAX];
 
 /* ------------------------------------------------------------------ ports and HTTP */
 
-int test_ops_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = 0;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 static bool split_listen(const char *listen, char *host, size_t hostsz, int *port)
 {
     snprintf(host, hostsz, "%s", listen);
@@ -198,7 +183,7 @@ chat_status test_gateway_spawn(const test_stack *st, const char *name, const cha
 {
     memset(gw, 0, sizeof *gw);
     snprintf(gw->name, sizeof gw->name, "%s", name);
-    gw->port = test_ops_free_port();
+    gw->port = test_free_port();
     if (gw->port == 0) {
         snprintf(why, whysz, "no free port on 127.0.0.1");
         return CHAT_ERR_IO;

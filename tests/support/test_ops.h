@@ -14,9 +14,6 @@
 
 #include "test_stack.h"
 
-/* A free TCP port on 127.0.0.1 (bound and released at once), 0 when none could be had. */
-int test_ops_free_port(void);
-
 /* GET http://listen/path (HTTP/1.1, Connection: close) with one socket, everything within
  * timeout_ms. Returns the status (0 when no status line came); the body goes into body
  * (NUL-terminated, cut at bodysz; body may be NULL). */

@@ -37,6 +37,8 @@ void test_stack_free(test_stack *st);
 /* An id no other run or process made: "<prefix>-<ms base36><pid base36><counter>", valid as a
  * conversation id, user id or cmid (prefix: a few characters of [A-Za-z0-9_-]). */
 void test_stack_unique_id(const char *prefix, char *out, size_t outsz);
+/* A TCP port on 127.0.0.1 that was free a moment ago (0 when none could be found). */
+int test_free_port(void);
 
 /* An HS256 token for user signed with the stack's secret, valid ttl_s seconds from now; the
  * caller frees it. Aborts on failure (a test cannot go on without it). */
