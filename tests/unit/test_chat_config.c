@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "chat_config.h"
+#include "unit_run.h"
 
 static const char *vars[] = {"CHAT_HOME", "CHAT_GATEWAY_LISTEN", "CHAT_WORKER_LISTEN", "CHAT_NATS_URL",
                              "CHAT_PG_DSN", "CHAT_REDIS_URL", "CHAT_JWT_SECRET", "CHAT_PARTITIONS",
@@ -193,9 +194,5 @@ int main(void)
     tcase_add_test(tc, redis_url_parts);
     tcase_add_test(tc, origins);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

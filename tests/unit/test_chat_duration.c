@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "chat_duration.h"
+#include "unit_run.h"
 
 static const struct {
     const char *text;
@@ -56,9 +57,5 @@ int main(void)
     tcase_add_test(tc, refuses_bad);
     tcase_add_test(tc, formats_round_trip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

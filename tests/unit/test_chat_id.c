@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "chat_id.h"
+#include "unit_run.h"
 
 START_TEST(accepts)
 {
@@ -38,9 +39,5 @@ int main(void)
     tcase_add_test(tc, accepts);
     tcase_add_test(tc, refuses);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

@@ -9,6 +9,7 @@
 #include <openssl/hmac.h>
 
 #include "chat_jwt.h"
+#include "unit_run.h"
 
 static const char *secret = "test-secret-0123456789abcdef0123456789";
 static const int64_t now = 1800000000;
@@ -128,9 +129,5 @@ int main(void)
     tcase_add_test(tc, sign_then_verify);
     tcase_add_test(tc, refused_tokens);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_map.h"
+#include "unit_run.h"
 
 START_TEST(put_get_replace_remove)
 {
@@ -77,9 +78,5 @@ int main(void)
     tcase_add_test(tc, put_get_replace_remove);
     tcase_add_test(tc, growth_keeps_every_entry);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "chat_metrics.h"
+#include "unit_run.h"
 
 START_TEST(renders_families)
 {
@@ -47,9 +48,5 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, renders_families);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

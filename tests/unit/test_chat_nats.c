@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "chat_nats.h"
+#include "unit_run.h"
 
 START_TEST(redacts_credentials)
 {
@@ -41,9 +42,5 @@ int main(void)
     tcase_add_test(tc, redacts_credentials);
     tcase_add_test(tc, subjects);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "chat_partition.h"
+#include "unit_run.h"
 
 START_TEST(fnv1a_vectors)
 {
@@ -42,9 +43,5 @@ int main(void)
     tcase_add_test(tc, partition_in_range_and_stable);
     tcase_add_test(tc, spread_is_fair);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

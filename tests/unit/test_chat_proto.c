@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "chat.pb-c.h"
+#include "unit_run.h"
 
 START_TEST(post_round_trip)
 {
@@ -130,9 +131,5 @@ int main(void)
     tcase_add_test(tc, sync_request_round_trip);
     tcase_add_test(tc, garbage_is_refused);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

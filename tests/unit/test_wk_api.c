@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "wk_api.h"
+#include "unit_run.h"
 
 static Chat__V1__Post good_post(void)
 {
@@ -231,9 +232,5 @@ int main(void)
     tcase_add_test(tc, sync_settle_next);
     tcase_add_test(tc, sync_cursor_size_matches_packing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }

@@ -10,6 +10,7 @@
 
 #include "wk_cold.h"
 #include "wk_objstore.h"
+#include "unit_run.h"
 
 static char dir[256];
 static chat_cfg cfg;
@@ -316,9 +317,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *r = srunner_create(suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return unit_run(suite());
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "wk_notify.h"
+#include "unit_run.h"
 
 START_TEST(backoff_doubles_up_to_a_minute)
 {
@@ -159,9 +160,5 @@ int main(void)
     tcase_add_test(tc, payload_with_preview);
     tcase_add_test(tc, payload_without_preview);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(s);
 }
