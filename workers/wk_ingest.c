@@ -1,9 +1,11 @@
-/* Role `ingest`. Threads: one coordinator, one per owned partition, one committer. A partition's
- * thread pulls from its own consumer (inbox subscription and JetStream context are its alone) and
- * hands each batch to the committer, which stores the batches of every partition waiting at that
- * moment in one transaction on the worker's lease connection (whose session holds the advisory
- * lock of every partition the worker owns), publishes them and acks them: one commit, one WAL
- * flush and one round of PubAcks for all of them (docs/architecture.md, "Ingest"). */
+/* Role `ingest`. Threads: one coordinator (leases and spreading) and CHAT_INGEST_COMMITTERS
+ * committers. Partition p belongs to committer p mod N, which pulls it too: every partition of a
+ * committer keeps a pull request open on its own consumer with the committer's one inbox
+ * subscription as the reply (<inbox>.<p>), so messages stream in without a request per batch. The
+ * committer takes everything that arrived for its partitions at that moment, stores it in one
+ * transaction on its lease connection (whose session holds the advisory lock of each partition),
+ * publishes it and acks it: one commit, one WAL flush and one round of PubAcks for all of them,
+ * and no thread hand-off on the way (docs/architecture.md, "Ingest"). */
 #include "wk_ingest.h"
 
 #include <inttypes.h>
@@ -38,13 +40,20 @@
 #define META_MAX (16 * 1024)
 #define ACK_WAIT_NS (10LL * 1000000000LL)
 #define MAX_DELIVER 50
-#define IDLE_WAIT_MS 1000
+#define PULL_EXPIRES_MS 5000 /* an open pull request ends after this (408) and is made again */
+#define PULL_RETRY_MS 1000   /* after a pull request was refused */
+#define WAIT_MS 100          /* the committer looks at its partitions' leases this often */
 #define HEARTBEAT_MS 2000
 #define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
 
+/* Partition states: the coordinator moves IDLE -> RUNNING (lease taken) and RUNNING -> RELEASE
+ * (too many owned); the committer moves RUNNING or RELEASE -> DONE (given up, or lost); the
+ * coordinator gives the lease back and moves DONE -> IDLE. */
 enum { P_IDLE, P_RUNNING, P_RELEASE, P_DONE };
 
-enum { R_WAIT, R_DONE, R_LOST };
+enum { R_DONE, R_LOST };
+
+enum { SETUP_NONE, SETUP_RUNNING, SETUP_OK, SETUP_FAILED };
 
 struct batch;
 struct committer;
@@ -53,38 +62,39 @@ typedef struct partition {
     struct wk_ingest *in;
     int index;
     atomic_int state;
-    pthread_t thread;
-    struct committer *com;      /* the committer of this partition's batches */
+    struct committer *com;      /* pulls, stores and acks this partition */
     uint64_t gen;               /* the lease connection's generation this lease was taken on */
-    bool lost;                  /* the thread ended because the lease was lost */
+    bool lost;                  /* given up because the lease was lost */
     int64_t epoch;
+    /* the committer's alone (and its set-up thread's while setup is SETUP_RUNNING) */
+    atomic_int setup;           /* SETUP_*: the consumer set-up of a partition just leased */
+    pthread_t setup_tid;
+    bool active;                /* its consumer is set up and pulled */
     char consumer[64];
+    char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
     char next_subject[128];
-    char inbox[64];
-    natsSubscription *inbox_sub;
+    char reply[96];             /* <committer inbox>.<partition>: where its pulled messages arrive */
+    int credit;                 /* messages its open pull requests may still bring */
+    int64_t pull_deadline_ns;   /* with no word from its requests by then, they are taken as lost */
+    int64_t retry_at_ns;        /* no pull request before this (after a refusal) */
+    struct batch *buf;          /* messages arrived since the last commit, in consumer order */
+    int64_t fetched_ns;         /* when the first of them arrived */
     jsCtx *js;                  /* consumer management and lag */
     int64_t lag_at_ms;          /* when the consumer's lag was last read */
     char label[32];             /* partition="N" */
     atomic_int_fast64_t *m_pending, *m_ack_pending;
-    /* handed to the committer (under committer.mu) */
-    struct batch *pending;
-    int64_t fetched_ns;
-    int result;
 } partition;
 
-/* The committer and the lease connection. `mu` guards the queue and the results; `pg_mu` guards
- * the connection, which the coordinator also uses (lock, epoch, unlock) between commits. */
+/* A committer, its partitions' pulls and its lease connection. `pg_mu` guards the connection,
+ * which the coordinator also uses (lock, epoch, unlock) between commits. */
 typedef struct committer {
     struct wk_ingest *in;
     int index;
     pthread_t thread;
     bool started;
-    pthread_mutex_t mu;
-    pthread_cond_t wake;        /* a batch was queued, or stop */
-    pthread_cond_t done;        /* results were set */
-    partition **queue;
-    int nqueue;
-    bool stop;
+    atomic_bool stop;
+    char inbox[64];             /* <inbox>.<p>: pull request ends of partition p */
+    natsSubscription *sub;      /* <inbox>.* */
     pthread_mutex_t pg_mu;
     PGconn *pg;
     atomic_uint_fast64_t gen;   /* bumped whenever pg is given up: its leases are gone with it */
@@ -1072,8 +1082,9 @@ static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
     return true;
 }
 
-/* Commits the batches of group[0..n) together; the verdict of each goes to results[]. A batch
- * whose lease was taken on an earlier connection is lost without touching the database. */
+/* Commits the buffered messages of group[0..n) together; the verdict of each partition goes to
+ * results[]. A partition whose lease was taken on an earlier connection is lost without touching
+ * the database. */
 static void commit_group(committer *c, partition **group, int n, int *results)
 {
     uint64_t gen = atomic_load(&c->gen);
@@ -1087,8 +1098,9 @@ static void commit_group(committer *c, partition **group, int n, int *results)
             continue;
         }
         results[i] = R_DONE;
-        for (int k = 0; k < pt->pending->n; k++)
-            batch_add(&all, &pt->pending->items[k]);
+        batch_decode(pt->buf, pt->index);
+        for (int k = 0; k < pt->buf->n; k++)
+            batch_add(&all, &pt->buf->items[k]);
         if (live++ == 0 || pt->fetched_ns < fetched)
             fetched = pt->fetched_ns;
         last = pt->index;
@@ -1105,101 +1117,9 @@ static void commit_group(committer *c, partition **group, int n, int *results)
     view_free(&all);
 }
 
-static void *committer_thread(void *arg)
-{
-    committer *c = arg;
-    wk_ingest *in = c->in;
-    partition **group = calloc((size_t)in->nparts, sizeof *group);
-    int *results = calloc((size_t)in->nparts, sizeof *results);
-    for (;;) {
-        pthread_mutex_lock(&c->mu);
-        if (c->nqueue == 0 && !c->stop) {
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&c->wake, &c->mu, &until);
-        }
-        if (c->nqueue == 0) {
-            bool stop = c->stop;
-            pthread_mutex_unlock(&c->mu);
-            if (stop)
-                break;
-            heartbeat(c, atomic_load(&c->gen));
-            continue;
-        }
-        /* everything queued now, within GROUP_MAX items (the first batch always) */
-        int n = 0, items = 0;
-        while (n < c->nqueue && (n == 0 || items + c->queue[n]->pending->n <= GROUP_MAX))
-            items += c->queue[n++]->pending->n;
-        memcpy(group, c->queue, (size_t)n * sizeof *group);
-        memmove(c->queue, c->queue + n, (size_t)(c->nqueue - n) * sizeof *c->queue);
-        c->nqueue -= n;
-        pthread_mutex_unlock(&c->mu);
-        commit_group(c, group, n, results);
-        pthread_mutex_lock(&c->mu);
-        for (int i = 0; i < n; i++)
-            group[i]->result = results[i];
-        pthread_cond_broadcast(&c->done);
-        pthread_mutex_unlock(&c->mu);
-    }
-    free(group);
-    free(results);
-    return NULL;
-}
-
-/* Hands a partition's batch to the committer and waits for its verdict: R_DONE (committed,
- * published and acked; or left unacked while stopping) or R_LOST. */
-static int submit(partition *pt, batch *b)
-{
-    committer *c = pt->com;
-    pthread_mutex_lock(&c->mu);
-    pt->pending = b;
-    pt->result = R_WAIT;
-    c->queue[c->nqueue++] = pt;
-    pthread_cond_signal(&c->wake);
-    while (pt->result == R_WAIT)
-        pthread_cond_wait(&c->done, &c->mu);
-    int r = pt->result;
-    pt->pending = NULL;
-    pthread_mutex_unlock(&c->mu);
-    return r;
-}
-
 /* ------------------------------------------------------------------------------------------ */
-/* The partition thread                                                                         */
+/* Pulling                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
-
-/* Pulls up to BATCH_MAX messages: what is there now, or waits up to IDLE_WAIT_MS for one. */
-static int fetch(partition *pt, batch *b)
-{
-    natsConnection *nc = pt->in->app->nc;
-    char req[96];
-    for (int round = 0; round < 2 && b->n == 0; round++) {
-        if (round == 0)
-            snprintf(req, sizeof req, "{\"batch\":%d,\"no_wait\":true}", BATCH_MAX);
-        else
-            snprintf(req, sizeof req, "{\"batch\":1,\"expires\":%lld}", (long long)IDLE_WAIT_MS * 1000000LL);
-        if (natsConnection_PublishRequestString(nc, pt->next_subject, pt->inbox, req) != NATS_OK) {
-            chat_sleep_ms(200);
-            return 0;
-        }
-        int64_t wait_ms = round == 0 ? 2000 : IDLE_WAIT_MS + 1000;
-        for (;;) {
-            natsMsg *m = NULL;
-            if (natsSubscription_NextMsg(&m, pt->inbox_sub, wait_ms) != NATS_OK)
-                break;
-            const char *status = NULL;
-            if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK) {
-                natsMsg_Destroy(m);
-                break; /* 404 no messages, 408 request done, 409 consumer gone */
-            }
-            batch_add(b, &(item){.msg = m});
-            if (b->n == BATCH_MAX || (round == 1 && b->n == 1))
-                break;
-        }
-    }
-    return b->n;
-}
 
 static chat_status setup_consumer(partition *pt)
 {
@@ -1222,6 +1142,7 @@ static chat_status setup_consumer(partition *pt)
         jsConsumerNamesList_Destroy(names);
     }
     snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    snprintf(pt->ack_key, sizeof pt->ack_key, ".%s.", pt->consumer);
     char filter[64];
     snprintf(filter, sizeof filter, "chat.in.%d.*", pt->index);
     jsConsumerConfig cc;
@@ -1243,13 +1164,7 @@ static chat_status setup_consumer(partition *pt)
     }
     snprintf(pt->next_subject, sizeof pt->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_IN,
              pt->consumer);
-    natsInbox *inbox = NULL;
-    natsInbox_Create(&inbox);
-    snprintf(pt->inbox, sizeof pt->inbox, "%s", (const char *)inbox);
-    natsInbox_Destroy(inbox);
-    if (natsConnection_SubscribeSync(&pt->inbox_sub, nc, pt->inbox) != NATS_OK)
-        return CHAT_ERR_UNAVAILABLE;
-    natsSubscription_SetPendingLimits(pt->inbox_sub, -1, -1);
+    snprintf(pt->reply, sizeof pt->reply, "%s.%d", pt->com->inbox, pt->index);
     return CHAT_OK;
 }
 
@@ -1269,46 +1184,246 @@ static void read_lag(partition *pt)
     jsConsumerInfo_Destroy(ci);
 }
 
-static void *partition_thread(void *arg)
+/* Sets up a newly leased partition's consumer (JetStream API round trips, replicated in a cluster):
+ * one short thread per partition, so that a worker taking over many partitions at once sets them
+ * up side by side while its committers go on committing the others. */
+static void *setup_thread(void *arg)
 {
     partition *pt = arg;
-    wk_ingest *in = pt->in;
-    batch *b = calloc(1, sizeof *b);
-    bool lost = false;
-    if (setup_consumer(pt) == CHAT_OK) {
-        LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
-                 (long long)pt->epoch, pt->consumer);
-        while (atomic_load(&pt->state) == P_RUNNING && !atomic_load(&in->app->stopping)) {
-            if (pt->gen != atomic_load(&pt->com->gen)) { /* the lease connection is gone */
-                lost = true;
-                break;
-            }
-            read_lag(pt);
-            if (fetch(pt, b) == 0)
-                continue;
-            pt->fetched_ns = chat_mono_ns();
-            batch_decode(b, pt->index);
-            lost = submit(pt, b) == R_LOST;
-            batch_reset(b);
-            if (lost)
-                break;
+    atomic_store(&pt->setup, setup_consumer(pt) == CHAT_OK ? SETUP_OK : SETUP_FAILED);
+    return NULL;
+}
+
+/* Starts the set-up of a partition just leased, or takes its result: the partition is pulled from
+ * now on, or given up (set-up failed, or released, lost or stopping meanwhile). */
+static void partition_begin(partition *pt, bool keep)
+{
+    int su = atomic_load(&pt->setup);
+    if (su == SETUP_NONE) {
+        if (!keep || pt->com->sub == NULL) {
+            pt->lost = keep;
+            atomic_store(&pt->state, P_DONE);
+            return;
         }
-    } else {
-        lost = true;
+        atomic_store(&pt->setup, SETUP_RUNNING);
+        if (pthread_create(&pt->setup_tid, NULL, setup_thread, pt) != 0)
+            atomic_store(&pt->setup, SETUP_NONE);
+        return;
     }
-    batch_reset(b);
-    free(b->items);
-    free(b);
-    natsSubscription_Destroy(pt->inbox_sub);
-    pt->inbox_sub = NULL;
+    if (su == SETUP_RUNNING)
+        return;
+    pthread_join(pt->setup_tid, NULL);
+    atomic_store(&pt->setup, SETUP_NONE);
+    if (su != SETUP_OK || !keep) {
+        jsCtx_Destroy(pt->js);
+        pt->js = NULL;
+        pt->lost = su != SETUP_OK;
+        atomic_store(&pt->state, P_DONE);
+        return;
+    }
+    pt->active = true;
+    pt->credit = 0;
+    pt->retry_at_ns = 0;
+    LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
+             (long long)pt->epoch, pt->consumer);
+}
+
+/* Gives the partition up: what arrived and was not committed is dropped unacked (its next owner
+ * deletes this consumer and gets it all again from its own), as is what still comes. */
+static void partition_end(partition *pt, bool lost)
+{
+    batch_reset(pt->buf);
     jsCtx_Destroy(pt->js);
     pt->js = NULL;
     atomic_store(pt->m_pending, 0); /* reported by the next owner */
     atomic_store(pt->m_ack_pending, 0);
+    pt->active = false;
     pt->lost = lost;
-    LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index,
-             lost ? "lease_lost" : "released");
+    LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index, lost ? "lease_lost" : "released");
     atomic_store(&pt->state, P_DONE);
+}
+
+/* Keeps a pull request open: a new one for BATCH_MAX messages as soon as the open ones may bring
+ * no more than half that, so that a busy partition never waits for a request to reach the broker.
+ * Each expires after PULL_EXPIRES_MS (a 408 says how many it did not bring); requests that died
+ * with a connection are forgotten on a reconnect or after their expiry and a second. */
+static void pull(partition *pt, natsConnection *nc)
+{
+    int64_t now = chat_mono_ns();
+    if (now < pt->retry_at_ns)
+        return;
+    if (pt->credit > 0 && now > pt->pull_deadline_ns)
+        pt->credit = 0;
+    if (pt->credit > BATCH_MAX / 2)
+        return;
+    char req[96];
+    snprintf(req, sizeof req, "{\"batch\":%d,\"expires\":%lld}", BATCH_MAX, (long long)PULL_EXPIRES_MS * 1000000LL);
+    if (natsConnection_PublishRequestString(nc, pt->next_subject, pt->reply, req) != NATS_OK) {
+        pt->retry_at_ns = now + PULL_RETRY_MS * 1000000LL;
+        return;
+    }
+    pt->credit += BATCH_MAX;
+    pt->pull_deadline_ns = now + (PULL_EXPIRES_MS + 1000) * 1000000LL;
+}
+
+/* The partition a message of the committer's inbox is about: a pulled message keeps its own
+ * subject (chat.in.<p>.<conv>), a pull request's end comes on the request's reply (<inbox>.<p>). */
+static partition *partition_of(committer *c, const char *subject)
+{
+    size_t il = strlen(c->inbox);
+    const char *tok = NULL;
+    if (strncmp(subject, "chat.in.", 8) == 0)
+        tok = subject + 8;
+    else if (strncmp(subject, c->inbox, il) == 0 && subject[il] == '.')
+        tok = subject + il + 1;
+    if (tok == NULL)
+        return NULL;
+    char *end = NULL;
+    long p = strtol(tok, &end, 10);
+    if (end == tok || (*end != '\0' && *end != '.') || p < 0 || p >= c->in->nparts)
+        return NULL;
+    partition *pt = &c->in->parts[p];
+    return pt->com == c && pt->active ? pt : NULL;
+}
+
+/* One message of the committer's inbox: a pulled message goes to its partition's buffer (1), a
+ * pull request's end adjusts the credit, anything not of a live consumer of this committer is
+ * dropped (0). */
+static int take(committer *c, natsMsg *m)
+{
+    partition *pt = partition_of(c, natsMsg_GetSubject(m));
+    if (pt == NULL) {
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    const char *status = NULL;
+    if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
+        /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
+         * owner, a leader change): ask again, but not at once */
+        const char *left = NULL;
+        if (natsMsgHeader_Get(m, "Nats-Pending-Messages", &left) == NATS_OK && left)
+            pt->credit -= atoi(left);
+        else
+            pt->credit = 0;
+        if (pt->credit < 0)
+            pt->credit = 0;
+        if (strcmp(status, "408") != 0) {
+            LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%s", pt->index, status);
+            pt->retry_at_ns = chat_mono_ns() + PULL_RETRY_MS * 1000000LL;
+        }
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    const char *reply = natsMsg_GetReply(m);
+    if (reply == NULL || strstr(reply, pt->ack_key) == NULL) { /* an earlier consumer's: not ours to store */
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    if (pt->credit > 0)
+        pt->credit--;
+    if (pt->buf->n == 0)
+        pt->fetched_ns = chat_mono_ns();
+    batch_add(pt->buf, &(item){.msg = m});
+    return 1;
+}
+
+/* Waits up to wait_ms for the first message, then takes whatever else is there (GROUP_MAX pulled
+ * messages at most). Returns how many pulled messages it buffered. */
+static int collect(committer *c, int64_t wait_ms)
+{
+    natsMsg *m = NULL;
+    if (c->sub == NULL) {
+        chat_sleep_ms(200);
+        return 0;
+    }
+    if (natsSubscription_NextMsg(&m, c->sub, wait_ms) != NATS_OK)
+        return 0;
+    int got = take(c, m);
+    while (got < GROUP_MAX) {
+        int queued = 0;
+        if (natsSubscription_GetPending(c->sub, &queued, NULL) != NATS_OK || queued <= 0)
+            break;
+        if (natsSubscription_NextMsg(&m, c->sub, 1000) != NATS_OK)
+            break;
+        got += take(c, m);
+    }
+    return got;
+}
+
+/* Follows the coordinator's decisions for this committer's partitions: sets up the consumer of a
+ * partition just leased, gives up one released, lost (its lease connection is gone) or stopping. */
+static void tend(committer *c, bool stopping, bool reconnected)
+{
+    wk_ingest *in = c->in;
+    uint64_t gen = atomic_load(&c->gen);
+    for (int p = c->index; p < in->nparts; p += in->ncom) {
+        partition *pt = &in->parts[p];
+        int st = atomic_load(&pt->state);
+        if (pt->active) {
+            if (pt->gen != gen)
+                partition_end(pt, true);
+            else if (st != P_RUNNING || stopping)
+                partition_end(pt, false);
+        } else if (st == P_RUNNING || st == P_RELEASE) {
+            partition_begin(pt, st == P_RUNNING && !stopping && pt->gen == gen);
+        }
+        if (pt->active) {
+            if (reconnected) /* the broker forgot the requests of the old connection */
+                pt->credit = 0;
+            read_lag(pt);
+            pull(pt, in->app->nc);
+        }
+    }
+}
+
+static void subscribe_inbox(committer *c)
+{
+    char subject[80];
+    snprintf(subject, sizeof subject, "%s.*", c->inbox);
+    if (natsConnection_SubscribeSync(&c->sub, c->in->app->nc, subject) != NATS_OK) {
+        c->sub = NULL;
+        return;
+    }
+    natsSubscription_SetPendingLimits(c->sub, -1, -1);
+}
+
+static void *committer_thread(void *arg)
+{
+    committer *c = arg;
+    wk_ingest *in = c->in;
+    natsConnection *nc = in->app->nc;
+    partition **group = calloc((size_t)in->nparts, sizeof *group);
+    int *results = calloc((size_t)in->nparts, sizeof *results);
+    uint64_t seen = reconnects(nc);
+    while (!atomic_load(&c->stop)) {
+        if (c->sub == NULL && chat_nats_connected(nc))
+            subscribe_inbox(c);
+        uint64_t now = reconnects(nc);
+        tend(c, atomic_load(&in->app->stopping), now != seen);
+        seen = now;
+        if (collect(c, WAIT_MS) == 0) {
+            heartbeat(c, atomic_load(&c->gen));
+            continue;
+        }
+        int n = 0;
+        for (int p = c->index; p < in->nparts; p += in->ncom)
+            if (in->parts[p].active && in->parts[p].buf->n > 0)
+                group[n++] = &in->parts[p];
+        commit_group(c, group, n, results); /* a lost lease bumped gen: tend() gives the partitions up */
+        for (int i = 0; i < n; i++)
+            batch_reset(group[i]->buf);
+    }
+    for (;;) { /* give everything up, waiting for set-ups under way */
+        tend(c, true, false);
+        bool busy = false;
+        for (int p = c->index; p < in->nparts; p += in->ncom)
+            busy = busy || atomic_load(&in->parts[p].setup) != SETUP_NONE;
+        if (!busy)
+            break;
+        chat_sleep_ms(10);
+    }
+    free(group);
+    free(results);
     return NULL;
 }
 
@@ -1402,11 +1517,6 @@ static bool try_acquire(wk_ingest *in, partition *pt)
     if (!ok)
         return false;
     atomic_store(&pt->state, P_RUNNING);
-    if (pthread_create(&pt->thread, NULL, partition_thread, pt) != 0) {
-        atomic_store(&pt->state, P_IDLE);
-        unlock_partition(pt);
-        return false;
-    }
     return true;
 }
 
@@ -1438,7 +1548,6 @@ static void *coordinator_thread(void *arg)
         for (int p = 0; p < in->nparts; p++) {
             partition *pt = &in->parts[p];
             if (atomic_load(&pt->state) == P_DONE) {
-                pthread_join(pt->thread, NULL);
                 unlock_partition(pt);
                 atomic_store(&pt->state, P_IDLE);
                 in->owned--;
@@ -1480,15 +1589,20 @@ static void *coordinator_thread(void *arg)
         for (int i = 0; i < 10 && !atomic_load(&in->app->stopping); i++)
             chat_sleep_ms(100);
     }
+    /* stopping: each committer gives its partitions up (the batch in flight first) */
     for (int p = 0; p < in->nparts; p++) {
         partition *pt = &in->parts[p];
-        int st = atomic_load(&pt->state);
-        if (st == P_RUNNING || st == P_RELEASE || st == P_DONE) {
-            atomic_store(&pt->state, P_RELEASE);
-            pthread_join(pt->thread, NULL);
-            unlock_partition(pt);
-            atomic_store(&pt->state, P_IDLE);
-        }
+        int expect = P_RUNNING;
+        atomic_compare_exchange_strong(&pt->state, &expect, P_RELEASE);
+    }
+    for (int p = 0; p < in->nparts; p++) {
+        partition *pt = &in->parts[p];
+        if (atomic_load(&pt->state) == P_IDLE)
+            continue;
+        while (atomic_load(&pt->state) != P_DONE)
+            chat_sleep_ms(10);
+        unlock_partition(pt);
+        atomic_store(&pt->state, P_IDLE);
     }
     PQfinish(presence);
     return NULL;
@@ -1498,22 +1612,19 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
 {
     c->in = in;
     c->index = index;
-    pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->pg_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->wake, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_cond_init(&c->done, NULL);
-    c->queue = calloc((size_t)in->nparts, sizeof *c->queue);
+    natsInbox *inbox = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK)
+        return CHAT_ERR_INTERNAL;
+    snprintf(c->inbox, sizeof c->inbox, "%s", (const char *)inbox);
+    natsInbox_Destroy(inbox);
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 8 * GROUP_MAX;
     jo.PublishAsync.ErrHandler = on_publish_error;
     jo.PublishAsync.ErrHandlerClosure = c;
     jo.Wait = 5000;
-    if (c->queue == NULL || natsConnection_JetStream(&c->js, in->app->nc, &jo) != NATS_OK)
+    if (natsConnection_JetStream(&c->js, in->app->nc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
     if (pthread_create(&c->thread, NULL, committer_thread, c) != 0)
         return CHAT_ERR_INTERNAL;
@@ -1521,23 +1632,18 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
     return CHAT_OK;
 }
 
-/* After every partition thread has ended (nothing waits on the committer any more). */
+/* After the coordinator has ended (every partition given up and its lease given back). */
 static void committer_stop(committer *c)
 {
     if (c->started) {
-        pthread_mutex_lock(&c->mu);
-        c->stop = true;
-        pthread_cond_signal(&c->wake);
-        pthread_mutex_unlock(&c->mu);
+        atomic_store(&c->stop, true);
         pthread_join(c->thread, NULL);
     }
+    natsSubscription_Destroy(c->sub);
+    c->sub = NULL;
     PQfinish(c->pg);
     c->pg = NULL;
     jsCtx_Destroy(c->js);
-    free(c->queue);
-    pthread_cond_destroy(&c->wake);
-    pthread_cond_destroy(&c->done);
-    pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->pg_mu);
 }
 
@@ -1547,6 +1653,16 @@ static void committers_stop(wk_ingest *in)
         committer_stop(&in->com[k]);
     free(in->com);
     in->com = NULL;
+}
+
+static void parts_free(wk_ingest *in)
+{
+    for (int p = 0; p < in->nparts; p++) {
+        batch_reset(in->parts[p].buf);
+        free(in->parts[p].buf->items);
+        free(in->parts[p].buf);
+    }
+    free(in->parts);
 }
 
 chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
@@ -1564,6 +1680,9 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     for (int p = 0; p < in->nparts; p++) {
         in->parts[p].in = in;
         in->parts[p].index = p;
+        in->parts[p].buf = calloc(1, sizeof(batch));
+        if (in->parts[p].buf == NULL)
+            abort();
     }
     chat_metrics *m = app->metrics;
     for (int p = 0; p < in->nparts; p++) {
@@ -1602,7 +1721,7 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
         started = committer_start(in, &in->com[k], k) == CHAT_OK;
     if (!started) {
         committers_stop(in);
-        free(in->parts);
+        parts_free(in);
         free(in);
         return CHAT_ERR_INTERNAL;
     }
@@ -1611,7 +1730,7 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     *out = in;
     if (pthread_create(&in->coordinator, NULL, coordinator_thread, in) != 0) {
         committers_stop(in);
-        free(in->parts);
+        parts_free(in);
         free(in);
         *out = NULL;
         return CHAT_ERR_INTERNAL;
@@ -1624,8 +1743,8 @@ void wk_ingest_destroy(wk_ingest *in)
 {
     if (in == NULL)
         return;
-    pthread_join(in->coordinator, NULL); /* it joined every partition thread */
+    pthread_join(in->coordinator, NULL); /* every partition was given up and its lease given back */
     committers_stop(in);
-    free(in->parts);
+    parts_free(in);
     free(in);
 }
