@@ -33,8 +33,10 @@ int main(int argc, char **argv)
     srv.metrics = chat_metrics_create();
     chat_metrics_add_process(srv.metrics);
     chat_http_lws_logging();
-    /* one subscription per connected user: shared delivery threads, not one thread each */
-    if (chat_nats_connect_shared(&cfg, "gateway", 2, &srv.nc) != CHAT_OK)
+    /* one subscription per connected user: a shared delivery thread, not one thread each. One,
+     * not two: the callbacks only queue the message for the lws thread, and a second delivery
+     * thread only split the bursts into two wake-ups (bench/findings.md, item 10) */
+    if (chat_nats_connect_shared(&cfg, "gateway", 1, &srv.nc) != CHAT_OK)
         return 1;
     if (chat_health_start(&cfg, CHAT_DEP_NATS | CHAT_DEP_REDIS, srv.nc, &srv.health) != CHAT_OK)
         return 1;

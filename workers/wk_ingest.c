@@ -1,11 +1,11 @@
 /* Role `ingest`. Threads: one coordinator (leases and spreading) and CHAT_INGEST_COMMITTERS
  * committers. Partition p belongs to committer p mod N, which pulls it too: every partition of a
  * committer keeps a pull request open on its own consumer with the committer's one inbox
- * subscription as the reply (<inbox>.<p>), so messages stream in without a request per batch. The
- * committer takes everything that arrived for its partitions at that moment, stores it in one
- * transaction on its lease connection (whose session holds the advisory lock of each partition),
- * publishes it and acks it: one commit, one WAL flush and one round of PubAcks for all of them,
- * and no thread hand-off on the way (docs/architecture.md, "Ingest"). */
+ * subscription as the reply (<inbox>.<p>.<epoch>), so messages stream in without a request per
+ * batch. The committer takes everything that arrived for its partitions at that moment, stores it
+ * in one transaction on its lease connection (whose session holds the advisory lock of each
+ * partition), publishes it and acks it: one commit, one WAL flush and one round of PubAcks for all
+ * of them, and no thread hand-off on the way (docs/architecture.md, "Ingest"). */
 #include "wk_ingest.h"
 
 #include <inttypes.h>
@@ -93,7 +93,7 @@ typedef struct committer {
     pthread_t thread;
     bool started;
     atomic_bool stop;
-    char inbox[64];             /* <inbox>.<p>: pull request ends of partition p */
+    char inbox[64];             /* <inbox>.<p>.<epoch>: pull request ends of partition p */
     natsSubscription *sub;      /* <inbox>.* */
     pthread_mutex_t pg_mu;
     PGconn *pg;
@@ -1164,7 +1164,7 @@ static chat_status setup_consumer(partition *pt)
     }
     snprintf(pt->next_subject, sizeof pt->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_IN,
              pt->consumer);
-    snprintf(pt->reply, sizeof pt->reply, "%s.%d", pt->com->inbox, pt->index);
+    snprintf(pt->reply, sizeof pt->reply, "%s.%d.%lld", pt->com->inbox, pt->index, (long long)pt->epoch);
     return CHAT_OK;
 }
 
@@ -1267,12 +1267,15 @@ static void pull(partition *pt, natsConnection *nc)
 }
 
 /* The partition a message of the committer's inbox is about: a pulled message keeps its own
- * subject (chat.in.<p>.<conv>), a pull request's end comes on the request's reply (<inbox>.<p>). */
+ * subject (chat.in.<p>.<conv>; take() checks its consumer), a pull request's end comes on the
+ * request's reply (<inbox>.<p>.<epoch>): the end of a request of an earlier lease of the partition
+ * (its consumer deleted, 409) must not touch the requests of the current one. */
 static partition *partition_of(committer *c, const char *subject)
 {
     size_t il = strlen(c->inbox);
+    bool pulled = strncmp(subject, "chat.in.", 8) == 0;
     const char *tok = NULL;
-    if (strncmp(subject, "chat.in.", 8) == 0)
+    if (pulled)
         tok = subject + 8;
     else if (strncmp(subject, c->inbox, il) == 0 && subject[il] == '.')
         tok = subject + il + 1;
@@ -1280,10 +1283,14 @@ static partition *partition_of(committer *c, const char *subject)
         return NULL;
     char *end = NULL;
     long p = strtol(tok, &end, 10);
-    if (end == tok || (*end != '\0' && *end != '.') || p < 0 || p >= c->in->nparts)
+    if (end == tok || *end != '.' || p < 0 || p >= c->in->nparts)
         return NULL;
     partition *pt = &c->in->parts[p];
-    return pt->com == c && pt->active ? pt : NULL;
+    if (pt->com != c || !pt->active)
+        return NULL;
+    if (!pulled && strtoll(end + 1, NULL, 10) != pt->epoch)
+        return NULL;
+    return pt;
 }
 
 /* One message of the committer's inbox: a pulled message goes to its partition's buffer (1), a
@@ -1379,7 +1386,7 @@ static void tend(committer *c, bool stopping, bool reconnected)
 static void subscribe_inbox(committer *c)
 {
     char subject[80];
-    snprintf(subject, sizeof subject, "%s.*", c->inbox);
+    snprintf(subject, sizeof subject, "%s.>", c->inbox);
     if (natsConnection_SubscribeSync(&c->sub, c->in->app->nc, subject) != NATS_OK) {
         c->sub = NULL;
         return;
@@ -1530,6 +1537,14 @@ static int live_workers(PGconn *pg)
     return n;
 }
 
+static bool any_done(wk_ingest *in)
+{
+    for (int p = 0; p < in->nparts; p++)
+        if (atomic_load(&in->parts[p].state) == P_DONE)
+            return true;
+    return false;
+}
+
 static void *coordinator_thread(void *arg)
 {
     wk_ingest *in = arg;
@@ -1586,7 +1601,9 @@ static void *coordinator_thread(void *arg)
             }
         }
         atomic_store(in->m_owned, in->owned);
-        for (int i = 0; i < 10 && !atomic_load(&in->app->stopping); i++)
+        /* a second between rounds, less when a committer gave a partition up: its lease goes back
+         * at once, so another worker waiting for it takes it on its next round */
+        for (int i = 0; i < 10 && !atomic_load(&in->app->stopping) && !any_done(in); i++)
             chat_sleep_ms(100);
     }
     /* stopping: each committer gives its partitions up (the batch in flight first) */
