@@ -99,7 +99,11 @@ typedef struct committer {
     PGconn *pg;
     atomic_uint_fast64_t gen;   /* bumped whenever pg is given up: its leases are gone with it */
     int64_t last_pg_ms;
-    jsCtx *js;                  /* CHAT_EVENTS publishes */
+    /* its own connection for CHAT_EVENTS publishes: nats-server stores a JetStream publish inline
+     * in the publishing connection's read loop (with CHAT_NATS_SYNC=always, an fsync each), and
+     * the worker's acks, pulls and deliveries must not wait behind them */
+    natsConnection *enc;
+    jsCtx *js;                  /* CHAT_EVENTS publishes, on enc */
     atomic_int publish_errors;
 } committer;
 
@@ -1641,7 +1645,11 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
     jo.PublishAsync.ErrHandler = on_publish_error;
     jo.PublishAsync.ErrHandlerClosure = c;
     jo.Wait = 5000;
-    if (natsConnection_JetStream(&c->js, in->app->nc, &jo) != NATS_OK)
+    char name[32];
+    snprintf(name, sizeof name, "worker-events-%d", index);
+    if (chat_nats_connect(in->app->cfg, name, false, &c->enc) != CHAT_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    if (natsConnection_JetStream(&c->js, c->enc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
     if (pthread_create(&c->thread, NULL, committer_thread, c) != 0)
         return CHAT_ERR_INTERNAL;
@@ -1661,6 +1669,7 @@ static void committer_stop(committer *c)
     PQfinish(c->pg);
     c->pg = NULL;
     jsCtx_Destroy(c->js);
+    natsConnection_Destroy(c->enc);
     pthread_mutex_destroy(&c->pg_mu);
 }
 
