@@ -13,7 +13,9 @@
 /* Connects to cfg->nats_url with name `name`. With wait_initial false the call returns at once
  * even if no server answers yet and the library keeps trying in the background (the binary is
  * then not ready); with true it fails after the connect timeout. *out is set only on CHAT_OK;
- * the caller destroys it with natsConnection_Destroy. */
+ * the caller destroys it with natsConnection_Destroy. `name` is also the log component of the
+ * connection's callbacks, which may run after the call returns (and after the destroy): give a
+ * string that lives as long as the process, such as a literal. */
 chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out);
 
 /* The same, with the async subscriptions of this connection delivered by nats.c's shared pool of

@@ -1645,9 +1645,7 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
     jo.PublishAsync.ErrHandler = on_publish_error;
     jo.PublishAsync.ErrHandlerClosure = c;
     jo.Wait = 5000;
-    char name[32];
-    snprintf(name, sizeof name, "worker-events-%d", index);
-    if (chat_nats_connect(in->app->cfg, name, false, &c->enc) != CHAT_OK)
+    if (chat_nats_connect(in->app->cfg, "worker-events", false, &c->enc) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (natsConnection_JetStream(&c->js, c->enc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
