@@ -808,21 +808,26 @@ static int fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
         jsPubOptions_Init(&po);
         po.MaxWait = 5000;
         int64_t waited = chat_mono_ns();
+        /* the deliveries went out on the worker's connection, the events on the committer's own: a
+         * PubAck says nothing of the deliveries, a PONG on the worker's connection does (the
+         * server had taken them before it; a node killed with them in its socket is not) */
+        natsStatus fs = deliver ? natsConnection_FlushTimeout(nc, 5000) : NATS_OK;
         natsStatus s = js_PublishAsyncComplete(c->js, &po);
         waited = (chat_mono_ns() - waited) / 1000000;
-        if (s == NATS_OK && atomic_load(&c->publish_errors) == 0)
+        bool same = reconnects(nc) == delivered_on;
+        if (s == NATS_OK && fs == NATS_OK && same && atomic_load(&c->publish_errors) == 0)
             return F_DONE;
         int dropped = drop_pending(c);
-        deliver = reconnects(nc) != delivered_on;
+        deliver = fs != NATS_OK || !same;
         if (atomic_load(&in->app->stopping) && attempt > 2)
             return F_STOPPING;
         if (!heartbeat(c, gen))
             return F_LEASE_LOST;
         LOG_WARN("ingest",
-                 "event=events_publish_retry partition=%d attempt=%d status=\"%s\" errors=%d dropped=%d"
-                 " redeliver=%d",
-                 b->part, attempt + 1, natsStatus_GetText(s), atomic_load(&c->publish_errors), dropped,
-                 deliver ? 1 : 0);
+                 "event=events_publish_retry partition=%d attempt=%d status=\"%s\" flush=\"%s\" errors=%d"
+                 " dropped=%d redeliver=%d",
+                 b->part, attempt + 1, natsStatus_GetText(s), natsStatus_GetText(fs),
+                 atomic_load(&c->publish_errors), dropped, deliver ? 1 : 0);
         reply_all(nc, b, "+WPI"); /* keep the batch ours while the broker recovers */
         /* back off when the broker refused at once; a wait that timed out has waited already */
         int64_t pause = attempt < 10 ? 200 * (attempt + 1) : 2000;
