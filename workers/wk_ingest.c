@@ -748,12 +748,13 @@ static bool heartbeat(committer *c, uint64_t gen);
 
 enum { F_DONE, F_STOPPING, F_LEASE_LOST };
 
-/* Publishes every stored event of the batch to its members and to CHAT_EVENTS; returns F_DONE when
- * CHAT_EVENTS has acknowledged all of them (retrying while the broker refuses); the notify role
- * reads its offline pushes from there too. A retry publishes the events again, and the live
- * deliveries too when the connection changed since they went out (they may have died with the old
- * socket); devices drop repeats by id. While it retries it keeps the lease session from idling out
- * (idle_session_timeout). */
+/* Publishes every stored event of the batch to its members (on the worker's connection) and to
+ * CHAT_EVENTS (on the committer's); returns F_DONE when CHAT_EVENTS has acknowledged all of them and
+ * a flush says the server took the deliveries (retrying while the broker refuses); the notify role
+ * reads its offline pushes from CHAT_EVENTS too. A retry publishes the events again, and the live
+ * deliveries too when the worker's connection changed since they went out or its flush failed
+ * (they may have died with the old socket); devices drop repeats by id. While it retries it keeps
+ * the lease session from idling out (idle_session_timeout). */
 static int fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 {
     wk_ingest *in = c->in;
