@@ -44,6 +44,12 @@
 #define PULL_RETRY_MS 1000   /* after a pull request was refused */
 #define WAIT_MS 100          /* the committer looks at its partitions' leases this often */
 #define HEARTBEAT_MS 2000
+/* A fanout attempt waits at most FLUSH_WAIT_MS for the worker's connection, then PUBACK_WAIT_MS for
+ * CHAT_EVENTS in slices of PUBACK_SLICE_MS, heartbeating between: no wait may approach the lease
+ * session's idle_session_timeout (10 s) */
+#define FLUSH_WAIT_MS 3000
+#define PUBACK_WAIT_MS 5000
+#define PUBACK_SLICE_MS 1000
 #define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
 
 /* Partition states: the coordinator moves IDLE -> RUNNING (lease taken) and RUNNING -> RELEASE
@@ -805,15 +811,24 @@ static int fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
                 atomic_fetch_add(&c->publish_errors, 1);
             natsMsg_Destroy(msg);
         }
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = 5000;
         int64_t waited = chat_mono_ns();
         /* the deliveries went out on the worker's connection, the events on the committer's own: a
          * PubAck says nothing of the deliveries, a PONG on the worker's connection does (the
          * server had taken them before it; a node killed with them in its socket is not) */
-        natsStatus fs = deliver ? natsConnection_FlushTimeout(nc, 5000) : NATS_OK;
-        natsStatus s = js_PublishAsyncComplete(c->js, &po);
+        natsStatus fs = deliver ? natsConnection_FlushTimeout(nc, FLUSH_WAIT_MS) : NATS_OK;
+        /* the PubAcks are awaited a slice at a time with a heartbeat between: a broker that stays
+         * silent must not let the lease session idle out (its timeout, 10 s, was once the sum of
+         * the two waits, and a cut-off NATS node cost every lease of the committer) */
+        natsStatus s = NATS_TIMEOUT;
+        for (int64_t left = PUBACK_WAIT_MS; left > 0 && s == NATS_TIMEOUT;) {
+            if (!heartbeat(c, gen))
+                return F_LEASE_LOST;
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = left < PUBACK_SLICE_MS ? left : PUBACK_SLICE_MS;
+            s = js_PublishAsyncComplete(c->js, &po);
+            left -= po.MaxWait;
+        }
         waited = (chat_mono_ns() - waited) / 1000000;
         bool same = reconnects(nc) == delivered_on;
         if (s == NATS_OK && fs == NATS_OK && same && atomic_load(&c->publish_errors) == 0)
@@ -1178,20 +1193,32 @@ static chat_status setup_consumer(partition *pt)
     return CHAT_OK;
 }
 
-/* Broker lag of this partition's consumer, every 5 s: messages waiting and delivered unacked. */
-static void read_lag(partition *pt)
+/* Asks for the broker lag of this partition's consumer every 5 s (messages waiting and delivered
+ * unacked). The answer comes to the committer's inbox (<inbox>.<p>.<epoch>.lag) and take() reads
+ * it: a consumer whose leader is cut off never answers, and a blocking request (5 s, for each
+ * partition in turn) once held a committer past its lease session's idle_session_timeout. */
+static void ask_lag(partition *pt, natsConnection *nc)
 {
     int64_t now = chat_mono_ns() / 1000000;
     if (now - pt->lag_at_ms < 5000)
         return;
     pt->lag_at_ms = now;
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, pt->js, CHAT_STREAM_IN, pt->consumer, NULL, &jerr) == NATS_OK && ci) {
-        atomic_store(pt->m_pending, (int_fast64_t)ci->NumPending);
-        atomic_store(pt->m_ack_pending, (int_fast64_t)ci->NumAckPending);
+    char subject[160], reply[112];
+    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.INFO.%s.%s", CHAT_STREAM_IN, pt->consumer);
+    snprintf(reply, sizeof reply, "%s.lag", pt->reply);
+    natsConnection_PublishRequest(nc, subject, reply, NULL, 0);
+}
+
+/* The consumer info that ask_lag() asked for; anything else (an error, a 503) is ignored. */
+static void take_lag(partition *pt, natsMsg *m)
+{
+    json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    json_t *pending = json_object_get(j, "num_pending"), *ack_pending = json_object_get(j, "num_ack_pending");
+    if (json_is_integer(pending) && json_is_integer(ack_pending)) {
+        atomic_store(pt->m_pending, (int_fast64_t)json_integer_value(pending));
+        atomic_store(pt->m_ack_pending, (int_fast64_t)json_integer_value(ack_pending));
     }
-    jsConsumerInfo_Destroy(ci);
+    json_decref(j);
 }
 
 /* Sets up a newly leased partition's consumer (JetStream API round trips, replicated in a cluster):
@@ -1308,8 +1335,15 @@ static partition *partition_of(committer *c, const char *subject)
  * dropped (0). */
 static int take(committer *c, natsMsg *m)
 {
-    partition *pt = partition_of(c, natsMsg_GetSubject(m));
+    const char *subject = natsMsg_GetSubject(m);
+    partition *pt = partition_of(c, subject);
     if (pt == NULL) {
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    size_t sl = strlen(subject);
+    if (strncmp(subject, "chat.in.", 8) != 0 && sl > 4 && strcmp(subject + sl - 4, ".lag") == 0) {
+        take_lag(pt, m);
         natsMsg_Destroy(m);
         return 0;
     }
@@ -1387,7 +1421,7 @@ static void tend(committer *c, bool stopping, bool reconnected)
         if (pt->active) {
             if (reconnected) /* the broker forgot the requests of the old connection */
                 pt->credit = 0;
-            read_lag(pt);
+            ask_lag(pt, in->app->nc);
             pull(pt, in->app->nc);
         }
     }

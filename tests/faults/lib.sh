@@ -573,6 +573,20 @@ gateway_resynced() {
     fi
 }
 
+# leases_kept: no ingest worker lost its lease session (PostgreSQL) to a fault of NATS alone: a
+# committer waiting on a silent broker must go on heartbeating its session, or every partition it
+# owns stalls until another worker takes it over (docs/reliability.md, finding 6)
+leases_kept() {
+    local lost
+    lost=$(cat "$logs"/ingest-*.log | grep -c 'event=lease_connection_lost' || true)
+    if ((lost == 0)); then
+        say "the ingest workers kept their lease sessions (no lease_connection_lost)"
+    else
+        echo "  VIOLATION: $lost lease session(s) lost by ingest workers during a NATS fault (lease_connection_lost)"
+        return 1
+    fi
+}
+
 # lose_leader WHAT FAULT: the node leading CHAT_IN is lost to FAULT (a command given the node's
 # number: kill_node, partition); sets the caller's leader, k (its node), held (gateway connections
 # on it), before (resyncs so far) and t0, then waits up to 20 s for another node to lead CHAT_IN.
@@ -611,6 +625,7 @@ leader_scenario() {
     "$recover" || rc=1
     load_wait
     gateway_resynced "$held" "$before" || rc=1
+    leases_kept || rc=1
     # shellcheck disable=SC2059
     verdict "$name" "$(printf "$story" "$leader")" || rc=1
     no_violations || rc=1
