@@ -543,6 +543,62 @@ def evidence(res, system):
     return None
 
 
+def ceiling(res, system):
+    """What CPU allows: at the highest sustained step of each ladder of system, the CPU of every process
+    of the bench (chat-bench included) per acked message; medians over the ladders. Returns
+    {"us": µs per message, "groups": {group: µs}, "rate": messages/s the machine's cores carry at that
+    cost} or None."""
+    per = {}
+    for r in res.of("ladder", system):
+        if not r["j"] or not sustained(r["j"]):
+            continue
+        if r["rep"] not in per or r["rate"] > per[r["rep"]]["rate"]:
+            per[r["rep"]] = r
+    rows = []
+    for r in per.values():
+        cb = cpu_breakdown(res, r)
+        acked = r["j"]["throughput"]["acked_per_s"]
+        if cb and acked:
+            rows.append({g: v * 1e6 / acked for g, v in cb["groups"].items()})
+    if not rows:
+        return None
+    groups = {g: med([x.get(g, 0.0) for x in rows]) for g in rows[0]}
+    us = med([sum(x.values()) for x in rows])
+    cores = float(res.machine.get("cores") or 2)
+    return {"us": us, "groups": groups, "rate": cores * 1e6 / us if us else None}
+
+
+def first_failed_busy(res, system):
+    """Machine busy cores over the send phase of system's first ladder step that was not sustained."""
+    for r in sorted([r for r in res.of("ladder", system) if step_failed(res, r)], key=lambda r: r["rate"]):
+        cb = cpu_breakdown(res, r)
+        if cb:
+            return cb["machine"]
+    return None
+
+
+def ceiling_text(res, system, need=None):
+    """One sentence: the CPU cost of a message at the highest sustained step, the rate the cores would
+    carry at that cost, and whether the first step not sustained was short of CPU at all."""
+    c = ceiling(res, system)
+    if not c or not c["rate"]:
+        return None
+    cores = float(res.machine.get("cores") or 2)
+    top = sorted(c["groups"].items(), key=lambda kv: -kv[1])[:5]
+    s = "at the highest sustained step the whole stack used %.0f µs of CPU per acked message (%s): at that cost " \
+        "the %s cores carry about %s msg/s with everything on them (the cost per message falls a little as " \
+        "batches grow)" % (c["us"], ", ".join("%s %.0f" % kv for kv in top), res.machine.get("cores", "?"),
+                           fmt_rate(c["rate"]))
+    if need:
+        s += "; %s msg/s needs under %.0f µs" % (fmt_rate(need), cores * 1e6 / need)
+    busy = first_failed_busy(res, system)
+    if system == "platform-always" and busy is not None and busy < 0.75 * cores:
+        s += "; but the first step not sustained left %.0f%% of the cores idle: what stops this system first is " \
+             "waiting, not CPU (the broker's PubAcks above: nats-server fsyncs every JetStream write, " \
+             "bench/findings.md item 11)" % (100 * (1 - busy / cores))
+    return s
+
+
 def targets(res, caps, w, fast):
     for s in res.systems("sustained"):
         rs = res.of("sustained", s)
@@ -558,8 +614,10 @@ def targets(res, caps, w, fast):
         why = ""
         if not met:
             ev = evidence(res, s)
-            why = (" — not met: the ladder's sustained capacity is %s msg/s, so this row ran at that rate; %s" % (
-                fmt_rate(caps.get(s)), ev or "see \"Where the time goes\"") if rate < 20000 else " — not met")
+            ct = ceiling_text(res, s, 20000)
+            why = (" — not met: the ladder's sustained capacity is %s msg/s, so this row ran at that rate; %s%s" % (
+                fmt_rate(caps.get(s)), ev or "see \"Where the time goes\"", "; " + ct if ct else "")
+                   if rate < 20000 else " — not met")
         w("| 1:1 sustained %s s, >= 20,000 msg/s, 0 lost, 0 out of order, p99 < 50 ms (%s) | %s msg/s offered on %s "
           "connections: %s acked/s, p99 delivery %s ms, lost %s, out of order %s; %d/%d runs passed the checks | %s%s |" % (
               dur, label(s), fmt_rate(rate), fmt_rate(conns), fmt_rate(acked), fmt_ms(p99), fmt_rate(lost),
@@ -571,10 +629,16 @@ def targets(res, caps, w, fast):
         p99 = row_med(rs, lambda j: lat(j, "send_to_delivery", "p99"))
         acked = row_med(rs, lambda j: j["throughput"]["acked_per_s"])
         met = p50 is not None and p50 < 5 and p99 < 25 and ok == n
+        why = ""
+        if not met:
+            c = ceiling(res, s)
+            if caps.get(s) and caps[s] < 7000:
+                why = " (above the sustained capacity, %s msg/s)" % fmt_rate(caps.get(s))
+            elif c and c["rate"]:
+                why = " — 7,000 msg/s is %.0f%% of what CPU allows (%s msg/s at %.0f µs per message, from the " \
+                      "ladder): the latency there is queueing for the cores" % (700000.0 / c["rate"], fmt_rate(c["rate"]), c["us"])
         w("| 1:1 at 7,000 msg/s: p50 < 5 ms, p99 < 25 ms (%s) | p50 %s ms, p99 %s ms, %s acked/s; %d/%d passed | %s |" % (
-            label(s), fmt_ms(p50), fmt_ms(p99), fmt_rate(acked), ok, n,
-            "**yes**" if met else "**no**" + (" (above the sustained capacity, %s msg/s)" % fmt_rate(caps.get(s))
-                                             if caps.get(s) and caps[s] < 7000 else "")))
+            label(s), fmt_ms(p50), fmt_ms(p99), fmt_rate(acked), ok, n, "**yes**" if met else "**no**" + why))
     for s in res.systems("idle"):
         rs = res.of("idle", s)
         ok, n = passed(rs)
@@ -615,8 +679,10 @@ def targets(res, caps, w, fast):
             continue
         ratio = caps[s] / ej
         ev = evidence(res, "ejabberd")
+        ct = ceiling_text(res, s, 20 * ej) if ratio < 20 else None
         w("| against ejabberd: >= 20x its sustained msg/s at equal or better p99 (%s) | %s vs %s msg/s: %.1fx "
-          "(ejabberd %s) | %s |" % (label(s), fmt_rate(caps[s]), fmt_rate(ej), ratio, ev or "", "**yes**" if ratio >= 20 else "**no**"))
+          "(ejabberd %s)%s | %s |" % (label(s), fmt_rate(caps[s]), fmt_rate(ej), ratio, ev or "",
+                                     "; this platform: " + ct if ct else "", "**yes**" if ratio >= 20 else "**no**"))
     pm = {s: med([r["j"]["gateway_rss"].get("per_connection_kib") for r in res.of("peermem", s) if r["j"]])
           for s in res.systems("peermem")}
     if pm.get("ejabberd") and pm.get("platform-always"):
