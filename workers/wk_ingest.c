@@ -123,7 +123,7 @@ struct wk_ingest {
     int nparts;
     int owned;
     atomic_int_fast64_t *m_owned;
-    atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches;
+    atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches, *m_store_retries;
     atomic_uint_fast64_t *m_drop_invalid, *m_drop_not_member, *m_drop_no_conv, *m_drop_poison, *m_drop_not_found;
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
@@ -150,7 +150,7 @@ typedef struct item {
 
 /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
  * <domain>.<account hash> after ACK and a trailing token (v2). */
-static bool parse_ack_subject(const char *reply, int64_t *ts_ns)
+static bool parse_ack_subject(const char *reply, int64_t *ts_ns, int64_t *pending)
 {
     if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
         return false;
@@ -162,6 +162,8 @@ static bool parse_ack_subject(const char *reply, int64_t *ts_ns)
     if (base < 0)
         return false;
     *ts_ns = strtoll(tok[base + 5], NULL, 10);
+    if (pending) /* messages of the consumer still waiting when this one was delivered */
+        *pending = strtoll(tok[base + 6], NULL, 10);
     return *ts_ns > 0;
 }
 
@@ -257,7 +259,10 @@ static void format_ts(char *buf, size_t size, int64_t us)
 /* The store transaction                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
-enum { S_OK, S_NO_PARTITION, S_LEASE_LOST, S_DATA_ERROR };
+/* store(): S_DATA_ERROR is the batch's data refused (split it, drop the poison); S_RETRY the database
+ * refusing for now what it would take later (a full disk, out of memory, a deadlock, read-only):
+ * nothing is dropped, the batch is kept and stored again */
+enum { S_OK, S_NO_PARTITION, S_LEASE_LOST, S_DATA_ERROR, S_RETRY };
 
 typedef struct members {
     char *conv;
@@ -334,7 +339,13 @@ static int classify(PGconn *pg, PGresult *r, const char *what)
     /* 57P01 admin shutdown, 08xxx connection: the session (and with it the lease) is gone */
     if (state && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 || strcmp(state, "57P05") == 0))
         return S_LEASE_LOST;
-    return S_DATA_ERROR;
+    /* only what the messages themselves cause is poison: 22 data exception (an encoding, a bad
+     * value), 23 integrity constraint, 54 program limit (a row too large); anything else is the
+     * database's state (53 disk full or out of memory, 40 deadlock, 25 read-only, 55, 57, 58,
+     * XX) and dropping the batch for it would lose messages that a retry stores */
+    if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 || strncmp(state, "54", 2) == 0))
+        return S_DATA_ERROR;
+    return S_RETRY;
 }
 
 /* One-off statements (the lease, a missing partition): planned at each call. */
@@ -894,7 +905,7 @@ static void batch_prepare(batch *b)
         it->id[0] = '\0';
         it->reject_code = NULL;
         int64_t ts_ns = 0;
-        if (!parse_ack_subject(natsMsg_GetReply(it->msg), &ts_ns))
+        if (!parse_ack_subject(natsMsg_GetReply(it->msg), &ts_ns, NULL))
             ts_ns = chat_now_ms() * 1000000;
         it->ts_us = ts_ns / 1000;
         validate(it, natsMsg_GetSubject(it->msg));
@@ -1042,6 +1053,23 @@ static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
     wk_ingest *in = c->in;
     batch_prepare(b);
     int rc = store_locked(c, b, gen);
+    /* the database refuses for now: keep the batch ours (+WPI) and the lease session alive, and
+     * store it again, backing off up to 5 s; the clients get no answer meanwhile and resend the
+     * same cmids, which the broker and message_dedupe make one message */
+    for (int attempt = 0; rc == S_RETRY; attempt++) {
+        atomic_fetch_add(in->m_store_retries, 1);
+        int64_t pause = attempt < 4 ? 500LL << attempt : 5000;
+        for (int64_t waited = 0; waited < pause; waited += 1000) {
+            reply_all(in->app->nc, b, "+WPI");
+            if (atomic_load(&in->app->stopping))
+                return true; /* not acked, like a fanout cut short by a stop: the next owner stores it */
+            if (!heartbeat(c, gen))
+                return false;
+            chat_sleep_ms(pause - waited < 1000 ? pause - waited : 1000);
+        }
+        batch_prepare(b);
+        rc = store_locked(c, b, gen);
+    }
     if (rc == S_LEASE_LOST)
         return false;
     if (rc == S_DATA_ERROR || rc == S_NO_PARTITION) {
@@ -1194,9 +1222,11 @@ static chat_status setup_consumer(partition *pt)
 }
 
 /* Asks for the broker lag of this partition's consumer every 5 s (messages waiting and delivered
- * unacked). The answer comes to the committer's inbox (<inbox>.<p>.<epoch>.lag) and take() reads
- * it: a consumer whose leader is cut off never answers, and a blocking request (5 s, for each
- * partition in turn) once held a committer past its lease session's idle_session_timeout. */
+ * unacked; every pulled message also says how many wait behind it, which take() keeps, so the lag
+ * is exact while messages flow and this request covers the quiet times). The answer comes to the
+ * committer's inbox (<inbox>.<p>.<epoch>.lag) and take() reads it: a consumer whose leader is cut off never answers,
+ * and a blocking request (5 s, for each partition in turn) once held a committer past its lease session's
+ * idle_session_timeout. */
 static void ask_lag(partition *pt, natsConnection *nc)
 {
     int64_t now = chat_mono_ns() / 1000000;
@@ -1372,6 +1402,9 @@ static int take(committer *c, natsMsg *m)
     }
     if (pt->credit > 0)
         pt->credit--;
+    int64_t ts_ns = 0, pending = -1;
+    if (parse_ack_subject(reply, &ts_ns, &pending) && pending >= 0) /* the lag, exact and free */
+        atomic_store(pt->m_pending, (int_fast64_t)pending);
     if (pt->buf->n == 0)
         pt->fetched_ns = chat_mono_ns();
     batch_add(pt->buf, &(item){.msg = m});
@@ -1762,6 +1795,9 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     in->m_redelivered = chat_metrics_counter(m, "chat_ingest_redelivered_total", NULL,
                                              "Messages found already stored and published again.");
     in->m_batches = chat_metrics_counter(m, "chat_ingest_batches_total", NULL, "Batches committed.");
+    in->m_store_retries = chat_metrics_counter(m, "chat_ingest_store_retries_total", NULL,
+                                               "Stores of a batch PostgreSQL refused for now (disk full, out of "
+                                               "memory, deadlock, read-only): kept, tried again.");
     in->m_drop_invalid = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"invalid\"",
                                               "Messages dropped (acked without storing), by reason.");
     in->m_drop_not_member = chat_metrics_counter(m, "chat_ingest_dropped_total", "reason=\"not_member\"",

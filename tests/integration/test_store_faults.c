@@ -1,0 +1,207 @@
+/* PostgreSQL refusing the ingest's writes for a while (a full disk, out of memory, a deadlock, a
+ * read-only database) costs time, not messages: the ingest keeps the batch, stores it again when
+ * the database takes it, and only then acks and delivers. Simulated with a trigger that raises
+ * disk_full (SQLSTATE 53100) on the update of one conversation's row while a switch row exists;
+ * before the fix such a batch was split and each message dropped as poison. Against the running
+ * stack. */
+#include <check.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_ops.h"
+#include "test_stack.h"
+
+#define N_MSGS 3
+#define FAULT_MS 4000
+
+static test_stack stack;
+
+static PGconn *pg_open(void)
+{
+    const char *dsn = getenv("CHAT_PG_DSN");
+    PGconn *pg = PQconnectdb(dsn ? dsn : stack.cfg.pg_dsn);
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "PostgreSQL: %s", PQerrorMessage(pg));
+    return pg;
+}
+
+static void sql(PGconn *pg, const char *what, const char *query, const char *p1)
+{
+    const char *p[] = {p1};
+    PGresult *r = PQexecParams(pg, query, p1 ? 1 : 0, NULL, p, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", what,
+                  PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+/* Runs in the parent after the test, whatever became of it: the trigger must not outlive it. */
+static void remove_fault(void)
+{
+    const char *dsn = getenv("CHAT_PG_DSN");
+    PGconn *pg = PQconnectdb(dsn ? dsn : stack.cfg.pg_dsn);
+    if (PQstatus(pg) == CONNECTION_OK)
+        PQclear(PQexec(pg, "DROP TRIGGER IF EXISTS test_store_fault ON conversations;"
+                           " DROP FUNCTION IF EXISTS test_store_fault(); DROP TABLE IF EXISTS test_store_fault"));
+    PQfinish(pg);
+}
+
+static ws_client *connect_user(const char *user)
+{
+    ws_client *c = NULL;
+    json_t *hello = NULL;
+    char why[600];
+    ck_assert_msg(test_stack_connect(&stack, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
+    json_decref(hello);
+    return c;
+}
+
+static void send_msg(ws_client *c, const char *conv, const char *cmid)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s}", "type", "send", "conv", conv, "cmid", cmid, "body", cmid);
+    chat_status s = ws_client_send_json(c, f);
+    json_decref(f);
+    ck_assert_msg(s == CHAT_OK, "send %s: %s (%s)", cmid, chat_status_str(s), ws_client_error(c));
+}
+
+static double worker_metric(const char *key)
+{
+    const char *listen = getenv("CHAT_WORKER_LISTEN");
+    if (!listen)
+        return -1;
+    char why[300];
+    json_t *m = test_metrics_scrape(listen, why, sizeof why);
+    ck_assert_msg(m != NULL, "worker metrics: %s", why);
+    double v = test_metric(m, key);
+    json_decref(m);
+    return v;
+}
+
+START_TEST(refused_writes_cost_time_not_messages)
+{
+    char conv[80], alice[80], bob[80], cmids[N_MSGS][80];
+    test_stack_unique_id("sf", conv, sizeof conv);
+    test_stack_unique_id("sfa", alice, sizeof alice);
+    test_stack_unique_id("sfb", bob, sizeof bob);
+    for (int i = 0; i < N_MSGS; i++)
+        snprintf(cmids[i], sizeof cmids[i], "m%d", i + 1);
+    char *out = NULL;
+    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
+    free(out);
+
+    PGconn *pg = pg_open();
+    sql(pg, "switch table", "CREATE TABLE IF NOT EXISTS test_store_fault (conv text PRIMARY KEY)", NULL);
+    sql(pg, "function",
+        "CREATE OR REPLACE FUNCTION test_store_fault() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+        " IF EXISTS (SELECT 1 FROM test_store_fault s WHERE s.conv = NEW.id) THEN"
+        " RAISE EXCEPTION 'simulated: could not extend file: No space left on device' USING ERRCODE = 'disk_full';"
+        " END IF; RETURN NEW; END $f$",
+        NULL);
+    sql(pg, "old trigger", "DROP TRIGGER IF EXISTS test_store_fault ON conversations", NULL);
+    sql(pg, "trigger",
+        "CREATE TRIGGER test_store_fault BEFORE UPDATE ON conversations FOR EACH ROW EXECUTE FUNCTION "
+        "test_store_fault()",
+        NULL);
+    sql(pg, "switch on", "INSERT INTO test_store_fault VALUES ($1)", conv);
+    double retries0 = worker_metric("chat_ingest_store_retries_total");
+
+    ws_client *a = connect_user(alice), *b = connect_user(bob);
+    for (int i = 0; i < N_MSGS; i++)
+        send_msg(a, conv, cmids[i]);
+
+    /* while the database refuses: no ack, and no error but `unavailable` (a client resends) */
+    bool resend = false;
+    for (int64_t end = test_mono_ms() + FAULT_MS;;) {
+        int64_t left = end - test_mono_ms();
+        if (left <= 0)
+            break;
+        json_t *f = NULL;
+        chat_status st = ws_client_recv_json(a, (int)left, &f);
+        if (st == CHAT_ERR_TIMEOUT)
+            break;
+        ck_assert_msg(st == CHAT_OK, "alice: %s (%s)", chat_status_str(st), ws_client_error(a));
+        const char *type = test_str(f, "type");
+        ck_assert_msg(!type || strcmp(type, "ack") != 0, "acked while PostgreSQL refused the write: %s", test_json(f));
+        if (type && strcmp(type, "error") == 0) {
+            ck_assert_msg(test_str(f, "code") && strcmp(test_str(f, "code"), "unavailable") == 0,
+                          "a send was refused for good while PostgreSQL refused the write for now: %s", test_json(f));
+            resend = true;
+        }
+        json_decref(f);
+    }
+    PGresult *r = PQexecParams(pg, "SELECT count(*) FROM messages WHERE conversation_id = $1", 1, NULL,
+                               (const char *[]){conv}, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "0") == 0,
+                  "%s messages stored while the trigger refused them", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (retries0 >= 0)
+        ck_assert_msg(worker_metric("chat_ingest_store_retries_total") > retries0,
+                      "chat_ingest_store_retries_total did not grow while PostgreSQL refused (%g)", retries0);
+
+    /* the database takes writes again: every message acked and delivered once, in order */
+    sql(pg, "switch off", "DELETE FROM test_store_fault WHERE conv = $1", conv);
+    if (resend)
+        for (int i = 0; i < N_MSGS; i++)
+            send_msg(a, conv, cmids[i]);
+    int64_t acked[N_MSGS] = {0}, got[N_MSGS] = {0};
+    int nacks = 0, nmsgs_b = 0;
+    for (int64_t end = test_mono_ms() + 30000; nacks < N_MSGS || nmsgs_b < N_MSGS;) {
+        ck_assert_msg(test_mono_ms() < end,
+                      "30 s after PostgreSQL took writes again: %d of %d acked, %d of %d delivered to bob", nacks,
+                      N_MSGS, nmsgs_b, N_MSGS);
+        for (int who = 0; who < 2; who++) { /* a frame of alice's (acks), then one of bob's (msgs) */
+            json_t *f = NULL;
+            chat_status st = ws_client_recv_json(who == 0 ? a : b, 100, &f);
+            if (st == CHAT_ERR_TIMEOUT)
+                continue;
+            ck_assert_msg(st == CHAT_OK, "%s: %s", who == 0 ? "alice" : "bob", chat_status_str(st));
+            const char *t = test_str(f, "type"), *cm = test_str(f, "cmid");
+            for (int i = 0; t && cm && i < N_MSGS; i++) {
+                if (strcmp(cm, cmids[i]) != 0)
+                    continue;
+                if (who == 0 && strcmp(t, "ack") == 0 && acked[i] == 0) {
+                    acked[i] = test_int(f, "seq");
+                    nacks++;
+                } else if (who == 1 && strcmp(t, "msg") == 0 && got[i] == 0) {
+                    got[i] = test_int(f, "seq");
+                    nmsgs_b++;
+                }
+            }
+            json_decref(f);
+        }
+    }
+    for (int i = 0; i < N_MSGS; i++) {
+        ck_assert_msg(acked[i] == i + 1, "%s acked with seq %lld, want %d (in the order sent)", cmids[i],
+                      (long long)acked[i], i + 1);
+        ck_assert_msg(got[i] == i + 1, "bob got %s with seq %lld, want %d", cmids[i], (long long)got[i], i + 1);
+    }
+    r = PQexecParams(pg, "SELECT count(*), count(DISTINCT client_msg_id) FROM messages WHERE conversation_id = $1", 1,
+                     NULL, (const char *[]){conv}, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == N_MSGS &&
+                      atoi(PQgetvalue(r, 0, 1)) == N_MSGS,
+                  "stored %s messages (%s distinct cmids), want %d once each", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1),
+                  N_MSGS);
+    PQclear(r);
+    PQfinish(pg);
+    ws_client_shutdown(a, 5000);
+    ws_client_shutdown(b, 5000);
+}
+END_TEST
+
+int main(void)
+{
+    test_stack_load_or_exit(&stack, "test_store_faults");
+    Suite *s = suite_create("store_faults");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_unchecked_fixture(tc, NULL, remove_fault);
+    tcase_add_test(tc, refused_writes_cost_time_not_messages);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_VERBOSE);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    test_stack_free(&stack);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
