@@ -9,6 +9,7 @@
 
 #include "chat_jwt.h"
 #include "test_jwt.h"
+#include "test_check.h"
 #include "test_stack.h"
 
 static test_stack stack;
@@ -275,10 +276,5 @@ int main(void)
     tcase_add_test(tc, bad_tokens_get_401);
     tcase_add_test(tc, non_member_cannot_post);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "test_check.h"
 #include "test_stack.h"
 
 static test_stack stack;
@@ -121,10 +122,5 @@ int main(void)
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, backend_post_reaches_members);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

@@ -6,21 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_check.h"
 #include "test_stack.h"
 
 static test_stack stack;
-
-static ws_client *connect_user(const char *user)
-{
-    ws_client *c = NULL;
-    json_t *hello = NULL;
-    char why[600];
-    ck_assert_msg(test_stack_connect(&stack, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
-    const char *type = test_str(hello, "type");
-    ck_assert_msg(type && strcmp(type, "hello") == 0, "first frame is not hello: %s", test_json(hello));
-    json_decref(hello);
-    return c;
-}
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)
 {
@@ -219,7 +208,7 @@ START_TEST(same_cmid_stored_once)
     create_conversation(conv, alice, bob);
     create_conversation(conv2, alice, bob);
 
-    ws_client *a = connect_user(alice), *b = connect_user(bob);
+    ws_client *a = test_connect_user(&stack, alice), *b = test_connect_user(&stack, bob);
     seen sa, sb;
     seen_init(&sa, "alice");
     seen_init(&sb, "bob");
@@ -238,7 +227,7 @@ START_TEST(same_cmid_stored_once)
     ck_assert_msg(ws_client_shutdown(a, 5000) == CHAT_OK, "alice: close handshake not answered");
     seen sa2;
     seen_init(&sa2, "alice (reconnected)");
-    a = connect_user(alice);
+    a = test_connect_user(&stack, alice);
     send_msg(a, conv, cmid, "only once, please");
     collect(a, &sa2, cmid, 1, NULL, 15000);
     check_acks(&sa2, conv, cmid, &seq, id, sizeof id);
@@ -310,10 +299,5 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, same_cmid_stored_once);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

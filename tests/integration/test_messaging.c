@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "test_check.h"
 #include "test_stack.h"
 
 #define N_MESSAGES 1000
@@ -424,10 +425,5 @@ int main(void)
     tcase_add_test(tc, hello_ping_and_bad_frames);
     tcase_add_test(tc, thousand_messages_three_devices);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

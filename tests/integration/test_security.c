@@ -49,6 +49,7 @@
 
 #include "chat_jwt.h"
 #include "test_jwt.h"
+#include "test_check.h"
 #include "test_stack.h"
 
 #define PROG "test_security"
@@ -1846,10 +1847,5 @@ int main(void)
     tcase_set_timeout(http, 60);
     tcase_add_test(http, http_surface);
     suite_add_tcase(s, http);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

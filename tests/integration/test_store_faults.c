@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "test_ops.h"
+#include "test_check.h"
 #include "test_stack.h"
 
 #define N_MSGS 3
@@ -44,16 +45,6 @@ static void remove_fault(void)
         PQclear(PQexec(pg, "DROP TRIGGER IF EXISTS test_store_fault ON conversations;"
                            " DROP FUNCTION IF EXISTS test_store_fault(); DROP TABLE IF EXISTS test_store_fault"));
     PQfinish(pg);
-}
-
-static ws_client *connect_user(const char *user)
-{
-    ws_client *c = NULL;
-    json_t *hello = NULL;
-    char why[600];
-    ck_assert_msg(test_stack_connect(&stack, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
-    json_decref(hello);
-    return c;
 }
 
 static void send_msg(ws_client *c, const char *conv, const char *cmid)
@@ -106,7 +97,7 @@ START_TEST(refused_writes_cost_time_not_messages)
     sql(pg, "switch on", "INSERT INTO test_store_fault VALUES ($1)", conv);
     double retries0 = worker_metric("chat_ingest_store_retries_total");
 
-    ws_client *a = connect_user(alice), *b = connect_user(bob);
+    ws_client *a = test_connect_user(&stack, alice), *b = test_connect_user(&stack, bob);
     for (int i = 0; i < N_MSGS; i++)
         send_msg(a, conv, cmids[i]);
 
@@ -198,10 +189,5 @@ int main(void)
     tcase_add_unchecked_fixture(tc, NULL, remove_fault);
     tcase_add_test(tc, refused_writes_cost_time_not_messages);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }

@@ -16,6 +16,7 @@
 #include "chat.pb-c.h"
 #include "chat_nats.h"
 #include "chat_partition.h"
+#include "test_check.h"
 #include "test_stack.h"
 
 #define REQUEST_MS 10000
@@ -789,10 +790,5 @@ int main(void)
     tcase_add_test(tc, history_tombstones);
     tcase_add_test(tc, sync_10k_events_500_conversations_timed);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_VERBOSE);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    test_stack_free(&stack);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_suite(&stack, s);
 }
