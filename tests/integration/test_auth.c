@@ -269,12 +269,7 @@ END_TEST
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_auth");
-    Suite *s = suite_create("auth");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 90);
-    tcase_add_test(tc, good_tokens_header_and_query);
-    tcase_add_test(tc, bad_tokens_get_401);
-    tcase_add_test(tc, non_member_cannot_post);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(
+        &stack, "auth", 90, NULL, NULL, NULL,
+        (const TTest *const[]){good_tokens_header_and_query, bad_tokens_get_401, non_member_cannot_post, NULL});
 }

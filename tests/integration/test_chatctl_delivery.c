@@ -117,10 +117,6 @@ END_TEST
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_chatctl_delivery");
-    Suite *s = suite_create("chatctl_delivery");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 90);
-    tcase_add_test(tc, backend_post_reaches_members);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(&stack, "chatctl_delivery", 90, NULL, NULL, NULL,
+                         (const TTest *const[]){backend_post_reaches_members, NULL});
 }

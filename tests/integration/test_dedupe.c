@@ -96,11 +96,8 @@ static void linger(ws_client *c, seen *s, int ms)
 {
     int64_t deadline = test_mono_ms() + ms;
     for (;;) {
-        int64_t left = deadline - test_mono_ms();
-        if (left <= 0)
-            return;
         json_t *f = NULL;
-        chat_status st = ws_client_recv_json(c, (int)left, &f);
+        chat_status st = test_recv_by(c, deadline, &f);
         if (st == CHAT_ERR_TIMEOUT)
             return;
         ck_assert_msg(st == CHAT_OK, "%s: %s (%s)", s->name, chat_status_str(st), ws_client_error(c));
@@ -294,10 +291,5 @@ END_TEST
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_dedupe");
-    Suite *s = suite_create("dedupe");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, same_cmid_stored_once);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(&stack, "dedupe", 120, NULL, NULL, NULL, (const TTest *const[]){same_cmid_stored_once, NULL});
 }

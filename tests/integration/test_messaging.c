@@ -419,11 +419,6 @@ END_TEST
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_messaging");
-    Suite *s = suite_create("messaging");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 240);
-    tcase_add_test(tc, hello_ping_and_bad_frames);
-    tcase_add_test(tc, thousand_messages_three_devices);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(&stack, "messaging", 240, NULL, NULL, NULL,
+                         (const TTest *const[]){hello_ping_and_bad_frames, thousand_messages_three_devices, NULL});
 }

@@ -104,11 +104,8 @@ START_TEST(refused_writes_cost_time_not_messages)
     /* while the database refuses: no ack, and no error but `unavailable` (a client resends) */
     bool resend = false;
     for (int64_t end = test_mono_ms() + FAULT_MS;;) {
-        int64_t left = end - test_mono_ms();
-        if (left <= 0)
-            break;
         json_t *f = NULL;
-        chat_status st = ws_client_recv_json(a, (int)left, &f);
+        chat_status st = test_recv_by(a, end, &f);
         if (st == CHAT_ERR_TIMEOUT)
             break;
         ck_assert_msg(st == CHAT_OK, "alice: %s (%s)", chat_status_str(st), ws_client_error(a));
@@ -183,11 +180,6 @@ END_TEST
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_store_faults");
-    Suite *s = suite_create("store_faults");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 120);
-    tcase_add_unchecked_fixture(tc, NULL, remove_fault);
-    tcase_add_test(tc, refused_writes_cost_time_not_messages);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(&stack, "store_faults", 120, NULL, NULL, remove_fault,
+                         (const TTest *const[]){refused_writes_cost_time_not_messages, NULL});
 }

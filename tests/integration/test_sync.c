@@ -780,15 +780,8 @@ int main(void)
 {
     test_stack_load_or_exit(&stack, "test_sync");
     setvbuf(stdout, NULL, _IONBF, 0);
-    Suite *s = suite_create("sync");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 240);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_test(tc, sync_pages_every_event_once);
-    tcase_add_test(tc, sync_pages_by_bytes);
-    tcase_add_test(tc, cursors_are_monotonic_watermarks_with_receipts);
-    tcase_add_test(tc, history_tombstones);
-    tcase_add_test(tc, sync_10k_events_500_conversations_timed);
-    suite_add_tcase(s, tc);
-    return test_run_suite(&stack, s);
+    return test_run_core(&stack, "sync", 240, setup, teardown, NULL,
+                         (const TTest *const[]){sync_pages_every_event_once, sync_pages_by_bytes,
+                                                cursors_are_monotonic_watermarks_with_receipts, history_tombstones,
+                                                sync_10k_events_500_conversations_timed, NULL});
 }

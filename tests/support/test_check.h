@@ -19,6 +19,24 @@ static inline int test_run_suite(test_stack *st, Suite *s)
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
+/* The usual test program: one TCase "core" of the tests (a NULL-terminated list), with the timeout
+ * and the fixtures given (each may be NULL), in a suite called name; runs it as test_run_suite. */
+static inline int test_run_core(test_stack *st, const char *name, int timeout_s, SFun checked_setup,
+                                SFun checked_teardown, SFun unchecked_teardown, const TTest *const *tests)
+{
+    Suite *s = suite_create(name);
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, timeout_s);
+    if (checked_setup || checked_teardown)
+        tcase_add_checked_fixture(tc, checked_setup, checked_teardown);
+    if (unchecked_teardown)
+        tcase_add_unchecked_fixture(tc, NULL, unchecked_teardown);
+    for (int i = 0; tests[i]; i++)
+        tcase_add_test(tc, tests[i]);
+    suite_add_tcase(s, tc);
+    return test_run_suite(st, s);
+}
+
 /* test_stack_connect as user; the test fails unless the first frame is hello. */
 static inline ws_client *test_connect_user(const test_stack *st, const char *user)
 {

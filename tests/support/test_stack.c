@@ -381,3 +381,12 @@ int test_free_port(void)
     close(fd);
     return port;
 }
+
+chat_status test_recv_by(ws_client *c, int64_t deadline_ms, json_t **out)
+{
+    *out = NULL;
+    int64_t left = deadline_ms - test_mono_ms();
+    if (left <= 0)
+        return CHAT_ERR_TIMEOUT;
+    return ws_client_recv_json(c, (int)left, out);
+}

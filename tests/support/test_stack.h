@@ -60,6 +60,11 @@ chat_status test_stack_connect(const test_stack *st, const char *user, int timeo
  * when it is not NULL, else dropped. Other statuses as ws_client_recv_json. */
 chat_status test_recv_type(ws_client *c, const char *type, int timeout_ms, json_t **out, json_t *skipped);
 
+/* The next frame on c if one comes before deadline_ms (test_mono_ms() clock): CHAT_OK with a new
+ * reference in *out, CHAT_ERR_TIMEOUT once the deadline has passed, other statuses as
+ * ws_client_recv_json. */
+chat_status test_recv_by(ws_client *c, int64_t deadline_ms, json_t **out);
+
 /* Compact JSON of j for test messages, at most ~600 characters. Uses one of 16 rotating static
  * buffers, so up to 16 results can appear in one message. */
 const char *test_json(const json_t *j);
