@@ -1634,7 +1634,7 @@ static void *coordinator_thread(void *arg)
         if (!streams_ok && chat_nats_connected(in->app->nc)) {
             jsCtx *js = NULL;
             if (natsConnection_JetStream(&js, in->app->nc, NULL) == NATS_OK)
-                streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas, true) == CHAT_OK;
+                streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas, false) == CHAT_OK;
             jsCtx_Destroy(js);
         }
         for (int p = 0; p < in->nparts; p++) {

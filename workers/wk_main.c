@@ -1,5 +1,6 @@
-/* chat-worker: `chat-worker migrate` applies the schema; without a command it runs the roles
- * named by --roles (ingest, api, notify, archive) until SIGTERM. Main thread: set-up, wait, stop. */
+/* chat-worker: `chat-worker migrate` applies the schema, `chat-worker streams` creates or updates
+ * the JetStream streams (the set-up steps, run with the set-up credentials); without a command it
+ * runs the roles named by --roles (ingest, api, notify, archive) until SIGTERM. Main thread. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +18,9 @@
 #include "wk_ingest.h"
 #include "wk_migrate.h"
 #include "wk_notify.h"
+#include "wk_streams.h"
 
-static const char *usage = "chat-worker [migrate] [--roles ingest,api,notify,archive] [settings...]";
+static const char *usage = "chat-worker [migrate | streams] [--roles ingest,api,notify,archive] [settings...]";
 
 static pthread_mutex_t stop_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t stop_cv = PTHREAD_COND_INITIALIZER;
@@ -91,6 +93,37 @@ static int run(const chat_cfg *cfg)
     return 0;
 }
 
+/* `chat-worker streams`: creates CHAT_IN and CHAT_EVENTS, or brings them to their configuration
+ * (CHAT_JS_REPLICAS). Needs NATS credentials with the stream-update permission (the `setup` user
+ * of deploy/nats/accounts.conf); the running roles' `worker` user has none. */
+static int setup_streams(const chat_cfg *cfg)
+{
+    natsConnection *nc = NULL;
+    if (chat_nats_connect(cfg, "setup", true, &nc) != CHAT_OK) {
+        char shown[1024];
+        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", shown);
+        return 1;
+    }
+    jsCtx *js = NULL;
+    chat_status st = CHAT_ERR_UNAVAILABLE;
+    for (int attempt = 0; attempt < 30 && st == CHAT_ERR_UNAVAILABLE; attempt++) {
+        if (attempt > 0)
+            nats_Sleep(1000); /* a cluster still electing its meta leader answers nothing yet */
+        if (js == NULL && natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+            continue;
+        st = wk_streams_ensure(js, cfg->js_replicas, true);
+    }
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    if (st != CHAT_OK) {
+        fprintf(stderr, "chat-worker: streams: set-up failed (see the log line above)\n");
+        return 1;
+    }
+    LOG_INFO("streams", "event=streams_ready replicas=%d", cfg->js_replicas);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     chat_cfg cfg;
@@ -100,6 +133,8 @@ int main(int argc, char **argv)
         rc = wk_migrate_run(cfg.pg_dsn) == CHAT_OK ? 0 : 1;
         if (rc)
             fprintf(stderr, "chat-worker: migrate failed (see the log line above)\n");
+    } else if (cfg.nargs == 1 && strcmp(cfg.args[0], "streams") == 0) {
+        rc = setup_streams(&cfg);
     } else if (cfg.nargs > 0) {
         fprintf(stderr, "chat-worker: unknown argument \"%s\" (try --help)\n", cfg.args[0]);
         rc = 2;

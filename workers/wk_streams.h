@@ -1,4 +1,7 @@
-/* JetStream streams of the platform, created or updated idempotently at start by the worker:
+/* JetStream streams of the platform, created idempotently at start by the worker roles, and
+ * brought to this configuration only by the set-up step `chat-worker streams` (the one holder of
+ * the NATS stream-update permission: an update can shrink or re-subject a stream, so a running
+ * role's credential must not carry it; docs/security.md):
  *   CHAT_IN      chat.in.*.*   file storage, work-queue retention (a message leaves once the
  *                              ingest acked it), duplicate window 10 minutes
  *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
@@ -15,8 +18,9 @@
 #define WK_DUPLICATE_WINDOW_NS (10LL * 60 * 1000000000LL)
 
 /* Creates the missing streams with `replicas` (CHAT_JS_REPLICAS: 1 on one server, 3 on a
- * three-node cluster); with update, also brings existing ones to this configuration (the ingest
- * role does; the others only create what is missing, so they never fight over a stream). */
+ * three-node cluster); with update, also brings existing ones to this configuration (only the
+ * set-up step `chat-worker streams` does; the roles only create what is missing, so they never
+ * fight over a stream and never need the update permission). */
 chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update);
 
 #endif

@@ -4,8 +4,9 @@
 #   - three nats-server processes run deploy/nats/nats.conf (with deploy/nats/accounts.conf) as it
 #     is, each with its own loopback ports and a temporary store_dir given through the variables
 #     the file reads; each sees the two others as routes and answers /healthz;
-#   - a chat-worker (ingest, api, archive; CHAT_JS_REPLICAS=3) with the worker credentials creates
-#     the streams with three replicas (CHAT_IN, CHAT_EVENTS, and no CHAT_NOTIFY any more); a second
+#   - `chat-worker streams` with the setup credentials creates the streams with three replicas
+#     (CHAT_IN, CHAT_EVENTS, and no CHAT_NOTIFY any more); a chat-worker (ingest, api, archive;
+#     CHAT_JS_REPLICAS=3) with the worker credentials serves on them; a second
 #     one runs the notify role (its consumer on CHAT_EVENTS); a chat-gateway with the
 #     gateway credentials gets ready;
 #   - with the backend credentials chatctl creates a conversation and posts, a WebSocket client
@@ -13,7 +14,8 @@
 #     stopped, a post is still stored (two of three replicas);
 #   - the permission matrix holds: the gateway may not delete a stream, call an api method it does
 #     not use, or read CHAT_EVENTS; the worker may not delete a stream; the backend may read
-#     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; a wrong password is
+#     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; the worker may not update
+#     a stream, the setup user may do nothing else; a wrong password is
 #     refused; and no role
 #     hit a permission violation while serving.
 # The test brings everything it needs: the three NATS nodes, and a PostgreSQL cluster and a Redis
@@ -139,10 +141,11 @@ worker2_port=${ports[13]}
 # values: they must start with a letter (deploy/env.example says so), hence the "p".
 secret() { printf 'p%s' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"; }
 export NATS_ROUTE_PASSWORD NATS_GATEWAY_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD \
-    NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD
+    NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD NATS_SETUP_PASSWORD
 NATS_ROUTE_PASSWORD=$(secret)
 NATS_GATEWAY_PASSWORD=$(secret)
 NATS_WORKER_PASSWORD=$(secret)
+NATS_SETUP_PASSWORD=$(secret)
 NATS_BACKEND_PASSWORD=$(secret)
 NATS_ADMIN_PASSWORD=$(secret)
 NATS_SYS_PASSWORD=$(secret)
@@ -338,9 +341,15 @@ start_worker() { # NAME PORT ROLES
     fi
 }
 
-# The first worker's ingest role creates the streams with CHAT_JS_REPLICAS=3. The notify role
-# starts on a second worker once they exist: a notify role that finds a stream missing creates
-# it with one replica, and racing the ingest's creation that churns the stream's replicas.
+# The set-up step creates the streams with CHAT_JS_REPLICAS=3, with the setup credentials (the
+# worker's may create a missing stream but not update one).
+if env "${common_env[@]}" CHAT_NATS_URL="$(urls setup "$NATS_SETUP_PASSWORD")" CHAT_JS_REPLICAS=3 \
+    timeout 120 "$build/bin/chat-worker" streams >"$tmp/streams.log" 2>&1; then
+    pass "chat-worker streams with the setup credentials set the streams up"
+else
+    fail "chat-worker streams: $(tail -n 5 "$tmp/streams.log" | tr '\n' ' ')"
+    exit 1
+fi
 start_worker worker "$worker_port" ingest,api,archive
 for s in CHAT_IN CHAT_EVENTS; do
     if wait_for 120 replicated "$s"; then
@@ -556,6 +565,12 @@ expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api rol
     'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
 expect_violation "worker publishes \$JS.API.STREAM.DELETE.CHAT_EVENTS" 1 worker "$NATS_WORKER_PASSWORD" \
     'PUB $JS.API.STREAM.DELETE.CHAT_EVENTS _INBOX.w.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_EVENTS"'
+expect_violation "worker updates CHAT_IN (only the set-up step may)" 1 worker "$NATS_WORKER_PASSWORD" \
+    'PUB $JS.API.STREAM.UPDATE.CHAT_IN _INBOX.w.2 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.UPDATE.CHAT_IN"'
+expect_violation "setup posts into CHAT_IN" 1 setup "$NATS_SETUP_PASSWORD" \
+    "PUB chat.in.0.$conv 0\r\n\r\n" "Publish to \"chat.in.0.$conv\""
+expect_violation "setup deletes CHAT_IN" 1 setup "$NATS_SETUP_PASSWORD" \
+    'PUB $JS.API.STREAM.DELETE.CHAT_IN _INBOX.s.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_IN"'
 expect_violation "backend deletes an ingest consumer of CHAT_IN" 1 backend "$NATS_BACKEND_PASSWORD" \
     'PUB $JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1 _INBOX.b.1 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.CHAT_IN.ingest-0-1"'
 expect_violation "backend deletes the notify role's consumer of CHAT_EVENTS" 1 backend "$NATS_BACKEND_PASSWORD" \
