@@ -151,8 +151,8 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 }
 
 /* At ESTABLISHED the request headers are still there: take the user from the token again (a
- * second signature check, 2 us for HS256 and about 50 us for EdDSA or RS256, simpler than carrying
- * state across the upgrade). */
+ * second signature check: 4 us for HS256, 65 us for RS256 with a 3072-bit key, 135 us for EdDSA
+ * on the 2-core test machine; simpler than carrying state across the upgrade). */
 static bool session_user(gw_server *srv, struct lws *wsi, char *user)
 {
     char token[CHAT_JWT_MAX_LEN + 2] = "";
