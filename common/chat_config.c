@@ -51,7 +51,17 @@ static const setting settings[] = {
      "libpq connection string (chatctl: the archive commands)"},
     {"CHAT_REDIS_URL", "--redis-url", "redis://127.0.0.1:6379", GW | WK, F(redis_url), "Redis"},
     {"CHAT_JWT_SECRET", "--jwt-secret", "", GW | CTL, F(jwt_secret),
-     "HS256 secret for client tokens (default: read from $CHAT_HOME/jwt_secret)"},
+     "HS256 secret for client tokens without kid (default: read from $CHAT_HOME/jwt_secret unless CHAT_JWT_KEYS "
+     "is set)"},
+    {"CHAT_JWT_KEYS", "--jwt-keys", "", GW | CTL, F(jwt_keys),
+     "file of \"kid alg key\" lines: HS256 secrets, EdDSA or RS256 PEM files; a token's kid picks its key"},
+    {"CHAT_JWT_ISSUER", "--jwt-issuer", "", GW | CTL, F(jwt_issuer), "iss every token must carry (empty: not checked)"},
+    {"CHAT_JWT_AUDIENCE", "--jwt-audience", "", GW | CTL, F(jwt_audience),
+     "aud every token must carry (empty: not checked)"},
+    {"CHAT_JWT_MAX_TTL", "--jwt-max-ttl", "24h", GW | CTL, F(jwt_max_ttl_raw),
+     "longest token lifetime: exp further than this from now or from iat is refused"},
+    {"CHAT_JWT_SIGNING_KEY", "--jwt-signing-key", "", GW | CTL, F(jwt_signing_key),
+     "kid of CHAT_JWT_KEYS that chatctl token and /dev/token sign with (empty: CHAT_JWT_SECRET)"},
     {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
      "number of ordering partitions of the message stream"},
     {"CHAT_JS_REPLICAS", "--js-replicas", "1", WK, F(js_replicas_raw),
@@ -377,6 +387,35 @@ static chat_status duration_in(const char *env, const char *raw, int64_t min, in
     return CHAT_OK;
 }
 
+/* The token policy. Without CHAT_JWT_KEYS the secret is required (from $CHAT_HOME/jwt_secret when
+ * unset, as scripts/up makes it); with a key file the secret is one more key only when it is set,
+ * so that a gateway can hold public keys alone. */
+static chat_status jwt_policy_load(chat_cfg *cfg, char *err, size_t errsz)
+{
+    if (cfg->jwt_secret[0] == '\0' && cfg->jwt_keys[0] == '\0') {
+        char *s = read_secret_file(cfg->home);
+        if (s == NULL) {
+            snprintf(err, errsz, "CHAT_JWT_SECRET: not set, and %s/jwt_secret does not exist "
+                     "(scripts/up creates it)", cfg->home);
+            return CHAT_ERR_INVALID;
+        }
+        free(cfg->jwt_secret);
+        cfg->jwt_secret = s;
+    }
+    int64_t max_ttl_ms;
+    chat_status st = duration_in("CHAT_JWT_MAX_TTL", cfg->jwt_max_ttl_raw, 60000, 365LL * 86400000, &max_ttl_ms,
+                                 err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    chat_jwt_settings s = {.secret = cfg->jwt_secret,
+                           .keys_file = cfg->jwt_keys,
+                           .issuer = cfg->jwt_issuer,
+                           .audience = cfg->jwt_audience,
+                           .max_ttl_s = max_ttl_ms / 1000,
+                           .signing_kid = cfg->jwt_signing_key};
+    return chat_jwt_policy_create(&s, err, errsz, &cfg->jwt);
+}
+
 static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errsz)
 {
     /* CHAT_HOME: made absolute, so file:// defaults and pid paths do not depend on cwd later. */
@@ -426,18 +465,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
                     cfg->partitions_raw);
     if (prog & (GW | CTL)) {
-        if (cfg->jwt_secret[0] == '\0') {
-            char *s = read_secret_file(cfg->home);
-            if (s == NULL) {
-                snprintf(err, errsz, "CHAT_JWT_SECRET: not set, and %s/jwt_secret does not exist "
-                         "(scripts/up creates it)", cfg->home);
-                return CHAT_ERR_INVALID;
-            }
-            free(cfg->jwt_secret);
-            cfg->jwt_secret = s;
-        }
-        if (strlen(cfg->jwt_secret) < 32)
-            return fail(err, errsz, "CHAT_JWT_SECRET", "must be at least 32 characters%s", NULL);
+        chat_status st = jwt_policy_load(cfg, err, errsz);
+        if (st != CHAT_OK)
+            return st;
     }
     if (prog & (WK | CTL)) {
         if (cfg->archive_url[0] == '\0') {
@@ -612,6 +642,8 @@ void chat_cfg_free(chat_cfg *cfg)
         free(*f);
         *f = NULL;
     }
+    chat_jwt_policy_destroy(cfg->jwt);
+    cfg->jwt = NULL;
     free(cfg->args);
     cfg->args = NULL;
     cfg->nargs = 0;

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat_jwt.h"
 #include "chat_status.h"
 
 /* Which program asks: only the settings a program uses are validated for it. */
@@ -32,7 +33,8 @@ typedef struct chat_cfg {
     char *nats_cert, *nats_key; /* tls:// NATS: client certificate and key for mutual TLS (both or neither) */
     char *pg_dsn;
     char *redis_url;
-    char *jwt_secret;
+    char *jwt_secret;         /* "" with CHAT_JWT_KEYS set: no HS256 key for tokens without kid */
+    char *jwt_keys, *jwt_issuer, *jwt_audience, *jwt_max_ttl_raw, *jwt_signing_key;
     char *archive_url;
     char *archive_cache_raw;  /* CHAT_ARCHIVE_CACHE_MB */
     char *committers_raw;     /* CHAT_INGEST_COMMITTERS */
@@ -64,6 +66,7 @@ typedef struct chat_cfg {
     int64_t push_grace_ms;
     bool push_preview;        /* pushes carry a preview of the newest message */
     bool dev_mode;
+    chat_jwt_policy *jwt;     /* keys and claim rules of client tokens (gateway, chatctl); owned */
     /* gateway protection (docs/operations.md) */
     int64_t ws_queue_max;      /* outbound bytes queued per connection before it counts as slow */
     int64_t ws_slow_grace_ms;  /* how long a connection may stay over ws_queue_max */

@@ -82,22 +82,46 @@ static bool get_token(struct lws *wsi, char *buf, int size)
     return false;
 }
 
+/* A refused upgrade, written whole as HTTP/1.1 with its length and Connection: close.
+ * lws_return_http_status would answer "HTTP/1.0" here (lws reads the request's version only after
+ * this callback), a status line Python's websockets 10 refuses to parse: such a client could not
+ * tell an expired token (refresh it) from a broken server (back off). */
+static int refuse_http(struct lws *wsi, unsigned status, const char *why)
+{
+    static const struct {
+        unsigned status;
+        const char *text;
+    } texts[] = {{401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"}, {429, "Too Many Requests"},
+                 {503, "Service Unavailable"}};
+    const char *text = "Error";
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+        if (texts[i].status == status)
+            text = texts[i].text;
+    unsigned char buf[LWS_PRE + 768];
+    char *head = (char *)buf + LWS_PRE;
+    int n = snprintf(head, sizeof buf - LWS_PRE,
+                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\nCache-Control: no-store\r\n%s\r\n%s\n",
+                     status, text, strlen(why) + 1,
+                     status == 401 ? "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n" : "", why);
+    if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE || lws_write(wsi, (unsigned char *)head, (size_t)n, LWS_WRITE_HTTP_HEADERS) != n)
+        return -1; /* hang up */
+    return 1; /* we answered; lws completes the transaction (and closes: no keep-alive here) */
+}
+
 static int refuse(struct lws *wsi, gw_server *srv, unsigned status, const char *why)
 {
     LOG_INFO("gateway", "event=upgrade_refused status=%u reason=\"%s\"", status, why);
     atomic_fetch_add(status == 401 ? srv->m.refused_auth : status == 429 ? srv->m.refused_limit : srv->m.refused_origin, 1);
-    lws_return_http_status(wsi, status, why);
-    return 1; /* we answered; lws completes the transaction */
+    return refuse_http(wsi, status, why);
 }
 
 /* Before the upgrade (no per-session memory yet): path, Origin and token, or an HTTP refusal. */
 static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 {
-    char user[CHAT_ID_MAX + 1];
     if (atomic_load(&srv->stopping)) {
         atomic_fetch_add(srv->m.refused_stopping, 1);
-        lws_return_http_status(wsi, 503, "server going away");
-        return 1;
+        return refuse_http(wsi, 503, "server going away");
     }
     char uri[256];
     if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
@@ -112,9 +136,10 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     if (!get_token(wsi, token, sizeof token))
         return refuse(wsi, srv, 401, "missing token");
     const char *why = NULL;
-    if (chat_jwt_verify(token, srv->cfg->jwt_secret, chat_now_ms() / 1000, user, NULL, &why) != CHAT_OK)
+    chat_jwt_claims claims;
+    if (chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, &claims, &why) != CHAT_OK)
         return refuse(wsi, srv, 401, why);
-    gw_user *u = chat_map_get(srv->users, user);
+    gw_user *u = chat_map_get(srv->users, claims.user);
     if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
         return refuse(wsi, srv, 429, "too many connections for this user");
     char addr[64];
@@ -126,15 +151,21 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 }
 
 /* At ESTABLISHED the request headers are still there: take the user from the token again (a
- * second HMAC, cheaper than carrying state across the upgrade). */
+ * second signature check: 4 us for HS256, 65 us for RS256 with a 3072-bit key, 135 us for EdDSA
+ * on the 2-core test machine; simpler than carrying state across the upgrade). */
 static bool session_user(gw_server *srv, struct lws *wsi, char *user)
 {
     char token[CHAT_JWT_MAX_LEN + 2] = "";
-    return get_token(wsi, token, sizeof token) &&
-           chat_jwt_verify(token, srv->cfg->jwt_secret, chat_now_ms() / 1000, user, NULL, NULL) == CHAT_OK;
+    chat_jwt_claims claims;
+    if (!get_token(wsi, token, sizeof token) ||
+        chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, &claims, NULL) != CHAT_OK)
+        return false;
+    memcpy(user, claims.user, sizeof claims.user);
+    return true;
 }
 
-/* GET /dev/token?user=U (CHAT_DEV_MODE=1 only): a one-day token for the demo page. */
+/* GET /dev/token?user=U (CHAT_DEV_MODE=1 only): a token for the demo page, valid a day or
+ * CHAT_JWT_MAX_TTL if shorter, signed as chatctl token signs (CHAT_JWT_SIGNING_KEY). */
 static void dev_token(gw_server *srv, struct lws *wsi, chat_http_reply *r)
 {
     char arg[CHAT_ID_MAX + 16] = "";
@@ -145,7 +176,8 @@ static void dev_token(gw_server *srv, struct lws *wsi, chat_http_reply *r)
         return;
     }
     char *token = NULL;
-    if (chat_jwt_sign(user, srv->cfg->jwt_secret, chat_now_ms() / 1000, 86400, &token) != CHAT_OK) {
+    int64_t ttl = chat_jwt_policy_max_ttl(srv->cfg->jwt) < 86400 ? chat_jwt_policy_max_ttl(srv->cfg->jwt) : 86400;
+    if (chat_jwt_issue(srv->cfg->jwt, user, chat_now_ms() / 1000, ttl, &token) != CHAT_OK) {
         chat_http_reply_set(r, 500, "application/json", "{\"error\":\"cannot sign\"}", 23);
         return;
     }

@@ -30,7 +30,8 @@
 
 static const char *usage =
     "chatctl COMMAND ...\n"
-    "  token USER [--ttl SECONDS]        print a client JWT (default ttl 3600)\n"
+    "  token USER [--ttl SECONDS]        print a client JWT (default ttl 3600, at most CHAT_JWT_MAX_TTL), signed\n"
+    "                                    with CHAT_JWT_SIGNING_KEY's key or CHAT_JWT_SECRET\n"
     "  conv create CONV USER...          create a conversation (the first user is its owner)\n"
     "  conv add CONV USER...             add members\n"
     "  conv remove CONV USER...          remove members\n"
@@ -555,7 +556,8 @@ static int cmd_archive(const chat_cfg *cfg, int argc, char **argv)
 static int cmd_token(const chat_cfg *cfg, int argc, char **argv)
 {
     const char *user = NULL;
-    long ttl = 3600;
+    int64_t max_ttl = chat_jwt_policy_max_ttl(cfg->jwt);
+    long ttl = max_ttl < 3600 ? (long)max_ttl : 3600;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
             char *end;
@@ -575,8 +577,18 @@ static int cmd_token(const chat_cfg *cfg, int argc, char **argv)
         fprintf(stderr, "chatctl token: USER must be 1-64 characters of [A-Za-z0-9_-]\n");
         return 2;
     }
+    if (ttl > max_ttl) {
+        fprintf(stderr, "chatctl token: --ttl %ld is over CHAT_JWT_MAX_TTL (%lld s): gateways would refuse it\n", ttl,
+                (long long)max_ttl);
+        return 2;
+    }
+    if (!chat_jwt_policy_can_sign(cfg->jwt)) {
+        fprintf(stderr, "chatctl token: no key to sign with: set CHAT_JWT_SECRET, or CHAT_JWT_SIGNING_KEY to a kid "
+                        "of CHAT_JWT_KEYS with its private key\n");
+        return 2;
+    }
     char *token = NULL;
-    if (chat_jwt_sign(user, cfg->jwt_secret, chat_now_ms() / 1000, ttl, &token) != CHAT_OK) {
+    if (chat_jwt_issue(cfg->jwt, user, chat_now_ms() / 1000, ttl, &token) != CHAT_OK) {
         fprintf(stderr, "chatctl token: cannot sign\n");
         return 1;
     }

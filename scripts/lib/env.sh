@@ -8,7 +8,8 @@
 # The settings, in the order they are written to $CHAT_HOME/env.
 CHAT_SETTINGS=(
     CHAT_HOME CHAT_GATEWAY_LISTEN CHAT_WORKER_LISTEN CHAT_NATS_URL CHAT_PG_DSN CHAT_REDIS_URL
-    CHAT_JWT_SECRET CHAT_PARTITIONS CHAT_ARCHIVE_URL CHAT_S3_ENDPOINT CHAT_S3_REGION
+    CHAT_JWT_SECRET CHAT_JWT_KEYS CHAT_JWT_ISSUER CHAT_JWT_AUDIENCE CHAT_JWT_MAX_TTL CHAT_JWT_SIGNING_KEY
+    CHAT_PARTITIONS CHAT_ARCHIVE_URL CHAT_S3_ENDPOINT CHAT_S3_REGION
     CHAT_S3_ACCESS_KEY CHAT_S3_SECRET_KEY CHAT_PARTITION_SPAN CHAT_HOT_RETENTION CHAT_PUSH_GRACE
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_LOG
     CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
@@ -26,10 +27,11 @@ chat_env_default() {
 }
 
 # chat_jwt_secret: CHAT_JWT_SECRET from the environment, else from $CHAT_HOME/jwt_secret,
-# which is created once (64 hex chars, mode 0600).
+# which is created once (64 hex chars, mode 0600). With a key file (CHAT_JWT_KEYS) and
+# CHAT_JWT_SECRET set but empty, it stays empty: the keys alone sign and verify.
 chat_jwt_secret() {
     local f="$CHAT_HOME/jwt_secret"
-    if [[ -n "${CHAT_JWT_SECRET:-}" ]]; then
+    if [[ -n "${CHAT_JWT_SECRET:-}" || ( -n "${CHAT_JWT_KEYS:-}" && -n "${CHAT_JWT_SECRET+x}" ) ]]; then
         export CHAT_JWT_SECRET
         return 0
     fi
@@ -88,6 +90,12 @@ chat_env_init() {
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000
     chat_env_default CHAT_TLS_CERT ''
     chat_env_default CHAT_TLS_KEY ''
+    # Client tokens (docs/operations.md): key file, issuer, audience, maximum lifetime, signing kid.
+    chat_env_default CHAT_JWT_KEYS ''
+    chat_env_default CHAT_JWT_ISSUER ''
+    chat_env_default CHAT_JWT_AUDIENCE ''
+    chat_env_default CHAT_JWT_MAX_TTL 24h
+    chat_env_default CHAT_JWT_SIGNING_KEY ''
     nats_port=$(chat_url_hostport "$CHAT_NATS_URL" 4222) \
         || chat_die "CHAT_NATS_URL='$CHAT_NATS_URL' is not a nats://host:port URL"
     nats_port=${nats_port#* }

@@ -8,9 +8,9 @@
 
 CHAT_APT_PACKAGES=(
     build-essential cmake pkg-config libnats-dev libwebsockets-dev libwebsockets-evlib-ev libev-dev
-    libprotobuf-c-dev protobuf-c-compiler libhiredis-dev check libjansson-dev libjwt-dev libcurl4-openssl-dev
+    libprotobuf-c-dev protobuf-c-compiler libhiredis-dev check libjansson-dev libcurl4-openssl-dev
     libzstd-dev libssl-dev libpq-dev redis-server postgresql-15 postgresql-client-15 curl
-    ca-certificates clang libclang-rt-14-dev openssl
+    ca-certificates clang libclang-rt-14-dev openssl python3-websockets
 )
 
 # chat_apt_missing PKG...: prints the packages that are not installed.

@@ -11,7 +11,8 @@ static const char *vars[] = {"CHAT_HOME", "CHAT_GATEWAY_LISTEN", "CHAT_WORKER_LI
                              "CHAT_ARCHIVE_URL", "CHAT_PARTITION_SPAN", "CHAT_HOT_RETENTION",
                              "CHAT_PUSH_GRACE", "CHAT_ALLOWED_ORIGINS", "CHAT_DEV_MODE",
                              "CHAT_PUSH_WEBHOOK_URL", "CHAT_LOG", "CHAT_WORKER_ROLES", "CHAT_S3_ENDPOINT",
-                             "CHAT_S3_ACCESS_KEY", "CHAT_S3_SECRET_KEY", "CHAT_INGEST_COMMITTERS", NULL};
+                             "CHAT_S3_ACCESS_KEY", "CHAT_S3_SECRET_KEY", "CHAT_INGEST_COMMITTERS", "CHAT_JWT_KEYS",
+                             "CHAT_JWT_ISSUER", "CHAT_JWT_AUDIENCE", "CHAT_JWT_MAX_TTL", "CHAT_JWT_SIGNING_KEY", NULL};
 
 static void clean_env(void)
 {
@@ -94,6 +95,11 @@ static const struct {
     {"CHAT_DEV_MODE", "yes", CHAT_PROG_GATEWAY},
     {"CHAT_LOG", "verbose", CHAT_PROG_CTL},
     {"CHAT_JWT_SECRET", "short", CHAT_PROG_GATEWAY},
+    {"CHAT_JWT_SECRET", "changeme-changeme-changeme-changeme-0000", CHAT_PROG_CTL}, /* deploy/env.example's */
+    {"CHAT_JWT_MAX_TTL", "forever", CHAT_PROG_GATEWAY},
+    {"CHAT_JWT_MAX_TTL", "30s", CHAT_PROG_CTL},
+    {"CHAT_JWT_KEYS", "/nonexistent/chat-jwt-keys", CHAT_PROG_GATEWAY},
+    {"CHAT_JWT_SIGNING_KEY", "no-such-kid", CHAT_PROG_CTL},
     {"CHAT_PUSH_WEBHOOK_URL", "mailto:x", CHAT_PROG_WORKER},
     {"CHAT_WORKER_ROLES", "ingest,cook", CHAT_PROG_WORKER},
     {"CHAT_INGEST_COMMITTERS", "0", CHAT_PROG_WORKER},
