@@ -375,7 +375,7 @@ enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
 enum { D_CONV, D_CMID, D_SEQ, D_ID, D_CREATED, D_SENDER, D_KIND, D_BODY, D_META, D_TARGET, D_EMOJI, D_ON, D_DELETED };
 
 /* What a post whose cmid names another sender's message gets: not an ack of someone else's
- * message, and nothing of its content (docs/protocol.md, "Sending again"). */
+ * message, and nothing of its content (docs/protocol.md, "What an ack means, and retries"). */
 #define CMID_TAKEN "cmid already names another sender's message in this conversation; send with a new cmid"
 
 static const struct {
@@ -1072,7 +1072,7 @@ static void count_drops(wk_ingest *in, batch *b)
         atomic_uint_fast64_t *c = strcmp(why, "sender not a member") == 0    ? in->m_drop_not_member
                                   : strcmp(why, "no such conversation") == 0 ? in->m_drop_no_conv
                                   : strcmp(why, "poison") == 0               ? in->m_drop_poison
-                                  : it->reject_code && strcmp(it->reject_code, "bad_request") != 0
+                                  : it->reject_code && strcmp(it->reject_code, "not_found") == 0
                                       ? in->m_drop_not_found
                                       : in->m_drop_invalid;
         atomic_fetch_add(c, 1);

@@ -22,16 +22,18 @@ static test_stack stack;
 
 /* ------------------------------------------------------------------ helpers */
 
-static void chatctl_ok(const char *what, int rc, char *out)
+/* chatctl conv VERB conv user... must succeed. */
+static void chatctl_conv(const char *verb, const char *conv, const char *u1, const char *u2)
 {
-    ck_assert_msg(rc == 0, "chatctl %s exited %d: %s", what, rc, out ? out : "");
+    char *out = NULL;
+    int rc = test_stack_chatctl(&stack, &out, "conv", verb, conv, u1, u2, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv %s %s exited %d: %s", verb, conv, rc, out ? out : "");
     free(out);
 }
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)
 {
-    char *out = NULL;
-    chatctl_ok("conv create", test_stack_chatctl(&stack, &out, "conv", "create", conv, u1, u2, NULL), out);
+    chatctl_conv("create", conv, u1, u2);
 }
 
 static void send_frame(ws_client *c, json_t *f)
@@ -132,7 +134,11 @@ static json_t *by_seq(const json_t *frames, int64_t seq)
 {
     size_t i;
     json_t *f;
-    json_array_foreach(frames, i, f) if (test_int(f, "seq") == seq) return f;
+    json_array_foreach(frames, i, f)
+    {
+        if (test_int(f, "seq") == seq)
+            return f;
+    }
     return NULL;
 }
 
@@ -158,8 +164,8 @@ static natsConnection *nats_open(void)
 }
 
 /* chat.api.v1.post.status as user: the reply's status code ("" when stored), seq and id. */
-static void post_status(const char *conv, const char *cmid, const char *user, char *code, size_t codesz,
-                        uint64_t *seq, char *id, size_t idsz)
+static void post_status(const char *conv, const char *cmid, const char *user, char *code, size_t codesz, uint64_t *seq,
+                        char *id, size_t idsz)
 {
     natsConnection *nc = nats_open();
     Chat__V1__PostStatusRequest q = CHAT__V1__POST_STATUS_REQUEST__INIT;
@@ -319,20 +325,22 @@ START_TEST(outsider_resend_after_window_learns_nothing)
     ws_client *b = test_connect_user(&stack, bob), *m = connect_with_session(mallory, session, sizeof session);
 
     publish_post_as(session, conv, cmid, mallory, "MALLORY-AFTER-WINDOW");
-    json_t *got = json_array();
-    answer_to(m, cmid, got);
-    json_t *rest = drain(m, 1500);
-    json_array_extend(got, rest);
-    json_decref(rest);
-    check_refused_only(got, cmid, "the outsider");
-    json_decref(got);
-
-    json_t *seen_a = drain(a, 500), *seen_b = drain(b, 500);
+    /* the members first (the ingest answers within a second; the outsider's frames wait in its
+     * socket meanwhile) */
+    json_t *seen_a = drain(a, 2000), *seen_b = drain(b, 500);
     ck_assert_msg(!mentions(seen_a, "MALLORY") && !mentions(seen_b, "MALLORY"),
                   "a member received the outsider's text: alice %s, bob %s", test_json(seen_a), test_json(seen_b));
     json_decref(seen_a);
     json_decref(seen_b);
     check_stored(conv, seq, alice, "alice's own words");
+
+    json_t *got = json_array();
+    answer_to(m, cmid, got);
+    json_t *rest = drain(m, 1000);
+    json_array_extend(got, rest);
+    json_decref(rest);
+    check_refused_only(got, cmid, "the outsider");
+    json_decref(got);
     ws_client_destroy(a);
     ws_client_destroy(b);
     ws_client_destroy(m);
@@ -393,8 +401,10 @@ START_TEST(member_resend_answered_from_the_stored_message)
     size_t i;
     json_t *f;
     json_array_foreach(log, i, f)
-    ck_assert_msg(strcmp(test_str(f, "type") ? test_str(f, "type") : "", "ack") != 0,
-                  "bob was acked for alice's cmid: %s", test_json(log));
+    {
+        ck_assert_msg(strcmp(test_str(f, "type") ? test_str(f, "type") : "", "ack") != 0,
+                      "bob was acked for alice's cmid: %s", test_json(log));
+    }
     json_decref(log);
     json_t *seen_a = drain(a, 500);
     ck_assert_msg(!mentions(seen_a, "BOB-SAME-CMID"), "alice received bob's refused text: %s", test_json(seen_a));
@@ -420,9 +430,12 @@ static json_t *sync_from_zero(ws_client *c, const char *conv)
     json_t *msgs = json_array();
     size_t i;
     json_t *f;
-    json_array_foreach(skipped, i, f) if (strcmp(test_str(f, "type") ? test_str(f, "type") : "", "msg") == 0 &&
-                                          strcmp(test_str(f, "conv") ? test_str(f, "conv") : "", conv) == 0)
-        json_array_append(msgs, f);
+    json_array_foreach(skipped, i, f)
+    {
+        if (strcmp(test_str(f, "type") ? test_str(f, "type") : "", "msg") == 0 &&
+            strcmp(test_str(f, "conv") ? test_str(f, "conv") : "", conv) == 0)
+            json_array_append(msgs, f);
+    }
     json_decref(skipped);
     return msgs;
 }
@@ -493,8 +506,7 @@ START_TEST(deleted_text_served_by_no_sync_or_history)
     json_decref(log);
 
     /* carol, added after the delete */
-    char *out = NULL;
-    chatctl_ok("conv add", test_stack_chatctl(&stack, &out, "conv", "add", conv, carol, NULL), out);
+    chatctl_conv("add", conv, carol, NULL);
     ws_client *c = test_connect_user(&stack, carol);
     json_t *synced = sync_from_zero(c, conv);
     ck_assert_msg(json_array_size(synced) == 4 && mentions(synced, "kept text"), "carol's sync: %s, want 4 events",
@@ -505,8 +517,8 @@ START_TEST(deleted_text_served_by_no_sync_or_history)
     /* sync and history answer the same shape */
     for (int64_t s = text_seq; s <= edit_seq; s++)
         ck_assert_msg(json_equal(by_seq(synced, s), by_seq(history, s)),
-                      "sync and history differ on message %lld: %s and %s", (long long)s,
-                      test_json(by_seq(synced, s)), test_json(by_seq(history, s)));
+                      "sync and history differ on message %lld: %s and %s", (long long)s, test_json(by_seq(synced, s)),
+                      test_json(by_seq(history, s)));
     json_decref(synced);
     json_decref(history);
 
