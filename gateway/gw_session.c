@@ -325,6 +325,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    snprintf(req->user, sizeof req->user, "%s", s ? gw_session_user(s) : ""); /* for post.status */
     /* kept for publish_again (a duplicate the broker does not have) */
     req->payload = malloc(len ? len : 1);
     if (req->payload == NULL)
@@ -503,11 +504,16 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     chat_map_put(srv->checking, key, w, NULL);
 }
 
+/* Asks where a send the broker called a duplicate stands, as its user: the api role answers only a
+ * member about the user's own message (never the trusted form, user ""). */
 static bool ask_post_status(gw_server *srv, gw_request *req)
 {
+    if (req->user[0] == '\0')
+        return false;
     Chat__V1__PostStatusRequest rq = CHAT__V1__POST_STATUS_REQUEST__INIT;
     rq.conv = req->conv;
     rq.cmid = req->cmid;
+    rq.user = req->user;
     uint8_t buf[256];
     size_t len = chat__v1__post_status_request__pack(&rq, buf);
     req->kind = GW_REQ_POST_STATUS;
@@ -636,6 +642,17 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         const char *code = r == NULL ? "unavailable" : r->status ? r->status->code : "";
         if (r && code[0] == '\0') {
             send_ack(srv, s, req->conv, req->cmid, r->seq, r->id);
+            chat__v1__post_reply__free_unpacked(r, NULL);
+            return false;
+        }
+        if (r && (strcmp(code, "not_member") == 0 || strcmp(code, "bad_request") == 0)) {
+            /* not a member (told nothing else), or the cmid is another sender's message */
+            inflight_done(srv, req->session, req->conv, req->cmid);
+            if (strcmp(code, "not_member") == 0)
+                membership_put(srv, req->conv, req->user, false);
+            gw_session_send_error(srv, s, req->cmid, code,
+                                  strcmp(code, "not_member") == 0 ? "not a member of this conversation"
+                                                                  : r->status->message);
             chat__v1__post_reply__free_unpacked(r, NULL);
             return false;
         }

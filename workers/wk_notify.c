@@ -204,6 +204,13 @@ static const char *SQL_ENSURE = "INSERT INTO push_state (conversation_id, user_i
                                 " AND m.delivered_seq < r.seq"
                                 " ORDER BY 1, 2 ON CONFLICT DO NOTHING";
 
+/* A message x deleted by the time the push is built (within the grace, as a rule) neither counts
+ * as unread nor is the newest: its text is in no push (docs/notifications.md). One probe of
+ * messages_changes_target_idx per message, as history's tombstones. */
+#define NOT_DELETED                                                                                                    \
+    "NOT EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = x.conversation_id AND d.kind = 'delete'"           \
+    " AND d.target_seq = x.seq)"
+
 static const char *SQL_CLAIM =
     "WITH r AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS r(conv, seq, sender)),"
     " need AS (SELECT m.conversation_id AS conv, m.user_id AS usr, max(r.seq) AS req_seq,"
@@ -228,12 +235,13 @@ static const char *SQL_CLAIM =
     " FROM cand k LEFT JOIN claimed cl ON cl.conversation_id = k.conv AND cl.user_id = k.usr"
     " LEFT JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM messages x"
     "   WHERE cl.user_id IS NOT NULL AND x.conversation_id = k.conv AND x.seq > k.delivered"
-    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr LIMIT $6::int) s) u"
+    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr AND " NOT_DELETED
+    "   LIMIT $6::int) s) u"
     "   ON true"
     " LEFT JOIN LATERAL (SELECT x.seq, x.sender_id, (extract(epoch FROM x.created_at) * 1000)::bigint AS ts_ms,"
     "   left(x.body, $7::int) AS preview FROM messages x"
     "   WHERE cl.user_id IS NOT NULL AND x.conversation_id = k.conv AND x.seq > k.delivered"
-    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr"
+    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr AND " NOT_DELETED
     "   ORDER BY x.seq DESC LIMIT 1) nw ON true"
     " ORDER BY k.usr, k.conv";
 
