@@ -36,7 +36,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local p
     for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 20000))
+        p=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range (32768-)
         port_free "$p" && { echo "$p"; return 0; }
     done
     return 1
@@ -44,6 +44,7 @@ free_port() {
 # get URL [curl options...]: prints "STATUS BODY" (the path is sent as written)
 get() {
     local url=$1; shift
+    : >"$TMP/body"
     curl -sS --path-as-is --max-time 5 -o "$TMP/body" -w '%{http_code}' "$@" "$url" 2>"$TMP/curl.err" || true
     printf ' %s' "$(tr '\n' ' ' <"$TMP/body" 2>/dev/null | head -c 20000)"
 }
@@ -177,16 +178,23 @@ if [[ ! -x $haproxy ]]; then
     echo "SKIP haproxy: $haproxy not installed (scripts/test installs it: chat_install_ops_tools)"
 else
     libs=$(printf '%s:' "$deps"/haproxy/usr/lib/*-linux-gnu)
-    lport=$(free_port); oport=$(free_port)
     # The deployment's file with loopback addresses: its frontend rules are used as they are.
-    sed -e "s/^\(\s*\)bind :8080$/\1bind 127.0.0.1:$lport/" -e "s/^\(\s*\)bind :8404$/\1bind 127.0.0.1:$oport/" \
-        -e 's/maxconn 200000/maxconn 1000/' -e '/^resolvers docker/,/^$/d' \
-        -e 's/ init-addr last,libc,none resolvers docker//' \
-        -e "s/server gateway-1 gateway-1:8080 check/server gateway-1 $GW check/" -e '/server gateway-2/d' \
-        "$SRC/deploy/haproxy/haproxy.cfg" >"$TMP/haproxy.cfg"
-    grep -q "bind 127.0.0.1:$lport" "$TMP/haproxy.cfg" || fail haproxy_config "could not rewrite the bind line"
-    LD_LIBRARY_PATH="$libs" "$haproxy" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
-    PIDS+=($!)
+    # (A port taken between the choice and the bind: try again with others.)
+    for _ in 1 2 3; do
+        lport=$(free_port); oport=$(free_port)
+        [[ $lport != "$oport" ]] || continue
+        sed -e "s/^\(\s*\)bind :8080$/\1bind 127.0.0.1:$lport/" -e "s/^\(\s*\)bind :8404$/\1bind 127.0.0.1:$oport/" \
+            -e 's/maxconn 200000/maxconn 1000/' -e '/^resolvers docker/,/^$/d' \
+            -e 's/ init-addr last,libc,none resolvers docker//' \
+            -e "s/server gateway-1 gateway-1:8080 check/server gateway-1 $GW check/" -e '/server gateway-2/d' \
+            "$SRC/deploy/haproxy/haproxy.cfg" >"$TMP/haproxy.cfg"
+        grep -q "bind 127.0.0.1:$lport" "$TMP/haproxy.cfg" || fail haproxy_config "could not rewrite the bind line"
+        LD_LIBRARY_PATH="$libs" "$haproxy" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+        hpid=$!
+        PIDS+=("$hpid")
+        sleep 0.5
+        kill -0 "$hpid" 2>/dev/null && break
+    done
     r=''
     for _ in $(seq 50); do
         r=$(get "http://127.0.0.1:$lport/")

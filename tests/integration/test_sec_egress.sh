@@ -26,7 +26,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local p
     for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 20000))
+        p=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range (32768-)
         port_free "$p" && { echo "$p"; return 0; }
     done
     return 1
