@@ -41,6 +41,7 @@ typedef struct chat_cfg {
     char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
     char *allowed_origins;    /* comma separated; "" = any */
     char *push_webhook_url;   /* "" = none */
+    char *egress_allow;       /* ranges that requests to URLs someone else chose may reach besides public ones (chat_egress.h) */
     char *push_preview_raw;   /* "1" (default) or "0" */
     char *worker_roles;       /* comma separated subset of ingest,api,notify,archive */
     char *web_dir;            /* the demo app's static files ("" = next to the binary) */

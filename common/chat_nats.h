@@ -33,9 +33,6 @@ bool chat_nats_connected(natsConnection *nc);
  * stop in a fault scenario). */
 void chat_nats_shutdown(void);
 
-/* Copies a CHAT_NATS_URL list with every user:password@ shown as ***@ (for logs and errors). */
-void chat_nats_redact(const char *urls, char *out, size_t size);
-
 /* Subject builders; return false if the result would not fit. */
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);   /* chat.in.<p>.<conv> */
 bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
