@@ -102,7 +102,7 @@ static int setup_streams(const chat_cfg *cfg)
     natsConnection *nc = NULL;
     if (chat_nats_connect(cfg, "setup", true, &nc) != CHAT_OK) {
         char shown[1024];
-        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        chat_redact_url(cfg->nats_url, shown, sizeof shown);
         fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", shown);
         return 1;
     }
