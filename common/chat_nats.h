@@ -41,5 +41,9 @@ bool chat_subject_event(char *buf, size_t size, const char *conv);              
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
 #define CHAT_API_PREFIX "chat.api.v1."
+/* The gateway form of a method, chat.api.v1.gw.<method>: the only api subjects a gateway's NATS
+ * user may publish to. The api role answers it for the named user only (no trusted forms), so a
+ * gateway can never read or act as a backend (docs/security.md). */
+#define CHAT_API_GW_PREFIX CHAT_API_PREFIX "gw."
 
 #endif

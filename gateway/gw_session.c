@@ -493,7 +493,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid ? cmid : "");
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         free(packed);
         gw_session_send_error(srv, s, cmid, "unavailable", "membership cannot be checked now; retry");
@@ -518,7 +518,7 @@ static bool ask_post_status(gw_server *srv, gw_request *req)
     size_t len = chat__v1__post_status_request__pack(&rq, buf);
     req->kind = GW_REQ_POST_STATUS;
     req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
-    return gw_bus_request_send(srv, req, CHAT_API_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
+    return gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
 
 /* nats-server 2.10 stages a Nats-Msg-Id in the stream's duplicate map (with seq 0) before it
@@ -872,12 +872,13 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
     }
     Chat__V1__MembersListRequest rq = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
     rq.conv = (char *)conv;
-    uint8_t buf[128];
+    rq.user = (char *)gw_session_user(s);
+    uint8_t buf[256]; /* two ids of at most 64 bytes and their tags */
     size_t len = chat__v1__members_list_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBERS_LIST, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.list", buf, len, NULL) != CHAT_OK)
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "members.list", buf, len, NULL) != CHAT_OK)
         gw_bus_request_free(srv, req); /* typing is best effort */
 }
 
@@ -887,6 +888,15 @@ static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg)
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__members_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                  (const uint8_t *)natsMsg_GetData(msg));
+    if (r && r->status && strcmp(r->status->code, "not_member") == 0) {
+        /* the api role answers a non-member (of a missing conversation too) with this alone */
+        chat__v1__members_list_reply__free_unpacked(r, NULL);
+        membership_put(srv, req->conv, req->user, false);
+        gw_session *s = gw_session_find(srv, req->session);
+        if (s)
+            gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+        return false;
+    }
     if (r == NULL || (r->status && r->status->code[0] && strcmp(r->status->code, "not_found") != 0)) {
         if (r)
             chat__v1__members_list_reply__free_unpacked(r, NULL);

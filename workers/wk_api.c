@@ -60,6 +60,7 @@ typedef struct call {
     char message[256];
     char detail[256]; /* for the log only (a database error) */
     char conv[CHAT_ID_MAX + 1];
+    bool from_gateway; /* asked on chat.api.v1.gw.<method>: for one named user, never trusted */
     uint8_t *reply; /* packed reply, malloc'd; NULL: a status-only reply is sent */
     size_t reply_len;
 } call;
@@ -67,9 +68,10 @@ typedef struct call {
 typedef void (*handler_fn)(call *c);
 
 typedef struct method {
-    const char *name; /* subject suffix after chat.api.v1. */
+    const char *name; /* subject suffix after chat.api.v1. (and after chat.api.v1.gw.) */
     handler_fn fn;
     const char *labels; /* metric labels */
+    bool gateway_form;  /* a gateway may call it, as chat.api.v1.gw.<name>, for a named user */
 } method;
 
 static void h_conv_create(call *c);
@@ -84,20 +86,22 @@ static void h_history(call *c);
 static void h_sync(call *c);
 static void h_cursor(call *c);
 static void h_conv_list(call *c);
+static bool asking_user_ok(call *c, const char *user);
+static bool check_member(call *c, const char *conv, const char *user);
 
 static const method methods[] = {
-    {"conv.create", h_conv_create, "method=\"conv.create\""},
-    {"conv.delete", h_conv_delete, "method=\"conv.delete\""},
-    {"members.add", h_members_add, "method=\"members.add\""},
-    {"members.remove", h_members_remove, "method=\"members.remove\""},
-    {"members.check", h_members_check, "method=\"members.check\""},
-    {"members.list", h_members_list, "method=\"members.list\""},
-    {"post", h_post, "method=\"post\""},
-    {"post.status", h_post_status, "method=\"post.status\""},
-    {"history", h_history, "method=\"history\""},
-    {"sync", h_sync, "method=\"sync\""},
-    {"cursor", h_cursor, "method=\"cursor\""},
-    {"conv.list", h_conv_list, "method=\"conv.list\""},
+    {"conv.create", h_conv_create, "method=\"conv.create\"", false},
+    {"conv.delete", h_conv_delete, "method=\"conv.delete\"", false},
+    {"members.add", h_members_add, "method=\"members.add\"", false},
+    {"members.remove", h_members_remove, "method=\"members.remove\"", false},
+    {"members.check", h_members_check, "method=\"members.check\"", true},
+    {"members.list", h_members_list, "method=\"members.list\"", true},
+    {"post", h_post, "method=\"post\"", false},
+    {"post.status", h_post_status, "method=\"post.status\"", true},
+    {"history", h_history, "method=\"history\"", true},
+    {"sync", h_sync, "method=\"sync\"", true},
+    {"cursor", h_cursor, "method=\"cursor\"", true},
+    {"conv.list", h_conv_list, "method=\"conv.list\"", true},
 };
 #define NMETHODS (sizeof methods / sizeof methods[0])
 
@@ -753,8 +757,10 @@ static void h_members_list(call *c)
         fail(c, "bad_request", "malformed MembersListRequest");
         goto out;
     }
-    if (!check_conv(c, q->conv))
+    if (!check_conv(c, q->conv) || !asking_user_ok(c, q->user))
         goto out;
+    if (q->user[0] && !check_member(c, q->conv, q->user))
+        goto out; /* a non-member learns nothing, not even whether the conversation exists */
     const char *p[] = {q->conv};
     PGresult *r = run(c, "members",
                       "SELECT m.user_id FROM conversations c"
@@ -820,6 +826,21 @@ static int lookup_post(call *c, const char *conv, const char *cmid, const char *
 
 /* True when user is a member of the live conversation conv; otherwise false with the call failed
  * (not_member for a conversation that does not exist too: a non-member learns nothing). */
+/* The asking user of a method with a trusted form: "" (a backend reading or acting for no one in
+ * particular) is refused on the gateway form, where a user must be named; else a valid id. */
+static bool asking_user_ok(call *c, const char *user)
+{
+    if (user[0] == '\0' && c->from_gateway) {
+        fail(c, "bad_request", "a gateway must name the user it asks for");
+        return false;
+    }
+    if (user[0] && !chat_id_valid(user)) {
+        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+        return false;
+    }
+    return true;
+}
+
 static bool check_member(call *c, const char *conv, const char *user)
 {
     const char *p[] = {conv, user};
@@ -967,10 +988,8 @@ static void h_post_status(call *c)
         fail(c, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
         goto out;
     }
-    if (q->user[0] && !chat_id_valid(q->user)) {
-        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+    if (!asking_user_ok(c, q->user))
         goto out;
-    }
     if (q->user[0] && !check_member(c, q->conv, q->user))
         goto out;
     uint64_t seq = 0;
@@ -1197,10 +1216,8 @@ static void h_history(call *c)
     }
     if (!check_conv(c, q->conv))
         goto out;
-    if (q->user[0] && !chat_id_valid(q->user)) {
-        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+    if (!asking_user_ok(c, q->user))
         goto out;
-    }
     const char *p1[] = {q->conv, q->user};
     PGresult *r = run(c, "conversation",
                       "SELECT c.deleted_at IS NULL, EXISTS (SELECT 1 FROM conversation_members m"
@@ -1872,14 +1889,20 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     wk_api *api = l->api;
     int64_t t0 = chat_mono_ns();
     const char *subject = natsMsg_GetSubject(msg);
-    size_t plen = strlen(CHAT_API_PREFIX);
-    const char *name = strncmp(subject, CHAT_API_PREFIX, plen) == 0 ? subject + plen : "";
+    size_t plen = strlen(CHAT_API_PREFIX), gwlen = strlen(CHAT_API_GW_PREFIX);
+    bool from_gateway = strncmp(subject, CHAT_API_GW_PREFIX, gwlen) == 0;
+    const char *name = from_gateway                                  ? subject + gwlen
+                       : strncmp(subject, CHAT_API_PREFIX, plen) == 0 ? subject + plen
+                                                                      : "";
     int mi = -1;
     for (size_t i = 0; i < NMETHODS && mi < 0; i++)
-        if (strcmp(name, methods[i].name) == 0)
+        if (strcmp(name, methods[i].name) == 0 && (!from_gateway || methods[i].gateway_form))
             mi = (int)i;
     const char *data = natsMsg_GetData(msg);
-    call c = {.lane = l, .data = (const uint8_t *)(data ? data : ""), .len = (size_t)natsMsg_GetDataLength(msg)};
+    call c = {.lane = l,
+              .data = (const uint8_t *)(data ? data : ""),
+              .len = (size_t)natsMsg_GetDataLength(msg),
+              .from_gateway = from_gateway};
     if (mi >= 0)
         methods[mi].fn(&c);
     else
