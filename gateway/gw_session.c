@@ -1179,6 +1179,10 @@ static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t
         gw_session_send_error(srv, s, NULL, "rate_limited", "too many frames on this connection; slow down");
         return;
     }
+    if (lws_frame_is_binary(s->wsi)) { /* binary frames cost their token too */
+        gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+        return;
+    }
     gw_inframe f;
     gw_frame_error err;
     bool ok = gw_frame_parse(data, len, &f, &err);
@@ -1248,10 +1252,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
         return -1;
     }
     if (complete && have == 0) { /* the common case: one whole frame, no copy */
-        if (lws_frame_is_binary(s->wsi))
-            gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
-        else
-            handle_frame(srv, s, in, len);
+        handle_frame(srv, s, in, len);
         return 0;
     }
     if (s->rx == NULL) {
@@ -1265,10 +1266,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     chat_buf_append(&s->rx->buf, in, len);
     if (!complete)
         return 0;
-    if (lws_frame_is_binary(s->wsi))
-        gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
-    else
-        handle_frame(srv, s, s->rx->buf.data, s->rx->buf.len);
+    handle_frame(srv, s, s->rx->buf.data, s->rx->buf.len);
     rx_free(s); /* do not keep up to 64 KiB per idle connection */
     return 0;
 }
