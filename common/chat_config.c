@@ -111,6 +111,8 @@ static const setting settings[] = {
      "connections per client address on one gateway (0: no limit)"},
     {"CHAT_WS_PING", "--ws-ping", "30s", GW, F(ws_ping_raw),
      "idle connections are pinged this often and closed when silent for twice that"},
+    {"CHAT_WS_MEMBERSHIP_CACHE", "--ws-membership-cache", "100000", GW, F(ws_membership_cache_raw),
+     "conversations one gateway keeps membership answers for (the oldest are dropped first)"},
     {"CHAT_WS_STOP_DELAY", "--ws-stop-delay", "2s", GW, F(ws_stop_delay_raw),
      "on SIGTERM, how long the gateway answers 503 (readyz, new upgrades) before closing its clients (0: none)"},
     {"CHAT_WEB_DIR", "--web-dir", "", GW, F(web_dir),
@@ -609,6 +611,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
             return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
         if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
             return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
+        if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
+            return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
+                        cfg->ws_membership_cache_raw);
     }
     return CHAT_OK;
 }

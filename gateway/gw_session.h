@@ -15,6 +15,7 @@
 #include "chat_buf.h"
 #include "chat_http.h"
 #include "chat_id.h"
+#include "gw_budget.h"
 #include "gw_bus.h"
 #include "gw_server.h"
 
@@ -22,6 +23,11 @@
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
 #define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
+/* A connection asked to close (4008, 1001, 1012, 1008) is hung up this long after whatever its
+ * client does: one that reads nothing never lets the close frame out (its socket never becomes
+ * writable), one that does may never answer it. Hung up with a TCP reset, so that the kernel's
+ * buffers for it go too. */
+#define GW_CLOSE_WAIT_MS 1000
 
 /* An outbound frame, shared by every session it goes to (one render per delivery). */
 typedef struct gw_frame {
@@ -63,9 +69,10 @@ typedef struct gw_session {
     double frame_tokens;         /* token bucket: frames per connection */
     int64_t frame_refill_ms;
     gw_parked *sync_next;        /* the next page's packed SyncRequest, parked while the queue drains */
-    int64_t typing_at_ms;        /* rate limit of typing frames ... */
-    uint32_t typing_conv;        /* ... per conversation (its FNV-1a hash: a collision drops one hint) */
-    int close_code;              /* set: close at the next WRITEABLE with this code */
+    gw_budget *budget;           /* typing, presence, lookups, status polls (gw_budget.h), or NULL */
+    int close_code;              /* set: close at the next WRITEABLE with this code ... */
+    int64_t closing_ms;          /* ... asked for then (GW_CLOSE_WAIT_MS) */
+    bool close_written;          /* the close frame went to the socket */
     char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
     int nwatching;
     bool established;
@@ -93,8 +100,6 @@ static inline const char *gw_session_user(const gw_session *s)
     return s->u ? s->u->id : "";
 }
 
-/* Token bucket: refills `rate` per second up to 2 * rate; takes one token if it can. */
-bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
 /* Once a second from the tick: slow consumers past their grace, fragments that never finish,
  * idle connections (pinged after CHAT_WS_PING without a frame or pong, dropped after twice that). */
 void gw_session_sweep(gw_server *srv);

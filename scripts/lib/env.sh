@@ -14,6 +14,7 @@ CHAT_SETTINGS=(
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_EGRESS_ALLOW CHAT_LOG
     CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
     CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_WS_STOP_DELAY CHAT_WS_INFLIGHT_MAX
+    CHAT_WS_MEMBERSHIP_CACHE
     CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
@@ -109,6 +110,7 @@ chat_env_init() {
     chat_env_default CHAT_WS_PING 30s
     chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000
+    chat_env_default CHAT_WS_MEMBERSHIP_CACHE 100000
     chat_env_default CHAT_TLS_CERT ''
     chat_env_default CHAT_TLS_KEY ''
     # Client tokens (docs/operations.md): key file, issuer, audience, maximum lifetime, signing kid.
