@@ -201,9 +201,39 @@ bool chat_subject_in(char *buf, size_t size, int partition, const char *conv)
     return fits(snprintf(buf, size, "chat.in.%d.%s", partition, conv), size);
 }
 
+bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *conv)
+{
+    return fits(snprintf(buf, size, "chat.in.%d.%s.backend", partition, conv), size);
+}
+
+bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend)
+{
+    if (strncmp(subject, "chat.in.", 8) != 0)
+        return false;
+    const char *p = subject + 8;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (p == subject + 8 || *p != '.')
+        return false;
+    const char *c = p + 1;
+    const char *dot = strchr(c, '.');
+    size_t n = dot ? (size_t)(dot - c) : strlen(c);
+    if (n == 0 || (dot && strcmp(dot, ".backend") != 0))
+        return false;
+    *conv = c;
+    *conv_len = n;
+    *backend = dot != NULL;
+    return true;
+}
+
 bool chat_subject_deliver(char *buf, size_t size, const char *user)
 {
     return fits(snprintf(buf, size, "chat.deliver.u.%s", user), size);
+}
+
+bool chat_subject_typing(char *buf, size_t size, const char *conv)
+{
+    return fits(snprintf(buf, size, "chat.typing.%s", conv), size);
 }
 
 bool chat_subject_event(char *buf, size_t size, const char *conv)

@@ -35,8 +35,16 @@ void chat_nats_shutdown(void);
 
 /* Subject builders; return false if the result would not fit. */
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);   /* chat.in.<p>.<conv> */
+/* chat.in.<p>.<conv>.backend: a trusted post (a backend's, the api role's `post`), which may name
+ * any sender; only NATS users with that permission publish it (never a gateway, whose posts on
+ * chat.in.<p>.<conv> are a user's: the sender must be a member). docs/nats.md. */
+bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *conv);
+/* The conversation token of a post's subject (chat.in.<p>.<conv> or chat.in.<p>.<conv>.backend)
+ * and whether it is the trusted form; false for any other subject. *conv points into subject. */
+bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend);
 bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
 bool chat_subject_event(char *buf, size_t size, const char *conv);              /* chat.evt.<conv> */
+bool chat_subject_typing(char *buf, size_t size, const char *conv);             /* chat.typing.<conv> */
 
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"

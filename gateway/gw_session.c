@@ -977,22 +977,21 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
 
 /* ---- typing: ephemeral, core NATS only, to the members connected now ---- */
 
+/* Publishes a member's typing once, on chat.typing.<conv>: the api role's typing relay checks the
+ * membership again and sends it to the other members (workers/wk_typing.h). A gateway publishes
+ * no delivery itself, so its NATS user may not (docs/security.md). */
 static void typing_fanout(gw_server *srv, gw_membership *m, const char *conv, const char *user)
 {
+    (void)m;
     Chat__V1__Typing t = CHAT__V1__TYPING__INIT;
     t.conv = (char *)conv;
     t.user = (char *)user;
     t.ts_ms = chat_now_ms();
-    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
-    d.item_case = CHAT__V1__DELIVERY__ITEM_TYPING;
-    d.typing = &t;
-    uint8_t buf[256];
-    size_t len = chat__v1__delivery__pack(&d, buf);
-    for (size_t i = 0; i < m->nlist; i++) {
-        char subject[128];
-        if (strcmp(m->list[i], user) != 0 && chat_subject_deliver(subject, sizeof subject, m->list[i]))
-            natsConnection_Publish(srv->nc, subject, buf, (int)len);
-    }
+    uint8_t buf[256]; /* two ids of at most 64 bytes, a timestamp and their tags */
+    size_t len = chat__v1__typing__pack(&t, buf);
+    char subject[128];
+    if (chat_subject_typing(subject, sizeof subject, conv))
+        natsConnection_Publish(srv->nc, subject, buf, (int)len);
 }
 
 static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)

@@ -886,8 +886,8 @@ static bool publish_post(call *c, const Chat__V1__Post *in)
     uint8_t *buf = malloc(len ? len : 1);
     chat__v1__post__pack(&p, buf);
     char subject[128], msgid[2 * CHAT_ID_MAX + 2];
-    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(p.conv, (uint32_t)l->api->app->cfg->partitions),
-                    p.conv);
+    chat_subject_in_backend(subject, sizeof subject,
+                            (int)chat_partition_of(p.conv, (uint32_t)l->api->app->cfg->partitions), p.conv);
     snprintf(msgid, sizeof msgid, "%s/%s", p.conv, p.cmid);
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);

@@ -147,6 +147,7 @@ typedef struct item {
     int64_t created_us;  /* stored created_at */
     const char *drop_reason;
     const char *reject_code; /* told to the sending session: "bad_request", "not_member", "not_found" */
+    bool backend;            /* posted on chat.in.<p>.<conv>.backend: a trusted post, any sender */
 } item;
 
 /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
@@ -193,8 +194,10 @@ static void validate(item *it, const char *subject)
     else if (strlen(p->meta_json) > META_MAX)
         it->drop_reason = "meta too large";
     else {
-        const char *dot = strrchr(subject, '.');
-        if (dot == NULL || strcmp(dot + 1, p->conv) != 0)
+        const char *conv = NULL;
+        size_t n = 0;
+        if (!chat_subject_in_parse(subject, &conv, &n, &it->backend) || n != strlen(p->conv) ||
+            memcmp(conv, p->conv, n) != 0)
             it->drop_reason = "subject does not match conversation";
     }
     if (it->drop_reason == NULL && p->meta_json[0]) {
@@ -552,8 +555,9 @@ static bool is_member(const members *m, const char *user)
 }
 
 /* Every post of b, a duplicate as much as a new one, is checked before anything about the
- * stored message is used: the conversation must exist, a gateway's sender must be a member (a
- * backend's posts, gateway "", may name any sender), and a stored duplicate must be the
+ * stored message is used: the conversation must exist, a user's post (chat.in.<p>.<conv>, the
+ * only post subject a gateway may publish) must come from a member, whatever its `gateway` field
+ * says (a backend's posts, on chat.in.<p>.<conv>.backend, may name any sender), and a stored duplicate must be the
  * poster's own (its sender is the poster; for an edit or delete that is the ownership the
  * stored change was checked for). A non-member gets not_member and nothing else. */
 static void authorize(batch *b)
@@ -565,7 +569,7 @@ static void authorize(batch *b)
             continue;
         if (m->n == 0)
             reject(it, "not_member", "no such conversation");
-        else if (it->post->gateway[0] && !is_member(m, it->post->sender))
+        else if (!it->backend && !is_member(m, it->post->sender))
             reject(it, "not_member", "sender not a member");
         else if (it->state == I_STORED &&
                  strcmp(PQgetvalue(b->stored, it->stored_row, D_SENDER), it->post->sender) != 0)
@@ -1303,7 +1307,7 @@ static chat_status setup_consumer(partition *pt)
     snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
     snprintf(pt->ack_key, sizeof pt->ack_key, ".%s.", pt->consumer);
     char filter[64];
-    snprintf(filter, sizeof filter, "chat.in.%d.*", pt->index);
+    snprintf(filter, sizeof filter, "chat.in.%d.>", pt->index); /* users' and backends' posts, in order */
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
     cc.Durable = pt->consumer;

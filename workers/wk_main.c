@@ -20,6 +20,7 @@
 #include "wk_migrate.h"
 #include "wk_notify.h"
 #include "wk_streams.h"
+#include "wk_typing.h"
 
 static const char *usage = "chat-worker [migrate | streams] [--roles ingest,api,notify,archive] [settings...]";
 
@@ -72,6 +73,9 @@ static int run(const chat_cfg *cfg)
     wk_api *api = NULL;
     if ((cfg->roles & CHAT_ROLE_API) && wk_api_start(&app, &api) != CHAT_OK)
         return 1;
+    wk_typing *typing = NULL;
+    if ((cfg->roles & CHAT_ROLE_API) && wk_typing_start(&app, &typing) != CHAT_OK)
+        return 1;
     wk_notify *notify = NULL;
     if ((cfg->roles & CHAT_ROLE_NOTIFY) && wk_notify_start(&app, &notify) != CHAT_OK)
         return 1;
@@ -83,6 +87,7 @@ static int run(const chat_cfg *cfg)
     pthread_mutex_unlock(&stop_lock);
 
     wk_api_destroy(api); /* first: posts in flight wait for the ingest's commit */
+    wk_typing_destroy(typing);
     wk_notify_destroy(notify);
     wk_ingest_destroy(ingest);
     wk_archive_destroy(archive);

@@ -30,10 +30,11 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
 {
     jsStreamConfig in;
     jsStreamConfig_Init(&in);
-    const char *in_subjects[] = {"chat.in.*.*"};
+    /* users' posts (from gateways) and backends' (trusted: any sender), one partition order */
+    const char *in_subjects[] = {"chat.in.*.*", "chat.in.*.*.backend"};
     in.Name = CHAT_STREAM_IN;
     in.Subjects = in_subjects;
-    in.SubjectsLen = 1;
+    in.SubjectsLen = 2;
     in.Storage = js_FileStorage;
     in.Retention = js_WorkQueuePolicy;
     in.Duplicates = WK_DUPLICATE_WINDOW_NS;

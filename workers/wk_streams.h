@@ -2,7 +2,7 @@
  * brought to this configuration only by the set-up step `chat-worker streams` (the one holder of
  * the NATS stream-update permission: an update can shrink or re-subject a stream, so a running
  * role's credential must not carry it; docs/security.md):
- *   CHAT_IN      chat.in.*.*   file storage, work-queue retention (a message leaves once the
+ *   CHAT_IN      chat.in.*.*, chat.in.*.*.backend   file storage, work-queue retention (a message leaves once the
  *                              ingest acked it), duplicate window 10 minutes
  *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
  *                              the committed events, replayable by backends; the notify role

@@ -475,7 +475,7 @@ if exec {ws}<>"/dev/tcp/127.0.0.1/$gateway_port"; then
         if ws_send_acked && ws_until 'hello through the gateway'; then
             ws_ok=1
             # every other api method and subject a gateway uses, so the permission check below
-            # covers them: members.list + chat.deliver.u (typing), history, sync, conv.list,
+            # covers them: members.list + chat.typing (typing), history, sync, conv.list,
             # chat.presence, cursor (seen/read, flushed every 200 ms)
             for f in '{"type":"typing","conv":"'"$conv"'"}' \
                      '{"type":"history","conv":"'"$conv"'","limit":10,"ref":"h1"}' \
@@ -555,6 +555,10 @@ expect_violation "gateway publishes \$JS.API.STREAM.DELETE.CHAT_IN" 1 gateway "$
     'PUB $JS.API.STREAM.DELETE.CHAT_IN _INBOX.gw.x.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_IN"'
 expect_violation "gateway calls chat.api.v1.conv.delete" 1 gateway "$gw_pw" \
     "PUB chat.api.v1.conv.delete _INBOX.gw.x.2 0\r\n\r\n" 'Publish to "chat.api.v1.conv.delete"'
+expect_violation "gateway publishes a delivery (forging a frame to any user)" 1 gateway "$gw_pw" \
+    "PUB chat.deliver.u.alice 0\r\n\r\n" 'Publish to "chat.deliver.u.alice"'
+expect_violation "gateway publishes a trusted post (chat.in.*.*.backend)" 1 gateway "$gw_pw" \
+    "PUB chat.in.0.$conv.backend 0\r\n\r\n" "Publish to \"chat.in.0.$conv.backend\""
 expect_violation "gateway calls chat.api.v1.history (the trusted backend form)" 1 gateway "$gw_pw" \
     "PUB chat.api.v1.history _INBOX.gw.x.4 0\r\n\r\n" 'Publish to "chat.api.v1.history"'
 expect_violation "gateway calls chat.api.v1.gw.post (no gateway form)" 1 gateway "$gw_pw" \

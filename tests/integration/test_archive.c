@@ -385,7 +385,8 @@ static void post(const char *conv, const char *cmid, Chat__V1__EventKind kind, c
     uint8_t *buf = malloc(len + 1);
     chat__v1__post__pack(&p, buf);
     char subject[160], id[160];
-    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)stack.cfg.partitions), conv);
+    chat_subject_in_backend(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)stack.cfg.partitions),
+                            conv);
     snprintf(id, sizeof id, "%s/%s", conv, cmid);
     natsMsg *m = NULL;
     ck_assert(natsMsg_Create(&m, subject, NULL, (const char *)buf, (int)len) == NATS_OK);

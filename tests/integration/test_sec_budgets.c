@@ -156,7 +156,7 @@ static int checks_in_flight(observer *o, const char *text, int *total)
         const char *subject = natsMsg_GetSubject(m), *reply = natsMsg_GetReply(m);
         const char *d = natsMsg_GetData(m);
         int len = natsMsg_GetDataLength(m);
-        if (strcmp(subject, CHAT_API_PREFIX "members.check") == 0 && reply && d &&
+        if (strcmp(subject, CHAT_API_GW_PREFIX "members.check") == 0 && reply && d &&
             memmem(d, (size_t)len, text, strlen(text))) {
             json_object_set_new(waiting, reply, json_true());
             (*total)++;
@@ -335,7 +335,7 @@ START_TEST(status_polls_bounded)
     json_decref(f);
 
     observer o;
-    observe(&o, CHAT_API_PREFIX "post.status");
+    observe(&o, CHAT_API_GW_PREFIX "post.status");
     enum { RESENDS = 10 };
     int64_t t0 = test_mono_ms();
     for (int i = 0; i < RESENDS; i++) /* the same cmid again: a duplicate for the broker each time */
@@ -481,7 +481,7 @@ START_TEST(membership_cache_bounded)
     test_stack_unique_id("stranger", stranger, sizeof stranger);
     create_conv(conv, member, friend);
     observer o;
-    observe(&o, CHAT_API_PREFIX "members.check");
+    observe(&o, CHAT_API_GW_PREFIX "members.check");
     ws_client *m = connect_user(member), *s = connect_user(stranger);
     /* the member's seen: one check, then answered from the cache */
     for (int i = 0; i < 2; i++) {

@@ -535,8 +535,8 @@ START_TEST(tokens_algorithms_and_key_confusion)
 END_TEST
 
 /* The contract pins the algorithm by its name: "HS256", nothing else, not "hs256" or "Hs256"
- * (libjwt 1.10 reads the name without regard to case; chat_jwt_verify compares it itself since
- * 4d67bd8). */
+ * (libjwt 1.10, which the gateway once used, read the name without regard to case;
+ * chat_jwt_verify compares it exactly with the key's own algorithm). */
 START_TEST(tokens_alg_name_exact)
 {
     char user[80], p[512];

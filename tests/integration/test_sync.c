@@ -103,7 +103,7 @@ static uint64_t post(const char *conv, const char *sender, const char *cmid, con
     return seq;
 }
 
-/* Publishes a change (edit or delete) the way a gateway does, straight to CHAT_IN, then waits
+/* Publishes a change (edit or delete) as a backend does, straight to CHAT_IN (the trusted form), then waits
  * for post.status to report it stored; returns its seq. */
 static uint64_t post_change(const char *conv, const char *sender, const char *cmid, Chat__V1__EventKind kind,
                             uint64_t target, const char *body)
@@ -118,7 +118,8 @@ static uint64_t post_change(const char *conv, const char *sender, const char *cm
     uint8_t buf[1024];
     size_t len = chat__v1__post__pack(&p, buf);
     char subject[160], msgid[160];
-    chat_subject_in(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)stack.cfg.partitions), conv);
+    chat_subject_in_backend(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)stack.cfg.partitions),
+                            conv);
     snprintf(msgid, sizeof msgid, "%s/%s", conv, cmid);
     natsMsg *msg = NULL;
     ck_assert_int_eq(natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len), NATS_OK);
