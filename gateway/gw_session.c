@@ -1308,3 +1308,47 @@ void gw_session_free_caches(gw_server *srv)
     chat_map_each(srv->membership, free_membership_entry, NULL);
     chat_map_each(srv->checking, free_waiting_entry, NULL);
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Revocations (gw_revoke.c)                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static bool revoked_by(const gw_session *s, int64_t not_before, uint64_t jti_id)
+{
+    if (!s->established || s->close_code)
+        return false;
+    return jti_id ? s->token_jti == jti_id : chat_revoke_user_refuses(not_before, s->token_iat);
+}
+
+/* The close frame goes out with lws's own close handshake at once (the session gets no WRITEABLE
+ * of its own any more, and a client that reads nothing is cut off after lws's 5 s), and nothing
+ * more is queued for it. Session ids are gathered first: a close may end a session on the spot. */
+size_t gw_session_close_revoked(gw_server *srv, const char *user, int64_t not_before, uint64_t jti_id)
+{
+    gw_user *u = user ? chat_map_get(srv->users, user) : NULL;
+    if (user && u == NULL)
+        return 0;
+    size_t n = 0, cap = user ? (size_t)u->count : srv->nsessions;
+    uint64_t *ids = malloc((cap ? cap : 1) * sizeof *ids);
+    if (ids == NULL)
+        abort();
+    if (user) {
+        for (gw_session *s = u->sessions; s && n < cap; s = s->next_of_user)
+            if (revoked_by(s, not_before, 0))
+                ids[n++] = s->id;
+    } else {
+        for (uint32_t i = 0; i < srv->nslots && n < cap; i++)
+            if (srv->slots[i] && revoked_by(srv->slots[i], 0, jti_id))
+                ids[n++] = srv->slots[i]->id;
+    }
+    for (size_t i = 0; i < n; i++) {
+        gw_session *s = gw_session_find(srv, ids[i]);
+        if (s == NULL)
+            continue;
+        s->close_code = GW_CLOSE_TOKEN_REVOKED;
+        lws_close_reason(s->wsi, (enum lws_close_status)GW_CLOSE_TOKEN_REVOKED, (unsigned char *)"token revoked", 13);
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+    }
+    free(ids);
+    return n;
+}

@@ -15,12 +15,14 @@
 #include "chat_buf.h"
 #include "chat_http.h"
 #include "chat_id.h"
+#include "chat_revoke.h"
 #include "gw_bus.h"
 #include "gw_server.h"
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
 #define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
+#define GW_CLOSE_TOKEN_REVOKED 4001    /* the session's token was revoked (chatctl revoke, gw_revoke.h) */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 
 /* An outbound frame, shared by every session it goes to (one render per delivery). */
@@ -75,6 +77,8 @@ typedef struct gw_session {
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
     gw_peer *peer;               /* the client address's count (per-address limit), or NULL */
+    int64_t token_iat;           /* the token's iat (0: none) and ... */
+    uint64_t token_jti;          /* ... a hash of its jti (0: none), for gw_session_close_revoked */
 } gw_session;
 
 /* The sessions of one user on this gateway and their one delivery subscription. */
@@ -140,5 +144,10 @@ void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event 
 /* A request waiting for retry_at_ms is due: send it again. false: free it. */
 bool gw_session_on_retry(gw_server *srv, gw_request *req);
 void gw_session_on_members_changed(gw_server *srv, const char *conv);
+
+/* A revocation arrived (gw_revoke.c): closes with GW_CLOSE_TOKEN_REVOKED the sessions of user whose
+ * token was issued before not_before (or has no iat), or, with user NULL, every session whose
+ * token's jti hash is jti_id. Returns how many. */
+size_t gw_session_close_revoked(gw_server *srv, const char *user, int64_t not_before, uint64_t jti_id);
 
 #endif
