@@ -1,9 +1,11 @@
 /* Settings table, loading and validation. Runs once at start on the main thread. */
 #include "chat_config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,9 @@
 #include <openssl/x509.h>
 
 #include "chat_duration.h"
+#include "chat_egress.h"
 #include "chat_log.h"
+#include "chat_redact.h"
 
 #define ALL (CHAT_PROG_GATEWAY | CHAT_PROG_WORKER | CHAT_PROG_CTL | CHAT_PROG_BENCH)
 #define GW CHAT_PROG_GATEWAY
@@ -86,6 +90,8 @@ static const setting settings[] = {
     {"CHAT_DEV_MODE", "--dev-mode", "0", GW, F(dev_mode_raw), "1 serves GET /dev/token?user=U"},
     {"CHAT_PUSH_WEBHOOK_URL", "--push-webhook-url", "", WK, F(push_webhook_url),
      "where offline notifications are POSTed (empty: none)"},
+    {"CHAT_EGRESS_ALLOW", "--egress-allow", "", WK, F(egress_allow),
+     "addresses or CIDR ranges the webhook may reach besides public ones, comma separated (e.g. 127.0.0.0/8,::1)"},
     {"CHAT_PUSH_PREVIEW", "--push-preview", "1", WK, F(push_preview_raw),
      "1 puts a preview of the newest message into pushes, 0 leaves it out"},
     {"CHAT_TLS_CERT", "--tls-cert", "", GW, F(tls_cert), "PEM certificate for wss:// (with CHAT_TLS_KEY)"},
@@ -106,6 +112,8 @@ static const setting settings[] = {
      "connections per client address on one gateway (0: no limit)"},
     {"CHAT_WS_PING", "--ws-ping", "30s", GW, F(ws_ping_raw),
      "idle connections are pinged this often and closed when silent for twice that"},
+    {"CHAT_WS_MEMBERSHIP_CACHE", "--ws-membership-cache", "100000", GW, F(ws_membership_cache_raw),
+     "conversations one gateway keeps membership answers for (the oldest are dropped first)"},
     {"CHAT_WS_STOP_DELAY", "--ws-stop-delay", "2s", GW, F(ws_stop_delay_raw),
      "on SIGTERM, how long the gateway answers 503 (readyz, new upgrades) before closing its clients (0: none)"},
     {"CHAT_WEB_DIR", "--web-dir", "", GW, F(web_dir),
@@ -372,6 +380,30 @@ static char *read_secret_file(const char *home)
     return strdup(buf);
 }
 
+/* A listen host that only this machine reaches: a loopback address or "localhost". */
+static bool host_is_loopback(const char *host)
+{
+    char bare[256];
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') /* [::1] */
+        snprintf(bare, sizeof bare, "%.*s", (int)(n - 2), host + 1);
+    else
+        snprintf(bare, sizeof bare, "%s", host);
+    if (strcmp(bare, "localhost") == 0)
+        return true;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, bare, &v4->sin_addr) == 1)
+        ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, bare, &v6->sin6_addr) == 1)
+        ss.ss_family = AF_INET6;
+    else
+        return false; /* "", "0.0.0.0" parse; any other name may resolve anywhere */
+    return chat_egress_classify((struct sockaddr *)&ss) == CHAT_EGRESS_LOOPBACK;
+}
+
 static chat_status duration_in(const char *env, const char *raw, int64_t min, int64_t max,
                                int64_t *out, char *err, size_t errsz)
 {
@@ -436,10 +468,12 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
     if ((prog & WK) && chat_parse_listen(cfg->worker_listen_raw, &cfg->worker_listen) != CHAT_OK)
         return fail(err, errsz, "CHAT_WORKER_LISTEN", "must be host:port (got \"%s\")",
                     cfg->worker_listen_raw);
-    if (!nats_urls_valid(cfg->nats_url))
+    char shown[1024]; /* a setting echoed in an error: its secrets masked (chat_redact.h) */
+    if (!nats_urls_valid(cfg->nats_url)) {
+        chat_redact_url(cfg->nats_url, shown, sizeof shown);
         return fail(err, errsz, "CHAT_NATS_URL",
-                    "must be nats://host:port[,nats://host:port...] or the same with tls:// (got \"%s\")",
-                    cfg->nats_url);
+                    "must be nats://host:port[,nats://host:port...] or the same with tls:// (got \"%s\")", shown);
+    }
     chat_status tls_st = nats_tls_valid(cfg, err, errsz);
     if (tls_st != CHAT_OK)
         return tls_st;
@@ -447,16 +481,17 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         char *perr = NULL;
         PQconninfoOption *opts = PQconninfoParse(cfg->pg_dsn, &perr);
         if (opts == NULL) {
-            chat_status st = fail(err, errsz, "CHAT_PG_DSN", "malformed: %s",
-                                  perr ? perr : "cannot parse");
+            chat_redact_pq_message(perr ? perr : "cannot parse", shown, sizeof shown);
+            chat_status st = fail(err, errsz, "CHAT_PG_DSN", "malformed: %s", shown);
             PQfreemem(perr);
             return st;
         }
         PQconninfoFree(opts);
     }
-    if ((prog & (GW | WK)) && !parse_redis(cfg->redis_url, cfg))
-        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[:password@]host:port[/db] (got \"%s\")",
-                    cfg->redis_url);
+    if ((prog & (GW | WK)) && !parse_redis(cfg->redis_url, cfg)) {
+        chat_redact_url(cfg->redis_url, shown, sizeof shown);
+        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[:password@]host:port[/db] (got \"%s\")", shown);
+    }
     if (!parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
         return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
                     cfg->partitions_raw);
@@ -490,9 +525,10 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
             return fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
                         "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
         if (s3 && cfg->s3_endpoint[0] && strncmp(cfg->s3_endpoint, "http://", 7) != 0 &&
-            strncmp(cfg->s3_endpoint, "https://", 8) != 0)
-            return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")",
-                        cfg->s3_endpoint);
+            strncmp(cfg->s3_endpoint, "https://", 8) != 0) {
+            chat_redact_url(cfg->s3_endpoint, shown, sizeof shown);
+            return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")", shown);
+        }
         chat_status st = duration_in("CHAT_PARTITION_SPAN", cfg->span_raw, 60000, 7 * 86400000LL,
                                      &cfg->partition_span_ms, err, errsz);
         if (st != CHAT_OK)
@@ -508,8 +544,15 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (st != CHAT_OK)
             return st;
         const char *w = cfg->push_webhook_url;
-        if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0)
-            return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", w);
+        if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0) {
+            chat_redact_url(w, shown, sizeof shown);
+            return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", shown);
+        }
+        chat_egress *egress = NULL;
+        char why[160];
+        if (chat_egress_create(cfg->egress_allow, &egress, why, sizeof why) != CHAT_OK)
+            return fail(err, errsz, "CHAT_EGRESS_ALLOW", "%s", why);
+        chat_egress_destroy(egress);
         if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
             return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
         cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
@@ -532,6 +575,12 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
             return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
         cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
+        /* dev mode mints a token for any user: never on an address the network reaches */
+        if (cfg->dev_mode && !host_is_loopback(cfg->gateway_listen.host))
+            return fail(err, errsz, "CHAT_DEV_MODE",
+                        "1 needs a loopback CHAT_GATEWAY_LISTEN (127.0.0.1, ::1 or localhost): /dev/token mints a "
+                        "token for any user (got \"%s\")",
+                        cfg->gateway_listen_raw);
         if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0'))
             return fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
                         "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
@@ -566,6 +615,9 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
             return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
         if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
             return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
+        if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
+            return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
+                        cfg->ws_membership_cache_raw);
     }
     return CHAT_OK;
 }

@@ -24,7 +24,6 @@ struct chat_health {
     pthread_cond_t wake;
     bool stop;
     bool pg_ok, redis_ok;
-    char pg_err[256], redis_err[256];
     PGconn *pg;
     redisContext *redis;
 };
@@ -104,8 +103,6 @@ static void *health_thread(void *arg)
         pthread_mutex_lock(&h->lock);
         h->pg_ok = pg_ok;
         h->redis_ok = redis_ok;
-        memcpy(h->pg_err, pg_err, sizeof pg_err);
-        memcpy(h->redis_err, redis_err, sizeof redis_err);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
@@ -132,8 +129,6 @@ chat_status chat_health_start(const chat_cfg *cfg, unsigned deps, natsConnection
     h->nc = nc;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
-    snprintf(h->pg_err, sizeof h->pg_err, "not probed yet");
-    snprintf(h->redis_err, sizeof h->redis_err, "not probed yet");
     if (pthread_create(&h->thread, NULL, health_thread, h) != 0) {
         free(h);
         return CHAT_ERR_INTERNAL;
@@ -152,6 +147,8 @@ bool chat_health_dep_ok(chat_health *h, unsigned dep)
     return ok;
 }
 
+/* /readyz answers anyone who can reach the port: up or down per dependency and nothing more. The
+ * error text (addresses, user names, server versions) goes to the log, at each change (dep_down). */
 bool chat_health_ready(void *health, char *detail, size_t size)
 {
     chat_health *h = health;
@@ -167,22 +164,16 @@ bool chat_health_ready(void *health, char *detail, size_t size)
     if (h->deps & CHAT_DEP_NATS) {
         bool ok = chat_nats_connected(h->nc);
         all &= ok;
-        LINE("nats %s\n", ok ? "ok" : "down: not connected");
+        LINE("nats %s\n", ok ? "ok" : "down");
     }
     pthread_mutex_lock(&h->lock);
     if (h->deps & CHAT_DEP_PG) {
         all &= h->pg_ok;
-        if (h->pg_ok)
-            LINE("postgres ok\n");
-        else
-            LINE("postgres down: %s\n", h->pg_err);
+        LINE("postgres %s\n", h->pg_ok ? "ok" : "down");
     }
     if (h->deps & CHAT_DEP_REDIS) {
         all &= h->redis_ok;
-        if (h->redis_ok)
-            LINE("redis ok\n");
-        else
-            LINE("redis down: %s\n", h->redis_err);
+        LINE("redis %s\n", h->redis_ok ? "ok" : "down");
     }
     pthread_mutex_unlock(&h->lock);
 #undef LINE

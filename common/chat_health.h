@@ -21,7 +21,8 @@ typedef struct chat_health chat_health;
 /* Watches the dependencies in `deps`; nc may be NULL when NATS is not among them. cfg and nc
  * must outlive the monitor. */
 chat_status chat_health_start(const chat_cfg *cfg, unsigned deps, natsConnection *nc, chat_health **out);
-/* A chat_ready_fn: true when every watched dependency answers; detail gets a line for each. */
+/* A chat_ready_fn: true when every watched dependency answers; detail gets a line for each,
+ * "postgres ok" or "postgres down" (no error text: that is logged, not served). */
 bool chat_health_ready(void *health, char *detail, size_t size);
 /* Whether one dependency answered at the last probe. */
 bool chat_health_dep_ok(chat_health *h, unsigned dep);

@@ -30,7 +30,7 @@ int chat_http_reply_begin(struct lws *wsi, chat_http_reply *r);
 int chat_http_reply_continue(struct lws *wsi, chat_http_reply *r);
 void chat_http_reply_free(chat_http_reply *r); /* NULL-safe */
 
-/* Readiness: fills detail with one line per dependency ("nats ok", "postgres down: ..."). */
+/* Readiness: fills detail with one line per dependency ("nats ok", "postgres down"; no error text). */
 typedef bool (*chat_ready_fn)(void *ctx, char *detail, size_t size);
 
 /* Fills r for /healthz, /readyz and /metrics and returns true; false for any other path. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_redact.h"
 
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action)
 {
@@ -50,34 +51,6 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
                                 const char *inbox_prefix, natsConnection **out);
 
 /* The URL list with any user:password@ replaced by ***@, for logs and error lines. */
-void chat_nats_redact(const char *urls, char *out, size_t size)
-{
-    size_t o = 0;
-    for (const char *p = urls; *p && o + 1 < size;) {
-        const char *scheme = strstr(p, "://");
-        const char *end = strchr(p, ',');
-        if (end == NULL)
-            end = p + strlen(p);
-        const char *at = NULL;
-        for (const char *q = scheme ? scheme + 3 : p; q < end; q++)
-            if (*q == '@')
-                at = q;
-        const char *from = p;
-        if (scheme && at && scheme < end) {
-            size_t n = (size_t)(scheme + 3 - p);
-            o += (size_t)snprintf(out + o, size - o, "%.*s***", (int)n, p);
-            from = at;
-        }
-        if (o + 1 < size)
-            o += (size_t)snprintf(out + o, size - o, "%.*s", (int)(end - from), from);
-        p = *end ? end + 1 : end;
-        if (*end && o + 1 < size)
-            out[o++] = ',', out[o] = '\0';
-    }
-    if (o < size)
-        out[o] = '\0';
-}
-
 chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out)
 {
     return connect_with(cfg, name, wait_initial, 0, NULL, out);
@@ -203,7 +176,7 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
             s = natsConnection_Connect(&nc, opts);
     }
     char shown[1024];
-    chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+    chat_redact_url(cfg->nats_url, shown, sizeof shown);
     if (s == NATS_NOT_YET_CONNECTED) {
         LOG_WARN(name, "event=nats_unreachable url=\"%s\" action=retrying_in_background", shown);
         s = NATS_OK;

@@ -39,9 +39,6 @@ bool chat_nats_connected(natsConnection *nc);
  * stop in a fault scenario). */
 void chat_nats_shutdown(void);
 
-/* Copies a CHAT_NATS_URL list with every user:password@ shown as ***@ (for logs and errors). */
-void chat_nats_redact(const char *urls, char *out, size_t size);
-
 /* Subject builders; return false if the result would not fit. */
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);   /* chat.in.<p>.<conv> */
 bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
@@ -50,5 +47,9 @@ bool chat_subject_event(char *buf, size_t size, const char *conv);              
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
 #define CHAT_API_PREFIX "chat.api.v1."
+/* The gateway form of a method, chat.api.v1.gw.<method>: the only api subjects a gateway's NATS
+ * user may publish to. The api role answers it for the named user only (no trusted forms), so a
+ * gateway can never read or act as a backend (docs/security.md). */
+#define CHAT_API_GW_PREFIX CHAT_API_PREFIX "gw."
 
 #endif

@@ -42,6 +42,7 @@ typedef struct gw_request {
     int64_t retry_at_ms;   /* POST_STATUS waiting to be asked again, or 0 */
     bool staged_dup;       /* PUBLISH: the PubAck said duplicate of stream seq 0 (gw_session.c) */
     bool republished;      /* PUBLISH: published again under a Nats-Msg-Id of its own */
+    bool status_chain;     /* PUBLISH, POST_STATUS: counts in its session's GW_STATUS_CHAINS */
     struct gw_request *prev, *next;
 } gw_request;
 

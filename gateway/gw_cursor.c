@@ -88,7 +88,7 @@ void gw_cursor_flush(gw_server *srv)
     gw_request *req = gw_bus_request_new(srv, GW_REQ_CURSOR, 0, CURSOR_TIMEOUT_MS);
     req->payload = packed;
     req->payload_len = len;
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "cursor", packed, len, NULL) != CHAT_OK) {
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "cursor", packed, len, NULL) != CHAT_OK) {
         gw_cursor_on_reply(srv, req, NULL); /* merges the batch back */
         gw_bus_request_free(srv, req);
     }

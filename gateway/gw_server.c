@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 
+#include "chat_egress.h"
 #include "chat_http.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
@@ -283,6 +284,42 @@ static void dev_conv(gw_server *srv, struct lws *wsi, chat_http_reply *r)
     json_decref(j);
 }
 
+/* ---- who may reach the operators' and the developers' endpoints ---- */
+
+/* Whether a proxy passed the request on (Forwarded, X-Forwarded-For, X-Real-IP): the balancer of
+ * deploy/ sets X-Forwarded-For on every request, so such a request may come from anyone, and a
+ * proxy on this host would make it look local. */
+static bool forwarded(struct lws *wsi)
+{
+    return lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR) > 0 ||
+           lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_X_REAL_IP) > 0 ||
+           lws_hdr_custom_length(wsi, "forwarded:", 10) >= 0;
+}
+
+/* Whether the TCP peer is a loopback address (this machine). */
+static bool loopback_peer(struct lws *wsi)
+{
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    int fd = lws_get_socket_fd(wsi);
+    return fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+           chat_egress_classify((struct sockaddr *)&peer) == CHAT_EGRESS_LOOPBACK;
+}
+
+/* lws hands the callback a canonical path (%xx decoded, "//", "/./" and "/../" folded), so
+ * "//metrics" and "/%6detrics" arrive here as "/metrics": the gateway cannot refuse those spellings
+ * by text. It refuses by origin instead: /metrics only to requests no proxy passed on (Prometheus
+ * scrapes gateways directly), /dev/ only to unforwarded loopback peers. The balancer also refuses
+ * every non-canonical path (deploy/haproxy/haproxy.cfg). */
+static bool operator_path_refused(struct lws *wsi, const char *path)
+{
+    if (strcmp(path, "/metrics") == 0)
+        return forwarded(wsi);
+    if (strncmp(path, "/dev/", 5) == 0)
+        return forwarded(wsi) || !loopback_peer(wsi);
+    return false;
+}
+
 /* /readyz: every dependency answers, the revocations have arrived, and the gateway is not stopping. */
 static bool gw_ready(void *ctx, char *detail, size_t size)
 {
@@ -323,7 +360,11 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         char file[1024];
         if (s->http == NULL && (s->http = calloc(1, sizeof *s->http)) == NULL)
             abort();
-        if (chat_http_health(path, srv->metrics, gw_ready, srv, s->http))
+        if (operator_path_refused(wsi, path)) {
+            LOG_INFO("gateway", "event=http_refused endpoint=%s reason=%s", path[1] == 'm' ? "metrics" : "dev",
+                     forwarded(wsi) ? "forwarded" : "not_loopback");
+            chat_http_reply_set(s->http, 404, "text/plain", "not found\n", 10); /* as for any unknown path */
+        } else if (chat_http_health(path, srv->metrics, gw_ready, srv, s->http))
             ;
         else if (srv->cfg->dev_mode && strcmp(path, "/dev/token") == 0)
             dev_token(srv, wsi, s->http);
@@ -356,7 +397,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
             return -1; /* as lws does when its own setsockopt fails */
         /* what a later revocation is matched against (gw_session_close_revoked) */
-        s->token_iat = claims.iat;
+        s->token_iat = (uint32_t)claims.iat;
         s->token_jti = claims.jti[0] ? chat_revoke_jti_id(claims.jti) : 0;
         gw_session_established(srv, s, wsi, claims.user);
         return 0;

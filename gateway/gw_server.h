@@ -55,7 +55,8 @@ typedef struct gw_server {
     uint32_t nslots, nfree, *free_slots;
     size_t nsessions;
     chat_map *users;      /* user id -> gw_user * */
-    chat_map *membership; /* conv -> gw_membership * (cache) */
+    chat_map *membership; /* conv -> gw_membership * (cache, at most CHAT_WS_MEMBERSHIP_CACHE) ... */
+    struct gw_membership *membership_oldest, *membership_newest; /* ... in the order they came */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
     chat_map *watched;    /* user -> sessions watching the user's presence */

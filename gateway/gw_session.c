@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <jansson.h>
 
@@ -56,14 +57,56 @@ static gw_frame *frame_from_json(json_t *frame, int64_t event_ts_ms)
     return f;
 }
 
-/* Queues f for s (taking a reference). A session whose queue passes the cap is closed as a slow
- * consumer: it lost nothing that is not in PostgreSQL, and syncs when it reconnects. */
+static void queue_free(gw_session *s)
+{
+    for (gw_qnode *n = s->qhead, *next; n; n = next) {
+        next = n->next;
+        frame_release(n->frame);
+        free(n);
+    }
+    s->qhead = s->qtail = NULL;
+    s->qbytes = 0;
+}
+
+/* Closes s with code: its queue is freed at once (a client that reads nothing would otherwise keep
+ * it until the close frame gets out, which is never), the close frame goes at the next WRITEABLE,
+ * and the connection is hung up GW_CLOSE_WAIT_MS later if it is still there (lws's timer when no
+ * WRITEABLE comes; gw_session_sweep when the client never answers the close). */
+static void close_now(gw_session *s, int code)
+{
+    if (s->close_code)
+        return;
+    queue_free(s);
+    free(s->sync_next);
+    s->sync_next = NULL;
+    s->close_code = code;
+    s->closing_ms = chat_mono_ns() / 1000000;
+    lws_callback_on_writable(s->wsi);
+    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, (GW_CLOSE_WAIT_MS + 999) / 1000);
+}
+
+/* A hang-up without a close handshake and with a TCP reset: the kernel drops what it still holds
+ * for the socket (a client that reads nothing has its send buffer full) instead of trying to
+ * deliver it for minutes. */
+static void reset_on_close(gw_session *s)
+{
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(lws_get_socket_fd(s->wsi), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+}
+
+static void hang_up(gw_session *s)
+{
+    reset_on_close(s);
+    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* A session whose queue passes the cap is closed as a slow consumer: it lost nothing that is not
+ * in PostgreSQL, and syncs when it reconnects. */
 static void close_slow(gw_server *srv, gw_session *s)
 {
     LOG_WARN("gateway", "event=slow_consumer session=%s-%" PRIu64 " user=%s queued=%zu", srv->gateway_id, s->id, gw_session_user(s), s->qbytes);
-    s->close_code = GW_CLOSE_SLOW_CONSUMER;
     atomic_fetch_add(srv->m.disc_slow, 1);
-    lws_callback_on_writable(s->wsi);
+    close_now(s, GW_CLOSE_SLOW_CONSUMER);
 }
 
 /* Queues f for s. Over the cap for longer than the grace, or twice over it, the session is
@@ -221,11 +264,16 @@ static uint64_t session_number(const gw_server *srv, const char *name)
 /* Membership cache: conv -> { user -> member? }, dropped on chat.members.<conv> and after a TTL */
 /* ------------------------------------------------------------------------------------------ */
 
+/* One conversation's cached answers. Entries live in srv->membership and, oldest first, in a list
+ * (every entry has the same TTL, so the order they came is the order they expire): the TTL trim
+ * and the CHAT_WS_MEMBERSHIP_CACHE bound both take from its head. */
 typedef struct gw_membership {
     chat_map *users; /* value (void *)1 member, (void *)2 not a member */
     int64_t expires_ms;
     char **list;     /* every member, once members.list answered (typing fanout); else NULL */
     size_t nlist;
+    struct gw_membership *older, *newer;
+    char conv[];     /* the key in srv->membership */
 } gw_membership;
 
 static void membership_free(gw_membership *m)
@@ -249,53 +297,57 @@ static int membership_get(gw_server *srv, const char *conv, const char *user)
     return (int)(intptr_t)chat_map_get(m->users, user);
 }
 
+static void membership_unlink(gw_server *srv, gw_membership *m)
+{
+    if (m->older)
+        m->older->newer = m->newer;
+    else
+        srv->membership_oldest = m->newer;
+    if (m->newer)
+        m->newer->older = m->older;
+    else
+        srv->membership_newest = m->older;
+    m->older = m->newer = NULL;
+}
+
 static void membership_put(gw_server *srv, const char *conv, const char *user, bool member)
 {
     gw_membership *m = chat_map_get(srv->membership, conv);
     if (m == NULL) {
-        m = calloc(1, sizeof *m);
+        /* full: the oldest entry goes (asked again when next needed) */
+        while (srv->membership_oldest && chat_map_size(srv->membership) >= (size_t)srv->cfg->ws_membership_cache)
+            gw_session_on_members_changed(srv, srv->membership_oldest->conv);
+        size_t len = strlen(conv);
+        if ((m = calloc(1, sizeof *m + len + 1)) == NULL)
+            abort();
+        memcpy(m->conv, conv, len + 1);
         m->users = chat_map_create();
         m->expires_ms = chat_mono_ns() / 1000000 + MEMBERSHIP_TTL_MS;
         chat_map_put(srv->membership, conv, m, NULL);
+        m->older = srv->membership_newest;
+        if (m->older)
+            m->older->newer = m;
+        else
+            srv->membership_oldest = m;
+        srv->membership_newest = m;
     }
     chat_map_put(m->users, user, (void *)(intptr_t)(member ? 1 : 2), NULL);
 }
 
-typedef struct expired {
-    char **keys;
-    size_t n, cap;
-    int64_t now;
-} expired;
-
-static void collect_expired(const char *key, void *value, void *ctx)
-{
-    expired *x = ctx;
-    gw_membership *m = value;
-    if (m->expires_ms >= x->now)
-        return;
-    if (x->n == x->cap) {
-        x->cap = x->cap ? 2 * x->cap : 64;
-        x->keys = realloc(x->keys, x->cap * sizeof *x->keys);
-    }
-    x->keys[x->n++] = strdup(key);
-}
-
 void gw_session_trim_caches(gw_server *srv)
 {
-    expired x = {.now = chat_mono_ns() / 1000000};
-    chat_map_each(srv->membership, collect_expired, &x);
-    for (size_t i = 0; i < x.n; i++) {
-        gw_session_on_members_changed(srv, x.keys[i]);
-        free(x.keys[i]);
-    }
-    free(x.keys);
+    int64_t now = chat_mono_ns() / 1000000;
+    while (srv->membership_oldest && srv->membership_oldest->expires_ms < now)
+        gw_session_on_members_changed(srv, srv->membership_oldest->conv);
 }
 
 void gw_session_on_members_changed(gw_server *srv, const char *conv)
 {
     gw_membership *m = chat_map_remove(srv->membership, conv);
-    if (m)
+    if (m) {
+        membership_unlink(srv, m);
         membership_free(m);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -325,6 +377,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
+    snprintf(req->user, sizeof req->user, "%s", s ? gw_session_user(s) : ""); /* for post.status */
     /* kept for publish_again (a duplicate the broker does not have) */
     req->payload = malloc(len ? len : 1);
     if (req->payload == NULL)
@@ -391,6 +444,8 @@ static void waiting_release(gw_server *srv, const char *conv, const char *user, 
         next = p->next;
         gw_session *s = gw_session_find(srv, p->session);
         const char *ref = p->cmid[0] ? p->cmid : NULL;
+        if (s)
+            gw_budget_waiting_done(s->budget);
         if (member == 1 && p->post)
             publish_post(srv, p->session, conv, p->cmid, p->post, p->len);
         else if (member == 1)
@@ -452,13 +507,31 @@ static void handle_cursor(gw_server *srv, gw_session *s, const gw_inframe *f)
     member_action(srv, s, f->conv, NULL, NULL, 0, f->seq, read ? f->seq : 0);
 }
 
+/* A frame past the connection's lookup budget (gw_budget.h): rate_limited, with the conversation
+ * (and the cmid of a post as ref) so the client knows what to send again later. */
+static void lookup_refused(gw_server *srv, gw_session *s, const char *conv, const char *cmid)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "code", "rate_limited", "conv", conv, "message",
+                          "too many conversations looked up on this connection; slow down");
+    if (cmid)
+        json_object_set_new(f, "ref", json_string(cmid));
+    error_count(srv, "rate_limited");
+    gw_session_send_json(srv, s, f);
+}
+
 static void member_action(gw_server *srv, gw_session *s, const char *conv, const char *cmid, uint8_t *packed,
                           size_t len, uint64_t seen, uint64_t read)
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, gw_session_user(s));
+    int64_t now = chat_mono_ns() / 1000000;
     waiting *w = chat_map_get(srv->checking, key);
     if (w) { /* a check for this member is in flight: queue behind it, keeping the order */
+        if (!gw_budget_waiting(&s->budget)) {
+            free(packed);
+            lookup_refused(srv, s, conv, cmid);
+            return;
+        }
         waiting_add(w, s->id, cmid, packed, len, seen, read);
         return;
     }
@@ -468,9 +541,15 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
      * with a not_member Rejection), so asking the api role as well only cost a round trip through
      * NATS and PostgreSQL before the first post of each member of each conversation (the
      * 20,000-connection and reconnect rows of docs/benchmarks.md, where every send was a first).
-     * The ack or the Rejection then fills the cache (gw_session_on_delivery). Cursors have no such
-     * check downstream and still ask. */
+     * The ack or the Rejection then fills the cache (gw_session_on_delivery); a Rejection costs the
+     * connection a lookup (gw_budget_lookup_charge), so posts into random conversations are bounded
+     * like seen frames into them. Cursors have no such check downstream and still ask. */
     if (known == 1 || (known == 0 && packed)) {
+        if (known == 0 && !gw_budget_lookup_left(&s->budget, now)) {
+            free(packed);
+            lookup_refused(srv, s, conv, cmid);
+            return;
+        }
         if (packed)
             publish_post(srv, s->id, conv, cmid, packed, len);
         else
@@ -483,6 +562,17 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
         gw_session_send_error(srv, s, cmid, "not_member", "not a member of this conversation");
         return;
     }
+    if (!gw_budget_waiting(&s->budget)) { /* the first in line counts too */
+        free(packed);
+        lookup_refused(srv, s, conv, cmid);
+        return;
+    }
+    if (!gw_budget_lookup(&s->budget, now)) {
+        gw_budget_waiting_done(s->budget);
+        free(packed);
+        lookup_refused(srv, s, conv, cmid);
+        return;
+    }
     Chat__V1__MemberCheckRequest rq = CHAT__V1__MEMBER_CHECK_REQUEST__INIT;
     rq.conv = (char *)conv;
     rq.user = (char *)gw_session_user(s);
@@ -492,27 +582,36 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid ? cmid : "");
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "members.check", buf, rlen, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
+        gw_budget_lookup_done(s->budget);
+        gw_budget_waiting_done(s->budget);
         free(packed);
         gw_session_send_error(srv, s, cmid, "unavailable", "membership cannot be checked now; retry");
         return;
     }
     w = calloc(1, sizeof *w);
+    if (w == NULL)
+        abort();
     waiting_add(w, s->id, cmid, packed, len, seen, read);
     chat_map_put(srv->checking, key, w, NULL);
 }
 
+/* Asks where a send the broker called a duplicate stands, as its user: the api role answers only a
+ * member about the user's own message (never the trusted form, user ""). */
 static bool ask_post_status(gw_server *srv, gw_request *req)
 {
+    if (req->user[0] == '\0')
+        return false;
     Chat__V1__PostStatusRequest rq = CHAT__V1__POST_STATUS_REQUEST__INIT;
     rq.conv = req->conv;
     rq.cmid = req->cmid;
+    rq.user = req->user;
     uint8_t buf[256];
     size_t len = chat__v1__post_status_request__pack(&rq, buf);
     req->kind = GW_REQ_POST_STATUS;
     req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
-    return gw_bus_request_send(srv, req, CHAT_API_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
+    return gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
 
 /* nats-server 2.10 stages a Nats-Msg-Id in the stream's duplicate map (with seq 0) before it
@@ -562,8 +661,55 @@ static bool no_responders(natsMsg *msg)
 }
 
 static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg);
+static void lookup_done(gw_server *srv, uint64_t session);
+static bool on_post_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+
+/* A send polling post.status is done (acked, failed, or its session gone). */
+static void status_chain_end(gw_server *srv, gw_request *req)
+{
+    if (!req->status_chain)
+        return;
+    req->status_chain = false;
+    gw_session *s = gw_session_find(srv, req->session);
+    if (s)
+        gw_budget_status_done(s->budget);
+}
+
+/* The first post.status of a duplicate send: refused at once past GW_STATUS_CHAINS of the
+ * connection; past its poll rate it waits its turn (asked from gw_session_on_retry). */
+static bool start_post_status(gw_server *srv, gw_session *s, gw_request *req)
+{
+    if (!req->status_chain && !gw_budget_status_start(&s->budget)) {
+        inflight_done(srv, req->session, req->conv, req->cmid);
+        json_t *f = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "code", "rate_limited", "ref", req->cmid,
+                              "message", "too many sends waiting for their status on this connection; retry later");
+        error_count(srv, "rate_limited");
+        gw_session_send_json(srv, s, f);
+        return false;
+    }
+    req->status_chain = true;
+    if (!gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000)) {
+        req->kind = GW_REQ_POST_STATUS;
+        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
+        return true;
+    }
+    if (!ask_post_status(srv, req)) {
+        inflight_done(srv, req->session, req->conv, req->cmid);
+        gw_session_send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
+        return false;
+    }
+    return true;
+}
 
 bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    bool keep = on_post_reply(srv, req, msg);
+    if (!keep)
+        status_chain_end(srv, req);
+    return keep;
+}
+
+static bool on_post_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
     switch (req->kind) {
     case GW_REQ_SYNC:
@@ -587,6 +733,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             chat__v1__member_check_reply__free_unpacked(r, NULL);
         if (member >= 0)
             membership_put(srv, req->conv, req->user, member == 1);
+        lookup_done(srv, req->session);
         waiting_release(srv, req->conv, req->user, member);
         return false;
     }
@@ -619,12 +766,7 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         if (!duplicate)
             return false; /* the ack comes with the committed event */
         /* a retry the broker already has: ask the api role for the stored seq and id */
-        if (!ask_post_status(srv, req)) {
-            inflight_done(srv, req->session, req->conv, req->cmid);
-            gw_session_send_error(srv, s, req->cmid, "unavailable", "retry with the same cmid");
-            return false;
-        }
-        return true;
+        return start_post_status(srv, s, req);
     }
     default:
         return false; /* handled above */
@@ -636,6 +778,17 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         const char *code = r == NULL ? "unavailable" : r->status ? r->status->code : "";
         if (r && code[0] == '\0') {
             send_ack(srv, s, req->conv, req->cmid, r->seq, r->id);
+            chat__v1__post_reply__free_unpacked(r, NULL);
+            return false;
+        }
+        if (r && (strcmp(code, "not_member") == 0 || strcmp(code, "bad_request") == 0)) {
+            /* not a member (told nothing else), or the cmid is another sender's message */
+            inflight_done(srv, req->session, req->conv, req->cmid);
+            if (strcmp(code, "not_member") == 0)
+                membership_put(srv, req->conv, req->user, false);
+            gw_session_send_error(srv, s, req->cmid, code,
+                                  strcmp(code, "not_member") == 0 ? "not a member of this conversation"
+                                                                  : r->status->message);
             chat__v1__post_reply__free_unpacked(r, NULL);
             return false;
         }
@@ -659,9 +812,15 @@ bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 
 bool gw_session_on_retry(gw_server *srv, gw_request *req)
 {
-    if (gw_session_find(srv, req->session) == NULL)
-        return false;
-    return req->kind == GW_REQ_POST_STATUS && ask_post_status(srv, req);
+    gw_session *s = gw_session_find(srv, req->session);
+    bool keep = s && req->kind == GW_REQ_POST_STATUS;
+    if (keep && !gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000))
+        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS; /* the connection's polls are spent: later */
+    else if (keep)
+        keep = ask_post_status(srv, req);
+    if (!keep)
+        status_chain_end(srv, req);
+    return keep;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -743,9 +902,13 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         Chat__V1__Rejection *rj = d->rejection;
         gw_bus_inflight_done(srv, rj->session, rj->conv, rj->cmid);
         uint64_t n = session_number(srv, rj->session);
+        bool not_member = strcmp(rj->code, "not_member") == 0;
         for (gw_session *s = u->sessions; s && n; s = s->next_of_user)
-            if (s->id == n)
+            if (s->id == n) {
                 gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
+                if (not_member) /* a post into a conversation not known here: a lookup (gw_budget.h) */
+                    gw_budget_lookup_charge(s->budget, chat_mono_ns() / 1000000);
+            }
         if (strcmp(rj->code, "not_member") == 0) {
             gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
             membership_put(srv, rj->conv, u->id, false);  /* u's next posts there are refused here */
@@ -775,8 +938,7 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         memcpy(u->id, user, len + 1);
         if (gw_bus_subscribe_user(srv, u->id, &u->sub) != CHAT_OK) {
             free(u);
-            s->close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
-            lws_callback_on_writable(wsi);
+            close_now(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
             return;
         }
         chat_map_put(srv->users, u->id, u, NULL);
@@ -815,8 +977,6 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
 
 /* ---- typing: ephemeral, core NATS only, to the members connected now ---- */
 
-#define TYPING_MIN_INTERVAL_MS 1000
-
 static void typing_fanout(gw_server *srv, gw_membership *m, const char *conv, const char *user)
 {
     Chat__V1__Typing t = CHAT__V1__TYPING__INIT;
@@ -839,11 +999,8 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     const char *conv = f->conv;
     int64_t now = chat_mono_ns() / 1000000;
-    uint32_t h = chat_fnv1a32(conv);
-    if (s->typing_conv == h && now - s->typing_at_ms < TYPING_MIN_INTERVAL_MS)
-        return; /* rate limit: typing is a hint, the extras are dropped */
-    s->typing_at_ms = now;
-    s->typing_conv = h;
+    if (!gw_budget_typing(&s->budget, conv, now))
+        return; /* typing is a hint: the extras are dropped */
     if (membership_get(srv, conv, gw_session_user(s)) == 2) {
         gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return;
@@ -853,47 +1010,74 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
         typing_fanout(srv, m, conv, gw_session_user(s));
         return;
     }
+    if (!gw_budget_lookup(&s->budget, now))
+        return; /* dropped, as an extra */
     Chat__V1__MembersListRequest rq = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
     rq.conv = (char *)conv;
-    uint8_t buf[128];
+    rq.user = (char *)gw_session_user(s);
+    uint8_t buf[256]; /* two ids of at most 64 bytes and their tags */
     size_t len = chat__v1__members_list_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBERS_LIST, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "members.list", buf, len, NULL) != CHAT_OK)
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "members.list", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req); /* typing is best effort */
+        gw_budget_lookup_done(s->budget);
+    }
+}
+
+/* The session that asked for a membership lookup got its answer (or its timeout). */
+static void lookup_done(gw_server *srv, uint64_t session)
+{
+    gw_session *s = gw_session_find(srv, session);
+    if (s)
+        gw_budget_lookup_done(s->budget);
 }
 
 static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    lookup_done(srv, req->session);
     Chat__V1__MembersListReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__members_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                  (const uint8_t *)natsMsg_GetData(msg));
+    if (r && r->status && strcmp(r->status->code, "not_member") == 0) {
+        /* the api role answers a non-member (of a missing conversation too) with this alone */
+        chat__v1__members_list_reply__free_unpacked(r, NULL);
+        membership_put(srv, req->conv, req->user, false);
+        gw_session *s = gw_session_find(srv, req->session);
+        if (s)
+            gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+        return false;
+    }
     if (r == NULL || (r->status && r->status->code[0] && strcmp(r->status->code, "not_found") != 0)) {
         if (r)
             chat__v1__members_list_reply__free_unpacked(r, NULL);
         return false;
     }
-    gw_session_on_members_changed(srv, req->conv); /* replace whatever was cached */
     bool member = false;
-    for (size_t i = 0; i < r->n_users; i++) {
-        membership_put(srv, req->conv, r->users[i], true);
-        member |= strcmp(r->users[i], req->user) == 0;
-    }
-    if (!member)
+    for (size_t i = 0; i < r->n_users && !member; i++)
+        member = strcmp(r->users[i], req->user) == 0;
+    gw_session *s = gw_session_find(srv, req->session);
+    if (!member) {
+        /* only the answer is kept: a non-member neither replaces what members use nor makes the
+         * gateway hold the list of a conversation (of any size) for a minute */
         membership_put(srv, req->conv, req->user, false);
+        chat__v1__members_list_reply__free_unpacked(r, NULL);
+        if (s)
+            gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+        return false;
+    }
+    gw_session_on_members_changed(srv, req->conv); /* replace whatever was cached */
+    for (size_t i = 0; i < r->n_users; i++)
+        membership_put(srv, req->conv, r->users[i], true);
     gw_membership *m = chat_map_get(srv->membership, req->conv);
     m->list = calloc(r->n_users ? r->n_users : 1, sizeof *m->list);
     for (size_t i = 0; i < r->n_users; i++)
         m->list[i] = strdup(r->users[i]);
     m->nlist = r->n_users;
     chat__v1__members_list_reply__free_unpacked(r, NULL);
-    gw_session *s = gw_session_find(srv, req->session);
-    if (member)
-        typing_fanout(srv, m, req->conv, req->user);
-    else if (s)
-        gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
+    typing_fanout(srv, m, req->conv, req->user);
     return false;
 }
 
@@ -958,6 +1142,10 @@ static void unwatch_all(gw_server *srv, gw_session *s)
 
 static void handle_presence(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
+    if (!gw_budget_presence(&s->budget, chat_mono_ns() / 1000000)) {
+        gw_session_send_error(srv, s, NULL, "rate_limited", "too many presence queries on this connection; slow down");
+        return;
+    }
     size_t n = json_array_size(f->users);
     const char *ids[GW_PRESENCE_USERS_MAX];
     for (size_t i = 0; i < n; i++)
@@ -979,6 +1167,7 @@ void gw_session_on_presence(gw_server *srv, void *data)
     gw_presence_answer *a = data;
     gw_session *s = gw_session_find(srv, a->session);
     if (s) {
+        gw_budget_presence_done(s->budget);
         json_t *users = json_object();
         for (int i = 0; i < a->n; i++)
             json_object_set_new(users, a->states[i].user, presence_json(a->states[i].online, a->states[i].last_seen_ms));
@@ -1008,34 +1197,22 @@ void gw_session_on_presence_change(gw_server *srv, natsMsg *msg)
     chat__v1__presence__free_unpacked(p, NULL);
 }
 
-bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms)
-{
-    if (*refill_ms == 0) {
-        *tokens = 2.0 * rate;
-        *refill_ms = now_ms;
-    }
-    *tokens += (double)(now_ms - *refill_ms) * rate / 1000.0;
-    if (*tokens > 2.0 * rate)
-        *tokens = 2.0 * rate;
-    *refill_ms = now_ms;
-    if (*tokens < 1.0)
-        return false;
-    *tokens -= 1.0;
-    return true;
-}
-
 static void handle_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
 {
     atomic_fetch_add(srv->m.frames_in, 1);
+    /* the token before the parse: a frame over the rate costs no JSON parse, so its answer cannot
+     * name its cmid (docs/protocol.md: rate_limited without ref) */
+    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ns() / 1000000)) {
+        gw_session_send_error(srv, s, NULL, "rate_limited", "too many frames on this connection; slow down");
+        return;
+    }
+    if (lws_frame_is_binary(s->wsi)) { /* binary frames cost their token too */
+        gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
+        return;
+    }
     gw_inframe f;
     gw_frame_error err;
     bool ok = gw_frame_parse(data, len, &f, &err);
-    int64_t now = chat_mono_ns() / 1000000;
-    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, now)) {
-        gw_session_send_error(srv, s, err.ref, "rate_limited", "too many frames on this connection; slow down");
-        gw_inframe_free(&f);
-        return;
-    }
     if (!ok) {
         json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", err.code, "message", err.message);
         if (err.ref)
@@ -1102,10 +1279,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
         return -1;
     }
     if (complete && have == 0) { /* the common case: one whole frame, no copy */
-        if (lws_frame_is_binary(s->wsi))
-            gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
-        else
-            handle_frame(srv, s, in, len);
+        handle_frame(srv, s, in, len);
         return 0;
     }
     if (s->rx == NULL) {
@@ -1119,10 +1293,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     chat_buf_append(&s->rx->buf, in, len);
     if (!complete)
         return 0;
-    if (lws_frame_is_binary(s->wsi))
-        gw_session_send_error(srv, s, NULL, "bad_request", "frames are JSON text, not binary");
-    else
-        handle_frame(srv, s, s->rx->buf.data, s->rx->buf.len);
+    handle_frame(srv, s, s->rx->buf.data, s->rx->buf.len);
     rx_free(s); /* do not keep up to 64 KiB per idle connection */
     return 0;
 }
@@ -1134,7 +1305,9 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
                           : s->close_code == LWS_CLOSE_STATUS_GOINGAWAY        ? "server going away"
                           : s->close_code == GW_CLOSE_SERVICE_RESTART          ? "service restart: sync"
                           : s->close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION ? "incomplete frame"
+                          : s->close_code == GW_CLOSE_TOKEN_REVOKED            ? "token revoked"
                                                                                : "try again";
+        s->close_written = true;
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
         return -1;
     }
@@ -1180,15 +1353,17 @@ static void sweep_one(gw_server *srv, gw_session *s, void *ctx)
 {
     (void)ctx;
     int64_t now = chat_mono_ns() / 1000000;
-    if (s->close_code)
+    if (s->close_code) {
+        if (now - s->closing_ms >= GW_CLOSE_WAIT_MS - 100) /* the sweep's second, give or take a tick */
+            hang_up(s);
         return;
+    }
     if (s->over_since_ms && now - s->over_since_ms > srv->cfg->ws_slow_grace_ms)
         close_slow(srv, s); /* a client that reads nothing gets no more enqueues to notice it */
     else if (s->rx && now - s->rx->started_ms > GW_FRAGMENT_TIMEOUT_MS) {
         LOG_WARN("gateway", "event=incomplete_frame session=%s-%" PRIu64 " user=%s bytes=%zu", srv->gateway_id, s->id, gw_session_user(s), s->rx->buf.len);
-        s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
         atomic_fetch_add(srv->m.disc_too_large, 1);
-        lws_callback_on_writable(s->wsi);
+        close_now(s, LWS_CLOSE_STATUS_POLICY_VIOLATION);
     } else if (s->established && now - s->last_rx_ms >= 2 * srv->cfg->ws_ping_ms) {
         /* silent for twice CHAT_WS_PING, the ping unanswered: gone without a word, so hung up
          * without one (counted with the client's disconnects, in gw_session_closed) */
@@ -1220,9 +1395,7 @@ void gw_session_sweep(gw_server *srv)
 static void close_with(gw_server *srv, gw_session *s, void *ctx)
 {
     (void)srv;
-    if (s->close_code == 0)
-        s->close_code = *(const int *)ctx;
-    lws_callback_on_writable(s->wsi);
+    close_now(s, *(const int *)ctx);
 }
 
 void gw_session_close_all(gw_server *srv)
@@ -1240,16 +1413,13 @@ size_t gw_session_restart_all(gw_server *srv)
 
 void gw_session_closed(gw_server *srv, gw_session *s)
 {
+    if (s->close_code && !s->close_written)
+        reset_on_close(s); /* lws's timer (close_now) hangs it up: no close frame got out */
     rx_free(s);
-    for (gw_qnode *n = s->qhead, *next; n; n = next) {
-        next = n->next;
-        frame_release(n->frame);
-        free(n);
-    }
-    s->qhead = s->qtail = NULL;
-    s->qbytes = 0;
+    queue_free(s);
     free(s->sync_next);
     s->sync_next = NULL;
+    gw_budget_free(&s->budget);
     if (!s->established)
         return;
     unwatch_all(srv, s);
@@ -1306,6 +1476,7 @@ static void free_waiting_entry(const char *key, void *value, void *ctx)
 void gw_session_free_caches(gw_server *srv)
 {
     chat_map_each(srv->membership, free_membership_entry, NULL);
+    srv->membership_oldest = srv->membership_newest = NULL;
     chat_map_each(srv->checking, free_waiting_entry, NULL);
 }
 
@@ -1313,42 +1484,32 @@ void gw_session_free_caches(gw_server *srv)
 /* Revocations (gw_revoke.c)                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-static bool revoked_by(const gw_session *s, int64_t not_before, uint64_t jti_id)
+typedef struct revocation {
+    int64_t not_before; /* a user's: tokens issued before it (or without iat) */
+    uint64_t jti_id;    /* or one token's: its jti hash */
+    size_t closed;
+} revocation;
+
+static void close_if_revoked(gw_server *srv, gw_session *s, void *ctx)
 {
-    if (!s->established || s->close_code)
-        return false;
-    return jti_id ? s->token_jti == jti_id : chat_revoke_user_refuses(not_before, s->token_iat);
+    (void)srv;
+    revocation *r = ctx;
+    bool hit = r->jti_id ? s->token_jti == r->jti_id : chat_revoke_user_refuses(r->not_before, s->token_iat);
+    if (!s->established || s->close_code || !hit)
+        return;
+    close_now(s, GW_CLOSE_TOKEN_REVOKED); /* nothing more is queued for it; hung up if it never reads */
+    r->closed++;
 }
 
-/* The close frame goes out with lws's own close handshake at once (the session gets no WRITEABLE
- * of its own any more, and a client that reads nothing is cut off after lws's 5 s), and nothing
- * more is queued for it. Session ids are gathered first: a close may end a session on the spot. */
 size_t gw_session_close_revoked(gw_server *srv, const char *user, int64_t not_before, uint64_t jti_id)
 {
-    gw_user *u = user ? chat_map_get(srv->users, user) : NULL;
-    if (user && u == NULL)
-        return 0;
-    size_t n = 0, cap = user ? (size_t)u->count : srv->nsessions;
-    uint64_t *ids = malloc((cap ? cap : 1) * sizeof *ids);
-    if (ids == NULL)
-        abort();
-    if (user) {
-        for (gw_session *s = u->sessions; s && n < cap; s = s->next_of_user)
-            if (revoked_by(s, not_before, 0))
-                ids[n++] = s->id;
-    } else {
-        for (uint32_t i = 0; i < srv->nslots && n < cap; i++)
-            if (srv->slots[i] && revoked_by(srv->slots[i], 0, jti_id))
-                ids[n++] = srv->slots[i]->id;
+    revocation r = {.not_before = not_before, .jti_id = user ? 0 : jti_id};
+    if (user == NULL) {
+        each_session(srv, close_if_revoked, &r);
+        return r.closed;
     }
-    for (size_t i = 0; i < n; i++) {
-        gw_session *s = gw_session_find(srv, ids[i]);
-        if (s == NULL)
-            continue;
-        s->close_code = GW_CLOSE_TOKEN_REVOKED;
-        lws_close_reason(s->wsi, (enum lws_close_status)GW_CLOSE_TOKEN_REVOKED, (unsigned char *)"token revoked", 13);
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
-    }
-    free(ids);
-    return n;
+    gw_user *u = chat_map_get(srv->users, user);
+    for (gw_session *s = u ? u->sessions : NULL; s; s = s->next_of_user)
+        close_if_revoked(srv, s, &r);
+    return r.closed;
 }

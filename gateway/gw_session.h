@@ -16,6 +16,7 @@
 #include "chat_http.h"
 #include "chat_id.h"
 #include "chat_revoke.h"
+#include "gw_budget.h"
 #include "gw_bus.h"
 #include "gw_server.h"
 
@@ -24,6 +25,11 @@
 #define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
 #define GW_CLOSE_TOKEN_REVOKED 4001    /* the session's token was revoked (chatctl revoke, gw_revoke.h) */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
+/* A connection asked to close (4008, 1001, 1012, 1008) is hung up this long after whatever its
+ * client does: one that reads nothing never lets the close frame out (its socket never becomes
+ * writable), one that does may never answer it. Hung up with a TCP reset, so that the kernel's
+ * buffers for it go too. */
+#define GW_CLOSE_WAIT_MS 1000
 
 /* An outbound frame, shared by every session it goes to (one render per delivery). */
 typedef struct gw_frame {
@@ -65,20 +71,24 @@ typedef struct gw_session {
     double frame_tokens;         /* token bucket: frames per connection */
     int64_t frame_refill_ms;
     gw_parked *sync_next;        /* the next page's packed SyncRequest, parked while the queue drains */
-    int64_t typing_at_ms;        /* rate limit of typing frames ... */
-    uint32_t typing_conv;        /* ... per conversation (its FNV-1a hash: a collision drops one hint) */
+    gw_budget *budget;           /* typing, presence, lookups, status polls (gw_budget.h), or NULL */
     int close_code;              /* set: close at the next WRITEABLE with this code */
+    /* the token's iat (0: none) and a hash of its jti (0: none), what gw_session_close_revoked
+     * matches; iat fits 32 bits until 2106 (a verified token's iat is at most its exp, at most
+     * CHAT_JWT_MAX_TTL from now). Placed in what was padding: the session stays 184 bytes. */
+    uint32_t token_iat;
+    int64_t closing_ms;          /* when close_code was set (GW_CLOSE_WAIT_MS) */
+    uint64_t token_jti;
     char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
     int nwatching;
     bool established;
     bool syncing;                /* a sync is running: pages until `synced` */
     bool want_ping;              /* a ping goes out at the next WRITEABLE */
+    bool close_written;          /* the close frame went to the socket */
     struct gw_session *next_of_user, *prev_of_user;
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
     gw_peer *peer;               /* the client address's count (per-address limit), or NULL */
-    int64_t token_iat;           /* the token's iat (0: none) and ... */
-    uint64_t token_jti;          /* ... a hash of its jti (0: none), for gw_session_close_revoked */
 } gw_session;
 
 /* The sessions of one user on this gateway and their one delivery subscription. */
@@ -97,8 +107,6 @@ static inline const char *gw_session_user(const gw_session *s)
     return s->u ? s->u->id : "";
 }
 
-/* Token bucket: refills `rate` per second up to 2 * rate; takes one token if it can. */
-bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms);
 /* Once a second from the tick: slow consumers past their grace, fragments that never finish,
  * idle connections (pinged after CHAT_WS_PING without a frame or pong, dropped after twice that). */
 void gw_session_sweep(gw_server *srv);

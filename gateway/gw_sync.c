@@ -26,7 +26,7 @@ static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len
 {
     gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
-    bool ok = gw_bus_request_send(srv, req, CHAT_API_PREFIX "sync", packed, len, NULL) == CHAT_OK;
+    bool ok = gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "sync", packed, len, NULL) == CHAT_OK;
     if (!ok)
         gw_bus_request_free(srv, req);
     free(packed);
@@ -162,7 +162,7 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     char *ref_text = f->ref ? json_dumps(f->ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     snprintf(req->ref, sizeof req->ref, "%s", ref_text ? ref_text : "");
     free(ref_text);
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "history", buf, len, NULL) != CHAT_OK) {
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "history", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         gw_session_send_error(srv, s, NULL, "unavailable", "history cannot be read now");
     }
@@ -202,7 +202,7 @@ void gw_conversations_handle(gw_server *srv, gw_session *s)
     uint8_t buf[128];
     size_t len = chat__v1__conv_list_request__pack(&rq, buf);
     gw_request *req = gw_bus_request_new(srv, GW_REQ_CONV_LIST, s->id, HISTORY_TIMEOUT_MS);
-    if (gw_bus_request_send(srv, req, CHAT_API_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
+    if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
     }

@@ -13,6 +13,7 @@
 #include "chat.pb-c.h"
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_redact.h"
 #include "chat_time.h"
 
 #define WINDOW 256
@@ -111,7 +112,7 @@ chat_status bench_setup_conversations(const bench_plan *p, uint64_t *created, ch
     natsConnection *nc = NULL;
     if (chat_nats_connect(p->cfg, "chat-bench", true, &nc) != CHAT_OK) {
         char shown[1024];
-        chat_nats_redact(p->cfg->nats_url, shown, sizeof shown);
+        chat_redact_url(p->cfg->nats_url, shown, sizeof shown);
         snprintf(err, errsz, "cannot connect to NATS at %s (CHAT_NATS_URL)", shown);
         nats_CloseAndWait(2000);
         return CHAT_ERR_UNAVAILABLE;

@@ -20,6 +20,7 @@
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_redact.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
 #include "wk_archive.h"
@@ -106,7 +107,7 @@ static int connect_nats(const chat_cfg *cfg, natsConnection **nc)
 {
     if (chat_nats_connect(cfg, "chatctl", true, nc) != CHAT_OK) {
         char shown[1024];
-        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        chat_redact_url(cfg->nats_url, shown, sizeof shown);
         fprintf(stderr, "chatctl: cannot connect to NATS at %s (CHAT_NATS_URL)\n", shown);
         return 1;
     }
@@ -521,7 +522,9 @@ static int cmd_archive(const chat_cfg *cfg, int argc, char **argv)
     }
     PGconn *pg = NULL;
     if (wk_pg_connect(cfg->pg_dsn, "chatctl-archive", &pg) != CHAT_OK) {
-        fprintf(stderr, "chatctl archive: cannot connect to PostgreSQL (CHAT_PG_DSN %s)\n", cfg->pg_dsn);
+        char shown[1024];
+        chat_redact_dsn(cfg->pg_dsn, shown, sizeof shown);
+        fprintf(stderr, "chatctl archive: cannot connect to PostgreSQL (CHAT_PG_DSN %s)\n", shown);
         return 1;
     }
     int rc = 0;

@@ -60,6 +60,7 @@ typedef struct call {
     char message[256];
     char detail[256]; /* for the log only (a database error) */
     char conv[CHAT_ID_MAX + 1];
+    bool from_gateway; /* asked on chat.api.v1.gw.<method>: for one named user, never trusted */
     uint8_t *reply; /* packed reply, malloc'd; NULL: a status-only reply is sent */
     size_t reply_len;
 } call;
@@ -67,9 +68,10 @@ typedef struct call {
 typedef void (*handler_fn)(call *c);
 
 typedef struct method {
-    const char *name; /* subject suffix after chat.api.v1. */
+    const char *name; /* subject suffix after chat.api.v1. (and after chat.api.v1.gw.) */
     handler_fn fn;
     const char *labels; /* metric labels */
+    bool gateway_form;  /* a gateway may call it, as chat.api.v1.gw.<name>, for a named user */
 } method;
 
 static void h_conv_create(call *c);
@@ -84,20 +86,22 @@ static void h_history(call *c);
 static void h_sync(call *c);
 static void h_cursor(call *c);
 static void h_conv_list(call *c);
+static bool asking_user_ok(call *c, const char *user);
+static bool check_member(call *c, const char *conv, const char *user);
 
 static const method methods[] = {
-    {"conv.create", h_conv_create, "method=\"conv.create\""},
-    {"conv.delete", h_conv_delete, "method=\"conv.delete\""},
-    {"members.add", h_members_add, "method=\"members.add\""},
-    {"members.remove", h_members_remove, "method=\"members.remove\""},
-    {"members.check", h_members_check, "method=\"members.check\""},
-    {"members.list", h_members_list, "method=\"members.list\""},
-    {"post", h_post, "method=\"post\""},
-    {"post.status", h_post_status, "method=\"post.status\""},
-    {"history", h_history, "method=\"history\""},
-    {"sync", h_sync, "method=\"sync\""},
-    {"cursor", h_cursor, "method=\"cursor\""},
-    {"conv.list", h_conv_list, "method=\"conv.list\""},
+    {"conv.create", h_conv_create, "method=\"conv.create\"", false},
+    {"conv.delete", h_conv_delete, "method=\"conv.delete\"", false},
+    {"members.add", h_members_add, "method=\"members.add\"", false},
+    {"members.remove", h_members_remove, "method=\"members.remove\"", false},
+    {"members.check", h_members_check, "method=\"members.check\"", true},
+    {"members.list", h_members_list, "method=\"members.list\"", true},
+    {"post", h_post, "method=\"post\"", false},
+    {"post.status", h_post_status, "method=\"post.status\"", true},
+    {"history", h_history, "method=\"history\"", true},
+    {"sync", h_sync, "method=\"sync\"", true},
+    {"cursor", h_cursor, "method=\"cursor\"", true},
+    {"conv.list", h_conv_list, "method=\"conv.list\"", true},
 };
 #define NMETHODS (sizeof methods / sizeof methods[0])
 
@@ -753,8 +757,10 @@ static void h_members_list(call *c)
         fail(c, "bad_request", "malformed MembersListRequest");
         goto out;
     }
-    if (!check_conv(c, q->conv))
+    if (!check_conv(c, q->conv) || !asking_user_ok(c, q->user))
         goto out;
+    if (q->user[0] && !check_member(c, q->conv, q->user))
+        goto out; /* a non-member learns nothing, not even whether the conversation exists */
     const char *p[] = {q->conv};
     PGresult *r = run(c, "members",
                       "SELECT m.user_id FROM conversations c"
@@ -785,22 +791,70 @@ out:
 /* Posting                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The stored (seq, id) of (conv, cmid): 1 found, 0 not stored (yet), -1 failed. */
-static int lookup_post(call *c, const char *conv, const char *cmid, uint64_t *seq, char *id, size_t idsz)
+/* What a post whose cmid names another sender's message gets (the ingest's words too). */
+#define CMID_TAKEN "cmid already names another sender's message in this conversation; send with a new cmid"
+
+/* The stored (seq, id) of (conv, cmid) when it is sender's message (sender NULL: anyone's): 1
+ * found, 0 not stored (yet), -1 failed (the call answered). Stored as another sender's, the call
+ * fails with bad_request: a cmid answers only its own sender, with nothing of another's message
+ * (and one whose event has just been archived, its sender unknown, with unavailable). */
+static int lookup_post(call *c, const char *conv, const char *cmid, const char *sender, uint64_t *seq, char *id,
+                       size_t idsz)
 {
     const char *p[] = {conv, cmid};
-    PGresult *r =
-        run(c, "dedupe", "SELECT seq, id FROM message_dedupe WHERE conversation_id = $1 AND client_msg_id = $2", 2, p,
-            PGRES_TUPLES_OK);
+    PGresult *r = run(c, "dedupe",
+                      "SELECT d.seq, d.id, m.sender_id FROM message_dedupe d LEFT JOIN messages m"
+                      " ON m.conversation_id = d.conversation_id AND m.seq = d.seq AND m.created_at = d.created_at"
+                      " WHERE d.conversation_id = $1 AND d.client_msg_id = $2",
+                      2, p, PGRES_TUPLES_OK);
     if (r == NULL)
         return -1;
     int found = PQntuples(r) == 1;
-    if (found) {
+    if (found && sender && PQgetisnull(r, 0, 2)) {
+        fail(c, "unavailable", "the message is being archived");
+        found = -1;
+    } else if (found && sender && strcmp(PQgetvalue(r, 0, 2), sender) != 0) {
+        fail(c, "bad_request", CMID_TAKEN);
+        found = -1;
+    } else if (found) {
         *seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
         snprintf(id, idsz, "%s", PQgetvalue(r, 0, 1));
     }
     PQclear(r);
     return found;
+}
+
+/* True when user is a member of the live conversation conv; otherwise false with the call failed
+ * (not_member for a conversation that does not exist too: a non-member learns nothing). */
+/* The asking user of a method with a trusted form: "" (a backend reading or acting for no one in
+ * particular) is refused on the gateway form, where a user must be named; else a valid id. */
+static bool asking_user_ok(call *c, const char *user)
+{
+    if (user[0] == '\0' && c->from_gateway) {
+        fail(c, "bad_request", "a gateway must name the user it asks for");
+        return false;
+    }
+    if (user[0] && !chat_id_valid(user)) {
+        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+        return false;
+    }
+    return true;
+}
+
+static bool check_member(call *c, const char *conv, const char *user)
+{
+    const char *p[] = {conv, user};
+    PGresult *r = run(c, "member",
+                      "SELECT 1 FROM conversation_members m JOIN conversations x ON x.id = m.conversation_id"
+                      " AND x.deleted_at IS NULL WHERE m.conversation_id = $1 AND m.user_id = $2",
+                      2, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        return false;
+    bool member = PQntuples(r) == 1;
+    PQclear(r);
+    if (!member)
+        fail(c, "not_member", "not a member of this conversation");
+    return member;
 }
 
 static void reply_post(call *c, uint64_t seq, const char *id)
@@ -873,7 +927,7 @@ static void h_post(call *c)
     snprintf(c->conv, sizeof c->conv, "%s", p->conv);
     uint64_t seq = 0;
     char id[64];
-    int found = lookup_post(c, p->conv, p->cmid, &seq, id, sizeof id);
+    int found = lookup_post(c, p->conv, p->cmid, p->sender, &seq, id, sizeof id);
     if (found < 0)
         goto out;
     if (found) {
@@ -899,7 +953,7 @@ static void h_post(call *c)
     for (;;) {
         chat_sleep_ms(wait);
         wait = POLL_NEXT_MS;
-        found = lookup_post(c, p->conv, p->cmid, &seq, id, sizeof id);
+        found = lookup_post(c, p->conv, p->cmid, p->sender, &seq, id, sizeof id);
         if (found < 0)
             goto out;
         if (found) {
@@ -917,6 +971,10 @@ out:
     chat__v1__post_request__free_unpacked(q, NULL);
 }
 
+/* Where a post stands. A user's form (the gateway asks on behalf of its client) answers only a
+ * member of the live conversation, and only about the user's own message: anyone else gets
+ * not_member and nothing else, whether the cmid is stored or not. user "" is the trusted
+ * backend's form (it may post as any user): the sender is not checked then. */
 static void h_post_status(call *c)
 {
     Chat__V1__PostStatusRequest *q = chat__v1__post_status_request__unpack(NULL, c->len, c->data);
@@ -930,9 +988,13 @@ static void h_post_status(call *c)
         fail(c, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
         goto out;
     }
+    if (!asking_user_ok(c, q->user))
+        goto out;
+    if (q->user[0] && !check_member(c, q->conv, q->user))
+        goto out;
     uint64_t seq = 0;
     char id[64];
-    int found = lookup_post(c, q->conv, q->cmid, &seq, id, sizeof id);
+    int found = lookup_post(c, q->conv, q->cmid, q->user[0] ? q->user : NULL, &seq, id, sizeof id);
     if (found == 0)
         fail(c, "not_found", "not stored (yet)");
     else if (found == 1)
@@ -1032,6 +1094,16 @@ static void event_from_cold(Chat__V1__Event *e, const Chat__V1__Event *src, char
     e->conv = conv;
 }
 
+/* How every reader (history, sync, hot or archived) shows a deleted message, and an edit of one
+ * (it carries the deleted text too): deleted, without body and meta; sender, kind, ts, id, cmid
+ * and target stay, so a client draws "message deleted" in place. */
+static void tombstone(Chat__V1__Event *e)
+{
+    e->deleted = true;
+    e->body = "";
+    e->meta_json = "";
+}
+
 /* The seq whose delete would tombstone e (text and system: its own; edit: its target); 0 none. */
 static uint64_t tombstone_key(const Chat__V1__Event *e)
 {
@@ -1076,46 +1148,47 @@ static int history_cold(call *c, cold_set *cs, const char *conv, uint64_t floor,
     return got;
 }
 
-/* Marks the archived events of a history page whose message was deleted (by a delete event that
- * is hot, or archived: archive_tombstones). */
-static bool history_cold_tombstones(call *c, const char *conv, Chat__V1__Event *events, const bool *cold, int n)
+/* Tombstones the archived events (cold[i]) of a history or sync page whose message was deleted
+ * (by a delete event that is hot, or archived: archive_tombstones); events[i].conv names each
+ * one's conversation. */
+static bool cold_tombstones(call *c, Chat__V1__Event *events, const bool *cold, size_t n)
 {
-    chat_buf keys = {0};
+    chat_buf convs = {0}, keys = {0};
+    chat_buf_pg_array_begin(&convs);
     chat_buf_pg_array_begin(&keys);
     int nkeys = 0;
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         uint64_t key = cold[i] ? tombstone_key(&events[i]) : 0;
         if (key == 0)
             continue;
         char v[24];
         snprintf(v, sizeof v, "%" PRIu64, key);
+        chat_buf_pg_array_str(&convs, events[i].conv);
         chat_buf_pg_array_str(&keys, v);
         nkeys++;
     }
+    chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&keys);
-    if (nkeys == 0) {
-        chat_buf_free(&keys);
-        return true;
+    PGresult *r = NULL;
+    if (nkeys > 0) {
+        const char *p[] = {convs.data, keys.data};
+        r = run(c, "cold_tombstones",
+                "SELECT k.c, k.s FROM unnest($1::text[], $2::bigint[]) AS k(c, s)"
+                " WHERE EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = k.c AND d.kind = 'delete'"
+                " AND d.target_seq = k.s)"
+                " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = k.c AND t.target_seq = k.s)",
+                2, p, PGRES_TUPLES_OK);
     }
-    const char *p[] = {conv, keys.data};
-    PGresult *r =
-        run(c, "history_cold_tombstones",
-            "SELECT k.s FROM unnest($2::bigint[]) AS k(s)"
-            " WHERE EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = $1 AND d.kind = 'delete'"
-            " AND d.target_seq = k.s)"
-            " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = $1 AND t.target_seq = k.s)",
-            2, p, PGRES_TUPLES_OK);
+    chat_buf_free(&convs);
     chat_buf_free(&keys);
-    if (r == NULL)
+    if (nkeys > 0 && r == NULL)
         return false;
-    for (int k = 0; k < PQntuples(r); k++) {
-        uint64_t s = strtoull(PQgetvalue(r, k, 0), NULL, 10);
-        for (int i = 0; i < n; i++)
-            if (cold[i] && tombstone_key(&events[i]) == s) {
-                events[i].deleted = true;
-                events[i].body = "";
-                events[i].meta_json = "";
-            }
+    for (int k = 0; r && k < PQntuples(r); k++) {
+        const char *conv = PQgetvalue(r, k, 0);
+        uint64_t s = strtoull(PQgetvalue(r, k, 1), NULL, 10);
+        for (size_t i = 0; i < n; i++)
+            if (cold[i] && tombstone_key(&events[i]) == s && strcmp(events[i].conv, conv) == 0)
+                tombstone(&events[i]);
     }
     PQclear(r);
     return true;
@@ -1143,10 +1216,8 @@ static void h_history(call *c)
     }
     if (!check_conv(c, q->conv))
         goto out;
-    if (q->user[0] && !chat_id_valid(q->user)) {
-        fail(c, "bad_request", "user must be empty or 1-64 characters of [A-Za-z0-9_-]");
+    if (!asking_user_ok(c, q->user))
         goto out;
-    }
     const char *p1[] = {q->conv, q->user};
     PGresult *r = run(c, "conversation",
                       "SELECT c.deleted_at IS NULL, EXISTS (SELECT 1 FROM conversation_members m"
@@ -1207,11 +1278,8 @@ static void h_history(call *c)
         Chat__V1__Event *e = &events[n];
         if (h < nhot && (k >= ncold || hs >= ks)) {
             event_from_row(e, rows, h, q->conv);
-            if (strcmp(PQgetvalue(rows, h, H_EXTRA), "t") == 0) {
-                e->deleted = true;
-                e->body = "";
-                e->meta_json = "";
-            }
+            if (strcmp(PQgetvalue(rows, h, H_EXTRA), "t") == 0)
+                tombstone(e);
             if (k < ncold && hs == ks)
                 k++; /* archived between the two reads: once */
             h++;
@@ -1226,7 +1294,7 @@ static void h_history(call *c)
     bool more = n > (int)limit;
     if (more)
         n = (int)limit;
-    if (ncold > 0 && !history_cold_tombstones(c, q->conv, events, from_cold, n))
+    if (ncold > 0 && !cold_tombstones(c, events, from_cold, (size_t)n))
         goto out;
     Chat__V1__Status st;
     Chat__V1__HistoryReply reply = CHAT__V1__HISTORY_REPLY__INIT;
@@ -1270,21 +1338,29 @@ out:
  * the primary key of each partition (the LATERAL with its LIMIT keeps it a nested loop of index
  * range scans, never a scan of `messages`), ordered by range then seq. `fits`: the bodies and
  * metas before this row stay under the byte budget ($4); rows past it come without body and
- * meta, so a page of big events never loads more than about the budget. */
+ * meta, so a page of big events never loads more than about the budget. `deleted`: a text or
+ * system message (or an edit of one) whose delete exists, hot or archived, as history computes
+ * it (one probe of messages_changes_target_idx per row): its body and meta are never read out. */
 #define SYNC_EVENTS_SQL                                                                                                \
-    "SELECT e.seq, e.id, e.client_msg_id, e.sender_id, e.kind, CASE WHEN e.fits THEN e.body END,"                      \
-    " CASE WHEN e.fits THEN e.meta END, e.target_seq, e.emoji, e.reaction_on, e.ts, e.ord, e.fits"                     \
+    "SELECT e.seq, e.id, e.client_msg_id, e.sender_id, e.kind, CASE WHEN e.fits AND NOT e.deleted THEN e.body END,"    \
+    " CASE WHEN e.fits AND NOT e.deleted THEN e.meta END, e.target_seq, e.emoji, e.reaction_on, e.ts, e.ord, e.fits,"  \
+    " e.deleted"                                                                                                       \
     " FROM (SELECT k.ord, m.*, coalesce(sum(m.size) OVER (ORDER BY k.ord, m.seq"                                       \
     " ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) < $4::bigint AS fits"                                      \
     " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(conv, after, upto, ord)"                \
     " CROSS JOIN LATERAL (SELECT x.seq, x.id, x.client_msg_id, x.sender_id, x.kind, x.body,"                           \
     " x.meta::text AS meta, x.target_seq, x.emoji, x.reaction_on,"                                                     \
     " floor(extract(epoch FROM x.created_at) * 1000)::bigint AS ts,"                                                   \
-    " octet_length(x.body) + coalesce(octet_length(x.meta::text), 0) AS size"                                          \
+    " octet_length(x.body) + coalesce(octet_length(x.meta::text), 0) AS size,"                                         \
+    " x.kind IN ('text', 'system', 'edit') AND (EXISTS (SELECT 1 FROM messages d"                                      \
+    " WHERE d.conversation_id = x.conversation_id AND d.kind = 'delete'"                                               \
+    " AND d.target_seq = CASE WHEN x.kind = 'edit' THEN x.target_seq ELSE x.seq END)"                                  \
+    " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = x.conversation_id"                       \
+    " AND t.target_seq = CASE WHEN x.kind = 'edit' THEN x.target_seq ELSE x.seq END)) AS deleted"                      \
     " FROM messages x WHERE x.conversation_id = k.conv AND x.seq > k.after AND x.seq <= k.upto"                        \
     " ORDER BY x.seq LIMIT k.upto - k.after) m) e"                                                                     \
     " ORDER BY e.ord, e.seq"
-enum { S_ORD = H_EXTRA, S_FITS };
+enum { S_ORD = H_EXTRA, S_FITS, S_DELETED };
 
 /* One event of a sync page, in page order (range, then seq): a hot row or an archived event. */
 typedef struct sync_slot {
@@ -1440,6 +1516,7 @@ static void h_sync(call *c)
     sync_slot *slots = NULL;
     wk_api_sync_range *ranges = NULL;
     Chat__V1__Event *events = NULL, **eventp = NULL;
+    bool *from_cold = NULL;
     Chat__V1__SyncCursor *next = NULL, **nextp = NULL;
     if (q == NULL) {
         fail(c, "bad_request", "malformed SyncRequest");
@@ -1535,6 +1612,7 @@ static void h_sync(call *c)
      * sum in C once archived events come first. */
     events = calloc(nslots + 1, sizeof *events);
     eventp = calloc(nslots + 1, sizeof *eventp);
+    from_cold = calloc(nslots + 1, sizeof *from_cold);
     size_t used = 0, raw = 0, cut = n, sent = 0;
     uint64_t cut_done = 0;
     for (size_t i = 0; i < nslots; i++) {
@@ -1548,10 +1626,14 @@ static void h_sync(call *c)
             break;
         }
         Chat__V1__Event *e = &events[sent];
-        if (s->row >= 0)
+        if (s->row >= 0) {
             event_from_row(e, rows, s->row, (char *)ranges[ord].conv);
-        else
+            if (strcmp(PQgetvalue(rows, s->row, S_DELETED), "t") == 0)
+                tombstone(e);
+        } else {
             event_from_cold(e, s->cold, (char *)ranges[ord].conv);
+            from_cold[sent] = true;
+        }
         raw += strlen(e->body) + strlen(e->meta_json);
         size_t size = chat__v1__event__get_packed_size(e);
         used += 1 + varint_size(size) + size;
@@ -1563,6 +1645,9 @@ static void h_sync(call *c)
         bool same = sent > 0 && events[sent - 1].conv == ranges[trunc].conv;
         cut_done = same ? events[sent - 1].seq : ranges[trunc].after;
     }
+    /* a deleted message's text is served by no path: archived ones are tombstoned as history does */
+    if (!cold_tombstones(c, events, from_cold, sent))
+        goto out;
     wk_api_sync_settle(ranges, n, cut, cut_done);
     next = calloc(n + 1, sizeof *next);
     nextp = calloc(n + 1, sizeof *nextp);
@@ -1615,6 +1700,7 @@ out:
     free(nextp);
     free(events);
     free(eventp);
+    free(from_cold);
     free(ranges);
     PQclear(rows);
     PQclear(heads);
@@ -1803,14 +1889,20 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     wk_api *api = l->api;
     int64_t t0 = chat_mono_ns();
     const char *subject = natsMsg_GetSubject(msg);
-    size_t plen = strlen(CHAT_API_PREFIX);
-    const char *name = strncmp(subject, CHAT_API_PREFIX, plen) == 0 ? subject + plen : "";
+    size_t plen = strlen(CHAT_API_PREFIX), gwlen = strlen(CHAT_API_GW_PREFIX);
+    bool from_gateway = strncmp(subject, CHAT_API_GW_PREFIX, gwlen) == 0;
+    const char *name = from_gateway                                  ? subject + gwlen
+                       : strncmp(subject, CHAT_API_PREFIX, plen) == 0 ? subject + plen
+                                                                      : "";
     int mi = -1;
     for (size_t i = 0; i < NMETHODS && mi < 0; i++)
-        if (strcmp(name, methods[i].name) == 0)
+        if (strcmp(name, methods[i].name) == 0 && (!from_gateway || methods[i].gateway_form))
             mi = (int)i;
     const char *data = natsMsg_GetData(msg);
-    call c = {.lane = l, .data = (const uint8_t *)(data ? data : ""), .len = (size_t)natsMsg_GetDataLength(msg)};
+    call c = {.lane = l,
+              .data = (const uint8_t *)(data ? data : ""),
+              .len = (size_t)natsMsg_GetDataLength(msg),
+              .from_gateway = from_gateway};
     if (mi >= 0)
         methods[mi].fn(&c);
     else

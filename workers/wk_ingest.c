@@ -140,6 +140,7 @@ typedef struct item {
     int part;            /* partition index */
     int state;
     int dup_of;          /* I_DUP: index of the first item with the same (conv, cmid) */
+    int stored_row;      /* I_STORED: its row in the batch's `stored` result (the stored event) */
     int64_t ts_us;       /* broker timestamp */
     uint64_t seq;
     char id[32];
@@ -281,6 +282,7 @@ typedef struct batch {
     members *convs;    /* distinct conversations of the batch with their members */
     int nconvs;
     chat_map *conv_ix; /* conversation -> index + 1 in convs */
+    PGresult *stored;  /* Q_DEDUPE rows of this attempt: the stored events its duplicates answer with */
 } batch;
 
 static members *find_conv(batch *b, const char *conv)
@@ -289,8 +291,12 @@ static members *find_conv(batch *b, const char *conv)
     return k ? &b->convs[k - 1] : NULL;
 }
 
-static void free_convs(batch *b)
+/* Forgets what one attempt to store b found: its conversations with their members, and the
+ * stored events of its duplicates (batch_prepare starts every attempt afresh). */
+static void batch_clear_attempt(batch *b)
 {
+    PQclear(b->stored);
+    b->stored = NULL;
     for (int i = 0; i < b->nconvs; i++) {
         for (int j = 0; j < b->convs[i].n; j++)
             free(b->convs[i].users[j]);
@@ -317,7 +323,7 @@ static void batch_add(batch *b, const item *it)
 
 static void view_free(batch *v)
 {
-    free_convs(v);
+    batch_clear_attempt(v);
     free(v->items);
     *v = (batch){0};
 }
@@ -363,6 +369,15 @@ static PGresult *exec_params(PGconn *pg, const char *sql, int n, const char *con
  * sequential scan of a small table), the rest through primary keys. */
 enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
 
+/* Columns of Q_DEDUPE: the dedupe row, then the stored event (NULL when its row is no longer in
+ * `messages`: archived), then whether it is deleted (a text or system message, or an edit of one,
+ * whose delete event exists). */
+enum { D_CONV, D_CMID, D_SEQ, D_ID, D_CREATED, D_SENDER, D_KIND, D_BODY, D_META, D_TARGET, D_EMOJI, D_ON, D_DELETED };
+
+/* What a post whose cmid names another sender's message gets: not an ack of someone else's
+ * message, and nothing of its content (docs/protocol.md, "What an ack means, and retries"). */
+#define CMID_TAKEN "cmid already names another sender's message in this conversation; send with a new cmid"
+
 static const struct {
     const char *name;
     int nparams;
@@ -370,9 +385,15 @@ static const struct {
 } statements[Q_COUNT] = {
     [Q_DEDUPE] = {"ingest_dedupe", 2,
                   "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
-                  " (extract(epoch FROM d.created_at) * 1000000)::bigint"
+                  " (extract(epoch FROM d.created_at) * 1000000)::bigint,"
+                  " s.sender_id, s.kind, s.body, s.meta::text, s.target_seq, s.emoji, s.reaction_on,"
+                  " s.kind IN ('text', 'system', 'edit') AND EXISTS (SELECT 1 FROM messages x"
+                  " WHERE x.conversation_id = s.conversation_id AND x.kind = 'delete'"
+                  " AND x.target_seq = CASE WHEN s.kind = 'edit' THEN s.target_seq ELSE s.seq END)"
                   " FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
-                  " ON d.conversation_id = k.c AND d.client_msg_id = k.m"},
+                  " ON d.conversation_id = k.c AND d.client_msg_id = k.m"
+                  " LEFT JOIN messages s ON s.conversation_id = d.conversation_id AND s.seq = d.seq"
+                  " AND s.created_at = d.created_at"},
     [Q_MEMBERS] = {"ingest_members", 1,
                    "SELECT m.conversation_id, m.user_id FROM conversations c"
                    " JOIN conversation_members m ON m.conversation_id = c.id"
@@ -498,6 +519,87 @@ static int check_targets(PGconn *pg, batch *b, int *rc)
     return 0;
 }
 
+/* Marks the items whose (conv, cmid) is stored already (rows of Q_DEDUPE, which b keeps: their
+ * answer is the stored event, never the incoming post). One whose event has left `messages`
+ * (archived, its dedupe row not yet pruned) cannot be answered: the poster is told to retry. */
+static void mark_stored(batch *b, PGresult *r)
+{
+    b->stored = r;
+    for (int row = 0; row < PQntuples(r); row++)
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state != I_NEW || strcmp(it->post->conv, PQgetvalue(r, row, D_CONV)) != 0 ||
+                strcmp(it->post->cmid, PQgetvalue(r, row, D_CMID)) != 0)
+                continue;
+            if (PQgetisnull(r, row, D_SENDER)) {
+                reject(it, "unavailable", "the stored message is being archived");
+                continue;
+            }
+            it->state = I_STORED;
+            it->stored_row = row;
+            it->seq = strtoull(PQgetvalue(r, row, D_SEQ), NULL, 10);
+            snprintf(it->id, sizeof it->id, "%s", PQgetvalue(r, row, D_ID));
+            it->created_us = strtoll(PQgetvalue(r, row, D_CREATED), NULL, 10);
+        }
+}
+
+static bool is_member(const members *m, const char *user)
+{
+    for (int u = 0; u < m->n; u++)
+        if (strcmp(m->users[u], user) == 0)
+            return true;
+    return false;
+}
+
+/* Every post of b, a duplicate as much as a new one, is checked before anything about the
+ * stored message is used: the conversation must exist, a gateway's sender must be a member (a
+ * backend's posts, gateway "", may name any sender), and a stored duplicate must be the
+ * poster's own (its sender is the poster; for an edit or delete that is the ownership the
+ * stored change was checked for). A non-member gets not_member and nothing else. */
+static void authorize(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        members *m = it->state == I_DROP ? NULL : find_conv(b, it->post->conv);
+        if (m == NULL)
+            continue;
+        if (m->n == 0)
+            reject(it, "not_member", "no such conversation");
+        else if (it->post->gateway[0] && !is_member(m, it->post->sender))
+            reject(it, "not_member", "sender not a member");
+        else if (it->state == I_STORED &&
+                 strcmp(PQgetvalue(b->stored, it->stored_row, D_SENDER), it->post->sender) != 0)
+            reject(it, "bad_request", CMID_TAKEN);
+    }
+}
+
+/* The sender of the event that answers it: the stored row's or the post's. */
+static const char *answer_sender(const batch *b, const item *it)
+{
+    return it->state == I_STORED ? PQgetvalue(b->stored, it->stored_row, D_SENDER) : it->post->sender;
+}
+
+/* A repeat of a (conv, cmid) within the batch (I_DUP, authorized like any post) is answered with
+ * its first copy's event, and only when it is the same sender's: once the first is stored, or
+ * refused (the same refusal for the same sender; another sender is told to retry, and stores
+ * it then if the first never was). */
+static void settle_duplicates(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_DUP)
+            continue;
+        const item *first = &b->items[it->dup_of];
+        bool same = strcmp(first->post->sender, it->post->sender) == 0;
+        if (first->state == I_DROP && same)
+            reject(it, first->reject_code ? first->reject_code : "bad_request", first->drop_reason);
+        else if (first->state == I_DROP)
+            reject(it, "unavailable", "another post with this cmid was refused; send again");
+        else if (strcmp(answer_sender(b, first), it->post->sender) != 0)
+            reject(it, "bad_request", CMID_TAKEN);
+    }
+}
+
 /* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu). Fills
  * seq/id of NEW items, marks STORED and DROP. */
 static int store(committer *c, batch *b)
@@ -530,18 +632,8 @@ static int store(committer *c, batch *b)
         rc = classify(pg, r, "dedupe");
         goto fail;
     }
-    for (int row = 0; row < PQntuples(r); row++)
-        for (int i = 0; i < b->n; i++) {
-            item *it = &b->items[i];
-            if (it->state == I_NEW && strcmp(it->post->conv, PQgetvalue(r, row, 0)) == 0 &&
-                strcmp(it->post->cmid, PQgetvalue(r, row, 1)) == 0) {
-                it->state = I_STORED;
-                it->seq = strtoull(PQgetvalue(r, row, 2), NULL, 10);
-                snprintf(it->id, sizeof it->id, "%s", PQgetvalue(r, row, 3));
-                it->created_us = strtoll(PQgetvalue(r, row, 4), NULL, 10);
-            }
-        }
-    PQclear(r);
+    mark_stored(b, r);
+    r = NULL; /* b->stored now */
 
     /* 2. members of every conversation of the batch (for the check and the fanout) */
     chat_buf_reset(&a1);
@@ -567,12 +659,17 @@ static int store(committer *c, batch *b)
     }
     PQclear(r);
 
-    /* 2b. changes (edit, delete, reaction): the target must be a stored message that is not
-     * deleted; only its sender edits or deletes it */
+    /* 2b. every post, duplicates included: the conversation must exist and a gateway's sender
+     * be a member; a stored duplicate must be the poster's own message */
+    authorize(b);
+
+    /* 2c. changes (edit, delete, reaction): the target must be a stored message that is not
+     * deleted; only its sender edits or deletes it (after 2b: a non-member learns nothing of
+     * the conversation's seqs) */
     if (check_targets(pg, b, &rc) != 0)
         goto fail;
 
-    /* 3. new events: the conversation must exist and a gateway's sender must be a member */
+    /* 3. new events, counted per conversation */
     chat_buf_reset(&a1);
     chat_buf_reset(&a2);
     chat_buf_pg_array_begin(&a1);
@@ -582,22 +679,8 @@ static int store(committer *c, batch *b)
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         members *m = it->state == I_NEW ? find_conv(b, it->post->conv) : NULL;
-        if (m == NULL)
-            continue;
-        if (m->n == 0) {
-            reject(it, "not_member", "no such conversation");
-            continue;
-        }
-        if (it->post->gateway[0]) {
-            bool member = false;
-            for (int u = 0; u < m->n && !member; u++)
-                member = strcmp(m->users[u], it->post->sender) == 0;
-            if (!member) {
-                reject(it, "not_member", "sender not a member");
-                continue;
-            }
-        }
-        count[m - b->convs]++;
+        if (m != NULL)
+            count[m - b->convs]++;
     }
     for (int k = 0; k < b->nconvs; k++)
         if (count[k]) {
@@ -672,6 +755,7 @@ static int store(committer *c, batch *b)
         free(seq_of);
         PQclear(r);
     }
+    settle_duplicates(b);
 
     r = PQexec(pg, "COMMIT");
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -699,23 +783,50 @@ done:;
 /* Fanout and acks                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-static void fill_event(Chat__V1__Event *e, const item *it, const item *first, int64_t committed_ms)
+/* The content of e from the stored row `row` of b->stored (a duplicate's answer): deleted since,
+ * it comes as history shows it, without body and meta. */
+static void fill_from_stored(Chat__V1__Event *e, const batch *b, int row)
 {
-    const Chat__V1__Post *p = it->post;
+    PGresult *r = b->stored;
+    e->sender = PQgetvalue(r, row, D_SENDER);
+    e->kind = chat_kind_parse(PQgetvalue(r, row, D_KIND));
+    e->body = PQgetvalue(r, row, D_BODY);
+    e->meta_json = PQgetvalue(r, row, D_META);
+    e->target = PQgetisnull(r, row, D_TARGET) ? 0 : strtoull(PQgetvalue(r, row, D_TARGET), NULL, 10);
+    e->emoji = PQgetvalue(r, row, D_EMOJI);
+    e->reaction_on = strcmp(PQgetvalue(r, row, D_ON), "t") == 0;
+    e->deleted = strcmp(PQgetvalue(r, row, D_DELETED), "t") == 0;
+    if (e->deleted) {
+        e->body = "";
+        e->meta_json = "";
+    }
+}
+
+/* The event that answers it: a new post's own; a duplicate's (stored before, or repeated in the
+ * batch) is the stored event, whatever the duplicate carries. Only the session is its own, so
+ * the ack goes to the connection that sent it. */
+static void fill_event(Chat__V1__Event *e, const batch *b, const item *it, int64_t committed_ms)
+{
+    const item *src = it->state == I_DUP ? &b->items[it->dup_of] : it;
+    const Chat__V1__Post *p = src->post;
     e->conv = p->conv;
-    e->seq = first->seq;
-    e->id = (char *)first->id;
+    e->seq = src->seq;
+    e->id = (char *)src->id;
     e->cmid = p->cmid;
-    e->sender = p->sender;
-    e->ts_ms = first->created_us / 1000;
-    e->kind = p->kind;
-    e->body = p->body;
-    e->meta_json = p->meta_json;
-    e->target = p->target;
-    e->emoji = p->emoji;
-    e->reaction_on = p->reaction_on;
+    e->ts_ms = src->created_us / 1000;
+    if (src->state == I_STORED) {
+        fill_from_stored(e, b, src->stored_row);
+    } else {
+        e->sender = p->sender;
+        e->kind = p->kind;
+        e->body = p->body;
+        e->meta_json = p->meta_json;
+        e->target = p->target;
+        e->emoji = p->emoji;
+        e->reaction_on = p->reaction_on;
+    }
     e->committed_ms = committed_ms;
-    e->session = p->session;
+    e->session = it->post->session;
 }
 
 static void on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure)
@@ -790,7 +901,7 @@ static int fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
             if (first->state == I_DROP)
                 continue;
             Chat__V1__Event e = CHAT__V1__EVENT__INIT;
-            fill_event(&e, it, first, committed_ms);
+            fill_event(&e, b, it, committed_ms);
             if (deliver) {
                 Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
                 d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
@@ -876,7 +987,7 @@ static void batch_reset(batch *b)
         natsMsg_Destroy(b->items[i].msg);
     }
     b->n = 0;
-    free_convs(b);
+    batch_clear_attempt(b);
 }
 
 /* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops them). */
@@ -894,13 +1005,14 @@ static void batch_decode(batch *b, int part)
  * at its first copy, every conversation is listed once. */
 static void batch_prepare(batch *b)
 {
-    free_convs(b);
+    batch_clear_attempt(b);
     b->conv_ix = chat_map_create();
     chat_map *first = chat_map_create(); /* "conv/cmid" -> index + 1 */
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         it->state = I_NEW;
         it->dup_of = -1;
+        it->stored_row = -1;
         it->seq = 0;
         it->id[0] = '\0';
         it->reject_code = NULL;
@@ -960,7 +1072,7 @@ static void count_drops(wk_ingest *in, batch *b)
         atomic_uint_fast64_t *c = strcmp(why, "sender not a member") == 0    ? in->m_drop_not_member
                                   : strcmp(why, "no such conversation") == 0 ? in->m_drop_no_conv
                                   : strcmp(why, "poison") == 0               ? in->m_drop_poison
-                                  : it->reject_code && strcmp(it->reject_code, "bad_request") != 0
+                                  : it->reject_code && strcmp(it->reject_code, "not_found") == 0
                                       ? in->m_drop_not_found
                                       : in->m_drop_invalid;
         atomic_fetch_add(c, 1);
@@ -1017,11 +1129,7 @@ static int store_locked(committer *c, batch *b, uint64_t gen)
     pthread_mutex_lock(&c->pg_mu);
     int rc = S_LEASE_LOST;
     for (int attempt = 0; attempt < 5 && c->pg != NULL && atomic_load(&c->gen) == gen; attempt++) {
-        for (int k = 0; k < b->nconvs; k++) { /* members are re-read on every attempt */
-            for (int j = 0; j < b->convs[k].n; j++)
-                free(b->convs[k].users[j]);
-            b->convs[k].n = 0;
-        }
+        batch_prepare(b); /* every attempt from the start: members and stored rows are read again */
         rc = store(c, b);
         if (rc != S_NO_PARTITION)
             break;
@@ -1051,7 +1159,6 @@ static int store_locked(committer *c, batch *b, uint64_t gen)
 static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
 {
     wk_ingest *in = c->in;
-    batch_prepare(b);
     int rc = store_locked(c, b, gen);
     /* the database refuses for now: keep the batch ours (+WPI) and the lease session alive, and
      * store it again, backing off up to 5 s; the clients get no answer meanwhile and resend the
@@ -1067,7 +1174,6 @@ static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
                 return false;
             chat_sleep_ms(pause - waited < 1000 ? pause - waited : 1000);
         }
-        batch_prepare(b);
         rc = store_locked(c, b, gen);
     }
     if (rc == S_LEASE_LOST)

@@ -11,6 +11,7 @@
 #include "chat_http.h"
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_redact.h"
 #include "chat_signal.h"
 #include "wk_api.h"
 #include "wk_app.h"
@@ -48,7 +49,7 @@ static int run(const chat_cfg *cfg)
 
     if (chat_nats_connect(cfg, "worker", false, &app.nc) != CHAT_OK) {
         char shown[1024];
-        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        chat_redact_url(cfg->nats_url, shown, sizeof shown);
         fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", shown);
         return 1;
     }
@@ -101,7 +102,7 @@ static int setup_streams(const chat_cfg *cfg)
     natsConnection *nc = NULL;
     if (chat_nats_connect(cfg, "setup", true, &nc) != CHAT_OK) {
         char shown[1024];
-        chat_nats_redact(cfg->nats_url, shown, sizeof shown);
+        chat_redact_url(cfg->nats_url, shown, sizeof shown);
         fprintf(stderr, "chat-worker: cannot use CHAT_NATS_URL %s\n", shown);
         return 1;
     }

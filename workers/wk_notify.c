@@ -18,6 +18,7 @@
 
 #include "chat.pb-c.h"
 #include "chat_buf.h"
+#include "chat_egress_curl.h"
 #include "chat_id.h"
 #include "chat_log.h"
 #include "chat_nats.h"
@@ -57,6 +58,7 @@ struct wk_notify {
     pthread_t monitor;
     bool monitor_started;
     bool curl_global;
+    chat_egress *egress; /* where the webhook may connect (CHAT_EGRESS_ALLOW) */
     atomic_uint_fast64_t *m_pushes, *m_failures, *m_given_up;
     atomic_uint_fast64_t *m_done, *m_no_webhook, *m_invalid, *m_skipped;
     atomic_int_fast64_t *m_pending, *m_behind;
@@ -204,6 +206,13 @@ static const char *SQL_ENSURE = "INSERT INTO push_state (conversation_id, user_i
                                 " AND m.delivered_seq < r.seq"
                                 " ORDER BY 1, 2 ON CONFLICT DO NOTHING";
 
+/* A message x deleted by the time the push is built (within the grace, as a rule) neither counts
+ * as unread nor is the newest: its text is in no push (docs/notifications.md). One probe of
+ * messages_changes_target_idx per message, as history's tombstones. */
+#define NOT_DELETED                                                                                                    \
+    "NOT EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = x.conversation_id AND d.kind = 'delete'"           \
+    " AND d.target_seq = x.seq)"
+
 static const char *SQL_CLAIM =
     "WITH r AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS r(conv, seq, sender)),"
     " need AS (SELECT m.conversation_id AS conv, m.user_id AS usr, max(r.seq) AS req_seq,"
@@ -228,12 +237,13 @@ static const char *SQL_CLAIM =
     " FROM cand k LEFT JOIN claimed cl ON cl.conversation_id = k.conv AND cl.user_id = k.usr"
     " LEFT JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM messages x"
     "   WHERE cl.user_id IS NOT NULL AND x.conversation_id = k.conv AND x.seq > k.delivered"
-    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr LIMIT $6::int) s) u"
+    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr AND " NOT_DELETED
+    "   LIMIT $6::int) s) u"
     "   ON true"
     " LEFT JOIN LATERAL (SELECT x.seq, x.sender_id, (extract(epoch FROM x.created_at) * 1000)::bigint AS ts_ms,"
     "   left(x.body, $7::int) AS preview FROM messages x"
     "   WHERE cl.user_id IS NOT NULL AND x.conversation_id = k.conv AND x.seq > k.delivered"
-    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr"
+    "   AND x.seq <= k.last_seq AND x.kind IN ('text', 'system') AND x.sender_id <> k.usr AND " NOT_DELETED
     "   ORDER BY x.seq DESC LIMIT 1) nw ON true"
     " ORDER BY k.usr, k.conv";
 
@@ -408,7 +418,10 @@ static bool post(puller *p, const char *user, const char *body, int nconvs, int6
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)POST_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* the webhook's address is someone else's choice: public addresses only, checked on the
+     * address each connection goes to, no redirects, no proxy (chat_egress_curl.h) */
+    chat_egress_guard guard = {.policy = w->egress};
+    chat_egress_curl_guard(c, &guard);
     int64_t t0 = chat_mono_ns();
     CURLcode rc = curl_easy_perform(c);
     int64_t us = (chat_mono_ns() - t0) / 1000;
@@ -423,8 +436,13 @@ static bool post(puller *p, const char *user, const char *body, int nconvs, int6
                  (long long)unread, status, (long long)(us / 1000));
     } else {
         atomic_fetch_add(w->m_failures, 1);
-        LOG_WARN("notify", "event=push_failed user=%s status=%ld error=\"%s\" ms=%lld", user, status,
-                 rc == CURLE_OK ? "not 2xx" : curl_easy_strerror(rc), (long long)(us / 1000));
+        char error[160];
+        if (guard.refused[0])
+            snprintf(error, sizeof error, "egress refused: %s is not a public address (CHAT_EGRESS_ALLOW)", guard.refused);
+        else
+            snprintf(error, sizeof error, "%s", rc == CURLE_OK ? "not 2xx" : curl_easy_strerror(rc));
+        LOG_WARN("notify", "event=push_failed user=%s status=%ld error=\"%s\" ms=%lld", user, status, error,
+                 (long long)(us / 1000));
     }
     return ok;
 }
@@ -915,6 +933,12 @@ chat_status wk_notify_start(wk_app *app, wk_notify **out)
         return CHAT_ERR_INTERNAL;
     }
     w->curl_global = true;
+    char why[160];
+    if (chat_egress_create(app->cfg->egress_allow, &w->egress, why, sizeof why) != CHAT_OK) {
+        LOG_ERROR("notify", "event=start_failed setting=CHAT_EGRESS_ALLOW reason=\"%s\"", why);
+        wk_notify_destroy(w);
+        return CHAT_ERR_INVALID;
+    }
     chat_metrics *m = app->metrics;
     w->m_pushes = chat_metrics_counter(m, "chat_notify_pushes_total", NULL, "Pushes the webhook answered with a 2xx.");
     w->m_failures = chat_metrics_counter(m, "chat_notify_push_failures_total", NULL,
@@ -951,9 +975,9 @@ chat_status wk_notify_start(wk_app *app, wk_notify **out)
         }
         p->started = true;
     }
-    LOG_INFO("notify", "event=role_started worker=%s threads=%d webhook=%s grace_ms=%lld preview=%d", w->worker_id,
-             WK_NOTIFY_THREADS, app->cfg->push_webhook_url[0] ? "set" : "none", (long long)app->cfg->push_grace_ms,
-             app->cfg->push_preview ? 1 : 0);
+    LOG_INFO("notify", "event=role_started worker=%s threads=%d webhook=%s grace_ms=%lld preview=%d egress_allow=\"%s\"",
+             w->worker_id, WK_NOTIFY_THREADS, app->cfg->push_webhook_url[0] ? "set" : "none",
+             (long long)app->cfg->push_grace_ms, app->cfg->push_preview ? 1 : 0, app->cfg->egress_allow);
     return CHAT_OK;
 }
 
@@ -968,5 +992,6 @@ void wk_notify_destroy(wk_notify *w)
         pthread_join(w->monitor, NULL);
     if (w->curl_global)
         curl_global_cleanup();
+    chat_egress_destroy(w->egress);
     free(w);
 }

@@ -11,9 +11,10 @@ CHAT_SETTINGS=(
     CHAT_JWT_SECRET CHAT_JWT_KEYS CHAT_JWT_ISSUER CHAT_JWT_AUDIENCE CHAT_JWT_MAX_TTL CHAT_JWT_SIGNING_KEY
     CHAT_PARTITIONS CHAT_ARCHIVE_URL CHAT_S3_ENDPOINT CHAT_S3_REGION
     CHAT_S3_ACCESS_KEY CHAT_S3_SECRET_KEY CHAT_PARTITION_SPAN CHAT_HOT_RETENTION CHAT_PUSH_GRACE
-    CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_LOG
+    CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_EGRESS_ALLOW CHAT_LOG
     CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
     CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_WS_STOP_DELAY CHAT_WS_INFLIGHT_MAX
+    CHAT_WS_MEMBERSHIP_CACHE
     CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
@@ -49,6 +50,18 @@ chat_jwt_secret() {
     export CHAT_JWT_SECRET
 }
 
+# chat_listen_is_loopback HOST:PORT: true when HOST only this machine reaches (127.x, ::1,
+# localhost); an empty host or 0.0.0.0 listens on every interface.
+chat_listen_is_loopback() {
+    local host=${1%:*}
+    host=${host#[}
+    host=${host%]}
+    case $host in
+        127.*|localhost|::1) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
 # chat_env_init [DEV_MODE_DEFAULT]: fill in and export every setting.
 chat_env_init() {
     local dev_default=${1:-0} nats_port
@@ -71,8 +84,17 @@ chat_env_init() {
     chat_env_default CHAT_HOT_RETENTION 30d
     chat_env_default CHAT_PUSH_GRACE 10s
     chat_env_default CHAT_ALLOWED_ORIGINS ''
+    # Dev mode (/dev/token mints a token for any user) only where the network cannot reach it:
+    # the gateway refuses CHAT_DEV_MODE=1 on any other address at start.
+    if [[ "$dev_default" == 1 && -z "${CHAT_DEV_MODE+x}" ]] && ! chat_listen_is_loopback "$CHAT_GATEWAY_LISTEN"; then
+        chat_note "CHAT_GATEWAY_LISTEN=$CHAT_GATEWAY_LISTEN is not a loopback address: dev mode (/dev/token) stays off"
+        dev_default=0
+    fi
     chat_env_default CHAT_DEV_MODE "$dev_default"
     chat_env_default CHAT_PUSH_WEBHOOK_URL ''
+    # The embedded stack's webhook receivers (tests, a local demo) listen on loopback: allowed by
+    # name here; the programs' own default allows public addresses only.
+    chat_env_default CHAT_EGRESS_ALLOW '127.0.0.0/8,::1'
     chat_env_default CHAT_LOG info
     # Additions to the contract's table (docs/operations.md): the gateway's protection, wss://,
     # and the JetStream replicas of the streams.
@@ -88,6 +110,7 @@ chat_env_init() {
     chat_env_default CHAT_WS_PING 30s
     chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000
+    chat_env_default CHAT_WS_MEMBERSHIP_CACHE 100000
     chat_env_default CHAT_TLS_CERT ''
     chat_env_default CHAT_TLS_KEY ''
     # Client tokens (docs/operations.md): key file, issuer, audience, maximum lifetime, signing kid.

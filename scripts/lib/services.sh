@@ -341,17 +341,31 @@ EOF
     chat_pg_wait
     head -n 1 -- "$data/postmaster.pid" >"$CHAT_HOME/run/postgres.pid"
 
-    # The stack's role and database (the role owns everything the migrations create).
+    # The roles and the database, made here by the superuser: the stack's role owns its database
+    # and everything the migrations create, and nothing more (no CREATEROLE: on PostgreSQL 15 a
+    # role that may create roles can grant itself pg_execute_server_program and run programs as
+    # the server). The reporting role of migration 0002 is made here too, so the migration has no
+    # role to create. Run on every start: a cluster made by an older scripts/up loses the rights
+    # (and any role membership) its role got then.
+    [[ "$user" != postgres ]] || chat_die "CHAT_PG_DSN: user=postgres is the cluster's superuser; the services need a role of their own (user=chat)"
     local psql=("$CHAT_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres)
     PGCONNECT_TIMEOUT=10 "${psql[@]}" >>"$CHAT_HOME/logs/pg-setup.log" 2>&1 <<EOF \
-        || chat_die_log "creating role $user and database $db failed" "$CHAT_HOME/logs/pg-setup.log"
+        || chat_die_log "creating roles $user, chat_reporting and database $db failed" "$CHAT_HOME/logs/pg-setup.log"
 DO \$\$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$user') THEN
-    CREATE ROLE $user LOGIN CREATEROLE;
+    CREATE ROLE $user LOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chat_reporting') THEN
+    CREATE ROLE chat_reporting LOGIN NOINHERIT;
   END IF;
 END
 \$\$;
+ALTER ROLE $user NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS;
+SELECT format('REVOKE %I FROM %I', g.rolname, '$user')
+  FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+ WHERE m.member = '$user'::regrole
+\gexec
 SELECT 'CREATE DATABASE $db OWNER $user' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$db')
 \gexec
 EOF

@@ -286,7 +286,7 @@ topology_up() {
     common_env=(
         CHAT_HOME="$CHAT_HOME" CHAT_PG_DSN="$CHAT_PG_DSN" CHAT_REDIS_URL="$CHAT_REDIS_URL" CHAT_PARTITIONS=16
         CHAT_JWT_SECRET="$CHAT_JWT_SECRET" CHAT_LOG="${CHAT_FAULT_LOG:-info}" CHAT_ARCHIVE_URL="file://$tmp/archive"
-        CHAT_PUSH_GRACE=2s CHAT_PUSH_WEBHOOK_URL="http://127.0.0.1:${port[webhook]}/push"
+        CHAT_PUSH_GRACE=2s CHAT_PUSH_WEBHOOK_URL="http://127.0.0.1:${port[webhook]}/push" CHAT_EGRESS_ALLOW=127.0.0.1
     )
     # the push receiver: 2 ms per push, every body recorded
     "$build/bin/fault_webhook" "${port[webhook]}" "$tmp/pushes.jsonl" 2 >>"$logs/webhook.log" 2>&1 &

@@ -577,6 +577,10 @@ expect_violation "gateway publishes \$JS.API.STREAM.DELETE.CHAT_IN" 1 gateway "$
     'PUB $JS.API.STREAM.DELETE.CHAT_IN _INBOX.gw.x.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_IN"'
 expect_violation "gateway calls chat.api.v1.conv.delete" 1 gateway "$gw_pw" \
     "PUB chat.api.v1.conv.delete _INBOX.gw.x.2 0\r\n\r\n" 'Publish to "chat.api.v1.conv.delete"'
+expect_violation "gateway calls chat.api.v1.history (the trusted backend form)" 1 gateway "$gw_pw" \
+    "PUB chat.api.v1.history _INBOX.gw.x.4 0\r\n\r\n" 'Publish to "chat.api.v1.history"'
+expect_violation "gateway calls chat.api.v1.gw.post (no gateway form)" 1 gateway "$gw_pw" \
+    "PUB chat.api.v1.gw.post _INBOX.gw.x.5 0\r\n\r\n" 'Publish to "chat.api.v1.gw.post"'
 expect_violation "gateway calls chat.api.v1.post (posting as anyone)" 2 gateway "$gw_pw" \
     "PUB chat.api.v1.post _INBOX.gw.x.3 0\r\n\r\n" 'Publish to "chat.api.v1.post"'
 expect_violation "gateway publishes into CHAT_EVENTS" 2 gateway "$gw_pw" \

@@ -39,6 +39,7 @@
 #include <nats/nats.h>
 
 #include "chat.pb-c.h"
+#include "test_check.h"
 #include "test_stack.h"
 
 #ifndef CHAT_SOURCE_DIR
@@ -779,6 +780,46 @@ START_TEST(fresh_consumer_skips_the_past)
 }
 END_TEST
 
+/* A message deleted within the grace is in no push: neither counted nor previewed (issue 19,
+ * finding 2). alice posts a visible message and then one she deletes at once (through the
+ * gateway); bob's push counts the visible one and previews it, and no push has the deleted text. */
+START_TEST(deleted_within_grace_not_previewed)
+{
+    char alice[80], kim[80], conv[80], cmid[80];
+    one_to_one("kim", alice, kim, conv);
+    test_stack_unique_id("del", cmid, sizeof cmid);
+    ws_client *a = test_connect_user(&stack, alice);
+    int64_t t0 = test_mono_ms();
+    send_n(conv, alice, "visible message", 1);
+    send_n(conv, alice, "SECRET deleted message", 1);
+    json_t *del = json_pack("{s:s, s:s, s:s, s:i}", "type", "delete", "conv", conv, "cmid", cmid, "target", 2);
+    ck_assert_msg(ws_client_send_json(a, del) == CHAT_OK, "sending the delete: %s", ws_client_error(a));
+    json_decref(del);
+    json_t *ack = NULL;
+    ck_assert_msg(test_recv_type(a, "ack", 5000, &ack, NULL) == CHAT_OK, "the delete was not acked");
+    ck_assert_msg(test_int(ack, "seq") == 3, "the delete got %s, want seq 3", test_json(ack));
+    json_decref(ack);
+    int64_t deleted_ms = test_mono_ms() - t0;
+    ck_assert_msg(deleted_ms < GRACE_MS, "posting and deleting took %lld ms, longer than the grace",
+                  (long long)deleted_ms);
+    json_t *p = wait_pushes(kim, 200, 1, GRACE_MS + 10000);
+    ck_assert_msg(json_array_size(p) == 1, "no push for %s (one visible message is unread)", kim);
+    usleep(2000 * 1000); /* the delete's request comes due too and must add nothing */
+    json_decref(p);
+    p = pushes_for(kim, -1);
+    char *text = json_dumps(p, JSON_COMPACT);
+    ck_assert_msg(text && strstr(text, "SECRET") == NULL, "a push carries the deleted text: %s", text);
+    free(text);
+    json_t *first = json_array_get(p, 0), *nw = json_object_get(first, "newest");
+    ck_assert_msg(test_int(first, "unread_total") == 1, "the deleted message was counted unread: %s", test_json(p));
+    ck_assert_msg(test_int(nw, "seq") == 1 && strcmp(test_str(nw, "preview") ? test_str(nw, "preview") : "",
+                                                     "visible message 1") == 0,
+                  "newest should be the visible message 1: %s", test_json(p));
+    json_decref(p);
+    ws_client_destroy(a);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_notify");
@@ -808,6 +849,7 @@ int main(void)
         tcase_set_timeout(tc, 150);
         tcase_add_test(tc, burst_gives_one_push);
         tcase_add_test(tc, seen_within_grace_gives_none);
+        tcase_add_test(tc, deleted_within_grace_not_previewed);
         tcase_add_test(tc, failing_webhook_pushes_after_recovery);
         tcase_add_test(tc, killed_notifier_loses_nothing);
         tcase_add_test(tc, notifier_killed_during_a_push_loses_nothing);

@@ -626,8 +626,8 @@ static Chat__V1__HistoryReply *history(const char *conv, const char *user)
     return r;
 }
 
-/* History shows a deleted message (and its edits) as deleted, without its text; sync returns
- * the raw events, the delete event included. */
+/* History and sync show a deleted message (and its edits) as deleted, without its text; the
+ * delete event itself comes as it is. */
 START_TEST(history_tombstones)
 {
     char alice[80], bob[80], eve[80], conv[80];
@@ -669,17 +669,22 @@ START_TEST(history_tombstones)
     ck_assert_uint_eq(h->n_events, 0);
     chat__v1__history_reply__free_unpacked(h, NULL);
 
-    /* sync: the raw log */
+    /* sync: the log with the same tombstones (the deleted text is served by no path), the delete
+     * event included */
     Chat__V1__SyncCursor k = sync_cursor(conv, 0), *kp = &k;
     size_t bytes;
     Chat__V1__SyncReply *r = sync_page(bob, &kp, 1, 0, true, &bytes);
     ck_assert_uint_eq(r->n_events, 4);
-    ck_assert_str_eq(r->events[0]->body, "secret");
-    ck_assert_str_eq(r->events[2]->body, "secret v2");
+    ck_assert(r->events[0]->deleted);
+    ck_assert_str_eq(r->events[0]->body, "");
+    ck_assert_str_eq(r->events[0]->sender, alice);
+    ck_assert(!r->events[1]->deleted);
+    ck_assert_str_eq(r->events[1]->body, "keep");
+    ck_assert(r->events[2]->deleted);
+    ck_assert_str_eq(r->events[2]->body, "");
     ck_assert_int_eq(r->events[3]->kind, CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE);
     ck_assert_uint_eq(r->events[3]->target, 1);
-    for (size_t i = 0; i < 4; i++)
-        ck_assert(!r->events[i]->deleted);
+    ck_assert(!r->events[3]->deleted);
     chat__v1__sync_reply__free_unpacked(r, NULL);
     r = sync_page(eve, &kp, 1, 0, true, &bytes);
     ck_assert_uint_eq(r->n_events, 0);

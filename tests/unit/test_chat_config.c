@@ -187,6 +187,85 @@ START_TEST(origins)
 }
 END_TEST
 
+/* Dev mode mints a token for any user: only on a loopback listen address (issue 19, finding 6). */
+START_TEST(dev_mode_needs_loopback)
+{
+    const char *refused[] = {"0.0.0.0:8080", "10.0.0.5:8080", "gateway.example:8080", "[::]:8080"};
+    const char *allowed[] = {"127.0.0.1:8080", "127.0.0.2:8080", "localhost:8080", "[::1]:8080"};
+    char *argv[] = {"x"};
+    char err[512];
+    chat_cfg cfg;
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        clean_env();
+        setenv("CHAT_DEV_MODE", "1", 1);
+        setenv("CHAT_GATEWAY_LISTEN", refused[i], 1);
+        ck_assert_msg(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv) == CHAT_ERR_INVALID, "%s accepted", refused[i]);
+        ck_assert_msg(strncmp(err, "CHAT_DEV_MODE: ", 15) == 0 && strstr(err, "loopback"), "%s: %s", refused[i], err);
+        ck_assert_ptr_null(strchr(err, '\n'));
+        chat_cfg_free(&cfg);
+        setenv("CHAT_DEV_MODE", "0", 1); /* the same address without dev mode starts */
+        ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv), CHAT_OK);
+        chat_cfg_free(&cfg);
+    }
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++) {
+        clean_env();
+        setenv("CHAT_DEV_MODE", "1", 1);
+        setenv("CHAT_GATEWAY_LISTEN", allowed[i], 1);
+        ck_assert_msg(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv) == CHAT_OK, "%s: %s", allowed[i], err);
+        chat_cfg_free(&cfg);
+    }
+}
+END_TEST
+
+/* CHAT_EGRESS_ALLOW: ranges, checked at start (issue 19, finding 9). */
+START_TEST(egress_allow_checked)
+{
+    char *argv[] = {"x"};
+    char err[512];
+    chat_cfg cfg;
+    clean_env();
+    unsetenv("CHAT_EGRESS_ALLOW");
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_OK);
+    ck_assert_str_eq(cfg.egress_allow, ""); /* public addresses only */
+    chat_cfg_free(&cfg);
+    setenv("CHAT_EGRESS_ALLOW", "127.0.0.0/8,::1", 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_OK);
+    chat_cfg_free(&cfg);
+    setenv("CHAT_EGRESS_ALLOW", "127.0.0.0/8,intranet", 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_ERR_INVALID);
+    ck_assert_msg(strncmp(err, "CHAT_EGRESS_ALLOW: ", 19) == 0 && strstr(err, "intranet"), "%s", err);
+    chat_cfg_free(&cfg);
+    unsetenv("CHAT_EGRESS_ALLOW");
+}
+END_TEST
+
+/* A malformed URL or DSN is named in the error without its secret (issue 19, finding 7). */
+START_TEST(errors_mask_secrets)
+{
+    static const struct {
+        const char *var, *value;
+        unsigned prog;
+    } leaky[] = {
+        {"CHAT_NATS_URL", "nats://gw:s3cretpw@host", CHAT_PROG_GATEWAY},
+        {"CHAT_REDIS_URL", "redis://:s3cretpw@host:notaport", CHAT_PROG_GATEWAY},
+        {"CHAT_PUSH_WEBHOOK_URL", "ftp://u:s3cretpw@hooks.example/x", CHAT_PROG_WORKER},
+        {"CHAT_PG_DSN", "host=h password=s3cretpw port", CHAT_PROG_WORKER},
+        {"CHAT_PG_DSN", "host=h password s3cretpw", CHAT_PROG_WORKER},
+    };
+    char *argv[] = {"x"};
+    for (size_t i = 0; i < sizeof leaky / sizeof leaky[0]; i++) {
+        clean_env();
+        setenv(leaky[i].var, leaky[i].value, 1);
+        chat_cfg cfg;
+        char err[512];
+        ck_assert_int_eq(load(&cfg, leaky[i].prog, err, 1, argv), CHAT_ERR_INVALID);
+        ck_assert_msg(strncmp(err, leaky[i].var, strlen(leaky[i].var)) == 0, "%s", err);
+        ck_assert_msg(strstr(err, "s3cretpw") == NULL, "%s shows its secret: %s", leaky[i].var, err);
+        chat_cfg_free(&cfg);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("chat_config");
@@ -199,6 +278,9 @@ int main(void)
     tcase_add_test(tc, flag_without_value);
     tcase_add_test(tc, redis_url_parts);
     tcase_add_test(tc, origins);
+    tcase_add_test(tc, dev_mode_needs_loopback);
+    tcase_add_test(tc, egress_allow_checked);
+    tcase_add_test(tc, errors_mask_secrets);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_map.h"
+#include "chat_partition.h"
 #include "unit_run.h"
 
 START_TEST(put_get_replace_remove)
@@ -71,12 +72,38 @@ START_TEST(growth_keeps_every_entry)
 }
 END_TEST
 
+/* Hash flooding (issue 19): 2,000 keys a client could choose because they all share the low 12
+ * bits of their FNV-1a hash (the map's unkeyed hash before) must not end up in one chain, which
+ * made every lookup a walk of all of them. With the keyed hash they spread like any keys. */
+START_TEST(chosen_keys_do_not_share_a_chain)
+{
+    enum { N = 2000 };
+    chat_map *m = chat_map_create();
+    char key[32];
+    int found = 0;
+    for (long i = 0; found < N; i++) {
+        snprintf(key, sizeof key, "c%ld", i);
+        if ((chat_fnv1a32(key) & 4095) != 0)
+            continue;
+        chat_map_put(m, key, (void *)(intptr_t)(found + 1), NULL);
+        found++;
+    }
+    ck_assert_uint_eq(chat_map_size(m), N);
+    size_t longest = chat_map_longest_chain(m);
+    ck_assert_msg(longest <= 16, "%d chosen keys: the longest chain holds %zu of them", N, longest);
+    ck_assert_uint_eq(chat_map_hash("conv-1"), chat_map_hash("conv-1"));
+    ck_assert_uint_ne(chat_map_hash("conv-1"), chat_map_hash("conv-2"));
+    chat_map_destroy(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("chat_map");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, put_get_replace_remove);
     tcase_add_test(tc, growth_keeps_every_entry);
+    tcase_add_test(tc, chosen_keys_do_not_share_a_chain);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
