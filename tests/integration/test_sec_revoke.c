@@ -133,6 +133,8 @@ START_TEST(user_revoked_sessions_closed_old_tokens_refused)
     ck_assert_msg(code_a == 4001 && ms_a <= REVOKE_BOUND_MS, "live session (iat): close %d after %lld ms, want 4001 "
                   "within %d", code_a, (long long)ms_a, REVOKE_BOUND_MS);
     ck_assert_msg(code_b == 4001 && ms_a + ms_b <= REVOKE_BOUND_MS, "live session (no iat): close %d", code_b);
+    fprintf(stderr, PROG ": user revoked: sessions closed %lld and %lld ms after chatctl returned\n", (long long)ms_a,
+            (long long)(ms_a + ms_b));
     expect_alive(bystander, "another user's session");
 
     expect_refused(0, "the old token", old);
@@ -170,6 +172,7 @@ START_TEST(token_revoked_by_jti_other_token_works)
     int code = closed_code(a, &ms);
     ck_assert_msg(code == 4001 && ms <= REVOKE_BOUND_MS, "session of the revoked token: close %d after %lld ms", code,
                   (long long)ms);
+    fprintf(stderr, PROG ": token revoked: its session closed %lld ms after chatctl returned\n", (long long)ms);
     expect_alive(b, "the user's session of another token");
     expect_refused(0, "the revoked token", ta);
     ck_assert_int_eq(upgrade(0, tb, NULL, NULL, 0), 101);
