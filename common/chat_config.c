@@ -62,8 +62,9 @@ static const setting settings[] = {
     {"CHAT_JWT_ISSUER", "--jwt-issuer", "", GW | CTL, F(jwt_issuer), "iss every token must carry (empty: not checked)"},
     {"CHAT_JWT_AUDIENCE", "--jwt-audience", "", GW | CTL, F(jwt_audience),
      "aud every token must carry (empty: not checked)"},
-    {"CHAT_JWT_MAX_TTL", "--jwt-max-ttl", "24h", GW | CTL, F(jwt_max_ttl_raw),
-     "longest token lifetime: exp further than this from now or from iat is refused"},
+    {"CHAT_JWT_MAX_TTL", "--jwt-max-ttl", "24h", GW | WK | CTL, F(jwt_max_ttl_raw),
+     "longest token lifetime: exp further than this from now or from iat is refused (the worker: how long "
+     "revocations are kept)"},
     {"CHAT_JWT_SIGNING_KEY", "--jwt-signing-key", "", GW | CTL, F(jwt_signing_key),
      "kid of CHAT_JWT_KEYS that chatctl token and /dev/token sign with (empty: CHAT_JWT_SECRET)"},
     {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
@@ -434,16 +435,11 @@ static chat_status jwt_policy_load(chat_cfg *cfg, char *err, size_t errsz)
         free(cfg->jwt_secret);
         cfg->jwt_secret = s;
     }
-    int64_t max_ttl_ms;
-    chat_status st = duration_in("CHAT_JWT_MAX_TTL", cfg->jwt_max_ttl_raw, 60000, 365LL * 86400000, &max_ttl_ms,
-                                 err, errsz);
-    if (st != CHAT_OK)
-        return st;
     chat_jwt_settings s = {.secret = cfg->jwt_secret,
                            .keys_file = cfg->jwt_keys,
                            .issuer = cfg->jwt_issuer,
                            .audience = cfg->jwt_audience,
-                           .max_ttl_s = max_ttl_ms / 1000,
+                           .max_ttl_s = cfg->jwt_max_ttl_s,
                            .signing_kid = cfg->jwt_signing_key};
     return chat_jwt_policy_create(&s, err, errsz, &cfg->jwt);
 }
@@ -499,6 +495,14 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
     if (!parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
         return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
                     cfg->partitions_raw);
+    if (prog & (GW | WK | CTL)) {
+        int64_t max_ttl_ms;
+        chat_status st = duration_in("CHAT_JWT_MAX_TTL", cfg->jwt_max_ttl_raw, 60000, 365LL * 86400000, &max_ttl_ms,
+                                     err, errsz);
+        if (st != CHAT_OK)
+            return st;
+        cfg->jwt_max_ttl_s = max_ttl_ms / 1000;
+    }
     if (prog & (GW | CTL)) {
         chat_status st = jwt_policy_load(cfg, err, errsz);
         if (st != CHAT_OK)

@@ -67,6 +67,7 @@ typedef struct chat_cfg {
     int64_t push_grace_ms;
     bool push_preview;        /* pushes carry a preview of the newest message */
     bool dev_mode;
+    int64_t jwt_max_ttl_s;    /* CHAT_JWT_MAX_TTL (gateway, chatctl; the worker sizes the revocations bucket by it) */
     chat_jwt_policy *jwt;     /* keys and claim rules of client tokens (gateway, chatctl); owned */
     /* gateway protection (docs/operations.md) */
     int64_t ws_queue_max;      /* outbound bytes queued per connection before it counts as slow */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -297,8 +298,14 @@ static chat_status issue_with(const jwt_key *k, const char *iss, const char *aud
     json_t *header = json_pack("{s:s, s:s}", "alg", chat_jwt_alg_name(k->alg), "typ", "JWT");
     if (k->kid[0])
         json_object_set_new(header, "kid", json_string(k->kid));
-    json_t *claims = json_pack("{s:s, s:I, s:I}", "sub", user, "iat", (json_int_t)now_s, "exp",
-                               (json_int_t)(now_s + ttl_s));
+    /* a random jti: one token can be revoked without its user's others (chatctl revoke token) */
+    unsigned char r[16];
+    char jti[32];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        return CHAT_ERR_INTERNAL;
+    b64url_encode(r, sizeof r, jti);
+    json_t *claims = json_pack("{s:s, s:I, s:I, s:s}", "sub", user, "iat", (json_int_t)now_s, "exp",
+                               (json_int_t)(now_s + ttl_s), "jti", jti);
     if (iss[0])
         json_object_set_new(claims, "iss", json_string(iss));
     if (aud[0])
@@ -322,4 +329,28 @@ chat_status chat_jwt_sign(const char *user, const char *secret, int64_t now_s, i
 {
     jwt_key k = {.kid = "", .alg = CHAT_JWT_HS256, .secret = (unsigned char *)secret, .secret_len = strlen(secret)};
     return issue_with(&k, "", "", user, now_s, ttl_s, out);
+}
+
+chat_status chat_jwt_peek(const char *token, chat_jwt_claims *out)
+{
+    size_t len = token ? strlen(token) : 0, dot[2];
+    if (len == 0 || len > CHAT_JWT_MAX_LEN || !split3(token, len, dot))
+        return CHAT_ERR_INVALID;
+    json_t *claims = json_part(token + dot[0] + 1, dot[1] - dot[0] - 1);
+    if (claims == NULL)
+        return CHAT_ERR_INVALID;
+    chat_jwt_claims c;
+    memset(&c, 0, sizeof c);
+    json_t *sub = json_object_get(claims, "sub"), *jti = json_object_get(claims, "jti");
+    bool has_exp, has_iat;
+    bool ok = json_is_string(sub) && chat_id_valid(json_string_value(sub)) && int_claim(claims, "exp", &c.exp, &has_exp) &&
+              has_exp && int_claim(claims, "iat", &c.iat, &has_iat) &&
+              (jti == NULL || (json_is_string(jti) && strlen(json_string_value(jti)) <= CHAT_JWT_JTI_MAX));
+    if (ok) {
+        snprintf(c.user, sizeof c.user, "%s", json_string_value(sub));
+        snprintf(c.jti, sizeof c.jti, "%s", jti ? json_string_value(jti) : "");
+        *out = c;
+    }
+    json_decref(claims);
+    return ok ? CHAT_OK : CHAT_ERR_INVALID;
 }

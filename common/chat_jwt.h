@@ -64,10 +64,15 @@ typedef struct chat_jwt_claims {
 chat_status chat_jwt_verify(const chat_jwt_policy *p, const char *token, int64_t now_s, chat_jwt_claims *out,
                             const char **why);
 
-/* A token for user valid ttl_s seconds from now_s, signed with the policy's signing key, with `iss`
- * and `aud` when the policy checks them. CHAT_ERR_INVALID when ttl_s is not 1 to the maximum
+/* A token for user valid ttl_s seconds from now_s (`iat` now_s, a random `jti`), signed with the
+ * policy's signing key, with `iss` and `aud` when the policy checks them. CHAT_ERR_INVALID when ttl_s is not 1 to the maximum
  * lifetime, CHAT_ERR_DENIED when the policy has no signing key. The caller frees *out. */
 chat_status chat_jwt_issue(const chat_jwt_policy *p, const char *user, int64_t now_s, int64_t ttl_s, char **out);
+
+/* The claims of a token WITHOUT checking its signature or times (user, exp, iat, jti; kid ""): for
+ * chatctl revoke token, which needs only which token it is. CHAT_ERR_INVALID when it is not a JWT
+ * with sub and exp. */
+chat_status chat_jwt_peek(const char *token, chat_jwt_claims *out);
 
 /* An HS256 token (no kid, no iss or aud) signed with secret: the single-secret form. The caller
  * frees *out. */

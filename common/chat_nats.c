@@ -48,17 +48,23 @@ static void on_connected(natsConnection *nc, void *closure)
 }
 
 static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait_initial, int pool_threads,
-                                natsConnection **out);
+                                const char *inbox_prefix, natsConnection **out);
 
 /* The URL list with any user:password@ replaced by ***@, for logs and error lines. */
 chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_initial, natsConnection **out)
 {
-    return connect_with(cfg, name, wait_initial, 0, out);
+    return connect_with(cfg, name, wait_initial, 0, NULL, out);
 }
 
 chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int pool_threads, natsConnection **out)
 {
-    return connect_with(cfg, name, false, pool_threads, out);
+    return connect_with(cfg, name, false, pool_threads, NULL, out);
+}
+
+chat_status chat_nats_connect_inbox(const chat_cfg *cfg, const char *name, const char *inbox_prefix,
+                                    natsConnection **out)
+{
+    return connect_with(cfg, name, false, 0, inbox_prefix, out);
 }
 
 /* true for tls:// URLs (chat_config.c allows no mix of tls:// and nats://) */
@@ -105,7 +111,7 @@ static const char *refusal_hint(const chat_cfg *cfg, natsStatus s)
 }
 
 static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait_initial, int pool_threads,
-                                natsConnection **out)
+                                const char *inbox_prefix, natsConnection **out)
 {
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
@@ -155,6 +161,8 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
         if (s == NATS_OK)
             s = natsOptions_UseGlobalMessageDelivery(opts, true);
     }
+    if (s == NATS_OK && inbox_prefix)
+        s = natsOptions_SetCustomInboxPrefix(opts, inbox_prefix);
     natsConnection *nc = NULL;
     if (s == NATS_OK)
         s = natsConnection_Connect(&nc, opts);

@@ -23,6 +23,12 @@ chat_status chat_nats_connect(const chat_cfg *cfg, const char *name, bool wait_i
  * the gateway, which holds one subscription per connected user and whose callbacks never block. */
 chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int pool_threads, natsConnection **out);
 
+/* chat_nats_connect (not waiting) whose own inboxes (nats.c's requests, JetStream push consumers
+ * such as a KV watcher's) are made under inbox_prefix instead of "_INBOX": for a credential that
+ * may subscribe only under a prefix of its own (the gateway's "_INBOX.gw.>"). */
+chat_status chat_nats_connect_inbox(const chat_cfg *cfg, const char *name, const char *inbox_prefix,
+                                    natsConnection **out);
+
 /* Maps a natsStatus (and logs its text under comp with the action that failed). */
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action);
 

@@ -24,10 +24,12 @@
 #include "chat_http.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
+#include "chat_revoke.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 #include "gw_cursor.h"
 #include "gw_presence.h"
+#include "gw_revoke.h"
 #include "gw_session.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
@@ -55,8 +57,10 @@ static void tick(lws_sorted_usec_list_t *sul)
         gw_cursor_flush(srv); /* every 200 ms */
     if (srv->ticks % 10 == 0)
         gw_session_sweep(srv); /* every second */
-    if (srv->ticks % 100 == 0)
+    if (srv->ticks % 100 == 0) {
         gw_session_trim_caches(srv); /* every 10 s */
+        gw_revoke_trim(srv->revoke);
+    }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
         gw_presence_beat(srv->presence, srv->users);
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
@@ -140,6 +144,14 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     chat_jwt_claims claims;
     if (chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, &claims, &why) != CHAT_OK)
         return refuse(wsi, srv, 401, why);
+    gw_revoke_verdict revoked = gw_revoke_check(srv->revoke, &claims);
+    if (revoked == GW_REVOKE_REFUSED)
+        return refuse(wsi, srv, 401, "token revoked");
+    if (revoked == GW_REVOKE_LOADING) {
+        /* a gateway that does not yet know every revocation lets no token in (it is not ready) */
+        atomic_fetch_add(srv->m.refused_loading, 1);
+        return refuse_http(wsi, 503, "revocation list not loaded yet: try again");
+    }
     gw_user *u = chat_map_get(srv->users, claims.user);
     if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
         return refuse(wsi, srv, 429, "too many connections for this user");
@@ -153,16 +165,14 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 
 /* At ESTABLISHED the request headers are still there: take the user from the token again (a
  * second signature check: 4 us for HS256, 65 us for RS256 with a 3072-bit key, 135 us for EdDSA
- * on the 2-core test machine; simpler than carrying state across the upgrade). */
-static bool session_user(gw_server *srv, struct lws *wsi, char *user)
+ * on the 2-core test machine; simpler than carrying state across the upgrade), and look at the
+ * revocations again (one may have come since CONFIRM_UPGRADE, before there was a session to close). */
+static bool session_claims(gw_server *srv, struct lws *wsi, chat_jwt_claims *claims)
 {
     char token[CHAT_JWT_MAX_LEN + 2] = "";
-    chat_jwt_claims claims;
-    if (!get_token(wsi, token, sizeof token) ||
-        chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, &claims, NULL) != CHAT_OK)
-        return false;
-    memcpy(user, claims.user, sizeof claims.user);
-    return true;
+    return get_token(wsi, token, sizeof token) &&
+           chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, claims, NULL) == CHAT_OK &&
+           gw_revoke_check(srv->revoke, claims) == GW_REVOKE_PASS;
 }
 
 /* GET /dev/token?user=U (CHAT_DEV_MODE=1 only): a token for the demo page, valid a day or
@@ -310,11 +320,16 @@ static bool operator_path_refused(struct lws *wsi, const char *path)
     return false;
 }
 
-/* /readyz: every dependency answers, and the gateway is not stopping. */
+/* /readyz: every dependency answers, the revocations have arrived, and the gateway is not stopping. */
 static bool gw_ready(void *ctx, char *detail, size_t size)
 {
     gw_server *srv = ctx;
     bool ok = chat_health_ready(srv->health, detail, size);
+    if (!gw_revoke_loaded(srv->revoke)) {
+        size_t n = strlen(detail);
+        snprintf(detail + n, size - n, "revocations: not loaded\n");
+        ok = false;
+    }
     if (atomic_load(&srv->stopping)) {
         size_t n = strlen(detail);
         snprintf(detail + n, size - n, "gateway stopping\n");
@@ -375,13 +390,16 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(srv, wsi);
     case LWS_CALLBACK_ESTABLISHED: {
-        char user[CHAT_ID_MAX + 1];
-        if (!session_user(srv, wsi, user))
+        chat_jwt_claims claims;
+        if (!session_claims(srv, wsi, &claims))
             return -1; /* never a session without a checked token */
         int sndbuf = SNDBUF_SIZE;
         if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
             return -1; /* as lws does when its own setsockopt fails */
-        gw_session_established(srv, s, wsi, user);
+        /* what a later revocation is matched against (gw_session_close_revoked) */
+        s->token_iat = (uint32_t)claims.iat;
+        s->token_jti = claims.jti[0] ? chat_revoke_jti_id(claims.jti) : 0;
+        gw_session_established(srv, s, wsi, claims.user);
         return 0;
     }
     case LWS_CALLBACK_RECEIVE:
@@ -423,6 +441,7 @@ static void register_metrics(gw_server *srv)
     g->refused_origin = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"origin\"", rh);
     g->refused_limit = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"limit\"", rh);
     g->refused_stopping = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"stopping\"", rh);
+    g->refused_loading = chat_metrics_counter(m, "chat_gateway_refused_total", "reason=\"revocations_loading\"", rh);
     const char *dh = "Connections closed, by reason.";
     g->disc_client = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"client\"", dh);
     g->disc_slow = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"slow_consumer\"", dh);
@@ -526,6 +545,8 @@ chat_status gw_server_create(gw_server *srv)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
         return CHAT_ERR_INTERNAL;
+    if (gw_revoke_start(srv, &srv->revoke) != CHAT_OK)
+        return CHAT_ERR_INTERNAL;
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
     return CHAT_OK;
 }
@@ -611,6 +632,8 @@ void gw_server_destroy(gw_server *srv)
     if (srv->loop) /* after the context: lws stops its watchers on it as it goes */
         ev_loop_destroy(srv->loop);
     srv->loop = NULL;
+    gw_revoke_destroy(srv->revoke); /* before the bus, which its watcher pushes onto */
+    srv->revoke = NULL;
     gw_presence_destroy(srv->presence); /* our users leave presence at once */
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);

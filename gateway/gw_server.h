@@ -21,13 +21,14 @@
 struct ev_loop;
 typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
+typedef struct gw_revoke gw_revoke;
 
 typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
     atomic_uint_fast64_t *connects, *refused_auth, *refused_origin;
     atomic_uint_fast64_t *disc_client, *disc_slow, *disc_too_large, *disc_shutdown;
     atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable, *fail_rate_limited;
-    atomic_uint_fast64_t *refused_limit, *refused_stopping;
+    atomic_uint_fast64_t *refused_limit, *refused_stopping, *refused_loading;
     atomic_uint_fast64_t *frames_in, *frames_out, *acks;
     chat_histogram *delivery, *puback;
 } gw_metrics;
@@ -61,6 +62,7 @@ typedef struct gw_server {
     chat_map *watched;    /* user -> sessions watching the user's presence */
     chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
     gw_presence *presence;
+    gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */
     int ticks;
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;

@@ -1304,6 +1304,7 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
                           : s->close_code == LWS_CLOSE_STATUS_GOINGAWAY        ? "server going away"
                           : s->close_code == GW_CLOSE_SERVICE_RESTART          ? "service restart: sync"
                           : s->close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION ? "incomplete frame"
+                          : s->close_code == GW_CLOSE_TOKEN_REVOKED            ? "token revoked"
                                                                                : "try again";
         s->close_written = true;
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
@@ -1476,4 +1477,38 @@ void gw_session_free_caches(gw_server *srv)
     chat_map_each(srv->membership, free_membership_entry, NULL);
     srv->membership_oldest = srv->membership_newest = NULL;
     chat_map_each(srv->checking, free_waiting_entry, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Revocations (gw_revoke.c)                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct revocation {
+    int64_t not_before; /* a user's: tokens issued before it (or without iat) */
+    uint64_t jti_id;    /* or one token's: its jti hash */
+    size_t closed;
+} revocation;
+
+static void close_if_revoked(gw_server *srv, gw_session *s, void *ctx)
+{
+    (void)srv;
+    revocation *r = ctx;
+    bool hit = r->jti_id ? s->token_jti == r->jti_id : chat_revoke_user_refuses(r->not_before, s->token_iat);
+    if (!s->established || s->close_code || !hit)
+        return;
+    close_now(s, GW_CLOSE_TOKEN_REVOKED); /* nothing more is queued for it; hung up if it never reads */
+    r->closed++;
+}
+
+size_t gw_session_close_revoked(gw_server *srv, const char *user, int64_t not_before, uint64_t jti_id)
+{
+    revocation r = {.not_before = not_before, .jti_id = user ? 0 : jti_id};
+    if (user == NULL) {
+        each_session(srv, close_if_revoked, &r);
+        return r.closed;
+    }
+    gw_user *u = chat_map_get(srv->users, user);
+    for (gw_session *s = u ? u->sessions : NULL; s; s = s->next_of_user)
+        close_if_revoked(srv, s, &r);
+    return r.closed;
 }

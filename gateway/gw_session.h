@@ -15,6 +15,7 @@
 #include "chat_buf.h"
 #include "chat_http.h"
 #include "chat_id.h"
+#include "chat_revoke.h"
 #include "gw_budget.h"
 #include "gw_bus.h"
 #include "gw_server.h"
@@ -22,6 +23,7 @@
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
 #define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
+#define GW_CLOSE_TOKEN_REVOKED 4001    /* the session's token was revoked (chatctl revoke, gw_revoke.h) */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 /* A connection asked to close (4008, 1001, 1012, 1008) is hung up this long after whatever its
  * client does: one that reads nothing never lets the close frame out (its socket never becomes
@@ -70,14 +72,19 @@ typedef struct gw_session {
     int64_t frame_refill_ms;
     gw_parked *sync_next;        /* the next page's packed SyncRequest, parked while the queue drains */
     gw_budget *budget;           /* typing, presence, lookups, status polls (gw_budget.h), or NULL */
-    int close_code;              /* set: close at the next WRITEABLE with this code ... */
-    int64_t closing_ms;          /* ... asked for then (GW_CLOSE_WAIT_MS) */
-    bool close_written;          /* the close frame went to the socket */
+    int close_code;              /* set: close at the next WRITEABLE with this code */
+    /* the token's iat (0: none) and a hash of its jti (0: none), what gw_session_close_revoked
+     * matches; iat fits 32 bits until 2106 (a verified token's iat is at most its exp, at most
+     * CHAT_JWT_MAX_TTL from now). Placed in what was padding: the session stays 184 bytes. */
+    uint32_t token_iat;
+    int64_t closing_ms;          /* when close_code was set (GW_CLOSE_WAIT_MS) */
+    uint64_t token_jti;
     char (*watching)[CHAT_ID_MAX + 1]; /* users whose presence changes this session gets */
     int nwatching;
     bool established;
     bool syncing;                /* a sync is running: pages until `synced` */
     bool want_ping;              /* a ping goes out at the next WRITEABLE */
+    bool close_written;          /* the close frame went to the socket */
     struct gw_session *next_of_user, *prev_of_user;
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
@@ -145,5 +152,10 @@ void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event 
 /* A request waiting for retry_at_ms is due: send it again. false: free it. */
 bool gw_session_on_retry(gw_server *srv, gw_request *req);
 void gw_session_on_members_changed(gw_server *srv, const char *conv);
+
+/* A revocation arrived (gw_revoke.c): closes with GW_CLOSE_TOKEN_REVOKED the sessions of user whose
+ * token was issued before not_before (or has no iat), or, with user NULL, every session whose
+ * token's jti hash is jti_id. Returns how many. */
+size_t gw_session_close_revoked(gw_server *srv, const char *user, int64_t not_before, uint64_t jti_id);
 
 #endif

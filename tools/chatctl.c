@@ -21,6 +21,7 @@
 #include "chat_log.h"
 #include "chat_nats.h"
 #include "chat_redact.h"
+#include "chat_revoke.h"
 #include "chat_time.h"
 #include "wk_archive.h"
 #include "wk_objstore.h"
@@ -49,7 +50,14 @@ static const char *usage =
     "  archive status                    partitions (hot) and archived partitions (cold) with their objects\n"
     "  archive restore PARTITION         put an archived partition (e.g. messages_p1732752000) back into\n"
     "                                    PostgreSQL and delete its objects\n"
-    "The conv, send and history commands need a chat-worker running the api role; the archive commands\n"
+    "  revoke user USER [--before UNIX|now]\n"
+    "                                    refuse USER's tokens issued before the time (default now: every token\n"
+    "                                    issued so far, this second's included); every gateway closes the live\n"
+    "                                    sessions they opened (4001) within about a second\n"
+    "  revoke token TOKEN                refuse one token (by its jti) until it expires; TOKEN is read, not checked\n"
+    "  revoke token JTI --until UNIX     the same by jti, until UNIX (the token's exp)\n"
+    "The conv, send and history commands need a chat-worker running the api role; revoke needs the bucket\n"
+    "CHAT_REVOKED (chat-worker streams makes it) and a NATS user that may write it; the archive commands\n"
     "need CHAT_PG_DSN and CHAT_ARCHIVE_URL (and CHAT_S3_* for s3://) as the workers have them.";
 
 static bool valid_id(const char *cmd, const char *what, const char *id)
@@ -600,6 +608,133 @@ static int cmd_token(const chat_cfg *cfg, int argc, char **argv)
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* revoke                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Puts key = value (unix seconds) into the CHAT_REVOKED bucket. 0, or 1 after one line. */
+static int revoke_put(const chat_cfg *cfg, const char *key, int64_t value)
+{
+    natsConnection *nc = NULL;
+    if (connect_nats(cfg, &nc) != 0)
+        return 1;
+    jsCtx *js = NULL;
+    kvStore *kv = NULL;
+    char text[24];
+    snprintf(text, sizeof text, "%lld", (long long)value);
+    natsStatus s = natsConnection_JetStream(&js, nc, NULL);
+    if (s == NATS_OK)
+        s = js_KeyValue(&kv, js, CHAT_REVOKE_BUCKET);
+    if (s == NATS_NOT_FOUND)
+        fprintf(stderr, "chatctl revoke: the bucket " CHAT_REVOKE_BUCKET " does not exist (chat-worker streams "
+                        "creates it)\n");
+    else if (s == NATS_OK && (s = kvStore_PutString(NULL, kv, key, text)) != NATS_OK)
+        fprintf(stderr, "chatctl revoke: not stored: %s (%s)\n", natsStatus_GetText(s),
+                nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
+    else if (s != NATS_OK)
+        fprintf(stderr, "chatctl revoke: cannot open the bucket " CHAT_REVOKE_BUCKET ": %s\n", natsStatus_GetText(s));
+    kvStore_Destroy(kv);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return s == NATS_OK ? 0 : 1;
+}
+
+/* revoke user USER [--before UNIX|now] */
+static int revoke_user(const chat_cfg *cfg, int argc, char **argv)
+{
+    int64_t now = chat_now_ms() / 1000;
+    /* "now" refuses this second's tokens too: iat has whole seconds, and one issued a moment
+     * before the revocation must not pass */
+    int64_t before = now + 1;
+    const char *user = NULL;
+    for (int i = 0; i < argc; i++) {
+        uint64_t v;
+        if (strcmp(argv[i], "--before") == 0 && i + 1 < argc) {
+            if (strcmp(argv[++i], "now") != 0 && !parse_u64("revoke user", "--before", argv[i], 1ULL << 40, &v))
+                return 2;
+            before = strcmp(argv[i], "now") == 0 ? now + 1 : (int64_t)v;
+        } else if (user == NULL) {
+            user = argv[i];
+        } else {
+            fprintf(stderr, "chatctl revoke user: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    char key[CHAT_REVOKE_KEY_MAX];
+    if (user == NULL || !chat_revoke_key_user(key, user)) {
+        fprintf(stderr, "chatctl revoke user: USER must be 1-64 characters of [A-Za-z0-9_-]\n");
+        return 2;
+    }
+    /* the bucket keeps an entry CHAT_JWT_MAX_TTL + 5 minutes from now: a later time would be forgotten
+     * while tokens it refuses are still valid */
+    if (before < 1 || before > now + 1 + CHAT_JWT_LEEWAY_S) {
+        fprintf(stderr, "chatctl revoke user: --before must be a past unix time or now\n");
+        return 2;
+    }
+    int rc = revoke_put(cfg, key, before);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:s, s:I}", "revoked", "user", "user", user, "not_before", (json_int_t)before));
+    return rc;
+}
+
+/* revoke token TOKEN | revoke token JTI --until UNIX */
+static int revoke_token(const chat_cfg *cfg, int argc, char **argv)
+{
+    const char *arg = NULL;
+    int64_t until = 0;
+    for (int i = 0; i < argc; i++) {
+        uint64_t v;
+        if (strcmp(argv[i], "--until") == 0 && i + 1 < argc) {
+            if (!parse_u64("revoke token", "--until", argv[++i], 1ULL << 40, &v))
+                return 2;
+            until = (int64_t)v;
+        } else if (arg == NULL) {
+            arg = argv[i];
+        } else {
+            fprintf(stderr, "chatctl revoke token: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    chat_jwt_claims c;
+    memset(&c, 0, sizeof c);
+    if (arg && strchr(arg, '.') && chat_jwt_peek(arg, &c) == CHAT_OK) {
+        if (c.jti[0] == '\0') {
+            fprintf(stderr, "chatctl revoke token: the token has no jti: revoke its user (%s) instead\n", c.user);
+            return 2;
+        }
+        until = until ? until : c.exp;
+    } else if (arg && arg[0] && strlen(arg) <= CHAT_JWT_JTI_MAX && until > 0) {
+        snprintf(c.jti, sizeof c.jti, "%s", arg);
+    } else {
+        fprintf(stderr, "chatctl revoke token: give a token, or a jti (1-%d characters) with --until UNIX\n",
+                CHAT_JWT_JTI_MAX);
+        return 2;
+    }
+    int64_t now = chat_now_ms() / 1000;
+    if (until > now + cfg->jwt_max_ttl_s + CHAT_JWT_LEEWAY_S) {
+        fprintf(stderr, "chatctl revoke token: --until is more than CHAT_JWT_MAX_TTL away: the bucket would forget "
+                        "it first; revoke the user instead\n");
+        return 2;
+    }
+    char key[CHAT_REVOKE_KEY_MAX];
+    chat_revoke_key_token(key, c.jti);
+    int rc = revoke_put(cfg, key, until);
+    if (rc == 0)
+        print_json(json_pack("{s:s, s:s, s:s, s:I}", "revoked", "token", "jti", c.jti, "key", key, "until",
+                             (json_int_t)until));
+    return rc;
+}
+
+static int cmd_revoke(const chat_cfg *cfg, int argc, char **argv)
+{
+    if (argc >= 1 && strcmp(argv[0], "user") == 0)
+        return revoke_user(cfg, argc - 1, argv + 1);
+    if (argc >= 1 && strcmp(argv[0], "token") == 0)
+        return revoke_token(cfg, argc - 1, argv + 1);
+    fprintf(stderr, "chatctl revoke: user USER [--before UNIX|now] | token TOKEN | token JTI --until UNIX\n");
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     chat_cfg cfg;
@@ -622,6 +757,8 @@ int main(int argc, char **argv)
         rc = cmd_history(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else if (strcmp(cmd, "archive") == 0) {
         rc = cmd_archive(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "revoke") == 0) {
+        rc = cmd_revoke(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else {
         fprintf(stderr, "chatctl: unknown command \"%s\" (try --help)\n", cmd);
     }

@@ -1745,6 +1745,9 @@ static void *coordinator_thread(void *arg)
             jsCtx *js = NULL;
             if (natsConnection_JetStream(&js, in->app->nc, NULL) == NATS_OK)
                 streams_ok = wk_streams_ensure(js, in->app->cfg->js_replicas, false) == CHAT_OK;
+            /* once, not gating the ingest: the gateways refuse upgrades until the bucket exists */
+            if (streams_ok)
+                wk_streams_ensure_revoked(js, in->app->cfg->js_replicas, in->app->cfg->jwt_max_ttl_s, false);
             jsCtx_Destroy(js);
         }
         for (int p = 0; p < in->nparts; p++) {

@@ -99,8 +99,8 @@ static int run(const chat_cfg *cfg)
     return 0;
 }
 
-/* `chat-worker streams`: creates CHAT_IN and CHAT_EVENTS, or brings them to their configuration
- * (CHAT_JS_REPLICAS). Needs NATS credentials with the stream-update permission (the `setup` user
+/* `chat-worker streams`: creates CHAT_IN, CHAT_EVENTS and the CHAT_REVOKED bucket, or brings them
+ * to their configuration (CHAT_JS_REPLICAS, CHAT_JWT_MAX_TTL). Needs NATS credentials with the stream-update permission (the `setup` user
  * of deploy/nats/accounts.conf); the running roles' `worker` user has none. */
 static int setup_streams(const chat_cfg *cfg)
 {
@@ -119,6 +119,8 @@ static int setup_streams(const chat_cfg *cfg)
         if (js == NULL && natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
             continue;
         st = wk_streams_ensure(js, cfg->js_replicas, true);
+        if (st == CHAT_OK)
+            st = wk_streams_ensure_revoked(js, cfg->js_replicas, cfg->jwt_max_ttl_s, true);
     }
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);

@@ -5,6 +5,7 @@
 
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_revoke.h"
 
 static chat_status ensure(jsCtx *js, jsStreamConfig *sc, bool update)
 {
@@ -57,4 +58,26 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
     /* CHAT_NOTIFY, the notify requests of older releases, is no longer created; a stream left
      * from one is not touched here (an operator removes it once drained, docs/notifications.md) */
     return ensure(js, &ev, update);
+}
+
+chat_status wk_streams_ensure_revoked(jsCtx *js, int replicas, int64_t max_ttl_s, bool update)
+{
+    /* what nats.c's js_CreateKeyValue makes (so `nats kv` and kvStore_* see a bucket), built here
+     * because js_CreateKeyValue updates an existing bucket, which the running worker may not */
+    jsStreamConfig kv;
+    jsStreamConfig_Init(&kv);
+    const char *subjects[] = {CHAT_REVOKE_SUBJECTS};
+    kv.Name = CHAT_REVOKE_STREAM;
+    kv.Subjects = subjects;
+    kv.SubjectsLen = 1;
+    kv.Storage = js_FileStorage;
+    kv.Retention = js_LimitsPolicy;
+    kv.MaxMsgsPerSubject = 1; /* the bucket's history: the latest value of a key */
+    kv.MaxAge = chat_revoke_keep_s(max_ttl_s) * 1000000000LL;
+    kv.Discard = js_DiscardNew;
+    kv.AllowRollup = true;
+    kv.DenyDelete = true;
+    kv.AllowDirect = true;
+    kv.Replicas = replicas;
+    return ensure(js, &kv, update);
 }

@@ -6,10 +6,14 @@
  *                              ingest acked it), duplicate window 10 minutes
  *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
  *                              the committed events, replayable by backends; the notify role
- *                              reads its offline pushes from it too (workers/wk_notify.h) */
+ *                              reads its offline pushes from it too (workers/wk_notify.h)
+ *   KV_CHAT_REVOKED  the KV bucket CHAT_REVOKED of token revocations (common/chat_revoke.h):
+ *                              file storage, the latest value per key, kept CHAT_JWT_MAX_TTL + 5
+ *                              minutes (after that every token an entry refuses has expired) */
 #ifndef WK_STREAMS_H
 #define WK_STREAMS_H
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <nats/nats.h>
 
@@ -22,5 +26,9 @@
  * set-up step `chat-worker streams` does; the roles only create what is missing, so they never
  * fight over a stream and never need the update permission). */
 chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update);
+
+/* The same for the revocations bucket, whose age limit follows max_ttl_s (CHAT_JWT_MAX_TTL):
+ * created by the set-up step and, when missing, by the ingest role; the gateways only read it. */
+chat_status wk_streams_ensure_revoked(jsCtx *js, int replicas, int64_t max_ttl_s, bool update);
 
 #endif

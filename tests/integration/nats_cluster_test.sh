@@ -12,8 +12,10 @@
 #   - with the backend credentials chatctl creates a conversation and posts, a WebSocket client
 #     posts through the gateway (ack + msg), chatctl history reads both back; with one node
 #     stopped, a post is still stored (two of three replicas);
+#   - the backend revokes a user's tokens (chatctl revoke, the KV bucket CHAT_REVOKED, three
+#     replicas) and the gateway, which may only watch the bucket, refuses the revoked token;
 #   - the permission matrix holds: the gateway may not delete a stream, call an api method it does
-#     not use, or read CHAT_EVENTS; the worker may not delete a stream; the backend may read
+#     not use, read CHAT_EVENTS, or write, purge or touch the consumers of the revocations bucket; the worker may not delete a stream; the backend may read
 #     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; the worker may not update
 #     a stream, the setup user may do nothing else; a wrong password is
 #     refused; and no role
@@ -351,7 +353,7 @@ else
     exit 1
 fi
 start_worker worker "$worker_port" ingest,api,archive
-for s in CHAT_IN CHAT_EVENTS; do
+for s in CHAT_IN CHAT_EVENTS KV_CHAT_REVOKED; do
     if wait_for 120 replicated "$s"; then
         pass "stream $s has 3 replicas (CHAT_JS_REPLICAS=3): a leader and two current followers"
     else
@@ -509,6 +511,26 @@ else
     fail "chatctl history: $(why)"
 fi
 
+# Token revocation with the real credentials: the backend revokes bob's tokens (chatctl revoke, a put
+# into the KV bucket CHAT_REVOKED), the gateway, which only watches the bucket, refuses bob's token
+# from before it, within 2 s.
+ctl backend "$NATS_BACKEND_PASSWORD" revoke user bob
+if ((rc == 0)) && grep -q '"not_before"' "$tmp/out"; then
+    pass "chatctl revoke user with the backend credentials"
+else
+    fail "chatctl revoke user: $(why)"
+fi
+upgrade_status() { # TOKEN: the gateway's answer to an upgrade, "<status> <body>"
+    curl -sS --max-time 5 -o "$tmp/upgrade" -w '%{http_code} ' -H 'Connection: Upgrade' -H 'Upgrade: websocket'         -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' -H 'Sec-WebSocket-Version: 13'         "http://127.0.0.1:$gateway_port/ws?token=$1" 2>/dev/null
+    head -c 200 "$tmp/upgrade" 2>/dev/null | tr '\n' ' '
+}
+refused_revoked() { upgrade_status "$token" | grep -q '^401 token revoked'; }
+if wait_for 2 refused_revoked; then
+    pass "the gateway (read-only on the bucket) refuses bob's revoked token: $(upgrade_status "$token")"
+else
+    fail "the revoked token at the gateway: $(upgrade_status "$token")"
+fi
+
 # One node down: two of three replicas still take and serve posts, once the two have elected new
 # leaders for what nats-3 led (7-15 s measured, docs/reliability.md; longer under load).
 stop_pid nats3
@@ -571,6 +593,12 @@ expect_violation "gateway subscribes to chat.evt.>" 1 gateway "$gw_pw" \
     'SUB chat.evt.> 1\r\n' 'Subscription to "chat.evt.>"'
 expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway "$gw_pw" \
     'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
+expect_violation "gateway writes into the revocations bucket (un-revoking anyone)" 1 gateway "$gw_pw" \
+    'PUB $KV.CHAT_REVOKED.u.bob 1\r\n1\r\n' 'Publish to "\$KV.CHAT_REVOKED.u.bob"'
+expect_violation "gateway purges the revocations bucket" 1 gateway "$gw_pw" \
+    'PUB $JS.API.STREAM.PURGE.KV_CHAT_REVOKED _INBOX.gw.x.4 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.PURGE.KV_CHAT_REVOKED"'
+expect_violation "gateway deletes a consumer of the revocations bucket (another gateway's watch)" 1 gateway "$gw_pw" \
+    'PUB $JS.API.CONSUMER.DELETE.KV_CHAT_REVOKED.x _INBOX.gw.x.5 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.KV_CHAT_REVOKED.x"'
 expect_violation "worker publishes \$JS.API.STREAM.DELETE.CHAT_EVENTS" 1 worker "$NATS_WORKER_PASSWORD" \
     'PUB $JS.API.STREAM.DELETE.CHAT_EVENTS _INBOX.w.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_EVENTS"'
 expect_violation "worker updates CHAT_IN (only the set-up step may)" 1 worker "$NATS_WORKER_PASSWORD" \

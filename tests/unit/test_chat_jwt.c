@@ -335,6 +335,32 @@ START_TEST(maximum_lifetime)
 }
 END_TEST
 
+/* Issued tokens carry iat and a random jti (so one can be revoked alone); chat_jwt_peek reads them
+ * back without a key, and refuses what is not a token. */
+START_TEST(issue_carries_jti_peek_reads_it)
+{
+    chat_jwt_policy *p = policy("", "", "", 86400, secret);
+    char *t1 = NULL, *t2 = NULL;
+    ck_assert_int_eq(chat_jwt_issue(p, "dora", now, 600, &t1), CHAT_OK);
+    ck_assert_int_eq(chat_jwt_issue(p, "dora", now, 600, &t2), CHAT_OK);
+    chat_jwt_claims a, b, v;
+    ck_assert_int_eq(chat_jwt_peek(t1, &a), CHAT_OK);
+    ck_assert_int_eq(chat_jwt_peek(t2, &b), CHAT_OK);
+    ck_assert_str_eq(a.user, "dora");
+    ck_assert_int_eq(a.iat, now);
+    ck_assert_int_eq(a.exp, now + 600);
+    ck_assert_int_eq(strlen(a.jti), 22);
+    ck_assert_str_ne(a.jti, b.jti);
+    ck_assert_int_eq(chat_jwt_verify(p, t1, now, &v, NULL), CHAT_OK);
+    ck_assert_str_eq(v.jti, a.jti);
+    ck_assert_int_eq(chat_jwt_peek("not.a.token", &a), CHAT_ERR_INVALID);
+    ck_assert_int_eq(chat_jwt_peek("", &a), CHAT_ERR_INVALID);
+    free(t1);
+    free(t2);
+    chat_jwt_policy_destroy(p);
+}
+END_TEST
+
 START_TEST(issue_carries_iss_and_aud)
 {
     char user[CHAT_ID_MAX + 1];
@@ -528,6 +554,7 @@ int main(void)
     tcase_add_test(tc, audience_string_or_array);
     tcase_add_test(tc, maximum_lifetime);
     tcase_add_test(tc, issue_carries_iss_and_aud);
+    tcase_add_test(tc, issue_carries_jti_peek_reads_it);
     suite_add_tcase(s, tc);
     TCase *keys = tcase_create("keys");
     tcase_add_checked_fixture(keys, keys_setup, keys_teardown);
