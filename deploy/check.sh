@@ -229,7 +229,7 @@ fi
 missing=()
 for p in "${CHAT_APT_PACKAGES[@]}"; do
     case $p in
-        redis-server|postgresql-*|clang|libclang-*|curl) continue ;;   # local services, fuzzing, extras
+        redis-server|postgresql-*|clang|libclang-*|curl|python3-websockets) continue ;;   # local services, fuzzing, extras, test clients
     esac
     grep -Eq "(^|[[:space:]])$p([[:space:]]|\\\\|\$)" "$here/Dockerfile" || missing+=("$p")
 done
