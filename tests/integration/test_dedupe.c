@@ -13,10 +13,7 @@ static test_stack stack;
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)
 {
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, u1, u2, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create %s %s %s exited %d: %s", conv, u1, u2, rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, u1, u2);
 }
 
 static void send_msg(ws_client *c, const char *conv, const char *cmid, const char *body)

@@ -45,10 +45,7 @@ static ws_client *connect_checked(const char *user, json_t **hello_out)
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)
 {
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, u1, u2, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create %s %s %s exited %d: %s", conv, u1, u2, rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, u1, u2);
 }
 
 /* The next frame on c within timeout_ms; fails the test when none comes. */

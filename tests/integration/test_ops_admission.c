@@ -27,6 +27,7 @@
 
 #include "chat_time.h"
 
+#include "test_check.h"
 #include "test_ops.h"
 
 #define PROG "test_ops_admission"
@@ -80,10 +81,7 @@ static ws_client *connect_user(const char *user)
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)
 {
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, u1, u2, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create %s: exit %d: %s", conv, rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, u1, u2);
 }
 
 static void send_msg(ws_client *c, const char *conv, msgrec *m)

@@ -32,6 +32,7 @@
 #include <nats/nats.h>
 
 #include "chat_nats.h"
+#include "test_check.h"
 #include "test_ops.h"
 
 #define PROG "test_sec_budgets"
@@ -82,10 +83,7 @@ static ws_client *connect_user(const char *user)
 
 static void create_conv(const char *conv, const char *a, const char *b)
 {
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, a, b, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create %s: exit %d: %s", conv, rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, a, b);
 }
 
 static void send_json(ws_client *c, json_t *f)

@@ -138,12 +138,9 @@ static void setup(char *conv, char *alice, char *bob, char *outsider)
     test_stack_unique_id("alice", alice, 64);
     test_stack_unique_id("bob", bob, 64);
     test_stack_unique_id("mallory", outsider, 64);
+    test_conv_create(&stack, conv, alice, bob);
     char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create: %d %s", rc, out ? out : "");
-    free(out);
-    out = NULL;
-    rc = test_stack_chatctl(&stack, &out, "send", conv, "--from", alice, "--cmid", "r1", "the members' secret", NULL);
+    int rc = test_stack_chatctl(&stack, &out, "send", conv, "--from", alice, "--cmid", "r1", "the members' secret", NULL);
     ck_assert_msg(rc == 0, "chatctl send: %d %s", rc, out ? out : "");
     free(out);
 }
@@ -367,10 +364,7 @@ START_TEST(typing_only_through_the_relay)
     char conv[64], alice[64], bob[64], mallory[64], other[64];
     setup(conv, alice, bob, mallory);
     test_stack_unique_id("roles-other", other, sizeof other);
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", other, mallory, alice, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create: %d %s", rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, other, mallory, alice);
     ws_client *b = test_connect_user(&stack, bob);
     char seen[512];
     /* a non-member's typing, and a member of another conversation naming this one in the body */

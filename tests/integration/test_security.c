@@ -140,10 +140,7 @@ static int raw_upgrade(const char *src, int port, const char *token)
 
 static void create_conv(const char *conv, const char *a, const char *b)
 {
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, a, b, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create %s %s %s exited %d: %s", conv, a, b, rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, a, b);
 }
 
 /* ------------------------------------------------------------------ gateways of the test */

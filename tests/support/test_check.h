@@ -1,5 +1,6 @@
-/* Check glue shared by the integration tests: the runner of a test program's suite, and a
- * connection as a user that fails the test when it does not come up. Include after <check.h>. */
+/* Check glue shared by the integration tests: the runner of a test program's suite, a connection
+ * as a user and a conversation made by chatctl, each failing the test when it does not come up.
+ * Include after <check.h>. */
 #ifndef TEST_CHECK_H
 #define TEST_CHECK_H
 #include <check.h>
@@ -48,6 +49,15 @@ static inline ws_client *test_connect_user(const test_stack *st, const char *use
     ck_assert_msg(type && strcmp(type, "hello") == 0, "first frame is not hello: %s", test_json(hello));
     json_decref(hello);
     return c;
+}
+
+/* chatctl conv create conv u1 u2 (u2 may be NULL: u1 alone); the test fails unless it succeeds. */
+static inline void test_conv_create(const test_stack *st, const char *conv, const char *u1, const char *u2)
+{
+    char *out = NULL;
+    int rc = test_stack_chatctl(st, &out, "conv", "create", conv, u1, u2, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv create %s %s %s exited %d: %s", conv, u1, u2 ? u2 : "", rc, out ? out : "");
+    free(out);
 }
 
 #endif
