@@ -16,7 +16,7 @@
 #include "chat_nats.h"
 #include "chat_time.h"
 
-static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns);
+static bool process_batch(committer *c, batch *b, uint64_t gen, int64_t fetched_ns);
 
 /* Isolates the message the database refuses: a group is split into its partitions' batches, a
  * batch into one transaction per message (in order: a partition's messages are stored in the
@@ -39,7 +39,7 @@ static bool process_pieces(committer *c, batch *b, uint64_t gen, int64_t fetched
                 wk_ingest_batch_add(&piece, &b->items[j]);
                 taken[j] = true;
             }
-        ok = process(c, &piece, gen, fetched_ns);
+        ok = process_batch(c, &piece, gen, fetched_ns);
         wk_ingest_view_free(&piece);
     }
     free(taken);
@@ -69,7 +69,7 @@ static void count_committed(wk_ingest *in, batch *b, int64_t committed_ms)
 
 /* Stores, fans out and acks b (a group of batches, or one). Returns false when the lease is lost:
  * nothing of b is acked then, and the next owners get it again. */
-static bool process(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
+static bool process_batch(committer *c, batch *b, uint64_t gen, int64_t fetched_ns)
 {
     wk_ingest *in = c->in;
     int rc = wk_ingest_store_locked(c, b, gen);
@@ -135,7 +135,7 @@ static void commit_group(committer *c, partition **group, int n)
     }
     if (live == 1)
         all.part = last;
-    if (all.n > 0 && !process(c, &all, gen, fetched)) {
+    if (all.n > 0 && !process_batch(c, &all, gen, fetched)) {
         pthread_mutex_lock(&c->pg_mu);
         wk_ingest_lose_connection(c, gen);
         pthread_mutex_unlock(&c->pg_mu);

@@ -85,9 +85,9 @@ static chat_status setup_consumer(partition *pt)
 }
 
 /* Asks for the broker lag of this partition's consumer every 5 s (messages waiting and delivered
- * unacked; every pulled message also says how many wait behind it, which take() keeps, so the lag
+ * unacked; every pulled message also says how many wait behind it, which take_message() keeps, so the lag
  * is exact while messages flow and this request covers the quiet times). The answer comes to the
- * committer's inbox (<inbox>.<p>.<epoch>.lag) and take() reads it: a consumer whose leader is cut off never answers,
+ * committer's inbox (<inbox>.<p>.<epoch>.lag) and take_message() reads it: a consumer whose leader is cut off never answers,
  * and a blocking request (5 s, for each partition in turn) once held a committer past its lease session's
  * idle_session_timeout. */
 static void ask_lag(partition *pt, natsConnection *nc)
@@ -177,7 +177,7 @@ static void partition_end(partition *pt, bool lost)
  * no more than half that, so that a busy partition never waits for a request to reach the broker.
  * Each expires after PULL_EXPIRES_MS (a 408 says how many it did not bring); requests that died
  * with a connection are forgotten on a reconnect or after their expiry and a second. */
-static void pull(partition *pt, natsConnection *nc)
+static void keep_pulling(partition *pt, natsConnection *nc)
 {
     int64_t now = chat_mono_ns();
     if (now < pt->retry_at_ns)
@@ -222,7 +222,7 @@ bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject,
 }
 
 /* The partition a message of the committer's inbox is about: a pulled message keeps its own
- * subject (chat.in.<p>.<conv>; take() checks its consumer), a pull request's end comes on the
+ * subject (chat.in.<p>.<conv>; take_message() checks its consumer), a pull request's end comes on the
  * request's reply (<inbox>.<p>.<epoch>): the end of a request of an earlier lease of the partition
  * (its consumer deleted, 409) must not touch the requests of the current one. */
 static partition *partition_of(committer *c, const char *subject, inbox_subject *is)
@@ -240,7 +240,7 @@ static partition *partition_of(committer *c, const char *subject, inbox_subject 
 /* One message of the committer's inbox: a pulled message goes to its partition's buffer (1), a
  * pull request's end adjusts the credit, anything not of a live consumer of this committer is
  * dropped (0). */
-static int take(committer *c, natsMsg *m)
+static int take_message(committer *c, natsMsg *m)
 {
     inbox_subject is;
     partition *pt = partition_of(c, natsMsg_GetSubject(m), &is);
@@ -298,14 +298,14 @@ int wk_ingest_collect(committer *c, int64_t wait_ms)
     }
     if (natsSubscription_NextMsg(&m, c->sub, wait_ms) != NATS_OK)
         return 0;
-    int got = take(c, m);
+    int got = take_message(c, m);
     while (got < GROUP_MAX) {
         int queued = 0;
         if (natsSubscription_GetPending(c->sub, &queued, NULL) != NATS_OK || queued <= 0)
             break;
         if (natsSubscription_NextMsg(&m, c->sub, 1000) != NATS_OK)
             break;
-        got += take(c, m);
+        got += take_message(c, m);
     }
     return got;
 }
@@ -331,7 +331,7 @@ void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
             if (reconnected) /* the broker forgot the requests of the old connection */
                 pt->credit = 0;
             ask_lag(pt, in->app->nc);
-            pull(pt, in->app->nc);
+            keep_pulling(pt, in->app->nc);
         }
     }
 }

@@ -648,7 +648,7 @@ static int store_write(PGconn *pg, batch *b)
 
 /* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu). Fills
  * seq/id of NEW items, marks STORED and DROP. */
-static int store(committer *c, batch *b)
+static int store_batch(committer *c, batch *b)
 {
     PGconn *pg = c->pg;
     PGresult *r = PQexec(pg, "BEGIN");
@@ -752,7 +752,7 @@ static void batch_prepare(batch *b)
     chat_map_destroy(first);
 }
 
-/* store() under pg_mu, creating a missing `messages` partition on the way; S_LEASE_LOST when the
+/* store_batch() under pg_mu, creating a missing `messages` partition on the way; S_LEASE_LOST when the
  * connection of generation gen is gone (nothing of a lost lease is ever written). */
 int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen)
 {
@@ -761,7 +761,7 @@ int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen)
     int rc = S_LEASE_LOST;
     for (int attempt = 0; attempt < 5 && c->pg != NULL && atomic_load(&c->gen) == gen; attempt++) {
         batch_prepare(b); /* every attempt from the start: members and stored rows are read again */
-        rc = store(c, b);
+        rc = store_batch(c, b);
         if (rc != S_NO_PARTITION)
             break;
         int n = wk_archive_ensure_partitions(c->pg, in->app->cfg->partition_span_ms);

@@ -181,10 +181,10 @@ typedef struct item {
     char id[32];
     int64_t created_us;  /* stored created_at */
     drop_reason drop;    /* I_DROP: why */
-    bool backend;            /* posted on chat.in.<p>.<conv>.backend: a trusted post, any sender */
+    bool backend;        /* posted on chat.in.<p>.<conv>.backend: a trusted post, any sender */
 } item;
 
-/* store(): S_DATA_ERROR is the batch's data refused (split it, drop the poison); S_RETRY the database
+/* store_batch(): S_DATA_ERROR is the batch's data refused (split it, drop the poison); S_RETRY the database
  * refusing for now what it would take later (a full disk, out of memory, a deadlock, read-only):
  * nothing is dropped, the batch is kept and stored again */
 enum { S_OK, S_NO_PARTITION, S_LEASE_LOST, S_DATA_ERROR, S_RETRY };
@@ -209,7 +209,6 @@ typedef struct batch {
     PGresult *stored;  /* Q_DEDUPE rows of this attempt: the stored events its duplicates answer with */
 } batch;
 
-
 /* Columns of Q_DEDUPE: the dedupe row, then the stored event (NULL when its row is no longer in
  * `messages`: archived), then whether it is deleted (a text or system message, or an edit of one,
  * whose delete event exists). */
@@ -230,9 +229,6 @@ void wk_ingest_reject(item *it, drop_reason r);
 /* Checks the post of it (it->post, NULL when undecodable) against its subject: on a fault it is
  * I_DROP with the reason; it->backend is set from the subject. Any thread. */
 void wk_ingest_validate(item *it, const char *subject);
-/* $JS.ACK...: the broker timestamp, and when pending is not NULL how many of the consumer's
- * messages waited behind this one. False (*ts_ns undefined) when reply is not an ack subject. */
-bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending);
 /* "YYYY-MM-DD hh:mm:ss.uuuuuu+00" of a time in microseconds, for a timestamptz parameter. */
 void wk_ingest_format_ts(char *buf, size_t size, int64_t us);
 
@@ -278,6 +274,10 @@ typedef struct inbox_subject {
 /* Parses subject against the committer inbox `inbox`; false when it is neither form or its
  * partition is not in [0, nparts). Any thread. */
 bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out);
+/* $JS.ACK...: the broker timestamp, and when pending is not NULL how many of the consumer's
+ * messages waited behind this one. False when reply is not an ack subject with a timestamp. Any
+ * thread. */
+bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending);
 /* Subscribes the committer's inbox (c->sub stays NULL on failure: tried again). */
 void wk_ingest_subscribe_inbox(committer *c);
 /* Follows the coordinator's decisions for c's partitions, and keeps their pull requests open. */
