@@ -1,8 +1,8 @@
-/* The ingest role's private header: its state (partitions, committers, batches) and the stages
- * that share it, one file each: wk_ingest_pull.c (the pull protocol), wk_ingest_store.c (the batch
- * transaction), wk_ingest_fanout.c (deliveries, CHAT_EVENTS, rejections), wk_ingest_lease.c (leases
- * and the coordinator thread), wk_ingest.c (start, stop, the committer loop). Not for other roles.
- * Thread of each function: the committer's unless its comment names the coordinator. */
+/* The ingest role's private header: its state and the stages that share it, a file each:
+ * wk_ingest_pull.c (the pull protocol), wk_ingest_batch.c (decoding, validation, drop reasons),
+ * wk_ingest_store.c (the transaction), wk_ingest_fanout.c (deliveries, CHAT_EVENTS, rejections),
+ * wk_ingest_lease.c (leases, the coordinator), wk_ingest.c (start, stop, the committer loop).
+ * Not for other roles. Committer thread unless a comment names another. */
 #ifndef WK_INGESTP_H
 #define WK_INGESTP_H
 #include <pthread.h>
@@ -164,7 +164,7 @@ typedef struct drop_info {
 const drop_info *wk_ingest_drop_info(drop_reason r);
 
 /* ------------------------------------------------------------------------------------------ */
-/* Batches (wk_ingest_store.c)                                                                  */
+/* Batches (wk_ingest_batch.c) and the store (wk_ingest_store.c)                               */
 /* ------------------------------------------------------------------------------------------ */
 
 enum { I_NEW, I_STORED, I_DUP, I_DROP };
@@ -224,6 +224,10 @@ void wk_ingest_view_free(batch *v);
 void wk_ingest_batch_decode(batch *b, int part);
 /* The conversation conv of b's current attempt with its members, NULL when not in b. */
 members *wk_ingest_find_conv(batch *b, const char *conv);
+/* Validates and groups the items of b afresh (each attempt to store it starts here). */
+void wk_ingest_batch_prepare(batch *b);
+/* An edit, delete or reaction: a change of the message whose seq is its target. Any thread. */
+bool wk_ingest_is_change(Chat__V1__EventKind k);
 /* Drops it for r (state I_DROP). */
 void wk_ingest_reject(item *it, drop_reason r);
 /* Checks the post of it (it->post, NULL when undecodable) against its subject: on a fault it is

@@ -1,6 +1,6 @@
 /* The ingest's parts that stand without a database or a broker: which metric and which answer
- * each drop reason gets, reading JetStream ack subjects, the subjects of a committer's inbox, and
- * the validation of a Post decoded from bytes built here (workers/wk_ingestp.h). */
+ * each drop reason gets, reading JetStream ack subjects, the subjects of a committer's inbox, the
+ * validation of a Post decoded from bytes built here and a batch's grouping (workers/wk_ingestp.h). */
 #include <check.h>
 #include <string.h>
 
@@ -245,6 +245,60 @@ START_TEST(validate_undecodable)
 }
 END_TEST
 
+/* A message as the committer buffers it: the packed post on subject, acked on reply. */
+static void add_message(batch *b, const Chat__V1__Post *p, const char *subject, const char *reply)
+{
+    size_t len = chat__v1__post__get_packed_size(p);
+    uint8_t *bytes = malloc(len ? len : 1);
+    chat__v1__post__pack(p, bytes);
+    natsMsg *msg = NULL;
+    ck_assert_int_eq(natsMsg_Create(&msg, subject, reply, (const char *)bytes, (int)len), NATS_OK);
+    free(bytes);
+    wk_ingest_batch_add(b, &(item){.msg = msg});
+}
+
+/* Each attempt starts afresh: a repeat of a (conv, cmid) points at its first copy, every
+ * conversation of a valid post is listed once, the broker timestamp comes from the ack subject. */
+START_TEST(batch_groups)
+{
+    batch b = {0};
+    Chat__V1__Post p = text_post();
+    add_message(&b, &p, "chat.in.2.conv1", "$JS.ACK.CHAT_IN.ingest-2-1.1.10.10.1795832157506000000.3");
+    p.cmid = "cmid-2";
+    add_message(&b, &p, "chat.in.2.conv1", "$JS.ACK.CHAT_IN.ingest-2-1.1.11.11.1795832157507000000.2");
+    p = text_post(); /* the first one's (conv, cmid) again */
+    add_message(&b, &p, "chat.in.2.conv1", "$JS.ACK.CHAT_IN.ingest-2-1.1.12.12.1795832157508000000.1");
+    p.conv = "conv2";
+    add_message(&b, &p, "chat.in.2.conv2", NULL);
+    p.conv = "conv3";
+    p.sender = "";
+    add_message(&b, &p, "chat.in.2.conv3", "$JS.ACK.CHAT_IN.ingest-2-1.1.13.13.1795832157509000000.0");
+    wk_ingest_batch_decode(&b, 2);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        wk_ingest_batch_prepare(&b);
+        ck_assert_int_eq(b.items[0].state, I_NEW);
+        ck_assert_int_eq(b.items[1].state, I_NEW);
+        ck_assert_int_eq(b.items[2].state, I_DUP);
+        ck_assert_int_eq(b.items[2].dup_of, 0);
+        ck_assert_int_eq(b.items[3].state, I_NEW);
+        ck_assert_int_eq(b.items[4].state, I_DROP);
+        ck_assert_int_eq(b.items[4].drop, DROP_BAD_ID);
+        ck_assert_int_eq(b.items[0].ts_us, 1795832157506000LL);
+        ck_assert_int_eq(b.items[1].ts_us, 1795832157507000LL);
+        ck_assert_int_gt(b.items[3].ts_us, 0); /* no ack subject: now */
+        ck_assert_int_eq(b.nconvs, 2);         /* conv3's post is dropped */
+        ck_assert_ptr_nonnull(wk_ingest_find_conv(&b, "conv1"));
+        ck_assert_ptr_nonnull(wk_ingest_find_conv(&b, "conv2"));
+        ck_assert_ptr_null(wk_ingest_find_conv(&b, "conv3"));
+        ck_assert_int_eq(wk_ingest_find_conv(&b, "conv1")->n, 0); /* members come from the store */
+        wk_ingest_reject(&b.items[0], DROP_NOT_MEMBER);           /* undone by the next attempt */
+    }
+    wk_ingest_batch_reset(&b);
+    ck_assert_int_eq(b.n, 0);
+    free(b.items);
+}
+END_TEST
+
 /* nats.c's library state, which natsMsg_Create needs. */
 static void nats_setup(void)
 {
@@ -268,6 +322,7 @@ static Suite *suite(void)
     tcase_add_test(tc, validate_text);
     tcase_add_test(tc, validate_faults);
     tcase_add_test(tc, validate_undecodable);
+    tcase_add_test(tc, batch_groups);
     suite_add_tcase(s, tc);
     return s;
 }
