@@ -1,0 +1,348 @@
+/* The ingest's pull stage: each owned partition's consumer set up and kept pulled (an open pull
+ * request whose messages stream into the committer's inbox), the inbox's messages sorted to their
+ * partitions, ack subjects read for timestamps and lag. Runs on the committer thread (a consumer's
+ * set-up on a short thread of its own, which owns nothing else of the partition meanwhile). */
+#include "wk_ingestp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_time.h"
+
+/* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
+ * <domain>.<account hash> after ACK and a trailing token (v2). */
+bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending)
+{
+    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
+        return false;
+    const char *tok[16];
+    int n = 0;
+    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
+        tok[n++] = p;
+    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
+    if (base < 0)
+        return false;
+    *ts_ns = strtoll(tok[base + 5], NULL, 10);
+    if (pending) /* messages of the consumer still waiting when this one was delivered */
+        *pending = strtoll(tok[base + 6], NULL, 10);
+    return *ts_ns > 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pulling                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static chat_status setup_consumer(partition *pt)
+{
+    wk_ingest *in = pt->in;
+    natsConnection *nc = in->app->nc;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    if (natsConnection_JetStream(&pt->js, nc, &jo) != NATS_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    /* delete the consumers of earlier leases of this partition: a stale owner pulls from nothing */
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "ingest-%d-", pt->index);
+    jsConsumerNamesList *names = NULL;
+    jsErrCode jerr = 0;
+    if (js_ConsumerNames(&names, pt->js, CHAT_STREAM_IN, NULL, &jerr) == NATS_OK && names) {
+        for (int i = 0; i < names->Count; i++)
+            if (strncmp(names->List[i], prefix, strlen(prefix)) == 0)
+                js_DeleteConsumer(pt->js, CHAT_STREAM_IN, names->List[i], NULL, &jerr);
+        jsConsumerNamesList_Destroy(names);
+    }
+    snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    snprintf(pt->ack_key, sizeof pt->ack_key, ".%s.", pt->consumer);
+    char filter[64];
+    snprintf(filter, sizeof filter, "chat.in.%d.>", pt->index); /* users' and backends' posts, in order */
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = pt->consumer;
+    cc.FilterSubject = filter;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = ACK_WAIT_NS;
+    cc.MaxDeliver = MAX_DELIVER;
+    cc.MaxAckPending = 4 * BATCH_MAX;
+    cc.DeliverPolicy = js_DeliverAll;
+    jsConsumerInfo *ci = NULL;
+    natsStatus s = js_AddConsumer(&ci, pt->js, CHAT_STREAM_IN, &cc, NULL, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        LOG_WARN("ingest", "event=consumer_setup_failed partition=%d status=\"%s\" jerr=%d", pt->index,
+                 natsStatus_GetText(s), (int)jerr);
+        return CHAT_ERR_UNAVAILABLE;
+    }
+    snprintf(pt->next_subject, sizeof pt->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_IN,
+             pt->consumer);
+    snprintf(pt->reply, sizeof pt->reply, "%s.%d.%lld", pt->com->inbox, pt->index, (long long)pt->epoch);
+    return CHAT_OK;
+}
+
+/* Asks for the broker lag of this partition's consumer every 5 s (messages waiting and delivered
+ * unacked; every pulled message also says how many wait behind it, which take_message() keeps, so the lag
+ * is exact while messages flow and this request covers the quiet times). The answer comes to the
+ * committer's inbox (<inbox>.<p>.<epoch>.lag) and take_message() reads it: a consumer whose leader is cut off never answers,
+ * and a blocking request (5 s, for each partition in turn) once held a committer past its lease session's
+ * idle_session_timeout. */
+static void ask_lag(partition *pt, natsConnection *nc)
+{
+    int64_t now = chat_mono_ns() / 1000000;
+    if (now - pt->lag_at_ms < 5000)
+        return;
+    pt->lag_at_ms = now;
+    char subject[160], reply[112];
+    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.INFO.%s.%s", CHAT_STREAM_IN, pt->consumer);
+    snprintf(reply, sizeof reply, "%s.lag", pt->reply);
+    natsConnection_PublishRequest(nc, subject, reply, NULL, 0);
+}
+
+/* The consumer info that ask_lag() asked for; anything else (an error, a 503) is ignored. */
+static void take_lag(partition *pt, natsMsg *m)
+{
+    json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+    json_t *pending = json_object_get(j, "num_pending"), *ack_pending = json_object_get(j, "num_ack_pending");
+    if (json_is_integer(pending) && json_is_integer(ack_pending)) {
+        atomic_store(pt->m_pending, (int_fast64_t)json_integer_value(pending));
+        atomic_store(pt->m_ack_pending, (int_fast64_t)json_integer_value(ack_pending));
+    }
+    json_decref(j);
+}
+
+/* Sets up a newly leased partition's consumer (JetStream API round trips, replicated in a cluster):
+ * one short thread per partition, so that a worker taking over many partitions at once sets them
+ * up side by side while its committers go on committing the others. */
+static void *setup_thread(void *arg)
+{
+    partition *pt = arg;
+    atomic_store(&pt->setup, setup_consumer(pt) == CHAT_OK ? SETUP_OK : SETUP_FAILED);
+    return NULL;
+}
+
+/* Starts the set-up of a partition just leased, or takes its result: the partition is pulled from
+ * now on, or given up (set-up failed, or released, lost or stopping meanwhile). */
+static void partition_begin(partition *pt, bool keep)
+{
+    int su = atomic_load(&pt->setup);
+    if (su == SETUP_NONE) {
+        if (!keep || pt->com->sub == NULL) {
+            pt->lost = keep;
+            atomic_store(&pt->state, P_DONE);
+            return;
+        }
+        atomic_store(&pt->setup, SETUP_RUNNING);
+        if (pthread_create(&pt->setup_tid, NULL, setup_thread, pt) != 0)
+            atomic_store(&pt->setup, SETUP_NONE);
+        return;
+    }
+    if (su == SETUP_RUNNING)
+        return;
+    pthread_join(pt->setup_tid, NULL);
+    atomic_store(&pt->setup, SETUP_NONE);
+    if (su != SETUP_OK || !keep) {
+        jsCtx_Destroy(pt->js);
+        pt->js = NULL;
+        pt->lost = su != SETUP_OK;
+        atomic_store(&pt->state, P_DONE);
+        return;
+    }
+    pt->active = true;
+    pt->credit = 0;
+    pt->retry_at_ns = 0;
+    LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
+             (long long)pt->epoch, pt->consumer);
+}
+
+/* Gives the partition up: what arrived and was not committed is dropped unacked (its next owner
+ * deletes this consumer and gets it all again from its own), as is what still comes. */
+static void partition_end(partition *pt, bool lost)
+{
+    wk_ingest_batch_reset(pt->buf);
+    jsCtx_Destroy(pt->js);
+    pt->js = NULL;
+    atomic_store(pt->m_pending, 0); /* reported by the next owner */
+    atomic_store(pt->m_ack_pending, 0);
+    pt->active = false;
+    pt->lost = lost;
+    LOG_INFO("ingest", "event=partition_released partition=%d reason=%s", pt->index, lost ? "lease_lost" : "released");
+    atomic_store(&pt->state, P_DONE);
+}
+
+/* Keeps a pull request open: a new one for BATCH_MAX messages as soon as the open ones may bring
+ * no more than half that, so that a busy partition never waits for a request to reach the broker.
+ * Each expires after PULL_EXPIRES_MS (a 408 says how many it did not bring); requests that died
+ * with a connection are forgotten on a reconnect or after their expiry and a second. */
+static void keep_pulling(partition *pt, natsConnection *nc)
+{
+    int64_t now = chat_mono_ns();
+    if (now < pt->retry_at_ns)
+        return;
+    if (pt->credit > 0 && now > pt->pull_deadline_ns)
+        pt->credit = 0;
+    if (pt->credit > BATCH_MAX / 2)
+        return;
+    char req[96];
+    snprintf(req, sizeof req, "{\"batch\":%d,\"expires\":%lld}", BATCH_MAX, (long long)PULL_EXPIRES_MS * 1000000LL);
+    if (natsConnection_PublishRequestString(nc, pt->next_subject, pt->reply, req) != NATS_OK) {
+        pt->retry_at_ns = now + PULL_RETRY_MS * 1000000LL;
+        return;
+    }
+    pt->credit += BATCH_MAX;
+    pt->pull_deadline_ns = now + (PULL_EXPIRES_MS + 1000) * 1000000LL;
+}
+
+bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out)
+{
+    size_t il = strlen(inbox);
+    bool pulled = strncmp(subject, "chat.in.", 8) == 0;
+    const char *tok = NULL;
+    if (pulled)
+        tok = subject + 8;
+    else if (strncmp(subject, inbox, il) == 0 && subject[il] == '.')
+        tok = subject + il + 1;
+    if (tok == NULL)
+        return false;
+    char *end = NULL;
+    long p = strtol(tok, &end, 10);
+    if (end == tok || *end != '.' || p < 0 || p >= nparts)
+        return false;
+    size_t sl = strlen(subject);
+    *out = (inbox_subject){
+        .part = (int)p,
+        .pulled = pulled,
+        .epoch = pulled ? 0 : strtoll(end + 1, NULL, 10),
+        .lag = !pulled && sl > 4 && strcmp(subject + sl - 4, ".lag") == 0,
+    };
+    return true;
+}
+
+/* The partition a message of the committer's inbox is about: a pulled message keeps its own
+ * subject (chat.in.<p>.<conv>; take_message() checks its consumer), a pull request's end comes on the
+ * request's reply (<inbox>.<p>.<epoch>): the end of a request of an earlier lease of the partition
+ * (its consumer deleted, 409) must not touch the requests of the current one. */
+static partition *partition_of(committer *c, const char *subject, inbox_subject *is)
+{
+    if (!wk_ingest_inbox_subject(c->inbox, c->in->nparts, subject, is))
+        return NULL;
+    partition *pt = &c->in->parts[is->part];
+    if (pt->com != c || !pt->active)
+        return NULL;
+    if (!is->pulled && is->epoch != pt->epoch)
+        return NULL;
+    return pt;
+}
+
+/* One message of the committer's inbox: a pulled message goes to its partition's buffer (1), a
+ * pull request's end adjusts the credit, anything not of a live consumer of this committer is
+ * dropped (0). */
+static int take_message(committer *c, natsMsg *m)
+{
+    inbox_subject is;
+    partition *pt = partition_of(c, natsMsg_GetSubject(m), &is);
+    if (pt == NULL) {
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    if (is.lag) {
+        take_lag(pt, m);
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    const char *status = NULL;
+    if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
+        /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
+         * owner, a leader change): ask again, but not at once */
+        const char *left = NULL;
+        if (natsMsgHeader_Get(m, "Nats-Pending-Messages", &left) == NATS_OK && left)
+            pt->credit -= atoi(left);
+        else
+            pt->credit = 0;
+        if (pt->credit < 0)
+            pt->credit = 0;
+        if (strcmp(status, "408") != 0) {
+            LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%s", pt->index, status);
+            pt->retry_at_ns = chat_mono_ns() + PULL_RETRY_MS * 1000000LL;
+        }
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    const char *reply = natsMsg_GetReply(m);
+    if (reply == NULL || strstr(reply, pt->ack_key) == NULL) { /* an earlier consumer's: not ours to store */
+        natsMsg_Destroy(m);
+        return 0;
+    }
+    if (pt->credit > 0)
+        pt->credit--;
+    int64_t ts_ns = 0, pending = -1;
+    if (wk_ingest_parse_ack(reply, &ts_ns, &pending) && pending >= 0) /* the lag, exact and free */
+        atomic_store(pt->m_pending, (int_fast64_t)pending);
+    if (pt->buf->n == 0)
+        pt->fetched_ns = chat_mono_ns();
+    wk_ingest_batch_add(pt->buf, &(item){.msg = m});
+    return 1;
+}
+
+/* Waits up to wait_ms for the first message, then takes whatever else is there (GROUP_MAX pulled
+ * messages at most). Returns how many pulled messages it buffered. */
+int wk_ingest_collect(committer *c, int64_t wait_ms)
+{
+    natsMsg *m = NULL;
+    if (c->sub == NULL) {
+        chat_sleep_ms(200);
+        return 0;
+    }
+    if (natsSubscription_NextMsg(&m, c->sub, wait_ms) != NATS_OK)
+        return 0;
+    int got = take_message(c, m);
+    while (got < GROUP_MAX) {
+        int queued = 0;
+        if (natsSubscription_GetPending(c->sub, &queued, NULL) != NATS_OK || queued <= 0)
+            break;
+        if (natsSubscription_NextMsg(&m, c->sub, 1000) != NATS_OK)
+            break;
+        got += take_message(c, m);
+    }
+    return got;
+}
+
+/* Follows the coordinator's decisions for this committer's partitions: sets up the consumer of a
+ * partition just leased, gives up one released, lost (its lease connection is gone) or stopping. */
+void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
+{
+    wk_ingest *in = c->in;
+    uint64_t gen = atomic_load(&c->gen);
+    for (int p = c->index; p < in->nparts; p += in->ncom) {
+        partition *pt = &in->parts[p];
+        int st = atomic_load(&pt->state);
+        if (pt->active) {
+            if (pt->gen != gen)
+                partition_end(pt, true);
+            else if (st != P_RUNNING || stopping)
+                partition_end(pt, false);
+        } else if (st == P_RUNNING || st == P_RELEASE) {
+            partition_begin(pt, st == P_RUNNING && !stopping && pt->gen == gen);
+        }
+        if (pt->active) {
+            if (reconnected) /* the broker forgot the requests of the old connection */
+                pt->credit = 0;
+            ask_lag(pt, in->app->nc);
+            keep_pulling(pt, in->app->nc);
+        }
+    }
+}
+
+void wk_ingest_subscribe_inbox(committer *c)
+{
+    char subject[80];
+    snprintf(subject, sizeof subject, "%s.>", c->inbox);
+    if (natsConnection_SubscribeSync(&c->sub, c->in->app->nc, subject) != NATS_OK) {
+        c->sub = NULL;
+        return;
+    }
+    natsSubscription_SetPendingLimits(c->sub, -1, -1);
+}

@@ -1,0 +1,580 @@
+/* The ingest's store stage: a batch (wk_ingest_batch.c) stored in one transaction on the
+ * committer's lease connection: dedupe by (conv, cmid), members, authorization, targets of changes,
+ * next seq per conversation and insert, one function per statement. Runs on the committer thread,
+ * under its pg_mu for everything that touches the connection. */
+#include "wk_ingestp.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "chat_buf.h"
+#include "chat_frames.h"
+#include "chat_log.h"
+#include "chat_nats.h"
+#include "chat_time.h"
+#include "wk_archive.h"
+#include "wk_pg.h"
+
+/* A 26-character ULID: 48 bits of milliseconds, 80 random bits, Crockford base32. */
+static void make_id(char out[27], int64_t ms)
+{
+    static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    unsigned char r[10];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        for (size_t i = 0; i < sizeof r; i++)
+            r[i] = (unsigned char)rand();
+    uint64_t t = (uint64_t)ms;
+    for (int i = 9; i >= 0; i--) {
+        out[i] = b32[t & 31];
+        t >>= 5;
+    }
+    /* 80 bits -> 16 chars */
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 5; i++)
+        hi = hi << 8 | r[i];
+    for (int i = 5; i < 10; i++)
+        lo = lo << 8 | r[i];
+    for (int i = 17; i >= 10; i--) {
+        out[i] = b32[hi & 31];
+        hi >>= 5;
+    }
+    for (int i = 25; i >= 18; i--) {
+        out[i] = b32[lo & 31];
+        lo >>= 5;
+    }
+    out[26] = '\0';
+}
+
+void wk_ingest_format_ts(char *buf, size_t size, int64_t us)
+{
+    time_t s = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, size, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (long long)(us % 1000000));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The store transaction                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+
+static int classify(PGconn *pg, PGresult *r, const char *what)
+{
+    if (PQstatus(pg) != CONNECTION_OK)
+        return S_LEASE_LOST;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorMessage(r);
+    if (state && strcmp(state, "23514") == 0 && strstr(msg, "no partition") != NULL)
+        return S_NO_PARTITION;
+    char line[512];
+    snprintf(line, sizeof line, "%s", msg);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '"')
+            *p = ' ';
+    LOG_WARN("ingest", "event=store_failed step=%s sqlstate=%s detail=\"%s\"", what, state ? state : "", line);
+    /* 57P01 admin shutdown, 08xxx connection: the session (and with it the lease) is gone */
+    if (state && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 || strcmp(state, "57P05") == 0))
+        return S_LEASE_LOST;
+    /* only what the messages themselves cause is poison: 22 data exception (an encoding, a bad
+     * value), 23 integrity constraint, 54 program limit (a row too large); anything else is the
+     * database's state (53 disk full or out of memory, 40 deadlock, 25 read-only, 55, 57, 58,
+     * XX) and dropping the batch for it would lose messages that a retry stores */
+    if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 || strncmp(state, "54", 2) == 0))
+        return S_DATA_ERROR;
+    return S_RETRY;
+}
+
+/* One-off statements (the lease, a missing partition): planned at each call. */
+PGresult *wk_ingest_exec_params(PGconn *pg, const char *sql, int n, const char *const *params)
+{
+    return PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+}
+
+/* The statements of every batch, prepared once per lease connection (prepare_statements(), from
+ * try_acquire, outside any transaction: a failed Parse there aborts nothing) and run with
+ * PQexecPrepared. The connection uses generic plans (plan_cache_mode = force_generic_plan): with
+ * array parameters PostgreSQL would otherwise keep choosing custom plans, i.e. plan every batch
+ * again. So each statement is written for a good generic plan, whatever the tables' statistics:
+ * conversations by `id = ANY($1)` (an index scan; a join with unnest() lets the planner pick a
+ * sequential scan of a small table), the rest through primary keys. */
+enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
+
+static const struct {
+    const char *name;
+    int nparams;
+    const char *sql;
+} statements[Q_COUNT] = {
+    [Q_DEDUPE] = {"ingest_dedupe", 2,
+                  "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
+                  " (extract(epoch FROM d.created_at) * 1000000)::bigint,"
+                  " s.sender_id, s.kind, s.body, s.meta::text, s.target_seq, s.emoji, s.reaction_on,"
+                  " s.kind IN ('text', 'system', 'edit') AND EXISTS (SELECT 1 FROM messages x"
+                  " WHERE x.conversation_id = s.conversation_id AND x.kind = 'delete'"
+                  " AND x.target_seq = CASE WHEN s.kind = 'edit' THEN s.target_seq ELSE s.seq END)"
+                  " FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
+                  " ON d.conversation_id = k.c AND d.client_msg_id = k.m"
+                  " LEFT JOIN messages s ON s.conversation_id = d.conversation_id AND s.seq = d.seq"
+                  " AND s.created_at = d.created_at"},
+    [Q_MEMBERS] = {"ingest_members", 1,
+                   "SELECT m.conversation_id, m.user_id FROM conversations c"
+                   " JOIN conversation_members m ON m.conversation_id = c.id"
+                   " WHERE c.id = ANY($1::text[]) AND c.deleted_at IS NULL"},
+    [Q_TARGETS] = {"ingest_targets", 2,
+                   "SELECT k.c, k.s, m.sender_id, m.kind,"
+                   " EXISTS (SELECT 1 FROM messages d WHERE d.conversation_id = k.c"
+                   " AND d.kind = 'delete' AND d.target_seq = k.s)"
+                   " FROM unnest($1::text[], $2::bigint[]) AS k(c, s)"
+                   " LEFT JOIN messages m ON m.conversation_id = k.c AND m.seq = k.s"},
+    [Q_WRITE] = {"ingest_write", 13,
+                 "WITH b AS (UPDATE conversations c"
+                 " SET last_seq = c.last_seq + ($2::int[])[array_position($1::text[], c.id)]"
+                 " WHERE c.id = ANY($1::text[])"
+                 " RETURNING c.id, c.last_seq - ($2::int[])[array_position($1::text[], c.id)] AS base),"
+                 " k AS (SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+                 " $8::text[], $9::jsonb[], $10::bigint[], $11::text[], $12::bool[], $13::timestamptz[])"
+                 " WITH ORDINALITY AS k(conv, id, cmid, sender, kind, body, meta, target, emoji, reaction_on,"
+                 " created_at, ord)),"
+                 " s AS (SELECT k.*, b.base + row_number() OVER (PARTITION BY k.conv ORDER BY k.ord) AS seq"
+                 " FROM k JOIN b ON b.id = k.conv),"
+                 " m AS (INSERT INTO messages (conversation_id, seq, id, client_msg_id, sender_id, kind, body,"
+                 " meta, target_seq, emoji, reaction_on, created_at)"
+                 " SELECT conv, seq, id, cmid, sender, kind, body, meta, target, emoji, reaction_on, created_at"
+                 " FROM s),"
+                 " d AS (INSERT INTO message_dedupe (conversation_id, client_msg_id, seq, id, created_at)"
+                 " SELECT conv, cmid, seq, id, created_at FROM s)"
+                 " SELECT ord, seq FROM s"},
+};
+
+/* Prepares the batch statements on a fresh lease connection. False (logged) when PostgreSQL
+ * refuses one or the connection is gone: the caller closes the connection, and with it the lease. */
+bool wk_ingest_prepare_statements(PGconn *pg)
+{
+    if (!wk_pg_exec(pg, "SET plan_cache_mode = force_generic_plan", PGRES_COMMAND_OK, "plan_cache_mode"))
+        return false;
+    /* A generic plan is made once, at the first batch, from the statistics of that moment: on a
+     * new database (empty tables) the planner took sequential scans of message_dedupe and
+     * conversations with hash joins, and kept them while the tables grew, so every batch read
+     * the whole dedupe table (docs/benchmarks.md). Every statement here reaches its rows through a
+     * primary key: take the other paths off the table for this connection. */
+    if (!wk_pg_exec(pg, "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+                    PGRES_COMMAND_OK, "plan_settings"))
+        return false;
+    for (int q = 0; q < Q_COUNT; q++) {
+        PGresult *r = PQprepare(pg, statements[q].name, statements[q].sql, statements[q].nparams, NULL);
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            LOG_WARN("ingest", "event=prepare_failed statement=%s detail=\"%s\"", statements[q].name,
+                     PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Runs a prepared batch statement. A connection lost meanwhile gives an error result, which
+ * classify() turns into S_LEASE_LOST: the partition ends and the next lease prepares anew. */
+static PGresult *exec_prepared(PGconn *pg, int q, const char *const *params)
+{
+    return PQexecPrepared(pg, statements[q].name, statements[q].nparams, params, NULL, NULL, 0);
+}
+
+static int rollback(PGconn *pg, int rc)
+{
+    PGresult *r = PQexec(pg, "ROLLBACK");
+    PQclear(r);
+    return rc;
+}
+
+/* 2c. the target of every change: a stored message, not deleted, the sender's own unless a reaction */
+static int store_targets(PGconn *pg, batch *b)
+{
+    chat_buf convs = {0}, seqs = {0};
+    chat_buf_pg_array_begin(&convs);
+    chat_buf_pg_array_begin(&seqs);
+    int n = 0;
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW || !wk_ingest_is_change(it->post->kind))
+            continue;
+        char seq[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, it->post->target);
+        chat_buf_pg_array_str(&convs, it->post->conv);
+        chat_buf_pg_array_str(&seqs, seq);
+        n++;
+    }
+    chat_buf_pg_array_end(&convs);
+    chat_buf_pg_array_end(&seqs);
+    if (n == 0) {
+        chat_buf_free(&convs);
+        chat_buf_free(&seqs);
+        return S_OK;
+    }
+    const char *params[] = {convs.data, seqs.data};
+    PGresult *r = exec_prepared(pg, Q_TARGETS, params);
+    chat_buf_free(&convs);
+    chat_buf_free(&seqs);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        int rc = classify(pg, r, "targets");
+        PQclear(r);
+        return rc;
+    }
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW || !wk_ingest_is_change(it->post->kind))
+            continue;
+        int row = -1;
+        for (int k = 0; k < PQntuples(r) && row < 0; k++)
+            if (strcmp(PQgetvalue(r, k, 0), it->post->conv) == 0 &&
+                strtoull(PQgetvalue(r, k, 1), NULL, 10) == it->post->target)
+                row = k;
+        const char *kind = row >= 0 && !PQgetisnull(r, row, 3) ? PQgetvalue(r, row, 3) : NULL;
+        if (kind == NULL || (strcmp(kind, "text") != 0 && strcmp(kind, "system") != 0))
+            wk_ingest_reject(it, DROP_TARGET_MISSING);
+        else if (strcmp(PQgetvalue(r, row, 4), "t") == 0)
+            wk_ingest_reject(it, DROP_TARGET_DELETED);
+        else if (it->post->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION &&
+                 strcmp(PQgetvalue(r, row, 2), it->post->sender) != 0)
+            wk_ingest_reject(it, DROP_TARGET_NOT_OWN);
+    }
+    PQclear(r);
+    return S_OK;
+}
+
+/* Marks the items whose (conv, cmid) is stored already (rows of Q_DEDUPE, which b keeps: their
+ * answer is the stored event, never the incoming post). One whose event has left `messages`
+ * (archived, its dedupe row not yet pruned) cannot be answered: the poster is told to retry. */
+static void mark_stored(batch *b, PGresult *r)
+{
+    b->stored = r;
+    for (int row = 0; row < PQntuples(r); row++)
+        for (int i = 0; i < b->n; i++) {
+            item *it = &b->items[i];
+            if (it->state != I_NEW || strcmp(it->post->conv, PQgetvalue(r, row, D_CONV)) != 0 ||
+                strcmp(it->post->cmid, PQgetvalue(r, row, D_CMID)) != 0)
+                continue;
+            if (PQgetisnull(r, row, D_SENDER)) {
+                wk_ingest_reject(it, DROP_ARCHIVING);
+                continue;
+            }
+            it->state = I_STORED;
+            it->stored_row = row;
+            it->seq = strtoull(PQgetvalue(r, row, D_SEQ), NULL, 10);
+            snprintf(it->id, sizeof it->id, "%s", PQgetvalue(r, row, D_ID));
+            it->created_us = strtoll(PQgetvalue(r, row, D_CREATED), NULL, 10);
+        }
+}
+
+static bool is_member(const members *m, const char *user)
+{
+    for (int u = 0; u < m->n; u++)
+        if (strcmp(m->users[u], user) == 0)
+            return true;
+    return false;
+}
+
+/* Every post of b, a duplicate as much as a new one, is checked before anything about the
+ * stored message is used: the conversation must exist, a user's post (chat.in.<p>.<conv>, the
+ * only post subject a gateway may publish) must come from a member, whatever its `gateway` field
+ * says (a backend's posts, on chat.in.<p>.<conv>.backend, may name any sender), and a stored duplicate must be the
+ * poster's own (its sender is the poster; for an edit or delete that is the ownership the
+ * stored change was checked for). A non-member gets not_member and nothing else. */
+static void authorize(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        members *m = it->state == I_DROP ? NULL : wk_ingest_find_conv(b, it->post->conv);
+        if (m == NULL)
+            continue;
+        if (m->n == 0)
+            wk_ingest_reject(it, DROP_NO_CONVERSATION);
+        else if (!it->backend && !is_member(m, it->post->sender))
+            wk_ingest_reject(it, DROP_NOT_MEMBER);
+        else if (it->state == I_STORED &&
+                 strcmp(PQgetvalue(b->stored, it->stored_row, D_SENDER), it->post->sender) != 0)
+            wk_ingest_reject(it, DROP_CMID_TAKEN);
+    }
+}
+
+/* The sender of the event that answers it: the stored row's or the post's. */
+static const char *answer_sender(const batch *b, const item *it)
+{
+    return it->state == I_STORED ? PQgetvalue(b->stored, it->stored_row, D_SENDER) : it->post->sender;
+}
+
+/* A repeat of a (conv, cmid) within the batch (I_DUP, authorized like any post) is answered with
+ * its first copy's event, and only when it is the same sender's: once the first is stored, or
+ * refused (the same refusal for the same sender; another sender is told to retry, and stores
+ * it then if the first never was). */
+static void settle_duplicates(batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_DUP)
+            continue;
+        const item *first = &b->items[it->dup_of];
+        bool same = strcmp(first->post->sender, it->post->sender) == 0;
+        if (first->state == I_DROP && same)
+            wk_ingest_reject(it, first->drop);
+        else if (first->state == I_DROP)
+            wk_ingest_reject(it, DROP_FIRST_REFUSED);
+        else if (strcmp(answer_sender(b, first), it->post->sender) != 0)
+            wk_ingest_reject(it, DROP_CMID_TAKEN);
+    }
+}
+
+/* 1. already stored? (conv, cmid) of every new post; b keeps the rows (mark_stored). */
+static int store_dedupe(PGconn *pg, batch *b)
+{
+    chat_buf convs = {0}, cmids = {0};
+    chat_buf_pg_array_begin(&convs);
+    chat_buf_pg_array_begin(&cmids);
+    for (int i = 0; i < b->n; i++)
+        if (b->items[i].state == I_NEW) {
+            chat_buf_pg_array_str(&convs, b->items[i].post->conv);
+            chat_buf_pg_array_str(&cmids, b->items[i].post->cmid);
+        }
+    chat_buf_pg_array_end(&convs);
+    chat_buf_pg_array_end(&cmids);
+    const char *params[] = {convs.data, cmids.data};
+    PGresult *r = exec_prepared(pg, Q_DEDUPE, params);
+    chat_buf_free(&convs);
+    chat_buf_free(&cmids);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        int rc = classify(pg, r, "dedupe");
+        PQclear(r);
+        return rc;
+    }
+    mark_stored(b, r); /* b->stored now */
+    return S_OK;
+}
+
+/* 2. members of every conversation of the batch (for the check and the fanout) */
+static int store_members(PGconn *pg, batch *b)
+{
+    chat_buf convs = {0};
+    chat_buf_pg_array_begin(&convs);
+    for (int i = 0; i < b->nconvs; i++)
+        chat_buf_pg_array_str(&convs, b->convs[i].conv);
+    chat_buf_pg_array_end(&convs);
+    const char *params[] = {convs.data};
+    PGresult *r = exec_prepared(pg, Q_MEMBERS, params);
+    chat_buf_free(&convs);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        int rc = classify(pg, r, "members");
+        PQclear(r);
+        return rc;
+    }
+    for (int row = 0; row < PQntuples(r); row++) {
+        members *m = wk_ingest_find_conv(b, PQgetvalue(r, row, 0));
+        if (m == NULL)
+            continue;
+        if (m->n == m->cap) {
+            m->cap = m->cap ? m->cap * 2 : 4;
+            m->users = realloc(m->users, (size_t)m->cap * sizeof *m->users);
+        }
+        m->users[m->n++] = strdup(PQgetvalue(r, row, 1));
+    }
+    PQclear(r);
+    return S_OK;
+}
+
+/* The parameters of Q_WRITE by name: $1, $2 the new events counted per conversation, $3..$13 the
+ * columns of each new event, in batch order. */
+typedef struct write_columns {
+    chat_buf convs, counts;
+    chat_buf conv, id, cmid, sender, kind, body, meta, target, emoji, reaction_on, created_at;
+} write_columns;
+
+#define WRITE_COLUMNS 13
+
+/* The columns of w in parameter order ($1 first). */
+static void write_columns_list(write_columns *w, chat_buf *all[WRITE_COLUMNS])
+{
+    chat_buf *list[WRITE_COLUMNS] = {&w->convs,  &w->counts, &w->conv, &w->id,     &w->cmid,
+                                     &w->sender, &w->kind,   &w->body, &w->meta,   &w->target,
+                                     &w->emoji,  &w->reaction_on,      &w->created_at};
+    memcpy(all, list, sizeof list);
+}
+
+/* $1, $2: the new events of b counted per conversation; how many there are in all. */
+static int write_counts(batch *b, write_columns *w)
+{
+    int nnew = 0;
+    int *count = calloc((size_t)b->nconvs + 1, sizeof *count);
+    for (int i = 0; i < b->n; i++) {
+        const item *it = &b->items[i];
+        members *m = it->state == I_NEW ? wk_ingest_find_conv(b, it->post->conv) : NULL;
+        if (m != NULL)
+            count[m - b->convs]++;
+    }
+    for (int k = 0; k < b->nconvs; k++)
+        if (count[k]) {
+            char n[16];
+            snprintf(n, sizeof n, "%d", count[k]);
+            chat_buf_pg_array_str(&w->convs, b->convs[k].conv);
+            chat_buf_pg_array_str(&w->counts, n);
+            nnew += count[k];
+        }
+    free(count);
+    return nnew;
+}
+
+/* $3..$13: the columns of a new event; it gets its id and created_at (the broker timestamp) here. */
+static void write_event(write_columns *w, item *it)
+{
+    Chat__V1__Post *p = it->post;
+    char target[24], ts[48];
+    it->created_us = it->ts_us;
+    make_id(it->id, it->ts_us / 1000);
+    snprintf(target, sizeof target, "%" PRIu64, p->target);
+    wk_ingest_format_ts(ts, sizeof ts, it->created_us);
+    chat_buf_pg_array_str(&w->conv, p->conv);
+    chat_buf_pg_array_str(&w->id, it->id);
+    chat_buf_pg_array_str(&w->cmid, p->cmid);
+    chat_buf_pg_array_str(&w->sender, p->sender);
+    chat_buf_pg_array_str(&w->kind, chat_kind_name(p->kind));
+    chat_buf_pg_array_str(&w->body, p->body);
+    chat_buf_pg_array_str(&w->meta, p->meta_json[0] ? p->meta_json : NULL);
+    chat_buf_pg_array_str(&w->target, p->target ? target : NULL);
+    chat_buf_pg_array_str(&w->emoji, p->emoji[0] ? p->emoji : NULL);
+    chat_buf_pg_array_str(&w->reaction_on, p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION
+                                               ? (p->reaction_on ? "t" : "f")
+                                               : NULL);
+    chat_buf_pg_array_str(&w->created_at, ts);
+}
+
+/* The seq of each new event, from Q_WRITE's rows (ord, seq) by its place in the arrays. */
+static void read_seqs(batch *b, PGresult *r, int nnew)
+{
+    int *seq_of = calloc((size_t)nnew, sizeof *seq_of); /* row of the nth new event, or -1 */
+    for (int k = 0; k < nnew; k++)
+        seq_of[k] = -1;
+    for (int row = 0; row < PQntuples(r); row++) {
+        long ord = strtol(PQgetvalue(r, row, 0), NULL, 10);
+        if (ord >= 1 && ord <= nnew)
+            seq_of[ord - 1] = row;
+    }
+    for (int i = 0, k = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW)
+            continue;
+        if (seq_of[k] >= 0)
+            it->seq = strtoull(PQgetvalue(r, seq_of[k], 1), NULL, 10);
+        else /* the conversation's row went away after the members were read: nothing stored */
+            wk_ingest_reject(it, DROP_NO_CONVERSATION);
+        k++;
+    }
+    free(seq_of);
+}
+
+/* 3 and 4. one statement: the next seqs of every conversation of the batch (one UPDATE ...
+ * RETURNING, with the new events counted per conversation), the events numbered in batch order
+ * within each conversation, and their dedupe rows; it returns the seq of each event by its place
+ * in the arrays */
+static int store_write(PGconn *pg, batch *b)
+{
+    write_columns w = {0};
+    chat_buf *all[WRITE_COLUMNS];
+    write_columns_list(&w, all);
+    for (int k = 0; k < WRITE_COLUMNS; k++)
+        chat_buf_pg_array_begin(all[k]);
+    int nnew = write_counts(b, &w);
+    int rc = S_OK;
+    if (nnew > 0) {
+        for (int i = 0; i < b->n; i++)
+            if (b->items[i].state == I_NEW)
+                write_event(&w, &b->items[i]);
+        const char *params[WRITE_COLUMNS];
+        for (int k = 0; k < WRITE_COLUMNS; k++) {
+            chat_buf_pg_array_end(all[k]);
+            params[k] = all[k]->data;
+        }
+        PGresult *r = exec_prepared(pg, Q_WRITE, params);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK)
+            read_seqs(b, r, nnew);
+        else
+            rc = classify(pg, r, "write");
+        PQclear(r);
+    }
+    for (int k = 0; k < WRITE_COLUMNS; k++)
+        chat_buf_free(all[k]);
+    return rc;
+}
+
+/* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu). Fills
+ * seq/id of NEW items, marks STORED and DROP. */
+static int store_batch(committer *c, batch *b)
+{
+    PGconn *pg = c->pg;
+    PGresult *r = PQexec(pg, "BEGIN");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        int rc = classify(pg, r, "begin");
+        PQclear(r);
+        return rc;
+    }
+    PQclear(r);
+    int rc = store_dedupe(pg, b);
+    if (rc == S_OK)
+        rc = store_members(pg, b);
+    if (rc == S_OK) {
+        /* 2b. every post, duplicates included: the conversation must exist and a gateway's sender
+         * be a member; a stored duplicate must be the poster's own message */
+        authorize(b);
+        /* 2c. changes (edit, delete, reaction): the target must be a stored message that is not
+         * deleted; only its sender edits or deletes it (after 2b: a non-member learns nothing of
+         * the conversation's seqs) */
+        rc = store_targets(pg, b);
+    }
+    if (rc == S_OK)
+        rc = store_write(pg, b);
+    if (rc == S_OK) {
+        settle_duplicates(b);
+        r = PQexec(pg, "COMMIT");
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            rc = classify(pg, r, "commit");
+        PQclear(r);
+    }
+    if (rc != S_OK && rc != S_LEASE_LOST)
+        rollback(pg, rc);
+    c->last_pg_ms = chat_mono_ns() / 1000000;
+    return rc;
+}
+
+/* store_batch() under pg_mu, creating a missing `messages` partition on the way; S_LEASE_LOST when the
+ * connection of generation gen is gone (nothing of a lost lease is ever written). */
+int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen)
+{
+    wk_ingest *in = c->in;
+    pthread_mutex_lock(&c->pg_mu);
+    int rc = S_LEASE_LOST;
+    for (int attempt = 0; attempt < 5 && c->pg != NULL && atomic_load(&c->gen) == gen; attempt++) {
+        wk_ingest_batch_prepare(b); /* every attempt from the start: members and stored rows are read again */
+        rc = store_batch(c, b);
+        if (rc != S_NO_PARTITION)
+            break;
+        int n = wk_archive_ensure_partitions(c->pg, in->app->cfg->partition_span_ms);
+        LOG_WARN("ingest", "event=partition_missing partition=%d created=%d", b->part, n);
+        /* a batch whose timestamps are older than now - span still has no partition: widen */
+        int64_t oldest = b->items[0].ts_us;
+        for (int i = 1; i < b->n; i++)
+            if (b->items[i].ts_us < oldest)
+                oldest = b->items[i].ts_us;
+        char from[48], span[48], params_sql[] =
+            "SELECT chat_ensure_partitions($1::timestamptz - $2::interval, now() + $2::interval, $2::interval)";
+        wk_ingest_format_ts(from, sizeof from, oldest);
+        snprintf(span, sizeof span, "%lld milliseconds", (long long)in->app->cfg->partition_span_ms);
+        const char *params[] = {from, span};
+        PGresult *r = wk_ingest_exec_params(c->pg, params_sql, 2, params);
+        PQclear(r);
+    }
+    if (rc == S_LEASE_LOST)
+        wk_ingest_lose_connection(c, gen);
+    pthread_mutex_unlock(&c->pg_mu);
+    return rc;
+}

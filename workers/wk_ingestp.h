@@ -1,0 +1,303 @@
+/* The ingest role's private header: its state and the stages that share it, a file each:
+ * wk_ingest_pull.c (the pull protocol), wk_ingest_batch.c (decoding, validation, drop reasons),
+ * wk_ingest_store.c (the transaction), wk_ingest_fanout.c (deliveries, CHAT_EVENTS, rejections),
+ * wk_ingest_lease.c (leases, the coordinator), wk_ingest.c (start, stop, the committer loop).
+ * Not for other roles. Committer thread unless a comment names another. */
+#ifndef WK_INGESTP_H
+#define WK_INGESTP_H
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <nats/nats.h>
+
+#include "chat.pb-c.h"
+#include "chat_map.h"
+#include "chat_metrics.h"
+#include "wk_ingest.h"
+
+#define LEASE_CLASS 727001   /* pg_try_advisory_lock(LEASE_CLASS, partition) */
+#define BATCH_MAX 256
+#define BODY_MAX (16 * 1024)
+#define META_MAX (16 * 1024)
+#define ACK_WAIT_NS (10LL * 1000000000LL)
+#define MAX_DELIVER 50
+#define PULL_EXPIRES_MS 5000 /* an open pull request ends after this (408) and is made again */
+#define PULL_RETRY_MS 1000   /* after a pull request was refused */
+#define WAIT_MS 100          /* the committer looks at its partitions' leases this often */
+#define HEARTBEAT_MS 2000
+/* A fanout attempt waits at most FLUSH_WAIT_MS for the worker's connection, then PUBACK_WAIT_MS for
+ * CHAT_EVENTS in slices of PUBACK_SLICE_MS, heartbeating between: no wait may approach the lease
+ * session's idle_session_timeout (10 s) */
+#define FLUSH_WAIT_MS 3000
+#define PUBACK_WAIT_MS 5000
+#define PUBACK_SLICE_MS 1000
+#define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
+
+/* Partition states: the coordinator moves IDLE -> RUNNING (lease taken) and RUNNING -> RELEASE
+ * (too many owned); the committer moves RUNNING or RELEASE -> DONE (given up, or lost); the
+ * coordinator gives the lease back and moves DONE -> IDLE. */
+enum { P_IDLE, P_RUNNING, P_RELEASE, P_DONE };
+
+enum { SETUP_NONE, SETUP_RUNNING, SETUP_OK, SETUP_FAILED };
+
+struct batch;
+struct committer;
+
+typedef struct partition {
+    struct wk_ingest *in;
+    int index;
+    atomic_int state;
+    struct committer *com;      /* pulls, stores and acks this partition */
+    uint64_t gen;               /* the lease connection's generation this lease was taken on */
+    bool lost;                  /* given up because the lease was lost */
+    int64_t epoch;
+    /* the committer's alone (and its set-up thread's while setup is SETUP_RUNNING) */
+    atomic_int setup;           /* SETUP_*: the consumer set-up of a partition just leased */
+    pthread_t setup_tid;
+    bool active;                /* its consumer is set up and pulled */
+    char consumer[64];
+    char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
+    char next_subject[128];
+    char reply[96];             /* <committer inbox>.<partition>: where its pulled messages arrive */
+    int credit;                 /* messages its open pull requests may still bring */
+    int64_t pull_deadline_ns;   /* with no word from its requests by then, they are taken as lost */
+    int64_t retry_at_ns;        /* no pull request before this (after a refusal) */
+    struct batch *buf;          /* messages arrived since the last commit, in consumer order */
+    int64_t fetched_ns;         /* when the first of them arrived */
+    jsCtx *js;                  /* consumer management and lag */
+    int64_t lag_at_ms;          /* when the consumer's lag was last read */
+    char label[32];             /* partition="N" */
+    atomic_int_fast64_t *m_pending, *m_ack_pending;
+} partition;
+
+/* A committer, its partitions' pulls and its lease connection. `pg_mu` guards the connection,
+ * which the coordinator also uses (lock, epoch, unlock) between commits. */
+typedef struct committer {
+    struct wk_ingest *in;
+    int index;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    char inbox[64];             /* <inbox>.<p>.<epoch>: pull request ends of partition p */
+    natsSubscription *sub;      /* <inbox>.* */
+    pthread_mutex_t pg_mu;
+    PGconn *pg;
+    atomic_uint_fast64_t gen;   /* bumped whenever pg is given up: its leases are gone with it */
+    int64_t last_pg_ms;
+    /* its own connection for CHAT_EVENTS publishes: nats-server stores a JetStream publish inline
+     * in the publishing connection's read loop (with CHAT_NATS_SYNC=always, an fsync each), and
+     * the worker's acks, pulls and deliveries must not wait behind them */
+    natsConnection *enc;
+    jsCtx *js;                  /* CHAT_EVENTS publishes, on enc */
+    atomic_int publish_errors;
+} committer;
+
+/* Which chat_ingest_dropped_total{reason} counts a dropped message (registered in this order). */
+typedef enum drop_metric {
+    DM_INVALID,
+    DM_NOT_MEMBER,
+    DM_NO_CONVERSATION,
+    DM_POISON,
+    DM_NO_TARGET,
+    DM_COUNT
+} drop_metric;
+
+struct wk_ingest {
+    wk_app *app;
+    char worker_id[40];
+    pthread_t coordinator;
+    committer *com;             /* CHAT_INGEST_COMMITTERS of them; partition p goes to p % ncom */
+    int ncom;
+    partition *parts;
+    int nparts;
+    int owned;
+    atomic_int_fast64_t *m_owned;
+    atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches, *m_store_retries;
+    atomic_uint_fast64_t *m_drop[DM_COUNT]; /* chat_ingest_dropped_total by drop_metric */
+    chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Drop reasons                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Why a message is dropped (acked without storing). wk_ingest_drop_info() gives each its log text,
+ * the code told to the sending session and the metric that counts it. */
+typedef enum drop_reason {
+    DROP_NONE, /* not dropped; a drop without a reason logs "invalid" */
+    /* the post itself (wk_ingest_validate): bad_request */
+    DROP_UNDECODABLE,
+    DROP_BAD_ID,
+    DROP_BAD_KIND,
+    DROP_CHANGE_NO_TARGET,
+    DROP_BAD_EMOJI,
+    DROP_BODY_TOO_LARGE,
+    DROP_META_TOO_LARGE,
+    DROP_SUBJECT_MISMATCH,
+    DROP_META_NOT_OBJECT,
+    /* the target of an edit, delete or reaction */
+    DROP_TARGET_MISSING,
+    DROP_TARGET_DELETED,
+    DROP_TARGET_NOT_OWN,
+    /* the conversation, the sender, the cmid */
+    DROP_ARCHIVING,
+    DROP_NO_CONVERSATION,
+    DROP_NOT_MEMBER,
+    DROP_CMID_TAKEN,
+    DROP_FIRST_REFUSED,
+    /* the database refuses the message itself */
+    DROP_POISON,
+    DROP_REASON_COUNT
+} drop_reason;
+
+typedef struct drop_info {
+    const char *text;        /* the log's reason="..." */
+    const char *reject_code; /* told to the sending session, NULL: nothing told */
+    const char *told;        /* the rejection's message */
+    drop_metric metric;
+} drop_info;
+
+/* The row of r in the table (never NULL; out of range gives DROP_NONE's). Any thread. */
+const drop_info *wk_ingest_drop_info(drop_reason r);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Batches (wk_ingest_batch.c) and the store (wk_ingest_store.c)                               */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { I_NEW, I_STORED, I_DUP, I_DROP };
+
+typedef struct item {
+    natsMsg *msg;
+    Chat__V1__Post *post;
+    int part;            /* partition index */
+    int state;
+    int dup_of;          /* I_DUP: index of the first item with the same (conv, cmid) */
+    int stored_row;      /* I_STORED: its row in the batch's `stored` result (the stored event) */
+    int64_t ts_us;       /* broker timestamp */
+    uint64_t seq;
+    char id[32];
+    int64_t created_us;  /* stored created_at */
+    drop_reason drop;    /* I_DROP: why */
+    bool backend;        /* posted on chat.in.<p>.<conv>.backend: a trusted post, any sender */
+} item;
+
+/* store_batch(): S_DATA_ERROR is the batch's data refused (split it, drop the poison); S_RETRY the database
+ * refusing for now what it would take later (a full disk, out of memory, a deadlock, read-only):
+ * nothing is dropped, the batch is kept and stored again */
+enum { S_OK, S_NO_PARTITION, S_LEASE_LOST, S_DATA_ERROR, S_RETRY };
+
+typedef struct members {
+    char *conv;
+    char **users;
+    int n, cap;
+} members;
+
+/* A partition's batch owns its messages and posts; a view (the committer's group of several
+ * batches, or a piece of a batch split to isolate a message the database refuses) only points at
+ * the items of others. */
+typedef struct batch {
+    item *items;
+    int n, cap;
+    bool view;
+    int part;          /* partition index for the logs, -1 when several */
+    members *convs;    /* distinct conversations of the batch with their members */
+    int nconvs;
+    chat_map *conv_ix; /* conversation -> index + 1 in convs */
+    PGresult *stored;  /* Q_DEDUPE rows of this attempt: the stored events its duplicates answer with */
+} batch;
+
+/* Columns of Q_DEDUPE: the dedupe row, then the stored event (NULL when its row is no longer in
+ * `messages`: archived), then whether it is deleted (a text or system message, or an edit of one,
+ * whose delete event exists). */
+enum { D_CONV, D_CMID, D_SEQ, D_ID, D_CREATED, D_SENDER, D_KIND, D_BODY, D_META, D_TARGET, D_EMOJI, D_ON, D_DELETED };
+
+/* Appends a copy of *it (its message and post stay owned by whoever owned them). */
+void wk_ingest_batch_add(batch *b, const item *it);
+/* Empties a partition's batch (which owns its messages and posts). */
+void wk_ingest_batch_reset(batch *b);
+/* Frees a view's own memory (not the items' messages and posts) and zeroes it. */
+void wk_ingest_view_free(batch *v);
+/* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops them). */
+void wk_ingest_batch_decode(batch *b, int part);
+/* The conversation conv of b's current attempt with its members, NULL when not in b. */
+members *wk_ingest_find_conv(batch *b, const char *conv);
+/* Validates and groups the items of b afresh (each attempt to store it starts here). */
+void wk_ingest_batch_prepare(batch *b);
+/* An edit, delete or reaction: a change of the message whose seq is its target. Any thread. */
+bool wk_ingest_is_change(Chat__V1__EventKind k);
+/* Drops it for r (state I_DROP). */
+void wk_ingest_reject(item *it, drop_reason r);
+/* Checks the post of it (it->post, NULL when undecodable) against its subject: on a fault it is
+ * I_DROP with the reason; it->backend is set from the subject. Any thread. */
+void wk_ingest_validate(item *it, const char *subject);
+/* "YYYY-MM-DD hh:mm:ss.uuuuuu+00" of a time in microseconds, for a timestamptz parameter. */
+void wk_ingest_format_ts(char *buf, size_t size, int64_t us);
+
+/* Prepares the batch statements on a fresh lease connection (outside any transaction). False
+ * (logged) when PostgreSQL refuses one or the connection is gone: the caller closes it. */
+bool wk_ingest_prepare_statements(PGconn *pg);
+/* One-off statements (the lease, a missing partition): planned at each call. */
+PGresult *wk_ingest_exec_params(PGconn *pg, const char *sql, int n, const char *const *params);
+/* Stores b (validated afresh) in one transaction under pg_mu, creating a missing `messages`
+ * partition on the way: S_*; S_LEASE_LOST when the connection of generation gen is gone. */
+int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fanout (wk_ingest_fanout.c)                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { F_DONE, F_STOPPING, F_LEASE_LOST };
+
+/* Publishes the stored events of b to their members and to CHAT_EVENTS until acknowledged: F_*. */
+int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms);
+/* Publishes `what` ("+WPI", ...) to the reply subject of every message of b. */
+void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what);
+/* Counts and logs the dropped items of b and tells their sessions why. */
+void wk_ingest_count_drops(wk_ingest *in, batch *b);
+/* How many times the connection reconnected (nats.c counts every new socket). */
+uint64_t wk_ingest_reconnects(natsConnection *nc);
+/* CHAT_EVENTS publish errors of c's JetStream context (a jsPubErrHandler, closure c). */
+void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pulling (wk_ingest_pull.c)                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Where a message of a committer's inbox belongs: a pulled message (chat.in.<p>.<conv>...) or a
+ * pull request's end or lag answer (<inbox>.<p>.<epoch>[.lag]). */
+typedef struct inbox_subject {
+    int part;
+    bool pulled;  /* chat.in.<p>...: no epoch */
+    int64_t epoch;
+    bool lag;     /* <inbox>.<p>.<epoch>.lag */
+} inbox_subject;
+
+/* Parses subject against the committer inbox `inbox`; false when it is neither form or its
+ * partition is not in [0, nparts). Any thread. */
+bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out);
+/* $JS.ACK...: the broker timestamp, and when pending is not NULL how many of the consumer's
+ * messages waited behind this one. False when reply is not an ack subject with a timestamp. Any
+ * thread. */
+bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending);
+/* Subscribes the committer's inbox (c->sub stays NULL on failure: tried again). */
+void wk_ingest_subscribe_inbox(committer *c);
+/* Follows the coordinator's decisions for c's partitions, and keeps their pull requests open. */
+void wk_ingest_tend(committer *c, bool stopping, bool reconnected);
+/* Waits up to wait_ms for the first message, then buffers what else is there: how many. */
+int wk_ingest_collect(committer *c, int64_t wait_ms);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Leases (wk_ingest_lease.c)                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Gives up the lease connection of generation gen. Caller holds pg_mu. */
+void wk_ingest_lose_connection(committer *c, uint64_t gen);
+/* Keeps the lease session alive; false when generation gen is no longer the live one. */
+bool wk_ingest_heartbeat(committer *c, uint64_t gen);
+/* The coordinator thread (arg: the wk_ingest): takes, spreads and gives back leases. */
+void *wk_ingest_coordinator_thread(void *arg);
+
+#endif
