@@ -1,7 +1,8 @@
 /* Role `api`. Threads: one nats.c delivery thread per lane runs that lane's requests; a lane's
  * PGconn, JetStream context and transaction state belong to that thread alone. The main thread
  * only starts and destroys. Replies are packed protobuf; every one starts with a Status.
- * Cursors are watermarks (one row per member), moved only forward; sync is paged (docs/sync.md). */
+ * Cursors are watermarks (one row per member), moved only forward; sync is paged (docs/sync.md).
+ * This file: the method table, dispatch and the lanes; each method group has a wk_api_*.c. */
 #include "wk_api.h"
 
 #include <stdio.h>

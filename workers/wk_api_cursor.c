@@ -67,7 +67,7 @@ static void publish_receipt(api_call *c, PGresult *r, int from, int to)
 void api_cursor(api_call *c)
 {
     Chat__V1__CursorBatch *q = chat__v1__cursor_batch__unpack(NULL, c->len, c->data);
-    chat_buf a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0};
+    chat_buf convs = {0}, users = {0}, seens = {0}, reads = {0};
     PGresult *r = NULL;
     if (q == NULL) {
         api_fail(c, "bad_request", "malformed CursorBatch");
@@ -81,10 +81,10 @@ void api_cursor(api_call *c)
         api_reply_status_only(c);
         goto out;
     }
-    chat_buf_pg_array_begin(&a1);
-    chat_buf_pg_array_begin(&a2);
-    chat_buf_pg_array_begin(&a3);
-    chat_buf_pg_array_begin(&a4);
+    chat_buf_pg_array_begin(&convs);
+    chat_buf_pg_array_begin(&users);
+    chat_buf_pg_array_begin(&seens);
+    chat_buf_pg_array_begin(&reads);
     for (size_t i = 0; i < q->n_updates; i++) {
         const Chat__V1__CursorUpdate *u = q->updates[i];
         if (!chat_id_valid(u->conv) || !chat_id_valid(u->user)) {
@@ -94,18 +94,18 @@ void api_cursor(api_call *c)
         char seen[24], read[24];
         snprintf(seen, sizeof seen, "%" PRIu64, u->seen > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : u->seen);
         snprintf(read, sizeof read, "%" PRIu64, u->read > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : u->read);
-        chat_buf_pg_array_str(&a1, u->conv);
-        chat_buf_pg_array_str(&a2, u->user);
-        chat_buf_pg_array_str(&a3, seen);
-        chat_buf_pg_array_str(&a4, read);
+        chat_buf_pg_array_str(&convs, u->conv);
+        chat_buf_pg_array_str(&users, u->user);
+        chat_buf_pg_array_str(&seens, seen);
+        chat_buf_pg_array_str(&reads, read);
     }
-    chat_buf_pg_array_end(&a1);
-    chat_buf_pg_array_end(&a2);
-    chat_buf_pg_array_end(&a3);
-    chat_buf_pg_array_end(&a4);
+    chat_buf_pg_array_end(&convs);
+    chat_buf_pg_array_end(&users);
+    chat_buf_pg_array_end(&seens);
+    chat_buf_pg_array_end(&reads);
     if (q->n_updates == 1)
         snprintf(c->conv, sizeof c->conv, "%s", q->updates[0]->conv);
-    const char *p[] = {a1.data, a2.data, a3.data, a4.data};
+    const char *p[] = {convs.data, users.data, seens.data, reads.data};
     r = api_run(c, "cursor", CURSOR_SQL, 4, p, PGRES_TUPLES_OK); /* autocommit: committed on return */
     if (r == NULL)
         goto out;
@@ -121,10 +121,10 @@ void api_cursor(api_call *c)
     api_reply_status_only(c);
 out:
     PQclear(r);
-    chat_buf_free(&a1);
-    chat_buf_free(&a2);
-    chat_buf_free(&a3);
-    chat_buf_free(&a4);
+    chat_buf_free(&convs);
+    chat_buf_free(&users);
+    chat_buf_free(&seens);
+    chat_buf_free(&reads);
     chat__v1__cursor_batch__free_unpacked(q, NULL);
 }
 

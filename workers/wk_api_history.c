@@ -52,6 +52,96 @@ static int history_cold(api_call *c, api_cold_set *cs, const char *conv, uint64_
     return got;
 }
 
+/* One history page being built: the hot rows, the archived events below or between them, and
+ * the two merged newest first (events point into rows, cold_events and the chunks of cs). */
+typedef struct history_page {
+    PGresult *rows;
+    int nhot;
+    const Chat__V1__Event **cold_events;
+    int ncold;
+    api_cold_set cs;
+    Chat__V1__Event *events, **eventp;
+    bool *from_cold;
+    int n; /* events merged */
+    int h; /* hot rows taken */
+    int k; /* archived events taken */
+} history_page;
+
+/* Whether the asking user may read conv: a named user must be a member of the live conversation
+ * (not_member otherwise, whether it exists or not); a backend ("") reads any that exists. */
+static bool history_access(api_call *c, const Chat__V1__HistoryRequest *q)
+{
+    const char *p[] = {q->conv, q->user};
+    PGresult *r = api_run(c, "conversation",
+                          "SELECT c.deleted_at IS NULL, EXISTS (SELECT 1 FROM conversation_members m"
+                          " WHERE m.conversation_id = c.id AND m.user_id = $2)"
+                          " FROM conversations c WHERE c.id = $1",
+                          2, p, PGRES_TUPLES_OK);
+    if (r == NULL)
+        return false;
+    bool exists = PQntuples(r) == 1;
+    bool live = exists && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    bool member = exists && strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    PQclear(r);
+    if (q->user[0] && !(live && member)) {
+        api_fail(c, "not_member", "not a member of this conversation");
+        return false;
+    }
+    if (!exists) {
+        api_fail(c, "not_found", "conversation not found");
+        return false;
+    }
+    return true;
+}
+
+/* The hot rows of conv below before_seq (0: no bound), newest first, at most fetch of them, each
+ * with its tombstone flag at H_EXTRA; NULL with the call failed. */
+static PGresult *history_read_hot(api_call *c, const char *conv, uint64_t before_seq, uint32_t fetch_rows)
+{
+    char before[24], fetch[16];
+    snprintf(before, sizeof before, "%" PRIu64, before_seq);
+    snprintf(fetch, sizeof fetch, "%u", fetch_rows);
+    const char *p[] = {conv, before, fetch};
+    return api_run(c, "history",
+                   "SELECT " API_EVENT_COLUMNS ","
+                   " m.kind IN ('text', 'system', 'edit') AND (EXISTS (SELECT 1 FROM messages d"
+                   " WHERE d.conversation_id = m.conversation_id AND d.kind = 'delete'"
+                   " AND d.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END)"
+                   " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = m.conversation_id"
+                   " AND t.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END))"
+                   " FROM messages m WHERE m.conversation_id = $1 AND ($2::bigint = 0 OR m.seq < $2::bigint)"
+                   " ORDER BY m.seq DESC LIMIT $3::int",
+                   3, p, PGRES_TUPLES_OK);
+}
+
+/* Merges the hot rows and the archived events of pg newest first into its events, at most want. */
+static void history_merge(history_page *pg, int want, char *conv)
+{
+    pg->events = calloc((size_t)want + 1, sizeof *pg->events);
+    pg->eventp = calloc((size_t)want + 1, sizeof *pg->eventp);
+    pg->from_cold = calloc((size_t)want + 1, sizeof *pg->from_cold);
+    while (pg->n < want && (pg->h < pg->nhot || pg->k < pg->ncold)) {
+        int h = pg->h, k = pg->k;
+        uint64_t hs = h < pg->nhot ? strtoull(PQgetvalue(pg->rows, h, H_SEQ), NULL, 10) : 0;
+        uint64_t ks = k < pg->ncold ? pg->cold_events[k]->seq : 0;
+        Chat__V1__Event *e = &pg->events[pg->n];
+        if (h < pg->nhot && (k >= pg->ncold || hs >= ks)) {
+            api_event_from_row(e, pg->rows, h, conv);
+            if (strcmp(PQgetvalue(pg->rows, h, H_EXTRA), "t") == 0)
+                api_tombstone(e);
+            if (k < pg->ncold && hs == ks)
+                pg->k++; /* archived between the two reads: once */
+            pg->h++;
+        } else {
+            api_event_from_cold(e, pg->cold_events[k], conv);
+            pg->from_cold[pg->n] = true;
+            pg->k++;
+        }
+        pg->eventp[pg->n] = e;
+        pg->n++;
+    }
+}
+
 /* Tombstones: a text or system message whose delete event exists, and an edit of such a
  * message, come with deleted = true and an empty body and meta, so history never shows what
  * was deleted (the edits carry its text too). The delete event's own row stays as it is.
@@ -63,112 +153,50 @@ static int history_cold(api_call *c, api_cold_set *cs, const char *conv, uint64_
 void api_history(api_call *c)
 {
     Chat__V1__HistoryRequest *q = chat__v1__history_request__unpack(NULL, c->len, c->data);
-    PGresult *rows = NULL;
-    Chat__V1__Event *events = NULL, **eventp = NULL;
-    const Chat__V1__Event **cold_events = NULL;
-    bool *from_cold = NULL;
-    api_cold_set cs = {.n = 0};
+    history_page pg = {.cs = {.n = 0}};
     if (q == NULL) {
         api_fail(c, "bad_request", "malformed HistoryRequest");
         goto out;
     }
-    if (!api_check_conv(c, q->conv))
+    if (!api_check_conv(c, q->conv) || !api_asking_user_ok(c, q->user) || !history_access(c, q))
         goto out;
-    if (!api_asking_user_ok(c, q->user))
-        goto out;
-    const char *p1[] = {q->conv, q->user};
-    PGresult *r = api_run(c, "conversation",
-                          "SELECT c.deleted_at IS NULL, EXISTS (SELECT 1 FROM conversation_members m"
-                          " WHERE m.conversation_id = c.id AND m.user_id = $2)"
-                          " FROM conversations c WHERE c.id = $1",
-                          2, p1, PGRES_TUPLES_OK);
-    if (r == NULL)
-        goto out;
-    bool exists = PQntuples(r) == 1;
-    bool live = exists && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    bool member = exists && strcmp(PQgetvalue(r, 0, 1), "t") == 0;
-    PQclear(r);
-    if (q->user[0] && !(live && member)) {
-        api_fail(c, "not_member", "not a member of this conversation");
-        goto out;
-    }
-    if (!exists) {
-        api_fail(c, "not_found", "conversation not found");
-        goto out;
-    }
     uint32_t limit = wk_api_history_limit(q->limit);
     uint64_t before_seq = q->before > (uint64_t)INT64_MAX ? 0 : q->before;
-    char before[24], fetch[16];
-    snprintf(before, sizeof before, "%" PRIu64, before_seq);
-    snprintf(fetch, sizeof fetch, "%u", limit + 1);
-    const char *p2[] = {q->conv, before, fetch};
-    rows = api_run(c, "history",
-                   "SELECT " API_EVENT_COLUMNS ","
-                   " m.kind IN ('text', 'system', 'edit') AND (EXISTS (SELECT 1 FROM messages d"
-                   " WHERE d.conversation_id = m.conversation_id AND d.kind = 'delete'"
-                   " AND d.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END)"
-                   " OR EXISTS (SELECT 1 FROM archive_tombstones t WHERE t.conversation_id = m.conversation_id"
-                   " AND t.target_seq = CASE WHEN m.kind = 'edit' THEN m.target_seq ELSE m.seq END))"
-                   " FROM messages m WHERE m.conversation_id = $1 AND ($2::bigint = 0 OR m.seq < $2::bigint)"
-                   " ORDER BY m.seq DESC LIMIT $3::int",
-                   3, p2, PGRES_TUPLES_OK);
-    if (rows == NULL)
+    pg.rows = history_read_hot(c, q->conv, before_seq, limit + 1);
+    if (pg.rows == NULL)
         goto out;
-    int nhot = PQntuples(rows);
+    pg.nhot = PQntuples(pg.rows);
     int want = (int)limit + 1;
-    uint64_t top = nhot ? strtoull(PQgetvalue(rows, 0, H_SEQ), NULL, 10) : 0;
-    uint64_t low = nhot ? strtoull(PQgetvalue(rows, nhot - 1, H_SEQ), NULL, 10) : 0;
-    int ncold = 0;
-    cold_events = calloc((size_t)want, sizeof *cold_events);
-    if (!(nhot == want && top - low == limit)) {
+    uint64_t top = pg.nhot ? strtoull(PQgetvalue(pg.rows, 0, H_SEQ), NULL, 10) : 0;
+    uint64_t low = pg.nhot ? strtoull(PQgetvalue(pg.rows, pg.nhot - 1, H_SEQ), NULL, 10) : 0;
+    pg.cold_events = calloc((size_t)want, sizeof *pg.cold_events);
+    if (!(pg.nhot == want && top - low == limit)) {
         /* the hot rows leave room for archived events: below them, or between them */
-        ncold = history_cold(c, &cs, q->conv, nhot == want ? low : 0, before_seq, want, cold_events);
-        if (ncold < 0)
+        pg.ncold = history_cold(c, &pg.cs, q->conv, pg.nhot == want ? low : 0, before_seq, want, pg.cold_events);
+        if (pg.ncold < 0)
             goto out;
     }
-    events = calloc((size_t)want + 1, sizeof *events);
-    eventp = calloc((size_t)want + 1, sizeof *eventp);
-    from_cold = calloc((size_t)want + 1, sizeof *from_cold);
-    int n = 0, h = 0, k = 0;
-    while (n < want && (h < nhot || k < ncold)) {
-        uint64_t hs = h < nhot ? strtoull(PQgetvalue(rows, h, H_SEQ), NULL, 10) : 0;
-        uint64_t ks = k < ncold ? cold_events[k]->seq : 0;
-        Chat__V1__Event *e = &events[n];
-        if (h < nhot && (k >= ncold || hs >= ks)) {
-            api_event_from_row(e, rows, h, q->conv);
-            if (strcmp(PQgetvalue(rows, h, H_EXTRA), "t") == 0)
-                api_tombstone(e);
-            if (k < ncold && hs == ks)
-                k++; /* archived between the two reads: once */
-            h++;
-        } else {
-            api_event_from_cold(e, cold_events[k], q->conv);
-            from_cold[n] = true;
-            k++;
-        }
-        eventp[n] = e;
-        n++;
-    }
-    bool more = n > (int)limit;
+    history_merge(&pg, want, q->conv);
+    bool more = pg.n > (int)limit;
     if (more)
-        n = (int)limit;
-    if (ncold > 0 && !api_cold_tombstones(c, events, from_cold, (size_t)n))
+        pg.n = (int)limit;
+    if (pg.ncold > 0 && !api_cold_tombstones(c, pg.events, pg.from_cold, (size_t)pg.n))
         goto out;
     Chat__V1__Status st;
     Chat__V1__HistoryReply reply = CHAT__V1__HISTORY_REPLY__INIT;
     reply.status = api_status_of(c, &st);
-    reply.events = eventp;
-    reply.n_events = (size_t)n;
+    reply.events = pg.eventp;
+    reply.n_events = (size_t)pg.n;
     reply.more = more;
     api_reply_with(c, &reply.base);
-    if (ncold > 0)
-        LOG_DEBUG("api", "event=history_cold conv=%s hot=%d cold=%d chunks=%d", q->conv, h, k, cs.n);
+    if (pg.ncold > 0)
+        LOG_DEBUG("api", "event=history_cold conv=%s hot=%d cold=%d chunks=%d", q->conv, pg.h, pg.k, pg.cs.n);
 out:
-    api_cold_release(c, &cs);
-    free(events);
-    free(eventp);
-    free(cold_events);
-    free(from_cold);
-    PQclear(rows);
+    api_cold_release(c, &pg.cs);
+    free(pg.events);
+    free(pg.eventp);
+    free(pg.cold_events);
+    free(pg.from_cold);
+    PQclear(pg.rows);
     chat__v1__history_request__free_unpacked(q, NULL);
 }
