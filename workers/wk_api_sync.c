@@ -501,12 +501,9 @@ static void sync_reply(api_call *c, const Chat__V1__SyncRequest *q, sync_page *p
     char **refusedp = NULL;
     size_t nrefused = 0;
     if (!q->listed_only && q->n_cursors > 0) {
-        /* As it was before the split into files (one buffer served both queries): once a range
-         * is planned, the conversations asked about are the planned ones (all the user's), not
-         * the listed ones, so nothing is refused then. docs/protocol.md promises not_member for
-         * every listed non-member: that change of behaviour is left to a commit of its own. */
-        const char *asked = pg->nplanned > 0 ? pg->planned.convs.data : pg->listed.convs.data;
-        const char *p[] = {q->user, asked};
+        /* always the listed conversations: before the split one buffer served this query and the
+         * planning, so a first page that carried events named no listed non-member */
+        const char *p[] = {q->user, pg->listed.convs.data};
         refused = api_run(c, "sync_not_member",
                           "SELECT u.conv FROM unnest($2::text[]) AS u(conv) WHERE NOT EXISTS (SELECT 1"
                           " FROM conversation_members m JOIN conversations x ON x.id = m.conversation_id"

@@ -782,6 +782,32 @@ START_TEST(sync_10k_events_500_conversations_timed)
 }
 END_TEST
 
+/* A first page that carries events still names every listed conversation the user may not read
+ * (and nothing of its content comes): the client turns each into not_member. */
+START_TEST(first_page_with_events_names_listed_non_members)
+{
+    char conv[64], closed[64], alice[64], bob[64];
+    test_stack_unique_id("open", conv, sizeof conv);
+    test_stack_unique_id("closed", closed, sizeof closed);
+    test_stack_unique_id("alice", alice, sizeof alice);
+    test_stack_unique_id("bob", bob, sizeof bob);
+    conv_create(conv, "group", alice, bob, NULL);
+    conv_create(closed, "group", bob, NULL, NULL);
+    post(conv, bob, "m1", "for alice");
+    post(closed, bob, "m2", "not for alice");
+    Chat__V1__SyncCursor k1 = sync_cursor(conv, 0), k2 = sync_cursor(closed, 0);
+    Chat__V1__SyncCursor *ks[] = {&k1, &k2};
+    Chat__V1__SyncReply *r = sync_page(alice, ks, 2, 0, false, NULL);
+    ck_assert_msg(r->n_events >= 1, "alice's first page has %zu events", r->n_events);
+    for (size_t i = 0; i < r->n_events; i++)
+        ck_assert_msg(strcmp(r->events[i]->conv, closed) != 0, "alice got an event of %s", closed);
+    ck_assert_msg(r->n_not_member == 1 && strcmp(r->not_member[0], closed) == 0,
+                  "not_member names %zu conversations (%s), want %s", r->n_not_member,
+                  r->n_not_member ? r->not_member[0] : "", closed);
+    chat__v1__sync_reply__free_unpacked(r, NULL);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_sync");
@@ -789,5 +815,6 @@ int main(void)
     return test_run_core(&stack, "sync", 240, setup, teardown, NULL,
                          (const TTest *const[]){sync_pages_every_event_once, sync_pages_by_bytes,
                                                 cursors_are_monotonic_watermarks_with_receipts, history_tombstones,
-                                                sync_10k_events_500_conversations_timed, NULL});
+                                                sync_10k_events_500_conversations_timed,
+                                                first_page_with_events_names_listed_non_members, NULL});
 }
