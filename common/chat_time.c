@@ -16,6 +16,11 @@ int64_t chat_mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int64_t chat_mono_ms(void)
+{
+    return chat_mono_ns() / 1000000;
+}
+
 void chat_sleep_ms(int64_t ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};

@@ -17,11 +17,6 @@
 /* Replies and failures                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
-int64_t api_mono_ms(void)
-{
-    return chat_mono_ns() / 1000000;
-}
-
 void api_clean(char *s)
 {
     for (; *s; s++)
@@ -97,7 +92,7 @@ static PGconn *lane_pg(api_call *c)
     if (l->pg && PQstatus(l->pg) == CONNECTION_OK)
         return l->pg;
     drop_pg(l);
-    int64_t now = api_mono_ms();
+    int64_t now = chat_mono_ms();
     if (now >= l->pg_retry_at_ms) {
         PGconn *pg = NULL;
         if (wk_pg_connect(l->api->app->cfg->pg_dsn, l->name, &pg) == CHAT_OK) {

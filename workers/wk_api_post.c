@@ -184,7 +184,7 @@ void api_post(api_call *c)
     if (!publish_post(c, p))
         goto out;
     wk_app *app = c->lane->api->app;
-    int64_t deadline = api_mono_ms() + wk_api_post_wait_ms(q->timeout_ms);
+    int64_t deadline = chat_mono_ms() + wk_api_post_wait_ms(q->timeout_ms);
     int64_t wait = POLL_FIRST_MS;
     for (;;) {
         chat_sleep_ms(wait);
@@ -196,7 +196,7 @@ void api_post(api_call *c)
             reply_post(c, seq, id);
             goto out;
         }
-        int64_t now = api_mono_ms();
+        int64_t now = chat_mono_ms();
         if (atomic_load(&app->stopping) && deadline > now + STOP_GRACE_MS)
             deadline = now + STOP_GRACE_MS;
         if (now >= deadline)

@@ -90,7 +90,6 @@ void api_conv_list(api_call *c);      /* wk_api_cursor.c */
 /* A call's plumbing (wk_api_call.c)                                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-int64_t api_mono_ms(void);
 /* Replaces newlines, quotes and tabs of s in place (a log field). */
 void api_clean(char *s);
 /* Marks the call failed with code and a message for the caller. The first failure wins. */

@@ -38,7 +38,7 @@ bool wk_ingest_heartbeat(committer *c, uint64_t gen)
 {
     pthread_mutex_lock(&c->pg_mu);
     bool ok = c->pg != NULL && atomic_load(&c->gen) == gen;
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     if (ok && now - c->last_pg_ms >= HEARTBEAT_MS) {
         PGresult *r = PQexec(c->pg, "SELECT 1");
         ok = PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -75,7 +75,7 @@ static bool lease_connection(committer *c)
         return false;
     }
     c->pg = pg;
-    c->last_pg_ms = chat_mono_ns() / 1000000;
+    c->last_pg_ms = chat_mono_ms();
     return true;
 }
 
@@ -110,7 +110,7 @@ static bool lock_partition(wk_ingest *in, partition *pt)
     pt->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     pt->gen = gen;
-    c->last_pg_ms = chat_mono_ns() / 1000000;
+    c->last_pg_ms = chat_mono_ms();
     return true;
 }
 
@@ -127,7 +127,7 @@ static void unlock_partition(partition *pt)
         if (PQresultStatus(r) != PGRES_TUPLES_OK)
             wk_ingest_lose_connection(c, pt->gen);
         PQclear(r);
-        c->last_pg_ms = chat_mono_ns() / 1000000;
+        c->last_pg_ms = chat_mono_ms();
     }
     pthread_mutex_unlock(&c->pg_mu);
 }

@@ -92,7 +92,7 @@ static chat_status setup_consumer(partition *pt)
  * idle_session_timeout. */
 static void ask_lag(partition *pt, natsConnection *nc)
 {
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     if (now - pt->lag_at_ms < 5000)
         return;
     pt->lag_at_ms = now;

@@ -542,7 +542,7 @@ static int store_batch(committer *c, batch *b)
     }
     if (rc != S_OK && rc != S_LEASE_LOST)
         rollback(pg, rc);
-    c->last_pg_ms = chat_mono_ns() / 1000000;
+    c->last_pg_ms = chat_mono_ms();
     return rc;
 }
 

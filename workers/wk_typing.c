@@ -38,7 +38,7 @@ static PGconn *pg_of(wk_typing *t)
 {
     if (t->pg && PQstatus(t->pg) == CONNECTION_OK)
         return t->pg;
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     if (now < t->pg_retry_at_ms)
         return NULL;
     t->pg_retry_at_ms = now + PG_RETRY_MS;
