@@ -5,10 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "chat_nats.h"
 #include "chat_partition.h"
+#include "chat_post.h"
 #include "chat_time.h"
 #include "wk_apip.h"
 
@@ -16,37 +15,26 @@
 #define POLL_NEXT_MS 15
 #define STOP_GRACE_MS 2000 /* a post still waiting when the worker stops */
 
+/* What a backend is told of each fault of its post. The rules (text and system only) leave no
+ * change without a target and no reaction without an emoji: those are kinds it may not post. */
+static const char *const post_fault_text[] = {
+    [CHAT_POST_OK] = NULL,
+    [CHAT_POST_MISSING] = "post is missing",
+    [CHAT_POST_BAD_CONV] = "post.conv must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_CMID] = "post.cmid must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_SENDER] = "post.sender must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_KIND] = "post.kind must be text or system",
+    [CHAT_POST_CHANGE_NO_TARGET] = "post.kind must be text or system",
+    [CHAT_POST_BAD_EMOJI] = "post.kind must be text or system",
+    [CHAT_POST_BODY_TOO_LARGE] = "post.body is larger than 16 KiB",
+    [CHAT_POST_BODY_NOT_UTF8] = "post.body is not valid UTF-8",
+    [CHAT_POST_META_TOO_LARGE] = "post.meta_json is larger than 16 KiB",
+    [CHAT_POST_META_NOT_OBJECT] = "post.meta_json must be empty or a JSON object",
+};
+
 const char *wk_api_post_invalid(const Chat__V1__Post *p)
 {
-    if (p == NULL)
-        return "post is missing";
-    if (!chat_id_valid(p->conv))
-        return "post.conv must be 1-64 characters of [A-Za-z0-9_-]";
-    if (!chat_id_valid(p->cmid))
-        return "post.cmid must be 1-64 characters of [A-Za-z0-9_-]";
-    if (!chat_id_valid(p->sender))
-        return "post.sender must be 1-64 characters of [A-Za-z0-9_-]";
-    if (p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED && p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT &&
-        p->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM)
-        return "post.kind must be text or system";
-    size_t body_len = strlen(p->body);
-    if (body_len > WK_API_BODY_MAX)
-        return "post.body is larger than 16 KiB";
-    json_t *utf8 = json_stringn(p->body, body_len); /* NULL for invalid UTF-8 */
-    if (utf8 == NULL)
-        return "post.body is not valid UTF-8";
-    json_decref(utf8);
-    if (p->meta_json[0]) {
-        if (strlen(p->meta_json) > WK_API_META_MAX)
-            return "post.meta_json is larger than 16 KiB";
-        json_error_t err;
-        json_t *meta = json_loads(p->meta_json, JSON_REJECT_DUPLICATES, &err);
-        bool object = meta != NULL && json_is_object(meta);
-        json_decref(meta);
-        if (!object)
-            return "post.meta_json must be empty or a JSON object";
-    }
-    return NULL;
+    return post_fault_text[chat_post_validate(p, CHAT_POST_UTF8)];
 }
 
 uint32_t wk_api_post_wait_ms(uint32_t asked)

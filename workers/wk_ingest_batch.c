@@ -8,22 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
-#include "chat_frames.h"
 #include "chat_id.h"
 #include "chat_nats.h"
+#include "chat_post.h"
 #include "chat_time.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Drop reasons and validation                                                                  */
 /* ------------------------------------------------------------------------------------------ */
-
-bool wk_ingest_is_change(Chat__V1__EventKind k)
-{
-    return k == CHAT__V1__EVENT_KIND__EVENT_KIND_EDIT || k == CHAT__V1__EVENT_KIND__EVENT_KIND_DELETE ||
-           k == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION;
-}
 
 /* What a post whose cmid names another sender's message gets: not an ack of someone else's
  * message, and nothing of its content (docs/protocol.md, "What an ack means, and retries"). */
@@ -64,36 +56,47 @@ const drop_info *wk_ingest_drop_info(drop_reason r)
     return (unsigned)r < DROP_REASON_COUNT ? &drops[r] : &drops[DROP_NONE];
 }
 
-/* The first fault of post p, DROP_NONE when it is fit to store; *backend from the subject. */
+/* The ingest's drop reason for each fault of the shared validator (every id fault is one). */
+static drop_reason drop_of_fault(chat_post_fault f)
+{
+    switch (f) {
+    case CHAT_POST_OK:
+        return DROP_NONE;
+    case CHAT_POST_BAD_CONV:
+    case CHAT_POST_BAD_CMID:
+    case CHAT_POST_BAD_SENDER:
+        return DROP_BAD_ID;
+    case CHAT_POST_BAD_KIND:
+        return DROP_BAD_KIND;
+    case CHAT_POST_CHANGE_NO_TARGET:
+        return DROP_CHANGE_NO_TARGET;
+    case CHAT_POST_BAD_EMOJI:
+        return DROP_BAD_EMOJI;
+    case CHAT_POST_BODY_TOO_LARGE:
+        return DROP_BODY_TOO_LARGE;
+    case CHAT_POST_META_TOO_LARGE:
+        return DROP_META_TOO_LARGE;
+    case CHAT_POST_META_NOT_OBJECT:
+        return DROP_META_NOT_OBJECT;
+    case CHAT_POST_MISSING:
+    case CHAT_POST_BODY_NOT_UTF8: /* not asked for: the ingest stores the bytes it is given */
+        break;
+    }
+    return DROP_UNDECODABLE;
+}
+
+/* The first fault of post p, DROP_NONE when it is fit to store; *backend from the subject. The
+ * subject is compared before meta_json is parsed (the cheaper check first). */
 static drop_reason post_fault(const Chat__V1__Post *p, const char *subject, bool *backend)
 {
-    if (p == NULL)
-        return DROP_UNDECODABLE;
-    if (!chat_id_valid(p->conv) || !chat_id_valid(p->cmid) || !chat_id_valid(p->sender))
-        return DROP_BAD_ID;
-    if (chat_kind_name(p->kind) == NULL)
-        return DROP_BAD_KIND;
-    if (wk_ingest_is_change(p->kind) && p->target == 0)
-        return DROP_CHANGE_NO_TARGET;
-    if (p->kind == CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION && (p->emoji[0] == '\0' || strlen(p->emoji) > 64))
-        return DROP_BAD_EMOJI;
-    if (strlen(p->body) > BODY_MAX)
-        return DROP_BODY_TOO_LARGE;
-    if (strlen(p->meta_json) > META_MAX)
-        return DROP_META_TOO_LARGE;
+    drop_reason r = drop_of_fault(chat_post_validate(p, CHAT_POST_ANY_KIND | CHAT_POST_META_LATER));
+    if (r != DROP_NONE)
+        return r;
     const char *conv = NULL;
     size_t n = 0;
     if (!chat_subject_in_parse(subject, &conv, &n, backend) || n != strlen(p->conv) || memcmp(conv, p->conv, n) != 0)
         return DROP_SUBJECT_MISMATCH;
-    if (p->meta_json[0]) {
-        json_error_t err;
-        json_t *j = json_loads(p->meta_json, JSON_REJECT_DUPLICATES, &err);
-        bool object = j != NULL && json_is_object(j);
-        json_decref(j);
-        if (!object)
-            return DROP_META_NOT_OBJECT;
-    }
-    return DROP_NONE;
+    return drop_of_fault(chat_post_meta_fault(p->meta_json));
 }
 
 void wk_ingest_validate(item *it, const char *subject)

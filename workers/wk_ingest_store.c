@@ -15,6 +15,7 @@
 #include "chat_frames.h"
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_post.h"
 #include "chat_time.h"
 #include "wk_archive.h"
 #include "wk_pg.h"
@@ -200,7 +201,7 @@ static int store_targets(PGconn *pg, batch *b)
     int n = 0;
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
-        if (it->state != I_NEW || !wk_ingest_is_change(it->post->kind))
+        if (it->state != I_NEW || !chat_post_is_change(it->post->kind))
             continue;
         char seq[24];
         snprintf(seq, sizeof seq, "%" PRIu64, it->post->target);
@@ -226,7 +227,7 @@ static int store_targets(PGconn *pg, batch *b)
     }
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
-        if (it->state != I_NEW || !wk_ingest_is_change(it->post->kind))
+        if (it->state != I_NEW || !chat_post_is_change(it->post->kind))
             continue;
         int row = -1;
         for (int k = 0; k < PQntuples(r) && row < 0; k++)

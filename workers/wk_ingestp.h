@@ -20,8 +20,6 @@
 
 #define LEASE_CLASS 727001   /* pg_try_advisory_lock(LEASE_CLASS, partition) */
 #define BATCH_MAX 256
-#define BODY_MAX (16 * 1024)
-#define META_MAX (16 * 1024)
 #define ACK_WAIT_NS (10LL * 1000000000LL)
 #define MAX_DELIVER 50
 #define PULL_EXPIRES_MS 5000 /* an open pull request ends after this (408) and is made again */
@@ -226,8 +224,6 @@ void wk_ingest_batch_decode(batch *b, int part);
 members *wk_ingest_find_conv(batch *b, const char *conv);
 /* Validates and groups the items of b afresh (each attempt to store it starts here). */
 void wk_ingest_batch_prepare(batch *b);
-/* An edit, delete or reaction: a change of the message whose seq is its target. Any thread. */
-bool wk_ingest_is_change(Chat__V1__EventKind k);
 /* Drops it for r (state I_DROP). */
 void wk_ingest_reject(item *it, drop_reason r);
 /* Checks the post of it (it->post, NULL when undecodable) against its subject: on a fault it is

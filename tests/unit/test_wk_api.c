@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_post.h"
 #include "wk_api.h"
 #include "unit_run.h"
 
@@ -31,9 +32,9 @@ START_TEST(post_accepts)
     ck_assert_ptr_null(wk_api_post_invalid(&p));
     p.body = "";
     ck_assert_ptr_null(wk_api_post_invalid(&p));
-    char *body = malloc(WK_API_BODY_MAX + 1);
-    memset(body, 'x', WK_API_BODY_MAX);
-    body[WK_API_BODY_MAX] = '\0';
+    char *body = malloc(CHAT_BODY_MAX + 1);
+    memset(body, 'x', CHAT_BODY_MAX);
+    body[CHAT_BODY_MAX] = '\0';
     p.body = body;
     ck_assert_ptr_null(wk_api_post_invalid(&p));
     free(body);
@@ -60,9 +61,9 @@ START_TEST(post_refuses)
     p = good_post();
     p.body = "\xff\xfe";
     ck_assert_ptr_nonnull(strstr(wk_api_post_invalid(&p), "UTF-8"));
-    char *body = malloc(WK_API_BODY_MAX + 2);
-    memset(body, 'x', WK_API_BODY_MAX + 1);
-    body[WK_API_BODY_MAX + 1] = '\0';
+    char *body = malloc(CHAT_BODY_MAX + 2);
+    memset(body, 'x', CHAT_BODY_MAX + 1);
+    body[CHAT_BODY_MAX + 1] = '\0';
     p.body = body;
     ck_assert_ptr_nonnull(strstr(wk_api_post_invalid(&p), "16 KiB"));
     free(body);
