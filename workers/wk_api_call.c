@@ -129,25 +129,22 @@ PGresult *api_run(api_call *c, const char *step, const char *sql, int n, const c
         PGconn *pg = lane_pg(c);
         if (pg == NULL)
             return NULL;
-        PGresult *r = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(r) == expect)
+        wk_pg_error e;
+        PGresult *r = wk_pg_run(pg, sql, n, params, expect, &e);
+        if (r != NULL)
             return r;
-        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        snprintf(c->detail, sizeof c->detail, "%s: %s%s%s", step, state ? state : "", state ? " " : "",
-                 PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(pg));
+        const char *sep = e.sqlstate[0] ? " " : "";
+        /* cut to the log field: the head of a long message is kept */
+        if (snprintf(c->detail, sizeof c->detail, "%s: %s%s%s", step, e.sqlstate, sep, e.detail) < 0)
+            c->detail[0] = '\0';
         api_clean(c->detail);
-        bool broken =
-            PQstatus(pg) != CONNECTION_OK || (state && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0));
-        bool transient = state && (strcmp(state, "57014") == 0 || strcmp(state, "40001") == 0 ||
-                                   strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0);
-        PQclear(r);
-        if (broken) {
+        if (e.failure == WK_PG_GONE || e.failure == WK_PG_SHUTDOWN) {
             bool was_in_tx = l->in_tx;
             drop_pg(l);
             if (!was_in_tx && attempt == 0)
                 continue;
             api_fail(c, "unavailable", "database unavailable");
-        } else if (transient) {
+        } else if (e.failure == WK_PG_BUSY) {
             api_fail(c, "unavailable", "database busy, try again");
         } else {
             api_fail(c, "internal", "database error");
@@ -187,10 +184,8 @@ void api_rollback(api_lane *l)
     l->in_tx = false;
     if (l->pg == NULL || PQstatus(l->pg) != CONNECTION_OK)
         return;
-    PGresult *r = PQexec(l->pg, "ROLLBACK");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    if (!wk_pg_rollback(l->pg))
         drop_pg(l);
-    PQclear(r);
 }
 
 /* ------------------------------------------------------------------------------------------ */

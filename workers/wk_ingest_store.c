@@ -63,29 +63,22 @@ void wk_ingest_format_ts(char *buf, size_t size, int64_t us)
 /* The store transaction                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
-
-static int classify(PGconn *pg, PGresult *r, const char *what)
+/* What a failed statement of the store means to the ingest (wk_pg's class, the ingest's policy). */
+static int classify(PGconn *pg, const wk_pg_error *e, const char *what)
 {
     if (PQstatus(pg) != CONNECTION_OK)
         return S_LEASE_LOST;
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    const char *msg = PQresultErrorMessage(r);
-    if (state && strcmp(state, "23514") == 0 && strstr(msg, "no partition") != NULL)
+    if (strcmp(e->sqlstate, "23514") == 0 && strstr(e->detail, "no partition") != NULL)
         return S_NO_PARTITION;
-    char line[512];
-    snprintf(line, sizeof line, "%s", msg);
-    for (char *p = line; *p; p++)
-        if (*p == '\n' || *p == '"')
-            *p = ' ';
-    LOG_WARN("ingest", "event=store_failed step=%s sqlstate=%s detail=\"%s\"", what, state ? state : "", line);
+    LOG_WARN("ingest", "event=store_failed step=%s sqlstate=%s detail=\"%s\"", what, e->sqlstate, e->detail);
     /* 57P01 admin shutdown, 08xxx connection: the session (and with it the lease) is gone */
-    if (state && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 || strcmp(state, "57P05") == 0))
+    if (e->failure == WK_PG_GONE)
         return S_LEASE_LOST;
     /* only what the messages themselves cause is poison: 22 data exception (an encoding, a bad
      * value), 23 integrity constraint, 54 program limit (a row too large); anything else is the
      * database's state (53 disk full or out of memory, 40 deadlock, 25 read-only, 55, 57, 58,
      * XX) and dropping the batch for it would lose messages that a retry stores */
-    if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 || strncmp(state, "54", 2) == 0))
+    if (e->failure == WK_PG_DATA)
         return S_DATA_ERROR;
     return S_RETRY;
 }
@@ -178,18 +171,16 @@ bool wk_ingest_prepare_statements(PGconn *pg)
     return true;
 }
 
-/* Runs a prepared batch statement. A connection lost meanwhile gives an error result, which
+/* Runs a prepared batch statement: its rows, or NULL with *rc what the failure means (classify(),
+ * which logs it as step `what`). A connection lost meanwhile gives an error result, which
  * classify() turns into S_LEASE_LOST: the partition ends and the next lease prepares anew. */
-static PGresult *exec_prepared(PGconn *pg, int q, const char *const *params)
+static PGresult *run_statement(PGconn *pg, int q, const char *const *params, const char *what, int *rc)
 {
-    return PQexecPrepared(pg, statements[q].name, statements[q].nparams, params, NULL, NULL, 0);
-}
-
-static int rollback(PGconn *pg, int rc)
-{
-    PGresult *r = PQexec(pg, "ROLLBACK");
-    PQclear(r);
-    return rc;
+    wk_pg_error e;
+    PGresult *r = wk_pg_run_prepared(pg, statements[q].name, statements[q].nparams, params, PGRES_TUPLES_OK, &e);
+    if (r == NULL)
+        *rc = classify(pg, &e, what);
+    return r;
 }
 
 /* 2c. the target of every change: a stored message, not deleted, the sender's own unless a reaction */
@@ -217,14 +208,12 @@ static int store_targets(PGconn *pg, batch *b)
         return S_OK;
     }
     const char *params[] = {convs.data, seqs.data};
-    PGresult *r = exec_prepared(pg, Q_TARGETS, params);
+    int rc = S_OK;
+    PGresult *r = run_statement(pg, Q_TARGETS, params, "targets", &rc);
     chat_buf_free(&convs);
     chat_buf_free(&seqs);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        int rc = classify(pg, r, "targets");
-        PQclear(r);
+    if (r == NULL)
         return rc;
-    }
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         if (it->state != I_NEW || !chat_post_is_change(it->post->kind))
@@ -343,14 +332,12 @@ static int store_dedupe(PGconn *pg, batch *b)
     chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&cmids);
     const char *params[] = {convs.data, cmids.data};
-    PGresult *r = exec_prepared(pg, Q_DEDUPE, params);
+    int rc = S_OK;
+    PGresult *r = run_statement(pg, Q_DEDUPE, params, "dedupe", &rc);
     chat_buf_free(&convs);
     chat_buf_free(&cmids);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        int rc = classify(pg, r, "dedupe");
-        PQclear(r);
+    if (r == NULL)
         return rc;
-    }
     mark_stored(b, r); /* b->stored now */
     return S_OK;
 }
@@ -364,13 +351,11 @@ static int store_members(PGconn *pg, batch *b)
         chat_buf_pg_array_str(&convs, b->convs[i].conv);
     chat_buf_pg_array_end(&convs);
     const char *params[] = {convs.data};
-    PGresult *r = exec_prepared(pg, Q_MEMBERS, params);
+    int rc = S_OK;
+    PGresult *r = run_statement(pg, Q_MEMBERS, params, "members", &rc);
     chat_buf_free(&convs);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        int rc = classify(pg, r, "members");
-        PQclear(r);
+    if (r == NULL)
         return rc;
-    }
     for (int row = 0; row < PQntuples(r); row++) {
         members *m = wk_ingest_find_conv(b, PQgetvalue(r, row, 0));
         if (m == NULL)
@@ -496,11 +481,9 @@ static int store_write(PGconn *pg, batch *b)
             chat_buf_pg_array_end(all[k]);
             params[k] = all[k]->data;
         }
-        PGresult *r = exec_prepared(pg, Q_WRITE, params);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        PGresult *r = run_statement(pg, Q_WRITE, params, "write", &rc);
+        if (r != NULL)
             read_seqs(b, r, nnew);
-        else
-            rc = classify(pg, r, "write");
         PQclear(r);
     }
     for (int k = 0; k < WRITE_COLUMNS; k++)
@@ -513,13 +496,9 @@ static int store_write(PGconn *pg, batch *b)
 static int store_batch(committer *c, batch *b)
 {
     PGconn *pg = c->pg;
-    PGresult *r = PQexec(pg, "BEGIN");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        int rc = classify(pg, r, "begin");
-        PQclear(r);
-        return rc;
-    }
-    PQclear(r);
+    wk_pg_error e;
+    if (!wk_pg_begin(pg, &e))
+        return classify(pg, &e, "begin");
     int rc = store_dedupe(pg, b);
     if (rc == S_OK)
         rc = store_members(pg, b);
@@ -536,13 +515,11 @@ static int store_batch(committer *c, batch *b)
         rc = store_write(pg, b);
     if (rc == S_OK) {
         settle_duplicates(b);
-        r = PQexec(pg, "COMMIT");
-        if (PQresultStatus(r) != PGRES_COMMAND_OK)
-            rc = classify(pg, r, "commit");
-        PQclear(r);
+        if (!wk_pg_commit(pg, &e))
+            rc = classify(pg, &e, "commit");
     }
     if (rc != S_OK && rc != S_LEASE_LOST)
-        rollback(pg, rc);
+        wk_pg_rollback(pg);
     c->last_pg_ms = chat_mono_ms();
     return rc;
 }
