@@ -249,6 +249,47 @@ bool chat_subject_event(char *buf, size_t size, const char *conv)
     return fits(snprintf(buf, size, "chat.evt.%s", conv), size);
 }
 
+bool chat_subject_members(char *buf, size_t size, const char *conv)
+{
+    return fits(snprintf(buf, size, "chat.members.%s", conv), size);
+}
+
+bool chat_subject_in_partition(char *buf, size_t size, int partition)
+{
+    return fits(snprintf(buf, size, "chat.in.%d.>", partition), size);
+}
+
+bool chat_subject_api(char *buf, size_t size, const char *method)
+{
+    return fits(snprintf(buf, size, "%s%s", CHAT_API_PREFIX, method), size);
+}
+
+static const char *after_prefix(const char *subject, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return strncmp(subject, prefix, n) == 0 ? subject + n : NULL;
+}
+
+const char *chat_subject_typing_parse(const char *subject)
+{
+    return after_prefix(subject, "chat.typing.");
+}
+
+const char *chat_subject_members_parse(const char *subject)
+{
+    return after_prefix(subject, "chat.members.");
+}
+
+bool chat_subject_js_next(char *buf, size_t size, const char *stream, const char *consumer)
+{
+    return fits(snprintf(buf, size, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", stream, consumer), size);
+}
+
+bool chat_subject_js_info(char *buf, size_t size, const char *stream, const char *consumer)
+{
+    return fits(snprintf(buf, size, "$JS.API.CONSUMER.INFO.%s.%s", stream, consumer), size);
+}
+
 void chat_nats_shutdown(void)
 {
     if (nats_CloseAndWait(2000) == NATS_TIMEOUT) /* anything else: the library was never opened */

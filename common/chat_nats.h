@@ -51,6 +51,21 @@ bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_
 bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
 bool chat_subject_event(char *buf, size_t size, const char *conv);              /* chat.evt.<conv> */
 bool chat_subject_typing(char *buf, size_t size, const char *conv);             /* chat.typing.<conv> */
+bool chat_subject_members(char *buf, size_t size, const char *conv);            /* chat.members.<conv> */
+/* chat.in.<p>.>: every post of partition p, users' and backends', in order (a consumer's filter). */
+bool chat_subject_in_partition(char *buf, size_t size, int partition);
+bool chat_subject_api(char *buf, size_t size, const char *method); /* chat.api.v1.<method> */
+/* What follows chat.typing. (resp. chat.members.) in subject, pointing into it: the conversation
+ * of a typing notice (a membership change); NULL for any other subject. */
+const char *chat_subject_typing_parse(const char *subject);
+const char *chat_subject_members_parse(const char *subject);
+#define CHAT_SUBJECT_TYPING_ALL "chat.typing.*"   /* every conversation's typing notices */
+#define CHAT_SUBJECT_MEMBERS_ALL "chat.members.*" /* every conversation's membership changes */
+
+/* The JetStream API of a consumer: $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer> (a pull
+ * request) and $JS.API.CONSUMER.INFO.<stream>.<consumer> (its state). */
+bool chat_subject_js_next(char *buf, size_t size, const char *stream, const char *consumer);
+bool chat_subject_js_info(char *buf, size_t size, const char *stream, const char *consumer);
 
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"

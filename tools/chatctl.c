@@ -123,7 +123,7 @@ static int api_request(natsConnection *nc, const char *method, const ProtobufCMe
     uint8_t *buf = malloc(len ? len : 1);
     protobuf_c_message_pack(req, buf);
     char subject[128];
-    snprintf(subject, sizeof subject, "%s%s", CHAT_API_PREFIX, method);
+    chat_subject_api(subject, sizeof subject, method);
     natsStatus s = natsConnection_Request(out, nc, subject, buf, (int)len, timeout_ms);
     free(buf);
     if (s == NATS_OK)

@@ -111,7 +111,7 @@ static void publish_membership(api_call *c, const char *conv, const users *added
     uint8_t *ebuf = malloc(elen ? elen : 1);
     chat__v1__membership_event__pack(&ev, ebuf);
     char subject[128];
-    snprintf(subject, sizeof subject, "chat.members.%s", conv);
+    chat_subject_members(subject, sizeof subject, conv);
     natsConnection_Publish(nc, subject, ebuf, (int)elen);
 
     chat_subject_event(subject, sizeof subject, conv);

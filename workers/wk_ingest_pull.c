@@ -60,7 +60,7 @@ static chat_status setup_consumer(partition *pt)
     snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
     snprintf(pt->ack_key, sizeof pt->ack_key, ".%s.", pt->consumer);
     char filter[64];
-    snprintf(filter, sizeof filter, "chat.in.%d.>", pt->index); /* users' and backends' posts, in order */
+    chat_subject_in_partition(filter, sizeof filter, pt->index); /* users' and backends' posts, in order */
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
     cc.Durable = pt->consumer;
@@ -78,8 +78,7 @@ static chat_status setup_consumer(partition *pt)
                  natsStatus_GetText(s), (int)jerr);
         return CHAT_ERR_UNAVAILABLE;
     }
-    snprintf(pt->next_subject, sizeof pt->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", CHAT_STREAM_IN,
-             pt->consumer);
+    chat_subject_js_next(pt->next_subject, sizeof pt->next_subject, CHAT_STREAM_IN, pt->consumer);
     snprintf(pt->reply, sizeof pt->reply, "%s.%d.%lld", pt->com->inbox, pt->index, (long long)pt->epoch);
     return CHAT_OK;
 }
@@ -97,7 +96,7 @@ static void ask_lag(partition *pt, natsConnection *nc)
         return;
     pt->lag_at_ms = now;
     char subject[160], reply[112];
-    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.INFO.%s.%s", CHAT_STREAM_IN, pt->consumer);
+    chat_subject_js_info(subject, sizeof subject, CHAT_STREAM_IN, pt->consumer);
     snprintf(reply, sizeof reply, "%s.lag", pt->reply);
     natsConnection_PublishRequest(nc, subject, reply, NULL, 0);
 }

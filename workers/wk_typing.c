@@ -103,7 +103,9 @@ static void on_typing(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     (void)sub;
     wk_typing *t = closure;
     const char *subject = natsMsg_GetSubject(msg);
-    const char *conv = strncmp(subject, "chat.typing.", 12) == 0 ? subject + 12 : "";
+    const char *conv = chat_subject_typing_parse(subject);
+    if (conv == NULL)
+        conv = "";
     Chat__V1__Typing *in = chat__v1__typing__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                     (const uint8_t *)natsMsg_GetData(msg));
     /* the subject names the conversation; a typing that says otherwise is refused, not believed */
@@ -143,7 +145,7 @@ chat_status wk_typing_start(wk_app *app, wk_typing **out)
     t->m_refused = chat_metrics_counter(app->metrics, "chat_typing_total", "result=\"refused\"",
                                         "Typing notices from gateways, relayed to the members or refused.");
     chat_status st = chat_nats_check(
-        natsConnection_QueueSubscribe(&t->sub, app->nc, "chat.typing.*", TYPING_QUEUE, on_typing, t), "typing",
+        natsConnection_QueueSubscribe(&t->sub, app->nc, CHAT_SUBJECT_TYPING_ALL, TYPING_QUEUE, on_typing, t), "typing",
         "subscribe");
     if (st == CHAT_OK)
         st = chat_nats_check(natsSubscription_SetOnCompleteCB(t->sub, on_complete, t), "typing", "on_complete");

@@ -1,4 +1,5 @@
-/* NATS helpers: subjects are built or refused whole (credentials in URLs: test_chat_redact.c). */
+/* NATS helpers: subjects are built or refused whole, and parsed back (credentials in URLs:
+ * test_chat_redact.c). */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,11 +21,58 @@ START_TEST(subjects)
 }
 END_TEST
 
+START_TEST(more_subjects)
+{
+    char buf[64];
+    ck_assert(chat_subject_in_backend(buf, sizeof buf, 0, "c"));
+    ck_assert_str_eq(buf, "chat.in.0.c.backend");
+    ck_assert(chat_subject_typing(buf, sizeof buf, "c"));
+    ck_assert_str_eq(buf, "chat.typing.c");
+    ck_assert(chat_subject_members(buf, sizeof buf, "conv-1"));
+    ck_assert_str_eq(buf, "chat.members.conv-1");
+    ck_assert(chat_subject_in_partition(buf, sizeof buf, 17));
+    ck_assert_str_eq(buf, "chat.in.17.>");
+    ck_assert(chat_subject_api(buf, sizeof buf, "gw.post_status"));
+    ck_assert_str_eq(buf, "chat.api.v1.gw.post_status");
+    ck_assert(chat_subject_js_next(buf, sizeof buf, CHAT_STREAM_IN, "ingest-3-7"));
+    ck_assert_str_eq(buf, "$JS.API.CONSUMER.MSG.NEXT.CHAT_IN.ingest-3-7");
+    ck_assert(chat_subject_js_info(buf, sizeof buf, CHAT_STREAM_EVENTS, "notify"));
+    ck_assert_str_eq(buf, "$JS.API.CONSUMER.INFO.CHAT_EVENTS.notify");
+    char small[20];
+    ck_assert(!chat_subject_members(small, sizeof small, "conv-0123456789"));
+    ck_assert(!chat_subject_js_next(small, sizeof small, "S", "c"));
+}
+END_TEST
+
+START_TEST(parse_subjects)
+{
+    ck_assert_str_eq(chat_subject_typing_parse("chat.typing.conv-1"), "conv-1");
+    ck_assert_str_eq(chat_subject_typing_parse("chat.typing."), "");
+    ck_assert_ptr_null(chat_subject_typing_parse("chat.typin.c"));
+    ck_assert_ptr_null(chat_subject_typing_parse("chat.members.c"));
+    ck_assert_str_eq(chat_subject_members_parse("chat.members.c"), "c");
+    ck_assert_ptr_null(chat_subject_members_parse("chat.typing.c"));
+
+    const char *conv = NULL;
+    size_t n = 0;
+    bool backend = true;
+    ck_assert(chat_subject_in_parse("chat.in.2.conv1", &conv, &n, &backend));
+    ck_assert(n == 5 && strncmp(conv, "conv1", n) == 0 && !backend);
+    ck_assert(chat_subject_in_parse("chat.in.2.conv1.backend", &conv, &n, &backend));
+    ck_assert(n == 5 && strncmp(conv, "conv1", n) == 0 && backend);
+    const char *bad[] = {"chat.in.x.c", "chat.in.2.", "chat.in..c", "chat.in.2.c.other", "chat.evt.c", NULL};
+    for (int i = 0; bad[i]; i++)
+        ck_assert_msg(!chat_subject_in_parse(bad[i], &conv, &n, &backend), "parsed %s", bad[i]);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("chat_nats");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, subjects);
+    tcase_add_test(tc, more_subjects);
+    tcase_add_test(tc, parse_subjects);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
