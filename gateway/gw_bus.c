@@ -10,7 +10,6 @@
 #include "chat_log.h"
 #include "chat_nats.h"
 #include "chat_time.h"
-#include "gw_session.h"
 
 typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS, IN_PRESENCE, IN_CALL } in_kind;
 
@@ -33,6 +32,7 @@ typedef struct inbound {
 
 struct gw_bus {
     gw_server *srv;
+    gw_bus_handlers on; /* read-only after gw_bus_create (wake runs on nats.c's threads) */
     pthread_mutex_t lock;
     inbound *head, *tail; /* under lock */
     natsSubscription *reply_sub, *members_sub;
@@ -98,7 +98,7 @@ static void push_item(gw_bus *bus, in_kind kind, natsMsg *msg, gw_bus_fn fn, voi
     bus->tail = n;
     pthread_mutex_unlock(&bus->lock);
     if (was_empty)
-        gw_server_wake(bus->srv);
+        bus->on.wake(bus->srv);
 }
 
 static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
@@ -164,17 +164,16 @@ static void check_reconnected(gw_server *srv)
     if (n == bus->reconnects)
         return;
     bus->reconnects = n;
-    size_t closed = gw_session_restart_all(srv);
-    LOG_WARN("gateway", "event=nats_reconnect_resync reconnects=%" PRIu64 " sessions_closed=%zu close_code=%d", n,
-             closed, GW_CLOSE_SERVICE_RESTART);
+    bus->on.on_reconnect(srv, n);
 }
 
-chat_status gw_bus_create(gw_server *srv, gw_bus **out)
+chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bus **out)
 {
     gw_bus *bus = calloc(1, sizeof *bus);
     if (bus == NULL)
         return CHAT_ERR_NOMEM;
     bus->srv = srv;
+    bus->on = *handlers;
     pthread_mutex_init(&bus->lock, NULL);
     bus->pending = chat_map_create();
     bus->inflight = chat_map_create();
@@ -265,14 +264,14 @@ static void link_request(gw_bus *bus, gw_request *r)
     bus->newest = r;
 }
 
-gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t session, int timeout_ms)
+gw_request *gw_bus_request_new(gw_server *srv, gw_request_reply_fn on_reply, uint64_t session, int timeout_ms)
 {
     gw_bus *bus = srv->bus;
     gw_request *r = calloc(1, sizeof *r);
     if (r == NULL)
         abort();
     r->id = ++bus->next_request;
-    r->kind = kind;
+    r->on_reply = on_reply;
     r->session = session;
     r->deadline_ms = chat_mono_ns() / 1000000 + timeout_ms;
     char key[24];
@@ -280,6 +279,13 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t sessio
     chat_map_put(bus->pending, key, r, NULL);
     link_request(bus, r);
     return r;
+}
+
+bool gw_bus_no_responders(natsMsg *msg)
+{
+    const char *status = NULL;
+    return natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK &&
+           strcmp(status, "503") == 0;
 }
 
 size_t gw_bus_pending(gw_server *srv)
@@ -323,7 +329,7 @@ static void handle_reply(gw_server *srv, natsMsg *msg)
     gw_request *req = chat_map_get(srv->bus->pending, subject + plen);
     if (req == NULL)
         return; /* timed out already */
-    if (!gw_session_on_reply(srv, req, msg))
+    if (!req->on_reply(srv, req, msg))
         gw_bus_request_free(srv, req);
 }
 
@@ -342,14 +348,14 @@ void gw_bus_drain(gw_server *srv)
         case IN_DELIVERY: {
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.deliver.u.", 15) == 0)
-                gw_session_on_delivery(srv, subject + 15, n->msg);
+                bus->on.on_delivery(srv, subject + 15, n->msg);
             break;
         }
         case IN_REPLY:
             handle_reply(srv, n->msg);
             break;
         case IN_PRESENCE:
-            gw_session_on_presence_change(srv, n->msg);
+            bus->on.on_presence(srv, n->msg);
             break;
         case IN_CALL:
             n->fn(srv, n->data);
@@ -357,7 +363,7 @@ void gw_bus_drain(gw_server *srv)
         case IN_MEMBERS: {
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.members.", 13) == 0)
-                gw_session_on_members_changed(srv, subject + 13);
+                bus->on.on_members(srv, subject + 13);
             break;
         }
         }
@@ -488,10 +494,10 @@ void gw_bus_tick(gw_server *srv)
             r->retry_at_ms = 0;
             unlink_request(bus, r);
             link_request(bus, r);
-            if (!gw_session_on_retry(srv, r))
+            if (r->on_retry == NULL || !r->on_retry(srv, r))
                 gw_bus_request_free(srv, r);
         } else if (r->retry_at_ms == 0 && r->deadline_ms <= now) {
-            if (!gw_session_on_reply(srv, r, NULL))
+            if (!r->on_reply(srv, r, NULL))
                 gw_bus_request_free(srv, r);
         }
     }

@@ -16,7 +16,6 @@
 void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read);
 /* Sends what gathered; called from the tick. */
 void gw_cursor_flush(gw_server *srv);
-bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
 /* Frees what is still gathered (at stop). */
 void gw_cursor_free_all(gw_server *srv);
 

@@ -31,6 +31,7 @@
 #include "gw_presence.h"
 #include "gw_revoke.h"
 #include "gw_session.h"
+#include "gw_sync.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
 
@@ -489,6 +490,24 @@ static void find_web_dir(gw_server *srv)
     srv->web_dir[0] = '\0';
 }
 
+/* The one place that wires the gateway's modules together: the bus and the sync call back only
+ * through these (pgbouncer's sbuf_init(&client->sbuf, client_proto)), so no two modules call
+ * each other in a circle. */
+static const gw_bus_handlers bus_handlers = {
+    .wake = gw_server_wake,
+    .on_delivery = gw_session_on_delivery,
+    .on_members = gw_session_on_members_changed,
+    .on_presence = gw_session_on_presence_change,
+    .on_reconnect = gw_session_restart_all,
+};
+
+static const gw_sync_port sync_port = {
+    .find = gw_session_find,
+    .send_json = gw_session_send_json,
+    .send_error = gw_session_send_error,
+    .send_event = gw_session_send_event,
+};
+
 chat_status gw_server_create(gw_server *srv)
 {
     find_web_dir(srv);
@@ -541,7 +560,8 @@ chat_status gw_server_create(gw_server *srv)
     pthread_mutex_lock(&srv->context_lock);
     srv->context = context;
     pthread_mutex_unlock(&srv->context_lock);
-    if (gw_bus_create(srv, &srv->bus) != CHAT_OK)
+    srv->sync_port = &sync_port;
+    if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
         return CHAT_ERR_INTERNAL;

@@ -354,6 +354,14 @@ void gw_session_on_members_changed(gw_server *srv, const char *conv)
 /* The send path                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The answers of the send path's requests: each request carries its own (gw_request.on_reply). */
+static bool on_publish_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_status_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_status_retry(gw_server *srv, gw_request *req);
+static bool on_member_check_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_members_list_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static void lookup_done(gw_server *srv, uint64_t session);
+
 /* The send of session (by id) is answered or failed: it leaves admission control's count. */
 static void inflight_done(gw_server *srv, uint64_t session, const char *conv, const char *cmid)
 {
@@ -374,7 +382,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
         send_retry_later(srv, s, cmid, retry_after_ms);
         return;
     }
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_PUBLISH, session, REQUEST_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_publish_reply, session, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid);
     snprintf(req->user, sizeof req->user, "%s", s ? gw_session_user(s) : ""); /* for post.status */
@@ -578,7 +586,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     rq.user = (char *)gw_session_user(s);
     uint8_t buf[256];
     size_t rlen = chat__v1__member_check_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBER_CHECK, s->id, REQUEST_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_member_check_reply, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->cmid, sizeof req->cmid, "%s", cmid ? cmid : "");
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
@@ -609,7 +617,8 @@ static bool ask_post_status(gw_server *srv, gw_request *req)
     rq.user = req->user;
     uint8_t buf[256];
     size_t len = chat__v1__post_status_request__pack(&rq, buf);
-    req->kind = GW_REQ_POST_STATUS;
+    req->on_reply = on_status_reply;
+    req->on_retry = on_status_retry;
     req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
     return gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
@@ -631,7 +640,8 @@ static bool publish_again(gw_server *srv, gw_request *req)
     chat_subject_in(subject, sizeof subject, (int)chat_partition_of(req->conv, (uint32_t)srv->cfg->partitions),
                     req->conv);
     snprintf(msg_id, sizeof msg_id, "%s/%s/%s-%" PRIu64, req->conv, req->cmid, srv->gateway_id, req->id);
-    req->kind = GW_REQ_PUBLISH;
+    req->on_reply = on_publish_reply; /* its PubAck comes to this request again */
+    req->on_retry = NULL;
     req->republished = true;
     req->attempts = 0;
     req->deadline_ms = chat_mono_ns() / 1000000 + REQUEST_TIMEOUT_MS;
@@ -653,17 +663,6 @@ static void send_ack(gw_server *srv, gw_session *s, const char *conv, const char
     gw_session_send_json(srv, s, f);
 }
 
-static bool no_responders(natsMsg *msg)
-{
-    const char *status = NULL;
-    return natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK &&
-           strcmp(status, "503") == 0;
-}
-
-static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg);
-static void lookup_done(gw_server *srv, uint64_t session);
-static bool on_post_reply(gw_server *srv, gw_request *req, natsMsg *msg);
-
 /* A send polling post.status is done (acked, failed, or its session gone). */
 static void status_chain_end(gw_server *srv, gw_request *req)
 {
@@ -676,7 +675,7 @@ static void status_chain_end(gw_server *srv, gw_request *req)
 }
 
 /* The first post.status of a duplicate send: refused at once past GW_STATUS_CHAINS of the
- * connection; past its poll rate it waits its turn (asked from gw_session_on_retry). */
+ * connection; past its poll rate it waits its turn (asked from on_status_retry). */
 static bool start_post_status(gw_server *srv, gw_session *s, gw_request *req)
 {
     if (!req->status_chain && !gw_budget_status_start(&s->budget)) {
@@ -689,7 +688,8 @@ static bool start_post_status(gw_server *srv, gw_session *s, gw_request *req)
     }
     req->status_chain = true;
     if (!gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000)) {
-        req->kind = GW_REQ_POST_STATUS;
+        req->on_reply = on_status_reply;
+        req->on_retry = on_status_retry;
         req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
         return true;
     }
@@ -701,119 +701,110 @@ static bool start_post_status(gw_server *srv, gw_session *s, gw_request *req)
     return true;
 }
 
-bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+/* The sender's session of a publish or post.status answer, or NULL: the client left (its send
+ * leaves admission control's count; it retries with the same cmid when it comes back). */
+static gw_session *sender_of(gw_server *srv, gw_request *req)
 {
-    bool keep = on_post_reply(srv, req, msg);
+    gw_session *s = gw_session_find(srv, req->session);
+    if (s == NULL)
+        inflight_done(srv, req->session, req->conv, req->cmid);
+    return s;
+}
+
+/* The broker's PubAck of a send (or its timeout). */
+static bool publish_answered(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    gw_session *s = sender_of(srv, req);
+    if (s == NULL)
+        return false;
+    if (msg == NULL || gw_bus_no_responders(msg)) {
+        inflight_done(srv, req->session, req->conv, req->cmid);
+        gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
+        return false;
+    }
+    chat_histogram_observe_us(srv->m.puback, (chat_mono_ns() - req->sent_ns) / 1000);
+    json_t *ack = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    bool error = ack == NULL || json_object_get(ack, "error") != NULL;
+    bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
+    long long stream_seq = ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL;
+    LOG_DEBUG("gateway", "event=puback session=%s-%" PRIu64 " conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
+              srv->gateway_id, s->id, req->conv, req->cmid, error, duplicate, stream_seq);
+    json_decref(ack);
+    req->staged_dup = duplicate && stream_seq == 0; /* in flight, or lost: publish_again */
+    if (error) {
+        inflight_done(srv, req->session, req->conv, req->cmid);
+        gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
+        return false;
+    }
+    if (!duplicate)
+        return false; /* the ack comes with the committed event */
+    /* a retry the broker already has: ask the api role for the stored seq and id */
+    return start_post_status(srv, s, req);
+}
+
+/* post.status's answer about a duplicate send (or its timeout). */
+static bool status_answered(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    gw_session *s = sender_of(srv, req);
+    if (s == NULL)
+        return false;
+    Chat__V1__PostReply *r = NULL;
+    if (msg && !gw_bus_no_responders(msg))
+        r = chat__v1__post_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                         (const uint8_t *)natsMsg_GetData(msg));
+    const char *code = r == NULL ? "unavailable" : r->status ? r->status->code : "";
+    if (r && code[0] == '\0') {
+        send_ack(srv, s, req->conv, req->cmid, r->seq, r->id);
+        chat__v1__post_reply__free_unpacked(r, NULL);
+        return false;
+    }
+    if (r && (strcmp(code, "not_member") == 0 || strcmp(code, "bad_request") == 0)) {
+        /* not a member (told nothing else), or the cmid is another sender's message */
+        inflight_done(srv, req->session, req->conv, req->cmid);
+        if (strcmp(code, "not_member") == 0)
+            membership_put(srv, req->conv, req->user, false);
+        gw_session_send_error(srv, s, req->cmid, code,
+                              strcmp(code, "not_member") == 0 ? "not a member of this conversation"
+                                                              : r->status->message);
+        chat__v1__post_reply__free_unpacked(r, NULL);
+        return false;
+    }
+    bool not_yet = r && strcmp(code, "not_found") == 0;
+    if (r)
+        chat__v1__post_reply__free_unpacked(r, NULL);
+    if (not_yet && ++req->attempts < POST_STATUS_TRIES) {
+        /* stored by the ingest any moment now: ask again shortly */
+        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
+        return true;
+    }
+    if (not_yet && req->staged_dup && !req->republished && req->payload && publish_again(srv, req))
+        return true; /* its PubAck comes to this request again */
+    inflight_done(srv, req->session, req->conv, req->cmid);
+    gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
+    return false;
+}
+
+/* A send's chain (publish, post.status, publish again) ends when its request is let go. */
+static bool on_publish_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    bool keep = publish_answered(srv, req, msg);
     if (!keep)
         status_chain_end(srv, req);
     return keep;
 }
 
-static bool on_post_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+static bool on_status_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
-    switch (req->kind) {
-    case GW_REQ_SYNC:
-    case GW_REQ_HISTORY:
-    case GW_REQ_CONV_LIST:
-        return gw_sync_on_reply(srv, req, msg);
-    case GW_REQ_CURSOR:
-        return gw_cursor_on_reply(srv, req, msg && !no_responders(msg) ? msg : NULL);
-    case GW_REQ_MEMBERS_LIST:
-        return on_members_list(srv, req, msg && !no_responders(msg) ? msg : NULL);
-    default:
-        break;
-    }
-    if (req->kind == GW_REQ_MEMBER_CHECK) {
-        Chat__V1__MemberCheckReply *r = NULL;
-        if (msg && !no_responders(msg))
-            r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                     (const uint8_t *)natsMsg_GetData(msg));
-        int member = r == NULL || (r->status && r->status->code[0]) ? -1 : r->member ? 1 : 0;
-        if (r)
-            chat__v1__member_check_reply__free_unpacked(r, NULL);
-        if (member >= 0)
-            membership_put(srv, req->conv, req->user, member == 1);
-        lookup_done(srv, req->session);
-        waiting_release(srv, req->conv, req->user, member);
-        return false;
-    }
-    gw_session *s = gw_session_find(srv, req->session);
-    if (s == NULL) {
-        inflight_done(srv, req->session, req->conv, req->cmid);
-        return false; /* the client left; it retries with the same cmid when it comes back */
-    }
-    switch (req->kind) {
-    case GW_REQ_PUBLISH: {
-        if (msg == NULL || no_responders(msg)) {
-            inflight_done(srv, req->session, req->conv, req->cmid);
-            gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker did not accept the message; retry with the same cmid");
-            return false;
-        }
-        chat_histogram_observe_us(srv->m.puback, (chat_mono_ns() - req->sent_ns) / 1000);
-        json_t *ack = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
-        bool error = ack == NULL || json_object_get(ack, "error") != NULL;
-        bool duplicate = json_is_true(json_object_get(ack, "duplicate"));
-        long long stream_seq = ack ? (long long)json_integer_value(json_object_get(ack, "seq")) : -1LL;
-        LOG_DEBUG("gateway", "event=puback session=%s-%" PRIu64 " conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
-                  srv->gateway_id, s->id, req->conv, req->cmid, error, duplicate, stream_seq);
-        json_decref(ack);
-        req->staged_dup = duplicate && stream_seq == 0; /* in flight, or lost: publish_again */
-        if (error) {
-            inflight_done(srv, req->session, req->conv, req->cmid);
-            gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
-            return false;
-        }
-        if (!duplicate)
-            return false; /* the ack comes with the committed event */
-        /* a retry the broker already has: ask the api role for the stored seq and id */
-        return start_post_status(srv, s, req);
-    }
-    default:
-        return false; /* handled above */
-    case GW_REQ_POST_STATUS: {
-        Chat__V1__PostReply *r = NULL;
-        if (msg && !no_responders(msg))
-            r = chat__v1__post_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                             (const uint8_t *)natsMsg_GetData(msg));
-        const char *code = r == NULL ? "unavailable" : r->status ? r->status->code : "";
-        if (r && code[0] == '\0') {
-            send_ack(srv, s, req->conv, req->cmid, r->seq, r->id);
-            chat__v1__post_reply__free_unpacked(r, NULL);
-            return false;
-        }
-        if (r && (strcmp(code, "not_member") == 0 || strcmp(code, "bad_request") == 0)) {
-            /* not a member (told nothing else), or the cmid is another sender's message */
-            inflight_done(srv, req->session, req->conv, req->cmid);
-            if (strcmp(code, "not_member") == 0)
-                membership_put(srv, req->conv, req->user, false);
-            gw_session_send_error(srv, s, req->cmid, code,
-                                  strcmp(code, "not_member") == 0 ? "not a member of this conversation"
-                                                                  : r->status->message);
-            chat__v1__post_reply__free_unpacked(r, NULL);
-            return false;
-        }
-        bool not_yet = r && strcmp(code, "not_found") == 0;
-        if (r)
-            chat__v1__post_reply__free_unpacked(r, NULL);
-        if (not_yet && ++req->attempts < POST_STATUS_TRIES) {
-            /* stored by the ingest any moment now: ask again shortly */
-            req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
-            return true;
-        }
-        if (not_yet && req->staged_dup && !req->republished && req->payload && publish_again(srv, req))
-            return true; /* its PubAck comes to this request again */
-        inflight_done(srv, req->session, req->conv, req->cmid);
-        gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");
-        return false;
-    }
-    }
-    return false;
+    bool keep = status_answered(srv, req, msg);
+    if (!keep)
+        status_chain_end(srv, req);
+    return keep;
 }
 
-bool gw_session_on_retry(gw_server *srv, gw_request *req)
+static bool on_status_retry(gw_server *srv, gw_request *req)
 {
     gw_session *s = gw_session_find(srv, req->session);
-    bool keep = s && req->kind == GW_REQ_POST_STATUS;
+    bool keep = s != NULL;
     if (keep && !gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000))
         req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS; /* the connection's polls are spent: later */
     else if (keep)
@@ -821,6 +812,23 @@ bool gw_session_on_retry(gw_server *srv, gw_request *req)
     if (!keep)
         status_chain_end(srv, req);
     return keep;
+}
+
+/* members.check's answer (or its timeout): caches it and releases the actions waiting for it. */
+static bool on_member_check_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    Chat__V1__MemberCheckReply *r = NULL;
+    if (msg && !gw_bus_no_responders(msg))
+        r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                 (const uint8_t *)natsMsg_GetData(msg));
+    int member = r == NULL || (r->status && r->status->code[0]) ? -1 : r->member ? 1 : 0;
+    if (r)
+        chat__v1__member_check_reply__free_unpacked(r, NULL);
+    if (member >= 0)
+        membership_put(srv, req->conv, req->user, member == 1);
+    lookup_done(srv, req->session);
+    waiting_release(srv, req->conv, req->user, member);
+    return false;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1016,7 +1024,7 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
     rq.user = (char *)gw_session_user(s);
     uint8_t buf[256]; /* two ids of at most 64 bytes and their tags */
     size_t len = chat__v1__members_list_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_MEMBERS_LIST, s->id, REQUEST_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_members_list_reply, s->id, REQUEST_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", conv);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "members.list", buf, len, NULL) != CHAT_OK) {
@@ -1033,8 +1041,11 @@ static void lookup_done(gw_server *srv, uint64_t session)
         gw_budget_lookup_done(s->budget);
 }
 
-static bool on_members_list(gw_server *srv, gw_request *req, natsMsg *msg)
+/* members.list's answer (or its timeout), for typing fanout. */
+static bool on_members_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    if (msg && gw_bus_no_responders(msg))
+        msg = NULL;
     lookup_done(srv, req->session);
     Chat__V1__MembersListReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
@@ -1139,6 +1150,8 @@ static void unwatch_all(gw_server *srv, gw_session *s)
     s->nwatching = 0;
 }
 
+static void presence_answered(gw_server *srv, void *data);
+
 static void handle_presence(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     if (!gw_budget_presence(&s->budget, chat_mono_ns() / 1000000)) {
@@ -1151,7 +1164,7 @@ static void handle_presence(gw_server *srv, gw_session *s, const gw_inframe *f)
         ids[i] = json_string_value(json_array_get(f->users, i));
     for (size_t i = 0; i < n; i++)
         watch(srv, s, ids[i]);
-    gw_presence_query(srv->presence, s->id, ids, (int)n);
+    gw_presence_query(srv->presence, s->id, ids, (int)n, presence_answered);
 }
 
 static json_t *presence_json(bool online, int64_t last_seen)
@@ -1161,7 +1174,8 @@ static json_t *presence_json(bool online, int64_t last_seen)
     return j;
 }
 
-void gw_session_on_presence(gw_server *srv, void *data)
+/* A presence query's answer (gw_presence_answer *, freed here), from the bus. */
+static void presence_answered(gw_server *srv, void *data)
 {
     gw_presence_answer *a = data;
     gw_session *s = gw_session_find(srv, a->session);
@@ -1403,11 +1417,12 @@ void gw_session_close_all(gw_server *srv)
     each_session(srv, close_with, &code);
 }
 
-size_t gw_session_restart_all(gw_server *srv)
+void gw_session_restart_all(gw_server *srv, uint64_t reconnects)
 {
     int code = GW_CLOSE_SERVICE_RESTART;
     each_session(srv, close_with, &code);
-    return srv->nsessions;
+    LOG_WARN("gateway", "event=nats_reconnect_resync reconnects=%" PRIu64 " sessions_closed=%zu close_code=%d",
+             reconnects, srv->nsessions, GW_CLOSE_SERVICE_RESTART);
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)

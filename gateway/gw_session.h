@@ -119,10 +119,11 @@ void gw_session_trim_caches(gw_server *srv);
 void gw_session_free_caches(gw_server *srv);
 /* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
 void gw_session_close_all(gw_server *srv);
-/* The gateway's NATS connection came back after a loss: deliveries published meanwhile (and until
- * its subscriptions were known again) went nowhere, so close every session with 1012 (service
- * restart); clients reconnect and sync from their cursors. Returns the sessions closed. */
-size_t gw_session_restart_all(gw_server *srv);
+/* The gateway's NATS connection came back after a loss (reconnects: nats.c's count of new
+ * sockets): deliveries published meanwhile (and until its subscriptions were known again) went
+ * nowhere, so close every session with 1012 (service restart); clients reconnect and sync from
+ * their cursors. */
+void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
 
 /* user: the token's checked user id. */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
@@ -133,10 +134,7 @@ void gw_session_closed(gw_server *srv, gw_session *s);
 
 /* From the bus (lws thread). msg is borrowed. */
 void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg);
-/* msg NULL: the request timed out. The request is freed by the caller unless retried. */
-bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
-/* Presence: a query answer (gw_presence_answer *, freed here) and a change on chat.presence.<user>. */
-void gw_session_on_presence(gw_server *srv, void *answer);
+/* A presence change on chat.presence.<user>, for the sessions watching the user. msg is borrowed. */
 void gw_session_on_presence_change(gw_server *srv, natsMsg *msg);
 
 /* Shared with gw_sync.c and gw_cursor.c (lws thread). */
@@ -149,8 +147,7 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
 /* An event of a sync page: paced by the sync, so only the grace rule closes a slow reader. */
 void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e);
 
-/* A request waiting for retry_at_ms is due: send it again. false: free it. */
-bool gw_session_on_retry(gw_server *srv, gw_request *req);
+/* chat.members.<conv>: the conversation's members changed (its cached membership goes). */
 void gw_session_on_members_changed(gw_server *srv, const char *conv);
 
 /* A revocation arrived (gw_revoke.c): closes with GW_CLOSE_TOKEN_REVOKED the sessions of user whose

@@ -22,9 +22,29 @@ static size_t pause_bytes(const gw_server *srv)
     return half < GW_SYNC_PAUSE_BYTES ? half : GW_SYNC_PAUSE_BYTES;
 }
 
+/* The asking session of a sync, history or conversations reply, or NULL (it left: the request is
+ * let go). *msg becomes NULL when it is the broker's status without data (no responders: the api
+ * role is down), as for a timeout. */
+static gw_session *asker_of(gw_server *srv, gw_request *req, natsMsg **msg)
+{
+    gw_session *s = srv->sync_port->find(srv, req->session);
+    if (s == NULL)
+        return NULL;
+    if (*msg) {
+        const char *status = NULL;
+        if (natsMsg_GetDataLength(*msg) == 0 && natsMsgHeader_Get(*msg, "Status", &status) == NATS_OK)
+            *msg = NULL; /* no responders: the api role is down */
+    }
+    return s;
+}
+
+static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_history_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+
 static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
 {
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_sync_reply, s->id, SYNC_TIMEOUT_MS);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     bool ok = gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "sync", packed, len, NULL) == CHAT_OK;
     if (!ok)
@@ -54,7 +74,7 @@ static uint8_t *pack_sync(const gw_server *srv, const char *user, Chat__V1__Sync
 void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     if (s->syncing) {
-        gw_session_send_error(srv, s, NULL, "bad_request", "a sync is already running");
+        srv->sync_port->send_error(srv, s, NULL, "bad_request", "a sync is already running");
         return;
     }
     size_t n = f->cursors ? json_object_size(f->cursors) : 0;
@@ -79,7 +99,7 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     s->syncing = true;
     if (!send_page(srv, s, packed, len)) {
         s->syncing = false;
-        gw_session_send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
+        srv->sync_port->send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
     }
 }
 
@@ -88,12 +108,16 @@ static void sync_failed(gw_server *srv, gw_session *s, const char *code)
     s->syncing = false;
     free(s->sync_next);
     s->sync_next = NULL;
-    gw_session_send_error(srv, s, NULL, strcmp(code, "not_member") == 0 ? code : "unavailable",
+    srv->sync_port->send_error(srv, s, NULL, strcmp(code, "not_member") == 0 ? code : "unavailable",
                           "sync stopped; send it again with your cursors");
 }
 
-static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+/* One page of a sync (or its timeout): its events, then the next page or synced. */
+static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__SyncReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__sync_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
@@ -106,13 +130,13 @@ static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
     for (size_t i = 0; i < r->n_not_member; i++) {
         json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "code", "not_member", "message",
                               "not a member of this conversation", "conv", r->not_member[i]);
-        gw_session_send_json(srv, s, e);
+        srv->sync_port->send_json(srv, s, e);
     }
     for (size_t i = 0; i < r->n_events; i++)
-        gw_session_send_event(srv, s, r->events[i]);
+        srv->sync_port->send_event(srv, s, r->events[i]);
     if (r->n_next == 0) {
         s->syncing = false;
-        gw_session_send_json(srv, s, json_pack("{s:s}", "type", "synced"));
+        srv->sync_port->send_json(srv, s, json_pack("{s:s}", "type", "synced"));
     } else {
         size_t len;
         uint8_t *packed = pack_sync(srv, gw_session_user(s), r->next, r->n_next, true, &len);
@@ -157,19 +181,22 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     rq.limit = f->limit;
     uint8_t buf[256];
     size_t len = chat__v1__history_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_HISTORY, s->id, HISTORY_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_history_reply, s->id, HISTORY_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", f->conv);
     char *ref_text = f->ref ? json_dumps(f->ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     snprintf(req->ref, sizeof req->ref, "%s", ref_text ? ref_text : "");
     free(ref_text);
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "history", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        gw_session_send_error(srv, s, NULL, "unavailable", "history cannot be read now");
+        srv->sync_port->send_error(srv, s, NULL, "unavailable", "history cannot be read now");
     }
 }
 
-static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, natsMsg *msg)
+static bool on_history_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__HistoryReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__history_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
@@ -191,7 +218,7 @@ static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, nat
         json_object_set_new(f, "ref", ref);
     if (r)
         chat__v1__history_reply__free_unpacked(r, NULL);
-    gw_session_send_json(srv, s, f);
+    srv->sync_port->send_json(srv, s, f);
     return false;
 }
 
@@ -201,15 +228,18 @@ void gw_conversations_handle(gw_server *srv, gw_session *s)
     rq.user = (char *)gw_session_user(s);
     uint8_t buf[128];
     size_t len = chat__v1__conv_list_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_CONV_LIST, s->id, HISTORY_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_conv_list_reply, s->id, HISTORY_TIMEOUT_MS);
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+        srv->sync_port->send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
     }
 }
 
-static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__ConvListReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__conv_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
@@ -217,7 +247,7 @@ static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
     if (r == NULL || (r->status && r->status->code[0])) {
         if (r)
             chat__v1__conv_list_reply__free_unpacked(r, NULL);
-        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+        srv->sync_port->send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
         return false;
     }
     json_t *list = json_array();
@@ -229,21 +259,6 @@ static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
                                               (json_int_t)(c->last_seq > c->read ? c->last_seq - c->read : 0)));
     }
     chat__v1__conv_list_reply__free_unpacked(r, NULL);
-    gw_session_send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
+    srv->sync_port->send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
     return false;
-}
-
-bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
-{
-    gw_session *s = gw_session_find(srv, req->session);
-    if (s == NULL)
-        return false;
-    if (msg) {
-        const char *status = NULL;
-        if (natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK)
-            msg = NULL; /* no responders: the api role is down */
-    }
-    if (req->kind == GW_REQ_CONV_LIST)
-        return on_conv_list_reply(srv, s, msg);
-    return req->kind == GW_REQ_SYNC ? on_sync_reply(srv, s, msg) : on_history_reply(srv, s, req, msg);
 }
