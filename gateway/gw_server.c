@@ -28,6 +28,7 @@
 #include "chat_time.h"
 #include "gw_bus.h"
 #include "gw_cursor.h"
+#include "gw_membership.h"
 #include "gw_presence.h"
 #include "gw_revoke.h"
 #include "gw_session.h"
@@ -59,7 +60,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     if (srv->ticks % 10 == 0)
         gw_session_sweep(srv); /* every second */
     if (srv->ticks % 100 == 0) {
-        gw_session_trim_caches(srv); /* every 10 s */
+        gw_membership_trim(srv->membership, chat_mono_ns() / 1000000); /* every 10 s */
         gw_revoke_trim(srv->revoke);
     }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
@@ -493,10 +494,16 @@ static void find_web_dir(gw_server *srv)
 /* The one place that wires the gateway's modules together: the bus and the sync call back only
  * through these (pgbouncer's sbuf_init(&client->sbuf, client_proto)), so no two modules call
  * each other in a circle. */
+/* chat.members.<conv>: the conversation's members changed, its cached membership goes. */
+static void members_changed(gw_server *srv, const char *conv)
+{
+    gw_membership_invalidate(srv->membership, conv);
+}
+
 static const gw_bus_handlers bus_handlers = {
     .wake = gw_server_wake,
     .on_delivery = gw_session_on_delivery,
-    .on_members = gw_session_on_members_changed,
+    .on_members = members_changed,
     .on_presence = gw_session_on_presence_change,
     .on_reconnect = gw_session_restart_all,
 };
@@ -516,7 +523,7 @@ chat_status gw_server_create(gw_server *srv)
         memset(r, 0, sizeof r);
     snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
     srv->users = chat_map_create();
-    srv->membership = chat_map_create();
+    srv->membership = gw_membership_create((size_t)srv->cfg->ws_membership_cache, GW_MEMBERSHIP_TTL_MS);
     srv->checking = chat_map_create();
     srv->cursors = chat_map_create();
     srv->watched = chat_map_create();
@@ -666,10 +673,11 @@ void gw_server_destroy(gw_server *srv)
     srv->free_slots = NULL;
     srv->nslots = srv->nfree = 0;
     chat_map_destroy(srv->users);
-    chat_map_destroy(srv->membership);
+    gw_membership_destroy(srv->membership);
+    srv->membership = NULL;
     chat_map_destroy(srv->checking);
     chat_map_destroy(srv->cursors);
     chat_map_destroy(srv->watched);
     chat_map_destroy(srv->per_ip);
-    srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
+    srv->users = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
 }

@@ -22,6 +22,7 @@ struct ev_loop;
 typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
 typedef struct gw_revoke gw_revoke;
+typedef struct gw_membership gw_membership;
 struct gw_sync_port;
 
 typedef struct gw_metrics {
@@ -56,8 +57,7 @@ typedef struct gw_server {
     uint32_t nslots, nfree, *free_slots;
     size_t nsessions;
     chat_map *users;      /* user id -> gw_user * */
-    chat_map *membership; /* conv -> gw_membership * (cache, at most CHAT_WS_MEMBERSHIP_CACHE) ... */
-    struct gw_membership *membership_oldest, *membership_newest; /* ... in the order they came */
+    gw_membership *membership; /* the membership cache, at most CHAT_WS_MEMBERSHIP_CACHE (gw_membership.h) */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
     chat_map *watched;    /* user -> sessions watching the user's presence */

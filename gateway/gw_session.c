@@ -18,10 +18,10 @@
 #include "chat_time.h"
 #include "gw_cursor.h"
 #include "gw_frame.h"
+#include "gw_membership.h"
 #include "gw_presence.h"
 #include "gw_sync.h"
 
-#define MEMBERSHIP_TTL_MS 60000
 #define REQUEST_TIMEOUT_MS 5000
 #define POST_STATUS_TRIES 40
 #define POST_STATUS_RETRY_MS 250
@@ -260,94 +260,15 @@ static uint64_t session_number(const gw_server *srv, const char *name)
     return *end == '\0' ? (uint64_t)v : 0;
 }
 
-/* ------------------------------------------------------------------------------------------ */
-/* Membership cache: conv -> { user -> member? }, dropped on chat.members.<conv> and after a TTL */
-/* ------------------------------------------------------------------------------------------ */
-
-/* One conversation's cached answers. Entries live in srv->membership and, oldest first, in a list
- * (every entry has the same TTL, so the order they came is the order they expire): the TTL trim
- * and the CHAT_WS_MEMBERSHIP_CACHE bound both take from its head. */
-typedef struct gw_membership {
-    chat_map *users; /* value (void *)1 member, (void *)2 not a member */
-    int64_t expires_ms;
-    char **list;     /* every member, once members.list answered (typing fanout); else NULL */
-    size_t nlist;
-    struct gw_membership *older, *newer;
-    char conv[];     /* the key in srv->membership */
-} gw_membership;
-
-static void membership_free(gw_membership *m)
+/* The membership cache (gw_membership.h), at the monotonic now. */
+static gw_member membership_get(gw_server *srv, const char *conv, const char *user)
 {
-    for (size_t i = 0; i < m->nlist; i++)
-        free(m->list[i]);
-    free(m->list);
-    chat_map_destroy(m->users);
-    free(m);
-}
-
-static int membership_get(gw_server *srv, const char *conv, const char *user)
-{
-    gw_membership *m = chat_map_get(srv->membership, conv);
-    if (m == NULL)
-        return 0;
-    if (m->expires_ms < chat_mono_ns() / 1000000) {
-        gw_session_on_members_changed(srv, conv);
-        return 0;
-    }
-    return (int)(intptr_t)chat_map_get(m->users, user);
-}
-
-static void membership_unlink(gw_server *srv, gw_membership *m)
-{
-    if (m->older)
-        m->older->newer = m->newer;
-    else
-        srv->membership_oldest = m->newer;
-    if (m->newer)
-        m->newer->older = m->older;
-    else
-        srv->membership_newest = m->older;
-    m->older = m->newer = NULL;
+    return gw_membership_get(srv->membership, conv, user, chat_mono_ns() / 1000000);
 }
 
 static void membership_put(gw_server *srv, const char *conv, const char *user, bool member)
 {
-    gw_membership *m = chat_map_get(srv->membership, conv);
-    if (m == NULL) {
-        /* full: the oldest entry goes (asked again when next needed) */
-        while (srv->membership_oldest && chat_map_size(srv->membership) >= (size_t)srv->cfg->ws_membership_cache)
-            gw_session_on_members_changed(srv, srv->membership_oldest->conv);
-        size_t len = strlen(conv);
-        if ((m = calloc(1, sizeof *m + len + 1)) == NULL)
-            abort();
-        memcpy(m->conv, conv, len + 1);
-        m->users = chat_map_create();
-        m->expires_ms = chat_mono_ns() / 1000000 + MEMBERSHIP_TTL_MS;
-        chat_map_put(srv->membership, conv, m, NULL);
-        m->older = srv->membership_newest;
-        if (m->older)
-            m->older->newer = m;
-        else
-            srv->membership_oldest = m;
-        srv->membership_newest = m;
-    }
-    chat_map_put(m->users, user, (void *)(intptr_t)(member ? 1 : 2), NULL);
-}
-
-void gw_session_trim_caches(gw_server *srv)
-{
-    int64_t now = chat_mono_ns() / 1000000;
-    while (srv->membership_oldest && srv->membership_oldest->expires_ms < now)
-        gw_session_on_members_changed(srv, srv->membership_oldest->conv);
-}
-
-void gw_session_on_members_changed(gw_server *srv, const char *conv)
-{
-    gw_membership *m = chat_map_remove(srv->membership, conv);
-    if (m) {
-        membership_unlink(srv, m);
-        membership_free(m);
-    }
+    gw_membership_put(srv->membership, conv, user, member, chat_mono_ns() / 1000000);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -440,8 +361,9 @@ static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t 
     w->tail = p;
 }
 
-/* The check for conv/user answered (member 1 or 0) or failed (-1): release the sends behind it. */
-static void waiting_release(gw_server *srv, const char *conv, const char *user, int member)
+/* The check for conv/user answered (GW_MEMBER, GW_NOT_MEMBER) or failed (GW_MEMBER_UNKNOWN):
+ * release the sends behind it. */
+static void waiting_release(gw_server *srv, const char *conv, const char *user, gw_member member)
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, user);
@@ -454,11 +376,11 @@ static void waiting_release(gw_server *srv, const char *conv, const char *user, 
         const char *ref = p->cmid[0] ? p->cmid : NULL;
         if (s)
             gw_budget_waiting_done(s->budget);
-        if (member == 1 && p->post)
+        if (member == GW_MEMBER && p->post)
             publish_post(srv, p->session, conv, p->cmid, p->post, p->len);
-        else if (member == 1)
+        else if (member == GW_MEMBER)
             gw_cursor_merge(srv, conv, user, p->seen, p->read);
-        else if (s && member == 0)
+        else if (s && member == GW_NOT_MEMBER)
             gw_session_send_error(srv, s, ref, "not_member", "not a member of this conversation");
         else if (s)
             gw_session_send_error(srv, s, ref, "unavailable", "membership cannot be checked now; retry");
@@ -543,7 +465,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
         waiting_add(w, s->id, cmid, packed, len, seen, read);
         return;
     }
-    int known = membership_get(srv, conv, gw_session_user(s));
+    gw_member known = membership_get(srv, conv, gw_session_user(s));
     /* A post of a member not known either way is published without asking first: the ingest checks
      * the sender's membership in the transaction that stores the post (and answers a non-member
      * with a not_member Rejection), so asking the api role as well only cost a round trip through
@@ -552,8 +474,8 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
      * The ack or the Rejection then fills the cache (gw_session_on_delivery); a Rejection costs the
      * connection a lookup (gw_budget_lookup_charge), so posts into random conversations are bounded
      * like seen frames into them. Cursors have no such check downstream and still ask. */
-    if (known == 1 || (known == 0 && packed)) {
-        if (known == 0 && !gw_budget_lookup_left(&s->budget, now)) {
+    if (known == GW_MEMBER || (known == GW_MEMBER_UNKNOWN && packed)) {
+        if (known == GW_MEMBER_UNKNOWN && !gw_budget_lookup_left(&s->budget, now)) {
             free(packed);
             lookup_refused(srv, s, conv, cmid);
             return;
@@ -565,7 +487,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
         free(packed);
         return;
     }
-    if (known == 2) {
+    if (known == GW_NOT_MEMBER) {
         free(packed);
         gw_session_send_error(srv, s, cmid, "not_member", "not a member of this conversation");
         return;
@@ -821,11 +743,13 @@ static bool on_member_check_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     if (msg && !gw_bus_no_responders(msg))
         r = chat__v1__member_check_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                  (const uint8_t *)natsMsg_GetData(msg));
-    int member = r == NULL || (r->status && r->status->code[0]) ? -1 : r->member ? 1 : 0;
+    gw_member member = r == NULL || (r->status && r->status->code[0]) ? GW_MEMBER_UNKNOWN
+                       : r->member                                   ? GW_MEMBER
+                                                                     : GW_NOT_MEMBER;
     if (r)
         chat__v1__member_check_reply__free_unpacked(r, NULL);
-    if (member >= 0)
-        membership_put(srv, req->conv, req->user, member == 1);
+    if (member != GW_MEMBER_UNKNOWN)
+        membership_put(srv, req->conv, req->user, member == GW_MEMBER);
     lookup_done(srv, req->session);
     waiting_release(srv, req->conv, req->user, member);
     return false;
@@ -868,7 +792,7 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
         frame_release(f);
         if (e->session && e->session[0]) {
             gw_bus_inflight_done(srv, e->session, e->conv, e->cmid); /* even when the session left */
-            if (membership_get(srv, e->conv, u->id) == 0)
+            if (membership_get(srv, e->conv, u->id) == GW_MEMBER_UNKNOWN)
                 membership_put(srv, e->conv, u->id, true); /* a post of u's was stored: u is a member */
             uint64_t n = session_number(srv, e->session);
             for (gw_session *s = u->sessions; s && n; s = s->next_of_user)
@@ -879,7 +803,7 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
     }
     case CHAT__V1__DELIVERY__ITEM_MEMBERS: {
         Chat__V1__MembershipEvent *m = d->members;
-        gw_session_on_members_changed(srv, m->conv);
+        gw_membership_invalidate(srv->membership, m->conv);
         json_t *j = json_pack("{s:s, s:s}", "type", "members", "conv", m->conv);
         json_object_set_new(j, "added", string_array(m->added, m->n_added));
         json_object_set_new(j, "removed", string_array(m->removed, m->n_removed));
@@ -918,7 +842,7 @@ void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg)
                     gw_budget_lookup_charge(s->budget, chat_mono_ns() / 1000000);
             }
         if (strcmp(rj->code, "not_member") == 0) {
-            gw_session_on_members_changed(srv, rj->conv); /* our cache was stale */
+            gw_membership_invalidate(srv->membership, rj->conv); /* our cache was stale */
             membership_put(srv, rj->conv, u->id, false);  /* u's next posts there are refused here */
         }
         break;
@@ -988,9 +912,8 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
 /* Publishes a member's typing once, on chat.typing.<conv>: the api role's typing relay checks the
  * membership again and sends it to the other members (workers/wk_typing.h). A gateway publishes
  * no delivery itself, so its NATS user may not (docs/security.md). */
-static void typing_fanout(gw_server *srv, gw_membership *m, const char *conv, const char *user)
+static void typing_fanout(gw_server *srv, const char *conv, const char *user)
 {
-    (void)m;
     Chat__V1__Typing t = CHAT__V1__TYPING__INIT;
     t.conv = (char *)conv;
     t.user = (char *)user;
@@ -1008,13 +931,12 @@ static void handle_typing(gw_server *srv, gw_session *s, const gw_inframe *f)
     int64_t now = chat_mono_ns() / 1000000;
     if (!gw_budget_typing(&s->budget, conv, now))
         return; /* typing is a hint: the extras are dropped */
-    if (membership_get(srv, conv, gw_session_user(s)) == 2) {
+    if (membership_get(srv, conv, gw_session_user(s)) == GW_NOT_MEMBER) {
         gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return;
     }
-    gw_membership *m = chat_map_get(srv->membership, conv);
-    if (m && m->list && membership_get(srv, conv, gw_session_user(s)) == 1) {
-        typing_fanout(srv, m, conv, gw_session_user(s));
+    if (gw_membership_has_list(srv->membership, conv) && membership_get(srv, conv, gw_session_user(s)) == GW_MEMBER) {
+        typing_fanout(srv, conv, gw_session_user(s));
         return;
     }
     if (!gw_budget_lookup(&s->budget, now))
@@ -1078,16 +1000,10 @@ static bool on_members_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return false;
     }
-    gw_session_on_members_changed(srv, req->conv); /* replace whatever was cached */
-    for (size_t i = 0; i < r->n_users; i++)
-        membership_put(srv, req->conv, r->users[i], true);
-    gw_membership *m = chat_map_get(srv->membership, req->conv);
-    m->list = calloc(r->n_users ? r->n_users : 1, sizeof *m->list);
-    for (size_t i = 0; i < r->n_users; i++)
-        m->list[i] = strdup(r->users[i]);
-    m->nlist = r->n_users;
+    /* replaces whatever was cached */
+    gw_membership_put_list(srv->membership, req->conv, r->users, r->n_users, chat_mono_ns() / 1000000);
     chat__v1__members_list_reply__free_unpacked(r, NULL);
-    typing_fanout(srv, m, req->conv, req->user);
+    typing_fanout(srv, req->conv, req->user);
     return false;
 }
 
@@ -1467,13 +1383,6 @@ void gw_session_closed(gw_server *srv, gw_session *s)
     atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
 }
 
-static void free_membership_entry(const char *key, void *value, void *ctx)
-{
-    (void)key;
-    (void)ctx;
-    membership_free(value);
-}
-
 static void free_waiting_entry(const char *key, void *value, void *ctx)
 {
     (void)key;
@@ -1489,8 +1398,6 @@ static void free_waiting_entry(const char *key, void *value, void *ctx)
 
 void gw_session_free_caches(gw_server *srv)
 {
-    chat_map_each(srv->membership, free_membership_entry, NULL);
-    srv->membership_oldest = srv->membership_newest = NULL;
     chat_map_each(srv->checking, free_waiting_entry, NULL);
 }
 

@@ -112,10 +112,7 @@ static inline const char *gw_session_user(const gw_session *s)
 void gw_session_sweep(gw_server *srv);
 /* A pong from the client: the connection is alive. */
 void gw_session_pong(gw_session *s);
-/* Every 10 s from the tick: drops membership cache entries past their TTL (memory stays bounded
- * by what was used in the last minute). */
-void gw_session_trim_caches(gw_server *srv);
-/* At stop: frees every cache entry and waiting send. */
+/* At stop: frees every send waiting for a member check. */
 void gw_session_free_caches(gw_server *srv);
 /* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
 void gw_session_close_all(gw_server *srv);
@@ -147,8 +144,6 @@ void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const
 /* An event of a sync page: paced by the sync, so only the grace rule closes a slow reader. */
 void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e);
 
-/* chat.members.<conv>: the conversation's members changed (its cached membership goes). */
-void gw_session_on_members_changed(gw_server *srv, const char *conv);
 
 /* A revocation arrived (gw_revoke.c): closes with GW_CLOSE_TOKEN_REVOKED the sessions of user whose
  * token was issued before not_before (or has no iat), or, with user NULL, every session whose
