@@ -37,7 +37,7 @@ typedef struct gw_request {
     int64_t sent_ns;
     int64_t deadline_ms;   /* monotonic */
     int64_t retry_at_ms;   /* a post.status waiting to be asked again, or 0 */
-    bool staged_dup;       /* a publish: the PubAck said duplicate of stream seq 0 (gw_session.c) */
+    bool staged_dup;       /* a publish: the PubAck said duplicate of stream seq 0 (gw_send.c) */
     bool republished;      /* a publish: published again under a Nats-Msg-Id of its own */
     bool status_chain;     /* a publish or post.status: counts in its session's GW_STATUS_CHAINS */
     struct gw_request *prev, *next;
@@ -76,6 +76,10 @@ void gw_bus_call(gw_server *srv, gw_bus_fn fn, void *data);
 
 /* lws thread: subscribes chat.presence.<user> for the sessions watching the user. */
 chat_status gw_bus_subscribe_presence(gw_server *srv, const char *user, natsSubscription **out);
+
+/* How long a request to the api role or the broker waits for its answer, unless its module says
+ * otherwise. */
+#define GW_REQUEST_TIMEOUT_MS 5000
 
 /* lws thread: a new request record (owned by the bus until its reply or timeout); on_reply gets
  * its answer. */

@@ -28,11 +28,15 @@
 #include "chat_time.h"
 #include "gw_bus.h"
 #include "gw_cursor.h"
+#include "gw_delivery.h"
 #include "gw_membership.h"
 #include "gw_presence.h"
 #include "gw_revoke.h"
+#include "gw_route.h"
+#include "gw_send.h"
 #include "gw_session.h"
 #include "gw_sync.h"
+#include "gw_watch.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
 
@@ -491,8 +495,8 @@ static void find_web_dir(gw_server *srv)
     srv->web_dir[0] = '\0';
 }
 
-/* The one place that wires the gateway's modules together: the bus and the sync call back only
- * through these (pgbouncer's sbuf_init(&client->sbuf, client_proto)), so no two modules call
+/* The one place that wires the gateway's modules together: the bus and the connection call back
+ * only through these (pgbouncer's sbuf_init(&client->sbuf, client_proto)), so no two modules call
  * each other in a circle. */
 /* chat.members.<conv>: the conversation's members changed, its cached membership goes. */
 static void members_changed(gw_server *srv, const char *conv)
@@ -502,17 +506,16 @@ static void members_changed(gw_server *srv, const char *conv)
 
 static const gw_bus_handlers bus_handlers = {
     .wake = gw_server_wake,
-    .on_delivery = gw_session_on_delivery,
+    .on_delivery = gw_delivery_handle,
     .on_members = members_changed,
-    .on_presence = gw_session_on_presence_change,
+    .on_presence = gw_watch_on_change,
     .on_reconnect = gw_session_restart_all,
 };
 
-static const gw_sync_port sync_port = {
-    .find = gw_session_find,
-    .send_json = gw_session_send_json,
-    .send_error = gw_session_send_error,
-    .send_event = gw_session_send_event,
+static const gw_session_handlers session_handlers = {
+    .on_frame = gw_route_frame,
+    .on_drained = gw_sync_resume,
+    .on_closing = gw_watch_drop_all,
 };
 
 chat_status gw_server_create(gw_server *srv)
@@ -567,7 +570,7 @@ chat_status gw_server_create(gw_server *srv)
     pthread_mutex_lock(&srv->context_lock);
     srv->context = context;
     pthread_mutex_unlock(&srv->context_lock);
-    srv->sync_port = &sync_port;
+    srv->session_on = &session_handlers;
     if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
@@ -666,7 +669,7 @@ void gw_server_destroy(gw_server *srv)
     gw_bus_destroy(srv->bus);
     srv->bus = NULL;
     gw_cursor_free_all(srv);
-    gw_session_free_caches(srv);
+    gw_send_free_waiting(srv);
     free(srv->slots);
     free(srv->free_slots);
     srv->slots = NULL;

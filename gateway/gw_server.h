@@ -23,7 +23,7 @@ typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
 typedef struct gw_revoke gw_revoke;
 typedef struct gw_membership gw_membership;
-struct gw_sync_port;
+struct gw_session_handlers;
 
 typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
@@ -64,7 +64,7 @@ typedef struct gw_server {
     chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
     gw_presence *presence;
     gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */
-    const struct gw_sync_port *sync_port; /* what gw_sync.c calls of the sessions (gw_sync.h) */
+    const struct gw_session_handlers *session_on; /* what the connections hand up (gw_session.h) */
     int ticks;
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;

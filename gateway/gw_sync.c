@@ -27,7 +27,7 @@ static size_t pause_bytes(const gw_server *srv)
  * role is down), as for a timeout. */
 static gw_session *asker_of(gw_server *srv, gw_request *req, natsMsg **msg)
 {
-    gw_session *s = srv->sync_port->find(srv, req->session);
+    gw_session *s = gw_session_find(srv, req->session);
     if (s == NULL)
         return NULL;
     if (*msg) {
@@ -74,7 +74,7 @@ static uint8_t *pack_sync(const gw_server *srv, const char *user, Chat__V1__Sync
 void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     if (s->syncing) {
-        srv->sync_port->send_error(srv, s, NULL, "bad_request", "a sync is already running");
+        gw_session_send_error(srv, s, NULL, "bad_request", "a sync is already running");
         return;
     }
     size_t n = f->cursors ? json_object_size(f->cursors) : 0;
@@ -99,7 +99,7 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     s->syncing = true;
     if (!send_page(srv, s, packed, len)) {
         s->syncing = false;
-        srv->sync_port->send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
+        gw_session_send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
     }
 }
 
@@ -108,7 +108,7 @@ static void sync_failed(gw_server *srv, gw_session *s, const char *code)
     s->syncing = false;
     free(s->sync_next);
     s->sync_next = NULL;
-    srv->sync_port->send_error(srv, s, NULL, strcmp(code, "not_member") == 0 ? code : "unavailable",
+    gw_session_send_error(srv, s, NULL, strcmp(code, "not_member") == 0 ? code : "unavailable",
                           "sync stopped; send it again with your cursors");
 }
 
@@ -130,13 +130,13 @@ static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     for (size_t i = 0; i < r->n_not_member; i++) {
         json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "code", "not_member", "message",
                               "not a member of this conversation", "conv", r->not_member[i]);
-        srv->sync_port->send_json(srv, s, e);
+        gw_session_send_json(srv, s, e);
     }
     for (size_t i = 0; i < r->n_events; i++)
-        srv->sync_port->send_event(srv, s, r->events[i]);
+        gw_session_send_event(srv, s, r->events[i]);
     if (r->n_next == 0) {
         s->syncing = false;
-        srv->sync_port->send_json(srv, s, json_pack("{s:s}", "type", "synced"));
+        gw_session_send_json(srv, s, json_pack("{s:s}", "type", "synced"));
     } else {
         size_t len;
         uint8_t *packed = pack_sync(srv, gw_session_user(s), r->next, r->n_next, true, &len);
@@ -188,7 +188,7 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     free(ref_text);
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "history", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        srv->sync_port->send_error(srv, s, NULL, "unavailable", "history cannot be read now");
+        gw_session_send_error(srv, s, NULL, "unavailable", "history cannot be read now");
     }
 }
 
@@ -218,7 +218,7 @@ static bool on_history_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         json_object_set_new(f, "ref", ref);
     if (r)
         chat__v1__history_reply__free_unpacked(r, NULL);
-    srv->sync_port->send_json(srv, s, f);
+    gw_session_send_json(srv, s, f);
     return false;
 }
 
@@ -231,7 +231,7 @@ void gw_conversations_handle(gw_server *srv, gw_session *s)
     gw_request *req = gw_bus_request_new(srv, on_conv_list_reply, s->id, HISTORY_TIMEOUT_MS);
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
-        srv->sync_port->send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
     }
 }
 
@@ -247,7 +247,7 @@ static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     if (r == NULL || (r->status && r->status->code[0])) {
         if (r)
             chat__v1__conv_list_reply__free_unpacked(r, NULL);
-        srv->sync_port->send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
+        gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
         return false;
     }
     json_t *list = json_array();
@@ -259,6 +259,6 @@ static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
                                               (json_int_t)(c->last_seq > c->read ? c->last_seq - c->read : 0)));
     }
     chat__v1__conv_list_reply__free_unpacked(r, NULL);
-    srv->sync_port->send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
+    gw_session_send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
     return false;
 }
