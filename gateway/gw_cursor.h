@@ -8,7 +8,7 @@
 #include <nats/nats.h>
 
 #include "gw_bus.h"
-#include "gw_session.h"
+#include "gw_server.h"
 
 #define GW_CURSOR_BATCH_MAX 1000
 

@@ -60,7 +60,7 @@ typedef struct gw_server {
     gw_membership *membership; /* the membership cache, at most CHAT_WS_MEMBERSHIP_CACHE (gw_membership.h) */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
-    chat_map *watched;    /* user -> sessions watching the user's presence */
+    chat_map *watched;    /* user -> the sessions watching the user's presence (gw_watch.c) */
     chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
     gw_presence *presence;
     gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */

@@ -15,15 +15,16 @@
 #include "gw_outframe.h"
 #include "gw_presence.h"
 
-static void presence_answered(gw_server *srv, void *data);
-
 #define WATCH_MAX 200
 
-typedef struct gw_watch {
+/* The sessions here watching one user (srv->watched: user -> watchers), and its subscription. */
+typedef struct watchers {
     natsSubscription *sub;
     uint64_t *sessions;
     int n, cap;
-} gw_watch;
+} watchers;
+
+static void presence_answered(gw_server *srv, void *data);
 
 static void watch(gw_server *srv, gw_session *s, const char *user)
 {
@@ -32,7 +33,7 @@ static void watch(gw_server *srv, gw_session *s, const char *user)
             return;
     if (s->nwatching >= WATCH_MAX)
         return;
-    gw_watch *w = chat_map_get(srv->watched, user);
+    watchers *w = chat_map_get(srv->watched, user);
     if (w == NULL) {
         w = calloc(1, sizeof *w);
         if (gw_bus_subscribe_presence(srv, user, &w->sub) != CHAT_OK) {
@@ -54,7 +55,7 @@ static void watch(gw_server *srv, gw_session *s, const char *user)
 void gw_watch_drop_all(gw_server *srv, gw_session *s)
 {
     for (int i = 0; i < s->nwatching; i++) {
-        gw_watch *w = chat_map_get(srv->watched, s->watching[i]);
+        watchers *w = chat_map_get(srv->watched, s->watching[i]);
         if (w == NULL)
             continue;
         for (int k = 0; k < w->n; k++)
@@ -117,7 +118,7 @@ void gw_watch_on_change(gw_server *srv, natsMsg *msg)
                                                        (const uint8_t *)natsMsg_GetData(msg));
     if (p == NULL)
         return;
-    gw_watch *w = chat_map_get(srv->watched, p->user);
+    watchers *w = chat_map_get(srv->watched, p->user);
     if (w) {
         json_t *users = json_object();
         json_object_set_new(users, p->user, presence_json(p->online, p->last_seen_ms));
