@@ -96,23 +96,4 @@ size_t gw_bus_pending(gw_server *srv);
 /* lws thread: forgets and frees a request. */
 void gw_bus_request_free(gw_server *srv, gw_request *req);
 
-/* Admission control (CHAT_WS_INFLIGHT_MAX, docs/operations.md). A send is in flight from its
- * publish until its answer reaches this gateway (the committed event with the ack, a refusal, an
- * error) or for at most GW_INFLIGHT_TTL_MS. That count is the work this gateway has put into the
- * pipeline (broker, ingest, PostgreSQL) and not seen come out: past the bound the pipeline is
- * behind, and a send taken now would only wait in CHAT_IN, past the clients' patience, and come
- * back as a resend. So it is refused at once (`rate_limited` with a retry hint) and the client
- * sends it again later with the same cmid. A user with nothing in flight may go a quarter over the
- * bound: one busy sender does not lock out the others. All lws thread. */
-#define GW_INFLIGHT_TTL_MS 5000
-/* true: take the send of user. false: refuse it; *retry_after_ms says when to try again. */
-bool gw_bus_admit(gw_server *srv, const char *user, int *retry_after_ms);
-/* The send (session id text, conv, cmid) of user was published: it counts until
- * gw_bus_inflight_done or the TTL. */
-void gw_bus_inflight_add(gw_server *srv, const char *session, const char *user, const char *conv, const char *cmid);
-/* Its answer came (or it failed): it no longer counts. Unknown sends are ignored. */
-void gw_bus_inflight_done(gw_server *srv, const char *session, const char *conv, const char *cmid);
-/* Sends in flight now. */
-size_t gw_bus_inflight(gw_server *srv);
-
 #endif

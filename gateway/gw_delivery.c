@@ -12,6 +12,7 @@
 #include "chat_frames.h"
 #include "chat_log.h"
 #include "chat_time.h"
+#include "gw_admit.h"
 #include "gw_membership.h"
 #include "gw_send.h"
 #include "gw_session.h"
@@ -37,7 +38,7 @@ static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
     fan_to_user(srv, u, f);
     gw_outframe_release(f);
     if (e->session && e->session[0]) {
-        gw_bus_inflight_done(srv, e->session, e->conv, e->cmid); /* even when the session left */
+        gw_admit_done(srv->admit, e->session, e->conv, e->cmid); /* even when the session left */
         int64_t now = chat_mono_ns() / 1000000;
         /* a post of u's was stored: u is a member */
         if (gw_membership_get(srv->membership, e->conv, u->id, now) == GW_MEMBER_UNKNOWN)
@@ -53,7 +54,7 @@ static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
  * corrects the membership cache. */
 static void deliver_rejection(gw_server *srv, gw_user *u, const Chat__V1__Rejection *rj)
 {
-    gw_bus_inflight_done(srv, rj->session, rj->conv, rj->cmid);
+    gw_admit_done(srv->admit, rj->session, rj->conv, rj->cmid);
     uint64_t n = gw_session_number(srv, rj->session);
     bool not_member = strcmp(rj->code, "not_member") == 0;
     for (gw_session *s = u->sessions; s && n; s = s->next_of_user)

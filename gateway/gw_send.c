@@ -16,6 +16,7 @@
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_time.h"
+#include "gw_admit.h"
 #include "gw_cursor.h"
 #include "gw_membership.h"
 
@@ -33,7 +34,7 @@ static void membership_put(gw_server *srv, const char *conv, const char *user, b
     gw_membership_put(srv->membership, conv, user, member, chat_mono_ns() / 1000000);
 }
 
-/* A send refused by admission control (gw_bus_admit): the client sends it again with the same
+/* A send refused by admission control (gw_admit_take): the client sends it again with the same
  * cmid, not before retry_after_ms (a hint; clients keep their own backoff too). */
 static void send_retry_later(gw_server *srv, gw_session *s, const char *cmid, int retry_after_ms)
 {
@@ -56,18 +57,18 @@ static void inflight_done(gw_server *srv, uint64_t session, const char *conv, co
 {
     char id[48];
     snprintf(id, sizeof id, "%s-%" PRIu64, srv->gateway_id, session);
-    gw_bus_inflight_done(srv, id, conv, cmid);
+    gw_admit_done(srv->admit, id, conv, cmid);
 }
 
 /* Publishes a send to CHAT_IN, or refuses it at once when this gateway has CHAT_WS_INFLIGHT_MAX
- * sends in flight (gw_bus_admit). A send whose session is gone is published all the same (as
+ * sends in flight (gw_admit_take). A send whose session is gone is published all the same (as
  * before: the client resends with the same cmid when it comes back) but not counted. */
 static void publish_post(gw_server *srv, uint64_t session, const char *conv, const char *cmid, const uint8_t *post,
                          size_t len)
 {
     gw_session *s = gw_session_find(srv, session);
     int retry_after_ms = 0;
-    if (s && !gw_bus_admit(srv, gw_session_user(s), &retry_after_ms)) {
+    if (s && !gw_admit_take(srv->admit, gw_session_user(s), chat_mono_ns() / 1000000, &retry_after_ms)) {
         send_retry_later(srv, s, cmid, retry_after_ms);
         return;
     }
@@ -92,7 +93,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     }
     char name[GW_SESSION_NAME_MAX];
     if (s)
-        gw_bus_inflight_add(srv, gw_session_name(srv, s, name), gw_session_user(s), conv, cmid);
+        gw_admit_add(srv->admit, gw_session_name(srv, s, name), gw_session_user(s), conv, cmid, chat_mono_ns() / 1000000);
     LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
 }
 
@@ -348,7 +349,7 @@ void gw_send_ack(gw_server *srv, gw_session *s, const char *conv, const char *cm
     atomic_fetch_add(srv->m.acks, 1);
     LOG_DEBUG("gateway", "event=acked session=%s-%" PRIu64 " conv=%s cmid=%s seq=%" PRIu64, srv->gateway_id, s->id, conv, cmid, seq);
     char name[GW_SESSION_NAME_MAX];
-    gw_bus_inflight_done(srv, gw_session_name(srv, s, name), conv, cmid);
+    gw_admit_done(srv->admit, gw_session_name(srv, s, name), conv, cmid);
     gw_session_send_json(srv, s, f);
 }
 

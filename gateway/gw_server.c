@@ -26,6 +26,7 @@
 #include "chat_log.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
+#include "gw_admit.h"
 #include "gw_bus.h"
 #include "gw_cursor.h"
 #include "gw_delivery.h"
@@ -59,6 +60,7 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *srv = lws_container_of(sul, gw_server, tick_sul);
     gw_bus_tick(srv);
+    gw_admit_tick(srv->admit, chat_mono_ns() / 1000000);
     if (++srv->ticks % 2 == 0)
         gw_cursor_flush(srv); /* every 200 ms */
     if (srv->ticks % 10 == 0)
@@ -571,6 +573,11 @@ chat_status gw_server_create(gw_server *srv)
     srv->context = context;
     pthread_mutex_unlock(&srv->context_lock);
     srv->session_on = &session_handlers;
+    srv->admit = gw_admit_create((size_t)srv->cfg->ws_inflight_max,
+                                 chat_metrics_gauge(srv->metrics, "chat_gateway_sends_in_flight", NULL,
+                                                    "Sends published and not yet answered (CHAT_WS_INFLIGHT_MAX)."),
+                                 chat_metrics_counter(srv->metrics, "chat_gateway_shed_total", NULL,
+                                                      "Sends refused at once: CHAT_WS_INFLIGHT_MAX were in flight."));
     if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
@@ -668,6 +675,8 @@ void gw_server_destroy(gw_server *srv)
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);
     srv->bus = NULL;
+    gw_admit_destroy(srv->admit);
+    srv->admit = NULL;
     gw_cursor_free_all(srv);
     gw_send_free_waiting(srv);
     free(srv->slots);

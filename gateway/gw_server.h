@@ -23,6 +23,7 @@ typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
 typedef struct gw_revoke gw_revoke;
 typedef struct gw_membership gw_membership;
+typedef struct gw_admit gw_admit;
 struct gw_session_handlers;
 
 typedef struct gw_metrics {
@@ -49,6 +50,7 @@ typedef struct gw_server {
     char gateway_id[24];
     char web_dir[4096];   /* static files served at / ("" = none) */
     gw_bus *bus;
+    gw_admit *admit;      /* sends in flight, admission control (gw_admit.h); lws thread */
     gw_metrics m;
     /* lws thread only */
     /* Open sessions by slot, the low 32 bits of a session id (the high 32 bits count sessions, so
