@@ -10,18 +10,8 @@
 #include "chat_log.h"
 #include "chat_nats.h"
 #include "chat_time.h"
-#include "gw_session.h"
 
 typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS, IN_PRESENCE, IN_CALL } in_kind;
-
-/* A send in flight (admission control, gw_bus.h): in the map by "session/conv/cmid" and in a
- * list, oldest first. */
-typedef struct inflight {
-    char key[2 * CHAT_ID_MAX + 48];
-    char user[CHAT_ID_MAX + 1];
-    int64_t since_ms;
-    struct inflight *prev, *next;
-} inflight;
 
 typedef struct inbound {
     in_kind kind;
@@ -33,6 +23,7 @@ typedef struct inbound {
 
 struct gw_bus {
     gw_server *srv;
+    gw_bus_handlers on; /* read-only after gw_bus_create (wake runs on nats.c's threads) */
     pthread_mutex_t lock;
     inbound *head, *tail; /* under lock */
     natsSubscription *reply_sub, *members_sub;
@@ -43,13 +34,6 @@ struct gw_bus {
     uint64_t next_request;
     chat_map *pending;            /* id -> gw_request */
     gw_request *oldest, *newest;  /* in deadline order for the timer (timeouts are per kind) */
-    chat_map *inflight;           /* "session/conv/cmid" -> inflight (sends published, not answered) */
-    chat_map *inflight_users;     /* user -> how many of them are the user's (the value is the count) */
-    inflight *first, *last;       /* oldest first */
-    uint64_t shed;                /* sends refused since shedding started (0: not shedding) */
-    int64_t shed_at_ms;           /* the last refusal */
-    atomic_int_fast64_t *m_inflight;
-    atomic_uint_fast64_t *m_shed;
     natsMsg *dead[256]; /* handled messages not yet destroyed (bury) */
     int ndead;
 };
@@ -98,7 +82,7 @@ static void push_item(gw_bus *bus, in_kind kind, natsMsg *msg, gw_bus_fn fn, voi
     bus->tail = n;
     pthread_mutex_unlock(&bus->lock);
     if (was_empty)
-        gw_server_wake(bus->srv);
+        bus->on.wake(bus->srv);
 }
 
 static void push(gw_bus *bus, in_kind kind, natsMsg *msg)
@@ -164,25 +148,18 @@ static void check_reconnected(gw_server *srv)
     if (n == bus->reconnects)
         return;
     bus->reconnects = n;
-    size_t closed = gw_session_restart_all(srv);
-    LOG_WARN("gateway", "event=nats_reconnect_resync reconnects=%" PRIu64 " sessions_closed=%zu close_code=%d", n,
-             closed, GW_CLOSE_SERVICE_RESTART);
+    bus->on.on_reconnect(srv, n);
 }
 
-chat_status gw_bus_create(gw_server *srv, gw_bus **out)
+chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bus **out)
 {
     gw_bus *bus = calloc(1, sizeof *bus);
     if (bus == NULL)
         return CHAT_ERR_NOMEM;
     bus->srv = srv;
+    bus->on = *handlers;
     pthread_mutex_init(&bus->lock, NULL);
     bus->pending = chat_map_create();
-    bus->inflight = chat_map_create();
-    bus->inflight_users = chat_map_create();
-    bus->m_inflight = chat_metrics_gauge(srv->metrics, "chat_gateway_sends_in_flight", NULL,
-                                         "Sends published and not yet answered (CHAT_WS_INFLIGHT_MAX).");
-    bus->m_shed = chat_metrics_counter(srv->metrics, "chat_gateway_shed_total", NULL,
-                                       "Sends refused at once: CHAT_WS_INFLIGHT_MAX were in flight.");
     snprintf(bus->reply_prefix, sizeof bus->reply_prefix, "_INBOX.gw.%s.", srv->gateway_id);
     char subject[96];
     snprintf(subject, sizeof subject, "%s*", bus->reply_prefix);
@@ -230,12 +207,6 @@ void gw_bus_destroy(gw_bus *bus)
         free_request(r);
     }
     chat_map_destroy(bus->pending);
-    for (inflight *f = bus->first, *next; f; f = next) {
-        next = f->next;
-        free(f);
-    }
-    chat_map_destroy(bus->inflight);
-    chat_map_destroy(bus->inflight_users);
     natsStatistics_Destroy(bus->stats);
     pthread_mutex_destroy(&bus->lock);
     free(bus);
@@ -265,14 +236,14 @@ static void link_request(gw_bus *bus, gw_request *r)
     bus->newest = r;
 }
 
-gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t session, int timeout_ms)
+gw_request *gw_bus_request_new(gw_server *srv, gw_request_reply_fn on_reply, uint64_t session, int timeout_ms)
 {
     gw_bus *bus = srv->bus;
     gw_request *r = calloc(1, sizeof *r);
     if (r == NULL)
         abort();
     r->id = ++bus->next_request;
-    r->kind = kind;
+    r->on_reply = on_reply;
     r->session = session;
     r->deadline_ms = chat_mono_ns() / 1000000 + timeout_ms;
     char key[24];
@@ -280,6 +251,13 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_req_kind kind, uint64_t sessio
     chat_map_put(bus->pending, key, r, NULL);
     link_request(bus, r);
     return r;
+}
+
+bool gw_bus_no_responders(natsMsg *msg)
+{
+    const char *status = NULL;
+    return natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK &&
+           strcmp(status, "503") == 0;
 }
 
 size_t gw_bus_pending(gw_server *srv)
@@ -323,7 +301,7 @@ static void handle_reply(gw_server *srv, natsMsg *msg)
     gw_request *req = chat_map_get(srv->bus->pending, subject + plen);
     if (req == NULL)
         return; /* timed out already */
-    if (!gw_session_on_reply(srv, req, msg))
+    if (!req->on_reply(srv, req, msg))
         gw_bus_request_free(srv, req);
 }
 
@@ -342,14 +320,14 @@ void gw_bus_drain(gw_server *srv)
         case IN_DELIVERY: {
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.deliver.u.", 15) == 0)
-                gw_session_on_delivery(srv, subject + 15, n->msg);
+                bus->on.on_delivery(srv, subject + 15, n->msg);
             break;
         }
         case IN_REPLY:
             handle_reply(srv, n->msg);
             break;
         case IN_PRESENCE:
-            gw_session_on_presence_change(srv, n->msg);
+            bus->on.on_presence(srv, n->msg);
             break;
         case IN_CALL:
             n->fn(srv, n->data);
@@ -357,7 +335,7 @@ void gw_bus_drain(gw_server *srv)
         case IN_MEMBERS: {
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.members.", 13) == 0)
-                gw_session_on_members_changed(srv, subject + 13);
+                bus->on.on_members(srv, subject + 13);
             break;
         }
         }
@@ -366,121 +344,12 @@ void gw_bus_drain(gw_server *srv)
     }
 }
 
-/* ---- admission control (lws thread) ---- */
-
-static void inflight_forget(gw_bus *bus, inflight *f)
-{
-    chat_map_remove(bus->inflight, f->key);
-    intptr_t n = (intptr_t)chat_map_get(bus->inflight_users, f->user);
-    if (n > 1)
-        chat_map_put(bus->inflight_users, f->user, (void *)(n - 1), NULL);
-    else
-        chat_map_remove(bus->inflight_users, f->user);
-    if (f->prev)
-        f->prev->next = f->next;
-    else
-        bus->first = f->next;
-    if (f->next)
-        f->next->prev = f->prev;
-    else
-        bus->last = f->prev;
-    free(f);
-    atomic_store(bus->m_inflight, (int_fast64_t)chat_map_size(bus->inflight));
-}
-
-/* Sends whose answer never came here (the client left, a lost delivery) count for the TTL only. */
-static void inflight_expire(gw_bus *bus, int64_t now_ms)
-{
-    while (bus->first && now_ms - bus->first->since_ms >= GW_INFLIGHT_TTL_MS)
-        inflight_forget(bus, bus->first);
-}
-
-static void inflight_key(char *key, size_t size, const char *session, const char *conv, const char *cmid)
-{
-    snprintf(key, size, "%s/%s/%s", session, conv, cmid);
-}
-
-bool gw_bus_admit(gw_server *srv, const char *user, int *retry_after_ms)
-{
-    gw_bus *bus = srv->bus;
-    size_t max = (size_t)srv->cfg->ws_inflight_max;
-    if (max == 0)
-        return true;
-    int64_t now = chat_mono_ns() / 1000000;
-    inflight_expire(bus, now);
-    size_t n = chat_map_size(bus->inflight);
-    if (n < max)
-        return true;
-    size_t reserve = max / 4 ? max / 4 : 1;
-    if (n < max + reserve && chat_map_get(bus->inflight_users, user) == NULL)
-        return true; /* the user has nothing in flight: the busy senders are the ones held back */
-    /* the oldest send in flight has waited this long: about what a send taken now would wait */
-    int64_t age = bus->first ? now - bus->first->since_ms : 0;
-    *retry_after_ms = (int)(age < 250 ? 250 : age > GW_INFLIGHT_TTL_MS ? GW_INFLIGHT_TTL_MS : age);
-    bus->shed_at_ms = now;
-    if (bus->shed++ == 0)
-        LOG_WARN("gateway", "event=shedding_started in_flight=%zu max=%zu oldest_ms=%lld", n, max, (long long)age);
-    atomic_fetch_add(bus->m_shed, 1);
-    return false;
-}
-
-void gw_bus_inflight_add(gw_server *srv, const char *session, const char *user, const char *conv, const char *cmid)
-{
-    gw_bus *bus = srv->bus;
-    if (srv->cfg->ws_inflight_max == 0)
-        return;
-    inflight *f = calloc(1, sizeof *f);
-    if (f == NULL)
-        abort();
-    inflight_key(f->key, sizeof f->key, session, conv, cmid);
-    if (chat_map_get(bus->inflight, f->key)) { /* the same send again while the first is in flight */
-        free(f);
-        return;
-    }
-    snprintf(f->user, sizeof f->user, "%s", user);
-    f->since_ms = chat_mono_ns() / 1000000;
-    chat_map_put(bus->inflight, f->key, f, NULL);
-    intptr_t n = (intptr_t)chat_map_get(bus->inflight_users, user);
-    chat_map_put(bus->inflight_users, user, (void *)(n + 1), NULL);
-    f->prev = bus->last;
-    if (bus->last)
-        bus->last->next = f;
-    else
-        bus->first = f;
-    bus->last = f;
-    atomic_store(bus->m_inflight, (int_fast64_t)chat_map_size(bus->inflight));
-}
-
-void gw_bus_inflight_done(gw_server *srv, const char *session, const char *conv, const char *cmid)
-{
-    gw_bus *bus = srv->bus;
-    if (bus->first == NULL || session == NULL || conv == NULL || cmid == NULL)
-        return;
-    char key[sizeof bus->first->key];
-    inflight_key(key, sizeof key, session, conv, cmid);
-    inflight *f = chat_map_get(bus->inflight, key);
-    if (f)
-        inflight_forget(bus, f);
-}
-
-size_t gw_bus_inflight(gw_server *srv)
-{
-    return chat_map_size(srv->bus->inflight);
-}
-
 void gw_bus_tick(gw_server *srv)
 {
     gw_bus *bus = srv->bus;
     bury_flush(bus);
     check_reconnected(srv);
     int64_t now = chat_mono_ns() / 1000000;
-    inflight_expire(bus, now);
-    /* one pair of lines per episode: it ends after a second without a refusal */
-    if (bus->shed && now - bus->shed_at_ms >= 1000) {
-        LOG_INFO("gateway", "event=shedding_stopped in_flight=%zu refused=%" PRIu64, chat_map_size(bus->inflight),
-                 bus->shed);
-        bus->shed = 0;
-    }
     /* few requests are in flight at once (one per unacked send), so a full walk is cheap */
     for (gw_request *r = bus->oldest, *next; r; r = next) {
         next = r->next;
@@ -488,10 +357,10 @@ void gw_bus_tick(gw_server *srv)
             r->retry_at_ms = 0;
             unlink_request(bus, r);
             link_request(bus, r);
-            if (!gw_session_on_retry(srv, r))
+            if (r->on_retry == NULL || !r->on_retry(srv, r))
                 gw_bus_request_free(srv, r);
         } else if (r->retry_at_ms == 0 && r->deadline_ms <= now) {
-            if (!gw_session_on_reply(srv, r, NULL))
+            if (!r->on_reply(srv, r, NULL))
                 gw_bus_request_free(srv, r);
         }
     }

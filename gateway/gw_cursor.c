@@ -61,6 +61,14 @@ static void take(const char *key, void *value, void *ctx)
     c->n++;
 }
 
+static bool batch_answered(gw_server *srv, gw_request *req, natsMsg *msg);
+
+/* The api role's answer to a batch (or its timeout): the request's own callback. */
+static bool on_batch_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+{
+    return batch_answered(srv, req, msg && !gw_bus_no_responders(msg) ? msg : NULL);
+}
+
 void gw_cursor_flush(gw_server *srv)
 {
     if (chat_map_size(srv->cursors) == 0)
@@ -85,17 +93,17 @@ void gw_cursor_flush(gw_server *srv)
     free(c.items);
     free(c.ptrs);
     free(c.taken);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_CURSOR, 0, CURSOR_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_batch_reply, 0, CURSOR_TIMEOUT_MS);
     req->payload = packed;
     req->payload_len = len;
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "cursor", packed, len, NULL) != CHAT_OK) {
-        gw_cursor_on_reply(srv, req, NULL); /* merges the batch back */
+        batch_answered(srv, req, NULL); /* merges the batch back */
         gw_bus_request_free(srv, req);
     }
 }
 
 /* A batch that did not make it goes back into the pending map (highest value wins). */
-bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
+static bool batch_answered(gw_server *srv, gw_request *req, natsMsg *msg)
 {
     Chat__V1__CursorReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)

@@ -8,7 +8,7 @@
 #include <nats/nats.h>
 
 #include "gw_bus.h"
-#include "gw_session.h"
+#include "gw_server.h"
 
 #define GW_CURSOR_BATCH_MAX 1000
 
@@ -16,7 +16,6 @@
 void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read);
 /* Sends what gathered; called from the tick. */
 void gw_cursor_flush(gw_server *srv);
-bool gw_cursor_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
 /* Frees what is still gathered (at stop). */
 void gw_cursor_free_all(gw_server *srv);
 

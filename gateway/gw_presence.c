@@ -14,7 +14,6 @@
 #include "chat_map.h"
 #include "chat_time.h"
 #include "gw_bus.h"
-#include "gw_session.h"
 
 #define SWEEP_MS 5000
 
@@ -28,6 +27,7 @@ typedef struct work {
     work_kind kind;
     char user[65];
     uint64_t session;
+    gw_bus_fn on_answer; /* W_QUERY */
     int n;
     char (*users)[65]; /* W_QUERY */
     char *names;       /* W_BEAT: n user ids, each ending in NUL */
@@ -81,12 +81,13 @@ void gw_presence_offline(gw_presence *p, const char *user)
         enqueue(p, work_new(W_OFFLINE, user));
 }
 
-void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n)
+void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n, gw_bus_fn on_answer)
 {
     if (p == NULL)
         return;
     work *w = work_new(W_QUERY, NULL);
     w->session = session;
+    w->on_answer = on_answer;
     w->n = n;
     w->users = calloc((size_t)(n ? n : 1), sizeof *w->users);
     for (int i = 0; i < n; i++)
@@ -340,7 +341,7 @@ static void answer_query(gw_presence *p, work *w)
                 freeReplyObject(r[i]);
     }
     free(r);
-    gw_bus_call(p->srv, gw_session_on_presence, a);
+    gw_bus_call(p->srv, w->on_answer, a);
 }
 
 static void *presence_thread(void *arg)

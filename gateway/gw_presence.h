@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "chat_status.h"
+#include "gw_bus.h"
 #include "gw_server.h"
 
 #define GW_PRESENCE_TTL_MS 30000
@@ -32,7 +33,7 @@ typedef struct gw_presence_state {
     int64_t last_seen_ms; /* 0: never seen */
 } gw_presence_state;
 
-/* A query answer, handed to gw_session_on_presence on the lws thread (which frees it). */
+/* A query answer, handed to the query's on_answer on the lws thread (which frees it). */
 typedef struct gw_presence_answer {
     uint64_t session;
     int n;
@@ -50,8 +51,8 @@ void gw_presence_offline(gw_presence *p, const char *user);
 /* lws thread, every GW_PRESENCE_HEARTBEAT_MS: refreshes the entries of every user held (the
  * gw_user map: the presence thread keeps no copy of it). */
 void gw_presence_beat(gw_presence *p, const chat_map *users);
-/* lws thread: asks for the state of users (at most GW_PRESENCE_QUERY_MAX); the answer comes back
- * through the bus to gw_session_on_presence. */
-void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n);
+/* lws thread: asks for the state of users (at most GW_PRESENCE_QUERY_MAX); the answer (a
+ * gw_presence_answer *) comes back through the bus to on_answer, which frees it. */
+void gw_presence_query(gw_presence *p, uint64_t session, const char *const *users, int n, gw_bus_fn on_answer);
 
 #endif

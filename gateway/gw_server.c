@@ -26,11 +26,18 @@
 #include "chat_log.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
+#include "gw_admit.h"
 #include "gw_bus.h"
 #include "gw_cursor.h"
+#include "gw_delivery.h"
+#include "gw_membership.h"
 #include "gw_presence.h"
 #include "gw_revoke.h"
+#include "gw_route.h"
+#include "gw_send.h"
 #include "gw_session.h"
+#include "gw_sync.h"
+#include "gw_watch.h"
 
 #define TICK_US (100 * LWS_US_PER_MS)
 
@@ -53,12 +60,13 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *srv = lws_container_of(sul, gw_server, tick_sul);
     gw_bus_tick(srv);
+    gw_admit_tick(srv->admit, chat_mono_ns() / 1000000);
     if (++srv->ticks % 2 == 0)
         gw_cursor_flush(srv); /* every 200 ms */
     if (srv->ticks % 10 == 0)
         gw_session_sweep(srv); /* every second */
     if (srv->ticks % 100 == 0) {
-        gw_session_trim_caches(srv); /* every 10 s */
+        gw_membership_trim(srv->membership, chat_mono_ns() / 1000000); /* every 10 s */
         gw_revoke_trim(srv->revoke);
     }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
@@ -489,6 +497,29 @@ static void find_web_dir(gw_server *srv)
     srv->web_dir[0] = '\0';
 }
 
+/* The one place that wires the gateway's modules together: the bus and the connection call back
+ * only through these (pgbouncer's sbuf_init(&client->sbuf, client_proto)), so no two modules call
+ * each other in a circle. */
+/* chat.members.<conv>: the conversation's members changed, its cached membership goes. */
+static void members_changed(gw_server *srv, const char *conv)
+{
+    gw_membership_invalidate(srv->membership, conv);
+}
+
+static const gw_bus_handlers bus_handlers = {
+    .wake = gw_server_wake,
+    .on_delivery = gw_delivery_handle,
+    .on_members = members_changed,
+    .on_presence = gw_watch_on_change,
+    .on_reconnect = gw_session_restart_all,
+};
+
+static const gw_session_handlers session_handlers = {
+    .on_frame = gw_route_frame,
+    .on_drained = gw_sync_resume,
+    .on_closing = gw_watch_drop_all,
+};
+
 chat_status gw_server_create(gw_server *srv)
 {
     find_web_dir(srv);
@@ -497,7 +528,7 @@ chat_status gw_server_create(gw_server *srv)
         memset(r, 0, sizeof r);
     snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
     srv->users = chat_map_create();
-    srv->membership = chat_map_create();
+    srv->membership = gw_membership_create((size_t)srv->cfg->ws_membership_cache, GW_MEMBERSHIP_TTL_MS);
     srv->checking = chat_map_create();
     srv->cursors = chat_map_create();
     srv->watched = chat_map_create();
@@ -541,7 +572,13 @@ chat_status gw_server_create(gw_server *srv)
     pthread_mutex_lock(&srv->context_lock);
     srv->context = context;
     pthread_mutex_unlock(&srv->context_lock);
-    if (gw_bus_create(srv, &srv->bus) != CHAT_OK)
+    srv->session_on = &session_handlers;
+    srv->admit = gw_admit_create((size_t)srv->cfg->ws_inflight_max,
+                                 chat_metrics_gauge(srv->metrics, "chat_gateway_sends_in_flight", NULL,
+                                                    "Sends published and not yet answered (CHAT_WS_INFLIGHT_MAX)."),
+                                 chat_metrics_counter(srv->metrics, "chat_gateway_shed_total", NULL,
+                                                      "Sends refused at once: CHAT_WS_INFLIGHT_MAX were in flight."));
+    if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
     if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
         return CHAT_ERR_INTERNAL;
@@ -638,18 +675,21 @@ void gw_server_destroy(gw_server *srv)
     srv->presence = NULL;
     gw_bus_destroy(srv->bus);
     srv->bus = NULL;
+    gw_admit_destroy(srv->admit);
+    srv->admit = NULL;
     gw_cursor_free_all(srv);
-    gw_session_free_caches(srv);
+    gw_send_free_waiting(srv);
     free(srv->slots);
     free(srv->free_slots);
     srv->slots = NULL;
     srv->free_slots = NULL;
     srv->nslots = srv->nfree = 0;
     chat_map_destroy(srv->users);
-    chat_map_destroy(srv->membership);
+    gw_membership_destroy(srv->membership);
+    srv->membership = NULL;
     chat_map_destroy(srv->checking);
     chat_map_destroy(srv->cursors);
     chat_map_destroy(srv->watched);
     chat_map_destroy(srv->per_ip);
-    srv->users = srv->membership = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
+    srv->users = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
 }

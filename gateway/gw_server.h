@@ -22,6 +22,9 @@ struct ev_loop;
 typedef struct gw_bus gw_bus;
 typedef struct gw_presence gw_presence;
 typedef struct gw_revoke gw_revoke;
+typedef struct gw_membership gw_membership;
+typedef struct gw_admit gw_admit;
+struct gw_session_handlers;
 
 typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
@@ -47,6 +50,7 @@ typedef struct gw_server {
     char gateway_id[24];
     char web_dir[4096];   /* static files served at / ("" = none) */
     gw_bus *bus;
+    gw_admit *admit;      /* sends in flight, admission control (gw_admit.h); lws thread */
     gw_metrics m;
     /* lws thread only */
     /* Open sessions by slot, the low 32 bits of a session id (the high 32 bits count sessions, so
@@ -55,14 +59,14 @@ typedef struct gw_server {
     uint32_t nslots, nfree, *free_slots;
     size_t nsessions;
     chat_map *users;      /* user id -> gw_user * */
-    chat_map *membership; /* conv -> gw_membership * (cache, at most CHAT_WS_MEMBERSHIP_CACHE) ... */
-    struct gw_membership *membership_oldest, *membership_newest; /* ... in the order they came */
+    gw_membership *membership; /* the membership cache, at most CHAT_WS_MEMBERSHIP_CACHE (gw_membership.h) */
     chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
     chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
-    chat_map *watched;    /* user -> sessions watching the user's presence */
+    chat_map *watched;    /* user -> the sessions watching the user's presence (gw_watch.c) */
     chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
     gw_presence *presence;
     gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */
+    const struct gw_session_handlers *session_on; /* what the connections hand up (gw_session.h) */
     int ticks;
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;

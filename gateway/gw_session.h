@@ -1,6 +1,7 @@
-/* A WebSocket client session and the protocol frames (docs/protocol.md). Everything here runs on
- * the lws thread. A session lives in lws's per-session memory from ESTABLISHED to CLOSED; other
- * code refers to it by id (gw_server.sessions) and looks it up again, never keeps the pointer. */
+/* A WebSocket client connection: its lws events, the frames it receives (handed whole to the
+ * router, gw_session_handlers), its outbound queue, the sweep, the slot table. Everything here runs
+ * on the lws thread. A session lives in lws's per-session memory from ESTABLISHED to CLOSED; other
+ * code refers to it by id (gw_server.slots) and looks it up again, never keeps the pointer. */
 #ifndef GW_SESSION_H
 #define GW_SESSION_H
 #include <stdbool.h>
@@ -18,6 +19,7 @@
 #include "chat_revoke.h"
 #include "gw_budget.h"
 #include "gw_bus.h"
+#include "gw_outframe.h"
 #include "gw_server.h"
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */
@@ -31,16 +33,8 @@
  * buffers for it go too. */
 #define GW_CLOSE_WAIT_MS 1000
 
-/* An outbound frame, shared by every session it goes to (one render per delivery). */
-typedef struct gw_frame {
-    int refs;
-    size_t len;
-    int64_t event_ts_ms; /* broker timestamp of the event it carries, or 0 */
-    unsigned char data[]; /* LWS_PRE bytes, then the text */
-} gw_frame;
-
 typedef struct gw_qnode {
-    gw_frame *frame;
+    gw_outframe *frame;
     struct gw_qnode *next;
 } gw_qnode;
 
@@ -107,22 +101,30 @@ static inline const char *gw_session_user(const gw_session *s)
     return s->u ? s->u->id : "";
 }
 
+/* What the connection hands up, given by the one place that wires the modules (gw_server.c sets
+ * srv->session_on): the connection calls no module above it (pgbouncer's sbuf_init(&client->sbuf,
+ * client_proto)). lws thread. */
+typedef struct gw_session_handlers {
+    /* a whole frame of s (data borrowed): gw_route_frame */
+    void (*on_frame)(gw_server *srv, gw_session *s, const char *data, size_t len);
+    /* WRITEABLE wrote and s has a parked sync page (s->sync_next): gw_sync_resume */
+    void (*on_drained)(gw_server *srv, gw_session *s);
+    /* an established s closes: what other modules hold of it goes (gw_watch_drop_all) */
+    void (*on_closing)(gw_server *srv, gw_session *s);
+} gw_session_handlers;
+
 /* Once a second from the tick: slow consumers past their grace, fragments that never finish,
  * idle connections (pinged after CHAT_WS_PING without a frame or pong, dropped after twice that). */
 void gw_session_sweep(gw_server *srv);
 /* A pong from the client: the connection is alive. */
 void gw_session_pong(gw_session *s);
-/* Every 10 s from the tick: drops membership cache entries past their TTL (memory stays bounded
- * by what was used in the last minute). */
-void gw_session_trim_caches(gw_server *srv);
-/* At stop: frees every cache entry and waiting send. */
-void gw_session_free_caches(gw_server *srv);
 /* Graceful stop: close every session with 1001 (going away) so clients reconnect elsewhere. */
 void gw_session_close_all(gw_server *srv);
-/* The gateway's NATS connection came back after a loss: deliveries published meanwhile (and until
- * its subscriptions were known again) went nowhere, so close every session with 1012 (service
- * restart); clients reconnect and sync from their cursors. Returns the sessions closed. */
-size_t gw_session_restart_all(gw_server *srv);
+/* The gateway's NATS connection came back after a loss (reconnects: nats.c's count of new
+ * sockets): deliveries published meanwhile (and until its subscriptions were known again) went
+ * nowhere, so close every session with 1012 (service restart); clients reconnect and sync from
+ * their cursors. */
+void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
 
 /* user: the token's checked user id. */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
@@ -131,15 +133,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
 int gw_session_writeable(gw_server *srv, gw_session *s);
 void gw_session_closed(gw_server *srv, gw_session *s);
 
-/* From the bus (lws thread). msg is borrowed. */
-void gw_session_on_delivery(gw_server *srv, const char *user, natsMsg *msg);
-/* msg NULL: the request timed out. The request is freed by the caller unless retried. */
-bool gw_session_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
-/* Presence: a query answer (gw_presence_answer *, freed here) and a change on chat.presence.<user>. */
-void gw_session_on_presence(gw_server *srv, void *answer);
-void gw_session_on_presence_change(gw_server *srv, natsMsg *msg);
-
-/* Shared with gw_sync.c and gw_cursor.c (lws thread). */
+/* For the modules above the connection (send, sync, deliveries, typing, watches; lws thread). */
 gw_session *gw_session_find(gw_server *srv, uint64_t id);
 /* "<gateway id>-<n>": the session's name in hello, posts and logs; buf has GW_SESSION_NAME_MAX bytes. */
 #define GW_SESSION_NAME_MAX 48
@@ -148,10 +142,15 @@ void gw_session_send_json(gw_server *srv, gw_session *s, json_t *frame); /* take
 void gw_session_send_error(gw_server *srv, gw_session *s, const char *ref, const char *code, const char *message);
 /* An event of a sync page: paced by the sync, so only the grace rule closes a slow reader. */
 void gw_session_send_event(gw_server *srv, gw_session *s, const Chat__V1__Event *e);
-
-/* A request waiting for retry_at_ms is due: send it again. false: free it. */
-bool gw_session_on_retry(gw_server *srv, gw_request *req);
-void gw_session_on_members_changed(gw_server *srv, const char *conv);
+/* Queues f (one more reference) for s: f is shared by every session it goes to. Over the cap for
+ * longer than the grace, or twice over it, s is closed as a slow consumer. */
+void gw_session_enqueue(gw_server *srv, gw_session *s, gw_outframe *f);
+/* Counts an error frame sent: chat_gateway_failed_total{reason=code}. */
+void gw_session_count_error(gw_server *srv, const char *code);
+/* The number of a session named by gw_session_name on this gateway, or 0 (another gateway's). */
+uint64_t gw_session_number(const gw_server *srv, const char *name);
+/* The session that asked for a membership lookup (by id) got its answer or its timeout. */
+void gw_session_lookup_done(gw_server *srv, uint64_t session);
 
 /* A revocation arrived (gw_revoke.c): closes with GW_CLOSE_TOKEN_REVOKED the sessions of user whose
  * token was issued before not_before (or has no iat), or, with user NULL, every session whose

@@ -22,9 +22,29 @@ static size_t pause_bytes(const gw_server *srv)
     return half < GW_SYNC_PAUSE_BYTES ? half : GW_SYNC_PAUSE_BYTES;
 }
 
+/* The asking session of a sync, history or conversations reply, or NULL (it left: the request is
+ * let go). *msg becomes NULL when it is the broker's status without data (no responders: the api
+ * role is down), as for a timeout. */
+static gw_session *asker_of(gw_server *srv, gw_request *req, natsMsg **msg)
+{
+    gw_session *s = gw_session_find(srv, req->session);
+    if (s == NULL)
+        return NULL;
+    if (*msg) {
+        const char *status = NULL;
+        if (natsMsg_GetDataLength(*msg) == 0 && natsMsgHeader_Get(*msg, "Status", &status) == NATS_OK)
+            *msg = NULL; /* no responders: the api role is down */
+    }
+    return s;
+}
+
+static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_history_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg);
+
 static bool send_page(gw_server *srv, gw_session *s, uint8_t *packed, size_t len)
 {
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_SYNC, s->id, SYNC_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_sync_reply, s->id, SYNC_TIMEOUT_MS);
     snprintf(req->user, sizeof req->user, "%s", gw_session_user(s));
     bool ok = gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "sync", packed, len, NULL) == CHAT_OK;
     if (!ok)
@@ -92,8 +112,12 @@ static void sync_failed(gw_server *srv, gw_session *s, const char *code)
                           "sync stopped; send it again with your cursors");
 }
 
-static bool on_sync_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+/* One page of a sync (or its timeout): its events, then the next page or synced. */
+static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__SyncReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__sync_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
@@ -157,7 +181,7 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     rq.limit = f->limit;
     uint8_t buf[256];
     size_t len = chat__v1__history_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_HISTORY, s->id, HISTORY_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_history_reply, s->id, HISTORY_TIMEOUT_MS);
     snprintf(req->conv, sizeof req->conv, "%s", f->conv);
     char *ref_text = f->ref ? json_dumps(f->ref, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     snprintf(req->ref, sizeof req->ref, "%s", ref_text ? ref_text : "");
@@ -168,8 +192,11 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     }
 }
 
-static bool on_history_reply(gw_server *srv, gw_session *s, gw_request *req, natsMsg *msg)
+static bool on_history_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__HistoryReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__history_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
@@ -201,15 +228,18 @@ void gw_conversations_handle(gw_server *srv, gw_session *s)
     rq.user = (char *)gw_session_user(s);
     uint8_t buf[128];
     size_t len = chat__v1__conv_list_request__pack(&rq, buf);
-    gw_request *req = gw_bus_request_new(srv, GW_REQ_CONV_LIST, s->id, HISTORY_TIMEOUT_MS);
+    gw_request *req = gw_bus_request_new(srv, on_conv_list_reply, s->id, HISTORY_TIMEOUT_MS);
     if (gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "conv.list", buf, len, NULL) != CHAT_OK) {
         gw_bus_request_free(srv, req);
         gw_session_send_error(srv, s, NULL, "unavailable", "conversations cannot be listed now");
     }
 }
 
-static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
+static bool on_conv_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 {
+    gw_session *s = asker_of(srv, req, &msg);
+    if (s == NULL)
+        return false;
     Chat__V1__ConvListReply *r = NULL;
     if (msg && natsMsg_GetDataLength(msg) > 0)
         r = chat__v1__conv_list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
@@ -231,19 +261,4 @@ static bool on_conv_list_reply(gw_server *srv, gw_session *s, natsMsg *msg)
     chat__v1__conv_list_reply__free_unpacked(r, NULL);
     gw_session_send_json(srv, s, json_pack("{s:s, s:o}", "type", "conversations", "conversations", list));
     return false;
-}
-
-bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg)
-{
-    gw_session *s = gw_session_find(srv, req->session);
-    if (s == NULL)
-        return false;
-    if (msg) {
-        const char *status = NULL;
-        if (natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK)
-            msg = NULL; /* no responders: the api role is down */
-    }
-    if (req->kind == GW_REQ_CONV_LIST)
-        return on_conv_list_reply(srv, s, msg);
-    return req->kind == GW_REQ_SYNC ? on_sync_reply(srv, s, msg) : on_history_reply(srv, s, req, msg);
 }

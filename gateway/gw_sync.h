@@ -12,6 +12,7 @@
 #include "gw_session.h"
 
 #define GW_SYNC_PAGE 500
+
 #define GW_SYNC_PAUSE_BYTES (1024 * 1024) /* or half of CHAT_WS_QUEUE_MAX, when smaller */
 
 void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f);
@@ -19,8 +20,6 @@ void gw_history_handle(gw_server *srv, gw_session *s, const gw_inframe *f);
 /* {"type":"conversations"}: the user's conversations with their heads and cursors (an addition
  * to the contract's protocol, for clients that list conversations with unread counts). */
 void gw_conversations_handle(gw_server *srv, gw_session *s);
-/* Replies of GW_REQ_SYNC, GW_REQ_HISTORY and GW_REQ_CONV_LIST; false: free the request. */
-bool gw_sync_on_reply(gw_server *srv, gw_request *req, natsMsg *msg);
 /* From the WRITEABLE path: sends a parked page once the queue is small again. */
 void gw_sync_resume(gw_server *srv, gw_session *s);
 
