@@ -171,7 +171,7 @@ chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bu
     if (s == NATS_OK)
         s = natsSubscription_SetPendingLimits(bus->reply_sub, -1, -1);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&bus->members_sub, srv->nc, "chat.members.*", on_members, bus);
+        s = natsConnection_Subscribe(&bus->members_sub, srv->nc, CHAT_SUBJECT_MEMBERS_ALL, on_members, bus);
     if (s != NATS_OK) {
         LOG_ERROR("gateway", "event=bus_create_failed status=\"%s\"", natsStatus_GetText(s));
         gw_bus_destroy(bus);
@@ -245,7 +245,7 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_request_reply_fn on_reply, uin
     r->id = ++bus->next_request;
     r->on_reply = on_reply;
     r->session = session;
-    r->deadline_ms = chat_mono_ns() / 1000000 + timeout_ms;
+    r->deadline_ms = chat_mono_ms() + timeout_ms;
     char key[24];
     snprintf(key, sizeof key, "%" PRIu64, r->id);
     chat_map_put(bus->pending, key, r, NULL);
@@ -333,9 +333,9 @@ void gw_bus_drain(gw_server *srv)
             n->fn(srv, n->data);
             break;
         case IN_MEMBERS: {
-            const char *subject = natsMsg_GetSubject(n->msg);
-            if (strncmp(subject, "chat.members.", 13) == 0)
-                bus->on.on_members(srv, subject + 13);
+            const char *conv = chat_subject_members_parse(natsMsg_GetSubject(n->msg));
+            if (conv)
+                bus->on.on_members(srv, conv);
             break;
         }
         }
@@ -349,7 +349,7 @@ void gw_bus_tick(gw_server *srv)
     gw_bus *bus = srv->bus;
     bury_flush(bus);
     check_reconnected(srv);
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     /* few requests are in flight at once (one per unacked send), so a full walk is cheap */
     for (gw_request *r = bus->oldest, *next; r; r = next) {
         next = r->next;

@@ -39,7 +39,7 @@ static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
     gw_outframe_release(f);
     if (e->session && e->session[0]) {
         gw_admit_done(srv->admit, e->session, e->conv, e->cmid); /* even when the session left */
-        int64_t now = chat_mono_ns() / 1000000;
+        int64_t now = chat_mono_ms();
         /* a post of u's was stored: u is a member */
         if (gw_membership_get(srv->membership, e->conv, u->id, now) == GW_MEMBER_UNKNOWN)
             gw_membership_put(srv->membership, e->conv, u->id, true, now);
@@ -61,12 +61,12 @@ static void deliver_rejection(gw_server *srv, gw_user *u, const Chat__V1__Reject
         if (s->id == n) {
             gw_session_send_error(srv, s, rj->cmid, rj->code, rj->message);
             if (not_member) /* a post into a conversation not known here: a lookup (gw_budget.h) */
-                gw_budget_lookup_charge(s->budget, chat_mono_ns() / 1000000);
+                gw_budget_lookup_charge(s->budget, chat_mono_ms());
         }
     if (strcmp(rj->code, "not_member") == 0) {
         gw_membership_invalidate(srv->membership, rj->conv); /* our cache was stale */
         /* u's next posts there are refused here */
-        gw_membership_put(srv->membership, rj->conv, u->id, false, chat_mono_ns() / 1000000);
+        gw_membership_put(srv->membership, rj->conv, u->id, false, chat_mono_ms());
     }
 }
 

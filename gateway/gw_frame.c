@@ -59,7 +59,7 @@ static bool parse_post(gw_inframe *f, gw_frame_error *err)
         f->body = "";
     else if (!json_is_string(body))
         return fail(err, "bad_request", "body must be a string");
-    else if (json_string_length(body) > GW_BODY_MAX)
+    else if (json_string_length(body) > CHAT_BODY_MAX)
         return fail(err, "too_large", "body is larger than 16 KiB");
     else if (strlen(json_string_value(body)) != json_string_length(body))
         return fail(err, "bad_request", "body must not contain NUL characters");
@@ -70,7 +70,7 @@ static bool parse_post(gw_inframe *f, gw_frame_error *err)
         if (!json_is_object(meta))
             return fail(err, "bad_request", "meta must be a JSON object");
         f->meta = json_dumps(meta, JSON_COMPACT);
-        if (f->meta == NULL || strlen(f->meta) > GW_META_MAX)
+        if (f->meta == NULL || strlen(f->meta) > CHAT_META_MAX)
             return fail(err, "too_large", "meta is larger than 16 KiB");
     }
     if (f->type != GW_IN_SEND && !uint_field(root, "target", 1, 0, &f->target))
@@ -80,7 +80,7 @@ static bool parse_post(gw_inframe *f, gw_frame_error *err)
     if (f->type == GW_IN_REACT) {
         json_t *emoji = json_object_get(root, "emoji");
         json_t *on = json_object_get(root, "on");
-        if (!json_is_string(emoji) || json_string_length(emoji) == 0 || json_string_length(emoji) > GW_EMOJI_MAX ||
+        if (!json_is_string(emoji) || json_string_length(emoji) == 0 || json_string_length(emoji) > CHAT_EMOJI_MAX ||
             strlen(json_string_value(emoji)) != json_string_length(emoji))
             return fail(err, "bad_request", "emoji must be a string of 1-64 bytes");
         if (on != NULL && !json_is_boolean(on))

@@ -9,13 +9,12 @@
 
 #include <jansson.h>
 
-#define GW_BODY_MAX (16 * 1024)
-#define GW_META_MAX (16 * 1024)
+#include "chat_post.h" /* CHAT_BODY_MAX, CHAT_META_MAX, CHAT_EMOJI_MAX: the same limits as the ingest's */
+
 #define GW_SYNC_CURSORS_MAX 10000
 #define GW_PRESENCE_USERS_MAX 100
 #define GW_HISTORY_LIMIT_MAX 100
 #define GW_HISTORY_LIMIT_DEFAULT 50
-#define GW_EMOJI_MAX 64
 #define GW_REF_MAX 64
 
 typedef enum gw_in_type {

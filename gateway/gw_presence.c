@@ -351,7 +351,7 @@ static void *presence_thread(void *arg)
     for (;;) {
         pthread_mutex_lock(&p->lock);
         while (p->head == NULL && !p->stop) {
-            int64_t now = chat_mono_ns() / 1000000;
+            int64_t now = chat_mono_ms();
             int64_t due = next_sweep;
             if (due <= now)
                 break;
@@ -382,7 +382,7 @@ static void *presence_thread(void *arg)
         }
         if (stop)
             break;
-        int64_t now = chat_mono_ns() / 1000000;
+        int64_t now = chat_mono_ms();
         if (now >= next_sweep) {
             sweep(p);
             next_sweep = now + SWEEP_MS;

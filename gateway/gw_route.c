@@ -19,7 +19,7 @@ void gw_route_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
     atomic_fetch_add(srv->m.frames_in, 1);
     /* the token before the parse: a frame over the rate costs no JSON parse, so its answer cannot
      * name its cmid (docs/protocol.md: rate_limited without ref) */
-    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ns() / 1000000)) {
+    if (!gw_bucket_take(&s->frame_tokens, &s->frame_refill_ms, srv->cfg->ws_rate, chat_mono_ms())) {
         gw_session_send_error(srv, s, NULL, "rate_limited", "too many frames on this connection; slow down");
         return;
     }

@@ -26,12 +26,12 @@
 /* The membership cache (gw_membership.h), at the monotonic now. */
 static gw_member membership_get(gw_server *srv, const char *conv, const char *user)
 {
-    return gw_membership_get(srv->membership, conv, user, chat_mono_ns() / 1000000);
+    return gw_membership_get(srv->membership, conv, user, chat_mono_ms());
 }
 
 static void membership_put(gw_server *srv, const char *conv, const char *user, bool member)
 {
-    gw_membership_put(srv->membership, conv, user, member, chat_mono_ns() / 1000000);
+    gw_membership_put(srv->membership, conv, user, member, chat_mono_ms());
 }
 
 /* A send refused by admission control (gw_admit_take): the client sends it again with the same
@@ -68,7 +68,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
 {
     gw_session *s = gw_session_find(srv, session);
     int retry_after_ms = 0;
-    if (s && !gw_admit_take(srv->admit, gw_session_user(s), chat_mono_ns() / 1000000, &retry_after_ms)) {
+    if (s && !gw_admit_take(srv->admit, gw_session_user(s), chat_mono_ms(), &retry_after_ms)) {
         send_retry_later(srv, s, cmid, retry_after_ms);
         return;
     }
@@ -93,7 +93,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     }
     char name[GW_SESSION_NAME_MAX];
     if (s)
-        gw_admit_add(srv->admit, gw_session_name(srv, s, name), gw_session_user(s), conv, cmid, chat_mono_ns() / 1000000);
+        gw_admit_add(srv->admit, gw_session_name(srv, s, name), gw_session_user(s), conv, cmid, chat_mono_ms());
     LOG_DEBUG("gateway", "event=published session=%" PRIu64 " conv=%s cmid=%s", session, conv, cmid);
 }
 
@@ -175,7 +175,7 @@ void gw_send_post(gw_server *srv, gw_session *s, const gw_inframe *f)
         [GW_IN_REACT] = CHAT__V1__EVENT_KIND__EVENT_KIND_REACTION,
     };
     gw_user *u = s->u;
-    if (u && !gw_bucket_take(&u->post_tokens, &u->post_refill_ms, srv->cfg->ws_user_rate, chat_mono_ns() / 1000000)) {
+    if (u && !gw_bucket_take(&u->post_tokens, &u->post_refill_ms, srv->cfg->ws_user_rate, chat_mono_ms())) {
         gw_session_send_error(srv, s, f->cmid, "rate_limited", "too many messages from this user; slow down");
         return;
     }
@@ -222,7 +222,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, gw_session_user(s));
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     waiting *w = chat_map_get(srv->checking, key);
     if (w) { /* a check for this member is in flight: queue behind it, keeping the order */
         if (!gw_budget_waiting(&s->budget)) {
@@ -309,7 +309,7 @@ static bool ask_post_status(gw_server *srv, gw_request *req)
     size_t len = chat__v1__post_status_request__pack(&rq, buf);
     req->on_reply = on_status_reply;
     req->on_retry = on_status_retry;
-    req->deadline_ms = chat_mono_ns() / 1000000 + GW_REQUEST_TIMEOUT_MS;
+    req->deadline_ms = chat_mono_ms() + GW_REQUEST_TIMEOUT_MS;
     return gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
 
@@ -334,7 +334,7 @@ static bool publish_again(gw_server *srv, gw_request *req)
     req->on_retry = NULL;
     req->republished = true;
     req->attempts = 0;
-    req->deadline_ms = chat_mono_ns() / 1000000 + GW_REQUEST_TIMEOUT_MS;
+    req->deadline_ms = chat_mono_ms() + GW_REQUEST_TIMEOUT_MS;
     if (gw_bus_request_send(srv, req, subject, req->payload, req->payload_len, msg_id) != CHAT_OK)
         return false;
     LOG_WARN("gateway", "event=published_again conv=%s cmid=%s msg_id=%s reason=duplicate_not_stored", req->conv,
@@ -377,10 +377,10 @@ static bool start_post_status(gw_server *srv, gw_session *s, gw_request *req)
         return false;
     }
     req->status_chain = true;
-    if (!gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000)) {
+    if (!gw_budget_status_poll(&s->budget, chat_mono_ms())) {
         req->on_reply = on_status_reply;
         req->on_retry = on_status_retry;
-        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
+        req->retry_at_ms = chat_mono_ms() + POST_STATUS_RETRY_MS;
         return true;
     }
     if (!ask_post_status(srv, req)) {
@@ -464,7 +464,7 @@ static bool status_answered(gw_server *srv, gw_request *req, natsMsg *msg)
         chat__v1__post_reply__free_unpacked(r, NULL);
     if (not_yet && ++req->attempts < POST_STATUS_TRIES) {
         /* stored by the ingest any moment now: ask again shortly */
-        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS;
+        req->retry_at_ms = chat_mono_ms() + POST_STATUS_RETRY_MS;
         return true;
     }
     if (not_yet && req->staged_dup && !req->republished && req->payload && publish_again(srv, req))
@@ -495,8 +495,8 @@ static bool on_status_retry(gw_server *srv, gw_request *req)
 {
     gw_session *s = gw_session_find(srv, req->session);
     bool keep = s != NULL;
-    if (keep && !gw_budget_status_poll(&s->budget, chat_mono_ns() / 1000000))
-        req->retry_at_ms = chat_mono_ns() / 1000000 + POST_STATUS_RETRY_MS; /* the connection's polls are spent: later */
+    if (keep && !gw_budget_status_poll(&s->budget, chat_mono_ms()))
+        req->retry_at_ms = chat_mono_ms() + POST_STATUS_RETRY_MS; /* the connection's polls are spent: later */
     else if (keep)
         keep = ask_post_status(srv, req);
     if (!keep)

@@ -60,13 +60,13 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     gw_server *srv = lws_container_of(sul, gw_server, tick_sul);
     gw_bus_tick(srv);
-    gw_admit_tick(srv->admit, chat_mono_ns() / 1000000);
+    gw_admit_tick(srv->admit, chat_mono_ms());
     if (++srv->ticks % 2 == 0)
         gw_cursor_flush(srv); /* every 200 ms */
     if (srv->ticks % 10 == 0)
         gw_session_sweep(srv); /* every second */
     if (srv->ticks % 100 == 0) {
-        gw_membership_trim(srv->membership, chat_mono_ns() / 1000000); /* every 10 s */
+        gw_membership_trim(srv->membership, chat_mono_ms()); /* every 10 s */
         gw_revoke_trim(srv->revoke);
     }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
@@ -598,7 +598,7 @@ static bool service_once(gw_server *srv)
 
 static void service_until(gw_server *srv, int64_t deadline_ms, bool (*done)(gw_server *))
 {
-    while (!done(srv) && chat_mono_ns() / 1000000 < deadline_ms)
+    while (!done(srv) && chat_mono_ms() < deadline_ms)
         if (!service_once(srv))
             break;
 }
@@ -630,14 +630,14 @@ void gw_server_run(gw_server *srv)
             return;
     LOG_INFO("gateway", "event=stopping delay_ms=%lld sessions=%zu", (long long)srv->cfg->ws_stop_delay_ms,
              srv->nsessions);
-    service_until(srv, chat_mono_ns() / 1000000 + srv->cfg->ws_stop_delay_ms, never);
-    int64_t now = chat_mono_ns() / 1000000;
+    service_until(srv, chat_mono_ms() + srv->cfg->ws_stop_delay_ms, never);
+    int64_t now = chat_mono_ms();
     LOG_INFO("gateway", "event=draining sessions=%zu requests=%zu", srv->nsessions, gw_bus_pending(srv));
     service_until(srv, now + 3000, no_requests);
     gw_cursor_flush(srv);
-    service_until(srv, chat_mono_ns() / 1000000 + 300, no_requests); /* acks and cursors on their way */
+    service_until(srv, chat_mono_ms() + 300, no_requests); /* acks and cursors on their way */
     gw_session_close_all(srv);
-    service_until(srv, chat_mono_ns() / 1000000 + 2000, no_sessions);
+    service_until(srv, chat_mono_ms() + 2000, no_sessions);
     LOG_INFO("gateway", "event=drained sessions_left=%zu", srv->nsessions);
 }
 

@@ -40,7 +40,7 @@ static void close_now(gw_session *s, int code)
     free(s->sync_next);
     s->sync_next = NULL;
     s->close_code = code;
-    s->closing_ms = chat_mono_ns() / 1000000;
+    s->closing_ms = chat_mono_ms();
     lws_callback_on_writable(s->wsi);
     lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, (GW_CLOSE_WAIT_MS + 999) / 1000);
 }
@@ -79,7 +79,7 @@ static void enqueue_frame(gw_server *srv, gw_session *s, gw_outframe *f, bool pa
         return;
     size_t max = (size_t)srv->cfg->ws_queue_max;
     if (s->qbytes + f->len > max) {
-        int64_t now = chat_mono_ns() / 1000000;
+        int64_t now = chat_mono_ms();
         if (s->over_since_ms == 0)
             s->over_since_ms = now;
         if (now - s->over_since_ms > srv->cfg->ws_slow_grace_ms || (!paced && s->qbytes + f->len > 2 * max)) {
@@ -221,7 +221,7 @@ void gw_session_lookup_done(gw_server *srv, uint64_t session)
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user)
 {
     s->wsi = wsi;
-    s->last_rx_ms = chat_mono_ns() / 1000000;
+    s->last_rx_ms = chat_mono_ms();
     gw_user *u = chat_map_get(srv->users, user);
     if (u == NULL) {
         size_t len = strlen(user);
@@ -281,7 +281,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
 {
     if (!s->established)
         return -1;
-    s->last_rx_ms = chat_mono_ns() / 1000000;
+    s->last_rx_ms = chat_mono_ms();
     bool complete = lws_is_final_fragment(s->wsi) && lws_remaining_packet_payload(s->wsi) == 0;
     size_t have = s->rx ? s->rx->buf.len : 0;
     if (have + len > GW_FRAME_MAX) {
@@ -296,7 +296,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     if (s->rx == NULL) {
         if ((s->rx = calloc(1, sizeof *s->rx)) == NULL)
             abort();
-        s->rx->started_ms = chat_mono_ns() / 1000000;
+        s->rx->started_ms = chat_mono_ms();
         /* lws hands a frame over in RX_BUFFER_SIZE pieces: room for the whole of it at once */
         size_t rest = lws_remaining_packet_payload(s->wsi);
         chat_buf_reserve(&s->rx->buf, len + (rest < GW_FRAME_MAX ? rest : GW_FRAME_MAX));
@@ -326,7 +326,7 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
         /* with a payload: lws hands an empty pong to no callback, and the pong is what we wait for */
         unsigned char ping[LWS_PRE + 4] = {[LWS_PRE] = 'c', 'h', 'a', 't'};
         s->want_ping = false;
-        s->ping_sent_ms = chat_mono_ns() / 1000000;
+        s->ping_sent_ms = chat_mono_ms();
         if (lws_write(s->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 4)
             return -1;
     }
@@ -363,7 +363,7 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
 static void sweep_one(gw_server *srv, gw_session *s, void *ctx)
 {
     (void)ctx;
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     if (s->close_code) {
         if (now - s->closing_ms >= GW_CLOSE_WAIT_MS - 100) /* the sweep's second, give or take a tick */
             hang_up(s);
@@ -395,7 +395,7 @@ static void sweep_one(gw_server *srv, gw_session *s, void *ctx)
  * every 30, docs/benchmarks.md). */
 void gw_session_pong(gw_session *s)
 {
-    s->last_rx_ms = chat_mono_ns() / 1000000;
+    s->last_rx_ms = chat_mono_ms();
 }
 
 void gw_session_sweep(gw_server *srv)

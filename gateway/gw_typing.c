@@ -33,7 +33,7 @@ static void typing_fanout(gw_server *srv, const char *conv, const char *user)
 void gw_typing_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     const char *conv = f->conv;
-    int64_t now = chat_mono_ns() / 1000000;
+    int64_t now = chat_mono_ms();
     if (!gw_budget_typing(&s->budget, conv, now))
         return; /* typing is a hint: the extras are dropped */
     if (gw_membership_get(srv->membership, conv, gw_session_user(s), now) == GW_NOT_MEMBER) {
@@ -74,7 +74,7 @@ static bool on_members_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     if (r && r->status && strcmp(r->status->code, "not_member") == 0) {
         /* the api role answers a non-member (of a missing conversation too) with this alone */
         chat__v1__members_list_reply__free_unpacked(r, NULL);
-        gw_membership_put(srv->membership, req->conv, req->user, false, chat_mono_ns() / 1000000);
+        gw_membership_put(srv->membership, req->conv, req->user, false, chat_mono_ms());
         gw_session *s = gw_session_find(srv, req->session);
         if (s)
             gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
@@ -92,14 +92,14 @@ static bool on_members_list_reply(gw_server *srv, gw_request *req, natsMsg *msg)
     if (!member) {
         /* only the answer is kept: a non-member neither replaces what members use nor makes the
          * gateway hold the list of a conversation (of any size) for a minute */
-        gw_membership_put(srv->membership, req->conv, req->user, false, chat_mono_ns() / 1000000);
+        gw_membership_put(srv->membership, req->conv, req->user, false, chat_mono_ms());
         chat__v1__members_list_reply__free_unpacked(r, NULL);
         if (s)
             gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return false;
     }
     /* replaces whatever was cached */
-    gw_membership_put_list(srv->membership, req->conv, r->users, r->n_users, chat_mono_ns() / 1000000);
+    gw_membership_put_list(srv->membership, req->conv, r->users, r->n_users, chat_mono_ms());
     chat__v1__members_list_reply__free_unpacked(r, NULL);
     typing_fanout(srv, req->conv, req->user);
     return false;

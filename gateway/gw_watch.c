@@ -77,7 +77,7 @@ void gw_watch_drop_all(gw_server *srv, gw_session *s)
 
 void gw_watch_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
-    if (!gw_budget_presence(&s->budget, chat_mono_ns() / 1000000)) {
+    if (!gw_budget_presence(&s->budget, chat_mono_ms())) {
         gw_session_send_error(srv, s, NULL, "rate_limited", "too many presence queries on this connection; slow down");
         return;
     }
