@@ -444,8 +444,11 @@ static chat_status jwt_policy_load(chat_cfg *cfg, char *err, size_t errsz)
     return chat_jwt_policy_create(&s, err, errsz, &cfg->jwt);
 }
 
-static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errsz)
+/* Settings every program reads: home, log level, listen addresses, NATS, PostgreSQL, Redis,
+ * partitions, token keys. The checks of each group run in the order of the settings table. */
+static chat_status validate_common(chat_cfg *cfg, unsigned prog, char *err, size_t errsz)
 {
+    char shown[1024]; /* a setting echoed in an error: its secrets masked (chat_redact.h) */
     /* CHAT_HOME: made absolute, so file:// defaults and pid paths do not depend on cwd later. */
     if (cfg->home[0] == '\0')
         return fail(err, errsz, "CHAT_HOME", "must not be empty", NULL);
@@ -468,7 +471,6 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
     if ((prog & WK) && chat_parse_listen(cfg->worker_listen_raw, &cfg->worker_listen) != CHAT_OK)
         return fail(err, errsz, "CHAT_WORKER_LISTEN", "must be host:port (got \"%s\")",
                     cfg->worker_listen_raw);
-    char shown[1024]; /* a setting echoed in an error: its secrets masked (chat_redact.h) */
     if (!nats_urls_valid(cfg->nats_url)) {
         chat_redact_url(cfg->nats_url, shown, sizeof shown);
         return fail(err, errsz, "CHAT_NATS_URL",
@@ -508,118 +510,145 @@ static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errs
         if (st != CHAT_OK)
             return st;
     }
-    if (prog & (WK | CTL)) {
-        if (cfg->archive_url[0] == '\0') {
-            char buf[PATH_MAX + 32];
-            snprintf(buf, sizeof buf, "file://%s/archive", cfg->home);
-            free(cfg->archive_url);
-            cfg->archive_url = strdup(buf);
-        }
-        bool file = strncmp(cfg->archive_url, "file:///", 8) == 0;
-        bool s3 = strncmp(cfg->archive_url, "s3://", 5) == 0 && cfg->archive_url[5] != '\0' &&
-                  cfg->archive_url[5] != '/';
-        if (!file && !s3)
-            return fail(err, errsz, "CHAT_ARCHIVE_URL",
-                        "must be file:///absolute/path or s3://bucket/prefix (got \"%s\")", cfg->archive_url);
-        if (s3 && (cfg->s3_access_key[0] == '\0' || cfg->s3_secret_key[0] == '\0'))
-            return fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
-                        "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
-        if (s3 && cfg->s3_endpoint[0] && strncmp(cfg->s3_endpoint, "http://", 7) != 0 &&
-            strncmp(cfg->s3_endpoint, "https://", 8) != 0) {
-            chat_redact_url(cfg->s3_endpoint, shown, sizeof shown);
-            return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")", shown);
-        }
-        chat_status st = duration_in("CHAT_PARTITION_SPAN", cfg->span_raw, 60000, 7 * 86400000LL,
-                                     &cfg->partition_span_ms, err, errsz);
-        if (st != CHAT_OK)
-            return st;
-        st = duration_in("CHAT_HOT_RETENTION", cfg->retention_raw, 60000, 100LL * 365 * 86400000,
-                         &cfg->hot_retention_ms, err, errsz);
-        if (st != CHAT_OK)
-            return st;
-    }
-    if (prog & WK) {
-        chat_status st = duration_in("CHAT_PUSH_GRACE", cfg->grace_raw, 1, 7 * 86400000LL,
-                                     &cfg->push_grace_ms, err, errsz);
-        if (st != CHAT_OK)
-            return st;
-        const char *w = cfg->push_webhook_url;
-        if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0) {
-            chat_redact_url(w, shown, sizeof shown);
-            return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", shown);
-        }
-        chat_egress *egress = NULL;
-        char why[160];
-        if (chat_egress_create(cfg->egress_allow, &egress, why, sizeof why) != CHAT_OK)
-            return fail(err, errsz, "CHAT_EGRESS_ALLOW", "%s", why);
-        chat_egress_destroy(egress);
-        if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
-            return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
-        cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
-        if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
-            return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
-                        cfg->js_replicas_raw);
-        if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
-            return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
-                        cfg->archive_cache_raw);
-        if (!parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
-            return fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
-                        cfg->committers_raw);
-        cfg->roles = parse_roles(cfg->worker_roles);
-        if (cfg->roles == 0)
-            return fail(err, errsz, "CHAT_WORKER_ROLES",
-                        "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
-                        cfg->worker_roles);
-    }
-    if (prog & GW) {
-        if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
-            return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
-        cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
-        /* dev mode mints a token for any user: never on an address the network reaches */
-        if (cfg->dev_mode && !host_is_loopback(cfg->gateway_listen.host))
-            return fail(err, errsz, "CHAT_DEV_MODE",
-                        "1 needs a loopback CHAT_GATEWAY_LISTEN (127.0.0.1, ::1 or localhost): /dev/token mints a "
-                        "token for any user (got \"%s\")",
-                        cfg->gateway_listen_raw);
-        if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0'))
-            return fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
-                        "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
-        for (int i = 0; i < 2; i++) {
-            const char *path = i ? cfg->tls_key : cfg->tls_cert;
-            if (path[0] && access(path, R_OK) != 0)
-                return fail(err, errsz, i ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT", "cannot read \"%s\"", path);
-        }
-        char *end;
-        long long queue = strtoll(cfg->ws_queue_raw, &end, 10);
-        if (*end || queue < 65536 || queue > (1LL << 30))
-            return fail(err, errsz, "CHAT_WS_QUEUE_MAX", "must be a number of bytes from 65536 to 1073741824 (got \"%s\")",
-                        cfg->ws_queue_raw);
-        cfg->ws_queue_max = queue;
-        chat_status st = duration_in("CHAT_WS_SLOW_GRACE", cfg->ws_grace_raw, 1, 3600000, &cfg->ws_slow_grace_ms, err, errsz);
-        if (st == CHAT_OK)
-            st = duration_in("CHAT_WS_PING", cfg->ws_ping_raw, 1000, 3600000, &cfg->ws_ping_ms, err, errsz);
-        cfg->ws_stop_delay_ms = 0;
-        if (st == CHAT_OK && strcmp(cfg->ws_stop_delay_raw, "0") != 0)
-            st = duration_in("CHAT_WS_STOP_DELAY", cfg->ws_stop_delay_raw, 1, 60000, &cfg->ws_stop_delay_ms, err, errsz);
-        if (st != CHAT_OK)
-            return st;
-        if (!parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))
-            return fail(err, errsz, "CHAT_WS_RATE", "must be an integer from 1 to 1000000 (got \"%s\")", cfg->ws_rate_raw);
-        if (!parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
-            return fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
-                        cfg->ws_user_rate_raw);
-        if (!parse_int(cfg->ws_inflight_raw, 0, 1000000, &cfg->ws_inflight_max))
-            return fail(err, errsz, "CHAT_WS_INFLIGHT_MAX", "must be an integer from 0 to 1000000 (got \"%s\")",
-                        cfg->ws_inflight_raw);
-        if (!parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
-            return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
-        if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
-            return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
-        if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
-            return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
-                        cfg->ws_membership_cache_raw);
-    }
     return CHAT_OK;
+}
+
+/* The archive and its cold reads (workers, chatctl). */
+static chat_status validate_storage(chat_cfg *cfg, char *err, size_t errsz)
+{
+    char shown[1024];
+    if (cfg->archive_url[0] == '\0') {
+        char buf[PATH_MAX + 32];
+        snprintf(buf, sizeof buf, "file://%s/archive", cfg->home);
+        free(cfg->archive_url);
+        cfg->archive_url = strdup(buf);
+    }
+    bool file = strncmp(cfg->archive_url, "file:///", 8) == 0;
+    bool s3 = strncmp(cfg->archive_url, "s3://", 5) == 0 && cfg->archive_url[5] != '\0' &&
+              cfg->archive_url[5] != '/';
+    if (!file && !s3)
+        return fail(err, errsz, "CHAT_ARCHIVE_URL",
+                    "must be file:///absolute/path or s3://bucket/prefix (got \"%s\")", cfg->archive_url);
+    if (s3 && (cfg->s3_access_key[0] == '\0' || cfg->s3_secret_key[0] == '\0'))
+        return fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
+                    "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
+    if (s3 && cfg->s3_endpoint[0] && strncmp(cfg->s3_endpoint, "http://", 7) != 0 &&
+        strncmp(cfg->s3_endpoint, "https://", 8) != 0) {
+        chat_redact_url(cfg->s3_endpoint, shown, sizeof shown);
+        return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")", shown);
+    }
+    chat_status st = duration_in("CHAT_PARTITION_SPAN", cfg->span_raw, 60000, 7 * 86400000LL,
+                                 &cfg->partition_span_ms, err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    st = duration_in("CHAT_HOT_RETENTION", cfg->retention_raw, 60000, 100LL * 365 * 86400000,
+                     &cfg->hot_retention_ms, err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    return CHAT_OK;
+}
+
+/* The worker's roles: pushes, egress, streams, the ingest. */
+static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
+{
+    char shown[1024];
+    chat_status st = duration_in("CHAT_PUSH_GRACE", cfg->grace_raw, 1, 7 * 86400000LL,
+                                 &cfg->push_grace_ms, err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    const char *w = cfg->push_webhook_url;
+    if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0) {
+        chat_redact_url(w, shown, sizeof shown);
+        return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", shown);
+    }
+    chat_egress *egress = NULL;
+    char why[160];
+    if (chat_egress_create(cfg->egress_allow, &egress, why, sizeof why) != CHAT_OK)
+        return fail(err, errsz, "CHAT_EGRESS_ALLOW", "%s", why);
+    chat_egress_destroy(egress);
+    if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
+        return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
+    cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
+    if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
+        return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
+                    cfg->js_replicas_raw);
+    if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
+        return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
+                    cfg->archive_cache_raw);
+    if (!parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
+        return fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
+                    cfg->committers_raw);
+    cfg->roles = parse_roles(cfg->worker_roles);
+    if (cfg->roles == 0)
+        return fail(err, errsz, "CHAT_WORKER_ROLES",
+                    "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
+                    cfg->worker_roles);
+    return CHAT_OK;
+}
+
+/* The gateway: dev mode, TLS, the per-connection limits. */
+static chat_status validate_gateway(chat_cfg *cfg, char *err, size_t errsz)
+{
+    if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
+        return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
+    cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
+    /* dev mode mints a token for any user: never on an address the network reaches */
+    if (cfg->dev_mode && !host_is_loopback(cfg->gateway_listen.host))
+        return fail(err, errsz, "CHAT_DEV_MODE",
+                    "1 needs a loopback CHAT_GATEWAY_LISTEN (127.0.0.1, ::1 or localhost): /dev/token mints a "
+                    "token for any user (got \"%s\")",
+                    cfg->gateway_listen_raw);
+    if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0'))
+        return fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
+                    "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
+    for (int i = 0; i < 2; i++) {
+        const char *path = i ? cfg->tls_key : cfg->tls_cert;
+        if (path[0] && access(path, R_OK) != 0)
+            return fail(err, errsz, i ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT", "cannot read \"%s\"", path);
+    }
+    char *end;
+    long long queue = strtoll(cfg->ws_queue_raw, &end, 10);
+    if (*end || queue < 65536 || queue > (1LL << 30))
+        return fail(err, errsz, "CHAT_WS_QUEUE_MAX", "must be a number of bytes from 65536 to 1073741824 (got \"%s\")",
+                    cfg->ws_queue_raw);
+    cfg->ws_queue_max = queue;
+    chat_status st = duration_in("CHAT_WS_SLOW_GRACE", cfg->ws_grace_raw, 1, 3600000, &cfg->ws_slow_grace_ms, err, errsz);
+    if (st == CHAT_OK)
+        st = duration_in("CHAT_WS_PING", cfg->ws_ping_raw, 1000, 3600000, &cfg->ws_ping_ms, err, errsz);
+    cfg->ws_stop_delay_ms = 0;
+    if (st == CHAT_OK && strcmp(cfg->ws_stop_delay_raw, "0") != 0)
+        st = duration_in("CHAT_WS_STOP_DELAY", cfg->ws_stop_delay_raw, 1, 60000, &cfg->ws_stop_delay_ms, err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    if (!parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))
+        return fail(err, errsz, "CHAT_WS_RATE", "must be an integer from 1 to 1000000 (got \"%s\")", cfg->ws_rate_raw);
+    if (!parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
+        return fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
+                    cfg->ws_user_rate_raw);
+    if (!parse_int(cfg->ws_inflight_raw, 0, 1000000, &cfg->ws_inflight_max))
+        return fail(err, errsz, "CHAT_WS_INFLIGHT_MAX", "must be an integer from 0 to 1000000 (got \"%s\")",
+                    cfg->ws_inflight_raw);
+    if (!parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
+        return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
+    if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
+        return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
+    if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
+        return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
+                    cfg->ws_membership_cache_raw);
+    return CHAT_OK;
+}
+
+/* Every setting prog uses, checked once at start; the first bad one is named in err. */
+static chat_status validate(chat_cfg *cfg, unsigned prog, char *err, size_t errsz)
+{
+    chat_status st = validate_common(cfg, prog, err, errsz);
+    if (st == CHAT_OK && (prog & (WK | CTL)))
+        st = validate_storage(cfg, err, errsz);
+    if (st == CHAT_OK && (prog & WK))
+        st = validate_worker(cfg, err, errsz);
+    if (st == CHAT_OK && (prog & GW))
+        st = validate_gateway(cfg, err, errsz);
+    return st;
 }
 
 chat_status chat_cfg_load(chat_cfg *cfg, unsigned prog, int argc, char **argv, char *err, size_t errsz)
