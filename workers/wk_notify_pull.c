@@ -1,0 +1,305 @@
+/* The notify role's consumer and pull loop: pulling batches by hand, sorting each message (ack,
+ * terminate, wait out the grace, or due), and for the due ones claim, push, settle, then ack or
+ * hand back; the replies to JetStream. Threads: the pullers, each with its own batch. */
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.pb-c.h"
+#include "chat_id.h"
+#include "chat_log.h"
+#include "chat_time.h"
+#include "wk_notifyp.h"
+
+#define IDLE_WAIT_MS 1000  /* long poll of an idle puller */
+#define DUE_SLACK_MS 20    /* a redelivery this close to its due time counts as due */
+#define KEEPALIVE_MS 10000 /* +WPI for the batch while it takes long (AckWait is 30 s) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pure helpers                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+int64_t wk_notify_backoff_ms(uint64_t delivered)
+{
+    int shift = delivered <= 2 ? 0 : delivered - 2 > 16 ? 16 : (int)(delivered - 2);
+    int64_t ms = 1000LL << shift;
+    return ms > WK_NOTIFY_BACKOFF_MAX_MS ? WK_NOTIFY_BACKOFF_MAX_MS : ms;
+}
+
+bool wk_notify_parse_ack(const char *reply, uint64_t *delivered, int64_t *ts_ns)
+{
+    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
+        return false;
+    const char *tok[16];
+    int n = 0;
+    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
+        tok[n++] = p;
+    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
+    if (base < 0)
+        return false;
+    char *end = NULL;
+    unsigned long long dc = strtoull(tok[base + 2], &end, 10);
+    if (end == tok[base + 2] || *end != '.' || dc == 0)
+        return false;
+    long long ts = strtoll(tok[base + 5], &end, 10);
+    if (end == tok[base + 5] || ts <= 0)
+        return false;
+    *delivered = dc;
+    *ts_ns = ts;
+    return true;
+}
+
+wk_notify_kind wk_notify_classify(const char *chat_type, const void *data, size_t len, Chat__V1__Event **ev)
+{
+    *ev = NULL;
+    /* membership changes, and whatever a later release may add, are none of the notifier's business */
+    if (chat_type == NULL || strcmp(chat_type, "event") != 0)
+        return WK_NOTIFY_SKIP;
+    Chat__V1__Event *e = chat__v1__event__unpack(NULL, len, data);
+    if (e == NULL || !chat_id_valid(e->conv) || !chat_id_valid(e->sender) || e->seq == 0) {
+        if (e)
+            chat__v1__event__free_unpacked(e, NULL);
+        return WK_NOTIFY_INVALID;
+    }
+    /* edits, deletes and reactions change what is unread, never add to it: no push of their own */
+    if (e->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT && e->kind != CHAT__V1__EVENT_KIND__EVENT_KIND_SYSTEM) {
+        chat__v1__event__free_unpacked(e, NULL);
+        return WK_NOTIFY_SKIP;
+    }
+    *ev = e;
+    return WK_NOTIFY_MESSAGE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Replies to JetStream                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+void ntf_reply(ntf_puller *p, natsMsg *m, const char *what)
+{
+    const char *r = natsMsg_GetReply(m);
+    if (r)
+        natsConnection_PublishString(p->n->app->nc, r, what);
+}
+
+/* -NAK with a delay: the broker redelivers the message after delay_ms (to any notify worker). */
+void ntf_nak_after(ntf_puller *p, natsMsg *m, int64_t delay_ms)
+{
+    char text[64];
+    snprintf(text, sizeof text, "-NAK {\"delay\":%lld}", (long long)(delay_ms < 1 ? 1 : delay_ms) * 1000000LL);
+    ntf_reply(p, m, text);
+}
+
+void ntf_keepalive(ntf_puller *p, ntf_req *rq, int n, int64_t *last_ms)
+{
+    int64_t now = ntf_mono_ms();
+    if (now - *last_ms < KEEPALIVE_MS)
+        return;
+    for (int i = 0; i < n; i++)
+        ntf_reply(p, rq[i].msg, "+WPI");
+    *last_ms = now;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* One batch                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { D_DONE, D_BLOCKED, D_DEFERRED, D_FAILED };
+
+/* Acks each request whose members are all pushed (or not behind); the others come back later. */
+static void decide(ntf_puller *p, ntf_req *rq, int n, ntf_pair *pairs, int npairs)
+{
+    wk_notify *w = p->n;
+    static const char *names[] = {"done", "blocked", "deferred", "failed"};
+    for (int i = 0; i < n; i++) {
+        const Chat__V1__Event *ev = rq[i].ev;
+        int worst = D_DONE;
+        int64_t wait_ms = NTF_RETRY_SOON_MS;
+        for (int k = 0; k < npairs; k++) {
+            const ntf_pair *q = &pairs[k];
+            if (!ntf_depends(ev, q))
+                continue;
+            int d = D_DONE;
+            if (!q->mine) {
+                d = D_BLOCKED;
+                int64_t left = q->claim_left_ms + 500;
+                if (left > wait_ms)
+                    wait_ms = left > WK_NOTIFY_BACKOFF_MAX_MS ? WK_NOTIFY_BACKOFF_MAX_MS : left;
+            } else if (q->outcome == O_FAILED) {
+                d = D_FAILED;
+            } else if (q->outcome == O_DEFERRED) {
+                d = D_DEFERRED;
+            }
+            if (d > worst)
+                worst = d;
+        }
+        if (worst == D_DONE) {
+            ntf_reply(p, rq[i].msg, "+ACK");
+            atomic_fetch_add(w->m_done, 1);
+            continue;
+        }
+        if (rq[i].delivered >= WK_NOTIFY_MAX_DELIVER) {
+            /* the broker would not deliver it again: say so, count it, and take it out */
+            ntf_reply(p, rq[i].msg, "+TERM");
+            atomic_fetch_add(w->m_given_up, 1);
+            LOG_WARN("notify", "event=given_up conv=%s seq=%" PRIu64 " deliveries=%" PRIu64 " reason=%s", ev->conv,
+                     ev->seq, rq[i].delivered, names[worst]);
+            continue;
+        }
+        int64_t delay = worst == D_FAILED ? wk_notify_backoff_ms(rq[i].delivered) : wait_ms;
+        ntf_nak_after(p, rq[i].msg, delay);
+        LOG_DEBUG("notify", "event=retry_later conv=%s seq=%" PRIu64 " deliveries=%" PRIu64 " reason=%s delay_ms=%lld",
+                  ev->conv, ev->seq, rq[i].delivered, names[worst], (long long)delay);
+    }
+}
+
+/* Requests whose grace has passed: claim, push per user, settle, ack or hand back. */
+static void process_due(ntf_puller *p, ntf_req *rq, int n)
+{
+    wk_notify *w = p->n;
+    char token[96];
+    snprintf(token, sizeof token, "%s-%d-%" PRIu64, w->worker_id, p->index, ++p->batches);
+    int64_t last_keep = ntf_mono_ms();
+    PGresult *res = ntf_claim(p, rq, n, token, &last_keep);
+    if (res == NULL)
+        return;
+    int npairs = PQntuples(res);
+    ntf_pair *pairs = calloc((size_t)(npairs ? npairs : 1), sizeof *pairs);
+    ntf_read_pairs(res, pairs);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < npairs; k++)
+            if (ntf_depends(rq[i].ev, &pairs[k]) && rq[i].delivered > pairs[k].max_delivered)
+                pairs[k].max_delivered = rq[i].delivered;
+    ntf_push_all(p, pairs, npairs, rq, n, &last_keep);
+    ntf_settle(p, pairs, npairs, token);
+    decide(p, rq, n, pairs, npairs);
+    free(pairs);
+    PQclear(res);
+}
+
+/* Sorts a fetched batch: what needs no push is acked, a malformed event is terminated, without a
+ * webhook everything is acked, messages still inside their grace are nak'ed with the time left;
+ * the rest is processed. */
+static void handle_batch(ntf_puller *p, natsMsg **msgs, int n)
+{
+    wk_notify *w = p->n;
+    const chat_cfg *cfg = w->app->cfg;
+    ntf_req due[WK_NOTIFY_BATCH];
+    int ndue = 0;
+    int64_t now = chat_now_ms();
+    for (int i = 0; i < n; i++) {
+        natsMsg *m = msgs[i];
+        uint64_t dc = 1;
+        int64_t ts_ns = 0;
+        wk_notify_parse_ack(natsMsg_GetReply(m), &dc, &ts_ns);
+        const char *type = NULL;
+        if (natsMsgHeader_Get(m, "Chat-Type", &type) != NATS_OK)
+            type = NULL;
+        Chat__V1__Event *ev = NULL;
+        wk_notify_kind kind = wk_notify_classify(type, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), &ev);
+        if (kind == WK_NOTIFY_SKIP) {
+            ntf_reply(p, m, "+ACK");
+            atomic_fetch_add(w->m_skipped, 1);
+        } else if (kind == WK_NOTIFY_INVALID) {
+            LOG_WARN("notify", "event=dropped subject=%s reason=\"not a valid Event\"", natsMsg_GetSubject(m));
+            ntf_reply(p, m, "+TERM");
+            atomic_fetch_add(w->m_invalid, 1);
+        } else if (cfg->push_webhook_url[0] == '\0') {
+            ntf_reply(p, m, "+ACK");
+            atomic_fetch_add(w->m_no_webhook, 1);
+        } else {
+            int64_t left = ev->ts_ms + cfg->push_grace_ms - now;
+            if (left > DUE_SLACK_MS) {
+                ntf_nak_after(p, m, left > cfg->push_grace_ms ? cfg->push_grace_ms : left);
+            } else {
+                due[ndue++] = (ntf_req){.msg = m, .ev = ev, .delivered = dc};
+                continue; /* owned by due[] now */
+            }
+        }
+        if (ev)
+            chat__v1__event__free_unpacked(ev, NULL);
+        natsMsg_Destroy(m);
+    }
+    if (ndue > 0)
+        process_due(p, due, ndue);
+    for (int i = 0; i < ndue; i++) {
+        chat__v1__event__free_unpacked(due[i].ev, NULL);
+        natsMsg_Destroy(due[i].msg);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pulling (by hand, as the ingest does: nats.c 3.4.1's Fetch has known bugs)                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Up to WK_NOTIFY_BATCH messages: what is there now, or waits up to IDLE_WAIT_MS for one. */
+static int fetch(ntf_puller *p, natsMsg **msgs)
+{
+    natsConnection *nc = p->n->app->nc;
+    int n = 0;
+    char rq[96];
+    for (int round = 0; round < 2 && n == 0; round++) {
+        if (round == 0)
+            snprintf(rq, sizeof rq, "{\"batch\":%d,\"no_wait\":true}", WK_NOTIFY_BATCH);
+        else
+            snprintf(rq, sizeof rq, "{\"batch\":1,\"expires\":%lld}", (long long)IDLE_WAIT_MS * 1000000LL);
+        if (natsConnection_PublishRequestString(nc, p->n->next_subject, p->inbox, rq) != NATS_OK) {
+            chat_sleep_ms(200);
+            return 0;
+        }
+        int64_t wait_ms = round == 0 ? 2000 : IDLE_WAIT_MS + 1000;
+        for (;;) {
+            natsMsg *m = NULL;
+            if (natsSubscription_NextMsg(&m, p->sub, wait_ms) != NATS_OK)
+                break;
+            const char *status = NULL;
+            if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK) {
+                natsMsg_Destroy(m);
+                break; /* 404 no messages, 408 request done, 409 consumer gone */
+            }
+            msgs[n++] = m;
+            if (n == WK_NOTIFY_BATCH || (round == 1 && n == 1))
+                break;
+        }
+    }
+    return n;
+}
+
+void *ntf_puller_thread(void *arg)
+{
+    ntf_puller *p = arg;
+    wk_notify *w = p->n;
+    natsMsg *msgs[WK_NOTIFY_BATCH];
+    while (!atomic_load(&w->app->stopping)) {
+        if (!atomic_load(&w->consumer_ready)) {
+            chat_sleep_ms(200);
+            continue;
+        }
+        if (p->sub == NULL) {
+            natsInbox *inbox = NULL;
+            if (natsInbox_Create(&inbox) != NATS_OK) {
+                chat_sleep_ms(1000);
+                continue;
+            }
+            snprintf(p->inbox, sizeof p->inbox, "%s", (const char *)inbox);
+            natsInbox_Destroy(inbox);
+            if (natsConnection_SubscribeSync(&p->sub, w->app->nc, p->inbox) != NATS_OK) {
+                p->sub = NULL;
+                chat_sleep_ms(1000);
+                continue;
+            }
+            natsSubscription_SetPendingLimits(p->sub, -1, -1);
+        }
+        int n = fetch(p, msgs);
+        if (n > 0)
+            handle_batch(p, msgs, n);
+    }
+    natsSubscription_Destroy(p->sub);
+    p->sub = NULL;
+    curl_easy_cleanup(p->curl);
+    p->curl = NULL;
+    PQfinish(p->pg);
+    p->pg = NULL;
+    return NULL;
+}
