@@ -132,7 +132,7 @@ bool arc_set_state(arc_pass *ps, arc_part *p, const char *state, const char *sta
 
 bool arc_take_lock(arc_pass *ps)
 {
-    int64_t deadline = chat_mono_ns() / 1000000 + (ps->opt ? ps->opt->lock_wait_ms : 0);
+    int64_t deadline = chat_mono_ms() + (ps->opt ? ps->opt->lock_wait_ms : 0);
     for (;;) {
         PGresult *r = arc_sql(ps, "pass_lock", "SELECT pg_try_advisory_lock(727002, 0)", 0, NULL, PGRES_TUPLES_OK);
         if (r == NULL)
@@ -141,7 +141,7 @@ bool arc_take_lock(arc_pass *ps)
         PQclear(r);
         if (got)
             return true;
-        if (chat_mono_ns() / 1000000 >= deadline || arc_stopping(ps)) {
+        if (chat_mono_ms() >= deadline || arc_stopping(ps)) {
             arc_stepfail(ps, CHAT_ERR_CONFLICT,
                          "another archive pass is running (pg_advisory_lock(727002, 0) is held)");
             return false;
@@ -187,7 +187,7 @@ static void *archive_thread(void *arg)
     PGconn *pg = NULL;
     int64_t next = 0;
     while (!atomic_load(&a->app->stopping)) {
-        int64_t now = chat_mono_ns() / 1000000;
+        int64_t now = chat_mono_ms();
         if (now >= next) {
             if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
                 PQfinish(pg);

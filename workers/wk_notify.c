@@ -41,11 +41,6 @@ void ntf_flatten(char *s)
             *s = ' ';
 }
 
-int64_t ntf_mono_ms(void)
-{
-    return chat_mono_ns() / 1000000;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* The monitor: consumer set-up, pending, members behind                                        */
 /* ------------------------------------------------------------------------------------------ */
@@ -134,7 +129,7 @@ static void *monitor_thread(void *arg)
     PGconn *pg = NULL;
     int64_t next_setup = 0, next_pending = 0, next_behind = 0;
     while (!atomic_load(&w->app->stopping)) {
-        int64_t now = ntf_mono_ms();
+        int64_t now = chat_mono_ms();
         bool connected = chat_nats_connected(w->app->nc);
         if (js == NULL && connected) {
             jsOptions jo;

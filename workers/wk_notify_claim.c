@@ -86,7 +86,7 @@ static bool pg_ready(ntf_puller *p)
         return true;
     PQfinish(p->pg);
     p->pg = NULL;
-    int64_t now = ntf_mono_ms();
+    int64_t now = chat_mono_ms();
     if (now < p->pg_next_try_ms)
         return false;
     p->pg_next_try_ms = now + 1000;

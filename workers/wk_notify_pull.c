@@ -93,7 +93,7 @@ void ntf_nak_after(ntf_puller *p, natsMsg *m, int64_t delay_ms)
 
 void ntf_keepalive(ntf_puller *p, ntf_req *rq, int n, int64_t *last_ms)
 {
-    int64_t now = ntf_mono_ms();
+    int64_t now = chat_mono_ms();
     if (now - *last_ms < KEEPALIVE_MS)
         return;
     for (int i = 0; i < n; i++)
@@ -160,7 +160,7 @@ static void process_due(ntf_puller *p, ntf_req *rq, int n)
     wk_notify *w = p->n;
     char token[96];
     snprintf(token, sizeof token, "%s-%d-%" PRIu64, w->worker_id, p->index, ++p->batches);
-    int64_t last_keep = ntf_mono_ms();
+    int64_t last_keep = chat_mono_ms();
     PGresult *res = ntf_claim(p, rq, n, token, &last_keep);
     if (res == NULL)
         return;

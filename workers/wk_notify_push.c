@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_time.h"
 #include "wk_notifyp.h"
 
 #define BATCH_BUDGET_MS 20000 /* no new POST after this; the rest of the batch is handed back */
@@ -45,7 +46,7 @@ char *wk_notify_payload(const char *user, const wk_push_conv *convs, size_t n, c
 void ntf_push_all(ntf_puller *p, ntf_pair *pairs, int npairs, ntf_req *rq, int nreq, int64_t *last_keep)
 {
     wk_notify *w = p->n;
-    int64_t started = ntf_mono_ms();
+    int64_t started = chat_mono_ms();
     wk_push_conv *convs = calloc((size_t)(npairs ? npairs : 1), sizeof *convs);
     for (int i = 0; i < npairs;) {
         int j = i;
@@ -71,7 +72,7 @@ void ntf_push_all(ntf_puller *p, ntf_pair *pairs, int npairs, ntf_req *rq, int n
         int outcome = O_NONE;
         if (!any) {
             outcome = O_NONE;
-        } else if (atomic_load(&w->app->stopping) || ntf_mono_ms() - started > BATCH_BUDGET_MS) {
+        } else if (atomic_load(&w->app->stopping) || chat_mono_ms() - started > BATCH_BUDGET_MS) {
             outcome = O_DEFERRED;
         } else if (nc == 0) {
             outcome = O_PUSHED; /* nothing unread from others (changes only): the watermark moves */

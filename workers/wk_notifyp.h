@@ -78,7 +78,6 @@ typedef struct ntf_pair {
 
 /* Replaces newlines and quotes of s in place (a log field). */
 void ntf_flatten(char *s);
-int64_t ntf_mono_ms(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* The pull loop and replies to JetStream (wk_notify_pull.c)                                                      */
