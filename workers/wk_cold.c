@@ -192,37 +192,37 @@ void wk_cold_chunk_free(wk_cold_chunk *c)
     free(c);
 }
 
-chat_status wk_cold_chunk_decode(const void *data, size_t len, wk_cold_chunk **out, char *err, size_t errsz)
+/* The chunk's bytes out of their one zstd frame (*raw, malloc'd, *raw_len bytes). */
+static chat_status decompress_chunk(const void *data, size_t len, uint8_t **raw, size_t *raw_len, char *err,
+                                    size_t errsz)
 {
     if (len == 0 || ZSTD_findFrameCompressedSize(data, len) != len)
         return failf(err, errsz, CHAT_ERR_INVALID, "not exactly one zstd frame (%zu bytes)", len);
-    unsigned long long raw = ZSTD_getFrameContentSize(data, len);
-    if (raw == ZSTD_CONTENTSIZE_UNKNOWN || raw == ZSTD_CONTENTSIZE_ERROR || raw < WK_COLD_HEADER_FIXED ||
-        raw > WK_COLD_RAW_LIMIT)
+    unsigned long long n = ZSTD_getFrameContentSize(data, len);
+    if (n == ZSTD_CONTENTSIZE_UNKNOWN || n == ZSTD_CONTENTSIZE_ERROR || n < WK_COLD_HEADER_FIXED ||
+        n > WK_COLD_RAW_LIMIT)
         return failf(err, errsz, CHAT_ERR_INVALID, "zstd frame without a usable content size");
-    uint8_t *buf = malloc((size_t)raw);
+    uint8_t *buf = malloc((size_t)n);
     if (buf == NULL)
-        return failf(err, errsz, CHAT_ERR_NOMEM, "out of memory (%llu bytes)", raw);
-    size_t got = ZSTD_decompress(buf, (size_t)raw, data, len);
-    if (ZSTD_isError(got) || got != raw) {
+        return failf(err, errsz, CHAT_ERR_NOMEM, "out of memory (%llu bytes)", n);
+    size_t got = ZSTD_decompress(buf, (size_t)n, data, len);
+    if (ZSTD_isError(got) || got != n) {
         free(buf);
         return failf(err, errsz, CHAT_ERR_INVALID, "zstd: %s", ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short");
     }
-    chat_status st = CHAT_ERR_INVALID;
-    wk_cold_chunk *c = calloc(1, sizeof *c);
-    if (c == NULL) {
-        free(buf);
-        return failf(err, errsz, CHAT_ERR_NOMEM, "out of memory");
-    }
-    const uint8_t *end = buf + raw;
-    if (memcmp(buf, WK_COLD_MAGIC, 8) != 0) {
-        failf(err, errsz, st, "bad magic");
-        goto fail;
-    }
-    if (get_le(buf + 8, 4) != WK_COLD_VERSION) {
-        failf(err, errsz, st, "unknown chunk version %" PRIu64, get_le(buf + 8, 4));
-        goto fail;
-    }
+    *raw = buf;
+    *raw_len = (size_t)n;
+    return CHAT_OK;
+}
+
+/* The fixed header and the conversation id into c->h; *records points past them. */
+static chat_status decode_header(const uint8_t *buf, size_t raw, wk_cold_chunk *c, const uint8_t **records, char *err,
+                                 size_t errsz)
+{
+    if (memcmp(buf, WK_COLD_MAGIC, 8) != 0)
+        return failf(err, errsz, CHAT_ERR_INVALID, "bad magic");
+    if (get_le(buf + 8, 4) != WK_COLD_VERSION)
+        return failf(err, errsz, CHAT_ERR_INVALID, "unknown chunk version %" PRIu64, get_le(buf + 8, 4));
     c->h.count = (uint32_t)get_le(buf + 12, 4);
     c->h.seq_lo = get_le(buf + 16, 8);
     c->h.seq_hi = get_le(buf + 24, 8);
@@ -230,72 +230,85 @@ chat_status wk_cold_chunk_decode(const void *data, size_t len, wk_cold_chunk **o
     c->h.until_us = (int64_t)get_le(buf + 40, 8);
     size_t clen = (size_t)get_le(buf + 48, 2);
     if (clen == 0 || clen > CHAT_ID_MAX || WK_COLD_HEADER_FIXED + clen > raw ||
-        !chat_id_valid_n((const char *)buf + WK_COLD_HEADER_FIXED, clen)) {
-        failf(err, errsz, st, "bad conversation id in the header");
-        goto fail;
-    }
+        !chat_id_valid_n((const char *)buf + WK_COLD_HEADER_FIXED, clen))
+        return failf(err, errsz, CHAT_ERR_INVALID, "bad conversation id in the header");
     memcpy(c->h.conv, buf + WK_COLD_HEADER_FIXED, clen);
     c->h.conv[clen] = '\0';
-    if (c->h.count == 0 || c->h.count > raw || c->h.seq_lo > c->h.seq_hi) {
-        failf(err, errsz, st, "bad count or seq range in the header");
-        goto fail;
-    }
-    c->events = calloc(c->h.count, sizeof *c->events);
-    c->created_us = calloc(c->h.count, sizeof *c->created_us);
-    c->nulls = calloc(c->h.count, sizeof *c->nulls);
-    if (!c->events || !c->created_us || !c->nulls) {
-        st = failf(err, errsz, CHAT_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    const uint8_t *p = buf + WK_COLD_HEADER_FIXED + clen;
-    for (uint32_t i = 0; i < c->h.count; i++) {
-        uint64_t rlen;
-        if (!get_varint(&p, end, &rlen) || rlen > (uint64_t)(end - p)) {
-            failf(err, errsz, st, "record %u is cut", i);
-            goto fail;
-        }
-        Chat__V1__Event *e = chat__v1__event__unpack(NULL, (size_t)rlen, p);
-        if (e == NULL) {
-            failf(err, errsz, st, "record %u does not decode", i);
-            goto fail;
-        }
-        c->events[c->n++] = e;
-        p += rlen;
-        bool have_created = false;
-        for (unsigned k = 0; k < e->base.n_unknown_fields; k++) {
-            const ProtobufCMessageUnknownField *f = &e->base.unknown_fields[k];
-            const uint8_t *fp = f->data;
-            uint64_t v;
-            if (f->wire_type != PROTOBUF_C_WIRE_TYPE_VARINT || !get_varint(&fp, f->data + f->len, &v))
-                continue;
-            if (f->tag == WK_COLD_FIELD_CREATED_US) {
-                c->created_us[i] = (int64_t)v;
-                have_created = true;
-            } else if (f->tag == WK_COLD_FIELD_NULLS) {
-                c->nulls[i] = (unsigned)v;
-            }
-        }
-        if (!have_created) {
-            failf(err, errsz, st, "record %u has no created_us", i);
-            goto fail;
-        }
-        if ((i == 0 && e->seq != c->h.seq_lo) || (i > 0 && e->seq <= c->events[i - 1]->seq) || e->seq > c->h.seq_hi) {
-            failf(err, errsz, st, "record %u: seq %" PRIu64 " out of order or outside the header's range", i, e->seq);
-            goto fail;
+    if (c->h.count == 0 || c->h.count > raw || c->h.seq_lo > c->h.seq_hi)
+        return failf(err, errsz, CHAT_ERR_INVALID, "bad count or seq range in the header");
+    *records = buf + WK_COLD_HEADER_FIXED + clen;
+    return CHAT_OK;
+}
+
+/* Record i at *p (advanced past it) into c: the event and its created_us and nulls fields, in
+ * seq order within the header's range. */
+static chat_status decode_record(wk_cold_chunk *c, uint32_t i, const uint8_t **p, const uint8_t *end, char *err,
+                                 size_t errsz)
+{
+    uint64_t rlen;
+    if (!get_varint(p, end, &rlen) || rlen > (uint64_t)(end - *p))
+        return failf(err, errsz, CHAT_ERR_INVALID, "record %u is cut", i);
+    Chat__V1__Event *e = chat__v1__event__unpack(NULL, (size_t)rlen, *p);
+    if (e == NULL)
+        return failf(err, errsz, CHAT_ERR_INVALID, "record %u does not decode", i);
+    c->events[c->n++] = e;
+    *p += rlen;
+    bool have_created = false;
+    for (unsigned k = 0; k < e->base.n_unknown_fields; k++) {
+        const ProtobufCMessageUnknownField *f = &e->base.unknown_fields[k];
+        const uint8_t *fp = f->data;
+        uint64_t v;
+        if (f->wire_type != PROTOBUF_C_WIRE_TYPE_VARINT || !get_varint(&fp, f->data + f->len, &v))
+            continue;
+        if (f->tag == WK_COLD_FIELD_CREATED_US) {
+            c->created_us[i] = (int64_t)v;
+            have_created = true;
+        } else if (f->tag == WK_COLD_FIELD_NULLS) {
+            c->nulls[i] = (unsigned)v;
         }
     }
-    if (p != end || c->events[c->n - 1]->seq != c->h.seq_hi) {
-        failf(err, errsz, st, "trailing bytes or last seq differs from the header");
-        goto fail;
+    if (!have_created)
+        return failf(err, errsz, CHAT_ERR_INVALID, "record %u has no created_us", i);
+    if ((i == 0 && e->seq != c->h.seq_lo) || (i > 0 && e->seq <= c->events[i - 1]->seq) || e->seq > c->h.seq_hi)
+        return failf(err, errsz, CHAT_ERR_INVALID, "record %u: seq %" PRIu64 " out of order or outside the header's range",
+                     i, e->seq);
+    return CHAT_OK;
+}
+
+chat_status wk_cold_chunk_decode(const void *data, size_t len, wk_cold_chunk **out, char *err, size_t errsz)
+{
+    uint8_t *buf = NULL;
+    size_t raw = 0;
+    chat_status st = decompress_chunk(data, len, &buf, &raw, err, errsz);
+    if (st != CHAT_OK)
+        return st;
+    wk_cold_chunk *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        free(buf);
+        return failf(err, errsz, CHAT_ERR_NOMEM, "out of memory");
     }
-    c->mem = sizeof *c + (size_t)raw * 2 + c->n * (sizeof(Chat__V1__Event) + sizeof(void *) + 64);
+    const uint8_t *p = NULL, *end = buf + raw;
+    st = decode_header(buf, raw, c, &p, err, errsz);
+    if (st == CHAT_OK) {
+        c->events = calloc(c->h.count, sizeof *c->events);
+        c->created_us = calloc(c->h.count, sizeof *c->created_us);
+        c->nulls = calloc(c->h.count, sizeof *c->nulls);
+        if (!c->events || !c->created_us || !c->nulls)
+            st = failf(err, errsz, CHAT_ERR_NOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; st == CHAT_OK && i < c->h.count; i++)
+        st = decode_record(c, i, &p, end, err, errsz);
+    if (st == CHAT_OK && (p != end || c->events[c->n - 1]->seq != c->h.seq_hi))
+        st = failf(err, errsz, CHAT_ERR_INVALID, "trailing bytes or last seq differs from the header");
+    if (st != CHAT_OK) {
+        free(buf);
+        wk_cold_chunk_free(c);
+        return st;
+    }
+    c->mem = sizeof *c + raw * 2 + c->n * (sizeof(Chat__V1__Event) + sizeof(void *) + 64);
     free(buf);
     *out = c;
     return CHAT_OK;
-fail:
-    free(buf);
-    wk_cold_chunk_free(c);
-    return st;
 }
 
 bool wk_cold_chunk_matches(const wk_cold_chunk *c, const wk_cold_ref *ref, char *err, size_t errsz)
