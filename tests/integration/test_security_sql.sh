@@ -24,13 +24,13 @@ src=$(realpath -m -- "${1:-${CHAT_TEST_SOURCE_DIR:-$here/../..}}")
 # SQL argument expression (rule 2), exactly as in the source.
 allow=$(cat <<'EOF'
 wk_archive.c	formatted	UPDATE archive_partitions SET state = $2, %s = now(), last_error = NULL WHERE id = $1::bigint	%s is a column name from the code's own constants (set_state callers), never input
-wk_archive.c	formatted	LOCK TABLE %s IN SHARE MODE	%s is a partition's table name quoted with PQescapeIdentifier
-wk_archive.c	formatted	SELECT count(*) FROM %s	%s is a partition's table name quoted with PQescapeIdentifier
-wk_archive.c	formatted	ALTER TABLE messages DETACH PARTITION %s	%s is a partition's table name quoted with PQescapeIdentifier
-wk_archive.c	formatted	DROP TABLE %s	%s is a partition's table name quoted with PQescapeIdentifier
-wk_archive.c	formatted	FETCH %d FROM archive_rows	%d is the compile-time constant WK_ARCHIVE_FETCH_ROWS
-wk_archive.c	formatted	INSERT INTO archive_tombstones (conversation_id, target_seq, partition_id) SELECT conversation_id, target_seq, $1::bigint FROM %s WHERE kind = 'delete' AND target_seq IS NOT NULL ON CONFLICT DO NOTHING	%s is a partition's table name quoted with PQescapeIdentifier
-wk_archive.c	formatted	DELETE FROM message_dedupe d USING %s m WHERE d.conversation_id = m.conversation_id AND d.client_msg_id = m.client_msg_id AND d.seq = m.seq	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_upkeep.c	formatted	LOCK TABLE %s IN SHARE MODE	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_upkeep.c	formatted	SELECT count(*) FROM %s	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_upkeep.c	formatted	ALTER TABLE messages DETACH PARTITION %s	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_upkeep.c	formatted	DROP TABLE %s	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_pass.c	formatted	FETCH %d FROM archive_rows	%d is the compile-time constant WK_ARCHIVE_FETCH_ROWS
+wk_archive_upkeep.c	formatted	INSERT INTO archive_tombstones (conversation_id, target_seq, partition_id) SELECT conversation_id, target_seq, $1::bigint FROM %s WHERE kind = 'delete' AND target_seq IS NOT NULL ON CONFLICT DO NOTHING	%s is a partition's table name quoted with PQescapeIdentifier
+wk_archive_upkeep.c	formatted	DELETE FROM message_dedupe d USING %s m WHERE d.conversation_id = m.conversation_id AND d.client_msg_id = m.client_msg_id AND d.seq = m.seq	%s is a partition's table name quoted with PQescapeIdentifier
 wk_migrate.c	unparameterized	m->sql	the migration files, compiled into the binary at build time (cmake/embed_migrations.cmake)
 wk_pg.c	unparameterized	sql	inside wk_pg_exec: its callers are checked by this same rule
 EOF
