@@ -204,6 +204,30 @@ static bool fits(int n, size_t size)
     return n > 0 && (size_t)n < size;
 }
 
+bool chat_js_ack_parse(const char *reply, chat_js_ack *out)
+{
+    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
+        return false;
+    const char *tok[16];
+    int n = 0;
+    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
+        tok[n++] = p;
+    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
+    if (base < 0)
+        return false;
+    char *end = NULL;
+    unsigned long long delivered = strtoull(tok[base + 2], &end, 10);
+    if (end == tok[base + 2] || *end != '.' || delivered == 0)
+        return false;
+    long long ts = strtoll(tok[base + 5], &end, 10);
+    if (end == tok[base + 5] || ts <= 0)
+        return false;
+    out->delivered = delivered;
+    out->ts_ns = ts;
+    out->pending = strtoll(tok[base + 6], NULL, 10);
+    return true;
+}
+
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv)
 {
     return fits(snprintf(buf, size, "chat.in.%d.%s", partition, conv), size);

@@ -4,6 +4,7 @@
 #define CHAT_NATS_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <nats/nats.h>
 
@@ -66,6 +67,17 @@ const char *chat_subject_members_parse(const char *subject);
  * request) and $JS.API.CONSUMER.INFO.<stream>.<consumer> (its state). */
 bool chat_subject_js_next(char *buf, size_t size, const char *stream, const char *consumer);
 bool chat_subject_js_info(char *buf, size_t size, const char *stream, const char *consumer);
+
+/* A JetStream message's ack subject (its reply): $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
+ * <cseq>.<ts>.<pending> (v1), or with <domain>.<account hash> after ACK and a trailing token (v2).
+ * False unless it is one, with a delivery count of at least 1 and a timestamp after the epoch;
+ * *out set only then. The one parser of the ingest's and the notify role's pulls. */
+typedef struct chat_js_ack {
+    uint64_t delivered; /* how many times this message was delivered, this one included */
+    int64_t ts_ns;      /* the broker's timestamp of the message (Unix ns) */
+    int64_t pending;    /* messages of the consumer still waiting when this one was delivered */
+} chat_js_ack;
+bool chat_js_ack_parse(const char *reply, chat_js_ack *out);
 
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"

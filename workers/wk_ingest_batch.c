@@ -196,10 +196,9 @@ void wk_ingest_batch_prepare(batch *b)
         it->seq = 0;
         it->id[0] = '\0';
         it->drop = DROP_NONE;
-        int64_t ts_ns = 0;
-        if (!wk_ingest_parse_ack(natsMsg_GetReply(it->msg), &ts_ns, NULL))
-            ts_ns = chat_now_ms() * 1000000;
-        it->ts_us = ts_ns / 1000;
+        chat_js_ack ack = {.ts_ns = chat_now_ms() * 1000000}; /* the broker's timestamp, else now */
+        chat_js_ack_parse(natsMsg_GetReply(it->msg), &ack);
+        it->ts_us = ack.ts_ns / 1000;
         wk_ingest_validate(it, natsMsg_GetSubject(it->msg));
         if (it->state == I_DROP)
             continue;

@@ -14,25 +14,6 @@
 #include "chat_nats.h"
 #include "chat_time.h"
 
-/* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
- * <domain>.<account hash> after ACK and a trailing token (v2). */
-bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending)
-{
-    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
-        return false;
-    const char *tok[16];
-    int n = 0;
-    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
-        tok[n++] = p;
-    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
-    if (base < 0)
-        return false;
-    *ts_ns = strtoll(tok[base + 5], NULL, 10);
-    if (pending) /* messages of the consumer still waiting when this one was delivered */
-        *pending = strtoll(tok[base + 6], NULL, 10);
-    return *ts_ns > 0;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Pulling                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -277,9 +258,9 @@ static int take_message(committer *c, natsMsg *m)
     }
     if (pt->credit > 0)
         pt->credit--;
-    int64_t ts_ns = 0, pending = -1;
-    if (wk_ingest_parse_ack(reply, &ts_ns, &pending) && pending >= 0) /* the lag, exact and free */
-        atomic_store(pt->m_pending, (int_fast64_t)pending);
+    chat_js_ack ack;
+    if (chat_js_ack_parse(reply, &ack) && ack.pending >= 0) /* the lag, exact and free */
+        atomic_store(pt->m_pending, (int_fast64_t)ack.pending);
     if (pt->buf->n == 0)
         pt->fetched_ns = chat_mono_ns();
     wk_ingest_batch_add(pt->buf, &(item){.msg = m});

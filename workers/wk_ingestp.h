@@ -17,6 +17,7 @@
 #include "chat_map.h"
 #include "chat_metrics.h"
 #include "wk_ingest.h"
+#include "wk_pg.h"
 
 #define LEASE_CLASS 727001   /* pg_try_advisory_lock(LEASE_CLASS, partition) */
 #define BATCH_MAX 256
@@ -232,11 +233,24 @@ void wk_ingest_validate(item *it, const char *subject);
 /* "YYYY-MM-DD hh:mm:ss.uuuuuu+00" of a time in microseconds, for a timestamptz parameter. */
 void wk_ingest_format_ts(char *buf, size_t size, int64_t us);
 
+/* ------------------------------------------------------------------------------------------ */
+/* SQL (wk_ingest_sql.c): below the store and the lease                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The batch statements, prepared once per lease connection. */
+enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
 /* Prepares the batch statements on a fresh lease connection (outside any transaction). False
  * (logged) when PostgreSQL refuses one or the connection is gone: the caller closes it. */
 bool wk_ingest_prepare_statements(PGconn *pg);
+/* Runs batch statement q: its rows, or NULL with *e filled (wk_pg.h). */
+PGresult *wk_ingest_run_prepared(PGconn *pg, int q, const char *const *params, wk_pg_error *e);
 /* One-off statements (the lease, a missing partition): planned at each call. */
 PGresult *wk_ingest_exec_params(PGconn *pg, const char *sql, int n, const char *const *params);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Store (wk_ingest_store.c)                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
 /* Stores b (validated afresh) in one transaction under pg_mu, creating a missing `messages`
  * partition on the way: S_*; S_LEASE_LOST when the connection of generation gen is gone. */
 int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen);
@@ -274,10 +288,6 @@ typedef struct inbox_subject {
 /* Parses subject against the committer inbox `inbox`; false when it is neither form or its
  * partition is not in [0, nparts). Any thread. */
 bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out);
-/* $JS.ACK...: the broker timestamp, and when pending is not NULL how many of the consumer's
- * messages waited behind this one. False when reply is not an ack subject with a timestamp. Any
- * thread. */
-bool wk_ingest_parse_ack(const char *reply, int64_t *ts_ns, int64_t *pending);
 /* Subscribes the committer's inbox (c->sub stays NULL on failure: tried again). */
 void wk_ingest_subscribe_inbox(committer *c);
 /* Follows the coordinator's decisions for c's partitions, and keeps their pull requests open. */

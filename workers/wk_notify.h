@@ -54,10 +54,6 @@ void wk_notify_destroy(wk_notify *n);
  * WK_NOTIFY_BACKOFF_MAX_MS. */
 int64_t wk_notify_backoff_ms(uint64_t delivered);
 
-/* Reads the delivery count and the broker timestamp (ns) from a JetStream ack subject
- * ($JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form with
- * domain and account hash). false when reply is not one. */
-bool wk_notify_parse_ack(const char *reply, uint64_t *delivered, int64_t *ts_ns);
 
 typedef enum {
     WK_NOTIFY_SKIP,    /* needs no push (an edit, delete, reaction, membership change): ack */

@@ -1,6 +1,6 @@
 /* The notify role's consumer and pull loop: pulling batches by hand, sorting each message (ack,
  * terminate, wait out the grace, or due), and for the due ones claim, push, settle, then ack or
- * hand back; the replies to JetStream. Threads: the pullers, each with its own batch. */
+ * hand back. Threads: the pullers, each with its own batch. */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,46 +10,16 @@
 #include "chat.pb-c.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_notifyp.h"
 
 #define IDLE_WAIT_MS 1000  /* long poll of an idle puller */
 #define DUE_SLACK_MS 20    /* a redelivery this close to its due time counts as due */
-#define KEEPALIVE_MS 10000 /* +WPI for the batch while it takes long (AckWait is 30 s) */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Pure helpers                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
-
-int64_t wk_notify_backoff_ms(uint64_t delivered)
-{
-    int shift = delivered <= 2 ? 0 : delivered - 2 > 16 ? 16 : (int)(delivered - 2);
-    int64_t ms = 1000LL << shift;
-    return ms > WK_NOTIFY_BACKOFF_MAX_MS ? WK_NOTIFY_BACKOFF_MAX_MS : ms;
-}
-
-bool wk_notify_parse_ack(const char *reply, uint64_t *delivered, int64_t *ts_ns)
-{
-    if (reply == NULL || strncmp(reply, "$JS.ACK.", 8) != 0)
-        return false;
-    const char *tok[16];
-    int n = 0;
-    for (const char *p = reply; p && n < 16; p = strchr(p, '.'), p = p ? p + 1 : NULL)
-        tok[n++] = p;
-    int base = n == 9 ? 2 : n >= 11 ? 4 : -1;
-    if (base < 0)
-        return false;
-    char *end = NULL;
-    unsigned long long dc = strtoull(tok[base + 2], &end, 10);
-    if (end == tok[base + 2] || *end != '.' || dc == 0)
-        return false;
-    long long ts = strtoll(tok[base + 5], &end, 10);
-    if (end == tok[base + 5] || ts <= 0)
-        return false;
-    *delivered = dc;
-    *ts_ns = ts;
-    return true;
-}
 
 wk_notify_kind wk_notify_classify(const char *chat_type, const void *data, size_t len, Chat__V1__Event **ev)
 {
@@ -70,35 +40,6 @@ wk_notify_kind wk_notify_classify(const char *chat_type, const void *data, size_
     }
     *ev = e;
     return WK_NOTIFY_MESSAGE;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Replies to JetStream                                                                         */
-/* ------------------------------------------------------------------------------------------ */
-
-void ntf_reply(ntf_puller *p, natsMsg *m, const char *what)
-{
-    const char *r = natsMsg_GetReply(m);
-    if (r)
-        natsConnection_PublishString(p->n->app->nc, r, what);
-}
-
-/* -NAK with a delay: the broker redelivers the message after delay_ms (to any notify worker). */
-void ntf_nak_after(ntf_puller *p, natsMsg *m, int64_t delay_ms)
-{
-    char text[64];
-    snprintf(text, sizeof text, "-NAK {\"delay\":%lld}", (long long)(delay_ms < 1 ? 1 : delay_ms) * 1000000LL);
-    ntf_reply(p, m, text);
-}
-
-void ntf_keepalive(ntf_puller *p, ntf_req *rq, int n, int64_t *last_ms)
-{
-    int64_t now = chat_mono_ms();
-    if (now - *last_ms < KEEPALIVE_MS)
-        return;
-    for (int i = 0; i < n; i++)
-        ntf_reply(p, rq[i].msg, "+WPI");
-    *last_ms = now;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -190,9 +131,9 @@ static void handle_batch(ntf_puller *p, natsMsg **msgs, int n)
     int64_t now = chat_now_ms();
     for (int i = 0; i < n; i++) {
         natsMsg *m = msgs[i];
-        uint64_t dc = 1;
-        int64_t ts_ns = 0;
-        wk_notify_parse_ack(natsMsg_GetReply(m), &dc, &ts_ns);
+        chat_js_ack ack = {.delivered = 1};
+        chat_js_ack_parse(natsMsg_GetReply(m), &ack);
+        uint64_t dc = ack.delivered;
         const char *type = NULL;
         if (natsMsgHeader_Get(m, "Chat-Type", &type) != NATS_OK)
             type = NULL;

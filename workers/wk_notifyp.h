@@ -80,12 +80,17 @@ typedef struct ntf_pair {
 void ntf_flatten(char *s);
 
 /* ------------------------------------------------------------------------------------------ */
-/* The pull loop and replies to JetStream (wk_notify_pull.c)                                                      */
+/* The pull loop (wk_notify_pull.c)                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
 /* A puller's thread (arg: its ntf_puller): pulls and handles batches until the role stops, then
  * frees what the puller owns. */
 void *ntf_puller_thread(void *arg);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Replies to JetStream (wk_notify_js.c): below the pull loop, the claims and the pushes          */
+/* ------------------------------------------------------------------------------------------ */
+
 /* Publishes `what` (+ACK, +TERM, +WPI, -NAK ...) to m's reply subject. */
 void ntf_reply(ntf_puller *p, natsMsg *m, const char *what);
 /* -NAK with a delay: the broker redelivers the message after delay_ms (to any notify worker). */

@@ -44,6 +44,32 @@ START_TEST(more_subjects)
 }
 END_TEST
 
+/* JetStream ack subjects, v1 and v2, as the ingest's and the notify role's pulls see them. */
+START_TEST(js_ack_subjects)
+{
+    chat_js_ack a;
+    ck_assert(chat_js_ack_parse("$JS.ACK.CHAT_IN.ingest-3-7.1.17.12.1795832157506000000.4", &a));
+    ck_assert_uint_eq(a.delivered, 1);
+    ck_assert_int_eq(a.ts_ns, 1795832157506000000LL);
+    ck_assert_int_eq(a.pending, 4);
+    ck_assert(chat_js_ack_parse("$JS.ACK.CHAT_EVENTS.chat-notify-events.3.17.12.1795832157506000000.4", &a));
+    ck_assert_uint_eq(a.delivered, 3);
+    /* v2: domain and account hash after ACK, a random token at the end */
+    ck_assert(chat_js_ack_parse("$JS.ACK.hub.ACCHASH.CHAT_IN.ingest-0-1.2.5.5.1795832157506000001.9.xyz", &a));
+    ck_assert_uint_eq(a.delivered, 2);
+    ck_assert_int_eq(a.ts_ns, 1795832157506000001LL);
+    ck_assert_int_eq(a.pending, 9);
+    chat_js_ack before = {.delivered = 7, .ts_ns = 5, .pending = 6}, b = before;
+    ck_assert(!chat_js_ack_parse(NULL, &b));
+    ck_assert(!chat_js_ack_parse("_INBOX.abc.1.2", &b));
+    ck_assert(!chat_js_ack_parse("$JS.ACK.CHAT_IN.ingest-0-1.1.2.3", &b));       /* too few tokens */
+    ck_assert(!chat_js_ack_parse("$JS.ACK.CHAT_IN.ingest-0-1.1.2.3.0.4", &b));   /* no timestamp */
+    ck_assert(!chat_js_ack_parse("$JS.ACK.CHAT_EVENTS.c.x.17.12.179.4", &b));   /* delivered not a number */
+    ck_assert(!chat_js_ack_parse("$JS.ACK.CHAT_EVENTS.c.0.17.12.179.4", &b));   /* delivered 0 */
+    ck_assert(b.delivered == before.delivered && b.ts_ns == before.ts_ns && b.pending == before.pending);
+}
+END_TEST
+
 START_TEST(parse_subjects)
 {
     ck_assert_str_eq(chat_subject_typing_parse("chat.typing.conv-1"), "conv-1");
@@ -73,6 +99,7 @@ int main(void)
     tcase_add_test(tc, subjects);
     tcase_add_test(tc, more_subjects);
     tcase_add_test(tc, parse_subjects);
+    tcase_add_test(tc, js_ack_subjects);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }

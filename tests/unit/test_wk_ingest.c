@@ -66,27 +66,6 @@ END_TEST
 /* Ack subjects and inbox subjects                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-START_TEST(ack_subjects)
-{
-    int64_t ts = 0, pending = -1;
-    ck_assert(wk_ingest_parse_ack("$JS.ACK.CHAT_IN.ingest-3-7.1.17.12.1795832157506000000.4", &ts, &pending));
-    ck_assert_int_eq(ts, 1795832157506000000LL);
-    ck_assert_int_eq(pending, 4);
-    /* pending is optional */
-    ts = 0;
-    ck_assert(wk_ingest_parse_ack("$JS.ACK.CHAT_IN.ingest-3-7.1.17.12.1795832157506000000.4", &ts, NULL));
-    ck_assert_int_eq(ts, 1795832157506000000LL);
-    /* v2: domain and account hash after ACK, a random token at the end */
-    ck_assert(
-        wk_ingest_parse_ack("$JS.ACK.hub.ACCHASH.CHAT_IN.ingest-0-1.2.5.5.1795832157506000001.9.xyz", &ts, &pending));
-    ck_assert_int_eq(ts, 1795832157506000001LL);
-    ck_assert_int_eq(pending, 9);
-    ck_assert(!wk_ingest_parse_ack(NULL, &ts, &pending));
-    ck_assert(!wk_ingest_parse_ack("_INBOX.abc.1.2", &ts, &pending));
-    ck_assert(!wk_ingest_parse_ack("$JS.ACK.CHAT_IN.ingest-0-1.1.2.3", &ts, &pending));     /* too few tokens */
-    ck_assert(!wk_ingest_parse_ack("$JS.ACK.CHAT_IN.ingest-0-1.1.2.3.0.4", &ts, &pending)); /* no timestamp */
-}
-END_TEST
 
 START_TEST(inbox_subjects)
 {
@@ -317,7 +296,6 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, nats_setup, nats_teardown);
     tcase_add_test(tc, drop_metrics);
     tcase_add_test(tc, drop_answers);
-    tcase_add_test(tc, ack_subjects);
     tcase_add_test(tc, inbox_subjects);
     tcase_add_test(tc, validate_text);
     tcase_add_test(tc, validate_faults);

@@ -23,25 +23,6 @@ START_TEST(backoff_doubles_up_to_a_minute)
 }
 END_TEST
 
-START_TEST(ack_subjects)
-{
-    uint64_t dc = 0;
-    int64_t ts = 0;
-    ck_assert(wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.3.17.12.1795832157506000000.4", &dc, &ts));
-    ck_assert_uint_eq(dc, 3);
-    ck_assert_int_eq(ts, 1795832157506000000LL);
-    /* v2: domain and account hash after ACK, a random token at the end */
-    ck_assert(wk_notify_parse_ack("$JS.ACK.hub.ACCHASH.CHAT_EVENTS.chat-notify-events.1.5.5.1795832157506000001.0.xyz",
-                                  &dc, &ts));
-    ck_assert_uint_eq(dc, 1);
-    ck_assert_int_eq(ts, 1795832157506000001LL);
-    ck_assert(!wk_notify_parse_ack(NULL, &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("_INBOX.abc", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.x.17.12.179.4", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.0.17.12.179.4", &dc, &ts));
-    ck_assert(!wk_notify_parse_ack("$JS.ACK.CHAT_EVENTS.chat-notify-events.3.17", &dc, &ts));
-}
-END_TEST
 
 /* Packs e and sorts it as a message with header Chat-Type: type. */
 static wk_notify_kind classify(const char *type, const Chat__V1__Event *e, Chat__V1__Event **out)
@@ -155,7 +136,6 @@ int main(void)
     Suite *s = suite_create("wk_notify");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, backoff_doubles_up_to_a_minute);
-    tcase_add_test(tc, ack_subjects);
     tcase_add_test(tc, classify_events);
     tcase_add_test(tc, payload_with_preview);
     tcase_add_test(tc, payload_without_preview);
