@@ -72,6 +72,14 @@ bool api_check_conv(api_call *c, const char *conv)
     return true;
 }
 
+bool api_check_id(api_call *c, const char *name, const char *id)
+{
+    if (chat_id_valid(id))
+        return true;
+    api_fail(c, "bad_request", "%s must be 1-64 characters of [A-Za-z0-9_-]", name);
+    return false;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* PostgreSQL on the lane's own connection                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -208,7 +216,7 @@ bool api_asking_user_ok(api_call *c, const char *user)
 }
 
 /* True when user is a member of the live conversation conv (not_member otherwise). */
-bool api_check_member(api_call *c, const char *conv, const char *user)
+bool api_is_member(api_call *c, const char *conv, const char *user, bool *member)
 {
     const char *p[] = {conv, user};
     PGresult *r = api_run(c, "member",
@@ -217,8 +225,16 @@ bool api_check_member(api_call *c, const char *conv, const char *user)
                           2, p, PGRES_TUPLES_OK);
     if (r == NULL)
         return false;
-    bool member = PQntuples(r) == 1;
+    *member = PQntuples(r) == 1;
     PQclear(r);
+    return true;
+}
+
+bool api_check_member(api_call *c, const char *conv, const char *user)
+{
+    bool member = false;
+    if (!api_is_member(c, conv, user, &member))
+        return false;
     if (!member)
         api_fail(c, "not_member", "not a member of this conversation");
     return member;

@@ -167,10 +167,8 @@ void api_conv_create(api_call *c)
         api_fail(c, "bad_request", "kind must be group or direct");
         goto out;
     }
-    if (q->owner[0] && !chat_id_valid(q->owner)) {
-        api_fail(c, "bad_request", "owner must be 1-64 characters of [A-Za-z0-9_-]");
+    if (q->owner[0] && !api_check_id(c, "owner", q->owner))
         goto out;
-    }
     if (!users_array(c, "members", q->members, q->n_members, q->owner, &arr) || !api_begin(c))
         goto out;
     const char *p1[] = {q->conv, kind};
@@ -340,24 +338,14 @@ void api_members_check(api_call *c)
         api_fail(c, "bad_request", "malformed MemberCheckRequest");
         goto out;
     }
-    if (!api_check_conv(c, q->conv))
-        goto out;
-    if (!chat_id_valid(q->user)) {
-        api_fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
-        goto out;
-    }
-    const char *p[] = {q->conv, q->user};
-    PGresult *r = api_run(c, "member",
-                          "SELECT 1 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id"
-                          " WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.deleted_at IS NULL",
-                          2, p, PGRES_TUPLES_OK);
-    if (r == NULL)
+    bool member = false;
+    if (!api_check_conv(c, q->conv) || !api_check_id(c, "user", q->user) ||
+        !api_is_member(c, q->conv, q->user, &member))
         goto out;
     Chat__V1__Status st;
     Chat__V1__MemberCheckReply reply = CHAT__V1__MEMBER_CHECK_REPLY__INIT;
     reply.status = api_status_of(c, &st);
-    reply.member = PQntuples(r) > 0;
-    PQclear(r);
+    reply.member = member;
     api_reply_with(c, &reply.base);
 out:
     chat__v1__member_check_request__free_unpacked(q, NULL);

@@ -142,10 +142,8 @@ void api_conv_list(api_call *c)
         api_fail(c, "bad_request", "malformed ConvListRequest");
         goto out;
     }
-    if (!chat_id_valid(q->user)) {
-        api_fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
+    if (!api_check_id(c, "user", q->user))
         goto out;
-    }
     const char *p[] = {q->user};
     r = api_run(c, "conv_list",
                 "SELECT c.id, c.kind, c.last_seq, m.delivered_seq, m.read_seq FROM conversation_members m"

@@ -208,10 +208,8 @@ void api_post_status(api_call *c)
     }
     if (!api_check_conv(c, q->conv))
         goto out;
-    if (!chat_id_valid(q->cmid)) {
-        api_fail(c, "bad_request", "cmid must be 1-64 characters of [A-Za-z0-9_-]");
+    if (!api_check_id(c, "cmid", q->cmid))
         goto out;
-    }
     if (!api_asking_user_ok(c, q->user))
         goto out;
     if (q->user[0] && !api_check_member(c, q->conv, q->user))

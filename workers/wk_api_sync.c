@@ -352,10 +352,8 @@ static bool sync_slots(api_call *c, api_cold_set *cs, const wk_api_sync_range *r
 /* Checks the request and turns its cursors into pg->listed (after clamped to INT64_MAX). */
 static bool sync_check_request(api_call *c, const Chat__V1__SyncRequest *q, sync_page *pg)
 {
-    if (!chat_id_valid(q->user)) {
-        api_fail(c, "bad_request", "user must be 1-64 characters of [A-Za-z0-9_-]");
+    if (!api_check_id(c, "user", q->user))
         return false;
-    }
     if (q->n_cursors > WK_API_SYNC_CURSORS_MAX) {
         api_fail(c, "bad_request", "at most %d cursors", WK_API_SYNC_CURSORS_MAX);
         return false;

@@ -103,6 +103,8 @@ void api_reply_with(api_call *c, const ProtobufCMessage *m);
 void api_reply_status_only(api_call *c);
 /* True when conv is a valid id (kept in c->conv for the log); else false with c failed. */
 bool api_check_conv(api_call *c, const char *conv);
+/* True when id (the request field `name`) is a valid id; else false with c failed (bad_request). */
+bool api_check_id(api_call *c, const char *name, const char *id);
 
 /* Runs one statement with text parameters on the lane's own connection. Returns the result when
  * its status is `expect` (the caller PQclears it); else NULL with the call failed: "unavailable"
@@ -122,6 +124,9 @@ bool api_asking_user_ok(api_call *c, const char *user);
 /* True when user is a member of the live conversation conv; otherwise false with the call failed
  * (not_member for a conversation that does not exist too: a non-member learns nothing). */
 bool api_check_member(api_call *c, const char *conv, const char *user);
+/* Whether user is a member of the live conversation conv, into *member (false for a missing or
+ * deleted conversation too); false with the call failed when the database does not answer. */
+bool api_is_member(api_call *c, const char *conv, const char *user, bool *member);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Events, hot and archived, as history and sync read them (wk_api_events.c)                    */

@@ -353,13 +353,7 @@ static chat_status upload(arc_pass *ps, arc_part *p, plan *pl)
  * rows), so it can be planned again. The rows stay while any delete fails. */
 static chat_status abandon(arc_pass *ps, arc_part *p)
 {
-    PGresult *objs = arc_objects_of(ps, p);
-    if (objs == NULL)
-        return CHAT_ERR_UNAVAILABLE;
-    chat_status st = CHAT_OK;
-    for (int i = 0; i < PQntuples(objs) && st == CHAT_OK; i++)
-        st = wk_objstore_delete(ps->os, PQgetvalue(objs, i, 1), ps->err, sizeof ps->err);
-    PQclear(objs);
+    chat_status st = arc_delete_objects(ps, p);
     if (st != CHAT_OK)
         return st;
     char id[24];

@@ -23,13 +23,7 @@ typedef struct restore_ctx {
 /* After a restore: delete the objects, then their rows; the partition row stays as `restored`. */
 chat_status arc_finish_restore(arc_pass *ps, arc_part *p)
 {
-    PGresult *objs = arc_objects_of(ps, p);
-    if (objs == NULL)
-        return CHAT_ERR_UNAVAILABLE;
-    chat_status st = CHAT_OK;
-    for (int i = 0; i < PQntuples(objs) && st == CHAT_OK; i++)
-        st = wk_objstore_delete(ps->os, PQgetvalue(objs, i, 1), ps->err, sizeof ps->err);
-    PQclear(objs);
+    chat_status st = arc_delete_objects(ps, p);
     if (st != CHAT_OK)
         return st;
     char id[24];

@@ -89,6 +89,17 @@ static int table_state(arc_pass *ps, const char *name)
     return st;
 }
 
+/* Moves p to state (stamping stamp_column) and commits; p->state stays as it was when either fails. */
+static bool commit_state(arc_pass *ps, arc_part *p, const char *state, const char *stamp_column)
+{
+    char was[sizeof p->state];
+    memcpy(was, p->state, sizeof was);
+    if (arc_set_state(ps, p, state, stamp_column) && arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+        return true;
+    memcpy(p->state, was, sizeof was);
+    return false;
+}
+
 /* One transaction: check the row count under a SHARE lock (no insert can reach the partition
  * any more), detach, make the chunks live, keep the delete targets as tombstones. Readers see
  * the events hot before the commit and cold after it. CHAT_ERR_CONFLICT when the count differs
@@ -146,13 +157,8 @@ static chat_status detach_once(arc_pass *ps, arc_part *p)
              q);
     if (!arc_exec_ok(ps, "tombstones", sqltext, 1, pid))
         goto out;
-    if (!arc_exec_ok(ps, "state",
-                     "UPDATE archive_partitions SET state = 'detached', detached_at = now(), last_error = NULL"
-                     " WHERE id = $1::bigint",
-                     1, pid) ||
-        !arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+    if (!commit_state(ps, p, "detached", "detached_at"))
         goto out;
-    snprintf(p->state, sizeof p->state, "detached");
     st = CHAT_OK;
 out:
     arc_rollback(ps);
@@ -183,9 +189,7 @@ chat_status arc_drop(arc_pass *ps, arc_part *p)
     if (q == NULL)
         return CHAT_ERR_INTERNAL;
     chat_status st = CHAT_ERR_UNAVAILABLE;
-    char id[24], sqltext[512];
-    snprintf(id, sizeof id, "%lld", (long long)p->id);
-    const char *pid[] = {id};
+    char sqltext[512];
     int ts = table_state(ps, p->name);
     if (ts == -2)
         goto out;
@@ -206,13 +210,8 @@ chat_status arc_drop(arc_pass *ps, arc_part *p)
         if (!arc_exec_ok(ps, "drop", sqltext, 0, NULL))
             goto out;
     }
-    if (!arc_exec_ok(ps, "state",
-                     "UPDATE archive_partitions SET state = 'dropped', dropped_at = now(), last_error = NULL"
-                     " WHERE id = $1::bigint",
-                     1, pid) ||
-        !arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+    if (!commit_state(ps, p, "dropped", "dropped_at"))
         goto out;
-    snprintf(p->state, sizeof p->state, "dropped");
     st = CHAT_OK;
 out:
     arc_rollback(ps);

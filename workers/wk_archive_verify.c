@@ -115,3 +115,15 @@ chat_status arc_verify(arc_pass *ps, arc_part *p)
         return st;
     return arc_set_state(ps, p, "verified", "verified_at") ? CHAT_OK : CHAT_ERR_UNAVAILABLE;
 }
+
+chat_status arc_delete_objects(arc_pass *ps, arc_part *p)
+{
+    PGresult *objs = arc_objects_of(ps, p);
+    if (objs == NULL)
+        return CHAT_ERR_UNAVAILABLE;
+    chat_status st = CHAT_OK;
+    for (int i = 0; i < PQntuples(objs) && st == CHAT_OK; i++)
+        st = wk_objstore_delete(ps->os, PQgetvalue(objs, i, 1), ps->err, sizeof ps->err);
+    PQclear(objs);
+    return st;
+}

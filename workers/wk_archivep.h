@@ -86,6 +86,8 @@ chat_status arc_drop(arc_pass *ps, arc_part *p);
 typedef chat_status (*arc_chunk_fn)(arc_pass *ps, const wk_cold_chunk *c, void *ctx);
 /* Objects of the partition: id, url, bytes, sha256, rows (by part); NULL with ps->err set. */
 PGresult *arc_objects_of(arc_pass *ps, const arc_part *p);
+/* Deletes the partition's objects from storage (not their rows); stops at the first failure. */
+chat_status arc_delete_objects(arc_pass *ps, arc_part *p);
 /* Reads object row i of objs back and checks it whole, adding its events to *rows.
  * CHAT_ERR_INVALID: it is not what was written; other statuses: storage or database trouble. */
 chat_status arc_check_object(arc_pass *ps, PGresult *objs, int i, int64_t *rows, arc_chunk_fn each_chunk, void *ctx);

@@ -71,12 +71,7 @@ static long order; /* sends written on the flooder's connection */
 
 static ws_client *connect_user(const char *user)
 {
-    ws_client *c = NULL;
-    json_t *hello = NULL;
-    char why[700];
-    ck_assert_msg(test_gateway_connect(&stack, &gw, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
-    json_decref(hello);
-    return c;
+    return test_gateway_user(&stack, &gw, user);
 }
 
 static void create_conversation(const char *conv, const char *u1, const char *u2)

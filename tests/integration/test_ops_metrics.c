@@ -146,14 +146,7 @@ static void pump(dev *devs, int n, int timeout_ms)
 
 static ws_client *connect_dev(const char *user)
 {
-    ws_client *c = NULL;
-    json_t *hello = NULL;
-    char why[700];
-    ck_assert_msg(test_gateway_connect(&stack, &gw, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(strcmp(test_str(hello, "type") ? test_str(hello, "type") : "", "hello") == 0, "first frame: %s",
-                  test_json(hello));
-    json_decref(hello);
-    return c;
+    return test_gateway_user(&stack, &gw, user);
 }
 
 static void send_json(dev *d, json_t *f)

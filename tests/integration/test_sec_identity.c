@@ -112,6 +112,29 @@ static void check_refused_only(const json_t *frames, const char *cmid, const cha
     ck_assert_msg(errors == 1, "%s: want exactly one not_member refusal, got %s", who, test_json(frames));
 }
 
+/* The outsider m's answer to its post cmid, and whatever else comes within settle_ms: exactly one
+ * not_member refusal and nothing else. */
+static void expect_outsider_refused(ws_client *m, const char *cmid, int settle_ms)
+{
+    json_t *got = json_array();
+    answer_to(m, cmid, got);
+    json_t *rest = drain(m, settle_ms);
+    json_array_extend(got, rest);
+    json_decref(rest);
+    check_refused_only(got, cmid, "the outsider");
+    json_decref(got);
+}
+
+/* Neither member (a within a_ms, b within 500 ms) receives anything that mentions text. */
+static void expect_members_never_saw(ws_client *a, int a_ms, ws_client *b, const char *text)
+{
+    json_t *seen_a = drain(a, a_ms), *seen_b = drain(b, 500);
+    ck_assert_msg(!mentions(seen_a, text) && !mentions(seen_b, text),
+                  "a member received the outsider's text: alice %s, bob %s", test_json(seen_a), test_json(seen_b));
+    json_decref(seen_a);
+    json_decref(seen_b);
+}
+
 /* chatctl history of conv (the trusted backend form) as an array of frames. */
 static json_t *chatctl_history(const char *conv)
 {
@@ -273,19 +296,9 @@ START_TEST(outsider_resend_inside_window_learns_nothing)
     ws_client *b = test_connect_user(&stack, bob), *m = test_connect_user(&stack, mallory);
 
     send_text(m, conv, cmid, "MALLORY-INSIDE-WINDOW");
-    json_t *got = json_array();
-    answer_to(m, cmid, got);
-    json_t *rest = drain(m, 1500);
-    json_array_extend(got, rest);
-    json_decref(rest);
-    check_refused_only(got, cmid, "the outsider");
-    json_decref(got);
+    expect_outsider_refused(m, cmid, 1500);
 
-    json_t *seen_a = drain(a, 500), *seen_b = drain(b, 500);
-    ck_assert_msg(!mentions(seen_a, "MALLORY") && !mentions(seen_b, "MALLORY"),
-                  "a member received the outsider's text: alice %s, bob %s", test_json(seen_a), test_json(seen_b));
-    json_decref(seen_a);
-    json_decref(seen_b);
+    expect_members_never_saw(a, 500, b, "MALLORY");
     check_stored(conv, seq, alice, "alice's own words");
 
     /* post.status asked as the outsider: not_member and nothing else */
@@ -327,20 +340,10 @@ START_TEST(outsider_resend_after_window_learns_nothing)
     publish_post_as(session, conv, cmid, mallory, "MALLORY-AFTER-WINDOW");
     /* the members first (the ingest answers within a second; the outsider's frames wait in its
      * socket meanwhile) */
-    json_t *seen_a = drain(a, 2000), *seen_b = drain(b, 500);
-    ck_assert_msg(!mentions(seen_a, "MALLORY") && !mentions(seen_b, "MALLORY"),
-                  "a member received the outsider's text: alice %s, bob %s", test_json(seen_a), test_json(seen_b));
-    json_decref(seen_a);
-    json_decref(seen_b);
+    expect_members_never_saw(a, 2000, b, "MALLORY");
     check_stored(conv, seq, alice, "alice's own words");
 
-    json_t *got = json_array();
-    answer_to(m, cmid, got);
-    json_t *rest = drain(m, 1000);
-    json_array_extend(got, rest);
-    json_decref(rest);
-    check_refused_only(got, cmid, "the outsider");
-    json_decref(got);
+    expect_outsider_refused(m, cmid, 1000);
     ws_client_destroy(a);
     ws_client_destroy(b);
     ws_client_destroy(m);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "test_stack.h"
@@ -74,6 +75,19 @@ const char *test_gateway_log_tail(const test_gateway *gw, size_t n);
  * frame read into *hello). */
 chat_status test_gateway_connect(const test_stack *st, const test_gateway *gw, const char *user, int timeout_ms,
                                  ws_client **out, json_t **hello, char *why, size_t whysz);
+
+/* test_gateway_connect as user within 10 s; the test fails unless the first frame is hello. */
+static inline ws_client *test_gateway_user(const test_stack *st, const test_gateway *gw, const char *user)
+{
+    ws_client *c = NULL;
+    json_t *hello = NULL;
+    char why[700];
+    ck_assert_msg(test_gateway_connect(st, gw, user, 10000, &c, &hello, why, sizeof why) == CHAT_OK, "%s", why);
+    const char *type = test_str(hello, "type");
+    ck_assert_msg(type && strcmp(type, "hello") == 0, "first frame is not hello: %s", test_json(hello));
+    json_decref(hello);
+    return c;
+}
 
 /* VmRSS of pid in bytes (from /proc/<pid>/status), -1 when it cannot be read. */
 int64_t test_ops_rss(pid_t pid);
