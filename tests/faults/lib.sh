@@ -336,7 +336,8 @@ sanitizer_check() {
     hits=$(grep -l -E 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:' "$logs"/*.log 2>/dev/null || true)
     [[ -z "$hits" ]] && return 0
     echo "FAIL: sanitizer reports in ${hits//$'\n'/ }"
-    grep -h -m 1 -A 30 -E 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:' $hits | head -n 40
+    # the whole first report (a leak's report lists every object of a cycle, direct ones first)
+    grep -h -m 1 -A 120 -E 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:' $hits | head -n 120
     return 1
 }
 
