@@ -228,6 +228,35 @@ bool chat_js_ack_parse(const char *reply, chat_js_ack *out)
     return true;
 }
 
+int chat_nats_status(natsMsg *m)
+{
+    const char *status = NULL;
+    if (m == NULL || natsMsg_GetDataLength(m) != 0 || natsMsgHeader_Get(m, "Status", &status) != NATS_OK ||
+        status == NULL)
+        return 0;
+    int code = atoi(status);
+    return code > 0 ? code : 0;
+}
+
+natsStatus chat_js_pull(natsConnection *nc, const char *next_subject, const char *reply, int batch,
+                        int64_t expires_ms)
+{
+    char req[96];
+    if (expires_ms > 0)
+        snprintf(req, sizeof req, "{\"batch\":%d,\"expires\":%lld}", batch, (long long)expires_ms * 1000000LL);
+    else
+        snprintf(req, sizeof req, "{\"batch\":%d,\"no_wait\":true}", batch);
+    return natsConnection_PublishRequestString(nc, next_subject, reply, req);
+}
+
+int64_t chat_js_pull_left(natsMsg *m)
+{
+    const char *left = NULL;
+    if (natsMsgHeader_Get(m, "Nats-Pending-Messages", &left) != NATS_OK || left == NULL)
+        return -1;
+    return strtoll(left, NULL, 10);
+}
+
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv)
 {
     return fits(snprintf(buf, size, "chat.in.%d.%s", partition, conv), size);

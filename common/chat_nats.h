@@ -79,6 +79,21 @@ typedef struct chat_js_ack {
 } chat_js_ack;
 bool chat_js_ack_parse(const char *reply, chat_js_ack *out);
 
+/* A status message of NATS or JetStream (no payload, a "Status" header): its code (404 no
+ * messages now, 408 a pull request expired, 409 its consumer was deleted or changed leader, 503
+ * no responders), 0 for any other message. The one reader of status headers. */
+int chat_nats_status(natsMsg *m);
+
+/* Asks a pull consumer (next_subject: chat_subject_js_next) for up to batch messages, delivered
+ * to reply: those that come within expires_ms, or with expires_ms 0 only those there now (a 404
+ * when there are none). Each request ends with a status message (or the batch's last message). */
+natsStatus chat_js_pull(natsConnection *nc, const char *next_subject, const char *reply, int batch,
+                        int64_t expires_ms);
+
+/* How many messages a pull request ended by m (a 408) did not bring: its Nats-Pending-Messages
+ * header; -1 without one. */
+int64_t chat_js_pull_left(natsMsg *m);
+
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
 #define CHAT_API_PREFIX "chat.api.v1."

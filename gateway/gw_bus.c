@@ -255,9 +255,7 @@ gw_request *gw_bus_request_new(gw_server *srv, gw_request_reply_fn on_reply, uin
 
 bool gw_bus_no_responders(natsMsg *msg)
 {
-    const char *status = NULL;
-    return natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK &&
-           strcmp(status, "503") == 0;
+    return chat_nats_status(msg) == 503;
 }
 
 size_t gw_bus_pending(gw_server *srv)

@@ -30,11 +30,8 @@ static gw_session *asker_of(gw_server *srv, gw_request *req, natsMsg **msg)
     gw_session *s = gw_session_find(srv, req->session);
     if (s == NULL)
         return NULL;
-    if (*msg) {
-        const char *status = NULL;
-        if (natsMsg_GetDataLength(*msg) == 0 && natsMsgHeader_Get(*msg, "Status", &status) == NATS_OK)
-            *msg = NULL; /* no responders: the api role is down */
-    }
+    if (*msg && chat_nats_status(*msg) != 0)
+        *msg = NULL; /* no responders: the api role is down */
     return s;
 }
 

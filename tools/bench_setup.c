@@ -74,10 +74,10 @@ static chat_status take_reply(natsMsg *msg, const bench_plan *p, pending *pend, 
     unsigned long c = dot ? strtoul(dot + 1, &end, 10) : 0;
     if (dot == NULL || end == dot + 1 || *end || c >= p->n_convs || pend[c].done)
         return CHAT_OK; /* a late answer to a request sent again */
-    const char *status = NULL;
-    if (natsMsg_GetDataLength(msg) == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK) {
+    int status = chat_nats_status(msg);
+    if (status != 0) {
         snprintf(err, errsz,
-                 "no api worker answers chat.api.v1.conv.create (status %s): is chat-worker running with "
+                 "no api worker answers chat.api.v1.conv.create (status %d): is chat-worker running with "
                  "the api role?",
                  status);
         return CHAT_ERR_UNAVAILABLE;

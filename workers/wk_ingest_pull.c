@@ -166,9 +166,7 @@ static void keep_pulling(partition *pt, natsConnection *nc)
         pt->credit = 0;
     if (pt->credit > BATCH_MAX / 2)
         return;
-    char req[96];
-    snprintf(req, sizeof req, "{\"batch\":%d,\"expires\":%lld}", BATCH_MAX, (long long)PULL_EXPIRES_MS * 1000000LL);
-    if (natsConnection_PublishRequestString(nc, pt->next_subject, pt->reply, req) != NATS_OK) {
+    if (chat_js_pull(nc, pt->next_subject, pt->reply, BATCH_MAX, PULL_EXPIRES_MS) != NATS_OK) {
         pt->retry_at_ns = now + PULL_RETRY_MS * 1000000LL;
         return;
     }
@@ -233,19 +231,16 @@ static int take_message(committer *c, natsMsg *m)
         natsMsg_Destroy(m);
         return 0;
     }
-    const char *status = NULL;
-    if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
+    int status = chat_nats_status(m);
+    if (status != 0) {
         /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
          * owner, a leader change): ask again, but not at once */
-        const char *left = NULL;
-        if (natsMsgHeader_Get(m, "Nats-Pending-Messages", &left) == NATS_OK && left)
-            pt->credit -= atoi(left);
-        else
-            pt->credit = 0;
+        int64_t left = chat_js_pull_left(m);
+        pt->credit = left >= 0 ? pt->credit - (int)left : 0;
         if (pt->credit < 0)
             pt->credit = 0;
-        if (strcmp(status, "408") != 0) {
-            LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%s", pt->index, status);
+        if (status != 408) {
+            LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%d", pt->index, status);
             pt->retry_at_ns = chat_mono_ns() + PULL_RETRY_MS * 1000000LL;
         }
         natsMsg_Destroy(m);

@@ -179,13 +179,10 @@ static int fetch(ntf_puller *p, natsMsg **msgs)
 {
     natsConnection *nc = p->n->app->nc;
     int n = 0;
-    char rq[96];
     for (int round = 0; round < 2 && n == 0; round++) {
-        if (round == 0)
-            snprintf(rq, sizeof rq, "{\"batch\":%d,\"no_wait\":true}", WK_NOTIFY_BATCH);
-        else
-            snprintf(rq, sizeof rq, "{\"batch\":1,\"expires\":%lld}", (long long)IDLE_WAIT_MS * 1000000LL);
-        if (natsConnection_PublishRequestString(nc, p->n->next_subject, p->inbox, rq) != NATS_OK) {
+        /* first what is there now; when nothing, wait for one */
+        int batch = round == 0 ? WK_NOTIFY_BATCH : 1;
+        if (chat_js_pull(nc, p->n->next_subject, p->inbox, batch, round == 0 ? 0 : IDLE_WAIT_MS) != NATS_OK) {
             chat_sleep_ms(200);
             return 0;
         }
@@ -194,8 +191,7 @@ static int fetch(ntf_puller *p, natsMsg **msgs)
             natsMsg *m = NULL;
             if (natsSubscription_NextMsg(&m, p->sub, wait_ms) != NATS_OK)
                 break;
-            const char *status = NULL;
-            if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK) {
+            if (chat_nats_status(m) != 0) {
                 natsMsg_Destroy(m);
                 break; /* 404 no messages, 408 request done, 409 consumer gone */
             }

@@ -70,6 +70,43 @@ START_TEST(js_ack_subjects)
 }
 END_TEST
 
+/* A message with the given payload and Status header (NULL: none), as nats.c hands them over. */
+static natsMsg *status_msg(const char *data, const char *status, const char *left)
+{
+    natsMsg *m = NULL;
+    ck_assert_int_eq(natsMsg_Create(&m, "_INBOX.x", NULL, data, data ? (int)strlen(data) : 0), NATS_OK);
+    if (status)
+        ck_assert_int_eq(natsMsgHeader_Set(m, "Status", status), NATS_OK);
+    if (left)
+        ck_assert_int_eq(natsMsgHeader_Set(m, "Nats-Pending-Messages", left), NATS_OK);
+    return m;
+}
+
+START_TEST(status_messages)
+{
+    ck_assert_int_eq(nats_Open(-1), NATS_OK); /* a message with headers is freed through the library */
+    natsMsg *m = status_msg(NULL, "408", "7");
+    ck_assert_int_eq(chat_nats_status(m), 408);
+    ck_assert_int_eq(chat_js_pull_left(m), 7);
+    natsMsg_Destroy(m);
+    m = status_msg(NULL, "503", NULL);
+    ck_assert_int_eq(chat_nats_status(m), 503);
+    ck_assert_int_eq(chat_js_pull_left(m), -1);
+    natsMsg_Destroy(m);
+    m = status_msg("x", "404", NULL); /* a payload: an ordinary message, whatever its headers */
+    ck_assert_int_eq(chat_nats_status(m), 0);
+    natsMsg_Destroy(m);
+    m = status_msg(NULL, NULL, NULL); /* empty but no Status: an ordinary (empty) message */
+    ck_assert_int_eq(chat_nats_status(m), 0);
+    natsMsg_Destroy(m);
+    m = status_msg(NULL, "nonsense", NULL);
+    ck_assert_int_eq(chat_nats_status(m), 0);
+    natsMsg_Destroy(m);
+    ck_assert_int_eq(chat_nats_status(NULL), 0);
+    nats_CloseAndWait(2000);
+}
+END_TEST
+
 START_TEST(parse_subjects)
 {
     ck_assert_str_eq(chat_subject_typing_parse("chat.typing.conv-1"), "conv-1");
@@ -100,6 +137,7 @@ int main(void)
     tcase_add_test(tc, more_subjects);
     tcase_add_test(tc, parse_subjects);
     tcase_add_test(tc, js_ack_subjects);
+    tcase_add_test(tc, status_messages);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
