@@ -1,5 +1,9 @@
-/* Names of the status codes. */
+/* Names of the status codes, and the end of a process out of memory. */
 #include "chat_status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 const char *chat_status_str(chat_status s)
 {
@@ -16,4 +20,13 @@ const char *chat_status_str(chat_status s)
     case CHAT_ERR_INTERNAL: return "internal";
     }
     return "unknown";
+}
+
+void chat_oom(const char *file, int line)
+{
+    char msg[256]; /* snprintf of %s and %d does not allocate */
+    int n = snprintf(msg, sizeof msg, "level=error comp=process event=out_of_memory at=%s:%d\n", file, line);
+    if (n > 0)
+        (void)!write(STDERR_FILENO, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    abort();
 }

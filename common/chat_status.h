@@ -19,4 +19,11 @@ typedef enum chat_status {
 /* A short stable name ("ok", "invalid", ...) for logs; never NULL. */
 const char *chat_status_str(chat_status s);
 
+/* The out-of-memory policy (docs/architecture.md, "Out of memory"): an allocation of the
+ * process's own bookkeeping that fails ends the process here, with one log line naming the place
+ * (written without allocating), then abort(). Creating a module at start returns CHAT_ERR_NOMEM
+ * instead, so that a binary that cannot start says so. */
+_Noreturn void chat_oom(const char *file, int line);
+#define CHAT_OOM() chat_oom(__FILE__, __LINE__)
+
 #endif
