@@ -23,20 +23,13 @@
 /* Pass state                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static void clean(char *s)
-{
-    for (; *s; s++)
-        if (*s == '\n' || *s == '\r' || *s == '"' || *s == '\t')
-            *s = ' ';
-}
-
 chat_status arc_stepfail(arc_pass *ps, chat_status st, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(ps->err, sizeof ps->err, fmt, ap);
     va_end(ap);
-    clean(ps->err);
+    chat_log_clean(ps->err);
     return st;
 }
 
