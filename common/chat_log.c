@@ -24,6 +24,13 @@ int chat_log_level_parse(const char *name)
     return -1;
 }
 
+void chat_log_clean(char *s)
+{
+    for (; *s; s++)
+        if (*s == '\n' || *s == '\r' || *s == '\t' || *s == '"')
+            *s = ' ';
+}
+
 void chat_log_write(chat_log_level level, const char *comp, const char *fmt, ...)
 {
     char line[4096];

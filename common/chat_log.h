@@ -20,6 +20,11 @@ int chat_log_level_parse(const char *name);
 void chat_log_write(chat_log_level level, const char *comp, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Makes s safe inside a quoted log field (key="..."), in place: every newline, carriage return,
+ * tab and double quote becomes a space, so a line is never split and its quoting never broken.
+ * s is borrowed and must be NUL-terminated; any thread. */
+void chat_log_clean(char *s);
+
 #define CHAT_LOG(level, comp, ...) \
     do { \
         if ((int)(level) <= chat_log_current) \

@@ -18,18 +18,47 @@ typedef struct pending_cursor {
     uint64_t seen, read;
 } pending_cursor;
 
+struct gw_cursors {
+    chat_map *pending; /* "conv/user" -> pending_cursor */
+};
+
+static void free_one(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    free(value);
+}
+
+gw_cursors *gw_cursor_create(void)
+{
+    gw_cursors *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        abort();
+    c->pending = chat_map_create();
+    return c;
+}
+
+void gw_cursor_destroy(gw_cursors *c)
+{
+    if (c == NULL)
+        return;
+    chat_map_each(c->pending, free_one, NULL);
+    chat_map_destroy(c->pending);
+    free(c);
+}
+
 void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read)
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, user);
-    pending_cursor *c = chat_map_get(srv->cursors, key);
+    pending_cursor *c = chat_map_get(srv->cursors->pending, key);
     if (c == NULL) {
         c = calloc(1, sizeof *c);
         if (c == NULL)
             abort();
         snprintf(c->conv, sizeof c->conv, "%s", conv);
         snprintf(c->user, sizeof c->user, "%s", user);
-        chat_map_put(srv->cursors, key, c, NULL);
+        chat_map_put(srv->cursors->pending, key, c, NULL);
     }
     if (seen > c->seen)
         c->seen = seen;
@@ -71,14 +100,14 @@ static bool on_batch_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 
 void gw_cursor_flush(gw_server *srv)
 {
-    if (chat_map_size(srv->cursors) == 0)
+    if (chat_map_size(srv->cursors->pending) == 0)
         return;
     collect c = {
         .items = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.items),
         .ptrs = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.ptrs),
         .taken = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.taken),
     };
-    chat_map_each(srv->cursors, take, &c);
+    chat_map_each(srv->cursors->pending, take, &c);
     Chat__V1__CursorBatch batch = CHAT__V1__CURSOR_BATCH__INIT;
     batch.updates = c.ptrs;
     batch.n_updates = c.n;
@@ -88,7 +117,7 @@ void gw_cursor_flush(gw_server *srv)
     for (size_t i = 0; i < c.n; i++) {
         char key[2 * CHAT_ID_MAX + 2];
         snprintf(key, sizeof key, "%s/%s", c.taken[i]->conv, c.taken[i]->user);
-        free(chat_map_remove(srv->cursors, key));
+        free(chat_map_remove(srv->cursors->pending, key));
     }
     free(c.items);
     free(c.ptrs);
@@ -121,16 +150,4 @@ static bool batch_answered(gw_server *srv, gw_request *req, natsMsg *msg)
         LOG_WARN("gateway", "event=cursor_batch_retry");
     }
     return false;
-}
-
-static void free_one(const char *key, void *value, void *ctx)
-{
-    (void)key;
-    (void)ctx;
-    free(value);
-}
-
-void gw_cursor_free_all(gw_server *srv)
-{
-    chat_map_each(srv->cursors, free_one, NULL);
 }

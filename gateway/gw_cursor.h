@@ -12,11 +12,17 @@
 
 #define GW_CURSOR_BATCH_MAX 1000
 
+/* The cursors gathered for the next batch ("conv/user" -> seen and read). Opaque. */
+typedef struct gw_cursors gw_cursors;
+
+/* An empty gathering; the caller (gw_server.c) owns it. */
+gw_cursors *gw_cursor_create(void);
+/* Frees what is still gathered (at stop), unsent. NULL-safe. */
+void gw_cursor_destroy(gw_cursors *c);
+
 /* A member's cursors (read implies seen), kept until the next batch; the highest value wins. */
 void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_t seen, uint64_t read);
 /* Sends what gathered; called from the tick. */
 void gw_cursor_flush(gw_server *srv);
-/* Frees what is still gathered (at stop). */
-void gw_cursor_free_all(gw_server *srv);
 
 #endif

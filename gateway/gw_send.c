@@ -111,6 +111,10 @@ typedef struct waiting {
     waiting_post *head, *tail;
 } waiting;
 
+struct gw_send_checks {
+    chat_map *waiting; /* "conv/user" -> waiting */
+};
+
 static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t *post, size_t len, uint64_t seen,
                         uint64_t read)
 {
@@ -136,7 +140,7 @@ static void waiting_release(gw_server *srv, const char *conv, const char *user, 
 {
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, user);
-    waiting *w = chat_map_remove(srv->checking, key);
+    waiting *w = chat_map_remove(srv->checking->waiting, key);
     if (w == NULL)
         return;
     for (waiting_post *p = w->head, *next; p; p = next) {
@@ -223,7 +227,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     char key[2 * CHAT_ID_MAX + 2];
     snprintf(key, sizeof key, "%s/%s", conv, gw_session_user(s));
     int64_t now = chat_mono_ms();
-    waiting *w = chat_map_get(srv->checking, key);
+    waiting *w = chat_map_get(srv->checking->waiting, key);
     if (w) { /* a check for this member is in flight: queue behind it, keeping the order */
         if (!gw_budget_waiting(&s->budget)) {
             free(packed);
@@ -292,7 +296,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     if (w == NULL)
         abort();
     waiting_add(w, s->id, cmid, packed, len, seen, read);
-    chat_map_put(srv->checking, key, w, NULL);
+    chat_map_put(srv->checking->waiting, key, w, NULL);
 }
 
 /* Asks where a send the broker called a duplicate stands, as its user: the api role answers only a
@@ -536,8 +540,21 @@ static void free_waiting_entry(const char *key, void *value, void *ctx)
     free(w);
 }
 
-void gw_send_free_waiting(gw_server *srv)
+gw_send_checks *gw_send_create(void)
 {
-    chat_map_each(srv->checking, free_waiting_entry, NULL);
+    gw_send_checks *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        abort();
+    c->waiting = chat_map_create();
+    return c;
+}
+
+void gw_send_destroy(gw_send_checks *c)
+{
+    if (c == NULL)
+        return;
+    chat_map_each(c->waiting, free_waiting_entry, NULL);
+    chat_map_destroy(c->waiting);
+    free(c);
 }
 

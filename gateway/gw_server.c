@@ -31,6 +31,7 @@
 #include "gw_cursor.h"
 #include "gw_delivery.h"
 #include "gw_membership.h"
+#include "gw_peer.h"
 #include "gw_presence.h"
 #include "gw_revoke.h"
 #include "gw_route.h"
@@ -164,9 +165,8 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
         return refuse(wsi, srv, 429, "too many connections for this user");
     char addr[64];
-    gw_peer *peer = srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, addr, sizeof addr)
-                        ? chat_map_get(srv->per_ip, addr) : NULL;
-    if (peer && peer->count >= srv->cfg->ws_max_per_ip)
+    if (srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, addr, sizeof addr) &&
+        gw_peer_count(srv->peers, addr) >= srv->cfg->ws_max_per_ip)
         return refuse(wsi, srv, 429, "too many connections from this address");
     return 0;
 }
@@ -529,10 +529,10 @@ chat_status gw_server_create(gw_server *srv)
     snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
     srv->users = chat_map_create();
     srv->membership = gw_membership_create((size_t)srv->cfg->ws_membership_cache, GW_MEMBERSHIP_TTL_MS);
-    srv->checking = chat_map_create();
-    srv->cursors = chat_map_create();
-    srv->watched = chat_map_create();
-    srv->per_ip = chat_map_create();
+    srv->checking = gw_send_create();
+    srv->cursors = gw_cursor_create();
+    srv->watches = gw_watch_create();
+    srv->peers = gw_peer_create();
     register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -677,8 +677,10 @@ void gw_server_destroy(gw_server *srv)
     srv->bus = NULL;
     gw_admit_destroy(srv->admit);
     srv->admit = NULL;
-    gw_cursor_free_all(srv);
-    gw_send_free_waiting(srv);
+    gw_cursor_destroy(srv->cursors); /* the modules' state goes after the context: CLOSED callbacks reach it */
+    srv->cursors = NULL;
+    gw_send_destroy(srv->checking);
+    srv->checking = NULL;
     free(srv->slots);
     free(srv->free_slots);
     srv->slots = NULL;
@@ -687,9 +689,9 @@ void gw_server_destroy(gw_server *srv)
     chat_map_destroy(srv->users);
     gw_membership_destroy(srv->membership);
     srv->membership = NULL;
-    chat_map_destroy(srv->checking);
-    chat_map_destroy(srv->cursors);
-    chat_map_destroy(srv->watched);
-    chat_map_destroy(srv->per_ip);
-    srv->users = srv->checking = srv->cursors = srv->watched = srv->per_ip = NULL;
+    gw_watch_destroy(srv->watches);
+    srv->watches = NULL;
+    gw_peer_destroy(srv->peers);
+    srv->peers = NULL;
+    srv->users = NULL;
 }

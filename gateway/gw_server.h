@@ -24,6 +24,10 @@ typedef struct gw_presence gw_presence;
 typedef struct gw_revoke gw_revoke;
 typedef struct gw_membership gw_membership;
 typedef struct gw_admit gw_admit;
+typedef struct gw_send_checks gw_send_checks;
+typedef struct gw_cursors gw_cursors;
+typedef struct gw_watches gw_watches;
+typedef struct gw_peers gw_peers;
 struct gw_session_handlers;
 
 typedef struct gw_metrics {
@@ -58,12 +62,17 @@ typedef struct gw_server {
     struct gw_session **slots;
     uint32_t nslots, nfree, *free_slots;
     size_t nsessions;
-    chat_map *users;      /* user id -> gw_user * */
+    /* user id -> gw_user *: shared, so it stays here. gw_session.c adds and removes the entries;
+     * gw_delivery.c reads a user's sessions to hand out a delivery, gw_server.c the user's count at
+     * the upgrade (CHAT_WS_MAX_PER_USER) and every user for the presence heartbeat. */
+    chat_map *users;
+    /* Each of these is one module's own state, created and destroyed here (the wiring) and read
+     * only by its module: */
     gw_membership *membership; /* the membership cache, at most CHAT_WS_MEMBERSHIP_CACHE (gw_membership.h) */
-    chat_map *checking;   /* "conv/user" -> sends waiting for a member check, in order */
-    chat_map *cursors;    /* "conv/user" -> seen/read cursors waiting for the next batch */
-    chat_map *watched;    /* user -> the sessions watching the user's presence (gw_watch.c) */
-    chat_map *per_ip;     /* client address -> gw_peer (its open connections) */
+    gw_send_checks *checking;  /* sends waiting for a member check, in order (gw_send.h) */
+    gw_cursors *cursors;       /* seen/read cursors waiting for the next batch (gw_cursor.h) */
+    gw_watches *watches;       /* the sessions watching each user's presence (gw_watch.h) */
+    gw_peers *peers;           /* open connections per client address (gw_peer.h) */
     gw_presence *presence;
     gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */
     const struct gw_session_handlers *session_on; /* what the connections hand up (gw_session.h) */
@@ -71,12 +80,6 @@ typedef struct gw_server {
     uint64_t next_session;
     lws_sorted_usec_list_t tick_sul;
 } gw_server;
-
-/* The connections open from one client address (CHAT_WS_MAX_PER_IP); sessions point at it. */
-typedef struct gw_peer {
-    int count;
-    char addr[]; /* the key in per_ip */
-} gw_peer;
 
 /* Creates the lws context listening on cfg->gateway_listen and the bus. Main thread. */
 chat_status gw_server_create(gw_server *srv);

@@ -247,17 +247,8 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
     s->established = true;
     slot_take(srv, s);
     char addr[64];
-    if (lws_get_peer_simple(wsi, addr, sizeof addr) && addr[0]) {
-        s->peer = chat_map_get(srv->per_ip, addr);
-        if (s->peer == NULL) {
-            size_t n = strlen(addr);
-            if ((s->peer = calloc(1, sizeof *s->peer + n + 1)) == NULL)
-                abort();
-            memcpy(s->peer->addr, addr, n + 1);
-            chat_map_put(srv->per_ip, addr, s->peer, NULL);
-        }
-        s->peer->count++;
-    }
+    if (lws_get_peer_simple(wsi, addr, sizeof addr) && addr[0])
+        s->peer = gw_peer_join(srv->peers, addr);
     atomic_fetch_add(srv->m.connects, 1);
     atomic_store(srv->m.connections, (int_fast64_t)srv->nsessions);
     LOG_DEBUG("gateway", "event=connected session=%s-%" PRIu64 " user=%s", srv->gateway_id, s->id, gw_session_user(s));
@@ -454,10 +445,7 @@ void gw_session_closed(gw_server *srv, gw_session *s)
         }
     }
     slot_give_back(srv, s);
-    if (s->peer && --s->peer->count == 0) {
-        chat_map_remove(srv->per_ip, s->peer->addr);
-        free(s->peer);
-    }
+    gw_peer_leave(srv->peers, s->peer);
     s->peer = NULL;
     if (s->close_code != GW_CLOSE_SLOW_CONSUMER)
         atomic_fetch_add(atomic_load(&srv->stopping) ? srv->m.disc_shutdown : srv->m.disc_client, 1);

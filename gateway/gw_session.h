@@ -20,6 +20,7 @@
 #include "gw_budget.h"
 #include "gw_bus.h"
 #include "gw_outframe.h"
+#include "gw_peer.h"
 #include "gw_server.h"
 
 #define GW_FRAME_MAX (64 * 1024)       /* larger frames close the connection with 1009 */

@@ -17,12 +17,33 @@
 
 #define WATCH_MAX 200
 
-/* The sessions here watching one user (srv->watched: user -> watchers), and its subscription. */
+/* The sessions here watching one user, and its subscription. */
 typedef struct watchers {
     natsSubscription *sub;
     uint64_t *sessions;
     int n, cap;
 } watchers;
+
+struct gw_watches {
+    chat_map *by_user; /* user -> watchers */
+};
+
+gw_watches *gw_watch_create(void)
+{
+    gw_watches *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        abort();
+    w->by_user = chat_map_create();
+    return w;
+}
+
+void gw_watch_destroy(gw_watches *w)
+{
+    if (w == NULL)
+        return;
+    chat_map_destroy(w->by_user);
+    free(w);
+}
 
 static void presence_answered(gw_server *srv, void *data);
 
@@ -33,14 +54,14 @@ static void watch(gw_server *srv, gw_session *s, const char *user)
             return;
     if (s->nwatching >= WATCH_MAX)
         return;
-    watchers *w = chat_map_get(srv->watched, user);
+    watchers *w = chat_map_get(srv->watches->by_user, user);
     if (w == NULL) {
         w = calloc(1, sizeof *w);
         if (gw_bus_subscribe_presence(srv, user, &w->sub) != CHAT_OK) {
             free(w);
             return;
         }
-        chat_map_put(srv->watched, user, w, NULL);
+        chat_map_put(srv->watches->by_user, user, w, NULL);
     }
     if (w->n == w->cap) {
         w->cap = w->cap ? 2 * w->cap : 4;
@@ -55,7 +76,7 @@ static void watch(gw_server *srv, gw_session *s, const char *user)
 void gw_watch_drop_all(gw_server *srv, gw_session *s)
 {
     for (int i = 0; i < s->nwatching; i++) {
-        watchers *w = chat_map_get(srv->watched, s->watching[i]);
+        watchers *w = chat_map_get(srv->watches->by_user, s->watching[i]);
         if (w == NULL)
             continue;
         for (int k = 0; k < w->n; k++)
@@ -64,7 +85,7 @@ void gw_watch_drop_all(gw_server *srv, gw_session *s)
                 break;
             }
         if (w->n == 0) {
-            chat_map_remove(srv->watched, s->watching[i]);
+            chat_map_remove(srv->watches->by_user, s->watching[i]);
             gw_bus_unsubscribe_user(w->sub);
             free(w->sessions);
             free(w);
@@ -118,7 +139,7 @@ void gw_watch_on_change(gw_server *srv, natsMsg *msg)
                                                        (const uint8_t *)natsMsg_GetData(msg));
     if (p == NULL)
         return;
-    watchers *w = chat_map_get(srv->watched, p->user);
+    watchers *w = chat_map_get(srv->watches->by_user, p->user);
     if (w) {
         json_t *users = json_object();
         json_object_set_new(users, p->user, presence_json(p->online, p->last_seen_ms));

@@ -17,13 +17,6 @@
 /* Replies and failures                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
-void api_clean(char *s)
-{
-    for (; *s; s++)
-        if (*s == '\n' || *s == '"' || *s == '\r' || *s == '\t')
-            *s = ' ';
-}
-
 /* Marks the call failed with code and a message for the caller. The first failure wins. */
 void api_fail(api_call *c, const char *code, const char *fmt, ...)
 {
@@ -145,7 +138,7 @@ PGresult *api_run(api_call *c, const char *step, const char *sql, int n, const c
         /* cut to the log field: the head of a long message is kept */
         if (snprintf(c->detail, sizeof c->detail, "%s: %s%s%s", step, e.sqlstate, sep, e.detail) < 0)
             c->detail[0] = '\0';
-        api_clean(c->detail);
+        chat_log_clean(c->detail);
         if (e.failure == WK_PG_GONE || e.failure == WK_PG_SHUTDOWN) {
             bool was_in_tx = l->in_tx;
             drop_pg(l);

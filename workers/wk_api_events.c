@@ -8,6 +8,7 @@
 
 #include "chat_buf.h"
 #include "chat_frames.h"
+#include "chat_log.h"
 #include "wk_apip.h"
 
 /* Fills e from a row of API_EVENT_COLUMNS; its strings point into the result (and to conv). */
@@ -55,7 +56,7 @@ const wk_cold_chunk *api_cold_read(api_call *c, api_cold_set *cs, PGresult *r, i
     chat_status st = wk_cold_read(c->lane->api->cold, &ref, &ch, err, sizeof err);
     if (st != CHAT_OK) {
         snprintf(c->detail, sizeof c->detail, "cold: %.240s", err);
-        api_clean(c->detail);
+        chat_log_clean(c->detail);
         if (st == CHAT_ERR_UNAVAILABLE)
             api_fail(c, "unavailable", "archive storage unavailable");
         else

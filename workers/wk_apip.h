@@ -90,8 +90,6 @@ void api_conv_list(api_call *c);      /* wk_api_cursor.c */
 /* A call's plumbing (wk_api_call.c)                                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Replaces newlines, quotes and tabs of s in place (a log field). */
-void api_clean(char *s);
 /* Marks the call failed with code and a message for the caller. The first failure wins. */
 void api_fail(api_call *c, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* st filled with the call's code and message (borrowed from c); returns st. */

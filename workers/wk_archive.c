@@ -23,35 +23,26 @@
 /* Pass state                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static void clean(char *s)
-{
-    for (; *s; s++)
-        if (*s == '\n' || *s == '\r' || *s == '"' || *s == '\t')
-            *s = ' ';
-}
-
 chat_status arc_stepfail(arc_pass *ps, chat_status st, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(ps->err, sizeof ps->err, fmt, ap);
     va_end(ap);
-    clean(ps->err);
+    chat_log_clean(ps->err);
     return st;
 }
 
-/* Runs one statement; the result when it has status `expect` (caller PQclears), else NULL with
- * ps->err set to "<what>: <server message>". */
+/* Runs one statement (wk_pg_run); the result when it has status `expect` (caller PQclears), else
+ * NULL with ps->err set to "<what>: <server message>". */
 PGresult *arc_sql(arc_pass *ps, const char *what, const char *text, int n, const char *const *params,
                   ExecStatusType expect)
 {
-    PGresult *r = PQexecParams(ps->pg, text, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) == expect)
-        return r;
-    const char *msg = PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(ps->pg);
-    arc_stepfail(ps, CHAT_ERR_UNAVAILABLE, "%s: %s", what, msg);
-    PQclear(r);
-    return NULL;
+    wk_pg_error e;
+    PGresult *r = wk_pg_run(ps->pg, text, n, params, expect, &e);
+    if (r == NULL)
+        arc_stepfail(ps, CHAT_ERR_UNAVAILABLE, "%s: %s", what, e.detail);
+    return r;
 }
 
 bool arc_exec_ok(arc_pass *ps, const char *what, const char *text, int n, const char *const *params)
@@ -61,12 +52,28 @@ bool arc_exec_ok(arc_pass *ps, const char *what, const char *text, int n, const 
     return r != NULL;
 }
 
+bool arc_begin(arc_pass *ps)
+{
+    wk_pg_error e;
+    if (wk_pg_begin(ps->pg, &e))
+        return true;
+    arc_stepfail(ps, CHAT_ERR_UNAVAILABLE, "begin: %s", e.detail);
+    return false;
+}
+
+bool arc_commit(arc_pass *ps)
+{
+    wk_pg_error e;
+    if (wk_pg_commit(ps->pg, &e))
+        return true;
+    arc_stepfail(ps, CHAT_ERR_UNAVAILABLE, "commit: %s", e.detail);
+    return false;
+}
+
 void arc_rollback(arc_pass *ps)
 {
-    if (PQtransactionStatus(ps->pg) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(ps->pg, "ROLLBACK");
-        PQclear(r);
-    }
+    if (PQtransactionStatus(ps->pg) != PQTRANS_IDLE)
+        wk_pg_rollback(ps->pg);
 }
 
 /* The first failure of the pass goes into the report; the partition's row keeps its last one. */
@@ -82,9 +89,9 @@ void arc_record_failure(arc_pass *ps, arc_part *p, chat_status st)
         char id[24];
         snprintf(id, sizeof id, "%lld", (long long)p->id);
         const char *params[] = {id, ps->err};
-        PGresult *r = PQexecParams(ps->pg, "UPDATE archive_partitions SET last_error = $2 WHERE id = $1::bigint", 2,
-                                   NULL, params, NULL, NULL, 0);
-        PQclear(r);
+        wk_pg_error ignored; /* the failure itself is already logged above */
+        PQclear(wk_pg_run(ps->pg, "UPDATE archive_partitions SET last_error = $2 WHERE id = $1::bigint", 2, params,
+                          PGRES_COMMAND_OK, &ignored));
     }
 }
 
@@ -152,8 +159,8 @@ bool arc_take_lock(arc_pass *ps)
 
 void arc_drop_lock(arc_pass *ps)
 {
-    PGresult *r = PQexec(ps->pg, "SELECT pg_advisory_unlock(727002, 0)");
-    PQclear(r);
+    wk_pg_error ignored; /* the lock goes with the session anyway */
+    PQclear(wk_pg_run(ps->pg, "SELECT pg_advisory_unlock(727002, 0)", 0, NULL, PGRES_TUPLES_OK, &ignored));
 }
 
 void arc_part_from_row(arc_part *p, PGresult *r, int i, bool with_state)

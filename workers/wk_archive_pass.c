@@ -228,7 +228,7 @@ static chat_status read_partition(arc_pass *ps, arc_part *p, plan *pl)
     chat_status st = flush_chunk(ps, pl, p);
     if (st != CHAT_OK)
         return st;
-    if (!arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+    if (!arc_commit(ps))
         return CHAT_ERR_UNAVAILABLE;
     return finish_parts(ps, pl);
 }
@@ -288,7 +288,7 @@ static chat_status record_plan(arc_pass *ps, arc_part *p, plan *pl)
     snprintf(convs, sizeof convs, "%d", pl->conversations);
     snprintf(bytes, sizeof bytes, "%lld", (long long)pl->bytes);
     snprintf(raw, sizeof raw, "%lld", (long long)pl->raw);
-    if (!arc_exec_ok(ps, "begin", "BEGIN", 0, NULL))
+    if (!arc_begin(ps))
         return CHAT_ERR_UNAVAILABLE;
     const char *p1[] = {p->name, from, until, rows, convs, bytes, raw};
     PGresult *r =
@@ -325,7 +325,7 @@ static chat_status record_plan(arc_pass *ps, arc_part *p, plan *pl)
         if (!record_chunks(ps, pl, i, oid, &next))
             return CHAT_ERR_UNAVAILABLE;
     }
-    if (!arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+    if (!arc_commit(ps))
         return CHAT_ERR_UNAVAILABLE;
     snprintf(p->state, sizeof p->state, "planned");
     p->rows = pl->rows;

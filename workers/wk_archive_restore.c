@@ -29,12 +29,12 @@ chat_status arc_finish_restore(arc_pass *ps, arc_part *p)
     char id[24];
     snprintf(id, sizeof id, "%lld", (long long)p->id);
     const char *pid[] = {id};
-    if (!arc_exec_ok(ps, "begin", "BEGIN", 0, NULL) ||
+    if (!arc_begin(ps) ||
         !arc_exec_ok(ps, "delete_objects", "DELETE FROM archive_objects WHERE partition_id = $1::bigint", 1, pid) ||
         !arc_exec_ok(ps, "state",
                      "UPDATE archive_partitions SET state = 'restored', last_error = NULL WHERE id = $1::bigint", 1,
                      pid) ||
-        !arc_exec_ok(ps, "commit", "COMMIT", 0, NULL)) {
+        !arc_commit(ps)) {
         arc_rollback(ps);
         return CHAT_ERR_UNAVAILABLE;
     }
@@ -136,15 +136,14 @@ static chat_status restore_one(arc_pass *ps, arc_part *p)
     restore_ctx rc = {0};
     /* the partition first, in a short transaction of its own: creating it locks `messages`,
      * which must not stay locked while the rows go in */
-    bool ok = arc_exec_ok(ps, "begin", "BEGIN", 0, NULL) &&
-              arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '10s'", 0, NULL);
+    bool ok = arc_begin(ps) && arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '10s'", 0, NULL);
     PGresult *e =
         ok ? arc_sql(ps, "ensure",
                      "SELECT chat_ensure_partitions('epoch'::timestamptz + $1::bigint * interval '1 microsecond',"
                      " 'epoch'::timestamptz + $2::bigint * interval '1 microsecond', $3::interval)",
                      3, pe, PGRES_TUPLES_OK)
            : NULL;
-    ok = e != NULL && arc_exec_ok(ps, "commit", "COMMIT", 0, NULL) && arc_exec_ok(ps, "begin", "BEGIN", 0, NULL);
+    ok = e != NULL && arc_commit(ps) && arc_begin(ps);
     PQclear(e);
     for (int i = 0; ok && i < PQntuples(objs); i++) {
         int64_t n = 0;
@@ -162,7 +161,7 @@ static chat_status restore_one(arc_pass *ps, arc_part *p)
                      "UPDATE archive_partitions SET state = 'restoring', restored_at = now(), last_error = NULL"
                      " WHERE id = $1::bigint",
                      1, pid) &&
-         arc_exec_ok(ps, "commit", "COMMIT", 0, NULL);
+         arc_commit(ps);
     if (!ok) {
         arc_rollback(ps);
         return st == CHAT_OK ? CHAT_ERR_UNAVAILABLE : st;

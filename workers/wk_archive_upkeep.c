@@ -9,6 +9,7 @@
 #include "chat_log.h"
 #include "chat_time.h"
 #include "wk_archivep.h"
+#include "wk_pg.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Partition upkeep                                                                             */
@@ -31,14 +32,15 @@ int wk_archive_ensure_partitions(void *pgconn, int64_t span_ms)
     arc_interval_text(span, sizeof span, span_ms);
     arc_interval_text(ahead, sizeof ahead, ahead_ms(span_ms));
     const char *params[] = {span, ahead};
+    wk_pg_error e;
     PGresult *r =
-        PQexecParams(pg, "SELECT chat_ensure_partitions(now() - $1::interval, now() + $2::interval, $1::interval)", 2,
-                     NULL, params, NULL, NULL, 0);
-    int n = -1;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK)
-        n = atoi(PQgetvalue(r, 0, 0));
-    else
-        LOG_WARN("archive", "event=ensure_partitions_failed detail=\"%s\"", PQresultErrorMessage(r));
+        wk_pg_run(pg, "SELECT chat_ensure_partitions(now() - $1::interval, now() + $2::interval, $1::interval)", 2,
+                  params, PGRES_TUPLES_OK, &e);
+    if (r == NULL) {
+        LOG_WARN("archive", "event=ensure_partitions_failed detail=\"%s\"", e.detail);
+        return -1;
+    }
+    int n = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     return n;
 }
@@ -53,13 +55,12 @@ void arc_upkeep(arc_pass *ps)
     const char *p1[] = {span};
     const char *p2[] = {span, ahead};
     PGresult *r1 = NULL, *r2 = NULL;
-    bool ok = arc_exec_ok(ps, "begin", "BEGIN", 0, NULL) &&
-              arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '2s'", 0, NULL) &&
+    bool ok = arc_begin(ps) && arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '2s'", 0, NULL) &&
               (r1 = arc_sql(ps, "reshape", "SELECT chat_reshape_partitions($1::interval)", 1, p1, PGRES_TUPLES_OK)) &&
               (r2 = arc_sql(ps, "ensure",
                             "SELECT chat_ensure_partitions(now() - $1::interval, now() + $2::interval, $1::interval)",
                             2, p2, PGRES_TUPLES_OK)) &&
-              arc_exec_ok(ps, "commit", "COMMIT", 0, NULL);
+              arc_commit(ps);
     if (ok) {
         ps->rep->partitions_reshaped += atoi(PQgetvalue(r1, 0, 0));
         ps->rep->partitions_created += atoi(PQgetvalue(r2, 0, 0));
@@ -94,7 +95,7 @@ static bool commit_state(arc_pass *ps, arc_part *p, const char *state, const cha
 {
     char was[sizeof p->state];
     memcpy(was, p->state, sizeof was);
-    if (arc_set_state(ps, p, state, stamp_column) && arc_exec_ok(ps, "commit", "COMMIT", 0, NULL))
+    if (arc_set_state(ps, p, state, stamp_column) && arc_commit(ps))
         return true;
     memcpy(p->state, was, sizeof was);
     return false;
@@ -123,8 +124,7 @@ static chat_status detach_once(arc_pass *ps, arc_part *p)
                           p->name);
         goto out;
     }
-    if (!arc_exec_ok(ps, "begin", "BEGIN", 0, NULL) ||
-        !arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '1s'", 0, NULL))
+    if (!arc_begin(ps) || !arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '1s'", 0, NULL))
         goto out;
     snprintf(sqltext, sizeof sqltext, "LOCK TABLE %s IN SHARE MODE", q);
     if (!arc_exec_ok(ps, "lock", sqltext, 0, NULL))
@@ -197,7 +197,7 @@ chat_status arc_drop(arc_pass *ps, arc_part *p)
         st = arc_stepfail(ps, CHAT_ERR_CONFLICT, "%s is attached again; not dropping it", p->name);
         goto out;
     }
-    if (!arc_exec_ok(ps, "begin", "BEGIN", 0, NULL))
+    if (!arc_begin(ps))
         goto out;
     if (ts == 0) {
         snprintf(sqltext, sizeof sqltext,

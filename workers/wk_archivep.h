@@ -45,6 +45,10 @@ PGresult *arc_sql(arc_pass *ps, const char *what, const char *text, int n, const
                   ExecStatusType expect);
 /* A statement that returns no rows; false with ps->err set. */
 bool arc_exec_ok(arc_pass *ps, const char *what, const char *text, int n, const char *const *params);
+/* BEGIN and COMMIT (wk_pg_begin, wk_pg_commit); false with ps->err set to "begin: ..." or
+ * "commit: ...". */
+bool arc_begin(arc_pass *ps);
+bool arc_commit(arc_pass *ps);
 /* Ends an open transaction (after a failure); a no-op otherwise. */
 void arc_rollback(arc_pass *ps);
 /* Counts p's failure in the report (the first one's text too) and keeps it in its row. */

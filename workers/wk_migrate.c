@@ -29,9 +29,7 @@ static chat_status apply(PGconn *pg, const chat_migration *m)
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         char err[512];
         snprintf(err, sizeof err, "%s", PQresultErrorMessage(res));
-        for (char *p = err; *p; p++)
-            if (*p == '\n' || *p == '"')
-                *p = ' ';
+        chat_log_clean(err);
         LOG_ERROR("migrate", "event=sql_failed version=%s detail=\"%s\"", m->version, err);
         PQclear(res);
         wk_pg_exec(pg, "ROLLBACK", PGRES_COMMAND_OK, "rollback");

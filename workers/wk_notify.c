@@ -34,13 +34,6 @@ static const char *SQL_BEHIND = "SELECT count(*) FROM conversation_members m"
                                 " WHERE x.conversation_id = m.conversation_id AND x.seq = m.delivered_seq + 1"
                                 " AND x.created_at < now() - $1::interval)";
 
-void ntf_flatten(char *s)
-{
-    for (; *s; s++)
-        if (*s == '\n' || *s == '"')
-            *s = ' ';
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* The monitor: consumer set-up, pending, members behind                                        */
 /* ------------------------------------------------------------------------------------------ */
@@ -116,7 +109,7 @@ static void poll_behind(wk_notify *w, PGconn **pg)
     } else {
         char err[512];
         snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
-        ntf_flatten(err);
+        chat_log_clean(err);
         LOG_WARN("notify", "event=members_behind_failed detail=\"%s\"", err);
     }
     PQclear(r);

@@ -152,7 +152,7 @@ PGresult *ntf_claim(ntf_puller *p, ntf_req *rq, int n, const char *token, int64_
         }
         char err[512];
         snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
-        ntf_flatten(err);
+        chat_log_clean(err);
         PQclear(r);
         if (PQstatus(p->pg) != CONNECTION_OK)
             continue; /* reconnects above */
@@ -240,7 +240,7 @@ void ntf_settle(ntf_puller *p, ntf_pair *pairs, int npairs, const char *token)
             if (!done) {
                 char err[512];
                 snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
-                ntf_flatten(err);
+                chat_log_clean(err);
                 LOG_WARN("notify", "event=settle_failed thread=%d attempt=%d detail=\"%s\"", p->index, attempt + 1,
                          err);
             }

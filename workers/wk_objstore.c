@@ -49,9 +49,7 @@ static chat_status failf(char *err, size_t errsz, chat_status st, const char *fm
         va_start(ap, fmt);
         vsnprintf(err, errsz, fmt, ap);
         va_end(ap);
-        for (char *p = err; *p; p++)
-            if (*p == '\n' || *p == '\r' || *p == '"')
-                *p = ' ';
+        chat_log_clean(err);
     }
     return st;
 }

@@ -15,9 +15,7 @@ chat_status wk_pg_connect(const char *dsn, const char *name, PGconn **out)
     if (PQstatus(pg) != CONNECTION_OK) {
         char err[512];
         snprintf(err, sizeof err, "%s", PQerrorMessage(pg));
-        for (char *p = err; *p; p++)
-            if (*p == '\n' || *p == '"')
-                *p = ' ';
+        chat_log_clean(err);
         LOG_ERROR(name, "event=pg_connect_failed setting=CHAT_PG_DSN detail=\"%s\"", err);
         PQfinish(pg);
         return CHAT_ERR_UNAVAILABLE;
@@ -33,9 +31,7 @@ bool wk_pg_exec(PGconn *pg, const char *sql, ExecStatusType expect, const char *
     if (!ok) {
         char err[512];
         snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
-        for (char *p = err; *p; p++)
-            if (*p == '\n' || *p == '"')
-                *p = ' ';
+        chat_log_clean(err);
         LOG_ERROR("pg", "event=sql_failed what=%s detail=\"%s\"", what, err);
     }
     PQclear(r);
@@ -74,9 +70,7 @@ void wk_pg_error_of(PGconn *pg, const PGresult *r, wk_pg_error *err)
     snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state ? state : "");
     const char *msg = PQresultErrorMessage(r);
     snprintf(err->detail, sizeof err->detail, "%s", msg[0] ? msg : PQerrorMessage(pg));
-    for (char *p = err->detail; *p; p++)
-        if (*p == '\n' || *p == '"')
-            *p = ' ';
+    chat_log_clean(err->detail);
     err->failure = PQstatus(pg) != CONNECTION_OK ? WK_PG_GONE : wk_pg_failure_of(state);
 }
 
