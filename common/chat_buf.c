@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_status.h"
+
 void chat_buf_reserve(chat_buf *b, size_t extra)
 {
     if (b->len + extra + 1 <= b->cap)
@@ -15,7 +17,7 @@ void chat_buf_reserve(chat_buf *b, size_t extra)
         cap *= 2;
     b->data = realloc(b->data, cap);
     if (b->data == NULL)
-        abort();
+        CHAT_OOM();
     b->cap = cap;
 }
 

@@ -20,6 +20,7 @@
 #include "chat_duration.h"
 #include "chat_egress.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_redact.h"
 
 #define ALL (CHAT_PROG_GATEWAY | CHAT_PROG_WORKER | CHAT_PROG_CTL | CHAT_PROG_BENCH)
@@ -135,7 +136,7 @@ static void set_value(chat_cfg *cfg, const setting *s, const char *value)
 {
     char **f = field(cfg, s);
     free(*f);
-    *f = strdup(value);
+    *f = chat_xstrdup(value);
 }
 
 static const setting *find_flag(const char *arg, size_t len)
@@ -377,7 +378,7 @@ static char *read_secret_file(const char *home)
     while (n > 0 && isspace((unsigned char)buf[n - 1]))
         n--;
     buf[n] = '\0';
-    return strdup(buf);
+    return chat_xstrdup(buf);
 }
 
 /* A listen host that only this machine reaches: a loopback address or "localhost". */
@@ -458,7 +459,7 @@ static chat_status validate_common(chat_cfg *cfg, unsigned prog, char *err, size
             return fail(err, errsz, "CHAT_HOME", "cannot resolve relative path \"%s\"", cfg->home);
         snprintf(abs, sizeof abs, "%s/%s", cwd, cfg->home);
         free(cfg->home);
-        cfg->home = strdup(abs);
+        cfg->home = chat_xstrdup(abs);
     }
     int lvl = chat_log_level_parse(cfg->log_raw);
     if (lvl < 0)
@@ -521,7 +522,7 @@ static chat_status validate_storage(chat_cfg *cfg, char *err, size_t errsz)
         char buf[PATH_MAX + 32];
         snprintf(buf, sizeof buf, "file://%s/archive", cfg->home);
         free(cfg->archive_url);
-        cfg->archive_url = strdup(buf);
+        cfg->archive_url = chat_xstrdup(buf);
     }
     bool file = strncmp(cfg->archive_url, "file:///", 8) == 0;
     bool s3 = strncmp(cfg->archive_url, "s3://", 5) == 0 && cfg->archive_url[5] != '\0' &&
@@ -659,7 +660,7 @@ chat_status chat_cfg_load(chat_cfg *cfg, unsigned prog, int argc, char **argv, c
         const char *env = getenv(settings[i].env);
         set_value(cfg, &settings[i], env ? env : settings[i].def);
     }
-    cfg->args = calloc((size_t)(argc > 0 ? argc : 1), sizeof(char *));
+    cfg->args = chat_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_status.h"
 
 void chat_http_reply_set(chat_http_reply *r, int status, const char *content_type, const char *body,
                          size_t len)
@@ -17,7 +18,7 @@ void chat_http_reply_set(chat_http_reply *r, int status, const char *content_typ
     r->content_type = content_type;
     r->buf = malloc(LWS_PRE + len + 1);
     if (r->buf == NULL)
-        abort();
+        CHAT_OOM();
     memcpy(r->buf + LWS_PRE, body, len);
     r->len = len;
     r->sent = 0;

@@ -13,6 +13,8 @@
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 
+#include "chat_mem.h"
+
 /* An RSA signature of the largest key we load (16384 bits) is 2 KiB. */
 #define SIG_MAX 2048
 
@@ -272,7 +274,7 @@ static chat_status token_make(const jwt_key *k, json_t *header, json_t *claims, 
 {
     char *h = json_dumps(header, JSON_COMPACT), *c = json_dumps(claims, JSON_COMPACT);
     size_t hl = strlen(h), cl = strlen(c);
-    char *token = malloc(4 * (hl + cl + SIG_MAX) / 3 + 16);
+    char *token = chat_xmalloc(4 * (hl + cl + SIG_MAX) / 3 + 16);
     size_t n = b64url_encode((const unsigned char *)h, hl, token);
     token[n++] = '.';
     n += b64url_encode((const unsigned char *)c, cl, token + n);

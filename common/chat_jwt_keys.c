@@ -13,6 +13,7 @@
 #include <openssl/pem.h>
 
 #include "chat_jwtp.h"
+#include "chat_mem.h"
 
 /* A key file is read by hand and by every gateway at start; more keys than this is a mistake. */
 #define KEYS_MAX 32
@@ -222,10 +223,10 @@ chat_status chat_jwt_policy_create(const chat_jwt_settings *s, char *err, size_t
     /* OpenSSL's exit handler must not run (see nats_tls_valid in chat_config.c): this may be the
      * process's first use of OpenSSL. */
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
-    chat_jwt_policy *p = calloc(1, sizeof *p);
-    p->keys = calloc(KEYS_MAX + 1, sizeof *p->keys);
-    p->issuer = strdup(s->issuer ? s->issuer : "");
-    p->audience = strdup(s->audience ? s->audience : "");
+    chat_jwt_policy *p = chat_xcalloc(1, sizeof *p);
+    p->keys = chat_xcalloc(KEYS_MAX + 1, sizeof *p->keys);
+    p->issuer = chat_xstrdup(s->issuer ? s->issuer : "");
+    p->audience = chat_xstrdup(s->audience ? s->audience : "");
     p->max_ttl_s = s->max_ttl_s;
     chat_status st = CHAT_OK;
     if (s->secret && s->secret[0]) {

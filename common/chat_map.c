@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat_status.h"
+
 /* ---- SipHash-1-3 (Aumasson and Bernstein; the variant Rust and Python use for their tables) ---- */
 
 static uint64_t sip_key[2];
@@ -97,11 +99,11 @@ chat_map *chat_map_create(void)
 {
     chat_map *m = calloc(1, sizeof *m);
     if (m == NULL)
-        abort();
+        CHAT_OOM();
     m->nbuckets = 64;
     m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
     if (m->buckets == NULL)
-        abort();
+        CHAT_OOM();
     return m;
 }
 
@@ -137,7 +139,7 @@ static void grow(chat_map *m)
     size_t n = m->nbuckets * 2;
     entry **b = calloc(n, sizeof *b);
     if (b == NULL)
-        abort();
+        CHAT_OOM();
     for (size_t i = 0; i < m->nbuckets; i++)
         for (entry *e = m->buckets[i], *next; e; e = next) {
             next = e->next;
@@ -164,7 +166,7 @@ void chat_map_put(chat_map *m, const char *key, void *value, void **old)
     size_t len = strlen(key);
     entry *e = malloc(sizeof *e + len + 1);
     if (e == NULL)
-        abort();
+        CHAT_OOM();
     memcpy(e->key, key, len + 1);
     e->value = value;
     e->hash = h;

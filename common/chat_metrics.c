@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat_status.h"
+
 enum { M_COUNTER, M_GAUGE, M_GAUGE_FN, M_HIST };
 
 typedef struct series {
@@ -62,7 +64,7 @@ static series *add(chat_metrics *m, int type, const char *name, const char *labe
 {
     series *s = calloc(1, sizeof *s);
     if (s == NULL)
-        abort();
+        CHAT_OOM();
     s->type = type;
     s->name = name;
     s->labels = labels;
@@ -196,7 +198,7 @@ static void bprintf(buf *b, const char *fmt, ...)
         b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 256);
         b->p = realloc(b->p, b->cap);
         if (b->p == NULL)
-            abort();
+            CHAT_OOM();
     }
 }
 
@@ -217,7 +219,7 @@ char *chat_metrics_render(chat_metrics *m, size_t *len)
 {
     buf b = {.p = malloc(4096), .cap = 4096};
     if (b.p == NULL)
-        abort();
+        CHAT_OOM();
     b.p[0] = '\0';
     const char *last = "";
     pthread_mutex_lock(&m->lock);

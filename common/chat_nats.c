@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_redact.h"
 
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action)
@@ -115,7 +116,7 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
 {
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
-    char *urls = strdup(cfg->nats_url);
+    char *urls = chat_xstrdup(cfg->nats_url);
     const char *servers[32];
     int n = 0;
     char *save = NULL;

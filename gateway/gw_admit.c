@@ -8,6 +8,7 @@
 #include "chat_id.h"
 #include "chat_log.h"
 #include "chat_map.h"
+#include "chat_status.h"
 
 /* A send in flight: in the map by "session/conv/cmid" and in a list, oldest first. */
 typedef struct inflight {
@@ -32,7 +33,7 @@ gw_admit *gw_admit_create(size_t max, atomic_int_fast64_t *m_inflight, atomic_ui
 {
     gw_admit *a = calloc(1, sizeof *a);
     if (a == NULL)
-        abort();
+        CHAT_OOM();
     a->max = max;
     a->inflight = chat_map_create();
     a->inflight_users = chat_map_create();
@@ -115,7 +116,7 @@ void gw_admit_add(gw_admit *a, const char *session, const char *user, const char
         return;
     inflight *f = calloc(1, sizeof *f);
     if (f == NULL)
-        abort();
+        CHAT_OOM();
     inflight_key(f->key, sizeof f->key, session, conv, cmid);
     if (chat_map_get(a->inflight, f->key)) { /* the same send again while the first is in flight */
         free(f);

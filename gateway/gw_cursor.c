@@ -8,6 +8,7 @@
 #include "chat.pb-c.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 
 #define CURSOR_TIMEOUT_MS 5000
@@ -33,7 +34,7 @@ gw_cursors *gw_cursor_create(void)
 {
     gw_cursors *c = calloc(1, sizeof *c);
     if (c == NULL)
-        abort();
+        CHAT_OOM();
     c->pending = chat_map_create();
     return c;
 }
@@ -55,7 +56,7 @@ void gw_cursor_merge(gw_server *srv, const char *conv, const char *user, uint64_
     if (c == NULL) {
         c = calloc(1, sizeof *c);
         if (c == NULL)
-            abort();
+            CHAT_OOM();
         snprintf(c->conv, sizeof c->conv, "%s", conv);
         snprintf(c->user, sizeof c->user, "%s", user);
         chat_map_put(srv->cursors->pending, key, c, NULL);
@@ -103,16 +104,16 @@ void gw_cursor_flush(gw_server *srv)
     if (chat_map_size(srv->cursors->pending) == 0)
         return;
     collect c = {
-        .items = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.items),
-        .ptrs = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.ptrs),
-        .taken = calloc(GW_CURSOR_BATCH_MAX, sizeof *c.taken),
+        .items = chat_xcalloc(GW_CURSOR_BATCH_MAX, sizeof *c.items),
+        .ptrs = chat_xcalloc(GW_CURSOR_BATCH_MAX, sizeof *c.ptrs),
+        .taken = chat_xcalloc(GW_CURSOR_BATCH_MAX, sizeof *c.taken),
     };
     chat_map_each(srv->cursors->pending, take, &c);
     Chat__V1__CursorBatch batch = CHAT__V1__CURSOR_BATCH__INIT;
     batch.updates = c.ptrs;
     batch.n_updates = c.n;
     size_t len = chat__v1__cursor_batch__get_packed_size(&batch);
-    uint8_t *packed = malloc(len ? len : 1);
+    uint8_t *packed = chat_xmalloc(len ? len : 1);
     chat__v1__cursor_batch__pack(&batch, packed);
     for (size_t i = 0; i < c.n; i++) {
         char key[2 * CHAT_ID_MAX + 2];

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "chat_map.h"
+#include "chat_status.h"
 
 /* One conversation's cached answers. Entries live in the map and, oldest first, in a list (every
  * entry has the same TTL, so the order they came is the order they expire): the TTL trim and the
@@ -29,7 +30,7 @@ gw_membership *gw_membership_create(size_t max_convs, int64_t ttl_ms)
 {
     gw_membership *c = calloc(1, sizeof *c);
     if (c == NULL)
-        abort();
+        CHAT_OOM();
     c->convs = chat_map_create();
     c->max_convs = max_convs;
     c->ttl_ms = ttl_ms;
@@ -100,7 +101,7 @@ void gw_membership_put(gw_membership *c, const char *conv, const char *user, boo
             gw_membership_invalidate(c, c->oldest->conv);
         size_t len = strlen(conv);
         if ((m = calloc(1, sizeof *m + len + 1)) == NULL)
-            abort();
+            CHAT_OOM();
         memcpy(m->conv, conv, len + 1);
         m->users = chat_map_create();
         m->expires_ms = now_ms + c->ttl_ms;
@@ -125,10 +126,10 @@ void gw_membership_put_list(gw_membership *c, const char *conv, char *const *use
         return; /* an empty list (the caller is a member: not reached) */
     m->list = calloc(n ? n : 1, sizeof *m->list);
     if (m->list == NULL)
-        abort();
+        CHAT_OOM();
     for (size_t i = 0; i < n; i++)
         if ((m->list[i] = strdup(users[i])) == NULL)
-            abort();
+            CHAT_OOM();
     m->nlist = n;
 }
 

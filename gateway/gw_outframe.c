@@ -8,12 +8,13 @@
 
 #include "chat_buf.h"
 #include "chat_frames.h"
+#include "chat_status.h"
 
 gw_outframe *gw_outframe_new(const char *text, size_t len, int64_t event_ts_ms)
 {
     gw_outframe *f = malloc(sizeof *f + LWS_PRE + len);
     if (f == NULL)
-        abort();
+        CHAT_OOM();
     f->refs = 1;
     f->len = len;
     f->event_ts_ms = event_ts_ms;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "chat_map.h"
+#include "chat_status.h"
 
 struct gw_peer {
     int count;
@@ -26,7 +27,7 @@ gw_peers *gw_peer_create(void)
 {
     gw_peers *t = calloc(1, sizeof *t);
     if (t == NULL || (t->by_addr = chat_map_create()) == NULL)
-        abort();
+        CHAT_OOM();
     return t;
 }
 
@@ -51,7 +52,7 @@ gw_peer *gw_peer_join(gw_peers *t, const char *addr)
     if (p == NULL) {
         size_t n = strlen(addr);
         if ((p = calloc(1, sizeof *p + n + 1)) == NULL)
-            abort();
+            CHAT_OOM();
         memcpy(p->addr, addr, n + 1);
         chat_map_put(t->by_addr, addr, p, NULL);
     }

@@ -12,6 +12,7 @@
 #include "chat.pb-c.h"
 #include "chat_log.h"
 #include "chat_map.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 
@@ -62,7 +63,7 @@ static work *work_new(work_kind kind, const char *user)
 {
     work *w = calloc(1, sizeof *w);
     if (w == NULL)
-        abort();
+        CHAT_OOM();
     w->kind = kind;
     if (user)
         snprintf(w->user, sizeof w->user, "%s", user);
@@ -89,7 +90,7 @@ void gw_presence_query(gw_presence *p, uint64_t session, const char *const *user
     w->session = session;
     w->on_answer = on_answer;
     w->n = n;
-    w->users = calloc((size_t)(n ? n : 1), sizeof *w->users);
+    w->users = chat_xcalloc((size_t)(n ? n : 1), sizeof *w->users);
     for (int i = 0; i < n; i++)
         snprintf(w->users[i], sizeof w->users[i], "%s", users[i]);
     enqueue(p, w);
@@ -118,12 +119,12 @@ static void beat_collect(const char *user, void *value, void *ctx)
         b->cap = BEAT_USERS * 16;
         b->used = 0;
         if ((b->w->names = malloc(b->cap)) == NULL)
-            abort();
+            CHAT_OOM();
     }
     if (b->used + len > b->cap) {
         b->cap = 2 * (b->used + len);
         if ((b->w->names = realloc(b->w->names, b->cap)) == NULL)
-            abort();
+            CHAT_OOM();
     }
     memcpy(b->w->names + b->used, user, len);
     b->used += len;
@@ -317,7 +318,7 @@ static void answer_query(gw_presence *p, work *w)
 {
     gw_presence_answer *a = calloc(1, sizeof *a + (size_t)w->n * sizeof a->states[0]);
     if (a == NULL)
-        abort();
+        CHAT_OOM();
     a->session = w->session;
     a->n = w->n;
     int64_t now = chat_now_ms();

@@ -92,7 +92,7 @@ static void gather(const char *key, void *value, void *ctx)
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
         if ((l->keys = realloc(l->keys, l->cap * sizeof *l->keys)) == NULL)
-            abort();
+            CHAT_OOM();
     }
     snprintf(l->keys[l->n++], CHAT_REVOKE_KEY_MAX, "%s", key);
 }
@@ -143,7 +143,7 @@ static void revoke_put(gw_server *srv, gw_revoke *rv, const change *c)
     revoked *r = chat_map_get(rv->entries, c->key);
     if (r == NULL) {
         if ((r = malloc(sizeof *r)) == NULL)
-            abort();
+            CHAT_OOM();
         chat_map_put(rv->entries, c->key, r, NULL);
     }
     *r = (revoked){.kind = kind, .value = c->value, .watch = c->watch};
@@ -187,7 +187,7 @@ static void push_change(gw_revoke *rv, change_op op, uint32_t watch, const char 
 {
     change *c = calloc(1, sizeof *c);
     if (c == NULL)
-        abort();
+        CHAT_OOM();
     c->op = op;
     c->watch = watch;
     c->value = value;

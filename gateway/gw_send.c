@@ -13,6 +13,7 @@
 
 #include "chat.pb-c.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_time.h"
@@ -79,7 +80,7 @@ static void publish_post(gw_server *srv, uint64_t session, const char *conv, con
     /* kept for publish_again (a duplicate the broker does not have) */
     req->payload = malloc(len ? len : 1);
     if (req->payload == NULL)
-        abort();
+        CHAT_OOM();
     memcpy(req->payload, post, len);
     req->payload_len = len;
     char subject[128], msg_id[160];
@@ -120,7 +121,7 @@ static void waiting_add(waiting *w, uint64_t session, const char *cmid, uint8_t 
 {
     waiting_post *p = calloc(1, sizeof *p);
     if (p == NULL)
-        abort();
+        CHAT_OOM();
     p->session = session;
     snprintf(p->cmid, sizeof p->cmid, "%s", cmid ? cmid : "");
     p->post = post;
@@ -198,7 +199,7 @@ void gw_send_post(gw_server *srv, gw_session *s, const gw_inframe *f)
     char name[GW_SESSION_NAME_MAX];
     p.session = (char *)gw_session_name(srv, s, name);
     size_t len = chat__v1__post__get_packed_size(&p);
-    uint8_t *packed = malloc(len ? len : 1);
+    uint8_t *packed = chat_xmalloc(len ? len : 1);
     chat__v1__post__pack(&p, packed);
     member_action(srv, s, f->conv, f->cmid, packed, len, 0, 0);
 }
@@ -294,7 +295,7 @@ static void member_action(gw_server *srv, gw_session *s, const char *conv, const
     }
     w = calloc(1, sizeof *w);
     if (w == NULL)
-        abort();
+        CHAT_OOM();
     waiting_add(w, s->id, cmid, packed, len, seen, read);
     chat_map_put(srv->checking->waiting, key, w, NULL);
 }
@@ -544,7 +545,7 @@ gw_send_checks *gw_send_create(void)
 {
     gw_send_checks *c = calloc(1, sizeof *c);
     if (c == NULL)
-        abort();
+        CHAT_OOM();
     c->waiting = chat_map_create();
     return c;
 }

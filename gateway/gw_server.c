@@ -367,7 +367,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         const char *path = in;
         char file[1024];
         if (s->http == NULL && (s->http = calloc(1, sizeof *s->http)) == NULL)
-            abort();
+            CHAT_OOM();
         if (operator_path_refused(wsi, path)) {
             LOG_INFO("gateway", "event=http_refused endpoint=%s reason=%s", path[1] == 'm' ? "metrics" : "dev",
                      forwarded(wsi) ? "forwarded" : "not_loopback");

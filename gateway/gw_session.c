@@ -89,7 +89,7 @@ static void enqueue_frame(gw_server *srv, gw_session *s, gw_outframe *f, bool pa
     }
     gw_qnode *n = malloc(sizeof *n);
     if (n == NULL)
-        abort();
+        CHAT_OOM();
     f->refs++;
     n->frame = f;
     n->next = NULL;
@@ -157,7 +157,7 @@ static void slot_take(gw_server *srv, gw_session *s)
         gw_session **slots = realloc(srv->slots, n * sizeof *slots);
         uint32_t *free_slots = realloc(srv->free_slots, n * sizeof *free_slots);
         if (slots == NULL || free_slots == NULL)
-            abort();
+            CHAT_OOM();
         srv->slots = slots;
         srv->free_slots = free_slots;
         for (uint32_t i = n; i > srv->nslots; i--) { /* the lowest slot first */
@@ -227,7 +227,7 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         size_t len = strlen(user);
         u = calloc(1, sizeof *u + len + 1);
         if (u == NULL)
-            abort();
+            CHAT_OOM();
         memcpy(u->id, user, len + 1);
         if (gw_bus_subscribe_user(srv, u->id, &u->sub) != CHAT_OK) {
             free(u);
@@ -286,7 +286,7 @@ int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len
     }
     if (s->rx == NULL) {
         if ((s->rx = calloc(1, sizeof *s->rx)) == NULL)
-            abort();
+            CHAT_OOM();
         s->rx->started_ms = chat_mono_ms();
         /* lws hands a frame over in RX_BUFFER_SIZE pieces: room for the whole of it at once */
         size_t rest = lws_remaining_packet_payload(s->wsi);

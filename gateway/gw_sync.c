@@ -9,6 +9,7 @@
 #include "chat_frames.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 
 #define SYNC_TIMEOUT_MS 10000
@@ -63,7 +64,7 @@ static uint8_t *pack_sync(const gw_server *srv, const char *user, Chat__V1__Sync
     *len = chat__v1__sync_request__get_packed_size(&rq);
     uint8_t *buf = malloc(*len ? *len : 1);
     if (buf == NULL)
-        abort();
+        CHAT_OOM();
     chat__v1__sync_request__pack(&rq, buf);
     return buf;
 }
@@ -75,8 +76,8 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
         return;
     }
     size_t n = f->cursors ? json_object_size(f->cursors) : 0;
-    Chat__V1__SyncCursor *items = calloc(n ? n : 1, sizeof *items);
-    Chat__V1__SyncCursor **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    Chat__V1__SyncCursor *items = chat_xcalloc(n ? n : 1, sizeof *items);
+    Chat__V1__SyncCursor **ptrs = chat_xcalloc(n ? n : 1, sizeof *ptrs);
     size_t i = 0;
     const char *conv;
     json_t *seq;
@@ -141,7 +142,7 @@ static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
             /* sent from the WRITEABLE path when the client caught up */
             s->sync_next = malloc(sizeof *s->sync_next + len);
             if (s->sync_next == NULL)
-                abort();
+                CHAT_OOM();
             s->sync_next->len = len;
             memcpy(s->sync_next->data, packed, len);
             free(packed);
@@ -162,7 +163,7 @@ void gw_sync_resume(gw_server *srv, gw_session *s)
     size_t len = parked->len;
     uint8_t *packed = malloc(len ? len : 1);
     if (packed == NULL)
-        abort();
+        CHAT_OOM();
     memcpy(packed, parked->data, len);
     free(parked);
     if (!send_page(srv, s, packed, len))

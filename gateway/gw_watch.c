@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "chat.pb-c.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 #include "gw_outframe.h"
@@ -32,7 +33,7 @@ gw_watches *gw_watch_create(void)
 {
     gw_watches *w = calloc(1, sizeof *w);
     if (w == NULL)
-        abort();
+        CHAT_OOM();
     w->by_user = chat_map_create();
     return w;
 }
@@ -65,11 +66,11 @@ static void watch(gw_server *srv, gw_session *s, const char *user)
     }
     if (w->n == w->cap) {
         w->cap = w->cap ? 2 * w->cap : 4;
-        w->sessions = realloc(w->sessions, (size_t)w->cap * sizeof *w->sessions);
+        w->sessions = chat_xrealloc(w->sessions, (size_t)w->cap * sizeof *w->sessions);
     }
     w->sessions[w->n++] = s->id;
     if (s->watching == NULL)
-        s->watching = calloc(WATCH_MAX, sizeof *s->watching);
+        s->watching = chat_xcalloc(WATCH_MAX, sizeof *s->watching);
     snprintf(s->watching[s->nwatching++], sizeof s->watching[0], "%s", user);
 }
 

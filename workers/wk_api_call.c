@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "wk_apip.h"
 #include "wk_pg.h"
@@ -41,7 +42,7 @@ void api_reply_with(api_call *c, const ProtobufCMessage *m)
 {
     free(c->reply);
     c->reply_len = protobuf_c_message_get_packed_size(m);
-    c->reply = malloc(c->reply_len ? c->reply_len : 1);
+    c->reply = chat_xmalloc(c->reply_len ? c->reply_len : 1);
     protobuf_c_message_pack(m, c->reply);
 }
 

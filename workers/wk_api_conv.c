@@ -7,6 +7,7 @@
 
 #include "chat_buf.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_apip.h"
@@ -42,11 +43,11 @@ static void users_free(users *u)
 static void users_from(users *u, PGresult *r)
 {
     int rows = PQntuples(r);
-    u->v = calloc((size_t)rows + 1, sizeof *u->v);
+    u->v = chat_xcalloc((size_t)rows + 1, sizeof *u->v);
     u->n = 0;
     for (int i = 0; i < rows; i++)
         if (!PQgetisnull(r, i, 0))
-            u->v[u->n++] = strdup(PQgetvalue(r, i, 0));
+            u->v[u->n++] = chat_xstrdup(PQgetvalue(r, i, 0));
 }
 
 /* Checks every id of list (named `what` in the message) and builds a PostgreSQL text array of
@@ -96,7 +97,7 @@ static void publish_membership(api_call *c, const char *conv, const users *added
     d.item_case = CHAT__V1__DELIVERY__ITEM_MEMBERS;
     d.members = &ev;
     size_t dlen = chat__v1__delivery__get_packed_size(&d);
-    uint8_t *dbuf = malloc(dlen ? dlen : 1);
+    uint8_t *dbuf = chat_xmalloc(dlen ? dlen : 1);
     chat__v1__delivery__pack(&d, dbuf);
     const users *lists[] = {members, removed};
     for (int k = 0; k < 2; k++)
@@ -108,7 +109,7 @@ static void publish_membership(api_call *c, const char *conv, const users *added
     free(dbuf);
 
     size_t elen = chat__v1__membership_event__get_packed_size(&ev);
-    uint8_t *ebuf = malloc(elen ? elen : 1);
+    uint8_t *ebuf = chat_xmalloc(elen ? elen : 1);
     chat__v1__membership_event__pack(&ev, ebuf);
     char subject[128];
     chat_subject_members(subject, sizeof subject, conv);

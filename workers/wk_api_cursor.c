@@ -8,6 +8,7 @@
 
 #include "chat_buf.h"
 #include "chat_id.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_apip.h"
@@ -153,8 +154,8 @@ void api_conv_list(api_call *c)
     if (r == NULL)
         goto out;
     int n = PQntuples(r);
-    convs = calloc((size_t)n + 1, sizeof *convs);
-    convp = calloc((size_t)n + 1, sizeof *convp);
+    convs = chat_xcalloc((size_t)n + 1, sizeof *convs);
+    convp = chat_xcalloc((size_t)n + 1, sizeof *convp);
     for (int i = 0; i < n; i++) {
         Chat__V1__ConvSummary *s = &convs[i];
         chat__v1__conv_summary__init(s);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "wk_apip.h"
 
 uint32_t wk_api_history_limit(uint32_t asked)
@@ -117,9 +118,9 @@ static PGresult *history_read_hot(api_call *c, const char *conv, uint64_t before
 /* Merges the hot rows and the archived events of pg newest first into its events, at most want. */
 static void history_merge(history_page *pg, int want, char *conv)
 {
-    pg->events = calloc((size_t)want + 1, sizeof *pg->events);
-    pg->eventp = calloc((size_t)want + 1, sizeof *pg->eventp);
-    pg->from_cold = calloc((size_t)want + 1, sizeof *pg->from_cold);
+    pg->events = chat_xcalloc((size_t)want + 1, sizeof *pg->events);
+    pg->eventp = chat_xcalloc((size_t)want + 1, sizeof *pg->eventp);
+    pg->from_cold = chat_xcalloc((size_t)want + 1, sizeof *pg->from_cold);
     while (pg->n < want && (pg->h < pg->nhot || pg->k < pg->ncold)) {
         int h = pg->h, k = pg->k;
         uint64_t hs = h < pg->nhot ? strtoull(PQgetvalue(pg->rows, h, H_SEQ), NULL, 10) : 0;

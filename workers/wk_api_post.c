@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_partition.h"
 #include "chat_post.h"
@@ -107,7 +108,7 @@ static bool publish_post(api_call *c, const Chat__V1__Post *in)
     p.gateway = "";
     p.session = "";
     size_t len = chat__v1__post__get_packed_size(&p);
-    uint8_t *buf = malloc(len ? len : 1);
+    uint8_t *buf = chat_xmalloc(len ? len : 1);
     chat__v1__post__pack(&p, buf);
     char subject[128], msgid[2 * CHAT_ID_MAX + 2];
     chat_subject_in_backend(subject, sizeof subject,

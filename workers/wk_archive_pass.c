@@ -11,6 +11,7 @@
 #include "chat_buf.h"
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "wk_archivep.h"
 #include "wk_cold.h"
@@ -64,7 +65,7 @@ static void plan_free(plan *pl)
 
 static obj_part *new_part(arc_pass *ps, plan *pl, const arc_part *p)
 {
-    pl->parts = realloc(pl->parts, (size_t)(pl->nparts + 1) * sizeof *pl->parts);
+    pl->parts = chat_xrealloc(pl->parts, (size_t)(pl->nparts + 1) * sizeof *pl->parts);
     obj_part *o = &pl->parts[pl->nparts];
     memset(o, 0, sizeof *o);
     o->f = tmpfile();
@@ -101,7 +102,7 @@ static chat_status flush_chunk(arc_pass *ps, plan *pl, const arc_part *p)
         return arc_stepfail(ps, CHAT_ERR_IO, "writing a temporary file failed");
     if (pl->nchunks == pl->cap) {
         pl->cap = pl->cap ? pl->cap * 2 : 256;
-        pl->chunks = realloc(pl->chunks, pl->cap * sizeof *pl->chunks);
+        pl->chunks = chat_xrealloc(pl->chunks, pl->cap * sizeof *pl->chunks);
     }
     chunk_entry *c = &pl->chunks[pl->nchunks++];
     c->part = pl->nparts - 1;

@@ -14,6 +14,7 @@
 
 #include "chat_log.h"
 #include "chat_map.h"
+#include "chat_mem.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Little helpers                                                                               */
@@ -469,8 +470,8 @@ chat_status wk_cold_read(wk_cold *c, const wk_cold_ref *ref, const wk_cold_chunk
         return st;
     }
 
-    e = calloc(1, sizeof *e);
-    e->key = strdup(key);
+    e = chat_xcalloc(1, sizeof *e);
+    e->key = chat_xstrdup(key);
     e->chunk = chunk;
     e->refs = 1;
     chunk->entry = e;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 
@@ -28,7 +29,7 @@ static bool process_pieces(committer *c, batch *b, uint64_t gen, int64_t fetched
         several = b->items[i].part != b->items[0].part;
     LOG_WARN("ingest", "event=batch_split partition=%d size=%d into=%s", b->part, b->n,
              several ? "partitions" : "messages");
-    bool *taken = calloc((unsigned)b->n, sizeof *taken);
+    bool *taken = chat_xcalloc((unsigned)b->n, sizeof *taken);
     bool ok = true;
     for (int i = 0; i < b->n && ok; i++) {
         if (taken[i])
@@ -252,13 +253,13 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
         memset(r, 0, sizeof r);
     snprintf(in->worker_id, sizeof in->worker_id, "%d-%02x%02x%02x%02x", (int)getpid(), r[0], r[1], r[2], r[3]);
     in->nparts = app->cfg->partitions;
-    in->parts = calloc((size_t)in->nparts, sizeof *in->parts);
+    in->parts = chat_xcalloc((size_t)in->nparts, sizeof *in->parts);
     for (int p = 0; p < in->nparts; p++) {
         in->parts[p].in = in;
         in->parts[p].index = p;
         in->parts[p].buf = calloc(1, sizeof(batch));
         if (in->parts[p].buf == NULL)
-            abort();
+            CHAT_OOM();
     }
     chat_metrics *m = app->metrics;
     for (int p = 0; p < in->nparts; p++) {

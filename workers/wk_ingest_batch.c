@@ -146,7 +146,7 @@ void wk_ingest_batch_add(batch *b, const item *it)
         b->cap = b->cap ? b->cap * 2 : 16;
         b->items = realloc(b->items, (size_t)b->cap * sizeof *b->items);
         if (b->items == NULL)
-            abort();
+            CHAT_OOM();
     }
     b->items[b->n++] = *it;
 }

@@ -10,6 +10,7 @@
 
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 
@@ -129,7 +130,7 @@ static void deliver_event(natsConnection *nc, batch *b, const item *it, Chat__V1
 static void publish_event(committer *c, const Chat__V1__Event *e)
 {
     size_t len = chat__v1__event__get_packed_size(e);
-    uint8_t *buf = malloc(len ? len : 1);
+    uint8_t *buf = chat_xmalloc(len ? len : 1);
     chat__v1__event__pack(e, buf);
     char subject[128], msgid[160];
     chat_subject_event(subject, sizeof subject, e->conv);

@@ -14,6 +14,7 @@
 #include "chat_buf.h"
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_post.h"
 #include "chat_time.h"
@@ -274,9 +275,9 @@ static int store_members(PGconn *pg, batch *b)
             continue;
         if (m->n == m->cap) {
             m->cap = m->cap ? m->cap * 2 : 4;
-            m->users = realloc(m->users, (size_t)m->cap * sizeof *m->users);
+            m->users = chat_xrealloc(m->users, (size_t)m->cap * sizeof *m->users);
         }
-        m->users[m->n++] = strdup(PQgetvalue(r, row, 1));
+        m->users[m->n++] = chat_xstrdup(PQgetvalue(r, row, 1));
     }
     PQclear(r);
     return S_OK;
@@ -304,7 +305,7 @@ static void write_columns_list(write_columns *w, chat_buf *all[WRITE_COLUMNS])
 static int write_counts(batch *b, write_columns *w)
 {
     int nnew = 0;
-    int *count = calloc((size_t)b->nconvs + 1, sizeof *count);
+    int *count = chat_xcalloc((size_t)b->nconvs + 1, sizeof *count);
     for (int i = 0; i < b->n; i++) {
         const item *it = &b->items[i];
         members *m = it->state == I_NEW ? wk_ingest_find_conv(b, it->post->conv) : NULL;
@@ -350,7 +351,7 @@ static void write_event(write_columns *w, item *it)
 /* The seq of each new event, from Q_WRITE's rows (ord, seq) by its place in the arrays. */
 static void read_seqs(batch *b, PGresult *r, int nnew)
 {
-    int *seq_of = calloc((size_t)nnew, sizeof *seq_of); /* row of the nth new event, or -1 */
+    int *seq_of = chat_xcalloc((size_t)nnew, sizeof *seq_of); /* row of the nth new event, or -1 */
     for (int k = 0; k < nnew; k++)
         seq_of[k] = -1;
     for (int row = 0; row < PQntuples(r); row++) {

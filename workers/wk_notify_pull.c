@@ -10,6 +10,7 @@
 #include "chat.pb-c.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_notifyp.h"
@@ -106,7 +107,7 @@ static void process_due(ntf_puller *p, ntf_req *rq, int n)
     if (res == NULL)
         return;
     int npairs = PQntuples(res);
-    ntf_pair *pairs = calloc((size_t)(npairs ? npairs : 1), sizeof *pairs);
+    ntf_pair *pairs = chat_xcalloc((size_t)(npairs ? npairs : 1), sizeof *pairs);
     ntf_read_pairs(res, pairs);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < npairs; k++)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "wk_notifyp.h"
 
@@ -47,7 +48,7 @@ void ntf_push_all(ntf_puller *p, ntf_pair *pairs, int npairs, ntf_req *rq, int n
 {
     wk_notify *w = p->n;
     int64_t started = chat_mono_ms();
-    wk_push_conv *convs = calloc((size_t)(npairs ? npairs : 1), sizeof *convs);
+    wk_push_conv *convs = chat_xcalloc((size_t)(npairs ? npairs : 1), sizeof *convs);
     for (int i = 0; i < npairs;) {
         int j = i;
         while (j < npairs && strcmp(pairs[j].user, pairs[i].user) == 0)
