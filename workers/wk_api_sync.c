@@ -176,7 +176,7 @@ size_t wk_api_sync_next(const wk_api_sync_range *r, size_t n, Chat__V1__SyncCurs
     " FROM messages x WHERE x.conversation_id = k.conv AND x.seq > k.after AND x.seq <= k.upto"                        \
     " ORDER BY x.seq LIMIT k.upto - k.after) m) e"                                                                     \
     " ORDER BY e.ord, e.seq"
-enum { S_ORD = H_EXTRA, S_FITS, S_DELETED };
+/* its columns past H_EXTRA: API_SYNC_ORD, API_SYNC_FITS, API_SYNC_DELETED (wk_apip.h) */
 
 /* A query's parameters as PostgreSQL text arrays, one element per cursor or range, in order;
  * the arrays a query does not take stay empty. */
@@ -326,7 +326,7 @@ static bool sync_slots(api_call *c, api_cold_set *cs, const wk_api_sync_range *r
 {
     wk_api_sync_hot *hot = calloc((size_t)nrows + 1, sizeof *hot);
     for (int i = 0; i < nrows; i++) {
-        hot[i].ord = strtoull(PQgetvalue(rows, i, S_ORD), NULL, 10) - 1;
+        hot[i].ord = strtoull(PQgetvalue(rows, i, API_SYNC_ORD), NULL, 10) - 1;
         hot[i].seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10);
     }
     PGresult *k = NULL;
@@ -435,47 +435,67 @@ static bool sync_read_events(api_call *c, sync_page *pg)
 /* Take events while what came before stays under the budget (so at least one: progress).
  * `fits` is the query's for hot rows (bodies past the budget were not even read) and the same
  * sum in C once archived events come first. Sets sent, cut and cut_done. */
-static void sync_take_events(sync_page *pg)
+void api_sync_take_events(const api_sync_source *src, api_sync_taken *out)
 {
-    const wk_api_sync_range *ranges = pg->ranges;
-    pg->events = calloc(pg->nslots + 1, sizeof *pg->events);
-    pg->eventp = calloc(pg->nslots + 1, sizeof *pg->eventp);
-    pg->from_cold = calloc(pg->nslots + 1, sizeof *pg->from_cold);
-    Chat__V1__Event *events = pg->events;
+    const wk_api_sync_range *ranges = src->ranges;
+    out->events = calloc(src->nslots + 1, sizeof *out->events);
+    out->eventp = calloc(src->nslots + 1, sizeof *out->eventp);
+    out->from_cold = calloc(src->nslots + 1, sizeof *out->from_cold);
+    Chat__V1__Event *events = out->events;
     size_t used = 0, raw = 0, sent = 0;
-    pg->cut = pg->n;
-    pg->cut_done = 0;
-    for (size_t i = 0; i < pg->nslots; i++) {
-        const wk_api_sync_slot *s = &pg->slots[i];
+    out->cut = src->n;
+    out->cut_done = 0;
+    for (size_t i = 0; i < src->nslots; i++) {
+        const wk_api_sync_slot *s = &src->slots[i];
         size_t ord = s->ord;
-        bool fits = raw < pg->budget && (s->row < 0 || strcmp(PQgetvalue(pg->rows, s->row, S_FITS), "t") == 0);
-        if (sent > 0 && (used >= pg->budget || !fits)) {
-            pg->cut = ord;
+        bool fits = raw < src->budget && (s->row < 0 || strcmp(PQgetvalue(src->rows, s->row, API_SYNC_FITS), "t") == 0);
+        if (sent > 0 && (used >= src->budget || !fits)) {
+            out->cut = ord;
             bool same = events[sent - 1].conv == ranges[ord].conv;
-            pg->cut_done = same ? events[sent - 1].seq : ranges[ord].after;
+            out->cut_done = same ? events[sent - 1].seq : ranges[ord].after;
             break;
         }
         Chat__V1__Event *e = &events[sent];
         if (s->row >= 0) {
-            api_event_from_row(e, pg->rows, s->row, (char *)ranges[ord].conv);
-            if (strcmp(PQgetvalue(pg->rows, s->row, S_DELETED), "t") == 0)
+            api_event_from_row(e, src->rows, s->row, (char *)ranges[ord].conv);
+            if (strcmp(PQgetvalue(src->rows, s->row, API_SYNC_DELETED), "t") == 0)
                 api_tombstone(e);
         } else {
             api_event_from_cold(e, s->cold, (char *)ranges[ord].conv);
-            pg->from_cold[sent] = true;
+            out->from_cold[sent] = true;
         }
         raw += strlen(e->body) + strlen(e->meta_json);
         size_t size = chat__v1__event__get_packed_size(e);
         used += 1 + varint_size(size) + size;
-        pg->eventp[sent++] = e;
+        out->eventp[sent++] = e;
     }
-    if (pg->cut == pg->n && pg->trunc < pg->n) {
+    if (out->cut == src->n && src->trunc < src->n) {
         /* the archived chunks of this page did not all fit in one request: continue there */
-        pg->cut = pg->trunc;
-        bool same = sent > 0 && events[sent - 1].conv == ranges[pg->trunc].conv;
-        pg->cut_done = same ? events[sent - 1].seq : ranges[pg->trunc].after;
+        out->cut = src->trunc;
+        bool same = sent > 0 && events[sent - 1].conv == ranges[src->trunc].conv;
+        out->cut_done = same ? events[sent - 1].seq : ranges[src->trunc].after;
     }
-    pg->sent = sent;
+    out->sent = sent;
+}
+
+/* The page's events from its slots (api_sync_take_events). */
+static void sync_take_events(sync_page *pg)
+{
+    api_sync_source src = {.ranges = pg->ranges,
+                           .n = pg->n,
+                           .rows = pg->rows,
+                           .slots = pg->slots,
+                           .nslots = pg->nslots,
+                           .budget = pg->budget,
+                           .trunc = pg->trunc};
+    api_sync_taken taken = {0};
+    api_sync_take_events(&src, &taken);
+    pg->events = taken.events;
+    pg->eventp = taken.eventp;
+    pg->from_cold = taken.from_cold;
+    pg->sent = taken.sent;
+    pg->cut = taken.cut;
+    pg->cut_done = taken.cut_done;
 }
 
 /* The reply's next: a cursor for every range the page did not finish (after wk_api_sync_settle). */
