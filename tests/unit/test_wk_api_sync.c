@@ -1,13 +1,16 @@
 /* The api role's sync page assembly (workers/wk_api_sync.c): hot rows and archived events merged
  * by seq (each seq once), the page cut where the archived chunks read end, and the reply's next
- * cursors after a page (has_more), with the planning and settling around them. */
+ * cursors after a page (has_more), with the planning and settling around them; then the events
+ * taken under the byte budget, deleted messages as tombstones, and where the page stopped. */
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "unit_run.h"
 #include "wk_api.h"
+#include "wk_apip.h"
 
 /* An archived chunk of the events lo..hi (every seq), for the page's range ord. */
 typedef struct test_chunk {
@@ -236,6 +239,242 @@ START_TEST(next_names_what_the_page_left)
 }
 END_TEST
 
+/* ---- the events taken from the slots: a result with the events query's columns ---- */
+
+static PGresult *rows_new(void)
+{
+    PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    PGresAttDesc att[API_SYNC_DELETED + 1];
+    memset(att, 0, sizeof att);
+    for (int i = 0; i <= API_SYNC_DELETED; i++) {
+        att[i].name = (char *)"column";
+        att[i].typid = 25; /* text */
+        att[i].typlen = -1;
+        att[i].atttypmod = -1;
+    }
+    ck_assert(PQsetResultAttrs(r, API_SYNC_DELETED + 1, att));
+    return r;
+}
+
+static void row_set(PGresult *r, int row, int field, const char *value)
+{
+    ck_assert(PQsetvalue(r, row, field, (char *)value, value ? (int)strlen(value) : -1));
+}
+
+/* A text message of range ord (0-based) with body (NULL: not read), fits and deleted as the
+ * query says; returns its row. */
+static int row_add(PGresult *r, size_t ord, uint64_t seq, const char *body, bool fits, bool deleted)
+{
+    int row = PQntuples(r);
+    char text[32];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)seq);
+    row_set(r, row, H_SEQ, text);
+    snprintf(text, sizeof text, "id-%llu", (unsigned long long)seq);
+    row_set(r, row, H_ID, text);
+    row_set(r, row, H_CMID, text);
+    row_set(r, row, H_SENDER, "alice");
+    row_set(r, row, H_KIND, "text");
+    row_set(r, row, H_BODY, body);
+    row_set(r, row, H_META, body ? "{}" : NULL);
+    row_set(r, row, H_TARGET, NULL);
+    row_set(r, row, H_EMOJI, "");
+    row_set(r, row, H_ON, "f");
+    row_set(r, row, H_TS, "1000");
+    snprintf(text, sizeof text, "%zu", ord + 1);
+    row_set(r, row, API_SYNC_ORD, text);
+    row_set(r, row, API_SYNC_FITS, fits ? "t" : "f");
+    row_set(r, row, API_SYNC_DELETED, deleted ? "t" : "f");
+    return row;
+}
+
+static char body100[101];
+
+static void taken_free(api_sync_taken *t)
+{
+    free(t->events);
+    free(t->eventp);
+    free(t->from_cold);
+}
+
+/* The hot slots of rows (all of them, in order). */
+static size_t hot_slots(PGresult *rows, wk_api_sync_slot *slots)
+{
+    int n = PQntuples(rows);
+    for (int i = 0; i < n; i++)
+        slots[i] = (wk_api_sync_slot){.ord = strtoull(PQgetvalue(rows, i, API_SYNC_ORD), NULL, 10) - 1,
+                                      .seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10),
+                                      .row = i};
+    return (size_t)n;
+}
+
+START_TEST(deleted_messages_come_out_as_tombstones)
+{
+    wk_api_sync_range r[1] = {{.conv = "a", .after = 0, .head = 3}};
+    wk_api_sync_plan(r, 1, 100);
+    PGresult *rows = rows_new();
+    row_add(rows, 0, 1, "hello", true, false);
+    row_add(rows, 0, 2, NULL, true, true); /* deleted: its body was never read out */
+    row_add(rows, 0, 3, "again", true, false);
+    wk_api_sync_slot slots[4];
+    api_sync_source src = {.ranges = r, .n = 1, .rows = rows, .slots = slots, .budget = 1 << 20, .trunc = SIZE_MAX};
+    src.nslots = hot_slots(rows, slots);
+    api_sync_taken t = {0};
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 3);
+    ck_assert_uint_eq(t.cut, 1); /* not cut */
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_ptr_eq(t.eventp[i], &t.events[i]);
+        ck_assert_uint_eq(t.events[i].seq, i + 1);
+        ck_assert_str_eq(t.events[i].conv, "a");
+        ck_assert(!t.from_cold[i]);
+    }
+    ck_assert(!t.events[0].deleted);
+    ck_assert_str_eq(t.events[0].body, "hello");
+    ck_assert(t.events[1].deleted);
+    ck_assert_str_eq(t.events[1].body, "");
+    ck_assert_str_eq(t.events[1].meta_json, "");
+    ck_assert_str_eq(t.events[1].id, "id-2"); /* drawn in place: id, sender, kind stay */
+    ck_assert_str_eq(t.events[1].sender, "alice");
+    ck_assert_int_eq(t.events[1].kind, CHAT__V1__EVENT_KIND__EVENT_KIND_TEXT);
+    ck_assert(!t.events[2].deleted);
+    ck_assert_str_eq(t.events[2].body, "again");
+    taken_free(&t);
+    PQclear(rows);
+}
+END_TEST
+
+START_TEST(archived_events_are_marked_for_their_tombstones)
+{
+    wk_api_sync_range r[1] = {{.conv = "a", .after = 0, .head = 4}};
+    wk_api_sync_plan(r, 1, 100);
+    test_chunk k;
+    chunk_fill(&k, 1, 2);
+    PGresult *rows = rows_new();
+    row_add(rows, 0, 3, "hot", true, false);
+    wk_api_sync_slot slots[3] = {{.ord = 0, .seq = 1, .row = -1, .cold = k.evp[0]},
+                                 {.ord = 0, .seq = 2, .row = -1, .cold = k.evp[1]},
+                                 {.ord = 0, .seq = 3, .row = 0}};
+    api_sync_source src = {
+        .ranges = r, .n = 1, .rows = rows, .slots = slots, .nslots = 3, .budget = 1 << 20, .trunc = SIZE_MAX};
+    api_sync_taken t = {0};
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 3);
+    ck_assert(t.from_cold[0] && t.from_cold[1] && !t.from_cold[2]);
+    ck_assert_str_eq(t.events[0].conv, "a"); /* the chunk's events carry no conv of their own */
+    ck_assert_uint_eq(t.events[1].seq, 2);
+    taken_free(&t);
+    PQclear(rows);
+}
+END_TEST
+
+START_TEST(the_byte_budget_cuts_the_page_and_next_continues_there)
+{
+    /* a: 3 events of 100 bytes, b: 2; a budget of 350 bytes of events */
+    memset(body100, 'x', 100);
+    wk_api_sync_range r[2] = {{.conv = "a", .after = 10, .head = 13}, {.conv = "b", .after = 0, .head = 2}};
+    ck_assert_uint_eq(wk_api_sync_plan(r, 2, 100), 2);
+    PGresult *rows = rows_new();
+    for (uint64_t s = 11; s <= 13; s++)
+        row_add(rows, 0, s, body100, true, false);
+    row_add(rows, 1, 1, body100, true, false);
+    row_add(rows, 1, 2, body100, true, false);
+    wk_api_sync_slot slots[8];
+    api_sync_source src = {.ranges = r, .n = 2, .rows = rows, .slots = slots, .budget = 350, .trunc = SIZE_MAX};
+    src.nslots = hot_slots(rows, slots);
+    api_sync_taken t = {0};
+    api_sync_take_events(&src, &t);
+    /* each event packs to about 140 bytes: after two, 280 < 350, after three the budget is passed */
+    ck_assert_uint_eq(t.sent, 3);
+    ck_assert_uint_eq(t.cut, 1);      /* stopped at b's first event */
+    ck_assert_uint_eq(t.cut_done, 0); /* nothing of b sent: its after */
+    wk_api_sync_settle(r, 2, t.cut, t.cut_done);
+    Chat__V1__SyncCursor next[2], *nextp[2];
+    ck_assert_uint_eq(wk_api_sync_next(r, 2, next, nextp), 1); /* has more: b from 0 */
+    ck_assert_str_eq(nextp[0]->conv, "b");
+    ck_assert_uint_eq(nextp[0]->after, 0);
+    taken_free(&t);
+
+    /* a budget of one byte: still one event (progress), the page stops inside a */
+    src.budget = 1;
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 1);
+    ck_assert_uint_eq(t.cut, 0);
+    ck_assert_uint_eq(t.cut_done, 11);
+    wk_api_sync_settle(r, 2, t.cut, t.cut_done);
+    ck_assert_uint_eq(wk_api_sync_next(r, 2, next, nextp), 2);
+    ck_assert_uint_eq(nextp[0]->after, 11);
+    taken_free(&t);
+    PQclear(rows);
+}
+END_TEST
+
+START_TEST(a_row_past_the_query_budget_ends_the_page_after_the_first)
+{
+    /* the query read no body past its budget (fits "f"): the page stops before such a row,
+     * unless it is the first, which goes anyway */
+    wk_api_sync_range r[1] = {{.conv = "a", .after = 0, .head = 3}};
+    wk_api_sync_plan(r, 1, 100);
+    PGresult *rows = rows_new();
+    row_add(rows, 0, 1, "one", true, false);
+    row_add(rows, 0, 2, NULL, false, false);
+    row_add(rows, 0, 3, NULL, false, false);
+    wk_api_sync_slot slots[4];
+    api_sync_source src = {.ranges = r, .n = 1, .rows = rows, .slots = slots, .budget = 1 << 20, .trunc = SIZE_MAX};
+    src.nslots = hot_slots(rows, slots);
+    api_sync_taken t = {0};
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 1);
+    ck_assert_uint_eq(t.cut, 0);
+    ck_assert_uint_eq(t.cut_done, 1);
+    taken_free(&t);
+
+    src.slots = slots + 1; /* a page that starts at a row the query did not read */
+    src.nslots = 2;
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 1);
+    ck_assert_uint_eq(t.events[0].seq, 2);
+    ck_assert_uint_eq(t.cut_done, 2);
+    taken_free(&t);
+    PQclear(rows);
+}
+END_TEST
+
+START_TEST(the_chunks_read_end_the_page_where_they_stop)
+{
+    /* everything fits, but the archived chunks read ended in range b (trunc) */
+    wk_api_sync_range r[3] = {{.conv = "a", .after = 0, .head = 2},
+                              {.conv = "b", .after = 4, .head = 9},
+                              {.conv = "c", .after = 0, .head = 1}};
+    wk_api_sync_plan(r, 3, 100);
+    PGresult *rows = rows_new();
+    row_add(rows, 0, 1, "a1", true, false);
+    row_add(rows, 0, 2, "a2", true, false);
+    row_add(rows, 1, 5, "b5", true, false);
+    wk_api_sync_slot slots[4];
+    api_sync_source src = {.ranges = r, .n = 3, .rows = rows, .slots = slots, .budget = 1 << 20, .trunc = 1};
+    src.nslots = hot_slots(rows, slots);
+    api_sync_taken t = {0};
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.sent, 3);
+    ck_assert_uint_eq(t.cut, 1);
+    ck_assert_uint_eq(t.cut_done, 5); /* b continues after its last event sent */
+    taken_free(&t);
+
+    src.nslots = 2; /* nothing of b in the page: b continues from its cursor */
+    api_sync_take_events(&src, &t);
+    ck_assert_uint_eq(t.cut, 1);
+    ck_assert_uint_eq(t.cut_done, 4);
+    wk_api_sync_settle(r, 3, t.cut, t.cut_done);
+    Chat__V1__SyncCursor next[3], *nextp[3];
+    ck_assert_uint_eq(wk_api_sync_next(r, 3, next, nextp), 2); /* b and c */
+    ck_assert_str_eq(nextp[0]->conv, "b");
+    ck_assert_uint_eq(nextp[0]->after, 4);
+    ck_assert_str_eq(nextp[1]->conv, "c");
+    taken_free(&t);
+    PQclear(rows);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("wk_api_sync");
@@ -247,5 +486,12 @@ int main(void)
     tcase_add_test(tc, unplanned_ranges_and_the_chunk_cut_end_the_page);
     tcase_add_test(tc, next_names_what_the_page_left);
     suite_add_tcase(s, tc);
+    TCase *take = tcase_create("take");
+    tcase_add_test(take, deleted_messages_come_out_as_tombstones);
+    tcase_add_test(take, archived_events_are_marked_for_their_tombstones);
+    tcase_add_test(take, the_byte_budget_cuts_the_page_and_next_continues_there);
+    tcase_add_test(take, a_row_past_the_query_budget_ends_the_page_after_the_first);
+    tcase_add_test(take, the_chunks_read_end_the_page_where_they_stop);
+    suite_add_tcase(s, take);
     return unit_run(s);
 }
