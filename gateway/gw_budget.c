@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "chat_map.h"
+#include "chat_status.h"
 
 struct gw_budget {
     uint64_t typing_conv[GW_TYPING_CONVS]; /* keyed hash of a conversation typed in (0: free) */
@@ -32,7 +33,7 @@ bool gw_bucket_take(double *tokens, int64_t *refill_ms, int rate, int64_t now_ms
 static gw_budget *budget_of(gw_budget **b)
 {
     if (*b == NULL && (*b = calloc(1, sizeof **b)) == NULL)
-        abort();
+        CHAT_OOM();
     return *b;
 }
 

@@ -9,6 +9,7 @@
 
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_status.h"
 #include "chat_time.h"
 
 typedef enum { IN_DELIVERY, IN_REPLY, IN_MEMBERS, IN_PRESENCE, IN_CALL } in_kind;
@@ -31,9 +32,7 @@ struct gw_bus {
     /* lws thread only */
     natsStatistics *stats;
     uint64_t reconnects; /* nats.c's count of new sockets, as last acted on */
-    uint64_t next_request;
-    chat_map *pending;            /* id -> gw_request */
-    gw_request *oldest, *newest;  /* in deadline order for the timer (timeouts are per kind) */
+    gw_request_table *requests; /* in flight, by id (the reply subject's tail) */
     natsMsg *dead[256]; /* handled messages not yet destroyed (bury) */
     int ndead;
 };
@@ -67,7 +66,7 @@ static void push_item(gw_bus *bus, in_kind kind, natsMsg *msg, gw_bus_fn fn, voi
 {
     inbound *n = malloc(sizeof *n);
     if (n == NULL)
-        abort();
+        CHAT_OOM();
     n->kind = kind;
     n->msg = msg;
     n->fn = fn;
@@ -159,7 +158,7 @@ chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bu
     bus->srv = srv;
     bus->on = *handlers;
     pthread_mutex_init(&bus->lock, NULL);
-    bus->pending = chat_map_create();
+    bus->requests = gw_request_table_create();
     snprintf(bus->reply_prefix, sizeof bus->reply_prefix, "_INBOX.gw.%s.", srv->gateway_id);
     char subject[96];
     snprintf(subject, sizeof subject, "%s*", bus->reply_prefix);
@@ -181,12 +180,6 @@ chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bu
     return CHAT_OK;
 }
 
-static void free_request(gw_request *r)
-{
-    free(r->payload);
-    free(r);
-}
-
 void gw_bus_destroy(gw_bus *bus)
 {
     if (bus == NULL)
@@ -202,55 +195,15 @@ void gw_bus_destroy(gw_bus *bus)
         free(n->kind == IN_CALL ? n->data : NULL);
         free(n);
     }
-    for (gw_request *r = bus->oldest, *next; r; r = next) {
-        next = r->next;
-        free_request(r);
-    }
-    chat_map_destroy(bus->pending);
+    gw_request_table_destroy(bus->requests);
     natsStatistics_Destroy(bus->stats);
     pthread_mutex_destroy(&bus->lock);
     free(bus);
 }
 
-static void unlink_request(gw_bus *bus, gw_request *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        bus->oldest = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        bus->newest = r->prev;
-    r->prev = r->next = NULL;
-}
-
-static void link_request(gw_bus *bus, gw_request *r)
-{
-    r->prev = bus->newest;
-    r->next = NULL;
-    if (bus->newest)
-        bus->newest->next = r;
-    else
-        bus->oldest = r;
-    bus->newest = r;
-}
-
 gw_request *gw_bus_request_new(gw_server *srv, gw_request_reply_fn on_reply, uint64_t session, int timeout_ms)
 {
-    gw_bus *bus = srv->bus;
-    gw_request *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        abort();
-    r->id = ++bus->next_request;
-    r->on_reply = on_reply;
-    r->session = session;
-    r->deadline_ms = chat_mono_ms() + timeout_ms;
-    char key[24];
-    snprintf(key, sizeof key, "%" PRIu64, r->id);
-    chat_map_put(bus->pending, key, r, NULL);
-    link_request(bus, r);
-    return r;
+    return gw_request_table_add(srv->bus->requests, on_reply, session, chat_mono_ms() + timeout_ms);
 }
 
 bool gw_bus_no_responders(natsMsg *msg)
@@ -260,16 +213,12 @@ bool gw_bus_no_responders(natsMsg *msg)
 
 size_t gw_bus_pending(gw_server *srv)
 {
-    return chat_map_size(srv->bus->pending);
+    return gw_request_table_size(srv->bus->requests);
 }
 
 void gw_bus_request_free(gw_server *srv, gw_request *req)
 {
-    char key[24];
-    snprintf(key, sizeof key, "%" PRIu64, req->id);
-    chat_map_remove(srv->bus->pending, key);
-    unlink_request(srv->bus, req);
-    free_request(req);
+    gw_request_table_free(srv->bus->requests, req);
 }
 
 chat_status gw_bus_request_send(gw_server *srv, gw_request *req, const char *subject, const void *data,
@@ -296,11 +245,7 @@ static void handle_reply(gw_server *srv, natsMsg *msg)
     size_t plen = strlen(srv->bus->reply_prefix);
     if (strncmp(subject, srv->bus->reply_prefix, plen) != 0)
         return;
-    gw_request *req = chat_map_get(srv->bus->pending, subject + plen);
-    if (req == NULL)
-        return; /* timed out already */
-    if (!req->on_reply(srv, req, msg))
-        gw_bus_request_free(srv, req);
+    gw_request_table_answer(srv->bus->requests, srv, subject + plen, msg); /* none: timed out already */
 }
 
 void gw_bus_drain(gw_server *srv)
@@ -347,21 +292,7 @@ void gw_bus_tick(gw_server *srv)
     gw_bus *bus = srv->bus;
     bury_flush(bus);
     check_reconnected(srv);
-    int64_t now = chat_mono_ms();
-    /* few requests are in flight at once (one per unacked send), so a full walk is cheap */
-    for (gw_request *r = bus->oldest, *next; r; r = next) {
-        next = r->next;
-        if (r->retry_at_ms && r->retry_at_ms <= now) {
-            r->retry_at_ms = 0;
-            unlink_request(bus, r);
-            link_request(bus, r);
-            if (r->on_retry == NULL || !r->on_retry(srv, r))
-                gw_bus_request_free(srv, r);
-        } else if (r->retry_at_ms == 0 && r->deadline_ms <= now) {
-            if (!r->on_reply(srv, r, NULL))
-                gw_bus_request_free(srv, r);
-        }
-    }
+    gw_request_table_tick(bus->requests, srv, chat_mono_ms());
 }
 
 chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out)

@@ -14,34 +14,9 @@
 #include <nats/nats.h>
 
 #include "chat_status.h"
+#include "gw_request.h"
 #include "gw_server.h"
 
-typedef struct gw_request gw_request;
-/* A request's answer, on the lws thread, set by the module that made the request: msg is the reply
- * (borrowed), or NULL when the request timed out. true keeps the request (sent again, or waiting
- * for retry_at_ms); false: the bus frees it. */
-typedef bool (*gw_request_reply_fn)(gw_server *srv, gw_request *req, natsMsg *msg);
-/* retry_at_ms came: true keeps it (sent again, or waiting again); false: the bus frees it. */
-typedef bool (*gw_request_retry_fn)(gw_server *srv, gw_request *req);
-
-typedef struct gw_request {
-    uint64_t id;
-    gw_request_reply_fn on_reply; /* a chain's next stage sets its own (a publish's post.status) */
-    gw_request_retry_fn on_retry; /* when retry_at_ms is due; NULL: the request is freed then */
-    uint64_t session;      /* the asking session (looked up again when the reply comes) */
-    char conv[65], cmid[65], user[65];
-    int attempts;
-    uint8_t *payload;      /* what to send again (a send's Post) or merge back (cursor batches), or NULL */
-    size_t payload_len;
-    char ref[130];         /* history: the client's ref as JSON text */
-    int64_t sent_ns;
-    int64_t deadline_ms;   /* monotonic */
-    int64_t retry_at_ms;   /* a post.status waiting to be asked again, or 0 */
-    bool staged_dup;       /* a publish: the PubAck said duplicate of stream seq 0 (gw_send.c) */
-    bool republished;      /* a publish: published again under a Nats-Msg-Id of its own */
-    bool status_chain;     /* a publish or post.status: counts in its session's GW_STATUS_CHAINS */
-    struct gw_request *prev, *next;
-} gw_request;
 
 /* What the bus hands on, given at creation by the one place that wires the modules (gw_server.c):
  * the bus calls no other module. wake runs on any thread (nats.c's), the others on the lws thread;

@@ -30,23 +30,35 @@ static void typing_fanout(gw_server *srv, const char *conv, const char *user)
         natsConnection_Publish(srv->nc, subject, buf, (int)len);
 }
 
+gw_typing_action gw_typing_decide(gw_budget **budget, gw_membership *membership, const char *conv, const char *user,
+                                  int64_t now_ms)
+{
+    if (!gw_budget_typing(budget, conv, now_ms))
+        return GW_TYPING_DROP; /* typing is a hint: the extras are dropped */
+    if (gw_membership_get(membership, conv, user, now_ms) == GW_NOT_MEMBER)
+        return GW_TYPING_NOT_MEMBER;
+    if (gw_membership_has_list(membership, conv) && gw_membership_get(membership, conv, user, now_ms) == GW_MEMBER)
+        return GW_TYPING_FANOUT;
+    if (!gw_budget_lookup(budget, now_ms))
+        return GW_TYPING_DROP; /* dropped, as an extra */
+    return GW_TYPING_LOOKUP;
+}
+
 void gw_typing_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     const char *conv = f->conv;
-    int64_t now = chat_mono_ms();
-    if (!gw_budget_typing(&s->budget, conv, now))
-        return; /* typing is a hint: the extras are dropped */
-    if (gw_membership_get(srv->membership, conv, gw_session_user(s), now) == GW_NOT_MEMBER) {
+    switch (gw_typing_decide(&s->budget, srv->membership, conv, gw_session_user(s), chat_mono_ms())) {
+    case GW_TYPING_DROP:
+        return;
+    case GW_TYPING_NOT_MEMBER:
         gw_session_send_error(srv, s, NULL, "not_member", "not a member of this conversation");
         return;
-    }
-    if (gw_membership_has_list(srv->membership, conv) &&
-        gw_membership_get(srv->membership, conv, gw_session_user(s), now) == GW_MEMBER) {
+    case GW_TYPING_FANOUT:
         typing_fanout(srv, conv, gw_session_user(s));
         return;
+    case GW_TYPING_LOOKUP:
+        break;
     }
-    if (!gw_budget_lookup(&s->budget, now))
-        return; /* dropped, as an extra */
     Chat__V1__MembersListRequest rq = CHAT__V1__MEMBERS_LIST_REQUEST__INIT;
     rq.conv = (char *)conv;
     rq.user = (char *)gw_session_user(s);

@@ -9,6 +9,7 @@
 #include "chat.pb-c.h"
 #include "chat_status.h"
 #include "wk_app.h"
+#include "wk_cold.h"
 
 #define WK_API_LANES 4
 #define WK_API_QUEUE "api"
@@ -70,5 +71,40 @@ void wk_api_sync_settle(wk_api_sync_range *r, size_t n, size_t cut, uint64_t cut
 /* Packed size of a SyncCursor{conv, after} as an element of SyncReply.next (field tag and
  * length included), for keeping a reply under WK_API_SYNC_REPLY_MAX. */
 size_t wk_api_sync_cursor_size(const char *conv, uint64_t after);
+
+/* A hot row of a sync page's events query, in the query's order (range, then seq). */
+typedef struct wk_api_sync_hot {
+    size_t ord; /* index of its range */
+    uint64_t seq;
+} wk_api_sync_hot;
+
+/* The archived chunks a page reads, in range then seq_lo order. */
+typedef struct wk_api_sync_cold {
+    const wk_cold_chunk **chunks; /* held in the request's api_cold_set */
+    size_t *ord;                  /* the range of each chunk */
+    int n;
+    size_t events;        /* archived events in them */
+    size_t trunc;         /* the range where they end the page early; SIZE_MAX: they do not */
+    uint64_t trunc_below; /* that range keeps only the events below this seq */
+} wk_api_sync_cold;
+
+/* One event of a sync page, in page order (range, then seq): a hot row or an archived event. */
+typedef struct wk_api_sync_slot {
+    size_t ord; /* index of its range */
+    uint64_t seq;
+    int row;                     /* row of the events result; -1: archived */
+    const Chat__V1__Event *cold; /* the archived event (row -1) */
+} wk_api_sync_slot;
+
+/* Merges, range by range, the hot rows (nrows, in the query's order) and the archived events of
+ * cold into slots (room for nrows + cold->events) by seq within (after, upto] of the first planned
+ * ranges, an event archived between the two reads taken once, up to the range where cold ends the
+ * page (only its events below cold->trunc_below). Returns the number of slots. Borrows all. */
+size_t wk_api_sync_merge(const wk_api_sync_range *ranges, size_t planned, const wk_api_sync_hot *rows, int nrows,
+                         const wk_api_sync_cold *cold, wk_api_sync_slot *slots);
+/* The reply's next, after wk_api_sync_settle: a cursor {conv, done} for every range with done <
+ * head, in range order, into next and nextp (room for n each; conv borrowed from the range).
+ * Returns how many. */
+size_t wk_api_sync_next(const wk_api_sync_range *r, size_t n, Chat__V1__SyncCursor *next, Chat__V1__SyncCursor **nextp);
 
 #endif

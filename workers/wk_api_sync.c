@@ -1,7 +1,7 @@
 /* The api role's sync: the events a client missed in every conversation it is behind in, in
  * pages (docs/sync.md): planning the ranges, reading hot rows and archived events, assembling a
  * page under its byte budget, the cursors to continue from. Runs on a lane's delivery thread;
- * the pure helpers (planning, settling, sizes) on any thread. */
+ * the pure helpers (planning, merging, settling, next, sizes) on any thread. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@
 #include "chat_buf.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "wk_apip.h"
 
 uint32_t wk_api_sync_max_events(uint32_t asked)
@@ -57,6 +58,80 @@ size_t wk_api_sync_cursor_size(const char *conv, uint64_t after)
     return 1 + varint_size(inner) + inner;
 }
 
+/* Merges, range by range, the hot rows and the archived events of cold into slots (room for
+ * all of them) by seq, an event archived between the two reads taken once, up to the range
+ * where cold ends the page. Returns the number of slots. */
+size_t wk_api_sync_merge(const wk_api_sync_range *ranges, size_t planned, const wk_api_sync_hot *rows, int nrows,
+                         const wk_api_sync_cold *cold, wk_api_sync_slot *slots)
+{
+    const wk_cold_chunk **chunks = cold->chunks;
+    const size_t *chunk_ord = cold->ord;
+    int nk = cold->n;
+    size_t ns = 0;
+    int h = 0, ki = 0;
+    for (size_t ord = 0; ord < planned && ord <= cold->trunc; ord++) {
+        const wk_api_sync_range *r = &ranges[ord];
+        uint64_t below = ord == cold->trunc ? cold->trunc_below : UINT64_MAX;
+        size_t kc = 0; /* position in the current chunk */
+        while (h < nrows || ki < nk) {
+            /* the next hot row and the next archived event of this range */
+            bool hot_here = h < nrows && rows[h].ord == ord;
+            const Chat__V1__Event *ce = NULL;
+            while (ki < nk && chunk_ord[ki] == ord && ce == NULL) {
+                if (kc >= chunks[ki]->n) {
+                    ki++;
+                    kc = 0;
+                    continue;
+                }
+                const Chat__V1__Event *e = chunks[ki]->events[kc];
+                if (e->seq <= r->after || e->seq > r->upto)
+                    kc++;
+                else
+                    ce = e;
+            }
+            if (!hot_here && ce == NULL)
+                break;
+            uint64_t hs = hot_here ? rows[h].seq : UINT64_MAX;
+            wk_api_sync_slot *s = &slots[ns];
+            s->ord = ord;
+            if (ce == NULL || hs <= ce->seq) {
+                if (ce && hs == ce->seq)
+                    kc++; /* archived between the two reads: once */
+                s->seq = hs;
+                s->row = h++;
+            } else {
+                s->seq = ce->seq;
+                s->row = -1;
+                s->cold = ce;
+                kc++;
+            }
+            if (s->seq < below)
+                ns++;
+        }
+        while (h < nrows && rows[h].ord == ord)
+            h++;
+        while (ki < nk && chunk_ord[ki] == ord) {
+            ki++;
+            kc = 0;
+        }
+    }
+    return ns;
+}
+
+size_t wk_api_sync_next(const wk_api_sync_range *r, size_t n, Chat__V1__SyncCursor *next, Chat__V1__SyncCursor **nextp)
+{
+    size_t nnext = 0;
+    for (size_t i = 0; i < n; i++)
+        if (r[i].done < r[i].head) {
+            Chat__V1__SyncCursor *k = &next[nnext];
+            chat__v1__sync_cursor__init(k);
+            k->conv = (char *)r[i].conv;
+            k->after = r[i].done;
+            nextp[nnext++] = k;
+        }
+    return nnext;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Sync                                                                                         */
 /* ------------------------------------------------------------------------------------------ */
@@ -102,15 +177,7 @@ size_t wk_api_sync_cursor_size(const char *conv, uint64_t after)
     " FROM messages x WHERE x.conversation_id = k.conv AND x.seq > k.after AND x.seq <= k.upto"                        \
     " ORDER BY x.seq LIMIT k.upto - k.after) m) e"                                                                     \
     " ORDER BY e.ord, e.seq"
-enum { S_ORD = H_EXTRA, S_FITS, S_DELETED };
-
-/* One event of a sync page, in page order (range, then seq): a hot row or an archived event. */
-typedef struct sync_slot {
-    size_t ord; /* index of its range */
-    uint64_t seq;
-    int row;                     /* row of the events result; -1: archived */
-    const Chat__V1__Event *cold; /* the archived event (row -1) */
-} sync_slot;
+/* its columns past H_EXTRA: API_SYNC_ORD, API_SYNC_FITS, API_SYNC_DELETED (wk_apip.h) */
 
 /* A query's parameters as PostgreSQL text arrays, one element per cursor or range, in order;
  * the arrays a query does not take stay empty. */
@@ -132,7 +199,7 @@ typedef struct sync_page {
     size_t budget;   /* bytes of bodies and metas the page stops after */
     int nrows;       /* hot rows of the planned ranges */
     api_cold_set cs;
-    sync_slot *slots;
+    wk_api_sync_slot *slots;
     size_t nslots;
     size_t trunc; /* the range where the archived chunks read end the page early; SIZE_MAX: none */
     Chat__V1__Event *events, **eventp;
@@ -185,25 +252,15 @@ static void sync_arrays_add_range(sync_arrays *a, const wk_api_sync_range *r, si
 /* Hot rows and archived events, merged into the page's slots                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The archived chunks a page reads, in range then seq_lo order. */
-typedef struct sync_cold {
-    const wk_cold_chunk **chunks; /* held in the request's api_cold_set */
-    size_t *ord;                  /* the range of each chunk */
-    int n;
-    size_t events;        /* archived events in them */
-    size_t trunc;         /* the range where they end the page early; SIZE_MAX: they do not */
-    uint64_t trunc_below; /* that range keeps only the events below this seq */
-} sync_cold;
-
 /* The live chunks of every planned range the hot rows do not cover (fewer rows than upto -
  * after), one more than a request reads (to know where to stop); *out NULL when no range is
  * short. False with the call failed. */
-static bool sync_find_chunks(api_call *c, const wk_api_sync_range *ranges, size_t planned, PGresult *rows, int nrows,
-                             PGresult **out)
+static bool sync_find_chunks(api_call *c, const wk_api_sync_range *ranges, size_t planned, const wk_api_sync_hot *rows,
+                             int nrows, PGresult **out)
 {
-    size_t *hot = calloc(planned + 1, sizeof *hot);
+    size_t *hot = chat_xcalloc(planned + 1, sizeof *hot);
     for (int i = 0; i < nrows; i++)
-        hot[strtoull(PQgetvalue(rows, i, S_ORD), NULL, 10) - 1]++;
+        hot[rows[i].ord]++;
     sync_arrays short_ranges = {0};
     sync_arrays_begin(&short_ranges);
     int nshort = 0;
@@ -237,7 +294,7 @@ static bool sync_find_chunks(api_call *c, const wk_api_sync_range *ranges, size_
 
 /* Reads the chunks of k (NULL: none) into cs and cold, at most API_COLD_CHUNKS_MAX: past them the
  * page ends before the first chunk not read. False with the call failed. */
-static bool sync_read_chunks(api_call *c, api_cold_set *cs, PGresult *k, sync_cold *cold)
+static bool sync_read_chunks(api_call *c, api_cold_set *cs, PGresult *k, wk_api_sync_cold *cold)
 {
     int nk = k ? PQntuples(k) : 0;
     cold->trunc = SIZE_MAX;
@@ -247,8 +304,8 @@ static bool sync_read_chunks(api_call *c, api_cold_set *cs, PGresult *k, sync_co
         cold->trunc_below = strtoull(PQgetvalue(k, API_COLD_CHUNKS_MAX, K_SEQ_LO), NULL, 10);
         nk = API_COLD_CHUNKS_MAX;
     }
-    cold->chunks = calloc((size_t)nk + 1, sizeof *cold->chunks);
-    cold->ord = calloc((size_t)nk + 1, sizeof *cold->ord);
+    cold->chunks = chat_xcalloc((size_t)nk + 1, sizeof *cold->chunks);
+    cold->ord = chat_xcalloc((size_t)nk + 1, sizeof *cold->ord);
     for (int i = 0; i < nk; i++) {
         cold->chunks[i] = api_cold_read(c, cs, k, i);
         if (cold->chunks[i] == NULL)
@@ -260,88 +317,34 @@ static bool sync_read_chunks(api_call *c, api_cold_set *cs, PGresult *k, sync_co
     return true;
 }
 
-/* Merges, range by range, the hot rows and the archived events of cold into slots (room for
- * all of them) by seq, an event archived between the two reads taken once, up to the range
- * where cold ends the page. Returns the number of slots. */
-static size_t sync_merge(const wk_api_sync_range *ranges, size_t planned, PGresult *rows, int nrows,
-                         const sync_cold *cold, sync_slot *slots)
-{
-    const wk_cold_chunk **chunks = cold->chunks;
-    const size_t *chunk_ord = cold->ord;
-    int nk = cold->n;
-    size_t ns = 0;
-    int h = 0, ki = 0;
-    for (size_t ord = 0; ord < planned && ord <= cold->trunc; ord++) {
-        const wk_api_sync_range *r = &ranges[ord];
-        uint64_t below = ord == cold->trunc ? cold->trunc_below : UINT64_MAX;
-        size_t kc = 0; /* position in the current chunk */
-        while (h < nrows || ki < nk) {
-            /* the next hot row and the next archived event of this range */
-            bool hot_here = h < nrows && strtoull(PQgetvalue(rows, h, S_ORD), NULL, 10) - 1 == ord;
-            const Chat__V1__Event *ce = NULL;
-            while (ki < nk && chunk_ord[ki] == ord && ce == NULL) {
-                if (kc >= chunks[ki]->n) {
-                    ki++;
-                    kc = 0;
-                    continue;
-                }
-                const Chat__V1__Event *e = chunks[ki]->events[kc];
-                if (e->seq <= r->after || e->seq > r->upto)
-                    kc++;
-                else
-                    ce = e;
-            }
-            if (!hot_here && ce == NULL)
-                break;
-            uint64_t hs = hot_here ? strtoull(PQgetvalue(rows, h, H_SEQ), NULL, 10) : UINT64_MAX;
-            sync_slot *s = &slots[ns];
-            s->ord = ord;
-            if (ce == NULL || hs <= ce->seq) {
-                if (ce && hs == ce->seq)
-                    kc++; /* archived between the two reads: once */
-                s->seq = hs;
-                s->row = h++;
-            } else {
-                s->seq = ce->seq;
-                s->row = -1;
-                s->cold = ce;
-                kc++;
-            }
-            if (s->seq < below)
-                ns++;
-        }
-        while (h < nrows && strtoull(PQgetvalue(rows, h, S_ORD), NULL, 10) - 1 == ord)
-            h++;
-        while (ki < nk && chunk_ord[ki] == ord) {
-            ki++;
-            kc = 0;
-        }
-    }
-    return ns;
-}
-
 /* The events of the page in order: the hot rows and, for every planned range they do not cover
  * (fewer rows than upto - after), the archived events of (after, upto] from live chunks, merged
  * by seq (an event archived between the two reads taken once). When the chunks of the page are
  * more than one request reads, the page ends before the first chunk not read: *trunc is its range
  * (SIZE_MAX when nothing was cut) and that range keeps only the events below it. */
 static bool sync_slots(api_call *c, api_cold_set *cs, const wk_api_sync_range *ranges, size_t planned, PGresult *rows,
-                       int nrows, sync_slot **out, size_t *nout, size_t *trunc)
+                       int nrows, wk_api_sync_slot **out, size_t *nout, size_t *trunc)
 {
+    wk_api_sync_hot *hot = chat_xcalloc((size_t)nrows + 1, sizeof *hot);
+    for (int i = 0; i < nrows; i++) {
+        hot[i].ord = strtoull(PQgetvalue(rows, i, API_SYNC_ORD), NULL, 10) - 1;
+        hot[i].seq = strtoull(PQgetvalue(rows, i, H_SEQ), NULL, 10);
+    }
     PGresult *k = NULL;
-    if (!sync_find_chunks(c, ranges, planned, rows, nrows, &k))
-        return false;
-    sync_cold cold = {0};
-    bool ok = sync_read_chunks(c, cs, k, &cold);
+    bool ok = sync_find_chunks(c, ranges, planned, hot, nrows, &k);
+    wk_api_sync_cold cold = {0};
+    if (ok)
+        ok = sync_read_chunks(c, cs, k, &cold);
     PQclear(k);
     if (ok) {
         *trunc = cold.trunc;
-        sync_slot *slots = calloc((size_t)nrows + cold.events + 1, sizeof *slots);
-        *nout = sync_merge(ranges, planned, rows, nrows, &cold, slots);
+        wk_api_sync_slot *slots = chat_xcalloc((size_t)nrows + cold.events + 1, sizeof *slots);
+        *nout = wk_api_sync_merge(ranges, planned, hot, nrows, &cold, slots);
         *out = slots;
     }
     free(cold.chunks);
     free(cold.ord);
+    free(hot);
     return ok;
 }
 
@@ -387,7 +390,7 @@ static bool sync_plan_page(api_call *c, const Chat__V1__SyncRequest *q, sync_pag
      * least one event (a user behind in more than ~10,000 conversations gets the rest at the
      * next sync: their seen cursors have not moved). */
     size_t n = (size_t)PQntuples(pg->heads), next_bound = 0;
-    pg->ranges = calloc(n + 1, sizeof *pg->ranges);
+    pg->ranges = chat_xcalloc(n + 1, sizeof *pg->ranges);
     for (size_t i = 0; i < n; i++) {
         wk_api_sync_range *r = &pg->ranges[i];
         r->conv = PQgetvalue(pg->heads, (int)i, 0);
@@ -433,62 +436,75 @@ static bool sync_read_events(api_call *c, sync_page *pg)
 /* Take events while what came before stays under the budget (so at least one: progress).
  * `fits` is the query's for hot rows (bodies past the budget were not even read) and the same
  * sum in C once archived events come first. Sets sent, cut and cut_done. */
-static void sync_take_events(sync_page *pg)
+void api_sync_take_events(const api_sync_source *src, api_sync_taken *out)
 {
-    const wk_api_sync_range *ranges = pg->ranges;
-    pg->events = calloc(pg->nslots + 1, sizeof *pg->events);
-    pg->eventp = calloc(pg->nslots + 1, sizeof *pg->eventp);
-    pg->from_cold = calloc(pg->nslots + 1, sizeof *pg->from_cold);
-    Chat__V1__Event *events = pg->events;
+    const wk_api_sync_range *ranges = src->ranges;
+    out->events = chat_xcalloc(src->nslots + 1, sizeof *out->events);
+    out->eventp = chat_xcalloc(src->nslots + 1, sizeof *out->eventp);
+    out->from_cold = chat_xcalloc(src->nslots + 1, sizeof *out->from_cold);
+    Chat__V1__Event *events = out->events;
     size_t used = 0, raw = 0, sent = 0;
-    pg->cut = pg->n;
-    pg->cut_done = 0;
-    for (size_t i = 0; i < pg->nslots; i++) {
-        const sync_slot *s = &pg->slots[i];
+    out->cut = src->n;
+    out->cut_done = 0;
+    for (size_t i = 0; i < src->nslots; i++) {
+        const wk_api_sync_slot *s = &src->slots[i];
         size_t ord = s->ord;
-        bool fits = raw < pg->budget && (s->row < 0 || strcmp(PQgetvalue(pg->rows, s->row, S_FITS), "t") == 0);
-        if (sent > 0 && (used >= pg->budget || !fits)) {
-            pg->cut = ord;
+        bool fits = raw < src->budget && (s->row < 0 || strcmp(PQgetvalue(src->rows, s->row, API_SYNC_FITS), "t") == 0);
+        if (sent > 0 && (used >= src->budget || !fits)) {
+            out->cut = ord;
             bool same = events[sent - 1].conv == ranges[ord].conv;
-            pg->cut_done = same ? events[sent - 1].seq : ranges[ord].after;
+            out->cut_done = same ? events[sent - 1].seq : ranges[ord].after;
             break;
         }
         Chat__V1__Event *e = &events[sent];
         if (s->row >= 0) {
-            api_event_from_row(e, pg->rows, s->row, (char *)ranges[ord].conv);
-            if (strcmp(PQgetvalue(pg->rows, s->row, S_DELETED), "t") == 0)
+            api_event_from_row(e, src->rows, s->row, (char *)ranges[ord].conv);
+            if (strcmp(PQgetvalue(src->rows, s->row, API_SYNC_DELETED), "t") == 0)
                 api_tombstone(e);
         } else {
             api_event_from_cold(e, s->cold, (char *)ranges[ord].conv);
-            pg->from_cold[sent] = true;
+            out->from_cold[sent] = true;
         }
         raw += strlen(e->body) + strlen(e->meta_json);
         size_t size = chat__v1__event__get_packed_size(e);
         used += 1 + varint_size(size) + size;
-        pg->eventp[sent++] = e;
+        out->eventp[sent++] = e;
     }
-    if (pg->cut == pg->n && pg->trunc < pg->n) {
+    if (out->cut == src->n && src->trunc < src->n) {
         /* the archived chunks of this page did not all fit in one request: continue there */
-        pg->cut = pg->trunc;
-        bool same = sent > 0 && events[sent - 1].conv == ranges[pg->trunc].conv;
-        pg->cut_done = same ? events[sent - 1].seq : ranges[pg->trunc].after;
+        out->cut = src->trunc;
+        bool same = sent > 0 && events[sent - 1].conv == ranges[src->trunc].conv;
+        out->cut_done = same ? events[sent - 1].seq : ranges[src->trunc].after;
     }
-    pg->sent = sent;
+    out->sent = sent;
+}
+
+/* The page's events from its slots (api_sync_take_events). */
+static void sync_take_events(sync_page *pg)
+{
+    api_sync_source src = {.ranges = pg->ranges,
+                           .n = pg->n,
+                           .rows = pg->rows,
+                           .slots = pg->slots,
+                           .nslots = pg->nslots,
+                           .budget = pg->budget,
+                           .trunc = pg->trunc};
+    api_sync_taken taken = {0};
+    api_sync_take_events(&src, &taken);
+    pg->events = taken.events;
+    pg->eventp = taken.eventp;
+    pg->from_cold = taken.from_cold;
+    pg->sent = taken.sent;
+    pg->cut = taken.cut;
+    pg->cut_done = taken.cut_done;
 }
 
 /* The reply's next: a cursor for every range the page did not finish (after wk_api_sync_settle). */
 static void sync_next(sync_page *pg)
 {
-    pg->next = calloc(pg->n + 1, sizeof *pg->next);
-    pg->nextp = calloc(pg->n + 1, sizeof *pg->nextp);
-    for (size_t i = 0; i < pg->n; i++)
-        if (pg->ranges[i].done < pg->ranges[i].head) {
-            Chat__V1__SyncCursor *k = &pg->next[pg->nnext];
-            chat__v1__sync_cursor__init(k);
-            k->conv = (char *)pg->ranges[i].conv;
-            k->after = pg->ranges[i].done;
-            pg->nextp[pg->nnext++] = k;
-        }
+    pg->next = chat_xcalloc(pg->n + 1, sizeof *pg->next);
+    pg->nextp = chat_xcalloc(pg->n + 1, sizeof *pg->nextp);
+    pg->nnext = wk_api_sync_next(pg->ranges, pg->n, pg->next, pg->nextp);
 }
 
 /* Answers with the page. First page: name the listed conversations the user may not read, so the
@@ -510,7 +526,7 @@ static void sync_reply(api_call *c, const Chat__V1__SyncRequest *q, sync_page *p
         if (refused == NULL)
             return;
         nrefused = (size_t)PQntuples(refused);
-        refusedp = calloc(nrefused + 1, sizeof *refusedp);
+        refusedp = chat_xcalloc(nrefused + 1, sizeof *refusedp);
         for (size_t i = 0; i < nrefused; i++)
             refusedp[i] = PQgetvalue(refused, (int)i, 0);
     }

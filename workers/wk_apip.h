@@ -167,4 +167,38 @@ const wk_cold_chunk *api_cold_read(api_call *c, api_cold_set *cs, PGresult *r, i
  * one's conversation. */
 bool api_cold_tombstones(api_call *c, Chat__V1__Event *events, const bool *cold, size_t n);
 
+/* ------------------------------------------------------------------------------------------ */
+/* A sync page's events (wk_api_sync.c)                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The columns of sync's events query (SYNC_EVENTS_SQL) past API_EVENT_COLUMNS': the row's range
+ * (1-based), whether its body and meta were read ("t"/"f"), whether its message is deleted. */
+enum { API_SYNC_ORD = H_EXTRA, API_SYNC_FITS, API_SYNC_DELETED };
+
+/* What a page's events are taken from; all borrowed. */
+typedef struct api_sync_source {
+    const wk_api_sync_range *ranges;
+    size_t n;                      /* ranges taking part */
+    PGresult *rows;                /* the events query's result (hot rows), or NULL with none */
+    const wk_api_sync_slot *slots; /* the page's events in order (wk_api_sync_merge) */
+    size_t nslots;
+    size_t budget; /* bytes of bodies and metas the page stops after */
+    size_t trunc;  /* the range where the archived chunks read end the page early; SIZE_MAX: none */
+} api_sync_source;
+
+/* The events taken: arrays of nslots + 1, owned by the caller (free each); the events' strings
+ * point into rows, the archived chunks and the ranges' convs. */
+typedef struct api_sync_taken {
+    Chat__V1__Event *events, **eventp;
+    bool *from_cold;   /* events[i] is an archived one (tombstoned later by api_cold_tombstones) */
+    size_t sent;       /* events of the reply */
+    size_t cut;        /* the range where the page stopped early; n: it did not */
+    uint64_t cut_done; /* the last seq sent of range cut (its after when none) */
+} api_sync_taken;
+
+/* Takes the slots' events while what came before stays under the budget (so at least one), hot
+ * rows of deleted messages as tombstones, and says where the page stopped (wk_api_sync_settle's
+ * cut and cut_done). */
+void api_sync_take_events(const api_sync_source *src, api_sync_taken *out);
+
 #endif

@@ -1,6 +1,7 @@
 /* Per-connection budgets: the token bucket, the typing limiter (one a conversation a second, a
  * rate in all), the presence, lookup, waiting and post.status bounds, and a lookup's debt. */
 #include <check.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -41,6 +42,102 @@ START_TEST(typing_once_a_conversation_a_second_and_a_rate_in_all)
     ck_assert(gw_budget_typing(&b, "a", T0 + GW_TYPING_CONV_MS)); /* a second later, a token back */
     gw_budget_free(&b);
     ck_assert_ptr_null(b);
+    gw_budget_free(&b);
+}
+END_TEST
+
+/* ---- the typing limiter, against a model that remembers every conversation ---- */
+
+/* What the limiter should answer, with no bound on the conversations it remembers: a conversation
+ * passed less than GW_TYPING_CONV_MS ago is refused, otherwise one token of the typing bucket. */
+typedef struct typing_model {
+    int64_t last_ms[64]; /* last pass per conversation, 0: never */
+    double tokens;
+    int64_t refill_ms;
+} typing_model;
+
+static bool typing_model_take(typing_model *m, int conv, int64_t now_ms)
+{
+    if (m->last_ms[conv] && now_ms - m->last_ms[conv] < GW_TYPING_CONV_MS)
+        return false;
+    if (!gw_bucket_take(&m->tokens, &m->refill_ms, GW_TYPING_RATE, now_ms))
+        return false;
+    m->last_ms[conv] = now_ms;
+    return true;
+}
+
+START_TEST(typing_remembers_every_conversation_of_the_last_second)
+{
+    /* A connection typing into many conversations, fast and slow: GW_TYPING_CONVS slots are
+     * enough to decide as if every conversation were remembered (at 2 a second, burst 4, four
+     * slots are the least that do: with three this fails). */
+    uint32_t rnd = 20;
+    for (int run = 0; run < 20; run++) {
+        gw_budget *b = NULL;
+        typing_model m = {0};
+        int64_t now = T0;
+        int passed = 0;
+        int nconv = 2 + run * 3; /* 2 to 59 conversations */
+        for (int i = 0; i < 5000; i++) {
+            rnd = rnd * 1103515245u + 12345u;
+            int conv = (int)((rnd >> 8) % (uint32_t)nconv);
+            now += (rnd >> 20) % (run % 2 ? 400 : 60); /* frames 0-60 ms or 0-400 ms apart */
+            if ((rnd >> 12) % 40 == 0)
+                now += 2500; /* a pause: the bucket refills, the next frames come as a burst */
+            char name[16];
+            snprintf(name, sizeof name, "conv-%d", conv);
+            bool want = typing_model_take(&m, conv, now);
+            ck_assert_msg(gw_budget_typing(&b, name, now) == want, "run %d frame %d (%s at %lld)", run, i, name,
+                          (long long)now);
+            passed += want;
+        }
+        ck_assert_int_gt(passed, 0);
+        gw_budget_free(&b);
+    }
+}
+END_TEST
+
+START_TEST(typing_alternating_between_two_conversations)
+{
+    /* a frame every 100 ms, alternating: each conversation passes once a second */
+    gw_budget *b = NULL;
+    int passed[2] = {0, 0};
+    for (int i = 0; i < 50; i++) {
+        int64_t now = T0 + 100 * i;
+        if (gw_budget_typing(&b, i % 2 ? "b" : "a", now)) {
+            passed[i % 2]++;
+            ck_assert_int_eq((now - T0 - 100 * (i % 2)) % GW_TYPING_CONV_MS, 0);
+        }
+    }
+    ck_assert_int_eq(passed[0], 5);
+    ck_assert_int_eq(passed[1], 5);
+    gw_budget_free(&b);
+}
+END_TEST
+
+START_TEST(typing_refused_frames_leave_no_mark)
+{
+    gw_budget *b = NULL;
+    ck_assert(gw_budget_typing(&b, "a", T0));
+    ck_assert(!gw_budget_typing(&b, "a", T0 + 500)); /* does not restart a's second */
+    ck_assert(gw_budget_typing(&b, "a", T0 + GW_TYPING_CONV_MS));
+    for (int i = 0; i < 2 * GW_TYPING_RATE; i++) { /* spend the bucket */
+        char conv[8];
+        snprintf(conv, sizeof conv, "s%d", i);
+        gw_budget_typing(&b, conv, T0 + GW_TYPING_CONV_MS);
+    }
+    ck_assert(!gw_budget_typing(&b, "x", T0 + GW_TYPING_CONV_MS)); /* no token */
+    /* a token back (2 a second): x was not marked as typed in by the refused frame */
+    ck_assert(gw_budget_typing(&b, "x", T0 + GW_TYPING_CONV_MS + 1000 / GW_TYPING_RATE));
+    /* the overall rate: 2 a second once the burst is spent, whatever the conversation */
+    int passed = 0;
+    for (int i = 0; i < 100; i++) {
+        char conv[8];
+        snprintf(conv, sizeof conv, "n%d", i);
+        passed += gw_budget_typing(&b, conv, T0 + 5000 + 100 * i);
+    }
+    ck_assert_int_ge(passed, 10 * GW_TYPING_RATE);
+    ck_assert_int_le(passed, 10 * GW_TYPING_RATE + 2 * GW_TYPING_RATE);
     gw_budget_free(&b);
 }
 END_TEST
@@ -111,5 +208,10 @@ int main(void)
     tcase_add_test(tc, lookup_left_only_looks_and_a_charge_is_a_bounded_debt);
     tcase_add_test(tc, waiting_and_status_chains_are_counted);
     suite_add_tcase(s, tc);
+    TCase *typing = tcase_create("typing");
+    tcase_add_test(typing, typing_remembers_every_conversation_of_the_last_second);
+    tcase_add_test(typing, typing_alternating_between_two_conversations);
+    tcase_add_test(typing, typing_refused_frames_leave_no_mark);
+    suite_add_tcase(s, typing);
     return unit_run(s);
 }
