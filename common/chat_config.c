@@ -111,6 +111,9 @@ static const setting settings[] = {
      "connections per user on one gateway (0: no limit)"},
     {"CHAT_WS_MAX_PER_IP", "--ws-max-per-ip", "1000", GW, F(ws_per_ip_raw),
      "connections per client address on one gateway (0: no limit)"},
+    {"CHAT_WS_REFUSED_PER_IP", "--ws-refused-per-ip", "20", GW, F(ws_refused_per_ip_raw),
+     "refused upgrades (bad token, path, Origin) per second per client address on one gateway, ten seconds' worth "
+     "at once; past it the address is refused before its token is checked (0: no limit)"},
     {"CHAT_WS_PING", "--ws-ping", "30s", GW, F(ws_ping_raw),
      "idle connections are pinged this often and closed when silent for twice that"},
     {"CHAT_WS_MEMBERSHIP_CACHE", "--ws-membership-cache", "100000", GW, F(ws_membership_cache_raw),
@@ -633,6 +636,9 @@ static chat_status validate_gateway(chat_cfg *cfg, char *err, size_t errsz)
         return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
     if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
         return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
+    if (!parse_int(cfg->ws_refused_per_ip_raw, 0, 1000000, &cfg->ws_refused_per_ip))
+        return fail(err, errsz, "CHAT_WS_REFUSED_PER_IP", "must be an integer from 0 to 1000000 (got \"%s\")",
+                    cfg->ws_refused_per_ip_raw);
     if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
         return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
                     cfg->ws_membership_cache_raw);

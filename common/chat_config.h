@@ -47,7 +47,7 @@ typedef struct chat_cfg {
     char *web_dir;            /* the demo app's static files ("" = next to the binary) */
     char *tls_cert, *tls_key; /* gateway wss:// (both or neither) */
     char *ws_queue_raw, *ws_grace_raw, *ws_rate_raw, *ws_user_rate_raw, *ws_inflight_raw, *ws_per_user_raw,
-        *ws_per_ip_raw, *ws_ping_raw, *ws_stop_delay_raw, *ws_membership_cache_raw;
+        *ws_per_ip_raw, *ws_refused_per_ip_raw, *ws_ping_raw, *ws_stop_delay_raw, *ws_membership_cache_raw;
     char *js_replicas_raw;
     char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
 
@@ -77,6 +77,7 @@ typedef struct chat_cfg {
     int ws_inflight_max;       /* sends published by one gateway and not yet answered (0: no limit) */
     int ws_max_per_user;       /* connections per user on one gateway (0: no limit) */
     int ws_max_per_ip;         /* connections per client address on one gateway (0: no limit) */
+    int ws_refused_per_ip;     /* refused upgrades per second per client address (0: no limit) */
     int64_t ws_ping_ms;        /* idle connections are pinged this often and closed when silent for twice that */
     int64_t ws_stop_delay_ms;  /* on SIGTERM, how long /readyz and new upgrades answer 503 before clients are closed */
     int ws_membership_cache;   /* conversations in one gateway's membership cache (the oldest go first) */

@@ -32,6 +32,7 @@
 #include "gw_delivery.h"
 #include "gw_membership.h"
 #include "gw_peer.h"
+#include "gw_strikes.h"
 #include "gw_presence.h"
 #include "gw_revoke.h"
 #include "gw_route.h"
@@ -68,6 +69,7 @@ static void tick(lws_sorted_usec_list_t *sul)
         gw_session_sweep(srv); /* every second */
     if (srv->ticks % 100 == 0) {
         gw_membership_trim(srv->membership, chat_mono_ms()); /* every 10 s */
+        gw_strikes_sweep(srv->strikes, chat_mono_ms());
         gw_revoke_trim(srv->revoke);
     }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
@@ -130,6 +132,15 @@ static int refuse(struct lws *wsi, gw_server *srv, unsigned status, const char *
     return refuse_http(wsi, status, why);
 }
 
+/* A refusal that counts against the client's address (a bad token, path or Origin): past
+ * CHAT_WS_REFUSED_PER_IP of them the address is refused before its token is checked. */
+static int strike(struct lws *wsi, gw_server *srv, const char *addr, unsigned status, const char *why)
+{
+    if (addr[0])
+        gw_strikes_add(srv->strikes, addr, chat_mono_ms());
+    return refuse(wsi, srv, status, why);
+}
+
 /* Before the upgrade (no per-session memory yet): path, Origin and token, or an HTTP refusal. */
 static int confirm_upgrade(gw_server *srv, struct lws *wsi)
 {
@@ -137,25 +148,31 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
         atomic_fetch_add(srv->m.refused_stopping, 1);
         return refuse_http(wsi, 503, "server going away");
     }
+    char addr[64] = "";
+    if (!lws_get_peer_simple(wsi, addr, sizeof addr))
+        addr[0] = '\0';
+    /* the same answer whatever the token: an address that used up its refusals learns nothing */
+    if (addr[0] && gw_strikes_exhausted(srv->strikes, addr, chat_mono_ms()))
+        return refuse(wsi, srv, 429, "too many refused upgrades from this address: try again in a few seconds");
     char uri[256];
     if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
-        return refuse(wsi, srv, 404, "WebSocket endpoint is /ws");
+        return strike(wsi, srv, addr, 404, "WebSocket endpoint is /ws");
     if (srv->cfg->allowed_origins[0]) {
         char origin[512] = "";
         lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
         if (!chat_origin_allowed(srv->cfg->allowed_origins, origin[0] ? origin : NULL))
-            return refuse(wsi, srv, 403, "origin not allowed");
+            return strike(wsi, srv, addr, 403, "origin not allowed");
     }
     char token[CHAT_JWT_MAX_LEN + 2] = "";
     if (!get_token(wsi, token, sizeof token))
-        return refuse(wsi, srv, 401, "missing token");
+        return strike(wsi, srv, addr, 401, "missing token");
     const char *why = NULL;
     chat_jwt_claims claims;
     if (chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, &claims, &why) != CHAT_OK)
-        return refuse(wsi, srv, 401, why);
+        return strike(wsi, srv, addr, 401, why);
     gw_revoke_verdict revoked = gw_revoke_check(srv->revoke, &claims);
     if (revoked == GW_REVOKE_REFUSED)
-        return refuse(wsi, srv, 401, "token revoked");
+        return strike(wsi, srv, addr, 401, "token revoked");
     if (revoked == GW_REVOKE_LOADING) {
         /* a gateway that does not yet know every revocation lets no token in (it is not ready) */
         atomic_fetch_add(srv->m.refused_loading, 1);
@@ -164,9 +181,7 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
     gw_user *u = chat_map_get(srv->users, claims.user);
     if (srv->cfg->ws_max_per_user && u && u->count >= srv->cfg->ws_max_per_user)
         return refuse(wsi, srv, 429, "too many connections for this user");
-    char addr[64];
-    if (srv->cfg->ws_max_per_ip && lws_get_peer_simple(wsi, addr, sizeof addr) &&
-        gw_peer_count(srv->peers, addr) >= srv->cfg->ws_max_per_ip)
+    if (srv->cfg->ws_max_per_ip && addr[0] && gw_peer_count(srv->peers, addr) >= srv->cfg->ws_max_per_ip)
         return refuse(wsi, srv, 429, "too many connections from this address");
     return 0;
 }
@@ -533,6 +548,7 @@ chat_status gw_server_create(gw_server *srv)
     srv->cursors = gw_cursor_create();
     srv->watches = gw_watch_create();
     srv->peers = gw_peer_create();
+    srv->strikes = gw_strikes_create(srv->cfg->ws_refused_per_ip, GW_STRIKES_MAX);
     register_metrics(srv);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -693,5 +709,7 @@ void gw_server_destroy(gw_server *srv)
     srv->watches = NULL;
     gw_peer_destroy(srv->peers);
     srv->peers = NULL;
+    gw_strikes_destroy(srv->strikes);
+    srv->strikes = NULL;
     srv->users = NULL;
 }

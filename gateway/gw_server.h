@@ -28,6 +28,7 @@ typedef struct gw_send_checks gw_send_checks;
 typedef struct gw_cursors gw_cursors;
 typedef struct gw_watches gw_watches;
 typedef struct gw_peers gw_peers;
+typedef struct gw_strikes gw_strikes;
 struct gw_session_handlers;
 
 typedef struct gw_metrics {
@@ -73,6 +74,7 @@ typedef struct gw_server {
     gw_cursors *cursors;       /* seen/read cursors waiting for the next batch (gw_cursor.h) */
     gw_watches *watches;       /* the sessions watching each user's presence (gw_watch.h) */
     gw_peers *peers;           /* open connections per client address (gw_peer.h) */
+    gw_strikes *strikes;       /* refused upgrades per client address (gw_strikes.h) */
     gw_presence *presence;
     gw_revoke *revoke;    /* the copy of the revocations bucket (gw_revoke.h) */
     const struct gw_session_handlers *session_on; /* what the connections hand up (gw_session.h) */

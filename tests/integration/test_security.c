@@ -50,6 +50,7 @@
 #include "chat_jwt.h"
 #include "test_jwt.h"
 #include "test_check.h"
+#include "test_ops.h"
 #include "test_stack.h"
 
 #define PROG "test_security"
@@ -58,58 +59,10 @@ static test_stack stack;
 
 /* ------------------------------------------------------------------ small helpers */
 
-/* Sends request (raw bytes) to 127.0.0.1:port from source address src (NULL: any) and reads the
- * answer until the server closes or timeout_ms passes. Returns the HTTP status (0 when no status
- * line came: the connection was dropped); the whole answer in resp. */
-static int raw_http(const char *src, int port, const char *request, size_t reqlen, char *resp, size_t respsz,
-                    int timeout_ms)
+/* The status of an upgrade of /ws with token from src. */
+static int raw_upgrade_status(const char *src, int port, const char *token)
 {
-    resp[0] = '\0';
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (src) {
-        struct sockaddr_in s = {.sin_family = AF_INET, .sin_port = 0};
-        inet_pton(AF_INET, src, &s.sin_addr);
-        if (bind(fd, (struct sockaddr *)&s, sizeof s) != 0) {
-            close(fd);
-            return 0;
-        }
-    }
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return 0;
-    }
-    size_t off = 0;
-    while (off < reqlen) {
-        ssize_t w = write(fd, request + off, reqlen - off);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
-    size_t got = 0;
-    int64_t deadline = test_mono_ms() + timeout_ms;
-    while (got < respsz - 1 && test_mono_ms() < deadline) {
-        ssize_t r = read(fd, resp + got, respsz - 1 - got);
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-        resp[got] = '\0';
-        /* an upgrade answer (101) keeps the connection: stop at the end of the head */
-        if (strncmp(resp, "HTTP/1.1 101", 12) == 0 && strstr(resp, "\r\n\r\n"))
-            break;
-    }
-    close(fd);
-    resp[got] = '\0';
-    int status = 0;
-    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
-        status = 0;
-    return status;
+    return test_raw_upgrade(src, port, token, NULL, 0);
 }
 
 /* A plain GET of path with the extra header lines (each ending in \r\n, or NULL). */
@@ -119,21 +72,7 @@ static int http_get(int port, const char *path, const char *headers, char *resp,
     char *req = malloc(cap);
     int n = snprintf(req, cap, "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s\r\n", path, port,
                      headers ? headers : "");
-    int st = raw_http(NULL, port, req, (size_t)n, resp, respsz, 5000);
-    free(req);
-    return st;
-}
-
-/* An upgrade request for /ws with token (in the query) from src. Returns the HTTP status. */
-static int raw_upgrade(const char *src, int port, const char *token)
-{
-    size_t cap = strlen(token) + 512;
-    char *req = malloc(cap), resp[4096];
-    int n = snprintf(req, cap,
-                     "GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     token, port);
-    int st = raw_http(src, port, req, (size_t)n, resp, sizeof resp, 5000);
+    int st = test_raw_http(NULL, port, req, (size_t)n, resp, respsz, 5000);
     free(req);
     return st;
 }
@@ -644,7 +583,7 @@ START_TEST(tokens_oversized)
         char *t = forge("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", p, EVP_sha256(), stack.cfg.jwt_secret,
                         strlen(stack.cfg.jwt_secret), NULL);
         size_t tlen = strlen(t);
-        int status = raw_upgrade(NULL, g.port, t);
+        int status = raw_upgrade_status(NULL, g.port, t);
         char resp[1024];
         int health = http_get(g.port, "/healthz", NULL, resp, sizeof resp);
         printf(PROG ": token of %zu bytes in the query: HTTP %d; /healthz after it: %d\n", tlen, status, health);
@@ -699,7 +638,7 @@ START_TEST(malformed_requests_do_not_crash)
                          "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
                          "\r\n\r\n\r\n"};
     for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++) {
-        int st = raw_http(NULL, g.port, raw[i], strlen(raw[i]), resp, sizeof resp, 3000);
+        int st = test_raw_http(NULL, g.port, raw[i], strlen(raw[i]), resp, sizeof resp, 3000);
         int health = http_get(g.port, "/healthz", NULL, resp, sizeof resp);
         printf(PROG ": raw request %zu: HTTP %d; /healthz after it: %d\n", i, st, health);
         ck_assert_msg(health == 200, "the gateway stopped answering after raw request %zu; see %s", i, g.log);
@@ -754,12 +693,12 @@ START_TEST(forged_origin_refused)
                      "GET /ws HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n");
-    ck_assert_int_eq(raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000), 403);
+    ck_assert_int_eq(test_raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000), 403);
     n = snprintf(req, sizeof req,
                  "GET /ws?token=x.y.z HTTP/1.1\r\nHost: x\r\nOrigin: https://chat.example.com\r\nUpgrade: websocket\r\n"
                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                  "Sec-WebSocket-Version: 13\r\n\r\n");
-    ck_assert_int_eq(raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000), 401);
+    ck_assert_int_eq(test_raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000), 401);
     stop_gateway(&g);
 }
 END_TEST
@@ -1752,7 +1691,7 @@ START_TEST(connections_over_the_limits_get_429)
                   info.http_status, info.body);
     /* another address is not affected */
     char *token = test_stack_token(&stack, fresh, 600);
-    int st = raw_upgrade("127.0.0.2", g.port, token);
+    int st = raw_upgrade_status("127.0.0.2", g.port, token);
     free(token);
     ck_assert_msg(st == 101, "a connection from 127.0.0.2 while 127.0.0.1 is at its limit: HTTP %d, want 101", st);
     for (int i = 0; i < n; i++)
@@ -1789,7 +1728,7 @@ START_TEST(http_surface)
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                      token);
     free(token);
-    int st = raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000);
+    int st = test_raw_http(NULL, g.port, req, (size_t)n, resp, sizeof resp, 5000);
     ck_assert_msg(st == 404, "an upgrade on /other: HTTP %d, want 404", st);
     stop_gateway(&g);
 }

@@ -486,3 +486,74 @@ double test_metric_delta(const json_t *before, const json_t *after, const char *
 {
     return test_metric(after, key) - test_metric(before, key);
 }
+
+/* ---- raw HTTP: exact bytes, from a source address of the test's choice ---- */
+
+int test_raw_http(const char *src, int port, const char *request, size_t reqlen, char *resp, size_t respsz,
+                  int timeout_ms)
+{
+    resp[0] = '\0';
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return 0;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (src) {
+        struct sockaddr_in s = {.sin_family = AF_INET, .sin_port = 0};
+        inet_pton(AF_INET, src, &s.sin_addr);
+        if (bind(fd, (struct sockaddr *)&s, sizeof s) != 0) {
+            close(fd);
+            return 0;
+        }
+    }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return 0;
+    }
+    size_t off = 0;
+    while (off < reqlen) {
+        ssize_t w = write(fd, request + off, reqlen - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    size_t got = 0;
+    int64_t deadline = test_mono_ms() + timeout_ms;
+    while (got < respsz - 1 && test_mono_ms() < deadline) {
+        ssize_t r = read(fd, resp + got, respsz - 1 - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        resp[got] = '\0';
+        /* an upgrade answer (101) keeps the connection: stop at the end of the head */
+        if (strncmp(resp, "HTTP/1.1 101", 12) == 0 && strstr(resp, "\r\n\r\n"))
+            break;
+    }
+    close(fd);
+    resp[got] = '\0';
+    int status = 0;
+    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
+        status = 0;
+    return status;
+}
+
+int test_raw_upgrade(const char *src, int port, const char *token, char *resp, size_t respsz)
+{
+    char own[4096];
+    if (resp == NULL || respsz == 0) {
+        resp = own;
+        respsz = sizeof own;
+    }
+    size_t cap = strlen(token) + 512;
+    char *req = malloc(cap);
+    int n = snprintf(req, cap,
+                     "GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     token, port);
+    int st = test_raw_http(src, port, req, (size_t)n, resp, respsz, 5000);
+    free(req);
+    return st;
+}

@@ -106,4 +106,14 @@ double test_metric(const json_t *m, const char *key);
 /* The value of series key in after minus before (NAN when absent in either). */
 double test_metric_delta(const json_t *before, const json_t *after, const char *key);
 
+/* Sends request (raw bytes) to 127.0.0.1:port from source address src (NULL: any; another
+ * loopback address such as 127.0.0.2 is another client address to the gateway) and reads the
+ * answer until the server closes or timeout_ms passes. Returns the HTTP status (0 when no status
+ * line came: the connection was dropped); the whole answer (or its head, for a 101) in resp. */
+int test_raw_http(const char *src, int port, const char *request, size_t reqlen, char *resp, size_t respsz,
+                  int timeout_ms);
+/* A WebSocket upgrade of /ws with token (in the query, sent as given) from src; the status, the
+ * answer in resp (resp may be NULL). */
+int test_raw_upgrade(const char *src, int port, const char *token, char *resp, size_t respsz);
+
 #endif
