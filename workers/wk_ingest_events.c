@@ -363,14 +363,18 @@ static bool repair_read(committer *c, uint64_t gen, repair_run *run)
     return true;
 }
 
-/* Repairs the partitions of c whose repair is due (all of them at once, one read of `messages`):
+/* Repairs the partitions of c whose repair is due (all of them at once, one read of `messages`;
+ * `leased`: only those of leases just taken, whatever the back-off after a failed repair):
  * republishes from PostgreSQL every event of theirs created at or after each one's start, by the
  * same Nats-Msg-Id (what CHAT_EVENTS has already, within its duplicate window, it drops), and on
  * success moves their cursors past the newest. No batch of c is committed meanwhile, so no event
  * of theirs is stored while it reads. */
-static void repair(committer *c, uint64_t gen)
+static void repair(committer *c, uint64_t gen, bool leased)
 {
     wk_ingest *in = c->in;
+    int64_t now_ms = chat_mono_ms();
+    if (!leased && now_ms < c->repair_at_ms)
+        return;
     repair_run run = {.from_us = INT64_MAX};
     run.in = chat_xcalloc((size_t)in->nparts, sizeof *run.in);
     run.count = chat_xcalloc((size_t)in->nparts, sizeof *run.count);
@@ -379,7 +383,7 @@ static void repair(committer *c, uint64_t gen)
     bool any = false;
     for (int p = c->index; p < in->nparts; p += in->ncom) {
         partition *pt = &in->parts[p];
-        if (!owned(c, pt, gen) || !pt->events_repair)
+        if (!owned(c, pt, gen) || !pt->events_repair || (leased && pt->events_repair_tried))
             continue;
         any = run.in[p] = true;
         pt->events_repair_tried = true;
@@ -405,9 +409,15 @@ static void repair(committer *c, uint64_t gen)
         }
         atomic_fetch_add(in->m_events_republished, (uint64_t)run.total);
         persist_cursors(c, gen, run.in);
+        c->repair_backoff_ms = 0;
     } else if (any) {
         atomic_fetch_add(in->m_events_republished, (uint64_t)run.total);
-        LOG_WARN("ingest", "event=events_repair_deferred committer=%d republished=%d", c->index, run.total);
+        c->repair_backoff_ms = c->repair_backoff_ms == 0 ? 1000 : c->repair_backoff_ms * 2;
+        if (c->repair_backoff_ms > EVENTS_REPAIR_BACKOFF_MS)
+            c->repair_backoff_ms = EVENTS_REPAIR_BACKOFF_MS;
+        c->repair_at_ms = chat_mono_ms() + c->repair_backoff_ms;
+        LOG_WARN("ingest", "event=events_repair_deferred committer=%d republished=%d retry_ms=%lld", c->index,
+                 run.total, (long long)c->repair_backoff_ms);
     }
     free(run.in);
     free(run.count);
@@ -426,5 +436,5 @@ void wk_ingest_events_tick(committer *c)
         return;
     c->events_tick_ms = now;
     confirm(c, gen);
-    repair(c, gen);
+    repair(c, gen, leased);
 }

@@ -36,7 +36,9 @@
 /* CHAT_EVENTS off the ack path (wk_ingest_events.c): a committer confirms its publishes at most
  * every EVENTS_CONFIRM_MS, waiting EVENTS_CONFIRM_WAIT_MS for the PubAcks still due; a repair
  * republishes pages of EVENTS_REPAIR_PAGE rows and waits up to EVENTS_REPAIR_WAIT_MS for each
- * page's PubAcks; it starts EVENTS_SLACK_US before the cursor (created_at is the broker timestamp
+ * page's PubAcks, and after a failed one waits 1, 2, 4 ... EVENTS_REPAIR_BACKOFF_MS seconds before
+ * the next (a silent broker must not hold the committer a page's wait every second); it starts
+ * EVENTS_SLACK_US before the cursor (created_at is the broker timestamp
  * of a post, and two CHAT_IN leaders' clocks, or one clock stepped back, may disagree by that
  * much), and EVENTS_FIRST_REPAIR_US before now for a partition never confirmed (an existing
  * deployment: inside CHAT_EVENTS' duplicate window, so what is there already is dropped) */
@@ -44,6 +46,7 @@
 #define EVENTS_CONFIRM_WAIT_MS 200
 #define EVENTS_REPAIR_PAGE 1000
 #define EVENTS_REPAIR_WAIT_MS 2000
+#define EVENTS_REPAIR_BACKOFF_MS 30000
 #define EVENTS_SLACK_US (5LL * 1000000)
 #define EVENTS_FIRST_REPAIR_US (9LL * 60 * 1000000)
 #define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
@@ -114,6 +117,8 @@ typedef struct committer {
     atomic_int publish_errors;  /* failed publishes since the last confirmation (the error handler) */
     bool events_dirty;          /* published since the last confirmation */
     int64_t events_tick_ms;     /* the last confirmation */
+    int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
+    int64_t repair_backoff_ms;  /* 0 after a repair that worked, doubling up to EVENTS_REPAIR_BACKOFF_MS */
 } committer;
 
 /* Which chat_ingest_dropped_total{reason} counts a dropped message (registered in this order). */
