@@ -1,8 +1,9 @@
 /* Role `ingest`: start, stop and the committer loop. Threads: one coordinator (wk_ingest_lease.c)
  * and CHAT_INGEST_COMMITTERS committers; partition p belongs to committer p mod N, which pulls it
  * (wk_ingest_pull.c), stores what arrived for all its partitions in one transaction on its lease
- * connection (wk_ingest_store.c), publishes it (wk_ingest_fanout.c) and acks it: one commit, one WAL
- * flush, one round of PubAcks, no thread hand-off (docs/architecture.md, "Ingest"). */
+ * connection (wk_ingest_store.c), delivers it (wk_ingest_fanout.c) and acks it: one commit, one WAL
+ * flush, one flush of the deliveries, no thread hand-off; CHAT_EVENTS is confirmed and repaired
+ * between batches (wk_ingest_events.c; docs/architecture.md, "Ingest"). */
 #include "wk_ingestp.h"
 
 #include <inttypes.h>
@@ -157,6 +158,7 @@ static void *committer_thread(void *arg)
         uint64_t now = wk_ingest_reconnects(nc);
         wk_ingest_tend(c, atomic_load(&in->app->stopping), now != seen);
         seen = now;
+        wk_ingest_events_tick(c); /* a partition just leased is repaired before its first batch */
         if (wk_ingest_collect(c, WAIT_MS) == 0) {
             wk_ingest_heartbeat(c, atomic_load(&c->gen));
             continue;
@@ -194,7 +196,11 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
     natsInbox_Destroy(inbox);
     jsOptions jo;
     jsOptions_Init(&jo);
+    /* CHAT_EVENTS publishes are confirmed about once a second (wk_ingest_events.c), so a second of
+     * them may be pending; past that (a broker that stopped answering) a publish fails at once
+     * instead of stalling the committer, and is repaired from PostgreSQL */
     jo.PublishAsync.MaxPending = 8 * GROUP_MAX;
+    jo.PublishAsync.StallWait = 1;
     jo.PublishAsync.ErrHandler = wk_ingest_on_publish_error;
     jo.PublishAsync.ErrHandlerClosure = c;
     jo.Wait = 5000;
@@ -275,6 +281,12 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     in->m_redelivered = chat_metrics_counter(m, "chat_ingest_redelivered_total", NULL,
                                              "Messages found already stored and published again.");
     in->m_batches = chat_metrics_counter(m, "chat_ingest_batches_total", NULL, "Batches committed.");
+    in->m_events_republished = chat_metrics_counter(m, "chat_ingest_events_republished_total", NULL,
+                                                    "Events republished to CHAT_EVENTS from PostgreSQL by a repair "
+                                                    "(the broker drops those it has by Nats-Msg-Id).");
+    in->m_events_unconfirmed = chat_metrics_counter(m, "chat_ingest_events_unconfirmed_total", NULL,
+                                                    "Confirmations of CHAT_EVENTS publishes that failed (a PubAck "
+                                                    "refused or missing): a repair from PostgreSQL follows.");
     in->m_store_retries = chat_metrics_counter(m, "chat_ingest_store_retries_total", NULL,
                                                "Stores of a batch PostgreSQL refused for now (disk full, out of "
                                                "memory, deadlock, read-only): kept, tried again.");
@@ -291,7 +303,7 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     in->h_commit = chat_metrics_histogram(m, "chat_ingest_fetch_to_commit_seconds", NULL,
                                           "From a batch's fetch to its commit.");
     in->h_fanout = chat_metrics_histogram(m, "chat_ingest_commit_to_fanout_seconds", NULL,
-                                          "From a batch's commit to its fanout published and CHAT_EVENTS acked.");
+                                          "From a batch's commit to its deliveries taken by the NATS server.");
     in->h_broker_to_commit = chat_metrics_histogram(m, "chat_ingest_broker_to_commit_seconds", NULL,
                                                     "From the broker timestamp of a message to its commit.");
     in->ncom = app->cfg->ingest_committers < in->nparts ? app->cfg->ingest_committers : in->nparts;

@@ -1,9 +1,8 @@
 /* The ingest's fanout stage: each stored event to its members' delivery subjects and to
- * CHAT_EVENTS until acknowledged, and each dropped post counted, logged and told to its session.
- * Runs on the committer thread (the publish error handler on the committer's NATS connection). */
+ * CHAT_EVENTS (wk_ingest_events.c), and each dropped post counted, logged and told to its session.
+ * Runs on the committer thread. */
 #include "wk_ingestp.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,15 +63,6 @@ static void fill_event(Chat__V1__Event *e, const batch *b, const item *it, int64
     e->session = it->post->session;
 }
 
-void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure)
-{
-    (void)js;
-    committer *c = closure;
-    atomic_fetch_add(&c->publish_errors, 1);
-    LOG_WARN("ingest", "event=events_publish_failed status=\"%s\" detail=\"%s\"", natsStatus_GetText(pae->Err),
-             pae->ErrText ? pae->ErrText : "");
-}
-
 void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what)
 {
     for (int i = 0; i < b->n; i++) {
@@ -92,21 +82,6 @@ uint64_t wk_ingest_reconnects(natsConnection *nc)
     return n;
 }
 
-/* Forgets the publishes still waiting for a PubAck and returns how many there were. A PubAck lost
- * with a NATS node (or a connection that died silently) never comes: left in the context, such a
- * publish would make every later js_PublishAsyncComplete time out and stall the partition for
- * good. CHAT_EVENTS drops repeats by Nats-Msg-Id, so the caller simply publishes again. */
-static int drop_pending(committer *c)
-{
-    natsMsgList pending = {0};
-    if (js_PublishAsyncGetPendingList(&pending, c->js) != NATS_OK)
-        return 0; /* NATS_NOT_FOUND: nothing pending */
-    int n = pending.Count;
-    natsMsgList_Destroy(&pending);
-    return n;
-}
-
-
 /* The Delivery of event e to every member of its conversation (on the worker's connection). */
 static void deliver_event(natsConnection *nc, batch *b, const item *it, Chat__V1__Event *e)
 {
@@ -114,7 +89,7 @@ static void deliver_event(natsConnection *nc, batch *b, const item *it, Chat__V1
     d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
     d.event = e;
     size_t len = chat__v1__delivery__get_packed_size(&d);
-    uint8_t stackbuf[4096], *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
+    uint8_t stackbuf[4096], *buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
     chat__v1__delivery__pack(&d, buf);
     members *m = wk_ingest_find_conv(b, it->post->conv);
     for (int u = 0; m && u < m->n; u++) {
@@ -126,67 +101,19 @@ static void deliver_event(natsConnection *nc, batch *b, const item *it, Chat__V1
         free(buf);
 }
 
-/* Event e to CHAT_EVENTS (on the committer's connection), its PubAck awaited later. */
-static void publish_event(committer *c, const Chat__V1__Event *e)
-{
-    size_t len = chat__v1__event__get_packed_size(e);
-    uint8_t *buf = chat_xmalloc(len ? len : 1);
-    chat__v1__event__pack(e, buf);
-    char subject[128], msgid[160];
-    chat_subject_event(subject, sizeof subject, e->conv);
-    snprintf(msgid, sizeof msgid, "%s:%" PRIu64, e->conv, e->seq);
-    natsMsg *msg = NULL;
-    natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
-    natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
-    natsMsgHeader_Set(msg, "Chat-Type", "event");
-    free(buf);
-    if (js_PublishMsgAsync(c->js, &msg, NULL) != NATS_OK)
-        atomic_fetch_add(&c->publish_errors, 1);
-    natsMsg_Destroy(msg);
-}
-
-/* Waits for the server to take the deliveries (when deliver) and for the PubAcks of CHAT_EVENTS.
- * False when the lease is lost meanwhile. */
-static bool await_acks(committer *c, uint64_t gen, bool deliver, natsStatus *flushed, natsStatus *acked)
-{
-    /* the deliveries went out on the worker's connection, the events on the committer's own: a
-     * PubAck says nothing of the deliveries, a PONG on the worker's connection does (the
-     * server had taken them before it; a node killed with them in its socket is not) */
-    *flushed = deliver ? natsConnection_FlushTimeout(c->in->app->nc, FLUSH_WAIT_MS) : NATS_OK;
-    /* the PubAcks are awaited a slice at a time with a heartbeat between: a broker that stays
-     * silent must not let the lease session idle out (its timeout, 10 s, was once the sum of
-     * the two waits, and a cut-off NATS node cost every lease of the committer) */
-    natsStatus s = NATS_TIMEOUT;
-    for (int64_t left = PUBACK_WAIT_MS; left > 0 && s == NATS_TIMEOUT;) {
-        if (!wk_ingest_heartbeat(c, gen))
-            return false;
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = left < PUBACK_SLICE_MS ? left : PUBACK_SLICE_MS;
-        s = js_PublishAsyncComplete(c->js, &po);
-        left -= po.MaxWait;
-    }
-    *acked = s;
-    return true;
-}
-
 /* Publishes every stored event of the batch to its members (on the worker's connection) and to
- * CHAT_EVENTS (on the committer's); returns F_DONE when CHAT_EVENTS has acknowledged all of them and
- * a flush says the server took the deliveries (retrying while the broker refuses); the notify role
- * reads its offline pushes from CHAT_EVENTS too. A retry publishes the events again, and the live
- * deliveries too when the worker's connection changed since they went out or its flush failed
- * (they may have died with the old socket); devices drop repeats by id. While it retries it keeps
- * the lease session from idling out (idle_session_timeout). */
+ * CHAT_EVENTS (on the committer's, once: wk_ingest_events.c confirms the PubAcks later and repairs
+ * from PostgreSQL what the broker did not take); returns F_DONE when a flush says the server took
+ * the deliveries. The batch is acked then: the sender's ack frame is its own live delivery, and
+ * nothing on the ack path waits for a stream write. While the worker's connection fails, the
+ * deliveries are published again (they may have died with the old socket; devices drop repeats by
+ * id), keeping the batch ours (+WPI) and the lease session from idling out. */
 int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 {
     wk_ingest *in = c->in;
     natsConnection *nc = in->app->nc;
-    bool deliver = true;
-    uint64_t delivered_on = 0; /* wk_ingest_reconnects() when the deliveries were published */
     for (int attempt = 0;; attempt++) {
-        atomic_store(&c->publish_errors, 0);
-        if (deliver)
-            delivered_on = wk_ingest_reconnects(nc);
+        uint64_t delivered_on = wk_ingest_reconnects(nc);
         for (int i = 0; i < b->n; i++) {
             item *it = &b->items[i];
             if (it->state == I_DROP)
@@ -196,31 +123,26 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
                 continue;
             Chat__V1__Event e = CHAT__V1__EVENT__INIT;
             fill_event(&e, b, it, committed_ms);
-            if (deliver)
-                deliver_event(nc, b, it, &e);
-            publish_event(c, &e);
+            deliver_event(nc, b, it, &e);
+            if (attempt == 0)
+                wk_ingest_publish_event(c, &in->parts[it->part], &e, first->created_us);
         }
+        /* a PONG on the worker's connection says the server took the deliveries before it (a
+         * node killed with them in its socket has not) */
         int64_t waited = chat_mono_ns();
-        natsStatus fs, s;
-        if (!await_acks(c, gen, deliver, &fs, &s))
-            return F_LEASE_LOST;
+        natsStatus fs = natsConnection_FlushTimeout(nc, FLUSH_WAIT_MS);
         waited = (chat_mono_ns() - waited) / 1000000;
         bool same = wk_ingest_reconnects(nc) == delivered_on;
-        if (s == NATS_OK && fs == NATS_OK && same && atomic_load(&c->publish_errors) == 0)
+        if (fs == NATS_OK && same)
             return F_DONE;
-        int dropped = drop_pending(c);
-        deliver = fs != NATS_OK || !same;
         if (atomic_load(&in->app->stopping) && attempt > 2)
             return F_STOPPING;
         if (!wk_ingest_heartbeat(c, gen))
             return F_LEASE_LOST;
-        LOG_WARN("ingest",
-                 "event=events_publish_retry partition=%d attempt=%d status=\"%s\" flush=\"%s\" errors=%d"
-                 " dropped=%d redeliver=%d",
-                 b->part, attempt + 1, natsStatus_GetText(s), natsStatus_GetText(fs),
-                 atomic_load(&c->publish_errors), dropped, deliver ? 1 : 0);
+        LOG_WARN("ingest", "event=delivery_retry partition=%d attempt=%d flush=\"%s\" reconnected=%d", b->part,
+                 attempt + 1, natsStatus_GetText(fs), same ? 0 : 1);
         wk_ingest_reply_all(nc, b, "+WPI"); /* keep the batch ours while the broker recovers */
-        /* back off when the broker refused at once; a wait that timed out has waited already */
+        /* back off when the flush failed at once; a flush that timed out has waited already */
         int64_t pause = attempt < 10 ? 200 * (attempt + 1) : 2000;
         if (waited < pause)
             chat_sleep_ms(pause - waited);

@@ -99,7 +99,8 @@ static bool lock_partition(wk_ingest *in, partition *pt)
     r = wk_ingest_exec_params(c->pg,
                     "INSERT INTO ingest_leases (partition, epoch, owner) VALUES ($1::int, 1, $2)"
                     " ON CONFLICT (partition) DO UPDATE SET epoch = ingest_leases.epoch + 1,"
-                    " owner = EXCLUDED.owner, acquired_at = now() RETURNING epoch",
+                    " owner = EXCLUDED.owner, acquired_at = now()"
+                    " RETURNING epoch, (extract(epoch FROM events_upto) * 1000000)::bigint",
                     2, p2);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         LOG_WARN("ingest", "event=lease_epoch_failed partition=%d detail=\"%s\"", pt->index, PQresultErrorMessage(r));
@@ -108,6 +109,7 @@ static bool lock_partition(wk_ingest *in, partition *pt)
         return false;
     }
     pt->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    wk_ingest_events_leased(pt, PQgetisnull(r, 0, 1) ? 0 : strtoll(PQgetvalue(r, 0, 1), NULL, 10));
     PQclear(r);
     pt->gen = gen;
     c->last_pg_ms = chat_mono_ms();

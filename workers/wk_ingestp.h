@@ -1,7 +1,8 @@
 /* The ingest role's private header: its state and the stages that share it, a file each:
  * wk_ingest_pull.c (the pull protocol), wk_ingest_batch.c (decoding, validation, drop reasons),
- * wk_ingest_store.c (the transaction), wk_ingest_fanout.c (deliveries, CHAT_EVENTS, rejections),
- * wk_ingest_lease.c (leases, the coordinator), wk_ingest.c (start, stop, the committer loop).
+ * wk_ingest_store.c (the transaction), wk_ingest_fanout.c (deliveries, rejections), wk_ingest_events.c
+ * (CHAT_EVENTS: publish, confirm, repair), wk_ingest_lease.c (leases, the coordinator), wk_ingest.c
+ * (start, stop, the committer loop).
  * Not for other roles. Committer thread unless a comment names another. */
 #ifndef WK_INGESTP_H
 #define WK_INGESTP_H
@@ -27,12 +28,27 @@
 #define PULL_RETRY_MS 1000   /* after a pull request was refused */
 #define WAIT_MS 100          /* the committer looks at its partitions' leases this often */
 #define HEARTBEAT_MS 2000
-/* A fanout attempt waits at most FLUSH_WAIT_MS for the worker's connection, then PUBACK_WAIT_MS for
- * CHAT_EVENTS in slices of PUBACK_SLICE_MS, heartbeating between: no wait may approach the lease
+/* A fanout attempt waits at most FLUSH_WAIT_MS for the worker's connection; a wait for CHAT_EVENTS'
+ * PubAcks goes in slices of PUBACK_SLICE_MS, heartbeating between: no wait may approach the lease
  * session's idle_session_timeout (10 s) */
 #define FLUSH_WAIT_MS 3000
-#define PUBACK_WAIT_MS 5000
 #define PUBACK_SLICE_MS 1000
+/* CHAT_EVENTS off the ack path (wk_ingest_events.c): a committer confirms its publishes at most
+ * every EVENTS_CONFIRM_MS, waiting EVENTS_CONFIRM_WAIT_MS for the PubAcks still due; a repair
+ * republishes pages of EVENTS_REPAIR_PAGE rows and waits up to EVENTS_REPAIR_WAIT_MS for each
+ * page's PubAcks, and after a failed one waits 1, 2, 4 ... EVENTS_REPAIR_BACKOFF_MS seconds before
+ * the next (a silent broker must not hold the committer a page's wait every second); it starts
+ * EVENTS_SLACK_US before the cursor (created_at is the broker timestamp
+ * of a post, and two CHAT_IN leaders' clocks, or one clock stepped back, may disagree by that
+ * much), and EVENTS_FIRST_REPAIR_US before now for a partition never confirmed (an existing
+ * deployment: inside CHAT_EVENTS' duplicate window, so what is there already is dropped) */
+#define EVENTS_CONFIRM_MS 1000
+#define EVENTS_CONFIRM_WAIT_MS 200
+#define EVENTS_REPAIR_PAGE 1000
+#define EVENTS_REPAIR_WAIT_MS 2000
+#define EVENTS_REPAIR_BACKOFF_MS 30000
+#define EVENTS_SLACK_US (5LL * 1000000)
+#define EVENTS_FIRST_REPAIR_US (9LL * 60 * 1000000)
 #define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
 
 /* Partition states: the coordinator moves IDLE -> RUNNING (lease taken) and RUNNING -> RELEASE
@@ -70,6 +86,13 @@ typedef struct partition {
     int64_t lag_at_ms;          /* when the consumer's lag was last read */
     char label[32];             /* partition="N" */
     atomic_int_fast64_t *m_pending, *m_ack_pending;
+    /* CHAT_EVENTS (wk_ingest_events.c; set by the coordinator when it takes the lease) */
+    int64_t events_upto_us;     /* the cursor in ingest_leases.events_upto (0: none) */
+    int64_t events_newest_us;   /* the newest created_us published (or republished) */
+    int64_t events_from_us;     /* where the pending repair starts */
+    bool events_dirty;          /* published since the last confirmation */
+    bool events_repair;         /* a repair is due: the cursor stays until it is done */
+    bool events_repair_tried;   /* a repair was tried since the lease was taken */
 } partition;
 
 /* A committer, its partitions' pulls and its lease connection. `pg_mu` guards the connection,
@@ -91,7 +114,11 @@ typedef struct committer {
      * the worker's acks, pulls and deliveries must not wait behind them */
     natsConnection *enc;
     jsCtx *js;                  /* CHAT_EVENTS publishes, on enc */
-    atomic_int publish_errors;
+    atomic_int publish_errors;  /* failed publishes since the last confirmation (the error handler) */
+    bool events_dirty;          /* published since the last confirmation */
+    int64_t events_tick_ms;     /* the last confirmation */
+    int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
+    int64_t repair_backoff_ms;  /* 0 after a repair that worked, doubling up to EVENTS_REPAIR_BACKOFF_MS */
 } committer;
 
 /* Which chat_ingest_dropped_total{reason} counts a dropped message (registered in this order). */
@@ -115,6 +142,7 @@ struct wk_ingest {
     int owned;
     atomic_int_fast64_t *m_owned;
     atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches, *m_store_retries;
+    atomic_uint_fast64_t *m_events_republished, *m_events_unconfirmed;
     atomic_uint_fast64_t *m_drop[DM_COUNT]; /* chat_ingest_dropped_total by drop_metric */
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
@@ -261,7 +289,8 @@ int wk_ingest_store_locked(committer *c, batch *b, uint64_t gen);
 
 enum { F_DONE, F_STOPPING, F_LEASE_LOST };
 
-/* Publishes the stored events of b to their members and to CHAT_EVENTS until acknowledged: F_*. */
+/* Publishes the stored events of b to their members until the server took them, and to CHAT_EVENTS
+ * (confirmed later, wk_ingest_events_tick): F_*. */
 int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms);
 /* Publishes `what` ("+WPI", ...) to the reply subject of every message of b. */
 void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what);
@@ -269,8 +298,24 @@ void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what);
 void wk_ingest_count_drops(wk_ingest *in, batch *b);
 /* How many times the connection reconnected (nats.c counts every new socket). */
 uint64_t wk_ingest_reconnects(natsConnection *nc);
-/* CHAT_EVENTS publish errors of c's JetStream context (a jsPubErrHandler, closure c). */
+
+/* ------------------------------------------------------------------------------------------ */
+/* CHAT_EVENTS (wk_ingest_events.c)                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* CHAT_EVENTS publish errors of c's JetStream context (a jsPubErrHandler, closure c; nats.c's
+ * thread). */
 void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure);
+/* Event e of partition pt, stored with created_us, to CHAT_EVENTS (Nats-Msg-Id <conv>:<seq>); its
+ * PubAck is not awaited here but confirmed by wk_ingest_events_tick(). e is borrowed. */
+void wk_ingest_publish_event(committer *c, partition *pt, const Chat__V1__Event *e, int64_t created_us);
+/* The cursor of a partition whose lease was just taken (upto_us 0: NULL, never confirmed): a repair
+ * is due before its first batch. Coordinator thread, before the partition is P_RUNNING. */
+void wk_ingest_events_leased(partition *pt, int64_t upto_us);
+/* Between batches and when idle: confirms c's publishes (at most every EVENTS_CONFIRM_MS), moves
+ * the cursors of its partitions, and runs the repairs that are due (at once for a partition just
+ * leased, before its first batch). */
+void wk_ingest_events_tick(committer *c);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Pulling (wk_ingest_pull.c)                                                                   */

@@ -69,7 +69,7 @@ ts("Delivery latency (broker -> recipient socket)", [
 ts("Stages, p99", [
     ("chat:gateway_publish_ack_seconds:p99_5m", "publish -> PubAck (gateway)"),
     ("chat:ingest_fetch_to_commit_seconds:p99_5m", "fetch -> commit (ingest)"),
-    ("chat:ingest_commit_to_fanout_seconds:p99_5m", "commit -> fanout + CHAT_EVENTS acked (ingest)"),
+    ("chat:ingest_commit_to_fanout_seconds:p99_5m", "commit -> deliveries flushed (ingest)"),
     ("chat:ingest_broker_to_commit_seconds:p99_5m", "broker -> commit (ingest)")], unit="s", x=12)
 nextrow()
 ts("Throughput", [
