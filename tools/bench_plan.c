@@ -44,6 +44,9 @@ static const opt opts_table[] = {
     {"rate", OPT_DOUBLE, O(rate), "100", "messages per second, open loop (all processes)"},
     {"duration", OPT_DOUBLE, O(duration), "10", "seconds of sending"},
     {"drain", OPT_DOUBLE, O(drain), "15", "seconds to wait for outstanding acks and deliveries at the end"},
+    {"linger", OPT_DOUBLE, O(linger), "0",
+     "seconds the connections stay open after the drain (after the line \"drained\"), so that counters "
+     "read then do not include their closing"},
     {"body_size", OPT_LONG, O(body_size), "64", "bytes per message body (at least the send stamp)"},
     {"retries", OPT_LONG, O(retries), "4",
      "resends (same cmid, after 1, 2, 4, 8 s) of a send answered unavailable or rate_limited"},
@@ -392,8 +395,8 @@ chat_status bench_plan_build(bench_plan *p, const bench_opts *o, const chat_cfg 
                      "group_size: must be from 2 to the users of one process (%ld): a process's conversations "
                      "are made of its own users",
                      users_per_proc);
-    if (op->rate < 0 || op->duration < 0 || op->drain < 0 || op->hold < 0 || op->settle < 0)
-        return failf(err, errsz, "rate, duration, drain, hold and settle must not be negative");
+    if (op->rate < 0 || op->duration < 0 || op->drain < 0 || op->hold < 0 || op->settle < 0 || op->linger < 0)
+        return failf(err, errsz, "rate, duration, drain, hold, settle and linger must not be negative");
     if (op->rate > 0 && op->conversations < op->procs)
         return failf(err, errsz, "conversations: sending needs at least one per process (%ld)", op->procs);
     if (op->ramp_rate <= 0)

@@ -38,6 +38,7 @@ typedef struct bench_opts {
     double rate;            /* messages per second, all processes together (open loop) */
     double duration;        /* seconds of sending */
     double drain;           /* seconds to wait for outstanding acks and deliveries */
+    double linger;          /* seconds the connections stay open after the drain */
     long body_size;         /* bytes of each message body (at least the stamp) */
     long retries;           /* resends of a message answered unavailable or rate_limited */
     long drop;              /* connections dropped during the send phase */

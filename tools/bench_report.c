@@ -193,6 +193,7 @@ static json_t *params_json(const bench_opts *o)
     json_object_set_new(j, "rate", json_real(o->rate));
     json_object_set_new(j, "duration", json_real(o->duration));
     json_object_set_new(j, "drain", json_real(o->drain));
+    json_object_set_new(j, "linger", json_real(o->linger));
     json_object_set_new(j, "body_size", json_integer(o->body_size));
     json_object_set_new(j, "drop", json_integer(o->drop));
     json_object_set_new(j, "drop_at", json_real(o->drop_at));

@@ -1837,6 +1837,11 @@ int bench_worker_main(const bench_plan *plan, int proc, int to_parent, int from_
     }
     finish(w);
     int rc = write_all(to_parent, &w->r, sizeof w->r) ? 0 : 1;
+    /* the parent says "drained" once every worker has reported; the connections stay open for
+     * linger seconds after that, so that what closing them costs the server (presence, unsubscribe)
+     * stays out of counters read at that line (bench/run) */
+    if (w->plan->opts.linger > 0)
+        chat_sleep_ms((int64_t)(w->plan->opts.linger * 1000));
     worker_free(w);
     return rc;
 }
