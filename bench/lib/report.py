@@ -491,14 +491,17 @@ def ladder_section(res, w, ladder_systems, runs_n, quick):
     lr = res.of("ladder")
     shapes = res.shapes()
     dur = next((r["j"]["params"]["duration"] for r in lr if r["j"]), "?")
+    warm = next((r["j"]["params"].get("warmup", 0) for r in lr if r["j"]), 0)
     w("1:1 conversations on %s connections (one per user, half as many conversations), open-loop sends at "
-      "rising rates, %s s per step%s; a step **passes** (issue 21) when every message is acked and delivered "
+      "rising rates, %s s per step%s%s; a step **passes** (issue 21) when every message is acked and delivered "
       "within the drain, no send is refused even once (`rate_limited` or `unavailable`, though chat-bench "
       "resends those) and p99 send-to-delivery is under %d ms. A step that does not pass is run once more "
       "(a burst of other load on the shared machine is not the system's capacity); the ladder stops at the "
       "first step that fails twice; each system starts fresh for each ladder. "
       "Sustained rate = the highest passing step, median of %s ladders." % (
           " and ".join(fmt_rate(x) for x in shapes), fmt_dur(dur),
+          " after %s s of warm-up at the same rate (its messages checked, kept out of latencies and throughput)" %
+          fmt_dur(warm) if warm else "",
           " (**a `--quick` run: the full `bench/run` holds each step 20 s**)" if quick else "",
           SUSTAINED_P99_MS, runs_n))
     w("")
@@ -611,9 +614,10 @@ def run_cost(res, run):
     less idle, "per_msg": {counter: per message}, "acked", "idle": whether a baseline was there}."""
     j = run["j"]
     mw = marked_window(res, run)
-    if not j or not mw or not j["send"]["acked"]:
+    # the window starts after the warm-up (its messages acked inside the window are a few)
+    acked = j["send"]["acked"] - j["send"].get("acked_warm", 0) if j else 0
+    if not mw or acked <= 0:
         return None
-    acked = j["send"]["acked"]
     idle = idle_cores(res, run["system"], run["rep"], shape_of(run))
     us = {}
     for g, cpu in mw["cpu"].items():

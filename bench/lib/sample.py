@@ -19,8 +19,9 @@ xact_rollback (pg_stat_database; PostgreSQL flushes a backend's counts up to a s
 these are close, not exact), xids (transactions that wrote, from the next transaction id: exact),
 wal_bytes, and statements (the sum of pg_stat_statements calls, only when the extension is
 already loaded). With --mark-log LOG the marks are taken when chat-bench writes "chat-bench:
-sending" (its sends start 200 ms later) and "chat-bench: drained" (every ack and delivery is in;
-its connections stay open --linger seconds more) to LOG; without it, at the first sample and at
+sending" (its sends start 200 ms later; with --warmup, "chat-bench: measuring" again when the
+warm-up ends) and "chat-bench: drained" (every ack and delivery is in; its connections stay open
+--linger seconds more) to LOG; without it, at the first sample and at
 SIGTERM (an idle baseline).
 
     sample.py OUT.jsonl [--metrics URL ...] [--varz URL] [--pg PSQL,PORT,DB] [--mark-log LOG] NAME=SPEC ...
@@ -296,7 +297,8 @@ def main():
             rec["took_ms"] = round((time.time() - t0) * 1000, 1)
             put(rec)
 
-        marks = {"chat-bench: sending": "start", "chat-bench: drained": "end"}
+        # with --warmup, "measuring" comes after "sending" and moves the start (the last one counts)
+        marks = {"chat-bench: sending": "start", "chat-bench: measuring": "start", "chat-bench: drained": "end"}
         if log is None:
             mark("start")
         while not stop:

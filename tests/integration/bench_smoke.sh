@@ -65,7 +65,7 @@ python3 "$src/bench/lib/sample.py" "$res/002-ladder-platform-smoke-r1.samples.js
 sampler=$!
 
 rc=0
-timeout 240 "$bench" "$scenario" --linger 1 --json "$res/002-ladder-platform-smoke-r1.json" 2>"$log" || rc=$?
+timeout 240 "$bench" "$scenario" --warmup 1 --linger 1 --json "$res/002-ladder-platform-smoke-r1.json" 2>"$log" || rc=$?
 kill -TERM "$sampler"
 wait "$sampler" || true
 cat -- "$log" >&2
@@ -100,6 +100,12 @@ for mark in start end; do
         exit 1
     fi
 done
+# the warm-up's end moves the start: one mark at "sending", one at "measuring"
+if [[ $(grep -c '"mark":"start"' "$res/002-ladder-platform-smoke-r1.samples.jsonl") -ne 2 ]] \
+    || ! grep -q '"acked_warm": [1-9]' "$res/002-ladder-platform-smoke-r1.json"; then
+    echo "FAIL: no second start mark at the end of the warm-up, or no message counted in the warm-up"
+    exit 1
+fi
 cost=$(grep -E '^\| this platform, CHAT_NATS_SYNC=smoke \| 50 \| 100 msg/s \| [^|]* \| [0-9.]+ \| \*\*[0-9,.]+\*\*' "$tmp/page.md" || true)
 idle=$(grep -E '^\| this platform, CHAT_NATS_SYNC=smoke \| 50 \| idle \(cores\) \|' "$tmp/page.md" || true)
 work=$(grep -E '^\| this platform, CHAT_NATS_SYNC=smoke \| 50 \| 100 msg/s \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|' "$tmp/page.md" || true)
