@@ -128,16 +128,14 @@ void bench_report_print(FILE *out, const bench_plan *p, const bench_report *rep)
                 "acked        %" PRIu64 " (%.1f msg/s)   errors: unavailable %" PRIu64 ", rate_limited %" PRIu64
                 ", not_member %" PRIu64 ", other %" PRIu64 "\n",
                 r->acked, per_s(r->acked - r->acked_warm, r->send_start_ns, r->last_ack_ns), r->err_unavailable,
-                r->err_rate_limited,
-                r->err_not_member, r->err_other);
+                r->err_rate_limited, r->err_not_member, r->err_other);
         if (r->err_unavailable)
             fprintf(out, "  unavailable: \"%s\" (the first; each resent with the same cmid)\n", r->unavailable_why);
         print_lat(out, "  send->ack", &r->ack);
         fprintf(out,
                 "delivered    %" PRIu64 "/%" PRIu64 " (%.1f deliveries/s), %" PRIu64 " redeliveries dropped by id\n",
                 r->deliveries, r->deliveries_expected,
-                per_s(r->deliveries - r->deliveries_warm, r->send_start_ns, r->last_delivery_ns),
-                r->redeliveries);
+                per_s(r->deliveries - r->deliveries_warm, r->send_start_ns, r->last_delivery_ns), r->redeliveries);
         print_lat(out, "  send->msg", &r->delivery);
     } else {
         fprintf(out, "sending      none (rate 0): connections held %.1f s\n", o->hold + o->duration);
