@@ -728,7 +728,8 @@ def cost_section(res, w, ladder_systems):
     w("Columns: *NATS in* / *NATS out* messages nats-server received from / sent to its clients (the "
       "platform's processes; no chat-bench traffic goes through NATS during the step); *PG commits* "
       "`xact_commit` of the chat database, read-only transactions included (PostgreSQL publishes a "
-      "backend's counts up to a second late, so this one is close, not exact); *PG writing transactions* "
+      "busy backend's counts up to a second late, and those of its last second before it goes idle up to "
+      "10 s late, so the last transactions of a step's set-up can fall inside its window: close, not exact); *PG writing transactions* "
       "transaction ids handed out (exact: transactions that wrote, in any database of the cluster); "
       "*PG statements* the calls `pg_stat_statements` counted (only when that extension is loaded); *WAL "
       "bytes* write-ahead log written. ejabberd's database is read the same way; Socket.IO has neither.")

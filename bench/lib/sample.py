@@ -15,8 +15,8 @@ Marks: two more lines, {"mark": "start"} and {"mark": "end"}, each a sample take
 plus "counters": nats-server's /varz in_msgs and out_msgs (--varz URL), and of the PostgreSQL
 database DB on 127.0.0.1:PORT (--pg PSQL,PORT,DB; read through psql as the postgres superuser,
 from the postgres database so that the reading adds nothing to DB's own counters): xact_commit and
-xact_rollback (pg_stat_database; PostgreSQL flushes a backend's counts up to a second late, so
-these are close, not exact), xids (transactions that wrote, from the next transaction id: exact),
+xact_rollback (pg_stat_database; PostgreSQL flushes a busy backend's counts up to a second late,
+and its last second's up to 10 s late when it goes idle, so these are close, not exact), xids (transactions that wrote, from the next transaction id: exact),
 wal_bytes, and statements (the sum of pg_stat_statements calls, only when the extension is
 already loaded). With --mark-log LOG the marks are taken when chat-bench writes "chat-bench:
 sending" (its sends start 200 ms later; with --warmup, "chat-bench: measuring" again when the
