@@ -57,7 +57,7 @@ def verdict(j):
     if j is None:
         return "no JSON (chat-bench failed before its report; see its log)"
     s = "PASS" if j.get("ok") else "FAIL"
-    parts = [s]
+    parts = ["checks " + s]
     rate = j["params"]["rate"]
     if rate > 0:
         parts.append("offered %g/s acked %.0f/s" % (rate, j["throughput"]["acked_per_s"]))
@@ -74,6 +74,8 @@ def verdict(j):
         parts.append("resync %.2f s" % j["reconnect"]["seconds"])
     if not j.get("ok"):
         parts.append("(%s)" % j.get("problem", "")[:120])
+    if rate > 0:
+        parts.append("; as a ladder step (issue 21): %s" % ("passes" if sustained(j) else "fails"))
     return " ".join(parts)
 
 
