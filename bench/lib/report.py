@@ -531,7 +531,7 @@ def ladder_section(res, w, ladder_systems, runs_n, quick):
                 cells.append("%s %s/s p99 %s%s" % ("ok" if ok == len(rs) else "%d/%d ok" % (ok, len(rs)) if ok else "**no**",
                                                    fmt_rate(acked), fmt_ms(p99), why))
             cap = res.capacity(s, shape)
-            top = "&ge; " if cap and cap == rates[-1] else ""  # the ladder's last step passed: no ceiling seen
+            top = ">= " if cap and cap == rates[-1] else ""  # the ladder's last step passed: no ceiling seen
             w("| %s | %s | **%s%s** | %s | %s |" % (label(s), fmt_rate(shape), top, fmt_rate(cap),
                                                 ", ".join(fmt_rate(c) for c in res.ladder_caps(s, shape)), " | ".join(cells)))
     w("")
