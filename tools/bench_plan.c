@@ -43,7 +43,12 @@ static const opt opts_table[] = {
     {"settle", OPT_DOUBLE, O(settle), "2", "seconds after the ramp before the gateway RSS is read"},
     {"rate", OPT_DOUBLE, O(rate), "100", "messages per second, open loop (all processes)"},
     {"duration", OPT_DOUBLE, O(duration), "10", "seconds of sending"},
+    {"warmup", OPT_DOUBLE, O(warmup), "0",
+     "seconds of sending at rate before duration: checked like the rest, kept out of the latencies and throughput"},
     {"drain", OPT_DOUBLE, O(drain), "15", "seconds to wait for outstanding acks and deliveries at the end"},
+    {"linger", OPT_DOUBLE, O(linger), "0",
+     "seconds the connections stay open after the drain (after the line \"drained\"), so that counters "
+     "read then do not include their closing"},
     {"body_size", OPT_LONG, O(body_size), "64", "bytes per message body (at least the send stamp)"},
     {"retries", OPT_LONG, O(retries), "4",
      "resends (same cmid, after 1, 2, 4, 8 s) of a send answered unavailable or rate_limited"},
@@ -392,8 +397,9 @@ chat_status bench_plan_build(bench_plan *p, const bench_opts *o, const chat_cfg 
                      "group_size: must be from 2 to the users of one process (%ld): a process's conversations "
                      "are made of its own users",
                      users_per_proc);
-    if (op->rate < 0 || op->duration < 0 || op->drain < 0 || op->hold < 0 || op->settle < 0)
-        return failf(err, errsz, "rate, duration, drain, hold and settle must not be negative");
+    if (op->rate < 0 || op->duration < 0 || op->drain < 0 || op->hold < 0 || op->settle < 0 || op->linger < 0 ||
+        op->warmup < 0)
+        return failf(err, errsz, "rate, duration, warmup, drain, hold, settle and linger must not be negative");
     if (op->rate > 0 && op->conversations < op->procs)
         return failf(err, errsz, "conversations: sending needs at least one per process (%ld)", op->procs);
     if (op->ramp_rate <= 0)
@@ -468,7 +474,7 @@ chat_status bench_plan_build(bench_plan *p, const bench_opts *o, const chat_cfg 
         if (s->drop > s->n1 - s->n0)
             s->drop = s->n1 - s->n0;
         s->rate = p->n_convs ? op->rate * (double)(s->c1 - s->c0) / (double)p->n_convs : 0;
-        s->messages = (uint64_t)llround(s->rate * op->duration);
+        s->messages = (uint64_t)llround(s->rate * (op->warmup + op->duration));
         s->offset_ns = s->rate > 0 ? (int64_t)(1e9 / s->rate * i / p->n_procs) : 0;
     }
 

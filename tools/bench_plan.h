@@ -36,8 +36,10 @@ typedef struct bench_opts {
     double hold;            /* seconds to hold the connections idle after the ramp */
     double settle;          /* seconds after the ramp before the gateway's RSS is read */
     double rate;            /* messages per second, all processes together (open loop) */
-    double duration;        /* seconds of sending */
+    double duration;        /* seconds of sending, measured */
+    double warmup;          /* seconds of sending before them: checked, kept out of latencies and throughput */
     double drain;           /* seconds to wait for outstanding acks and deliveries */
+    double linger;          /* seconds the connections stay open after the drain */
     long body_size;         /* bytes of each message body (at least the stamp) */
     long retries;           /* resends of a message answered unavailable or rate_limited */
     long drop;              /* connections dropped during the send phase */

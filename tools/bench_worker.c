@@ -153,6 +153,8 @@ typedef struct worker {
     /* phases */
     int stage;
     int64_t t0, t_end, drop_ns, reconnect_ns, drain_until;
+    int64_t t_measure; /* t0 + warmup: messages scheduled before it are kept out of latencies and throughput */
+    bool say_measuring;
     bool dropped;
     bool need_collect; /* connections went down: collect their unacked messages */
     uint32_t n_syncing, n_down;
@@ -188,6 +190,7 @@ void bench_result_merge(bench_result *into, const bench_result *f)
     ADD(conns), ADD(conns_open), ADD(conns_failed), ADD(connect_attempts), ADD(connect_retries);
     ADD(http_refused), ADD(unexpected_closes), ADD(restart_closes);
     ADD(scheduled), ADD(sent), ADD(acked), ADD(unacked), ADD(skipped_offline), ADD(failed_sends), ADD(resent);
+    ADD(acked_warm), ADD(deliveries_warm);
     ADD(err_unavailable), ADD(err_rate_limited), ADD(err_not_member), ADD(err_other), ADD(late_sends);
     ADD(deliveries_expected), ADD(deliveries), ADD(missing_deliveries), ADD(redeliveries), ADD(duplicates);
     ADD(seq_conflicts), ADD(out_of_order), ADD(gaps), ADD(gap_seqs), ADD(sync_holes), ADD(body_mismatch);
@@ -882,6 +885,16 @@ static void on_synced(worker *w, device *d, int64_t now)
     }
 }
 
+/* Message m was acked at now: counted, and timed unless it was sent again or in the warm-up. */
+static void count_ack(worker *w, const bench_msg *m, int64_t now)
+{
+    w->r.acked++;
+    w->r.acked_warm += m->sched_ns < w->t_measure;
+    w->r.last_ack_ns = now;
+    if (!m->resent && m->sched_ns >= w->t_measure)
+        bench_hist_add(&w->r.ack, (now - m->sched_ns) / 1000);
+}
+
 static void on_ack(worker *w, device *d, const bench_json_member *f, int n, int64_t now)
 {
     int64_t k = cmid_index(w, bench_json_get(f, n, "cmid"));
@@ -914,10 +927,7 @@ static void on_ack(worker *w, device *d, const bench_json_member *f, int n, int6
     note_identity(w, (uint64_t)k, m, (uint32_t)seq, h);
     m->state = MSG_ACKED;
     w->outstanding--;
-    w->r.acked++;
-    w->r.last_ack_ns = now;
-    if (!m->resent)
-        bench_hist_add(&w->r.ack, (now - m->sched_ns) / 1000);
+    count_ack(w, m, now);
     conv_seen(w, (uint32_t)((uint64_t)k % w->n_convs), (uint32_t)seq);
 }
 
@@ -994,6 +1004,7 @@ static void on_msg(worker *w, device *d, const bench_json_member *f, int n, int6
     set_seq(dc, (uint32_t)seq);
     w->r.deliveries++;
     w->r.last_delivery_ns = now;
+    w->r.deliveries_warm += stamp >= 0 && stamp < w->t_measure;
     conv_seen(w, lc, (uint32_t)seq);
     if (d->syncing)
         return; /* sync pages and live messages interleave: checked at synced */
@@ -1007,7 +1018,7 @@ static void on_msg(worker *w, device *d, const bench_json_member *f, int n, int6
         problem(w, "connection %u: %.*s seq %" PRIu64 " right after seq %u (a gap)", d->n, (int)conv->val_len,
                 conv->val, seq, before);
     }
-    if (m && !m->resent && stamp >= 0)
+    if (m && !m->resent && stamp >= w->t_measure)
         bench_hist_add(&w->r.delivery, (now - stamp) / 1000);
 }
 
@@ -1068,10 +1079,7 @@ static void peer_ack(worker *w, device *d, uint64_t k, int64_t now)
     }
     m->state = MSG_ACKED;
     w->outstanding--;
-    w->r.acked++;
-    w->r.last_ack_ns = now;
-    if (!m->resent)
-        bench_hist_add(&w->r.ack, (now - m->sched_ns) / 1000);
+    count_ack(w, m, now);
 }
 
 /* A peer delivered message k (-1: not one of this run) with body[0..len) to device d. The peers
@@ -1107,6 +1115,7 @@ static void peer_delivery(worker *w, device *d, int64_t k, const char *body, siz
     set_seq(dc, seq);
     w->r.deliveries++;
     w->r.last_delivery_ns = now;
+    w->r.deliveries_warm += stamp >= 0 && stamp < w->t_measure;
     if (seq < before) {
         /* out of order only against a later message of the same sender */
         uint64_t kb = (uint64_t)(before - 1) * w->n_convs + lc;
@@ -1118,7 +1127,7 @@ static void peer_delivery(worker *w, device *d, int64_t k, const char *body, siz
             w->r.cross_sender_reorders++;
         }
     }
-    if (stamp >= 0 && !m->resent)
+    if (stamp >= w->t_measure && !m->resent)
         bench_hist_add(&w->r.delivery, (now - stamp) / 1000);
 }
 
@@ -1573,8 +1582,10 @@ static bool write_all(int fd, const void *buf, size_t len)
 static void start_run(worker *w, int64_t t0)
 {
     w->t0 = t0;
-    w->t_end = t0 + (int64_t)(w->plan->opts.duration * 1e9);
-    w->r.send_start_ns = t0;
+    w->t_measure = t0 + (int64_t)(w->plan->opts.warmup * 1e9);
+    w->t_end = w->t_measure + (int64_t)(w->plan->opts.duration * 1e9);
+    w->r.send_start_ns = w->t_measure; /* the throughput's start */
+    w->say_measuring = w->plan->opts.warmup > 0 && w->proc == 0;
     for (uint32_t j = 0; j < w->n_devs; j++) {
         device *d = &w->devs[j];
         d->counted = d->phase != DEV_FAILED;
@@ -1608,6 +1619,10 @@ static void advance(worker *w, int64_t now)
         w->stage = ST_WAIT;
     }
     if (w->stage == ST_RUN) {
+        if (w->say_measuring && now >= w->t_measure) {
+            fprintf(stderr, "chat-bench: measuring\n"); /* the warm-up is over (bench/run's sampler) */
+            w->say_measuring = false;
+        }
         if (w->drop_ns && !w->dropped && now >= w->drop_ns)
             drop_some(w, now);
         if (w->n_msgs > 0)
@@ -1837,6 +1852,11 @@ int bench_worker_main(const bench_plan *plan, int proc, int to_parent, int from_
     }
     finish(w);
     int rc = write_all(to_parent, &w->r, sizeof w->r) ? 0 : 1;
+    /* the parent says "drained" once every worker has reported; the connections stay open for
+     * linger seconds after that, so that what closing them costs the server (presence, unsubscribe)
+     * stays out of counters read at that line (bench/run) */
+    if (w->plan->opts.linger > 0)
+        chat_sleep_ms((int64_t)(w->plan->opts.linger * 1000));
     worker_free(w);
     return rc;
 }

@@ -34,6 +34,7 @@ typedef struct bench_result {
     int64_t ramp_start_ns, ramp_end_ns;
     /* sending */
     uint64_t scheduled, sent, acked, unacked, skipped_offline, failed_sends, resent;
+    uint64_t acked_warm, deliveries_warm; /* of messages scheduled in the warm-up */
     uint64_t err_unavailable, err_rate_limited, err_not_member, err_other;
     uint64_t late_sends;       /* sent more than 5 ms after their scheduled time */
     char unavailable_why[120]; /* the message of the first error unavailable */

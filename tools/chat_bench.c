@@ -333,6 +333,8 @@ int main(int argc, char **argv)
             goto out;
         }
     bool gathered = gather(&plan, kids, results, sizeof *results);
+    if (gathered && plan.opts.rate > 0)
+        fprintf(stderr, "chat-bench: drained\n");
     rep.rss_end_kib = rss_kib(pids, rep.rss_pids);
     if (!gathered)
         stop_workers(&plan, kids);

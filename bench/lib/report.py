@@ -2,8 +2,10 @@
 """bench/run's arithmetic and its page (docs/benchmarks.md). Standard library only.
 
     report.py verdict RUN.json          one line about one chat-bench run
-    report.py sustained RUN.json        exit 0 when the run was sustained (see SUSTAINED_P99_MS)
-    report.py capacity RESULTS SYSTEM   the median over the ladders of SYSTEM's highest sustained rate
+    report.py sustained RUN.json        exit 0 when the run passed issue 21's rule (see sustained())
+    report.py capacity RESULTS SYSTEM [CONNS]
+                                        the median over the ladders of SYSTEM's highest passing rate
+                                        (on CONNS connections; default: the largest shape run)
     report.py page RESULTS OUT.md       the page, from everything bench/run left in RESULTS
 """
 import json
@@ -13,7 +15,7 @@ import re
 import statistics
 import sys
 
-SUSTAINED_P99_MS = 250.0  # a ladder step is sustained when nothing is lost and p99 delivery stays below this
+SUSTAINED_P99_MS = 50.0  # a ladder step passes when nothing is lost or refused and p99 delivery is below this
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -34,27 +36,35 @@ def lat(j, which, q):
         return None
 
 
+def refused(j):
+    """Sends the server refused, even once (rate_limited and unavailable included, though resent)."""
+    errs = j["send"].get("errors", {})
+    return sum(errs.values()) + j.get("checks", {}).get("refused_sends", 0)
+
+
 def sustained(j):
+    """Issue 21's pass rule for a step: every check passed, 0 lost, 0 refused, p99 send-to-delivery
+    under SUSTAINED_P99_MS."""
     if not j or not j.get("ok"):
         return False
-    if j["connections"]["failed"] or j["send"]["sent"] == 0:
+    if j["connections"]["failed"] or j["send"]["sent"] == 0 or j["lost"] or refused(j):
         return False
     p99 = lat(j, "send_to_delivery", "p99")
-    return p99 is not None and p99 <= SUSTAINED_P99_MS
+    return p99 is not None and p99 < SUSTAINED_P99_MS
 
 
 def verdict(j):
     if j is None:
         return "no JSON (chat-bench failed before its report; see its log)"
     s = "PASS" if j.get("ok") else "FAIL"
-    parts = [s]
+    parts = ["checks " + s]
     rate = j["params"]["rate"]
     if rate > 0:
         parts.append("offered %g/s acked %.0f/s" % (rate, j["throughput"]["acked_per_s"]))
         parts.append("p50/p99 ack %s/%s ms" % (fmt_ms(lat(j, "send_to_ack", "p50")), fmt_ms(lat(j, "send_to_ack", "p99"))))
         parts.append("delivery %s/%s ms" % (fmt_ms(lat(j, "send_to_delivery", "p50")),
                                             fmt_ms(lat(j, "send_to_delivery", "p99"))))
-        parts.append("lost %d" % j["lost"])
+        parts.append("lost %d refused %d" % (j["lost"], refused(j)))
     c = j["connections"]
     parts.append("conns %d/%d" % (c["open"], c["target"]))
     rss = j.get("gateway_rss", {})
@@ -64,6 +74,8 @@ def verdict(j):
         parts.append("resync %.2f s" % j["reconnect"]["seconds"])
     if not j.get("ok"):
         parts.append("(%s)" % j.get("problem", "")[:120])
+    if rate > 0:
+        parts.append("; as a ladder step (issue 21): %s" % ("passes" if sustained(j) else "fails"))
     return " ".join(parts)
 
 
@@ -125,21 +137,36 @@ class Results:
                 seen.append(r["system"])
         return seen
 
-    def ladder_caps(self, system):
-        """Highest sustained rate of each ladder repetition of system (0: not even the first)."""
+    def shapes(self, system=None):
+        """The connection counts the ladder ran at (of system), smallest first."""
+        return sorted({shape_of(r) for r in self.of("ladder", system)})
+
+    def ladder(self, system, shape=None):
+        """The ladder runs of system on shape connections (None: the largest shape it ran)."""
+        if shape is None:
+            sh = self.shapes(system)
+            shape = sh[-1] if sh else 0
+        return [r for r in self.of("ladder", system) if shape_of(r) == shape]
+
+    def baseline(self, system, rep, shape):
+        """The idle baseline taken before that ladder, or None."""
+        return next((r for r in self.of("baseline", system) if r["rep"] == rep and r.get("shape", 0) == shape), None)
+
+    def ladder_caps(self, system, shape=None):
+        """Highest passing rate of each ladder repetition of system (0: not even the first)."""
         caps = {}
-        for r in self.of("ladder", system):
+        for r in self.ladder(system, shape):
             rep = r["rep"]
             caps.setdefault(rep, 0)
             if sustained(r["j"]):
                 caps[rep] = max(caps[rep], r["rate"])
         return [caps[k] for k in sorted(caps)]
 
-    def capacity(self, system):
-        caps = self.ladder_caps(system)
+    def capacity(self, system, shape=None):
+        caps = self.ladder_caps(system, shape)
         return statistics.median_low(caps) if caps else None
 
-    def samples(self, run):
+    def _lines(self, run):
         out = []
         try:
             with open(os.path.join(self.dir, run["samples"])) as f:
@@ -151,6 +178,23 @@ class Results:
         except OSError:
             pass
         return out
+
+    def samples(self, run):
+        """The once-a-second samples of a run."""
+        return [x for x in self._lines(run) if "mark" not in x]
+
+    def marks(self, run):
+        """{"start": sample, "end": sample}, the samples with counters taken at the measured window's
+        ends (sample.py), as far as they were taken."""
+        return {x["mark"]: x for x in self._lines(run) if "mark" in x}
+
+
+def shape_of(run):
+    """Connections of a ladder run: recorded by bench/run, else from chat-bench's parameters."""
+    if run.get("shape"):
+        return run["shape"]
+    j = run.get("j")
+    return j["params"]["connections"] if j else 0
 
 
 # ------------------------------------------------------------------ CPU and metrics over the send window
@@ -387,66 +431,8 @@ def page(resdir, out_path):
     w("")
     lr = res.of("ladder")
     if lr:
-        conns = lr[0]["j"]["params"]["connections"] if lr[0]["j"] else "?"
-        dur = lr[0]["j"]["params"]["duration"] if lr[0]["j"] else "?"
-        w("1:1 conversations, %s connections (one per user, %s conversations), open-loop sends at rising "
-          "rates, %s s per step; a step is **sustained** when every message is acked and delivered within "
-          "the drain and p99 send-to-delivery stays under %d ms (a queue that does not grow). A step that "
-          "is not is run once more (a burst of other load on the shared machine is not the system's "
-          "capacity); the ladder stops at the first step that fails twice; each system starts fresh for "
-          "each ladder. "
-          "Capacity = the highest sustained rate, median of %s ladders." % (
-              conns, conns // 2 if isinstance(conns, int) else "?", dur, SUSTAINED_P99_MS, runs_n))
-        w("")
-        rates = sorted({r["rate"] for r in lr})
-        w("| system | capacity (msg/s) | ladders | " + " | ".join(fmt_rate(x) for x in rates) + " |")
-        w("| --- | --- | --- | " + " | ".join("---" for _ in rates) + " |")
-        for s in ladder_systems:
-            cells = []
-            for rate in rates:
-                rs = [r for r in res.of("ladder", s) if r["rate"] == rate and r["j"]]
-                if not rs:
-                    cells.append("")
-                    continue
-                ok = sum(1 for r in rs if sustained(r["j"]))
-                acked = med([r["j"]["throughput"]["acked_per_s"] for r in rs])
-                p99 = med([lat(r["j"], "send_to_delivery", "p99") for r in rs])
-                cells.append("%s %s/s p99 %s" % ("ok" if ok == len(rs) else "%d/%d ok" % (ok, len(rs)) if ok else "**no**",
-                                                 fmt_rate(acked), fmt_ms(p99)))
-            w("| %s | **%s** | %s | %s |" % (label(s), fmt_rate(caps[s]),
-                                           ", ".join(fmt_rate(c) for c in res.ladder_caps(s)), " | ".join(cells)))
-        w("")
-        w("Each cell: sustained or not, acked messages/s achieved, p99 send-to-delivery in ms (medians of the "
-          "runs of that step; an empty cell: the ladders stopped before it). The command of a step, ejabberd: " + next((short_cmd(r) for r in lr if r["system"] == "ejabberd"), "-") + "; the "
-          "platform's: " + next((short_cmd(r) for r in lr if r["system"].startswith("platform")), "-") + ".")
-        w("")
-        ej = caps.get("ejabberd")
-        if ej:
-            w("Ratios against ejabberd measured in the same run: " + ", ".join(
-                "%s %.1fx" % (label(s), caps[s] / ej) for s in ladder_systems if s != "ejabberd" and caps[s]) + ".")
-            w("")
-        # equal load: highest rate every system sustained in every ladder
-        common = None
-        for rate in rates:
-            if all(any(r["rate"] == rate and sustained(r["j"]) for r in res.of("ladder", s)) for s in ladder_systems):
-                common = rate
-        if common:
-            w("### Same load: %s msg/s (the highest rate every system sustained)" % fmt_rate(common))
-            w("")
-            w("| system | send-to-ack p50 / p99 (ms) | send-to-delivery p50 / p99 / p99.9 (ms) | what the ack means |")
-            w("| --- | --- | --- | --- |")
-            meaning = {"ejabberd": "XEP-0198 `<a/>`: the stanza was handled (archived by MAM in PostgreSQL and routed)",
-                       "socketio": "Socket.IO ack: relayed (nothing stored)"}
-            for s in ladder_systems:
-                rs = [r["j"] for r in res.of("ladder", s) if r["rate"] == common and r["j"]]
-                w("| %s | %s / %s | %s / %s / %s | %s |" % (
-                    label(s), fmt_ms(med([lat(j, "send_to_ack", "p50") for j in rs])),
-                    fmt_ms(med([lat(j, "send_to_ack", "p99") for j in rs])),
-                    fmt_ms(med([lat(j, "send_to_delivery", "p50") for j in rs])),
-                    fmt_ms(med([lat(j, "send_to_delivery", "p99") for j in rs])),
-                    fmt_ms(med([lat(j, "send_to_delivery", "p99_9") for j in rs])),
-                    meaning.get(s, "committed to PostgreSQL (synchronous_commit=on), then fanned out")))
-            w("")
+        ladder_section(res, w, ladder_systems, runs_n, quick)
+        cost_section(res, w, ladder_systems)
     else:
         w("(not run)")
         w("")
@@ -503,6 +489,283 @@ def page(resdir, out_path):
         f.write("\n".join(L))
 
 
+def ladder_section(res, w, ladder_systems, runs_n, quick):
+    lr = res.of("ladder")
+    shapes = res.shapes()
+    dur = next((r["j"]["params"]["duration"] for r in lr if r["j"]), "?")
+    warm = next((r["j"]["params"].get("warmup", 0) for r in lr if r["j"]), 0)
+    w("1:1 conversations on %s connections (one per user, half as many conversations), open-loop sends at "
+      "rising rates, %s s per step%s%s; a step **passes** (issue 21) when every message is acked and delivered "
+      "within the drain, no send is refused even once (`rate_limited` or `unavailable`, though chat-bench "
+      "resends those) and p99 send-to-delivery is under %d ms. A step that does not pass is run once more "
+      "(a burst of other load on the shared machine is not the system's capacity); the ladder stops at the "
+      "first step that fails twice; each system starts fresh for each ladder. "
+      "Sustained rate = the highest passing step, median of %s ladders." % (
+          " and ".join(fmt_rate(x) for x in shapes), fmt_dur(dur),
+          " after %s s of warm-up at the same rate (its messages checked, kept out of latencies and throughput)" %
+          fmt_dur(warm) if warm else "",
+          " (**a `--quick` run: the full `bench/run` holds each step 20 s**)" if quick else "",
+          SUSTAINED_P99_MS, runs_n))
+    w("")
+    rates = sorted({r["rate"] for r in lr})
+    w("| system | connections | sustained (msg/s) | ladders | " + " | ".join(fmt_rate(x) for x in rates) + " |")
+    w("| --- | --- | --- | --- | " + " | ".join("---" for _ in rates) + " |")
+    for s in ladder_systems:
+        for shape in res.shapes(s):
+            cells = []
+            for rate in rates:
+                rs = [r for r in res.ladder(s, shape) if r["rate"] == rate and r["j"]]
+                if not rs:
+                    cells.append("")
+                    continue
+                ok = sum(1 for r in rs if sustained(r["j"]))
+                acked = med([r["j"]["throughput"]["acked_per_s"] for r in rs])
+                p99 = med([lat(r["j"], "send_to_delivery", "p99") for r in rs])
+                nref = med([refused(r["j"]) for r in rs])
+                nlost = med([r["j"]["lost"] for r in rs])
+                why = ""
+                if nlost:
+                    why += " lost %s" % fmt_rate(nlost)
+                if nref:
+                    why += " refused %s" % fmt_rate(nref)
+                cells.append("%s %s/s p99 %s%s" % ("ok" if ok == len(rs) else "%d/%d ok" % (ok, len(rs)) if ok else "**no**",
+                                                   fmt_rate(acked), fmt_ms(p99), why))
+            cap = res.capacity(s, shape)
+            top = ">= " if cap and cap == rates[-1] else ""  # the ladder's last step passed: no ceiling seen
+            w("| %s | %s | **%s%s** | %s | %s |" % (label(s), fmt_rate(shape), top, fmt_rate(cap),
+                                                ", ".join(fmt_rate(c) for c in res.ladder_caps(s, shape)), " | ".join(cells)))
+    w("")
+    w("Each cell: passed or not, acked messages/s achieved, p99 send-to-delivery in ms, and what was lost or "
+      "refused (medians of the runs of that step: both tries of a step that failed once; an empty cell: the "
+      "ladders stopped before it). The command of a step, ejabberd: " +
+      next((short_cmd(r) for r in lr if r["system"] == "ejabberd"), "-") + "; the platform's: " +
+      next((short_cmd(r) for r in lr if r["system"].startswith("platform")), "-") + ".")
+    w("")
+    for shape in shapes:
+        ej = res.capacity("ejabberd", shape) if "ejabberd" in ladder_systems else None
+        if ej:
+            w("Ratios against ejabberd on %s connections, measured in the same run: " % fmt_rate(shape) + ", ".join(
+                "%s %.1fx" % (label(s), res.capacity(s, shape) / ej) for s in ladder_systems
+                if s != "ejabberd" and res.capacity(s, shape)) + ".")
+            w("")
+    # equal load: highest rate every system passed in every ladder of the largest shape
+    common = None
+    for rate in rates:
+        if all(any(r["rate"] == rate and sustained(r["j"]) for r in res.ladder(s)) for s in ladder_systems):
+            common = rate
+    if common:
+        w("### Same load: %s msg/s (the highest rate every system passed on %s connections)" % (
+            fmt_rate(common), fmt_rate(shapes[-1])))
+        w("")
+        w("| system | send-to-ack p50 / p99 (ms) | send-to-delivery p50 / p99 / p99.9 (ms) | what the ack means |")
+        w("| --- | --- | --- | --- |")
+        meaning = {"ejabberd": "XEP-0198 `<a/>`: the stanza was handled (archived by MAM in PostgreSQL and routed)",
+                   "socketio": "Socket.IO ack: relayed (nothing stored)"}
+        for s in ladder_systems:
+            rs = [r["j"] for r in res.ladder(s) if r["rate"] == common and r["j"]]
+            w("| %s | %s / %s | %s / %s / %s | %s |" % (
+                label(s), fmt_ms(med([lat(j, "send_to_ack", "p50") for j in rs])),
+                fmt_ms(med([lat(j, "send_to_ack", "p99") for j in rs])),
+                fmt_ms(med([lat(j, "send_to_delivery", "p50") for j in rs])),
+                fmt_ms(med([lat(j, "send_to_delivery", "p99") for j in rs])),
+                fmt_ms(med([lat(j, "send_to_delivery", "p99_9") for j in rs])),
+                meaning.get(s, "committed to PostgreSQL (synchronous_commit=on), then fanned out")))
+        w("")
+
+
+def fmt_dur(v):
+    return "%g" % v if isinstance(v, (int, float)) else str(v)
+
+
+# ------------------------------------------------------------------ cost per message (issue 21)
+
+SERVER_GROUPS = ["gateway", "worker", "nats", "postgres", "redis", "ejabberd", "relay"]
+COUNTERS = [("nats_in_msgs", "NATS in"), ("nats_out_msgs", "NATS out"), ("pg_xact_commit", "PG commits"),
+            ("pg_xids", "PG writing transactions"), ("pg_statements", "PG statements"), ("pg_wal_bytes", "WAL bytes")]
+
+
+def marked_window(res, run):
+    """Over the marks of a run (or of a baseline): {"seconds", "cpu": {group: CPU seconds, the extra
+    gateways added to the gateway, chat-bench left out}, "counters": {name: delta}}, or None."""
+    m = res.marks(run)
+    a, b = m.get("start"), m.get("end")
+    if not a or not b or b["t"] <= a["t"]:
+        return None
+    out = {"seconds": b["t"] - a["t"], "t0": a["t"], "cpu": {}, "counters": {}}
+    for g, t0 in a.get("cpu", {}).items():
+        if g == "bench" or g not in b.get("cpu", {}):
+            continue
+        key = "gateway" if g.startswith("gateway") else g
+        out["cpu"][key] = out["cpu"].get(key, 0.0) + (b["cpu"][g] - t0) / CLK_TCK
+    ca, cb = a.get("counters") or {}, b.get("counters") or {}
+    for k in cb:
+        if k in ca:
+            out["counters"][k] = cb[k] - ca[k]
+    return out
+
+
+def idle_cores(res, system, rep, shape):
+    """{group: cores} the baseline before that ladder measured, or None."""
+    base = res.baseline(system, rep, shape)
+    bw = marked_window(res, base) if base else None
+    if not bw:
+        return None
+    return {g: v / bw["seconds"] for g, v in bw["cpu"].items()}
+
+
+def run_cost(res, run):
+    """One run's cost per acked message: {"us": {group: CPU µs less idle}, "total_us", "cores": cores
+    less idle, "per_msg": {counter: per message}, "acked", "idle": whether a baseline was there}."""
+    j = run["j"]
+    mw = marked_window(res, run)
+    # the window starts after the warm-up (its messages acked inside the window are a few), and the
+    # start mark comes a little (50-120 ms, at times more) after the measured sends began: the
+    # messages counted are those of the share of the measured send phase after the mark
+    acked = j["send"]["acked"] - j["send"].get("acked_warm", 0) if j else 0
+    if not mw or acked <= 0:
+        return None
+    u = j.get("unix_ms") or {}
+    s0, s1 = u.get("send_start"), u.get("send_end")
+    if s0 and s1 and s1 > s0:
+        acked *= max(0.0, 1.0 - max(0.0, mw["t0"] * 1000 - s0) / (s1 - s0))
+    if acked <= 0:
+        return None
+    idle = idle_cores(res, run["system"], run["rep"], shape_of(run))
+    us = {}
+    for g, cpu in mw["cpu"].items():
+        used = cpu - (idle or {}).get(g, 0.0) * mw["seconds"]
+        us[g] = used * 1e6 / acked
+    total = sum(us.values())
+    return {"us": us, "total_us": total, "cores": total * acked / 1e6 / mw["seconds"], "acked": acked,
+            "per_msg": {k: v / acked for k, v in mw["counters"].items()}, "idle": idle is not None}
+
+
+def cost_points(res, system, shape):
+    """The loads of the cost tables: [(name, [runs])]: 100 msg/s, 1,000 msg/s, the highest passing step
+    (one run per ladder: the passing try of a step when there is one)."""
+    lad = [r for r in res.ladder(system, shape) if r["j"]]
+
+    def at(rate):
+        out = []
+        for rep in sorted({r["rep"] for r in lad}):
+            rs = [r for r in lad if r["rep"] == rep and r["rate"] == rate]
+            ok = [r for r in rs if sustained(r["j"])]
+            if rs:
+                out.append((ok or rs)[0])
+        return out
+
+    pts = [("100 msg/s", at(100)), ("1,000 msg/s", at(1000))]
+    top = []
+    for rep in sorted({r["rep"] for r in lad}):
+        ok = sorted([r for r in lad if r["rep"] == rep and sustained(r["j"])], key=lambda r: r["rate"])
+        if ok:
+            top.append(ok[-1])
+    if top:
+        pts.append(("highest passing, %s msg/s" % "/".join(fmt_rate(r["rate"]) for r in top), top))
+    return [(n, rs) for n, rs in pts if rs]
+
+
+def cost_section(res, w, ladder_systems):
+    """Issue 21's "cost per message" and "work per message" tables, from the ladder's runs."""
+    rows = []
+    for s in ladder_systems:
+        for shape in res.shapes(s):
+            idle = [x for x in (idle_cores(res, s, rep, shape) for rep in sorted({r["rep"] for r in res.ladder(s, shape)}))
+                    if x is not None]
+            bases = [marked_window(res, b) for b in res.of("baseline", s) if b.get("shape", 0) == shape]
+            bases = [b for b in bases if b]
+            pts = []
+            for name, rs in cost_points(res, s, shape):
+                costs = [c for c in (run_cost(res, r) for r in rs) if c]
+                if costs:
+                    pts.append((name, rs, costs))
+            rows.append((s, shape, idle, bases, pts))
+    if not any(r[4] or r[2] for r in rows):
+        return
+    groups = [g for g in SERVER_GROUPS if any(g in c["us"] for r in rows for _, _, cs in r[4] for c in cs)
+              or any(g in i for r in rows for i in r[2])]
+    w("### Cost per message")
+    w("")
+    w("CPU of each server process over the measured window of a ladder step (from chat-bench's \"measuring\", the "
+      "end of the warm-up, to its \"drained\", every ack and delivery in; `/proc/<pid>/stat`; PostgreSQL is the postmaster and all "
+      "its backends, the gateway every gateway, chat-bench left out), **less what the process used idle** "
+      "(its cores in the baseline taken before the ladder, with the stack up and no client, times the "
+      "window), divided by the messages acked after the start of the window. At 100 msg/s, at 1,000 msg/s (passed or not) and at the "
+      "highest passing step; medians over the ladders.")
+    w("")
+    w("| system | connections | load | passed | cores (less idle) | µs per message | " + " | ".join(groups) + " |")
+    w("| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in groups) + " |")
+    for s, shape, idle, bases, pts in rows:
+        if idle:
+            tot = med([sum(i.values()) for i in idle])
+            w("| %s | %s | idle (cores) | | %.3f | | %s |" % (
+                label(s), fmt_rate(shape), tot, " | ".join(fmt_cores(med([i.get(g) for i in idle])) for g in groups)))
+        for name, rs, costs in pts:
+            ok = sum(1 for r in rs if sustained(r["j"]))
+            w("| %s | %s | %s | %s | %.2f | **%s** | %s |" % (
+                label(s), fmt_rate(shape), name, "yes" if ok == len(rs) else "%d/%d" % (ok, len(rs)),
+                med([c["cores"] for c in costs]), fmt_us(med([c["total_us"] for c in costs])),
+                " | ".join(fmt_us(med([c["us"].get(g) for c in costs])) for g in groups)))
+    w("")
+    w("Columns: *load* the ladder step (the idle row: the baseline, in cores); *passed* whether the step passed "
+      "(ladders passed / ran); *cores (less idle)* the server processes' cores over the window less their idle "
+      "cores; *µs per message* their CPU per acked message, less idle, in µs; then the same per process "
+      "(the idle row: cores per process). Issue 21's targets: <= 300 µs at 100 msg/s, <= 100 µs near "
+      "capacity, idle below 0.02 cores.")
+    w("")
+    keys = [k for k, _ in COUNTERS if any(k in c["per_msg"] for r in rows for _, _, cs in r[4] for c in cs)]
+    if not keys:
+        return
+    names = dict(COUNTERS)
+    w("### Broker and database work per message")
+    w("")
+    w("Read at the same two marks of each step (and of the idle baseline): nats-server's monitoring `/varz` "
+      "(`in_msgs`, `out_msgs`: every message the broker took in from a client and handed out, JetStream's "
+      "own API and acks included) and the chat database's `pg_stat_database` and WAL position; the deltas "
+      "divided by the messages acked (the idle row: per second).")
+    w("")
+    w("| system | connections | load | " + " | ".join(names[k] for k in keys) + " |")
+    w("| --- | --- | --- | " + " | ".join("---" for _ in keys) + " |")
+    for s, shape, idle, bases, pts in rows:
+        if bases and any(b["counters"] for b in bases):
+            w("| %s | %s | idle (per second) | %s |" % (label(s), fmt_rate(shape), " | ".join(
+                fmt_count(med([b["counters"].get(k) / b["seconds"] if k in b["counters"] else None for b in bases]))
+                for k in keys)))
+        for name, rs, costs in pts:
+            if not any(c["per_msg"] for c in costs):
+                continue
+            w("| %s | %s | %s | %s |" % (label(s), fmt_rate(shape), name, " | ".join(
+                fmt_count(med([c["per_msg"].get(k) for c in costs])) for k in keys)))
+    w("")
+    w("Columns: *NATS in* / *NATS out* messages nats-server received from / sent to its clients (the "
+      "platform's processes; no chat-bench traffic goes through NATS during the step); *PG commits* "
+      "`xact_commit` of the chat database, read-only transactions included (PostgreSQL publishes a "
+      "busy backend's counts up to a second late, and those of its last second before it goes idle up to "
+      "10 s late, so the last transactions of a step's set-up can fall inside its window: close, not exact); *PG writing transactions* "
+      "transaction ids handed out (exact: transactions that wrote, in any database of the cluster); "
+      "*PG statements* the calls `pg_stat_statements` counted (only when that extension is loaded); *WAL "
+      "bytes* write-ahead log written. ejabberd's database is read the same way; Socket.IO has neither.")
+    w("")
+
+
+def fmt_us(v):
+    if v is None:
+        return "-"
+    return "{:,.0f}".format(v) if abs(v) >= 10 else "%.1f" % v
+
+
+def fmt_cores(v):
+    return "-" if v is None else "%.3f" % v
+
+
+def fmt_count(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return "{:,.0f}".format(v)
+    return "%.2f" % v
+
+
 def row_med(runs, f):
     return med([f(r["j"]) for r in runs if r["j"]])
 
@@ -516,12 +779,12 @@ def step_failed(res, r):
     if not r["j"] or sustained(r["j"]):
         return False
     return not any(o["rep"] == r["rep"] and o["rate"] == r["rate"] and sustained(o["j"])
-                   for o in res.of("ladder", r["system"]))
+                   for o in res.ladder(r["system"], shape_of(r)))
 
 
 def evidence(res, system):
     """What the first failing ladder step of system measured: where the CPU went, the broker."""
-    fails = sorted([r for r in res.of("ladder", system) if step_failed(res, r)], key=lambda r: r["rate"])
+    fails = sorted([r for r in res.ladder(system) if step_failed(res, r)], key=lambda r: r["rate"])
     for r in fails:
         cb = cpu_breakdown(res, r)
         if not cb:
@@ -549,7 +812,7 @@ def ceiling(res, system):
     {"us": µs per message, "groups": {group: µs}, "rate": messages/s the machine's cores carry at that
     cost} or None."""
     per = {}
-    for r in res.of("ladder", system):
+    for r in res.ladder(system):
         if not r["j"] or not sustained(r["j"]):
             continue
         if r["rep"] not in per or r["rate"] > per[r["rep"]]["rate"]:
@@ -570,7 +833,7 @@ def ceiling(res, system):
 
 def first_failed_busy(res, system):
     """Machine busy cores over the send phase of system's first ladder step that was not sustained."""
-    for r in sorted([r for r in res.of("ladder", system) if step_failed(res, r)], key=lambda r: r["rate"]):
+    for r in sorted([r for r in res.ladder(system) if step_failed(res, r)], key=lambda r: r["rate"]):
         cb = cpu_breakdown(res, r)
         if cb:
             return cb["machine"]
@@ -754,9 +1017,9 @@ def where_time(res, w, fast):
     for s in ["platform-always", "platform-" + fast, "ejabberd", "socketio"]:
         # the profile run, and the highest sustained ladder step of each system
         p = [r for r in prof if r["system"] == s and r["j"]]
-        lad = [r for r in res.of("ladder", s) if r["j"] and sustained(r["j"])]
+        lad = [r for r in res.ladder(s) if r["j"] and sustained(r["j"])]
         lad.sort(key=lambda r: r["rate"])
-        fail = [r for r in res.of("ladder", s) if step_failed(res, r)]
+        fail = [r for r in res.ladder(s) if step_failed(res, r)]
         fail.sort(key=lambda r: r["rate"])
         sus = [r for r in res.of("sustained", s) if r["j"]]
         for r in p[:1] + lad[-1:] + fail[:1] + sus[:1]:
@@ -777,7 +1040,7 @@ def where_time(res, w, fast):
             return fmt_ms(x[k]) if x and x.get("count") else "-"
         w("| %s %s @%s on %s connections%s | %s | %s | %.2f | %.2f | %s / %s | %s / %s | %s | %s |" % (
             r["row"], label(r["system"]), fmt_rate(r["rate"]), fmt_rate(r["j"]["params"]["connections"]),
-            "" if sustained(r["j"]) else " (not sustained)",
+            "" if sustained(r["j"]) else " (did not pass)",
             fmt_rate(acked), " | ".join(cells), cb["machine"], cb["other"],
             hm("chat_ingest_fetch_to_commit_seconds", "mean_ms"), hm("chat_ingest_fetch_to_commit_seconds", "p99_ms"),
             hm("chat_ingest_commit_to_fanout_seconds", "mean_ms"), hm("chat_ingest_commit_to_fanout_seconds", "p99_ms"),
@@ -836,7 +1099,7 @@ def main():
     if cmd == "sustained":
         return 0 if sustained(load(sys.argv[2])) else 1
     if cmd == "capacity":
-        c = Results(sys.argv[2]).capacity(sys.argv[3])
+        c = Results(sys.argv[2]).capacity(sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)
         print(c if c is not None else 0)
         return 0
     if cmd == "page":
