@@ -97,7 +97,9 @@ static bool await_pubacks(committer *c, uint64_t gen, int64_t wait_ms, natsStatu
 /* The cursor                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-void wk_ingest_events_leased(partition *pt, int64_t upto_us)
+/* A lease just taken (its cursor upto_us, 0: none): a repair from the cursor goes before the
+ * partition's first batch. */
+static void arm_leased(partition *pt, int64_t upto_us)
 {
     pt->events_upto_us = upto_us;
     pt->events_newest_us = upto_us;
@@ -428,6 +430,13 @@ void wk_ingest_events_tick(committer *c)
 {
     wk_ingest *in = c->in;
     uint64_t gen = atomic_load(&c->gen);
+    for (int p = c->index; p < in->nparts; p += in->ncom) {
+        partition *pt = &in->parts[p];
+        if (pt->events_leased && owned(c, pt, gen)) {
+            arm_leased(pt, pt->events_leased_upto_us);
+            pt->events_leased = false;
+        }
+    }
     bool leased = false; /* a partition just leased: its repair goes before its first batch */
     for (int p = c->index; p < in->nparts && !leased; p += in->ncom)
         leased = owned(c, &in->parts[p], gen) && in->parts[p].events_repair && !in->parts[p].events_repair_tried;

@@ -109,7 +109,9 @@ static bool lock_partition(wk_ingest *in, partition *pt)
         return false;
     }
     pt->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    wk_ingest_events_leased(pt, PQgetisnull(r, 0, 1) ? 0 : strtoll(PQgetvalue(r, 0, 1), NULL, 10));
+    /* the committer arms the partition's repair from this cursor (wk_ingest_events_tick) */
+    pt->events_leased_upto_us = PQgetisnull(r, 0, 1) ? 0 : strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    pt->events_leased = true;
     PQclear(r);
     pt->gen = gen;
     c->last_pg_ms = chat_mono_ms();

@@ -93,6 +93,9 @@ typedef struct partition {
     bool events_dirty;          /* published since the last confirmation */
     bool events_repair;         /* a repair is due: the cursor stays until it is done */
     bool events_repair_tried;   /* a repair was tried since the lease was taken */
+    /* set by the lease (coordinator, before the partition runs), taken by wk_ingest_events_tick */
+    bool events_leased;             /* a lease was just taken: its repair is to be armed */
+    int64_t events_leased_upto_us;  /* the cursor the lease read (0: none) */
 } partition;
 
 /* A committer, its partitions' pulls and its lease connection. `pg_mu` guards the connection,
@@ -311,7 +314,6 @@ void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure);
 void wk_ingest_publish_event(committer *c, partition *pt, const Chat__V1__Event *e, int64_t created_us);
 /* The cursor of a partition whose lease was just taken (upto_us 0: NULL, never confirmed): a repair
  * is due before its first batch. Coordinator thread, before the partition is P_RUNNING. */
-void wk_ingest_events_leased(partition *pt, int64_t upto_us);
 /* Between batches and when idle: confirms c's publishes (at most every EVENTS_CONFIRM_MS), moves
  * the cursors of its partitions, and runs the repairs that are due (at once for a partition just
  * leased, before its first batch). */
