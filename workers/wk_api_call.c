@@ -224,6 +224,20 @@ bool api_is_member(api_call *c, const char *conv, const char *user, bool *member
     return true;
 }
 
+bool api_check_live_conv(api_call *c, const char *conv)
+{
+    const char *p[] = {conv};
+    PGresult *r = api_run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL", 1, p,
+                          PGRES_TUPLES_OK);
+    if (r == NULL)
+        return false;
+    bool exists = PQntuples(r) == 1;
+    PQclear(r);
+    if (!exists)
+        api_fail(c, "not_found", "conversation not found");
+    return exists;
+}
+
 bool api_check_member(api_call *c, const char *conv, const char *user)
 {
     bool member = false;

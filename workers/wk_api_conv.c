@@ -279,19 +279,10 @@ static void members_change(api_call *c, bool add)
     }
     if (!users_array(c, "users", q->users, q->n_users, NULL, &arr) || !api_begin(c))
         goto out;
-    const char *p1[] = {q->conv};
-    PGresult *r = api_run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL", 1, p1,
-                          PGRES_TUPLES_OK);
-    if (r == NULL)
+    if (!api_check_live_conv(c, q->conv))
         goto out;
-    bool exists = PQntuples(r) == 1;
-    PQclear(r);
-    if (!exists) {
-        api_fail(c, "not_found", "conversation not found");
-        goto out;
-    }
     const char *p2[] = {q->conv, arr.data};
-    r = add ? api_run(c, "insert_members",
+    PGresult *r = add ? api_run(c, "insert_members",
                       "INSERT INTO conversation_members (conversation_id, user_id)"
                       " SELECT $1, u FROM unnest($2::text[]) AS u"
                       " ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING user_id",

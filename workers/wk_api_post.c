@@ -159,17 +159,8 @@ void api_post(api_call *c)
         reply_post(c, seq, id);
         goto out;
     }
-    const char *pc[] = {p->conv};
-    PGresult *r = api_run(c, "conversation", "SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL", 1, pc,
-                          PGRES_TUPLES_OK);
-    if (r == NULL)
+    if (!api_check_live_conv(c, p->conv))
         goto out;
-    bool exists = PQntuples(r) == 1;
-    PQclear(r);
-    if (!exists) {
-        api_fail(c, "not_found", "conversation not found");
-        goto out;
-    }
     if (!publish_post(c, p))
         goto out;
     wk_app *app = c->lane->api->app;

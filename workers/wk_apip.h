@@ -122,6 +122,9 @@ bool api_asking_user_ok(api_call *c, const char *user);
 /* True when user is a member of the live conversation conv; otherwise false with the call failed
  * (not_member for a conversation that does not exist too: a non-member learns nothing). */
 bool api_check_member(api_call *c, const char *conv, const char *user);
+/* True when conv exists and is not deleted; otherwise not_found (or the database's error) is
+ * answered and it is false. */
+bool api_check_live_conv(api_call *c, const char *conv);
 /* Whether user is a member of the live conversation conv, into *member (false for a missing or
  * deleted conversation too); false with the call failed when the database does not answer. */
 bool api_is_member(api_call *c, const char *conv, const char *user, bool *member);

@@ -59,19 +59,6 @@ static int cursor_past(const char *conv)
     return past;
 }
 
-/* A counter of the stack's worker (chat_ingest_events_*). */
-static double worker_metric(const char *key)
-{
-    const char *listen = getenv("CHAT_WORKER_LISTEN");
-    ck_assert_msg(listen != NULL, "CHAT_WORKER_LISTEN is not set");
-    char why[300];
-    json_t *m = test_metrics_scrape(listen, why, sizeof why);
-    ck_assert_msg(m != NULL, "worker metrics: %s", why);
-    double v = test_metric(m, key);
-    json_decref(m);
-    return v;
-}
-
 /* The CHAT_EVENTS subjects the test sets while the stream must refuse events, and the real ones. */
 static const char *const off_subjects[] = {"chat.evt-off.>"};
 static const char *const on_subjects[] = {"chat.evt.>"};
@@ -200,7 +187,7 @@ static void send_all(talk *t, int n)
  * after the stream is back would be there before the repaired ones: docs/nats.md). */
 static void await_unconfirmed(double before)
 {
-    for (int64_t end = test_mono_ms() + 5000; worker_metric("chat_ingest_events_unconfirmed_total") <= before;) {
+    for (int64_t end = test_mono_ms() + 5000; test_worker_metric("chat_ingest_events_unconfirmed_total") <= before;) {
         ck_assert_msg(test_mono_ms() < end,
                       "chat_ingest_events_unconfirmed_total did not grow within 5 s of the refused publishes");
         pause_ms(100);
@@ -298,8 +285,8 @@ START_TEST(events_refused_then_repaired)
     talk_open(&t);
     jsCtx *js = NULL;
     natsConnection *nc = nats_open(&js);
-    double unconfirmed0 = worker_metric("chat_ingest_events_unconfirmed_total");
-    double republished0 = worker_metric("chat_ingest_events_republished_total");
+    double unconfirmed0 = test_worker_metric("chat_ingest_events_unconfirmed_total");
+    double republished0 = test_worker_metric("chat_ingest_events_republished_total");
 
     stream_set(js, off_subjects); /* CHAT_EVENTS refuses: nothing captures chat.evt.> */
     send_all(&t, N_MESSAGES);
@@ -311,7 +298,7 @@ START_TEST(events_refused_then_repaired)
     int64_t restored = test_mono_ms();
     int64_t last_at = await_stream(js, &t, restored);
     await_cursor(t.conv);
-    double republished = worker_metric("chat_ingest_events_republished_total") - republished0;
+    double republished = test_worker_metric("chat_ingest_events_republished_total") - republished0;
     ck_assert_msg(republished >= N_MESSAGES, "chat_ingest_events_republished_total grew by %g, want at least %d",
                   republished, N_MESSAGES);
     printf(PROG ": all %d events in CHAT_EVENTS, once each and in seq order, %lld ms after it took events again"
@@ -326,25 +313,6 @@ END_TEST
 
 /* ------------------------------------------------------------------ the stack's worker */
 
-static bool pid_alive(pid_t pid)
-{
-    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
-}
-
-static bool comm_is(pid_t pid, const char *want)
-{
-    char path[64], comm[64] = "";
-    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    if (!fgets(comm, sizeof comm, f))
-        comm[0] = '\0';
-    fclose(f);
-    comm[strcspn(comm, "\n")] = '\0';
-    return strcmp(comm, want) == 0;
-}
-
 /* Stops the stack's worker ($CHAT_HOME/run/worker.pid) with SIGTERM and waits for its end. */
 static void stop_stack_worker(void)
 {
@@ -357,9 +325,9 @@ static void stop_stack_worker(void)
     if (fscanf(f, "%d", &pid) != 1)
         pid = 0;
     fclose(f);
-    ck_assert_msg(pid > 0 && pid_alive(pid) && comm_is(pid, "chat-worker"), "%s names no running chat-worker", path);
+    ck_assert_msg(pid > 0 && test_pid_alive(pid) && test_comm_is(pid, "chat-worker"), "%s names no running chat-worker", path);
     ck_assert_msg(kill(pid, SIGTERM) == 0, "SIGTERM to the stack's worker (pid %d): %s", pid, strerror(errno));
-    for (int64_t end = test_mono_ms() + 15000; pid_alive(pid) && comm_is(pid, "chat-worker");) {
+    for (int64_t end = test_mono_ms() + 15000; test_pid_alive(pid) && test_comm_is(pid, "chat-worker");) {
         ck_assert_msg(test_mono_ms() < end, "the stack's worker (pid %d) did not stop within 15 s", pid);
         pause_ms(50);
     }
@@ -389,7 +357,7 @@ START_TEST(cursor_outlives_the_worker)
     /* a first message that gets into CHAT_EVENTS and moves the partition's cursor */
     send_all(&t, 1);
     await_cursor(t.conv);
-    double unconfirmed0 = worker_metric("chat_ingest_events_unconfirmed_total");
+    double unconfirmed0 = test_worker_metric("chat_ingest_events_unconfirmed_total");
 
     stream_set(js, off_subjects);
     send_all(&t, N_MESSAGES / 2 - 1);

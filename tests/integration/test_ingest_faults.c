@@ -34,6 +34,7 @@
 
 #include "chat.pb-c.h"
 #include "chat_partition.h"
+#include "test_ops.h"
 #include "test_stack.h"
 
 #define PROG "test_ingest_faults"
@@ -66,66 +67,11 @@ typedef struct proc {
 static proc procs[MAX_PROCS];
 static int nprocs;
 
-/* GET http://listen/path (HTTP/1.1, Connection: close). Returns the status (0 when no answer came
- * within timeout_ms); the body goes into body (NUL-terminated, cut at bodysz). */
-static int http_get(const char *listen, const char *path, char *body, size_t bodysz, int timeout_ms)
-{
-    body[0] = '\0';
-    char host[64];
-    snprintf(host, sizeof host, "%s", listen);
-    char *colon = strrchr(host, ':');
-    if (!colon)
-        return 0;
-    *colon = '\0';
-    int port = atoi(colon + 1);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return 0;
-    }
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, listen);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return 0;
-    }
-    static char resp[1 << 17];
-    size_t got = 0;
-    int64_t deadline = test_mono_ms() + timeout_ms;
-    while (got < sizeof resp - 1 && test_mono_ms() < deadline) {
-        ssize_t r = read(fd, resp + got, sizeof resp - 1 - got);
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-        resp[got] = '\0';
-        /* stop once the whole body (Content-Length) is there */
-        char *end = strstr(resp, "\r\n\r\n");
-        const char *cl = end ? strcasestr(resp, "\r\nContent-Length:") : NULL;
-        if (end && cl && cl < end && got >= (size_t)(end + 4 - resp) + strtoul(cl + 17, NULL, 10))
-            break;
-    }
-    close(fd);
-    resp[got] = '\0';
-    int status = 0;
-    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
-        return 0;
-    char *end = strstr(resp, "\r\n\r\n");
-    if (end)
-        snprintf(body, bodysz, "%s", end + 4);
-    return status;
-}
-
 /* chat_ingest_partitions_owned of the worker at listen; -1 when it cannot be read. */
 static int owned_partitions(const char *listen)
 {
     static char body[1 << 17];
-    if (http_get(listen, "/metrics", body, sizeof body, 1000) != 200)
+    if (test_ops_http_get(listen, "/metrics", body, sizeof body, 1000) != 200)
         return -1;
     static const char name[] = "chat_ingest_partitions_owned";
     for (const char *p = body; (p = strstr(p, name)) != NULL; p += sizeof name - 1) {
@@ -139,40 +85,6 @@ static int owned_partitions(const char *listen)
         return (int)strtod(v + 1, NULL);
     }
     return -1;
-}
-
-static bool pid_alive(pid_t pid)
-{
-    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
-}
-
-/* The process state letter from /proc/pid/stat ('Z' zombie), 0 when gone. */
-static char proc_state(pid_t pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' ? rp[2] : 0;
-}
-
-static bool comm_is(pid_t pid, const char *want)
-{
-    char path[64], comm[64] = "";
-    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    if (!fgets(comm, sizeof comm, f))
-        comm[0] = '\0';
-    fclose(f);
-    comm[strcspn(comm, "\n")] = '\0';
-    return strcmp(comm, want) == 0;
 }
 
 static void log_line(const char *path, const char *fmt, const char *a, const char *b)
@@ -203,11 +115,11 @@ static void stop_stack_worker(void)
     if (fscanf(f, "%d", &pid) != 1)
         pid = 0;
     fclose(f);
-    if (pid <= 0 || !pid_alive(pid) || !comm_is(pid, "chat-worker"))
+    if (pid <= 0 || !test_pid_alive(pid) || !test_comm_is(pid, "chat-worker"))
         return;
     ck_assert_msg(kill(pid, SIGTERM) == 0, "SIGTERM to the stack's worker (pid %d): %s", pid, strerror(errno));
     int64_t t0 = test_mono_ms();
-    while (pid_alive(pid) && proc_state(pid) != 'Z') {
+    while (test_pid_alive(pid) && test_proc_state(pid) != 'Z') {
         ck_assert_msg(test_mono_ms() - t0 < 15000, "the stack's worker (pid %d) did not stop within 15 s of SIGTERM",
                       pid);
         usleep(50000);
@@ -277,7 +189,7 @@ static void wait_ready(const proc *p)
     char body[4096];
     for (;;) {
         assert_running(p);
-        if (http_get(p->listen, "/readyz", body, sizeof body, 1000) == 200)
+        if (test_ops_http_get(p->listen, "/readyz", body, sizeof body, 1000) == 200)
             break;
         ck_assert_msg(test_mono_ms() - t0 < 20000, "worker %s (pid %d) not ready on %s within 20 s: %s; see %s",
                       p->name, (int)p->pid, p->listen, body, p->log);
@@ -342,9 +254,9 @@ static void restore_stack(void)
     if (f) {
         int pid;
         while (fscanf(f, "%d", &pid) == 1)
-            if (pid > 0 && pid_alive(pid) && comm_is(pid, "chat-worker")) {
+            if (pid > 0 && test_pid_alive(pid) && test_comm_is(pid, "chat-worker")) {
                 kill(pid, SIGKILL);
-                for (int i = 0; i < 100 && pid_alive(pid) && proc_state(pid) != 'Z'; i++)
+                for (int i = 0; i < 100 && test_pid_alive(pid) && test_proc_state(pid) != 'Z'; i++)
                     usleep(20000);
             }
         fclose(f);
@@ -1080,7 +992,7 @@ static void a_hook(traffic *t, void *arg)
         a->last_poll_ms = now;
         char body[1024];
         assert_running(a->ingest);
-        if (http_get(a->ingest->listen, "/readyz", body, sizeof body, 500) == 200)
+        if (test_ops_http_get(a->ingest->listen, "/readyz", body, sizeof body, 500) == 200)
             a->ready_ms = test_mono_ms();
     }
 }
@@ -1308,7 +1220,7 @@ int main(void)
     if (f) {
         int pid;
         while (fscanf(f, "%d", &pid) == 1)
-            if (pid > 0 && pid_alive(pid) && comm_is(pid, "chat-worker"))
+            if (pid > 0 && test_pid_alive(pid) && test_comm_is(pid, "chat-worker"))
                 kill(pid, SIGKILL);
         fclose(f);
         unlink(pids_path);

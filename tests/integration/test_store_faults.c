@@ -55,19 +55,6 @@ static void send_msg(ws_client *c, const char *conv, const char *cmid)
     ck_assert_msg(s == CHAT_OK, "send %s: %s (%s)", cmid, chat_status_str(s), ws_client_error(c));
 }
 
-static double worker_metric(const char *key)
-{
-    const char *listen = getenv("CHAT_WORKER_LISTEN");
-    if (!listen)
-        return -1;
-    char why[300];
-    json_t *m = test_metrics_scrape(listen, why, sizeof why);
-    ck_assert_msg(m != NULL, "worker metrics: %s", why);
-    double v = test_metric(m, key);
-    json_decref(m);
-    return v;
-}
-
 START_TEST(refused_writes_cost_time_not_messages)
 {
     char conv[80], alice[80], bob[80], cmids[N_MSGS][80];
@@ -95,7 +82,7 @@ START_TEST(refused_writes_cost_time_not_messages)
         "test_store_fault()",
         NULL);
     sql(pg, "switch on", "INSERT INTO test_store_fault VALUES ($1)", conv);
-    double retries0 = worker_metric("chat_ingest_store_retries_total");
+    double retries0 = test_worker_metric("chat_ingest_store_retries_total");
 
     ws_client *a = test_connect_user(&stack, alice), *b = test_connect_user(&stack, bob);
     for (int i = 0; i < N_MSGS; i++)
@@ -124,7 +111,7 @@ START_TEST(refused_writes_cost_time_not_messages)
                   "%s messages stored while the trigger refused them", PQgetvalue(r, 0, 0));
     PQclear(r);
     if (retries0 >= 0)
-        ck_assert_msg(worker_metric("chat_ingest_store_retries_total") > retries0,
+        ck_assert_msg(test_worker_metric("chat_ingest_store_retries_total") > retries0,
                       "chat_ingest_store_retries_total did not grow while PostgreSQL refused (%g)", retries0);
 
     /* the database takes writes again: every message acked and delivered once, in order */

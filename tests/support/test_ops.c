@@ -99,12 +99,26 @@ int test_ops_http_get(const char *listen, const char *path, char *body, size_t b
 
 /* ------------------------------------------------------------------ processes */
 
-static bool pid_alive(pid_t pid)
+bool test_pid_alive(pid_t pid)
 {
     return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
-static bool comm_is(pid_t pid, const char *want)
+char test_proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
+bool test_comm_is(pid_t pid, const char *want)
 {
     char path[64], comm[64] = "";
     snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
@@ -125,7 +139,7 @@ static void kill_listed(void)
         return;
     int pid;
     while (fscanf(f, "%d", &pid) == 1)
-        if (pid > 0 && pid_alive(pid) && comm_is(pid, "chat-gateway"))
+        if (pid > 0 && test_pid_alive(pid) && test_comm_is(pid, "chat-gateway"))
             kill(pid, SIGKILL);
     fclose(f);
     unlink(pids_path);
@@ -556,4 +570,16 @@ int test_raw_upgrade(const char *src, int port, const char *token, char *resp, s
     int st = test_raw_http(src, port, req, (size_t)n, resp, respsz, 5000);
     free(req);
     return st;
+}
+
+double test_worker_metric(const char *key)
+{
+    const char *listen = getenv("CHAT_WORKER_LISTEN");
+    ck_assert_msg(listen != NULL, "CHAT_WORKER_LISTEN is not set");
+    char why[300];
+    json_t *m = test_metrics_scrape(listen, why, sizeof why);
+    ck_assert_msg(m != NULL, "worker metrics: %s", why);
+    double v = test_metric(m, key);
+    json_decref(m);
+    return v;
 }

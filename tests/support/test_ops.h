@@ -20,6 +20,12 @@
  * (NUL-terminated, cut at bodysz; body may be NULL). */
 int test_ops_http_get(const char *listen, const char *path, char *body, size_t bodysz, int timeout_ms);
 
+/* Processes not the test's own children (the stack's): alive (signal 0 reaches it), named
+ * `want` in /proc/<pid>/comm, its state letter from /proc/<pid>/stat ('Z' zombie; 0 when gone). */
+bool test_pid_alive(pid_t pid);
+bool test_comm_is(pid_t pid, const char *want);
+char test_proc_state(pid_t pid);
+
 /* A chat-gateway process of the test. */
 typedef struct test_gateway {
     pid_t pid; /* 0 once reaped */
@@ -105,6 +111,8 @@ double test_metric(const json_t *m, const char *key);
 
 /* The value of series key in after minus before (NAN when absent in either). */
 double test_metric_delta(const json_t *before, const json_t *after, const char *key);
+/* A series of the stack's worker (CHAT_WORKER_LISTEN) now; fails the test when unreadable. */
+double test_worker_metric(const char *key);
 
 /* Sends request (raw bytes) to 127.0.0.1:port from source address src (NULL: any; another
  * loopback address such as 127.0.0.2 is another client address to the gateway) and reads the
