@@ -37,6 +37,46 @@ static bool split_listen(const char *listen, char *host, size_t hostsz, int *por
     return *port > 0;
 }
 
+/* A TCP connection to host:port (an IPv4 literal) from source address src (NULL: any), with
+ * timeout_ms on every read and write; -1 when it cannot be made. */
+static int http_connect(const char *src, const char *host, int port, int timeout_ms)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in s = {.sin_family = AF_INET, .sin_port = 0};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if ((src && (inet_pton(AF_INET, src, &s.sin_addr) != 1 || bind(fd, (struct sockaddr *)&s, sizeof s) != 0)) ||
+        inet_pton(AF_INET, host, &a.sin_addr) != 1 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Whether the answer read so far (got bytes, NUL-terminated) is whole: a 101's head (the
+ * connection stays), or a head and the Content-Length bytes of body after it. */
+static bool http_answer_whole(const char *resp, size_t got)
+{
+    const char *end = strstr(resp, "\r\n\r\n");
+    if (end == NULL)
+        return false;
+    if (strncmp(resp, "HTTP/1.1 101", 12) == 0)
+        return true;
+    const char *cl = strcasestr(resp, "\r\nContent-Length:");
+    return cl && cl < end && got >= (size_t)(end + 4 - resp) + strtoul(cl + 17, NULL, 10);
+}
+
+/* The status of the answer in resp (0 when it has no status line). */
+static int http_status(const char *resp)
+{
+    int status = 0;
+    return sscanf(resp, "HTTP/1.%*d %d", &status) == 1 ? status : 0;
+}
+
 int test_ops_http_get(const char *listen, const char *path, char *body, size_t bodysz, int timeout_ms)
 {
     if (body && bodysz)
@@ -45,17 +85,9 @@ int test_ops_http_get(const char *listen, const char *path, char *body, size_t b
     int port;
     if (!split_listen(listen, host, sizeof host, &port))
         return 0;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = http_connect(NULL, host, port, timeout_ms);
     if (fd < 0)
         return 0;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return 0;
-    }
     char req[512];
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, listen);
     if (write(fd, req, (size_t)n) != n) {
@@ -79,17 +111,12 @@ int test_ops_http_get(const char *listen, const char *path, char *body, size_t b
             break;
         got += (size_t)r;
         resp[got] = '\0';
-        /* stop once the whole body (Content-Length) is there */
-        char *end = strstr(resp, "\r\n\r\n");
-        const char *cl = end ? strcasestr(resp, "\r\nContent-Length:") : NULL;
-        if (end && cl && cl < end && got >= (size_t)(end + 4 - resp) + strtoul(cl + 17, NULL, 10))
+        if (http_answer_whole(resp, got))
             break;
     }
     close(fd);
     resp[got] = '\0';
-    int status = 0;
-    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
-        status = 0;
+    int status = http_status(resp);
     char *end = strstr(resp, "\r\n\r\n");
     if (end && body && bodysz)
         snprintf(body, bodysz, "%s", end + 4);
@@ -507,26 +534,9 @@ int test_raw_http(const char *src, int port, const char *request, size_t reqlen,
                   int timeout_ms)
 {
     resp[0] = '\0';
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = http_connect(src, "127.0.0.1", port, timeout_ms);
     if (fd < 0)
         return 0;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (src) {
-        struct sockaddr_in s = {.sin_family = AF_INET, .sin_port = 0};
-        inet_pton(AF_INET, src, &s.sin_addr);
-        if (bind(fd, (struct sockaddr *)&s, sizeof s) != 0) {
-            close(fd);
-            return 0;
-        }
-    }
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return 0;
-    }
     size_t off = 0;
     while (off < reqlen) {
         ssize_t w = write(fd, request + off, reqlen - off);
@@ -542,16 +552,12 @@ int test_raw_http(const char *src, int port, const char *request, size_t reqlen,
             break;
         got += (size_t)r;
         resp[got] = '\0';
-        /* an upgrade answer (101) keeps the connection: stop at the end of the head */
-        if (strncmp(resp, "HTTP/1.1 101", 12) == 0 && strstr(resp, "\r\n\r\n"))
+        if (http_answer_whole(resp, got))
             break;
     }
     close(fd);
     resp[got] = '\0';
-    int status = 0;
-    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
-        status = 0;
-    return status;
+    return http_status(resp);
 }
 
 int test_raw_upgrade(const char *src, int port, const char *token, char *resp, size_t respsz)
