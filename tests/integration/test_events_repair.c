@@ -208,15 +208,7 @@ static int64_t await_stream(jsCtx *js, const talk *t, int64_t restored)
         ck_assert_msg(left > 0, "only %d of the %d events in CHAT_EVENTS %d ms after it took events again", got, t->n,
                       REPAIRED_MS);
         /* an ordered consumer from the start of the conversation's events, read again each round */
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = "CHAT_EVENTS";
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverAll;
-        natsSubscription *sub = NULL;
-        jsErrCode jerr = 0;
-        natsStatus s = js_SubscribeSync(&sub, js, subject, NULL, &so, &jerr);
-        ck_assert_msg(s == NATS_OK, "ordered consumer on %s: %s (jerr %d)", subject, natsStatus_GetText(s), (int)jerr);
+        natsSubscription *sub = test_events_reader(js, subject);
         int n = 0;
         natsMsg *m = NULL;
         while (natsSubscription_NextMsg(&m, sub, n < t->n ? 300 : QUIET_MS) == NATS_OK) {

@@ -14,6 +14,7 @@
 #include <nats/nats.h>
 
 #include "chat.pb-c.h"
+#include "test_ops.h"
 #include "test_stack.h"
 
 #define PROG "test_events_replay"
@@ -312,16 +313,7 @@ START_TEST(replay_from_the_start)
 
     /* 1. an ordered consumer (ephemeral, flow control and heartbeats inside the library) */
     {
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = "CHAT_EVENTS";
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverAll;
-        natsSubscription *sub = NULL;
-        jsErrCode jerr = 0;
-        s = js_SubscribeSync(&sub, js, subject, NULL, &so, &jerr);
-        ck_assert_msg(s == NATS_OK, "ordered consumer on CHAT_EVENTS filtered %s: %s (jerr %d)", subject,
-                      natsStatus_GetText(s), (int)jerr);
+        natsSubscription *sub = test_events_reader(js, subject);
         read_replay("ordered consumer", conv, sub, false);
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);

@@ -818,16 +818,7 @@ static void check_events_stream(traffic *t)
         for (int i = 0; i < t->nmsgs; i++)
             if (t->msgs[i].conv == c && t->msgs[i].seq >= 1 && t->msgs[i].seq <= t->conv_msgs[c])
                 of_seq[t->msgs[i].seq] = i + 1;
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = "CHAT_EVENTS";
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverAll;
-        natsSubscription *sub = NULL;
-        jsErrCode jerr = 0;
-        s = js_SubscribeSync(&sub, js, subject, NULL, &so, &jerr);
-        ck_assert_msg(s == NATS_OK, "ordered consumer on CHAT_EVENTS %s: %s (%d)", subject, natsStatus_GetText(s),
-                      (int)jerr);
+        natsSubscription *sub = test_events_reader(js, subject);
         int64_t next = 1;
         int members = 0;
         uint64_t last_stream_seq = 0;
@@ -873,6 +864,7 @@ static void check_events_stream(traffic *t)
             events++;
         }
         natsMsg *last = NULL;
+        jsErrCode jerr = 0;
         s = js_GetLastMsg(&last, js, "CHAT_EVENTS", subject, NULL, &jerr);
         ck_assert_msg(s == NATS_OK, "last message of %s: %s", subject, natsStatus_GetText(s));
         ck_assert_msg(natsMsg_GetSequence(last) == last_stream_seq,

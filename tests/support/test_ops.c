@@ -589,3 +589,18 @@ double test_worker_metric(const char *key)
     json_decref(m);
     return v;
 }
+
+natsSubscription *test_events_reader(jsCtx *js, const char *subject)
+{
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "CHAT_EVENTS";
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverAll;
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_SubscribeSync(&sub, js, subject, NULL, &so, &jerr);
+    ck_assert_msg(s == NATS_OK, "ordered consumer on CHAT_EVENTS %s: %s (jerr %d)", subject, natsStatus_GetText(s),
+                  (int)jerr);
+    return sub;
+}

@@ -6,6 +6,7 @@
 #define TEST_OPS_H
 #include <check.h>
 #include <jansson.h>
+#include <nats/nats.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -111,6 +112,10 @@ double test_metric(const json_t *m, const char *key);
 
 /* The value of series key in after minus before (NAN when absent in either). */
 double test_metric_delta(const json_t *before, const json_t *after, const char *key);
+/* An ordered consumer of CHAT_EVENTS filtered to subject (chat.evt.<conv>), from the stream's
+ * start: every stored event of the conversation in stream order, read with NextMsg. Fails the
+ * test when it cannot be made; the caller unsubscribes and destroys it. */
+natsSubscription *test_events_reader(jsCtx *js, const char *subject);
 /* A series of the stack's worker (CHAT_WORKER_LISTEN) now; fails the test when unreadable. */
 double test_worker_metric(const char *key);
 
