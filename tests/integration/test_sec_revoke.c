@@ -39,27 +39,8 @@ static char *token_for(const char *user, long long iat, const char *jti)
  * otherwise the HTTP status, the refusal's body in body. */
 static int upgrade(int port, const char *token, ws_client **out, char *body, size_t bodysz)
 {
-    ws_connect_opts o = {.host = port ? "127.0.0.1" : stack.gateway_host,
-                         .port = port ? port : stack.gateway_port,
-                         .path = "/ws",
-                         .token = token,
-                         .timeout_ms = 5000};
-    ws_connect_info info;
-    memset(&info, 0, sizeof info);
-    ws_client *c = NULL;
-    chat_status st = ws_client_connect(&o, &c, &info);
-    if (body)
-        snprintf(body, bodysz, "%s", info.body);
-    if (st != CHAT_OK)
-        return info.http_status;
-    json_t *hello = NULL;
-    ck_assert_msg(test_recv_type(c, "hello", 5000, &hello, NULL) == CHAT_OK, "no hello after 101");
-    json_decref(hello);
-    if (out)
-        *out = c;
-    else
-        ws_client_shutdown(c, 2000);
-    return 101;
+    return test_ws_upgrade(port ? "127.0.0.1" : stack.gateway_host, port ? port : stack.gateway_port, token, NULL, out,
+                           body, bodysz);
 }
 
 static ws_client *session(const char *token)

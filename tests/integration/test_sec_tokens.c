@@ -117,21 +117,7 @@ static test_gateway gateway(const char *name, const char *const *env)
 /* Upgrades with token: the HTTP status (101 only once hello came, for user). */
 static int upgrade(const test_gateway *gw, const char *token, const char *user, char *body, size_t bodysz)
 {
-    ws_connect_opts o = {.host = "127.0.0.1", .port = gw->port, .path = "/ws", .token = token, .timeout_ms = 5000};
-    ws_connect_info info;
-    memset(&info, 0, sizeof info);
-    ws_client *c = NULL;
-    chat_status st = ws_client_connect(&o, &c, &info);
-    if (body)
-        snprintf(body, bodysz, "%s", info.body);
-    if (st != CHAT_OK)
-        return info.http_status;
-    json_t *hello = NULL;
-    ck_assert_msg(test_recv_type(c, "hello", 5000, &hello, NULL) == CHAT_OK, "no hello after 101");
-    ck_assert_msg(strcmp(test_str(hello, "user"), user) == 0, "hello for %s, want %s", test_str(hello, "user"), user);
-    json_decref(hello);
-    ws_client_shutdown(c, 2000);
-    return 101;
+    return test_ws_upgrade("127.0.0.1", gw->port, token, user, NULL, body, bodysz);
 }
 
 static void expect_status(const test_gateway *gw, const char *what, const char *token, const char *user, int want)

@@ -604,3 +604,28 @@ natsSubscription *test_events_reader(jsCtx *js, const char *subject)
                   (int)jerr);
     return sub;
 }
+
+int test_ws_upgrade(const char *host, int port, const char *token, const char *user, ws_client **out, char *body,
+                    size_t bodysz)
+{
+    ws_connect_opts o = {.host = host, .port = port, .path = "/ws", .token = token, .timeout_ms = 5000};
+    ws_connect_info info;
+    memset(&info, 0, sizeof info);
+    ws_client *c = NULL;
+    chat_status st = ws_client_connect(&o, &c, &info);
+    if (body)
+        snprintf(body, bodysz, "%s", info.body);
+    if (st != CHAT_OK)
+        return info.http_status;
+    json_t *hello = NULL;
+    ck_assert_msg(test_recv_type(c, "hello", 5000, &hello, NULL) == CHAT_OK, "no hello after 101");
+    if (user)
+        ck_assert_msg(strcmp(test_str(hello, "user"), user) == 0, "hello for %s, want %s", test_str(hello, "user"),
+                      user);
+    json_decref(hello);
+    if (out)
+        *out = c;
+    else
+        ws_client_shutdown(c, 2000);
+    return 101;
+}

@@ -27,6 +27,12 @@ bool test_pid_alive(pid_t pid);
 bool test_comm_is(pid_t pid, const char *want);
 char test_proc_state(pid_t pid);
 
+/* Upgrades host:port's /ws with token: the HTTP status, 101 only once the hello came (for user,
+ * when user is not NULL); a refusal's body in body (may be NULL). With out, a 101's client is
+ * handed over (the caller destroys it); without, it is closed. */
+int test_ws_upgrade(const char *host, int port, const char *token, const char *user, ws_client **out, char *body,
+                    size_t bodysz);
+
 /* A chat-gateway process of the test. */
 typedef struct test_gateway {
     pid_t pid; /* 0 once reaped */
