@@ -70,6 +70,10 @@ static const setting settings[] = {
      "kid of CHAT_JWT_KEYS that chatctl token and /dev/token sign with (empty: CHAT_JWT_SECRET)"},
     {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
      "number of ordering partitions of the message stream"},
+    {"CHAT_NATS_SYNC", "--nats-sync", "always", WK | CTL, F(nats_sync_raw),
+     "the broker's JetStream sync_interval (always, or a duration like 1s): how long an acknowledged write may "
+     "wait for its fsync (at most 5m); the ingest trusts a CHAT_EVENTS write, chatctl revoke a revocation, only "
+     "once that has passed"},
     {"CHAT_JS_REPLICAS", "--js-replicas", "1", WK, F(js_replicas_raw),
      "JetStream replicas of the streams (3 on a three-node NATS cluster)"},
     {"CHAT_ARCHIVE_URL", "--archive-url", "", WK | CTL, F(archive_url),
@@ -549,6 +553,11 @@ static chat_status validate_storage(chat_cfg *cfg, char *err, size_t errsz)
                      &cfg->hot_retention_ms, err, errsz);
     if (st != CHAT_OK)
         return st;
+    if (strcmp(cfg->nats_sync_raw, "always") == 0)
+        cfg->nats_sync_ms = 0;
+    else if (duration_in("CHAT_NATS_SYNC", cfg->nats_sync_raw, 1, 300000, &cfg->nats_sync_ms, err, errsz) != CHAT_OK)
+        return fail(err, errsz, "CHAT_NATS_SYNC", "must be always or a duration from 1ms to 5m like 1s (got \"%s\")",
+                    cfg->nats_sync_raw);
     return CHAT_OK;
 }
 

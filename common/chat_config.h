@@ -48,7 +48,7 @@ typedef struct chat_cfg {
     char *tls_cert, *tls_key; /* gateway wss:// (both or neither) */
     char *ws_queue_raw, *ws_grace_raw, *ws_rate_raw, *ws_user_rate_raw, *ws_inflight_raw, *ws_per_user_raw,
         *ws_per_ip_raw, *ws_refused_per_ip_raw, *ws_ping_raw, *ws_stop_delay_raw, *ws_membership_cache_raw;
-    char *js_replicas_raw;
+    char *js_replicas_raw, *nats_sync_raw;
     char *partitions_raw, *span_raw, *retention_raw, *grace_raw, *dev_mode_raw, *log_raw;
 
     /* parsed */
@@ -60,6 +60,7 @@ typedef struct chat_cfg {
     char redis_password[256];
     int partitions;
     int js_replicas;          /* JetStream replicas of the streams the worker creates */
+    int64_t nats_sync_ms;     /* the broker's JetStream sync interval (CHAT_NATS_SYNC; 0: always) */
     int64_t partition_span_ms;
     int64_t hot_retention_ms;
     int archive_cache_mb;     /* cold chunks cached per api worker, MiB (0: none) */

@@ -349,3 +349,8 @@ void chat_nats_shutdown(void)
     if (nats_CloseAndWait(2000) == NATS_TIMEOUT) /* anything else: the library was never opened */
         LOG_WARN("nats", "event=shutdown_timeout detail=\"nats.c threads still running after 2 s\"");
 }
+
+int64_t chat_nats_synced_after_ms(int64_t sync_ms)
+{
+    return sync_ms + sync_ms / 2 + 1000;
+}

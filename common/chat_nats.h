@@ -94,6 +94,11 @@ natsStatus chat_js_pull(natsConnection *nc, const char *next_subject, const char
  * header; -1 without one. */
 int64_t chat_js_pull_left(natsMsg *m);
 
+/* How long after the broker acknowledged a JetStream write it is on its disk, for a sync interval
+ * of sync_ms (CHAT_NATS_SYNC; 0: always, synced before the PubAck): the interval, half of it again
+ * for the broker's timer and its fsyncs, and a second. */
+int64_t chat_nats_synced_after_ms(int64_t sync_ms);
+
 #define CHAT_STREAM_IN "CHAT_IN"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
 #define CHAT_API_PREFIX "chat.api.v1."

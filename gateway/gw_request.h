@@ -31,7 +31,7 @@ typedef struct gw_request {
     int64_t sent_ns;
     int64_t deadline_ms; /* monotonic */
     int64_t retry_at_ms; /* a post.status waiting to be asked again, or 0 */
-    bool staged_dup;     /* a publish: the PubAck said duplicate of stream seq 0 (gw_send.c) */
+    bool dup_answered;   /* a publish: the PubAck said duplicate (gw_send.c, publish_again) */
     bool republished;    /* a publish: published again under a Nats-Msg-Id of its own */
     bool status_chain;   /* a publish or post.status: counts in its session's GW_STATUS_CHAINS */
     struct gw_request *prev, *next;

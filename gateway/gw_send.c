@@ -318,17 +318,22 @@ static bool ask_post_status(gw_server *srv, gw_request *req)
     return gw_bus_request_send(srv, req, CHAT_API_GW_PREFIX "post.status", buf, len, NULL) == CHAT_OK;
 }
 
-/* nats-server 2.10 stages a Nats-Msg-Id in the stream's duplicate map (with seq 0) before it
- * proposes the message to the stream's replicas, and does not clear it when that proposal is lost
- * (a leader change at that moment: nats-io/nats-server#6415, fixed in 2.11 by #6486). Every send
- * again with the same cmid is then answered "duplicate" (seq 0) and dropped, for the whole
- * duplicate window (10 min), although the stream never had the message: the client would retry
- * into the same answer until it gives up. A duplicate of seq 0 is also what a send again gets while
- * the first copy is still in flight (proposed, not applied), so this is decided only once
- * post.status has not found the message for POST_STATUS_TRIES: the Post is then published once
- * more under a Nats-Msg-Id of this request. If the first copy did get in after all, the ingest
- * stores the (conv, cmid) once all the same (message_dedupe) and answers the copy with the stored
- * seq and id. */
+/* A send again that the broker answers "duplicate" but that post.status does not find in the
+ * store is a message the stream dropped while keeping its Nats-Msg-Id in the duplicate map, and
+ * every later send with the same cmid would be answered the same for the whole duplicate window
+ * (10 min): the client would retry into that answer until it gives up. Two ways that happens:
+ *   - nats-server 2.10 stages a Nats-Msg-Id in the map (with seq 0) before it proposes the message
+ *     to the stream's replicas, and does not clear it when that proposal is lost (a leader change
+ *     at that moment: nats-io/nats-server#6415, fixed in 2.11 by #6486);
+ *   - a broker that restarted on less than it had acknowledged (a power loss with CHAT_NATS_SYNC
+ *     of an interval) keeps a consumer's state newer than its stream (nats-server#7693): a message
+ *     stored since at a sequence the consumer had acknowledged before counts as acknowledged and
+ *     is removed from the work queue at once, its Nats-Msg-Id staying in the map (seq > 0).
+ * A duplicate is also what a send again gets while the first copy is still on its way (in the
+ * stream, or proposed and not applied), so this is decided only once post.status has not found
+ * the message for POST_STATUS_TRIES: the Post is then published once more under a Nats-Msg-Id of
+ * this request. If the first copy did get in after all, the ingest stores the (conv, cmid) once
+ * all the same (message_dedupe) and answers the copy with the stored seq and id. */
 static bool publish_again(gw_server *srv, gw_request *req)
 {
     char subject[128], msg_id[200];
@@ -425,7 +430,7 @@ static bool publish_answered(gw_server *srv, gw_request *req, natsMsg *msg)
     LOG_DEBUG("gateway", "event=puback session=%s-%" PRIu64 " conv=%s cmid=%s error=%d duplicate=%d stream_seq=%lld",
               srv->gateway_id, s->id, req->conv, req->cmid, error, duplicate, stream_seq);
     json_decref(ack);
-    req->staged_dup = duplicate && stream_seq == 0; /* in flight, or lost: publish_again */
+    req->dup_answered = duplicate; /* in flight, or dropped by the stream: publish_again */
     if (error) {
         inflight_done(srv, req->session, req->conv, req->cmid);
         gw_session_send_error(srv, s, req->cmid, "unavailable", "the broker refused the message; retry with the same cmid");
@@ -472,7 +477,7 @@ static bool status_answered(gw_server *srv, gw_request *req, natsMsg *msg)
         req->retry_at_ms = chat_mono_ms() + POST_STATUS_RETRY_MS;
         return true;
     }
-    if (not_yet && req->staged_dup && !req->republished && req->payload && publish_again(srv, req))
+    if (not_yet && req->dup_answered && !req->republished && req->payload && publish_again(srv, req))
         return true; /* its PubAck comes to this request again */
     inflight_done(srv, req->session, req->conv, req->cmid);
     gw_session_send_error(srv, s, req->cmid, "unavailable", "the message is not stored yet; retry with the same cmid");

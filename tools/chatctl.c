@@ -612,7 +612,56 @@ static int cmd_token(const chat_cfg *cfg, int argc, char **argv)
 /* revoke                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Puts key = value (unix seconds) into the CHAT_REVOKED bucket. 0, or 1 after one line. */
+/* How a revocation written to CHAT_REVOKED is confirmed on the broker's disk (revoke_put). */
+#define REVOKE_WRITES 5     /* writes at most (a broker that keeps losing them is not trusted) */
+#define REVOKE_READ_TRIES 60 /* reads back, a second apart, while the broker does not answer */
+
+/* Whether CHAT_REVOKED still has key at revision rev or later with a value at least `value`
+ * (a later revocation of the same key is as strong): 1 yes, 0 no (lost), -1 the broker does not
+ * answer now. */
+static int revoke_kept(kvStore *kv, const char *key, uint64_t rev, int64_t value)
+{
+    kvEntry *e = NULL;
+    natsStatus s = kvStore_Get(&e, kv, key);
+    if (s == NATS_NOT_FOUND)
+        return 0;
+    if (s != NATS_OK)
+        return -1;
+    bool kept = kvEntry_Revision(e) >= rev && kvEntry_ValueString(e) != NULL &&
+                strtoll(kvEntry_ValueString(e), NULL, 10) >= value;
+    kvEntry_Destroy(e);
+    return kept ? 1 : 0;
+}
+
+/* Writes key = value and, with a broker that fsyncs on an interval (CHAT_NATS_SYNC), waits until
+ * the write is on its disk: once the interval has passed (chat_nats_synced_after_ms) it reads the
+ * key back, and writes it again when a broker that lost its unsynced writes (a power loss) no
+ * longer has it. Nothing else keeps a copy of a revocation, so chatctl answers only for one that
+ * holds. NATS_OK, or what failed. */
+static natsStatus revoke_write_synced(const chat_cfg *cfg, kvStore *kv, const char *key, int64_t value)
+{
+    char text[24];
+    snprintf(text, sizeof text, "%lld", (long long)value);
+    for (int write = 0; write < REVOKE_WRITES; write++) {
+        uint64_t rev = 0;
+        natsStatus s = kvStore_PutString(&rev, kv, key, text);
+        if (s != NATS_OK || cfg->nats_sync_ms == 0)
+            return s; /* `always`: on disk before its PubAck */
+        chat_sleep_ms(chat_nats_synced_after_ms(cfg->nats_sync_ms));
+        int kept = -1;
+        for (int read = 0; read < REVOKE_READ_TRIES && (kept = revoke_kept(kv, key, rev, value)) < 0; read++)
+            chat_sleep_ms(1000);
+        if (kept > 0)
+            return NATS_OK;
+        if (kept < 0)
+            return NATS_TIMEOUT;
+        fprintf(stderr, "chatctl revoke: the broker lost the revocation before it was on its disk; writing it again\n");
+    }
+    return NATS_ERR;
+}
+
+/* Puts key = value (unix seconds) into the CHAT_REVOKED bucket, on the broker's disk. 0, or 1
+ * after one line. */
 static int revoke_put(const chat_cfg *cfg, const char *key, int64_t value)
 {
     natsConnection *nc = NULL;
@@ -620,17 +669,15 @@ static int revoke_put(const chat_cfg *cfg, const char *key, int64_t value)
         return 1;
     jsCtx *js = NULL;
     kvStore *kv = NULL;
-    char text[24];
-    snprintf(text, sizeof text, "%lld", (long long)value);
     natsStatus s = natsConnection_JetStream(&js, nc, NULL);
     if (s == NATS_OK)
         s = js_KeyValue(&kv, js, CHAT_REVOKE_BUCKET);
     if (s == NATS_NOT_FOUND)
         fprintf(stderr, "chatctl revoke: the bucket " CHAT_REVOKE_BUCKET " does not exist (chat-worker streams "
                         "creates it)\n");
-    else if (s == NATS_OK && (s = kvStore_PutString(NULL, kv, key, text)) != NATS_OK)
-        fprintf(stderr, "chatctl revoke: not stored: %s (%s)\n", natsStatus_GetText(s),
-                nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
+    else if (s == NATS_OK && (s = revoke_write_synced(cfg, kv, key, value)) != NATS_OK)
+        fprintf(stderr, "chatctl revoke: not confirmed on the broker's disk: %s (%s); run it again\n",
+                natsStatus_GetText(s), nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
     else if (s != NATS_OK)
         fprintf(stderr, "chatctl revoke: cannot open the bucket " CHAT_REVOKE_BUCKET ": %s\n", natsStatus_GetText(s));
     kvStore_Destroy(kv);

@@ -189,6 +189,8 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
     c->in = in;
     c->index = index;
     pthread_mutex_init(&c->pg_mu, NULL);
+    pthread_mutex_init(&c->acked_mu, NULL);
+    wk_trust_init(&c->trust, in->nparts);
     natsInbox *inbox = NULL;
     if (natsInbox_Create(&inbox) != NATS_OK)
         return CHAT_ERR_INTERNAL;
@@ -201,8 +203,8 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
      * instead of stalling the committer, and is repaired from PostgreSQL */
     jo.PublishAsync.MaxPending = 8 * GROUP_MAX;
     jo.PublishAsync.StallWait = 1;
-    jo.PublishAsync.ErrHandler = wk_ingest_on_publish_error;
-    jo.PublishAsync.ErrHandlerClosure = c;
+    jo.PublishAsync.AckHandler = wk_ingest_on_puback;
+    jo.PublishAsync.AckHandlerClosure = c;
     jo.Wait = 5000;
     if (chat_nats_connect(in->app->cfg, "worker-events", false, &c->enc) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
@@ -228,6 +230,8 @@ static void committer_stop(committer *c)
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->enc);
     pthread_mutex_destroy(&c->pg_mu);
+    pthread_mutex_destroy(&c->acked_mu);
+    wk_trust_free(&c->trust);
 }
 
 static void committers_stop(wk_ingest *in)
@@ -287,6 +291,9 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     in->m_events_unconfirmed = chat_metrics_counter(m, "chat_ingest_events_unconfirmed_total", NULL,
                                                     "Confirmations of CHAT_EVENTS publishes that failed (a PubAck "
                                                     "refused or missing): a repair from PostgreSQL follows.");
+    in->m_events_lost = chat_metrics_counter(m, "chat_ingest_events_lost_total", NULL,
+                                             "Checks that found CHAT_EVENTS without a write the broker had "
+                                             "acknowledged (lost before its fsync): a repair from PostgreSQL follows.");
     in->m_store_retries = chat_metrics_counter(m, "chat_ingest_store_retries_total", NULL,
                                                "Stores of a batch PostgreSQL refused for now (disk full, out of "
                                                "memory, deadlock, read-only): kept, tried again.");

@@ -21,13 +21,29 @@
 /* Publishing                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+void wk_ingest_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
     committer *c = closure;
-    atomic_fetch_add(&c->publish_errors, 1);
-    LOG_WARN("ingest", "event=events_publish_failed status=\"%s\" detail=\"%s\"", natsStatus_GetText(pae->Err),
-             pae->ErrText ? pae->ErrText : "");
+    if (pae != NULL) {
+        atomic_fetch_add(&c->publish_errors, 1);
+        LOG_WARN("ingest", "event=events_publish_failed status=\"%s\" detail=\"%s\"", natsStatus_GetText(pae->Err),
+                 pae->ErrText ? pae->ErrText : "");
+    } else if (pa != NULL && pa->Duplicate && pa->Sequence == 0) {
+        /* "duplicate" of nothing: nats-server 2.10 answers so for a write it lost in a leader
+         * change (docs/reliability.md, finding 5); the repair publishes it again */
+        atomic_fetch_add(&c->publish_errors, 1);
+        LOG_WARN("ingest", "event=events_publish_failed status=\"duplicate of sequence 0\"");
+    } else if (pa != NULL) {
+        pthread_mutex_lock(&c->acked_mu);
+        const char *id = NULL;
+        if (pa->Sequence > c->acked_seq && natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id) {
+            c->acked_seq = pa->Sequence;
+            snprintf(c->acked_msgid, sizeof c->acked_msgid, "%s", id);
+        }
+        pthread_mutex_unlock(&c->acked_mu);
+    }
+    natsMsg_Destroy(msg);
 }
 
 /* Event e to CHAT_EVENTS; a publish refused at once counts as an error like a refused PubAck. */
@@ -124,10 +140,10 @@ static bool owned(const committer *c, const partition *pt, uint64_t gen)
     return pt->com == c && pt->active && pt->gen == gen;
 }
 
-/* Moves the cursor of every partition in `move` (a bool per partition) to its newest published
- * event, in one UPDATE on the lease connection. A cursor that could not be written stays where it
- * was (a later repair then republishes more than it needs; the broker drops the repeats). */
-static void persist_cursors(committer *c, uint64_t gen, const bool *move)
+/* Moves the cursor of every partition p of c with upto_us[p] past its cursor to upto_us[p], in one
+ * UPDATE on the lease connection. A cursor that could not be written stays where it was (a later
+ * repair then republishes more than it needs; the broker drops the repeats). */
+static void persist_cursors(committer *c, uint64_t gen, const int64_t *upto_us)
 {
     wk_ingest *in = c->in;
     chat_buf parts = {0}, uptos = {0};
@@ -135,11 +151,11 @@ static void persist_cursors(committer *c, uint64_t gen, const bool *move)
     chat_buf_pg_array_begin(&uptos);
     int n = 0;
     for (int p = c->index; p < in->nparts; p += in->ncom) {
-        if (!move[p])
+        if (!owned(c, &in->parts[p], gen) || upto_us[p] <= in->parts[p].events_upto_us)
             continue;
         char part[16], ts[48];
         snprintf(part, sizeof part, "%d", p);
-        wk_ingest_format_ts(ts, sizeof ts, in->parts[p].events_newest_us);
+        wk_ingest_format_ts(ts, sizeof ts, upto_us[p]);
         chat_buf_pg_array_str(&parts, part);
         chat_buf_pg_array_str(&uptos, ts);
         n++;
@@ -170,15 +186,33 @@ static void persist_cursors(committer *c, uint64_t gen, const bool *move)
     chat_buf_free(&parts);
     chat_buf_free(&uptos);
     for (int p = c->index; ok && p < in->nparts; p += in->ncom)
-        if (move[p])
-            in->parts[p].events_upto_us = in->parts[p].events_newest_us;
+        if (owned(c, &in->parts[p], gen) && upto_us[p] > in->parts[p].events_upto_us)
+            in->parts[p].events_upto_us = upto_us[p];
+}
+
+/* Queues a checkpoint of c's publishes so far (all acknowledged): partition p's cursor may move to
+ * upto_us[p] once the broker has synced them and the newest acknowledged write is still there. */
+static void trust_later(committer *c, uint64_t gen, const int64_t *upto_us)
+{
+    if (c->trust.gen != gen) {
+        wk_trust_clear(&c->trust);
+        c->trust.gen = gen;
+    }
+    pthread_mutex_lock(&c->acked_mu);
+    uint64_t seq = c->acked_seq;
+    char msgid[sizeof c->acked_msgid];
+    memcpy(msgid, c->acked_msgid, sizeof msgid);
+    pthread_mutex_unlock(&c->acked_mu);
+    int64_t at = chat_mono_ms() + chat_nats_synced_after_ms(c->in->app->cfg->nats_sync_ms);
+    wk_trust_push(&c->trust, at, seq, msgid, upto_us);
 }
 
 /* Confirms c's publishes since the last confirmation: when every PubAck came and none was an
  * error, every event published so far is in CHAT_EVENTS, and the cursors of the partitions that
- * published move to their newest event (not those with a repair pending: what came before their
- * lease, or before a failed confirmation, is not known to be there). Otherwise the publishes
- * still waiting are forgotten and those partitions are repaired from their cursors. */
+ * published may move to their newest event once the broker has synced it (trust_later; not those
+ * with a repair pending: what came before their lease, or before a failed confirmation, is not
+ * known to be there). Otherwise the publishes still waiting are forgotten and those partitions
+ * are repaired from their cursors. */
 static void confirm(committer *c, uint64_t gen)
 {
     wk_ingest *in = c->in;
@@ -196,7 +230,7 @@ static void confirm(committer *c, uint64_t gen)
         LOG_WARN("ingest", "event=events_unconfirmed committer=%d status=\"%s\" errors=%d dropped=%d", c->index,
                  natsStatus_GetText(s), errors, dropped);
     }
-    bool *move = chat_xcalloc((size_t)in->nparts, sizeof *move);
+    int64_t *upto = chat_xcalloc((size_t)in->nparts, sizeof *upto);
     bool any = false;
     for (int p = c->index; p < in->nparts; p += in->ncom) {
         partition *pt = &in->parts[p];
@@ -205,12 +239,84 @@ static void confirm(committer *c, uint64_t gen)
         pt->events_dirty = false;
         if (!ok)
             repair_due(pt);
-        else if (!pt->events_repair && pt->events_newest_us > pt->events_upto_us)
-            any = move[p] = true;
+        else if (!pt->events_repair && pt->events_newest_us > pt->events_upto_us) {
+            upto[p] = pt->events_newest_us;
+            any = true;
+        }
     }
     if (any)
-        persist_cursors(c, gen, move);
-    free(move);
+        trust_later(c, gen, upto);
+    free(upto);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Trust: what the broker acknowledged is still there once synced                              */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum { CHECK_KEPT, CHECK_LOST, CHECK_UNKNOWN } check_verdict;
+
+/* Whether CHAT_EVENTS still holds the write at `seq` under `msgid`: lost when the sequence is
+ * gone or holds another write (a broker that lost its unsynced suffix reuses its sequences);
+ * unknown when the broker does not answer. */
+static check_verdict check_kept(committer *c, uint64_t seq, const char *msgid)
+{
+    if (seq == 0)
+        return CHECK_KEPT; /* nothing new was acknowledged: nothing to lose */
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Wait = EVENTS_CHECK_WAIT_MS;
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetMsg(&m, c->js, CHAT_STREAM_EVENTS, seq, &o, &jerr);
+    if (s == NATS_OK) {
+        const char *id = NULL;
+        bool same = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL && strcmp(id, msgid) == 0;
+        natsMsg_Destroy(m);
+        return same ? CHECK_KEPT : CHECK_LOST;
+    }
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
+        return CHECK_LOST;
+    return CHECK_UNKNOWN;
+}
+
+/* Checks c's checkpoints the broker has had time to sync (one read: the newest of them, whose
+ * write is the latest; the broker loses a suffix, so if it is there every earlier one is) and
+ * moves their cursors. A write missing means the broker lost what it had acknowledged: no cursor
+ * moved past it (none moves before its check), so every partition of c is repaired from its
+ * cursor. A broker that does not answer is asked again at the next tick. */
+static void check_trusted(committer *c, uint64_t gen)
+{
+    wk_ingest *in = c->in;
+    if (c->trust.gen != gen) {
+        wk_trust_clear(&c->trust);
+        c->trust.gen = gen;
+    }
+    int due = wk_trust_due(&c->trust, chat_mono_ms());
+    if (due == 0 || !wk_ingest_heartbeat(c, gen))
+        return;
+    const wk_trust_point *newest = wk_trust_at(&c->trust, due - 1);
+    check_verdict v = check_kept(c, newest->seq, newest->msgid);
+    if (v == CHECK_UNKNOWN)
+        return;
+    if (v == CHECK_KEPT) {
+        int64_t *upto = chat_xcalloc((size_t)in->nparts, sizeof *upto);
+        wk_trust_pop(&c->trust, due, upto);
+        persist_cursors(c, gen, upto);
+        free(upto);
+        return;
+    }
+    atomic_fetch_add(in->m_events_lost, 1);
+    LOG_WARN("ingest", "event=events_lost committer=%d seq=%" PRIu64 " msgid=\"%s\" detail=\"acknowledged, then not in "
+             "CHAT_EVENTS: the broker lost writes it had not synced; repairing from the cursors\"",
+             c->index, newest->seq, newest->msgid);
+    wk_trust_clear(&c->trust);
+    pthread_mutex_lock(&c->acked_mu);
+    c->acked_seq = 0;
+    c->acked_msgid[0] = '\0';
+    pthread_mutex_unlock(&c->acked_mu);
+    for (int p = c->index; p < in->nparts; p += in->ncom)
+        if (owned(c, &in->parts[p], gen))
+            repair_due(&in->parts[p]);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -407,10 +513,10 @@ static void repair(committer *c, uint64_t gen, bool leased)
             pt->events_repair = false;
             if (run.newest_us[p] > pt->events_newest_us)
                 pt->events_newest_us = run.newest_us[p];
-            run.in[p] = pt->events_newest_us > pt->events_upto_us;
+            run.newest_us[p] = pt->events_newest_us;
         }
         atomic_fetch_add(in->m_events_republished, (uint64_t)run.total);
-        persist_cursors(c, gen, run.in);
+        trust_later(c, gen, run.newest_us);
         c->repair_backoff_ms = 0;
     } else if (any) {
         atomic_fetch_add(in->m_events_republished, (uint64_t)run.total);
@@ -445,5 +551,6 @@ void wk_ingest_events_tick(committer *c)
         return;
     c->events_tick_ms = now;
     confirm(c, gen);
+    check_trusted(c, gen);
     repair(c, gen, leased);
 }

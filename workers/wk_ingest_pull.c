@@ -25,14 +25,19 @@ static chat_status setup_consumer(partition *pt)
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
+    jsCtx_Destroy(pt->js); /* a reset's: the one of the consumer made before */
+    pt->js = NULL;
     if (natsConnection_JetStream(&pt->js, nc, &jo) != NATS_OK)
         return CHAT_ERR_UNAVAILABLE;
-    /* delete the consumers of earlier leases of this partition: a stale owner pulls from nothing */
+    /* delete the consumers of earlier leases of this partition: a stale owner pulls from nothing
+     * (a reset deletes its own alone: a newer lease's may exist by now) */
     char prefix[32];
     snprintf(prefix, sizeof prefix, "ingest-%d-", pt->index);
     jsConsumerNamesList *names = NULL;
     jsErrCode jerr = 0;
-    if (js_ConsumerNames(&names, pt->js, CHAT_STREAM_IN, NULL, &jerr) == NATS_OK && names) {
+    if (pt->active) {
+        js_DeleteConsumer(pt->js, CHAT_STREAM_IN, pt->consumer, NULL, &jerr);
+    } else if (js_ConsumerNames(&names, pt->js, CHAT_STREAM_IN, NULL, &jerr) == NATS_OK && names) {
         for (int i = 0; i < names->Count; i++)
             if (strncmp(names->List[i], prefix, strlen(prefix)) == 0)
                 js_DeleteConsumer(pt->js, CHAT_STREAM_IN, names->List[i], NULL, &jerr);
@@ -104,26 +109,39 @@ static void *setup_thread(void *arg)
     return NULL;
 }
 
+/* The partition's consumer set-up in a thread of its own, a step per call: starts it or finds it
+ * still running (SETUP_RUNNING), or takes its result once done (SETUP_OK or SETUP_FAILED; the
+ * partition's setup is SETUP_NONE again after). SETUP_NONE: the thread could not start. */
+static int setup_step(partition *pt)
+{
+    int su = atomic_load(&pt->setup);
+    if (su == SETUP_NONE) {
+        atomic_store(&pt->setup, SETUP_RUNNING);
+        if (pthread_create(&pt->setup_tid, NULL, setup_thread, pt) != 0) {
+            atomic_store(&pt->setup, SETUP_NONE);
+            return SETUP_NONE;
+        }
+        return SETUP_RUNNING;
+    }
+    if (su == SETUP_RUNNING)
+        return su;
+    pthread_join(pt->setup_tid, NULL);
+    atomic_store(&pt->setup, SETUP_NONE);
+    return su;
+}
+
 /* Starts the set-up of a partition just leased, or takes its result: the partition is pulled from
  * now on, or given up (set-up failed, or released, lost or stopping meanwhile). */
 static void partition_begin(partition *pt, bool keep)
 {
-    int su = atomic_load(&pt->setup);
-    if (su == SETUP_NONE) {
-        if (!keep || pt->com->sub == NULL) {
-            pt->lost = keep;
-            atomic_store(&pt->state, P_DONE);
-            return;
-        }
-        atomic_store(&pt->setup, SETUP_RUNNING);
-        if (pthread_create(&pt->setup_tid, NULL, setup_thread, pt) != 0)
-            atomic_store(&pt->setup, SETUP_NONE);
+    if (atomic_load(&pt->setup) == SETUP_NONE && (!keep || pt->com->sub == NULL)) {
+        pt->lost = keep;
+        atomic_store(&pt->state, P_DONE);
         return;
     }
-    if (su == SETUP_RUNNING)
+    int su = setup_step(pt);
+    if (su == SETUP_NONE || su == SETUP_RUNNING)
         return;
-    pthread_join(pt->setup_tid, NULL);
-    atomic_store(&pt->setup, SETUP_NONE);
     if (su != SETUP_OK || !keep) {
         jsCtx_Destroy(pt->js);
         pt->js = NULL;
@@ -136,6 +154,33 @@ static void partition_begin(partition *pt, bool keep)
     pt->retry_at_ns = 0;
     LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
              (long long)pt->epoch, pt->consumer);
+}
+
+/* After a reconnect the broker may be one that restarted on less than it had acknowledged (a
+ * power loss with CHAT_NATS_SYNC of an interval): the stream lost its unsynced suffix but the
+ * consumer's own state may not have, and nats-server 2.10 then never delivers the messages
+ * published since at the sequences it had handed out before (nats-server issue 7693: a consumer
+ * ahead of its stream). So an active partition's consumer is made again after every reconnect,
+ * deleted and created with DeliverAll: CHAT_IN is a work queue, so what is left in it is exactly
+ * what no one acked. What was pulled from the old one and not committed comes again (stored
+ * once: dedupe). Pulls wait while it runs; a failed reset is tried again a second later and the
+ * old consumer is pulled meanwhile. */
+static void reset_consumer(partition *pt)
+{
+    if (atomic_load(&pt->setup) == SETUP_NONE && chat_mono_ms() < pt->reset_at_ms)
+        return;
+    int su = setup_step(pt);
+    if (su == SETUP_NONE || su == SETUP_RUNNING)
+        return;
+    pt->credit = 0;
+    pt->retry_at_ns = 0;
+    if (su == SETUP_OK) {
+        pt->reset_due = false;
+        LOG_INFO("ingest", "event=consumer_reset partition=%d consumer=%s", pt->index, pt->consumer);
+    } else {
+        pt->reset_at_ms = chat_mono_ms() + 1000;
+        LOG_WARN("ingest", "event=consumer_reset_failed partition=%d consumer=%s", pt->index, pt->consumer);
+    }
 }
 
 /* Gives the partition up: what arrived and was not committed is dropped unacked (its next owner
@@ -294,6 +339,10 @@ void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
     for (int p = c->index; p < in->nparts; p += in->ncom) {
         partition *pt = &in->parts[p];
         int st = atomic_load(&pt->state);
+        if (pt->active && atomic_load(&pt->setup) == SETUP_RUNNING) {
+            reset_consumer(pt); /* its thread uses pt->js: nothing else until it is done */
+            continue;
+        }
         if (pt->active) {
             if (pt->gen != gen)
                 partition_end(pt, true);
@@ -303,8 +352,16 @@ void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
             partition_begin(pt, st == P_RUNNING && !stopping && pt->gen == gen);
         }
         if (pt->active) {
-            if (reconnected) /* the broker forgot the requests of the old connection */
+            if (reconnected) { /* the broker forgot the requests of the old connection */
                 pt->credit = 0;
+                pt->reset_due = true;
+                pt->reset_at_ms = 0;
+            }
+            if (pt->reset_due && !stopping) {
+                reset_consumer(pt);
+                if (atomic_load(&pt->setup) == SETUP_RUNNING)
+                    continue;
+            }
             ask_lag(pt, in->app->nc);
             keep_pulling(pt, in->app->nc);
         }

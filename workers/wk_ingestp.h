@@ -17,6 +17,7 @@
 #include "chat.pb-c.h"
 #include "chat_map.h"
 #include "chat_metrics.h"
+#include "wk_events_trust.h"
 #include "wk_ingest.h"
 #include "wk_pg.h"
 
@@ -41,9 +42,13 @@
  * EVENTS_SLACK_US before the cursor (created_at is the broker timestamp
  * of a post, and two CHAT_IN leaders' clocks, or one clock stepped back, may disagree by that
  * much), and EVENTS_FIRST_REPAIR_US before now for a partition never confirmed (an existing
- * deployment: inside CHAT_EVENTS' duplicate window, so what is there already is dropped) */
+ * deployment: inside CHAT_EVENTS' duplicate window, so what is there already is dropped). A
+ * confirmed publish moves a cursor only after the broker's sync interval (wk_events_trust.h), once
+ * a read of the newest acknowledged write (waiting up to EVENTS_CHECK_WAIT_MS) finds it there:
+ * CHAT_NATS_SYNC is at most 5 minutes, so a repair from a cursor stays inside the 10-minute window */
 #define EVENTS_CONFIRM_MS 1000
 #define EVENTS_CONFIRM_WAIT_MS 200
+#define EVENTS_CHECK_WAIT_MS 1000
 #define EVENTS_REPAIR_PAGE 1000
 #define EVENTS_REPAIR_WAIT_MS 2000
 #define EVENTS_REPAIR_BACKOFF_MS 30000
@@ -73,6 +78,8 @@ typedef struct partition {
     atomic_int setup;           /* SETUP_*: the consumer set-up of a partition just leased */
     pthread_t setup_tid;
     bool active;                /* its consumer is set up and pulled */
+    bool reset_due;             /* its consumer is to be made again (after a reconnect: pull.c) */
+    int64_t reset_at_ms;        /* not before this (after a failed reset) */
     char consumer[64];
     char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
     char next_subject[128];
@@ -117,7 +124,11 @@ typedef struct committer {
      * the worker's acks, pulls and deliveries must not wait behind them */
     natsConnection *enc;
     jsCtx *js;                  /* CHAT_EVENTS publishes, on enc */
-    atomic_int publish_errors;  /* failed publishes since the last confirmation (the error handler) */
+    atomic_int publish_errors;  /* failed publishes since the last confirmation (the ack handler) */
+    pthread_mutex_t acked_mu;   /* acked_seq and acked_msgid (nats.c's thread writes them) */
+    uint64_t acked_seq;         /* the highest CHAT_EVENTS sequence PubAcked (0: none since a loss) */
+    char acked_msgid[160];      /* its Nats-Msg-Id */
+    wk_trust trust;             /* confirmed publishes waiting for the broker's sync (wk_events_trust.h) */
     bool events_dirty;          /* published since the last confirmation */
     int64_t events_tick_ms;     /* the last confirmation */
     int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
@@ -145,7 +156,7 @@ struct wk_ingest {
     int owned;
     atomic_int_fast64_t *m_owned;
     atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches, *m_store_retries;
-    atomic_uint_fast64_t *m_events_republished, *m_events_unconfirmed;
+    atomic_uint_fast64_t *m_events_republished, *m_events_unconfirmed, *m_events_lost;
     atomic_uint_fast64_t *m_drop[DM_COUNT]; /* chat_ingest_dropped_total by drop_metric */
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
@@ -306,9 +317,9 @@ uint64_t wk_ingest_reconnects(natsConnection *nc);
 /* CHAT_EVENTS (wk_ingest_events.c)                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
-/* CHAT_EVENTS publish errors of c's JetStream context (a jsPubErrHandler, closure c; nats.c's
- * thread). */
-void wk_ingest_on_publish_error(jsCtx *js, jsPubAckErr *pae, void *closure);
+/* Every CHAT_EVENTS PubAck of c's JetStream context (a jsPubAckHandler, closure c; nats.c's
+ * thread): a failure counts in publish_errors, a success raises acked_seq. */
+void wk_ingest_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 /* Event e of partition pt, stored with created_us, to CHAT_EVENTS (Nats-Msg-Id <conv>:<seq>); its
  * PubAck is not awaited here but confirmed by wk_ingest_events_tick(). e is borrowed. */
 void wk_ingest_publish_event(committer *c, partition *pt, const Chat__V1__Event *e, int64_t created_us);

@@ -258,6 +258,14 @@ chat_install_browser() {
     printf '%s\n' "$lock" >"$stamp"
 }
 
+# chat_install_fault_tools: what the fault suite needs beyond the build: strace (the power-loss
+# scenario traces nats-server's writes and fsyncs to cut its store back to its last fsync).
+chat_install_fault_tools() {
+    command -v strace >/dev/null 2>&1 && return 0
+    [[ $EUID -eq 0 ]] || chat_die "strace is missing; run as root to install it"
+    chat_apt_install strace
+}
+
 # chat_install_ops_tools: the validators of the deployment files (deploy/check.sh), none of them
 # a service on this machine: docker-compose from apt (small, for `docker-compose config`), and
 # promtool and haproxy from Debian 12's prometheus and haproxy packages, unpacked with dpkg -x into

@@ -6,6 +6,10 @@ results_run=$(mktemp /tmp/chat-faults-results.XXXXXX)
 tmp=''
 declare -A pids=()      # name -> pid of what the suite started
 declare -A port=()      # name -> loopback port
+# the NATS topology of a scenario: `cluster` (three nodes in network namespaces, replicas 3, every
+# write fsynced) or `single` (one node on loopback as scripts/up runs it, replicas 1, fsync once a
+# second: tests/faults/power_loss.sh); run.sh sets it per scenario
+nats_topology=cluster
 services=0
 net=0
 
@@ -80,7 +84,9 @@ stop_all() {
 ns_name() { printf 'chf%s-%s' "$$" "$1"; }
 br_name() { printf 'chf%sb' "$$"; }
 veth_name() { printf 'chf%sv%s' "$$" "$1"; }
-node_ip() { printf '10.213.%s.%s' "$subnet" $((10 + $1)); }
+node_ip() { if [[ $nats_topology == single ]]; then printf '127.0.0.1'; else printf '10.213.%s.%s' "$subnet" $((10 + $1)); fi; }
+nats_port() { printf '%s' "${port[nats]:-4222}"; }    # the client port (each node has its own address)
+nats_mon() { printf '%s' "${port[natsmon]:-8222}"; }  # the monitoring port
 
 net_up() {
     local k
@@ -142,7 +148,7 @@ nats_start() { # K
     pids[nats$k]=$!
 }
 
-nats_healthy() { curl -fsS --max-time 2 "http://$(node_ip "$1"):8222/healthz" 2>/dev/null | grep -q '"ok"'; }
+nats_healthy() { curl -fsS --max-time 2 "http://$(node_ip "$1"):$(nats_mon)/healthz" 2>/dev/null | grep -q '"ok"'; }
 routes_of() {
     curl -fsS --max-time 2 "http://$(node_ip "$1"):8222/routez" 2>/dev/null \
         | grep -o '"remote_name": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | sort -u | tr '\n' ' '
@@ -157,6 +163,7 @@ cluster_formed() {
 
 urls() { # USER PASSWORD
     local k out=''
+    if [[ $nats_topology == single ]]; then printf 'nats://%s:%s@127.0.0.1:%s\n' "$1" "$2" "$(nats_port)"; return; fi
     for k in 1 2 3; do out+="${out:+,}nats://$1:$2@$(node_ip "$k"):4222"; done
     printf '%s\n' "$out"
 }
@@ -165,7 +172,7 @@ urls() { # USER PASSWORD
 # prints the server's lines until the PONG and one MSG with its payload (up to 5 s).
 nats_raw() {
     local node=$1 user=$2 pass=$3 proto=$4 fd line got_msg=0 deadline
-    exec {fd}<>"/dev/tcp/$(node_ip "$node")/4222" 2>/dev/null || return 1
+    exec {fd}<>"/dev/tcp/$(node_ip "$node")/$(nats_port)" 2>/dev/null || return 1
     read -r -t 5 line <&"$fd" || { exec {fd}>&-; return 1; }
     printf 'CONNECT {"verbose":false,"pedantic":false,"user":"%s","pass":"%s","protocol":1,"headers":true,"no_responders":true,"name":"faults"}\r\n%bPING\r\n' \
         "$user" "$pass" "$proto" >&"$fd"
@@ -196,14 +203,15 @@ stream_leader() {
     done
     return 1
 }
-replicated() { # STREAM: 3 replicas, a leader and two current followers
+replicated() { # STREAM: 3 replicas, a leader and two current followers (single: the one copy)
     local info
     info=$(js_api 1 "\$JS.API.STREAM.INFO.$1") || return 1
+    if [[ $nats_topology == single ]]; then grep -q '"num_replicas":1' <<<"$info"; return; fi
     grep -q '"num_replicas":3' <<<"$info" && [[ $(grep -o '"current":true' <<<"$info" | wc -l) -eq 2 ]]
 }
 # gateways_on K: the gateway connections node K holds (its monitor's connz, by client name)
 gateways_on() {
-    curl -fsS --max-time 2 "http://$(node_ip "$1"):8222/connz?limit=1024" 2>/dev/null | grep -c '"name": *"gateway"' || true
+    curl -fsS --max-time 2 "http://$(node_ip "$1"):$(nats_mon)/connz?limit=1024" 2>/dev/null | grep -c '"name": *"gateway"' || true
 }
 # notify_backlog: pending + ack pending of the notify role's consumer on CHAT_EVENTS (-1 when not
 # readable); CHAT_EVENTS keeps every event, so only that consumer's position says what is left
@@ -223,7 +231,8 @@ notify_backlog() {
 
 start_worker() { # NAME ROLES
     local name=$1 roles=$2
-    env "${common_env[@]}" CHAT_NATS_URL="$(urls worker "$NATS_WORKER_PASSWORD")" CHAT_JS_REPLICAS=3 \
+    env "${common_env[@]}" CHAT_NATS_URL="$(urls worker "$NATS_WORKER_PASSWORD")" \
+        CHAT_JS_REPLICAS="$([[ $nats_topology == single ]] && echo 1 || echo 3)" \
         CHAT_WORKER_LISTEN="127.0.0.1:${port[$name]}" CHAT_WORKER_ROLES="$roles" \
         "$build/bin/chat-worker" >>"$logs/$name.log" 2>&1 &
     pids[$name]=$!
@@ -274,9 +283,13 @@ topology_up() {
     NATS_BACKEND_PASSWORD=$(secret)
     NATS_ADMIN_PASSWORD=$(secret)
     NATS_SYS_PASSWORD=$(secret)
-    net_up || return 1
-    for k in 1 2 3; do nats_start "$k"; done
-    wait_for 60 cluster_formed || { echo "FAIL: the NATS cluster did not form (routes: $(routes_of 1)/ $(routes_of 2)/ $(routes_of 3))"; return 1; }
+    if [[ $nats_topology == single ]]; then
+        single_nats_up || return 1
+    else
+        net_up || return 1
+        for k in 1 2 3; do nats_start "$k"; done
+        wait_for 60 cluster_formed || { echo "FAIL: the NATS cluster did not form (routes: $(routes_of 1)/ $(routes_of 2)/ $(routes_of 3))"; return 1; }
+    fi
     services=1
     chat_pg_start >"$logs/services.log" 2>&1 || { echo "FAIL: PostgreSQL did not start"; tail -n 20 "$logs/services.log"; return 1; }
     chat_redis_start >>"$logs/services.log" 2>&1
@@ -287,6 +300,7 @@ topology_up() {
         CHAT_HOME="$CHAT_HOME" CHAT_PG_DSN="$CHAT_PG_DSN" CHAT_REDIS_URL="$CHAT_REDIS_URL" CHAT_PARTITIONS=16
         CHAT_JWT_SECRET="$CHAT_JWT_SECRET" CHAT_LOG="${CHAT_FAULT_LOG:-info}" CHAT_ARCHIVE_URL="file://$tmp/archive"
         CHAT_PUSH_GRACE=2s CHAT_PUSH_WEBHOOK_URL="http://127.0.0.1:${port[webhook]}/push" CHAT_EGRESS_ALLOW=127.0.0.1
+        CHAT_NATS_SYNC="$([[ $nats_topology == single ]] && echo 1s || echo always)"
     )
     # the push receiver: 2 ms per push, every body recorded
     "$build/bin/fault_webhook" "${port[webhook]}" "$tmp/pushes.jsonl" 2 >>"$logs/webhook.log" 2>&1 &

@@ -16,7 +16,7 @@
 #
 #   run.sh [--rate N] [--keep-logs DIR] SCENARIO...      (default: every scenario)
 # Scenarios: baseline ingest_kill ingest_pause gateway_kill nats_leader_kill nats_partition
-#            pg_restart redis_restart notify_kill
+#            pg_restart redis_restart notify_kill nats_power_loss
 # Settings: CHAT_BUILD_DIR (binaries; default <checkout>/build), CHAT_FAULT_RATE (messages per
 # second, default 200), CHAT_FAULT_LOG (CHAT_LOG of the platform's processes, default info; debug
 # logs every send's way through gateway and ingest), CHAT_FAULT_RESULTS (a file the table rows
@@ -31,7 +31,7 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 outer_home=${CHAT_HOME:-}
 src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
 all_scenarios=(baseline ingest_kill ingest_pause gateway_kill nats_leader_kill nats_partition pg_restart redis_restart
-    notify_kill)
+    notify_kill nats_power_loss)
 
 rate=${CHAT_FAULT_RATE:-200}
 keep_logs=''
@@ -56,7 +56,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 command -v ip >/dev/null || { echo "SKIP: no ip (iproute2)"; exit 77; }
 build=$(realpath -m -- "${CHAT_BUILD_DIR:-$src/build}")
-for b in chat-worker chat-gateway chatctl chat-bench fault_lb fault_probe fault_check fault_webhook; do
+for b in chat-worker chat-gateway chatctl chat-bench fault_lb fault_probe fault_check fault_webhook fault_events; do
     [[ -x "$build/bin/$b" ]] || { echo "FAIL: $build/bin/$b not built"; exit 1; }
 done
 
@@ -74,6 +74,8 @@ conf="$src/deploy/nats/nats.conf"
 
 # shellcheck source=tests/faults/lib.sh
 . "$here/lib.sh"
+# shellcheck source=tests/faults/power_loss.sh
+. "$here/power_loss.sh"
 
 trap topology_down EXIT
 trap 'echo "run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -84,6 +86,8 @@ passed=()
 for s in "${scenarios[@]}"; do
     printf '\n==================== %s (rate %s msg/s) ====================\n' "$s" "$rate"
     rc=0
+    nats_topology=cluster
+    [[ $s == nats_power_loss ]] && nats_topology=single
     topology_up || rc=$?
     if ((rc != 0)); then
         # once more from scratch: three nodes started at once sometimes come up unable to place a

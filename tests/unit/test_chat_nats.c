@@ -129,6 +129,14 @@ START_TEST(parse_subjects)
 }
 END_TEST
 
+START_TEST(synced_after)
+{
+    ck_assert_int_eq(chat_nats_synced_after_ms(0), 1000);     /* always: a second for the check alone */
+    ck_assert_int_eq(chat_nats_synced_after_ms(1000), 2500);  /* 1s: the interval, half again, a second */
+    ck_assert_int_eq(chat_nats_synced_after_ms(120000), 181000);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("chat_nats");
@@ -138,6 +146,7 @@ int main(void)
     tcase_add_test(tc, parse_subjects);
     tcase_add_test(tc, js_ack_subjects);
     tcase_add_test(tc, status_messages);
+    tcase_add_test(tc, synced_after);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }

@@ -1,0 +1,73 @@
+/* wk_events_trust: confirmed CHAT_EVENTS checkpoints wait for the broker's sync interval, are
+ * taken oldest first with what they move merged, and a full queue never trusts a write earlier. */
+#include <check.h>
+#include <string.h>
+
+#include "unit_run.h"
+#include "wk_events_trust.h"
+
+START_TEST(due_in_order_and_merged)
+{
+    wk_trust t;
+    wk_trust_init(&t, 4);
+    int64_t a[4] = {0, 10, 0, 0}, b[4] = {0, 20, 5, 0}, c[4] = {0, 0, 0, 7};
+    wk_trust_push(&t, 100, 1, "x:1", a);
+    wk_trust_push(&t, 200, 3, "x:3", b);
+    wk_trust_push(&t, 300, 4, "y:1", c);
+    ck_assert_int_eq(wk_trust_due(&t, 99), 0);
+    ck_assert_int_eq(wk_trust_due(&t, 100), 1);
+    ck_assert_int_eq(wk_trust_due(&t, 250), 2);
+    /* the newest due point is the one to check: its write is the latest */
+    ck_assert_uint_eq(wk_trust_at(&t, 1)->seq, 3);
+    ck_assert_str_eq(wk_trust_at(&t, 1)->msgid, "x:3");
+    int64_t upto[4] = {0};
+    wk_trust_pop(&t, 2, upto);
+    ck_assert_int_eq(upto[1], 20);
+    ck_assert_int_eq(upto[2], 5);
+    ck_assert_int_eq(upto[3], 0); /* the third point is not taken */
+    ck_assert_int_eq(t.n, 1);
+    ck_assert_int_eq(wk_trust_due(&t, 299), 0);
+    ck_assert_uint_eq(wk_trust_at(&t, 0)->seq, 4);
+    wk_trust_clear(&t);
+    ck_assert_int_eq(wk_trust_due(&t, 1000), 0);
+    wk_trust_free(&t);
+}
+END_TEST
+
+START_TEST(full_queue_merges_into_the_newest)
+{
+    wk_trust t;
+    wk_trust_init(&t, 2);
+    for (int i = 0; i < WK_TRUST_MAX; i++) {
+        int64_t u[2] = {i + 1, 0};
+        wk_trust_push(&t, 100 + i, (uint64_t)i + 1, "m", u);
+    }
+    int64_t late[2] = {0, 99};
+    wk_trust_push(&t, 5000, 500, "last", late);
+    ck_assert_int_eq(t.n, WK_TRUST_MAX);
+    /* every point before the newest is due as before; the newest now waits as long as the last */
+    ck_assert_int_eq(wk_trust_due(&t, 100 + WK_TRUST_MAX), WK_TRUST_MAX - 1);
+    ck_assert_int_eq(wk_trust_due(&t, 5000), WK_TRUST_MAX);
+    const wk_trust_point *newest = wk_trust_at(&t, WK_TRUST_MAX - 1);
+    ck_assert_uint_eq(newest->seq, 500);
+    ck_assert_str_eq(newest->msgid, "last");
+    ck_assert_int_eq(newest->upto_us[0], WK_TRUST_MAX); /* its own cursor kept */
+    ck_assert_int_eq(newest->upto_us[1], 99);           /* and the merged one's */
+    /* a merge never lowers the sequence checked */
+    wk_trust_push(&t, 6000, 0, "", late);
+    ck_assert_uint_eq(wk_trust_at(&t, WK_TRUST_MAX - 1)->seq, 500);
+    wk_trust_pop(&t, WK_TRUST_MAX, NULL);
+    ck_assert_int_eq(t.n, 0);
+    wk_trust_free(&t);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("wk_events_trust");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, due_in_order_and_merged);
+    tcase_add_test(tc, full_queue_merges_into_the_newest);
+    suite_add_tcase(s, tc);
+    return unit_run(s);
+}

@@ -1,0 +1,48 @@
+/* Which CHAT_EVENTS publishes the ingest may trust to be on the broker's disk. A PubAck says a write
+ * is in the broker; with a JetStream sync interval (CHAT_NATS_SYNC) it reaches the disk up to that
+ * long after, and a broker that dies meanwhile (a power loss, a machine lost) comes back without
+ * the newest writes: the stream loses a suffix, and later publishes reuse its sequence numbers.
+ * So a confirmed publish moves its partition's cursor only once the interval has passed AND the
+ * newest write acknowledged so far is still in the stream under its own Nats-Msg-Id: if it is, so
+ * is every write before it; if not, the cursors stay and the partitions are repaired from them.
+ *
+ * This module is the queue of such checkpoints, oldest first: pure, one committer's thread. */
+#ifndef WK_EVENTS_TRUST_H
+#define WK_EVENTS_TRUST_H
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Checkpoints kept at once: at one confirmation a second and a sync interval of S seconds about
+ * S + 2 are waiting; past this many the newest absorbs the next (trusted later, never earlier). */
+#define WK_TRUST_MAX 16
+
+typedef struct wk_trust_point {
+    int64_t trusted_ms; /* monotonic ms from when the broker has synced every write of it */
+    uint64_t seq;       /* the highest CHAT_EVENTS sequence acknowledged when it was made (0: none) */
+    char msgid[160];    /* that write's Nats-Msg-Id */
+    int64_t *upto_us;   /* per partition: where its cursor may move (0: nowhere) */
+} wk_trust_point;
+
+typedef struct wk_trust {
+    wk_trust_point q[WK_TRUST_MAX];
+    int head, n;
+    int nparts;
+    uint64_t gen; /* the committer's connection generation the points belong to */
+} wk_trust;
+
+void wk_trust_init(wk_trust *t, int nparts);
+void wk_trust_free(wk_trust *t);
+/* Forgets every point (a lease lost, a loss found). */
+void wk_trust_clear(wk_trust *t);
+/* Queues a point: trusted from trusted_ms, checked by seq/msgid, moving partition p's cursor to
+ * upto_us[p] (nparts values, 0: not moved; copied). Full: merged into the newest point. */
+void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *msgid, const int64_t *upto_us);
+/* How many of the oldest points are trusted by now_ms. */
+int wk_trust_due(const wk_trust *t, int64_t now_ms);
+/* The i-th oldest point (i < t->n). */
+const wk_trust_point *wk_trust_at(const wk_trust *t, int i);
+/* Drops the n oldest points (after they were checked), merging what they move into upto_us
+ * (nparts values: each the greatest of its own and theirs). */
+void wk_trust_pop(wk_trust *t, int n, int64_t *upto_us);
+
+#endif
