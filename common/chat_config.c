@@ -70,7 +70,7 @@ static const setting settings[] = {
      "kid of CHAT_JWT_KEYS that chatctl token and /dev/token sign with (empty: CHAT_JWT_SECRET)"},
     {"CHAT_PARTITIONS", "--partitions", "16", ALL, F(partitions_raw),
      "number of ordering partitions of the message stream"},
-    {"CHAT_NATS_SYNC", "--nats-sync", "always", WK | CTL, F(nats_sync_raw),
+    {"CHAT_NATS_SYNC", "--nats-sync", "1s", WK | CTL, F(nats_sync_raw),
      "the broker's JetStream sync_interval (always, or a duration like 1s): how long an acknowledged write may "
      "wait for its fsync (at most 5m); the ingest trusts a CHAT_EVENTS write, chatctl revoke a revocation, only "
      "once that has passed"},

@@ -403,7 +403,7 @@ def page(resdir, out_path):
     w("## How the systems were set up")
     w("")
     w("- **This platform**: `scripts/up` stacks of bench/run's own (`bench/lib/stacks.sh`): nats-server "
-      "with JetStream on disk, `sync_interval` from `CHAT_NATS_SYNC` (`always`, the default, and `%s`, both "
+      "with JetStream on disk, `sync_interval` from `CHAT_NATS_SYNC` (`always` and `%s`, the default, both "
       "measured in this run), PostgreSQL 15 with `fsync=on`, `synchronous_commit=on`, Redis, one worker with "
       "every role, 16 partitions, one gateway (two for the 20,000-connection rows, three for reconnect). The "
       "gateway's abuse limits `CHAT_WS_RATE` and `CHAT_WS_USER_RATE` are raised to 100,000 so that they do not "
@@ -1075,15 +1075,17 @@ def where_time(res, w, fast):
 def durability(w, fast):
     w("## CHAT_NATS_SYNC: what each setting means for durability")
     w("")
-    w("- `always` (the default): nats-server fsyncs every JetStream write before it acknowledges it. A "
+    w("- `always`: nats-server fsyncs every JetStream write before it acknowledges it. A "
       "message in CHAT_IN survives a power loss of the broker's machine as soon as the gateway has its PubAck.")
-    w("- `%s`: nats-server writes at once but fsyncs every %s; a PubAck can come before the bytes are on the "
+    w("- `%s` (the default of `scripts/up` since 2026-12-07): nats-server writes at once but fsyncs every %s; a PubAck can come before the bytes are on the "
       "disk, so a power loss (not a crash of nats-server alone: the page cache survives that) can lose up to "
       "%s of broker writes. **What a client was acked is not at risk**: the platform acks a send only after the "
       "PostgreSQL commit (`synchronous_commit=on`, fsync), and delivers only committed messages. What can be "
       "lost is (a) a post the gateway published whose ack the client never got (the client resends it with the "
-      "same cmid; dedupe makes that safe), (b) CHAT_EVENTS entries of committed messages (the durable copy is "
-      "PostgreSQL; a sync fills the gap; the notify role reads them too: a push may be missed). A replicated JetStream "
+      "same cmid; dedupe makes that safe), (b) CHAT_EVENTS entries of committed messages (the ingest reads "
+      "back the newest it had acknowledged once the interval has passed and republishes what is missing from "
+      "PostgreSQL; the notify role may skip pushes of the republished ones), (c) a revocation (`chatctl revoke` "
+      "reads it back and writes it again). The fault scenario `nats_power_loss` checks it. A replicated JetStream "
       "(`CHAT_JS_REPLICAS=3`) keeps a copy on other machines in any case." % (fast, fast, fast))
     w("")
 

@@ -100,7 +100,7 @@ chat_env_init() {
     # and the JetStream replicas of the streams.
     chat_env_default CHAT_JS_REPLICAS 1
     # JetStream fsync of the local nats-server (services.sh): always, or an interval like 1s.
-    chat_env_default CHAT_NATS_SYNC always
+    chat_env_default CHAT_NATS_SYNC 1s
     chat_env_default CHAT_WS_QUEUE_MAX 8388608
     chat_env_default CHAT_WS_SLOW_GRACE 5s
     chat_env_default CHAT_WS_RATE 50

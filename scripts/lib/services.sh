@@ -139,11 +139,12 @@ chat_nats_start() {
     chat_dirs
     mkdir -p -- "$dir/js"
     if chat_nats_has_sync "$bin"; then
-        # CHAT_NATS_SYNC (env.sh): `always` fsyncs every JetStream write; a duration (`1s`) fsyncs
-        # on that interval, so a power loss can lose that much of what the broker acknowledged.
-        [[ "${CHAT_NATS_SYNC:-always}" =~ ^(always|[0-9]+(ms|s|m))$ ]] \
+        # CHAT_NATS_SYNC (env.sh): `always` fsyncs every JetStream write; a duration (`1s`, the
+        # default) fsyncs on that interval, so a power loss can lose that much of what the broker
+        # acknowledged (docs/operations.md: what the platform repairs of it).
+        [[ "${CHAT_NATS_SYNC:-1s}" =~ ^(always|[0-9]+(ms|s|m))$ ]] \
             || chat_die "CHAT_NATS_SYNC='${CHAT_NATS_SYNC}' is neither 'always' nor a duration like 1s, 500ms, 2m"
-        sync="  sync_interval: ${CHAT_NATS_SYNC:-always}"
+        sync="  sync_interval: ${CHAT_NATS_SYNC:-1s}"
     else
         chat_warn "$bin is older than 2.10: JetStream data will NOT be fsynced"
     fi

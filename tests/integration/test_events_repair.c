@@ -20,6 +20,7 @@
 #include <nats/nats.h>
 
 #include "chat.pb-c.h"
+#include "chat_nats.h"
 #include "chat_partition.h"
 #include "test_ops.h"
 #include "test_stack.h"
@@ -241,15 +242,17 @@ static int64_t await_stream(jsCtx *js, const talk *t, int64_t restored)
     return last_at;
 }
 
-/* Waits until conv's partition's cursor is past conv's newest event (a confirmation or a repair
- * writes it once the PubAcks came). */
+/* Waits until conv's partition's cursor is past conv's newest event: a confirmation or a repair
+ * moves it once the PubAcks came and the broker has had time to sync them (CHAT_NATS_SYNC), and
+ * it has read the newest back: 3 s more than that. */
 static void await_cursor(const char *conv)
 {
-    for (int64_t end = test_mono_ms() + 3000; !cursor_past(conv);) {
+    int64_t wait_ms = 3000 + chat_nats_synced_after_ms(stack.cfg.nats_sync_ms);
+    for (int64_t end = test_mono_ms() + wait_ms; !cursor_past(conv);) {
         ck_assert_msg(test_mono_ms() < end,
-                      "the cursor (ingest_leases.events_upto) of %s's partition is not past its newest event 3 s after "
-                      "the events were in CHAT_EVENTS",
-                      conv);
+                      "the cursor (ingest_leases.events_upto) of %s's partition is not past its newest event %lld ms "
+                      "after the events were in CHAT_EVENTS",
+                      conv, (long long)wait_ms);
         pause_ms(100);
     }
 }

@@ -155,7 +155,8 @@ PIDS+=($!)
 r=''
 for _ in $(seq 50); do
     r=$(get "http://127.0.0.1:$gport/readyz")
-    [[ $r == *"redis down"* ]] && break
+    # (until its revocations are loaded too: "revocations: not loaded" is a state, not an error)
+    [[ $r == *"redis down"* && $r != *"not loaded"* ]] && break
     sleep 0.2
 done
 body=${r#* }

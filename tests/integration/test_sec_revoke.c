@@ -5,6 +5,7 @@
  * from its first upgrade (503 until it has the revocations, then 401, never 101). Tokens are made
  * here (HS256 with the stack's secret), not by the code under test. Against the stack. */
 #include <check.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,43 @@ static void expect_alive(ws_client *c, const char *what)
     json_decref(pong);
 }
 
+/* chatctl revoke started on a thread of its own: the gateways close what it hits as soon as its
+ * write is in the broker, while chatctl still waits to read it back from the broker's disk
+ * (CHAT_NATS_SYNC of an interval: docs/operations.md, "Revoking tokens"). */
+typedef struct revoke_run {
+    pthread_t thread;
+    const char *a1, *a2;
+    int rc;
+    char *out;
+} revoke_run;
+
+static void *revoke_thread(void *arg)
+{
+    revoke_run *r = arg;
+    r->rc = test_stack_chatctl(&stack, &r->out, "revoke", r->a1, r->a2, (char *)NULL);
+    return NULL;
+}
+
+static void revoke_start(revoke_run *r, const char *a1, const char *a2)
+{
+    r->a1 = a1;
+    r->a2 = a2;
+    r->rc = -1;
+    r->out = NULL;
+    ck_assert_int_eq(pthread_create(&r->thread, NULL, revoke_thread, r), 0);
+}
+
+/* Its JSON line once it ended (the test fails unless it exits 0). */
+static json_t *revoke_end(revoke_run *r)
+{
+    pthread_join(r->thread, NULL);
+    ck_assert_msg(r->rc == 0, "chatctl revoke %s %s: exit %d, %s", r->a1, r->a2, r->rc, r->out ? r->out : "");
+    json_t *j = json_loads(r->out, 0, NULL);
+    ck_assert_msg(j != NULL, "chatctl revoke printed no JSON: %s", r->out);
+    free(r->out);
+    return j;
+}
+
 /* chatctl revoke ARGS: its JSON line (the test fails unless it exits 0). */
 static json_t *chatctl_revoke(const char *a1, const char *a2, const char *a3, const char *a4)
 {
@@ -105,13 +143,15 @@ START_TEST(user_revoked_sessions_closed_old_tokens_refused)
     ws_client *a = session(old), *b = session(no_iat), *bystander = session(other_token);
 
     int64_t t0 = test_mono_ms(); /* from chatctl's start: its process, NATS connect and put included */
-    json_t *r = chatctl_revoke("user", user, NULL, NULL);
+    revoke_run run;
+    revoke_start(&run, "user", user);
+    int64_t ms_a, ms_b;
+    int code_a = closed_code(a, t0, &ms_a), code_b = closed_code(b, t0, &ms_b);
+    json_t *r = revoke_end(&run);
     int64_t not_before = test_int(r, "not_before");
     ck_assert_msg(not_before > issued, "not_before %lld is not after the old token's iat %lld", (long long)not_before,
                   issued);
     json_decref(r);
-    int64_t ms_a, ms_b;
-    int code_a = closed_code(a, t0, &ms_a), code_b = closed_code(b, t0, &ms_b);
     ck_assert_msg(code_a == 4001 && ms_a <= REVOKE_BOUND_MS, "live session (iat): close %d after %lld ms, want 4001 "
                   "within %d", code_a, (long long)ms_a, REVOKE_BOUND_MS);
     ck_assert_msg(code_b == 4001 && ms_b <= REVOKE_BOUND_MS, "live session (no iat): close %d after %lld ms", code_b,
@@ -149,11 +189,13 @@ START_TEST(token_revoked_by_jti_other_token_works)
     ws_client *a = session(ta), *b = session(tb);
 
     int64_t t0 = test_mono_ms();
-    json_t *r = chatctl_revoke("token", ta, NULL, NULL); /* the token itself: chatctl reads its jti and exp */
-    ck_assert_str_eq(test_str(r, "jti"), jti_a);
-    json_decref(r);
+    revoke_run run;
+    revoke_start(&run, "token", ta); /* the token itself: chatctl reads its jti and exp */
     int64_t ms;
     int code = closed_code(a, t0, &ms);
+    json_t *r = revoke_end(&run);
+    ck_assert_str_eq(test_str(r, "jti"), jti_a);
+    json_decref(r);
     ck_assert_msg(code == 4001 && ms <= REVOKE_BOUND_MS, "session of the revoked token: close %d after %lld ms", code,
                   (long long)ms);
     fprintf(stderr, PROG ": token revoked: its session closed %lld ms after chatctl revoke started\n", (long long)ms);
