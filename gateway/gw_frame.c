@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "chat_id.h"
+#include "chat_jwt.h"
 
 static const struct {
     const char *name;
@@ -13,7 +14,7 @@ static const struct {
     {"send", GW_IN_SEND}, {"edit", GW_IN_EDIT}, {"delete", GW_IN_DELETE}, {"react", GW_IN_REACT},
     {"sync", GW_IN_SYNC}, {"seen", GW_IN_SEEN}, {"read", GW_IN_READ}, {"history", GW_IN_HISTORY},
     {"typing", GW_IN_TYPING}, {"presence", GW_IN_PRESENCE}, {"conversations", GW_IN_CONVERSATIONS},
-    {"ping", GW_IN_PING},
+    {"ping", GW_IN_PING}, {"auth", GW_IN_AUTH},
 };
 
 static bool fail(gw_frame_error *err, const char *code, const char *message)
@@ -193,6 +194,11 @@ bool gw_frame_parse(const char *data, size_t len, gw_inframe *f, gw_frame_error 
         return parse_presence(f, err);
     case GW_IN_CONVERSATIONS:
     case GW_IN_PING:
+        return true;
+    case GW_IN_AUTH:
+        f->token = string_of(f->root, "token");
+        if (f->token == NULL || f->token[0] == '\0' || strlen(f->token) > CHAT_JWT_MAX_LEN)
+            return fail(err, "bad_request", "auth needs token (a JWT)");
         return true;
     }
     return fail(err, "bad_request", "unknown type");

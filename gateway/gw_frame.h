@@ -30,6 +30,7 @@ typedef enum gw_in_type {
     GW_IN_PRESENCE,
     GW_IN_CONVERSATIONS,
     GW_IN_PING,
+    GW_IN_AUTH,
 } gw_in_type;
 
 /* A checked frame. Strings point into root, which the frame owns. */
@@ -46,6 +47,7 @@ typedef struct gw_inframe {
     json_t *cursors;     /* sync: object of conv -> seq >= 0, or NULL */
     json_t *users;       /* presence: array of user ids */
     json_t *ref;         /* history: the client's ref (string or integer), or NULL */
+    const char *token;   /* auth: the token the session goes on with */
 } gw_inframe;
 
 /* Why a frame was refused: the error frame's code and message, and its ref (a valid cmid of a

@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 #include "chat_time.h"
+#include "gw_auth.h"
 #include "gw_budget.h"
 #include "gw_frame.h"
 #include "gw_send.h"
@@ -69,6 +70,9 @@ void gw_route_frame(gw_server *srv, gw_session *s, const char *data, size_t len)
         break;
     case GW_IN_PING:
         gw_session_send_json(srv, s, json_pack("{s:s}", "type", "pong"));
+        break;
+    case GW_IN_AUTH:
+        gw_auth_handle(srv, s, &f);
         break;
     }
     gw_inframe_free(&f);

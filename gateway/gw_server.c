@@ -419,9 +419,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         int sndbuf = SNDBUF_SIZE;
         if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
             return -1; /* as lws does when its own setsockopt fails */
-        /* what a later revocation is matched against (gw_session_close_revoked) */
-        s->token_iat = (uint32_t)claims.iat;
-        s->token_jti = claims.jti[0] ? chat_revoke_jti_id(claims.jti) : 0;
+        gw_session_set_token(s, &claims);
         gw_session_established(srv, s, wsi, claims.user);
         return 0;
     }
@@ -470,6 +468,7 @@ static void register_metrics(gw_server *srv)
     g->disc_slow = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"slow_consumer\"", dh);
     g->disc_too_large = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"too_large\"", dh);
     g->disc_shutdown = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"shutdown\"", dh);
+    g->disc_expired = chat_metrics_counter(m, "chat_gateway_disconnects_total", "reason=\"token_expired\"", dh);
     const char *fh = "Frames answered with an error, by code.";
     g->fail_bad_request = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"bad_request\"", fh);
     g->fail_not_member = chat_metrics_counter(m, "chat_gateway_failed_total", "reason=\"not_member\"", fh);

@@ -34,7 +34,7 @@ struct gw_session_handlers;
 typedef struct gw_metrics {
     atomic_int_fast64_t *connections, *users;
     atomic_uint_fast64_t *connects, *refused_auth, *refused_origin;
-    atomic_uint_fast64_t *disc_client, *disc_slow, *disc_too_large, *disc_shutdown;
+    atomic_uint_fast64_t *disc_client, *disc_slow, *disc_too_large, *disc_shutdown, *disc_expired;
     atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable, *fail_rate_limited;
     atomic_uint_fast64_t *refused_limit, *refused_stopping, *refused_loading;
     atomic_uint_fast64_t *frames_in, *frames_out, *acks;

@@ -14,6 +14,7 @@
 
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_revoke.h"
 #include "chat_time.h"
 #include "gw_presence.h"
 
@@ -308,6 +309,7 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
                           : s->close_code == GW_CLOSE_SERVICE_RESTART          ? "service restart: sync"
                           : s->close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION ? "incomplete frame"
                           : s->close_code == GW_CLOSE_TOKEN_REVOKED            ? "token revoked"
+                          : s->close_code == GW_CLOSE_TOKEN_EXPIRED            ? "token expired"
                                                                                : "try again";
         s->close_written = true;
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)why, strlen(why));
@@ -353,14 +355,19 @@ int gw_session_writeable(gw_server *srv, gw_session *s)
 
 static void sweep_one(gw_server *srv, gw_session *s, void *ctx)
 {
-    (void)ctx;
-    int64_t now = chat_mono_ms();
+    int64_t now = chat_mono_ms(), now_s = *(const int64_t *)ctx;
     if (s->close_code) {
         if (now - s->closing_ms >= GW_CLOSE_WAIT_MS - 100) /* the sweep's second, give or take a tick */
             hang_up(s);
         return;
     }
-    if (s->over_since_ms && now - s->over_since_ms > srv->cfg->ws_slow_grace_ms)
+    if (s->established && s->token_exp && now_s >= (int64_t)s->token_exp) {
+        /* a session lives as long as its token, unless an auth frame brought a newer one */
+        LOG_INFO("gateway", "event=token_expired session=%s-%" PRIu64 " user=%s", srv->gateway_id, s->id,
+                 gw_session_user(s));
+        atomic_fetch_add(srv->m.disc_expired, 1);
+        close_now(s, GW_CLOSE_TOKEN_EXPIRED);
+    } else if (s->over_since_ms && now - s->over_since_ms > srv->cfg->ws_slow_grace_ms)
         close_slow(srv, s); /* a client that reads nothing gets no more enqueues to notice it */
     else if (s->rx && now - s->rx->started_ms > GW_FRAGMENT_TIMEOUT_MS) {
         LOG_WARN("gateway", "event=incomplete_frame session=%s-%" PRIu64 " user=%s bytes=%zu", srv->gateway_id, s->id, gw_session_user(s), s->rx->buf.len);
@@ -391,7 +398,15 @@ void gw_session_pong(gw_session *s)
 
 void gw_session_sweep(gw_server *srv)
 {
-    each_session(srv, sweep_one, NULL);
+    int64_t now_s = chat_now_ms() / 1000;
+    each_session(srv, sweep_one, &now_s);
+}
+
+void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims)
+{
+    s->token_iat = (uint32_t)claims->iat;
+    s->token_jti = claims->jti[0] ? chat_revoke_jti_id(claims->jti) : 0;
+    s->token_exp = (uint32_t)claims->exp;
 }
 
 static void close_with(gw_server *srv, gw_session *s, void *ctx)

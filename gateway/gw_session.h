@@ -19,6 +19,7 @@
 #include "chat_revoke.h"
 #include "gw_budget.h"
 #include "gw_bus.h"
+#include "chat_jwt.h"
 #include "gw_outframe.h"
 #include "gw_peer.h"
 #include "gw_server.h"
@@ -27,6 +28,7 @@
 #define GW_CLOSE_SLOW_CONSUMER 4008    /* the client fell behind past CHAT_WS_QUEUE_MAX for CHAT_WS_SLOW_GRACE */
 #define GW_CLOSE_SERVICE_RESTART 1012  /* the gateway's NATS connection was lost: live deliveries may be missing */
 #define GW_CLOSE_TOKEN_REVOKED 4001    /* the session's token was revoked (chatctl revoke, gw_revoke.h) */
+#define GW_CLOSE_TOKEN_EXPIRED 4003    /* the session's token reached its exp, no newer one came (gw_auth.h) */
 #define GW_FRAGMENT_TIMEOUT_MS 10000   /* a fragmented frame must be complete within this */
 /* A connection asked to close (4008, 1001, 1012, 1008) is hung up this long after whatever its
  * client does: one that reads nothing never lets the close frame out (its socket never becomes
@@ -80,6 +82,7 @@ typedef struct gw_session {
     bool syncing;                /* a sync is running: pages until `synced` */
     bool want_ping;              /* a ping goes out at the next WRITEABLE */
     bool close_written;          /* the close frame went to the socket */
+    uint32_t token_exp;          /* the token's exp: the sweep closes the session then (4003); in padding */
     struct gw_session *next_of_user, *prev_of_user;
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
@@ -129,6 +132,9 @@ void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
 
 /* user: the token's checked user id. */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
+/* The token s runs on from now (at the upgrade, or renewed by an auth frame): what a revocation is
+ * matched against, and the exp the sweep closes it at. */
+void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims);
 /* lws contract: 0 carry on, -1 close. */
 int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len);
 int gw_session_writeable(gw_server *srv, gw_session *s);

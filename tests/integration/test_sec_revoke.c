@@ -23,17 +23,22 @@ static test_stack stack;
 
 /* An HS256 token of the stack's secret for user, issued at iat (0: no iat claim), with jti ("" or
  * NULL: none), valid an hour. The caller frees it. */
-static char *token_for(const char *user, long long iat, const char *jti)
+/* A token of user expiring at exp (unix s), with iat and jti when given. */
+static char *token_until(const char *user, long long exp, long long iat, const char *jti)
 {
     char payload[512];
-    long long now = (long long)time(NULL);
-    int n = snprintf(payload, sizeof payload, "{\"sub\":\"%s\",\"exp\":%lld", user, now + 3600);
+    int n = snprintf(payload, sizeof payload, "{\"sub\":\"%s\",\"exp\":%lld", user, exp);
     if (iat)
         n += snprintf(payload + n, sizeof payload - (size_t)n, ",\"iat\":%lld", iat);
     if (jti && jti[0])
         n += snprintf(payload + n, sizeof payload - (size_t)n, ",\"jti\":\"%s\"", jti);
     snprintf(payload + n, sizeof payload - (size_t)n, "}");
     return test_jwt_forge("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, stack.cfg.jwt_secret, "HS256");
+}
+
+static char *token_for(const char *user, long long iat, const char *jti)
+{
+    return token_until(user, (long long)time(NULL) + 3600, iat, jti);
 }
 
 /* Upgrades at port (0: the stack's gateway) with token. 101: *out is the session (hello read);
@@ -273,6 +278,76 @@ START_TEST(new_gateway_refuses_revoked_token_from_first_upgrade)
 }
 END_TEST
 
+/* Sends {"type":"auth","token":token} on c: the frame that answers it ("auth" or "error"). */
+static json_t *renew(ws_client *c, const char *token)
+{
+    json_t *f = json_pack("{s:s, s:s}", "type", "auth", "token", token), *answer = NULL;
+    ck_assert_msg(ws_client_send_json(c, f) == CHAT_OK, "send auth");
+    json_decref(f);
+    int64_t end = test_mono_ms() + 5000;
+    while (test_recv_by(c, end, &answer) == CHAT_OK) {
+        const char *type = test_str(answer, "type");
+        if (strcmp(type, "auth") == 0 || strcmp(type, "error") == 0)
+            return answer;
+        json_decref(answer);
+    }
+    ck_abort_msg("no answer to auth within 5 s");
+    return NULL;
+}
+
+/* A session lives as long as its token (docs/protocol.md, close 4003): one left alone is closed
+ * at its exp; one that sent a newer token of its user in an auth frame lives on; a token of
+ * another user, or a revoked one, renews nothing (error bad_token, and the session still ends at
+ * its first token's exp). */
+START_TEST(session_ends_at_token_exp_unless_renewed)
+{
+    char user[80], other[80], jti[80];
+    test_stack_unique_id("exu", user, sizeof user);
+    test_stack_unique_id("exo", other, sizeof other);
+    test_stack_unique_id("exj", jti, sizeof jti);
+    char until[32];
+    snprintf(until, sizeof until, "%lld", (long long)time(NULL) + 600);
+    json_decref(chatctl_revoke("token", jti, "--until", until)); /* before the clock starts: it confirms */
+    long long now = (long long)time(NULL), exp = now + 3;
+    char *short_a = token_until(user, exp, now, NULL), *short_b = token_until(user, exp, now, NULL);
+    char *short_c = token_until(user, exp, now, NULL), *longer = token_until(user, now + 600, now, NULL);
+    char *others = token_until(other, now + 600, now, NULL), *revoked = token_until(user, now + 600, now, jti);
+    ws_client *left = session(short_a), *renewed = session(short_b), *refused = session(short_c);
+
+    json_t *a = renew(renewed, longer);
+    ck_assert_msg(strcmp(test_str(a, "type"), "auth") == 0 && test_int(a, "exp") == now + 600,
+                  "auth with a newer token of the user: %s", test_str(a, "type"));
+    json_decref(a);
+    const char *bad[] = {others, revoked, "not.a.token"};
+    const char *what[] = {"another user's token", "a revoked token", "a malformed token"};
+    for (int i = 0; i < 3; i++) {
+        a = renew(refused, bad[i]);
+        ck_assert_msg(strcmp(test_str(a, "type"), "error") == 0 && strcmp(test_str(a, "code"), "bad_token") == 0,
+                      "auth with %s: %s %s", what[i], test_str(a, "type"), test_str(a, "code"));
+        json_decref(a);
+    }
+
+    /* closed at exp (the gateway's sweep runs every second), not before */
+    int64_t t0 = test_mono_ms();
+    int64_t ms;
+    int code = closed_code(left, t0, &ms);
+    long long closed_at = (long long)time(NULL);
+    ck_assert_msg(code == 4003, "a session whose token expired: close %d, want 4003", code);
+    ck_assert_msg(closed_at >= exp && closed_at <= exp + 3, "closed at %lld, its token's exp %lld", closed_at, exp);
+    code = closed_code(refused, t0, &ms);
+    ck_assert_msg(code == 4003, "a session refused a renewal: close %d, want 4003 at its first exp", code);
+    expect_alive(renewed, "the session renewed with a newer token");
+    fprintf(stderr, PROG ": token expiry: closed with 4003 %lld s after exp; the renewed session lives on\n",
+            closed_at - exp);
+    free(short_a);
+    free(short_b);
+    free(short_c);
+    free(longer);
+    free(others);
+    free(revoked);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, PROG);
@@ -283,6 +358,7 @@ int main(void)
     tcase_add_test(tc, user_revoked_sessions_closed_old_tokens_refused);
     tcase_add_test(tc, token_revoked_by_jti_other_token_works);
     tcase_add_test(tc, new_gateway_refuses_revoked_token_from_first_upgrade);
+    tcase_add_test(tc, session_ends_at_token_exp_unless_renewed);
     suite_add_tcase(s, tc);
     int failed = test_ops_run(s);
     test_stack_free(&stack);

@@ -9,7 +9,9 @@
 //
 // What it does for the app:
 // - one WebSocket, reconnected with exponential backoff and full jitter; a token refreshed through
-//   getToken() before its `exp` (read from the JWT's payload) and after refused connections;
+//   getToken() before its `exp` (read from the JWT's payload; sent on the live connection as an
+//   `auth` frame, which the server closes at the old token's exp otherwise: 4003) and after
+//   refused connections;
 // - on every (re)connect a `sync` from the cursors it keeps (per conversation: the highest seq it
 //   handed on with nothing missing below it), persisted in IndexedDB; whatever closed the socket
 //   (1001 server going away, 1012 service restart, 4008 slow consumer, the network);
@@ -439,6 +441,8 @@ export class ChatClient {
       if (t && t !== this.token) {
         this.token = t;
         this._emit('token', { exp: this._tokenExp() });
+        // the live connection ends at its token's exp (close 4003) unless it gets the new one
+        if (this._helloed) this._sendFrame({ type: 'auth', token: t });
       }
     } catch (err) {
       this._log('getToken failed', err);
@@ -669,6 +673,7 @@ export class ChatClient {
       case 'conversations': return this._onConversations(f);
       case 'error': return this._onError(f);
       case 'pong': return undefined;
+      case 'auth': return undefined; // the connection runs on the new token until its exp
       default:
         this._log('unknown frame', f.type);
         return undefined;
@@ -716,6 +721,12 @@ export class ChatClient {
   _onError(f) {
     const code = f.code || 'error';
     const msg = f.message || '';
+    if (code === 'bad_token') {
+      // a renewal the server refused: the connection closes at the old token's exp (4003) and the
+      // next one asks getToken() again
+      this._log('token renewal refused', msg);
+      return undefined;
+    }
     if (f.ref !== undefined && f.ref !== null) {
       const ref = String(f.ref);
       const item = this._outbox.get(ref);
