@@ -46,17 +46,18 @@ int wk_archive_ensure_partitions(void *pgconn, int64_t span_ms)
 }
 
 /* Partitions of span CHAT_PARTITION_SPAN from now - span to now + ahead, after replacing the
- * empty ones of another span; one transaction with a short lock_timeout. */
+ * empty ones of another span in that range (migration 0008: not those starting later); one
+ * transaction with a short lock_timeout. */
 void arc_upkeep(arc_pass *ps)
 {
     char span[48], ahead[48];
     arc_interval_text(span, sizeof span, ps->cfg->partition_span_ms);
     arc_interval_text(ahead, sizeof ahead, ahead_ms(ps->cfg->partition_span_ms));
-    const char *p1[] = {span};
     const char *p2[] = {span, ahead};
     PGresult *r1 = NULL, *r2 = NULL;
     bool ok = arc_begin(ps) && arc_exec_ok(ps, "lock_timeout", "SET LOCAL lock_timeout = '2s'", 0, NULL) &&
-              (r1 = arc_sql(ps, "reshape", "SELECT chat_reshape_partitions($1::interval)", 1, p1, PGRES_TUPLES_OK)) &&
+              (r1 = arc_sql(ps, "reshape", "SELECT chat_reshape_partitions($1::interval, $2::interval)", 2, p2,
+                            PGRES_TUPLES_OK)) &&
               (r2 = arc_sql(ps, "ensure",
                             "SELECT chat_ensure_partitions(now() - $1::interval, now() + $2::interval, $1::interval)",
                             2, p2, PGRES_TUPLES_OK)) &&

@@ -214,6 +214,13 @@ else
     again=$(admin "SELECT chat_ensure_partitions($BASE, $BASE + interval '3 minutes', interval '1 minute')" 2>&1) || true
     expect_eq partitions_idempotent "0" "$again"
 
+    # The archive role's upkeep (every minute on the running stack) reshapes only up to its own
+    # horizon (0008): partitions of another span made on purpose further ahead stay.
+    kept=$(admin "SELECT chat_reshape_partitions(interval '1 day', interval '1 hour');
+                  SELECT count(*) FROM chat_partitions
+                  WHERE from_ts >= $BASE AND until_ts <= $BASE + interval '3 minutes'" 2>&1 | tail -n 1) || true
+    expect_eq partitions_beyond_upkeep_kept "3" "$kept"
+
     # Two sessions at once over the next 3 minutes: both succeed, 3 created between them.
     CONC="BEGIN;
           SELECT chat_ensure_partitions($BASE + interval '3 minutes', $BASE + interval '6 minutes',
