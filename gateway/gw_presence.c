@@ -13,6 +13,7 @@
 #include "chat_log.h"
 #include "chat_map.h"
 #include "chat_mem.h"
+#include "chat_routes.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 
@@ -27,6 +28,7 @@ typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
 typedef struct work {
     work_kind kind;
     char user[65];
+    uint32_t route_gen; /* W_ONLINE: handed back with the user once its route is written */
     uint64_t session;
     gw_bus_fn on_answer; /* W_QUERY */
     int n;
@@ -40,8 +42,9 @@ struct gw_presence {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    work *head, *tail; /* under lock */
-    bool stop;         /* under lock */
+    work *head, *tail;  /* under lock */
+    bool stop;          /* under lock */
+    gw_bus_fn on_route; /* read-only after start */
     /* presence thread only */
     redisContext *redis;
     bool redis_ok;
@@ -70,10 +73,13 @@ static work *work_new(work_kind kind, const char *user)
     return w;
 }
 
-void gw_presence_online(gw_presence *p, const char *user)
+void gw_presence_online(gw_presence *p, const char *user, uint32_t route_gen)
 {
-    if (p)
-        enqueue(p, work_new(W_ONLINE, user));
+    if (p == NULL)
+        return;
+    work *w = work_new(W_ONLINE, user);
+    w->route_gen = route_gen;
+    enqueue(p, w);
 }
 
 void gw_presence_offline(gw_presence *p, const char *user)
@@ -228,12 +234,36 @@ static int append_alive(gw_presence *p, const char *user, int64_t now)
     return 4;
 }
 
-static void do_online(gw_presence *p, const char *user)
+/* Keeps CHAT_ROUTES_SINCE_KEY (chat_routes.h): set when missing (Redis restarted empty, or no
+ * gateway reached it for its expiry), its expiry renewed otherwise. */
+static int append_routes_since(gw_presence *p, int64_t now)
+{
+    redisAppendCommand(p->redis, "SET %s %lld NX PX %d", CHAT_ROUTES_SINCE_KEY, (long long)now,
+                       CHAT_ROUTES_SINCE_TTL_MS);
+    redisAppendCommand(p->redis, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
+    return 2;
+}
+
+/* The user's first device came: its route written (one retry on a fresh connection when the old one
+ * broke, e.g. Redis restarted), then handed back to the lws thread, which lets the user's first sync
+ * run only then (an event committed after that sync's read finds the route). With Redis unreachable
+ * it is handed back all the same: the ingest cannot read routes then either, and goes per user. */
+static void do_online(gw_presence *p, const work *w)
 {
     int64_t now = chat_now_ms();
-    if (connect_redis(p))
-        drain_replies(p, append_alive(p, user, now), NULL);
-    announce(p, user, true, now);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!connect_redis(p))
+            break;
+        int n = append_alive(p, w->user, now);
+        n += append_routes_since(p, now);
+        if (drain_replies(p, n, NULL))
+            break;
+    }
+    gw_presence_route *r = chat_xcalloc(1, sizeof *r);
+    snprintf(r->user, sizeof r->user, "%s", w->user);
+    r->route_gen = w->route_gen;
+    gw_bus_call(p->srv, p->on_route, r);
+    announce(p, w->user, true, now);
 }
 
 /* The user left this gateway: gone offline when no other gateway holds a live entry. */
@@ -261,17 +291,22 @@ static void leave(gw_presence *p, const char *user, bool announce_offline)
         announce(p, user, false, now);
 }
 
-/* One heartbeat item: these users' entries refreshed, in one pipeline. */
+/* One heartbeat item: these users' entries refreshed, in one pipeline (once more on a fresh
+ * connection when the old one broke: after a Redis restart every route must be back within
+ * CHAT_ROUTES_SETTLE_MS). */
 static void heartbeat(gw_presence *p, const work *w)
 {
-    if (w->n == 0 || !connect_redis(p))
-        return;
-    int64_t now = chat_now_ms();
-    int replies = 0;
-    const char *user = w->names;
-    for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
-        replies += append_alive(p, user, now);
-    drain_replies(p, replies, NULL);
+    for (int attempt = 0; attempt < 2 && w->n > 0; attempt++) {
+        if (!connect_redis(p))
+            return;
+        int64_t now = chat_now_ms();
+        int replies = append_routes_since(p, now);
+        const char *user = w->names;
+        for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
+            replies += append_alive(p, user, now);
+        if (drain_replies(p, replies, NULL))
+            return;
+    }
 }
 
 /* Users whose every entry expired (their gateway died): the gateway whose ZREM wins announces. */
@@ -370,7 +405,7 @@ static void *presence_thread(void *arg)
         for (work *w = list, *next; w; w = next) {
             next = w->next;
             if (w->kind == W_ONLINE)
-                do_online(p, w->user);
+                do_online(p, w);
             else if (w->kind == W_OFFLINE)
                 leave(p, w->user, true);
             else if (w->kind == W_BEAT)
@@ -392,12 +427,13 @@ static void *presence_thread(void *arg)
     return NULL;
 }
 
-chat_status gw_presence_start(gw_server *srv, gw_presence **out)
+chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_presence **out)
 {
     gw_presence *p = calloc(1, sizeof *p);
     if (p == NULL)
         return CHAT_ERR_NOMEM;
     p->srv = srv;
+    p->on_route = on_route;
     p->redis_ok = true;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

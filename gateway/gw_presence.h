@@ -1,7 +1,8 @@
 /* Presence in Redis, from a thread of its own with its own hiredis connection: the lws thread
  * only queues work (a user's first device here came, its last one left, a query) and gets query
- * results back through the bus. Delivery never depends on presence; Redis down only makes
- * presence answers stale until it is back.
+ * results back through the bus. The entries are also the delivery routes of large conversations
+ * (chat_routes.h): a user's first sync waits until its route is written; with Redis down the ingest
+ * delivers per user, so Redis down only makes presence answers stale until it is back.
  *
  * Keys (TTL = GW_PRESENCE_TTL_MS, heartbeat every GW_PRESENCE_HEARTBEAT_MS, all pipelined):
  *   presence:<user>   ZSET gateway id -> expiry ms: the gateways holding a device of the user
@@ -40,13 +41,22 @@ typedef struct gw_presence_answer {
     gw_presence_state states[];
 } gw_presence_answer;
 
-chat_status gw_presence_start(gw_server *srv, gw_presence **out);
+/* A user's route written (or found impossible: Redis unreachable), handed to on_route on the lws
+ * thread, which frees it. route_gen is the one given to gw_presence_online. */
+typedef struct gw_presence_route {
+    char user[65];
+    uint32_t route_gen;
+} gw_presence_route;
+
+/* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online). */
+chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_presence **out);
 /* Removes this gateway's entries (users fall offline at once when no other gateway holds them),
  * stops the thread. NULL-safe. */
 void gw_presence_destroy(gw_presence *p);
 
-/* lws thread: the first device of a user connected here / the last one left. */
-void gw_presence_online(gw_presence *p, const char *user);
+/* lws thread: the first device of a user connected here (its route, presence:<user> -> this
+ * gateway, is written and then handed back with route_gen to on_route) / the last one left. */
+void gw_presence_online(gw_presence *p, const char *user, uint32_t route_gen);
 void gw_presence_offline(gw_presence *p, const char *user);
 /* lws thread, every GW_PRESENCE_HEARTBEAT_MS: refreshes the entries of every user held (the
  * gw_user map: the presence thread keeps no copy of it). */

@@ -236,7 +236,8 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         }
         chat_map_put(srv->users, u->id, u, NULL);
         atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
-        gw_presence_online(srv->presence, u->id);
+        u->route_gen = ++srv->route_gens;
+        gw_presence_online(srv->presence, u->id, u->route_gen);
     }
     s->next_of_user = u->sessions;
     if (u->sessions)

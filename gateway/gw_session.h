@@ -91,6 +91,8 @@ typedef struct gw_user {
     natsSubscription *sub;
     gw_session *sessions;
     int count;
+    uint32_t route_gen;          /* this entry's write of its route (gw_presence_online) */
+    bool route_ready;            /* the route is written: syncs run (before: the first one waits) */
     double post_tokens;          /* token bucket: posts per user on this gateway */
     int64_t post_refill_ms;
     char id[];                   /* as long as it is (one per user held) */
