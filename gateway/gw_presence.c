@@ -42,12 +42,14 @@ struct gw_presence {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    work *head, *tail;  /* under lock */
-    bool stop;          /* under lock */
-    gw_bus_fn on_route; /* read-only after start */
+    work *head, *tail;                  /* under lock */
+    bool stop;                          /* under lock */
+    gw_bus_fn on_route, on_routes_lost; /* read-only after start */
     /* presence thread only */
     redisContext *redis;
     bool redis_ok;
+    int64_t routes_ok_ms; /* the last route write Redis took (Unix ms, 0: none yet) */
+    bool routes_failed;   /* a route write failed since then */
 };
 
 static void enqueue(gw_presence *p, work *w)
@@ -234,14 +236,48 @@ static int append_alive(gw_presence *p, const char *user, int64_t now)
     return 4;
 }
 
-/* Keeps CHAT_ROUTES_SINCE_KEY (chat_routes.h): set when missing (Redis restarted empty, or no
- * gateway reached it for its expiry), its expiry renewed otherwise. */
+/* Keeps CHAT_ROUTES_SINCE_KEY (chat_routes.h): its value before (the first reply), then set when
+ * missing (Redis restarted empty, or no gateway reached it for its expiry), its expiry renewed. */
 static int append_routes_since(gw_presence *p, int64_t now)
 {
+    redisAppendCommand(p->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
     redisAppendCommand(p->redis, "SET %s %lld NX PX %d", CHAT_ROUTES_SINCE_KEY, (long long)now,
                        CHAT_ROUTES_SINCE_TTL_MS);
     redisAppendCommand(p->redis, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
-    return 2;
+    return 3;
+}
+
+/* A pipeline of append_routes_since and route writes went through (since_before: its first
+ * reply). When this gateway's writes failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the key
+ * lived on (other gateways kept it: the ingest went on trusting the routes), its own routes may
+ * have expired meanwhile and events of users it shares with other gateways gone there only: every
+ * session here is closed with 1012 and syncs when back, as after a NATS reconnect. */
+static void routes_written(gw_presence *p, const redisReply *since_before, int64_t now)
+{
+    int64_t since = since_before && since_before->type == REDIS_REPLY_STRING ? strtoll(since_before->str, NULL, 10) : 0;
+    if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
+        LOG_WARN("presence", "event=routes_lost unwritten_ms=%lld", (long long)(now - p->routes_ok_ms));
+        gw_bus_call(p->srv, p->on_routes_lost, NULL);
+    }
+    p->routes_ok_ms = now;
+    p->routes_failed = false;
+}
+
+/* Reads the n replies of a pipeline that starts with append_routes_since's: true when Redis took
+ * them all (routes_written). */
+static bool routes_pipeline(gw_presence *p, int n, int64_t now)
+{
+    redisReply **r = chat_xcalloc((size_t)n, sizeof *r);
+    bool ok = drain_replies(p, n, r);
+    if (ok)
+        routes_written(p, r[0], now);
+    else
+        p->routes_failed = true;
+    for (int i = 0; i < n; i++) /* those kept before a broken link too */
+        if (r[i])
+            freeReplyObject(r[i]);
+    free(r);
+    return ok;
 }
 
 /* The user's first device came: its route written (one retry on a fresh connection when the old one
@@ -252,11 +288,13 @@ static void do_online(gw_presence *p, const work *w)
 {
     int64_t now = chat_now_ms();
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (!connect_redis(p))
+        if (!connect_redis(p)) {
+            p->routes_failed = true;
             break;
-        int n = append_alive(p, w->user, now);
-        n += append_routes_since(p, now);
-        if (drain_replies(p, n, NULL))
+        }
+        int n = append_routes_since(p, now);
+        n += append_alive(p, w->user, now);
+        if (routes_pipeline(p, n, now))
             break;
     }
     gw_presence_route *r = chat_xcalloc(1, sizeof *r);
@@ -297,14 +335,16 @@ static void leave(gw_presence *p, const char *user, bool announce_offline)
 static void heartbeat(gw_presence *p, const work *w)
 {
     for (int attempt = 0; attempt < 2 && w->n > 0; attempt++) {
-        if (!connect_redis(p))
+        if (!connect_redis(p)) {
+            p->routes_failed = true;
             return;
+        }
         int64_t now = chat_now_ms();
         int replies = append_routes_since(p, now);
         const char *user = w->names;
         for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
             replies += append_alive(p, user, now);
-        if (drain_replies(p, replies, NULL))
+        if (routes_pipeline(p, replies, now))
             return;
     }
 }
@@ -427,13 +467,14 @@ static void *presence_thread(void *arg)
     return NULL;
 }
 
-chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_presence **out)
+chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_bus_fn on_routes_lost, gw_presence **out)
 {
     gw_presence *p = calloc(1, sizeof *p);
     if (p == NULL)
         return CHAT_ERR_NOMEM;
     p->srv = srv;
     p->on_route = on_route;
+    p->on_routes_lost = on_routes_lost;
     p->redis_ok = true;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

@@ -48,8 +48,11 @@ typedef struct gw_presence_route {
     uint32_t route_gen;
 } gw_presence_route;
 
-/* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online). */
-chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_presence **out);
+/* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online);
+ * on_routes_lost (data NULL) is called when this gateway's routes may have expired in Redis while
+ * the ingest kept trusting it (it could not write them for longer than CHAT_ROUTES_SINCE_TTL_MS,
+ * chat_routes.h): live deliveries may be missing, every session should sync. */
+chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_bus_fn on_routes_lost, gw_presence **out);
 /* Removes this gateway's entries (users fall offline at once when no other gateway holds them),
  * stops the thread. NULL-safe. */
 void gw_presence_destroy(gw_presence *p);

@@ -612,7 +612,7 @@ chat_status gw_server_create(gw_server *srv)
                                                       "Sends refused at once: CHAT_WS_INFLIGHT_MAX were in flight."));
     if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
-    if (gw_presence_start(srv, route_written, &srv->presence) != CHAT_OK)
+    if (gw_presence_start(srv, route_written, gw_session_routes_lost, &srv->presence) != CHAT_OK)
         return CHAT_ERR_INTERNAL;
     if (gw_revoke_start(srv, &srv->revoke) != CHAT_OK)
         return CHAT_ERR_INTERNAL;

@@ -415,6 +415,15 @@ void gw_session_restart_all(gw_server *srv, uint64_t reconnects)
              reconnects, srv->nsessions, GW_CLOSE_SERVICE_RESTART);
 }
 
+void gw_session_routes_lost(gw_server *srv, void *unused)
+{
+    (void)unused;
+    int code = GW_CLOSE_SERVICE_RESTART;
+    each_session(srv, close_with, &code);
+    LOG_WARN("gateway", "event=routes_lost_resync sessions_closed=%zu close_code=%d", srv->nsessions,
+             GW_CLOSE_SERVICE_RESTART);
+}
+
 void gw_session_closed(gw_server *srv, gw_session *s)
 {
     if (s->close_code && !s->close_written)

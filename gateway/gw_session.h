@@ -128,6 +128,9 @@ void gw_session_close_all(gw_server *srv);
  * nowhere, so close every session with 1012 (service restart); clients reconnect and sync from
  * their cursors. */
 void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
+/* The same close (1012, clients sync when back) for another hole: this gateway's delivery routes
+ * may have expired in Redis while the ingest kept trusting it (gw_presence.h). */
+void gw_session_routes_lost(gw_server *srv, void *unused);
 
 /* user: the token's checked user id. */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
