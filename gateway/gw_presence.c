@@ -18,6 +18,7 @@
 #include "gw_bus.h"
 
 #define SWEEP_MS 5000
+#define REDIS_RETRY_MS 1000 /* after a failed connection attempt, the next one waits this long */
 
 typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
 
@@ -48,8 +49,9 @@ struct gw_presence {
     /* presence thread only */
     redisContext *redis;
     bool redis_ok;
-    int64_t routes_ok_ms; /* the last route write Redis took (Unix ms, 0: none yet) */
-    bool routes_failed;   /* a route write failed since then */
+    int64_t connect_after_ms; /* no new connection before this (mono ms) after one failed */
+    int64_t routes_ok_ms;     /* the last route write Redis took (Unix ms, 0: none yet) */
+    bool routes_failed;       /* a route write failed since then */
 };
 
 static void enqueue(gw_presence *p, work *w)
@@ -151,12 +153,18 @@ void gw_presence_beat(gw_presence *p, const chat_map *users)
 
 /* ---- presence thread ---- */
 
+/* The connection, made when missing. After a failed attempt the next one waits REDIS_RETRY_MS: a
+ * Redis that does not answer (each attempt waits up to 1 s) must not hold every user's first sync,
+ * which waits for the route write (a reconnect storm would queue one attempt per user). */
 static bool connect_redis(gw_presence *p)
 {
     if (p->redis && !p->redis->err)
         return true;
     if (p->redis)
         redisFree(p->redis);
+    p->redis = NULL;
+    if (chat_mono_ms() < p->connect_after_ms)
+        return false;
     const chat_cfg *cfg = p->srv->cfg;
     struct timeval tv = {1, 0};
     p->redis = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
@@ -164,6 +172,10 @@ static bool connect_redis(gw_presence *p)
         if (p->redis_ok)
             LOG_WARN("presence", "event=redis_down detail=\"%s\"", p->redis ? p->redis->errstr : "no memory");
         p->redis_ok = false;
+        if (p->redis)
+            redisFree(p->redis);
+        p->redis = NULL;
+        p->connect_after_ms = chat_mono_ms() + REDIS_RETRY_MS;
         return false;
     }
     redisSetTimeout(p->redis, tv);
