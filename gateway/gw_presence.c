@@ -43,15 +43,16 @@ struct gw_presence {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    work *head, *tail;                  /* under lock */
-    bool stop;                          /* under lock */
-    gw_bus_fn on_route, on_routes_lost; /* read-only after start */
+    work *head, *tail;       /* under lock */
+    bool stop;               /* under lock */
+    gw_presence_handlers on; /* read-only after start */
     /* presence thread only */
     redisContext *redis;
     bool redis_ok;
     int64_t connect_after_ms; /* no new connection before this (mono ms) after one failed */
     int64_t routes_ok_ms;     /* the last route write Redis took (Unix ms, 0: none yet) */
     bool routes_failed;       /* a route write failed since then */
+    bool first_failed;        /* a user's first route write failed since then */
 };
 
 static void enqueue(gw_presence *p, work *w)
@@ -269,10 +270,15 @@ static void routes_written(gw_presence *p, const redisReply *since_before, int64
     int64_t since = since_before && since_before->type == REDIS_REPLY_STRING ? strtoll(since_before->str, NULL, 10) : 0;
     if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
         LOG_WARN("presence", "event=routes_lost unwritten_ms=%lld", (long long)(now - p->routes_ok_ms));
-        gw_bus_call(p->srv, p->on_routes_lost, NULL);
+        gw_bus_call(p->srv, p->on.on_routes_lost, NULL);
+    } else if (p->first_failed) {
+        gw_presence_back *back = chat_xcalloc(1, sizeof *back);
+        back->same_epoch = since > 0 && (p->routes_ok_ms == 0 || since <= p->routes_ok_ms);
+        gw_bus_call(p->srv, p->on.on_routes_back, back);
     }
     p->routes_ok_ms = now;
     p->routes_failed = false;
+    p->first_failed = false;
 }
 
 /* Reads the n replies of a pipeline that starts with append_routes_since's: true when Redis took
@@ -299,20 +305,21 @@ static bool routes_pipeline(gw_presence *p, int n, int64_t now)
 static void do_online(gw_presence *p, const work *w)
 {
     int64_t now = chat_now_ms();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (!connect_redis(p)) {
-            p->routes_failed = true;
+    bool written = false;
+    for (int attempt = 0; attempt < 2 && !written; attempt++) {
+        if (!connect_redis(p))
             break;
-        }
         int n = append_routes_since(p, now);
         n += append_alive(p, w->user, now);
-        if (routes_pipeline(p, n, now))
-            break;
+        written = routes_pipeline(p, n, now);
     }
+    if (!written)
+        p->routes_failed = p->first_failed = true;
     gw_presence_route *r = chat_xcalloc(1, sizeof *r);
     snprintf(r->user, sizeof r->user, "%s", w->user);
     r->route_gen = w->route_gen;
-    gw_bus_call(p->srv, p->on_route, r);
+    r->written = written;
+    gw_bus_call(p->srv, p->on.on_route, r);
     announce(p, w->user, true, now);
 }
 
@@ -479,14 +486,13 @@ static void *presence_thread(void *arg)
     return NULL;
 }
 
-chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_bus_fn on_routes_lost, gw_presence **out)
+chat_status gw_presence_start(gw_server *srv, const gw_presence_handlers *on, gw_presence **out)
 {
     gw_presence *p = calloc(1, sizeof *p);
     if (p == NULL)
         return CHAT_ERR_NOMEM;
     p->srv = srv;
-    p->on_route = on_route;
-    p->on_routes_lost = on_routes_lost;
+    p->on = *on;
     p->redis_ok = true;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

@@ -46,13 +46,25 @@ typedef struct gw_presence_answer {
 typedef struct gw_presence_route {
     char user[65];
     uint32_t route_gen;
+    bool written; /* Redis took it */
 } gw_presence_route;
 
-/* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online);
+/* Redis took a route write after a user's first one had failed, handed to on_routes_back on the
+ * lws thread (which frees it): same_epoch says CHAT_ROUTES_SINCE_KEY lived on meanwhile (the
+ * ingest may have routed that user's events to its other gateways only). */
+typedef struct gw_presence_back {
+    bool same_epoch;
+} gw_presence_back;
+
+/* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online),
+ * on_routes_back every gw_presence_back;
  * on_routes_lost (data NULL) is called when this gateway's routes may have expired in Redis while
  * the ingest kept trusting it (it could not write them for longer than CHAT_ROUTES_SINCE_TTL_MS,
  * chat_routes.h): live deliveries may be missing, every session should sync. */
-chat_status gw_presence_start(gw_server *srv, gw_bus_fn on_route, gw_bus_fn on_routes_lost, gw_presence **out);
+typedef struct gw_presence_handlers {
+    gw_bus_fn on_route, on_routes_back, on_routes_lost;
+} gw_presence_handlers;
+chat_status gw_presence_start(gw_server *srv, const gw_presence_handlers *on, gw_presence **out);
 /* Removes this gateway's entries (users fall offline at once when no other gateway holds them),
  * stops the thread. NULL-safe. */
 void gw_presence_destroy(gw_presence *p);

@@ -424,6 +424,26 @@ void gw_session_routes_lost(gw_server *srv, void *unused)
              GW_CLOSE_SERVICE_RESTART);
 }
 
+/* Closes the sessions of one user whose route was not written (a chat_map_each callback). */
+static void resync_unwritten(const char *user, void *value, void *ctx)
+{
+    (void)user;
+    gw_user *u = value;
+    const bool *same_epoch = ctx;
+    if (u->route_unwritten && *same_epoch)
+        for (gw_session *s = u->sessions; s; s = s->next_of_user)
+            close_now(s, GW_CLOSE_SERVICE_RESTART);
+    u->route_unwritten = false;
+}
+
+void gw_session_routes_back(gw_server *srv, void *data)
+{
+    gw_presence_back *back = data;
+    LOG_INFO("gateway", "event=routes_back same_epoch=%d", back->same_epoch ? 1 : 0);
+    chat_map_each(srv->users, resync_unwritten, &back->same_epoch);
+    free(back);
+}
+
 void gw_session_closed(gw_server *srv, gw_session *s)
 {
     if (s->close_code && !s->close_written)
