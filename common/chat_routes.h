@@ -18,6 +18,13 @@
 #define CHAT_ROUTES_SINCE_TTL_MS 20000
 #define CHAT_ROUTES_SETTLE_MS 15000
 
+/* A stream of the users that got a route (a user's first device on a gateway): field `u`, the
+ * user. The ingest caches routes and reads this log with every batch to drop the cached routes of
+ * those users; a route written with no log entry (a heartbeat) only refreshes one the log named.
+ * Entries are kept CHAT_ROUTES_LOG_KEEP_MS (XADD ... MINID ~). */
+#define CHAT_ROUTES_LOG_KEY "routes:log"
+#define CHAT_ROUTES_LOG_KEEP_MS 60000
+
 /* Whether a gateway's routes may have expired while the ingest kept trusting Redis, seen at a route
  * write Redis took at now_ms: its writes failed (failed) since the last one taken at last_ok_ms (0:
  * none), longer ago than CHAT_ROUTES_SINCE_TTL_MS, and CHAT_ROUTES_SINCE_KEY was there all along

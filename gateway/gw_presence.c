@@ -311,6 +311,10 @@ static void do_online(gw_presence *p, const work *w)
             break;
         int n = append_routes_since(p, now);
         n += append_alive(p, w->user, now);
+        /* the log the ingest's route cache follows: after the route, in the same pipeline */
+        redisAppendCommand(p->redis, "XADD %s MINID ~ %lld * u %s", CHAT_ROUTES_LOG_KEY,
+                           (long long)(now - CHAT_ROUTES_LOG_KEEP_MS), w->user);
+        n++;
         written = routes_pipeline(p, n, now);
     }
     if (!written)

@@ -1,7 +1,8 @@
 /* The routes of a batch's recipients: which gateways hold each of them (presence:<user> in Redis,
- * written by the gateways), read in one pipelined round trip on the committer's own Redis
- * connection. Committer thread. Redis slow or down never holds the committer more than
- * ROUTES_TIMEOUT_MS: the batch goes per user (chat.deliver.u.<user>) as without routes. */
+ * written by the gateways), cached and checked in one pipelined round trip per batch on the
+ * committer's own Redis connection (the epoch, the log of new routes, the users not cached).
+ * Committer thread. Redis slow or down never holds the committer more than ROUTES_TIMEOUT_MS: the
+ * batch goes per user (chat.deliver.u.<user>) as without routes. */
 #include "wk_ingestp.h"
 
 #include <stdio.h>
@@ -20,6 +21,14 @@
 #define ROUTES_BACKOFF_MIN_MS 500  /* after a failure, no Redis until then, doubling ... */
 #define ROUTES_BACKOFF_MAX_MS 5000 /* ... up to this */
 #define ROUTES_GATEWAYS_MAX 16     /* gateways of one user taken (more: the user goes per user) */
+/* The cache: users' routes are read again only when they expire, when the log of new routes
+ * (CHAT_ROUTES_LOG_KEY, written with every user's first route on a gateway) names them, or when the
+ * epoch (CHAT_ROUTES_SINCE_KEY) changes. At most ROUTES_LOG_READ_MAX log entries a batch (as many:
+ * the cache is dropped for it); a log not read for ROUTES_LOG_TRUST_MS (it keeps 60 s) is read
+ * again from its end with an empty cache. */
+#define ROUTES_LOG_READ_MAX 4096
+#define ROUTES_LOG_TRUST_MS 30000
+#define ROUTES_CACHE_MAX 200000
 
 /* Forgets c's Redis connection after a failure and backs off. */
 static void routes_fail(committer *c, const char *what)
@@ -77,13 +86,6 @@ static bool routes_connect(committer *c)
     return true;
 }
 
-void wk_ingest_routes_close(committer *c)
-{
-    if (c->redis)
-        redisFree(c->redis);
-    c->redis = NULL;
-}
-
 /* The users of b's routed conversations (CHAT_ROUTED_MIN_MEMBERS members or more), each once:
  * a map user -> NULL, or NULL when there is none. */
 static chat_map *routed_users(const wk_ingest *in, const batch *b)
@@ -104,46 +106,93 @@ static chat_map *routed_users(const wk_ingest *in, const batch *b)
     return users;
 }
 
+/* ---- the cache of routes (committer thread) ---- */
+
+/* A user's routes as last read: its gateways ("g1\0g2\0\0", NULL: none) until expires_ms (the
+ * earliest expiry of those routes; none: until the log names the user). */
+typedef struct route_entry {
+    int64_t expires_ms;
+    char *list;
+} route_entry;
+
+/* Frees one cache entry (a chat_map_each callback). */
+static void entry_free(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    route_entry *e = value;
+    free(e->list);
+    free(e);
+}
+
+/* Forgets every cached route (a new epoch, a log read that may have missed entries). */
+static void cache_flush(committer *c)
+{
+    if (c->route_cache)
+        chat_map_each(c->route_cache, entry_free, NULL);
+    chat_map_destroy(c->route_cache);
+    c->route_cache = chat_map_create();
+}
+
+/* Forgets user's cached route. */
+static void cache_drop(committer *c, const char *user)
+{
+    route_entry *e = chat_map_remove(c->route_cache, user);
+    if (e)
+        entry_free(user, e, NULL);
+}
+
 typedef struct ask {
     committer *c;
-    const char **users;
+    const char **users; /* asked in this pipeline, in order */
     int n;
+    chat_map *stale; /* cached users this batch may not trust (the log named them): per user */
     long long now;
+    bool use_cache;
 } ask;
 
-/* Appends one user's ZRANGEBYSCORE to the pipeline (a chat_map_each callback). */
+/* Appends one user's ZRANGEBYSCORE to the pipeline unless its cached routes still hold (a
+ * chat_map_each callback). */
 static void ask_user(const char *user, void *value, void *ctx)
 {
     (void)value;
     ask *a = ctx;
+    const route_entry *e = a->use_cache ? chat_map_get(a->c->route_cache, user) : NULL;
+    if (e && e->expires_ms > a->now)
+        return;
     a->users[a->n++] = user;
-    redisAppendCommand(a->c->redis, "ZRANGEBYSCORE presence:%s (%lld +inf LIMIT 0 %d", user, a->now,
+    redisAppendCommand(a->c->redis, "ZRANGEBYSCORE presence:%s (%lld +inf WITHSCORES LIMIT 0 %d", user, a->now,
                        ROUTES_GATEWAYS_MAX);
 }
 
-/* "g1\0g2\0\0": the gateway ids of a ZRANGEBYSCORE answer that are safe subject tokens, or NULL
- * when none is. */
-static char *route_list(const redisReply *r)
+/* The entry of a ZRANGEBYSCORE ... WITHSCORES answer: the gateway ids that are safe subject
+ * tokens, the earliest of their expiries. */
+static route_entry *route_read(const redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
-        return NULL;
+    route_entry *e = chat_xcalloc(1, sizeof *e);
+    e->expires_ms = INT64_MAX;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return e;
     size_t len = 1;
-    for (size_t i = 0; i < r->elements; i++)
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
         len += r->element[i]->len + 1;
     char *list = chat_xmalloc(len), *w = list;
-    for (size_t i = 0; i < r->elements; i++) {
-        const redisReply *g = r->element[i];
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *g = r->element[i], *score = r->element[i + 1];
         if (g->type != REDIS_REPLY_STRING || g->len == 0 || g->len > 40 || strpbrk(g->str, ".*> \t\r\n"))
             continue;
+        int64_t exp = score->type == REDIS_REPLY_STRING ? strtoll(score->str, NULL, 10) : 0;
+        if (exp < e->expires_ms)
+            e->expires_ms = exp;
         memcpy(w, g->str, g->len + 1);
         w += g->len + 1;
     }
     *w = '\0';
-    if (w == list) {
+    if (w == list)
         free(list);
-        return NULL;
-    }
-    return list;
+    else
+        e->list = list;
+    return e;
 }
 
 /* Whether routes written since `since` (Unix ms; 0: the key is missing) are whole at now_ms. */
@@ -152,31 +201,87 @@ bool wk_ingest_routes_settled(int64_t since, int64_t now_ms)
     return since > 0 && now_ms - since >= CHAT_ROUTES_SETTLE_MS;
 }
 
-/* Reads the answers of the pipeline asked: the map of routes, or NULL (the link broke: logged). */
-static chat_map *routes_answers(committer *c, const ask *a)
+/* The answer of the log read (XRANGE after the last id, or XREVRANGE for the newest): the users
+ * whose routes changed are dropped from the cache and, when they were cached for this batch,
+ * marked stale (per user this time); the last id moves. A read that may have missed entries (as
+ * many as asked for) empties the cache. */
+static void routes_log(committer *c, ask *a, const redisReply *r)
 {
-    redisReply *since = NULL;
-    if (redisGetReply(c->redis, (void **)&since) != REDIS_OK) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) { /* no log read: start again from its end */
+        cache_flush(c);
+        c->route_log_id[0] = '\0';
+        a->use_cache = false;
+        return;
+    }
+    c->route_log_read_ms = (int64_t)a->now;
+    if (a->use_cache && r->elements >= ROUTES_LOG_READ_MAX) {
+        cache_flush(c);
+        a->use_cache = false;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *entry = r->element[i];
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 || entry->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        snprintf(c->route_log_id, sizeof c->route_log_id, "%s", entry->element[0]->str);
+        const redisReply *kv = entry->element[1];
+        for (size_t k = 0; a->use_cache && kv->type == REDIS_REPLY_ARRAY && k + 1 < kv->elements; k += 2) {
+            const char *user = kv->element[k + 1]->str;
+            if (user == NULL || chat_map_get(c->route_cache, user) == NULL)
+                continue;
+            cache_drop(c, user);
+            chat_map_put(a->stale, user, NULL, NULL);
+        }
+    }
+    if (!c->route_log_id[0])
+        snprintf(c->route_log_id, sizeof c->route_log_id, "0-0"); /* an empty log: read it from its start */
+}
+
+/* Reads the answers of the pipeline asked into the cache; false when the link broke (logged). */
+static bool routes_answers(committer *c, ask *a)
+{
+    redisReply *since = NULL, *log = NULL;
+    if (redisGetReply(c->redis, (void **)&since) != REDIS_OK || redisGetReply(c->redis, (void **)&log) != REDIS_OK) {
+        freeReplyObject(since);
         routes_fail(c, c->redis->errstr);
-        return NULL;
+        return false;
     }
     int64_t since_ms = since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
     freeReplyObject(since);
-    bool settled = wk_ingest_routes_settled(since_ms, (int64_t)a->now);
-    chat_map *routes = chat_map_create();
+    if (since_ms != c->route_since) { /* a new epoch: nothing cached holds */
+        cache_flush(c);
+        c->route_since = since_ms;
+        a->use_cache = false;
+    }
+    routes_log(c, a, log);
+    freeReplyObject(log);
     for (int i = 0; i < a->n; i++) {
         redisReply *r = NULL;
         if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) {
             routes_fail(c, c->redis->errstr);
-            wk_ingest_routes_free(routes);
-            return NULL;
+            return false;
         }
-        char *list = settled ? route_list(r) : NULL;
-        if (list)
-            chat_map_put(routes, a->users[i], list, NULL);
+        cache_drop(c, a->users[i]);
+        chat_map_put(c->route_cache, a->users[i], route_read(r), NULL);
         freeReplyObject(r);
     }
-    return routes;
+    return true;
+}
+
+typedef struct pick {
+    committer *c;
+    chat_map *routes;
+    const chat_map *stale;
+} pick;
+
+/* Puts user's cached gateways into the batch's routes unless the log made them stale (a
+ * chat_map_each callback). */
+static void pick_user(const char *user, void *value, void *ctx)
+{
+    (void)value;
+    pick *p = ctx;
+    const route_entry *e = chat_map_get(p->c->route_cache, user);
+    if (e && e->list && chat_map_get(p->stale, user) == NULL)
+        chat_map_put(p->routes, user, e->list, NULL);
 }
 
 chat_map *wk_ingest_routes_read(committer *c, const batch *b)
@@ -186,28 +291,50 @@ chat_map *wk_ingest_routes_read(committer *c, const batch *b)
         return NULL;
     chat_map *routes = NULL;
     if (routes_connect(c)) {
-        ask a = {c, chat_xcalloc(chat_map_size(users), sizeof(char *)), 0, (long long)chat_now_ms()};
+        int64_t now = chat_now_ms();
+        if (c->route_cache == NULL || chat_map_size(c->route_cache) > ROUTES_CACHE_MAX)
+            cache_flush(c);
+        if (now - c->route_log_read_ms > ROUTES_LOG_TRUST_MS) { /* the log keeps 60 s: entries may be gone */
+            cache_flush(c);
+            c->route_log_id[0] = '\0';
+        }
+        ask a = {c,
+                 chat_xcalloc(chat_map_size(users), sizeof(char *)),
+                 0,
+                 chat_map_create(),
+                 (long long)now,
+                 c->route_log_id[0] != '\0'};
         redisAppendCommand(c->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
+        if (a.use_cache)
+            redisAppendCommand(c->redis, "XRANGE %s (%s + COUNT %d", CHAT_ROUTES_LOG_KEY, c->route_log_id,
+                               ROUTES_LOG_READ_MAX);
+        else
+            redisAppendCommand(c->redis, "XREVRANGE %s + - COUNT 1", CHAT_ROUTES_LOG_KEY);
         chat_map_each(users, ask_user, &a);
-        routes = routes_answers(c, &a);
+        if (routes_answers(c, &a) && wk_ingest_routes_settled(c->route_since, now)) {
+            routes = chat_map_create();
+            pick p = {c, routes, a.stale};
+            chat_map_each(users, pick_user, &p);
+        }
         free(a.users);
+        chat_map_destroy(a.stale);
     }
-    chat_map_destroy(users); /* the routes map copied the keys it kept */
+    chat_map_destroy(users);
     return routes;
-}
-
-/* Frees one route list (a chat_map_each callback). */
-static void free_list(const char *key, void *value, void *ctx)
-{
-    (void)key;
-    (void)ctx;
-    free(value);
 }
 
 void wk_ingest_routes_free(chat_map *routes)
 {
-    if (routes == NULL)
-        return;
-    chat_map_each(routes, free_list, NULL);
-    chat_map_destroy(routes);
+    chat_map_destroy(routes); /* the lists are the cache's */
+}
+
+void wk_ingest_routes_close(committer *c)
+{
+    if (c->redis)
+        redisFree(c->redis);
+    c->redis = NULL;
+    if (c->route_cache)
+        chat_map_each(c->route_cache, entry_free, NULL);
+    chat_map_destroy(c->route_cache);
+    c->route_cache = NULL;
 }

@@ -128,6 +128,10 @@ typedef struct committer {
     int64_t redis_retry_ms;     /* no new connection before this (mono ms) after a failure */
     int64_t redis_backoff_ms;   /* 0 after a success, then 500 ms doubling up to 5 s */
     struct wk_route_batches *routed; /* the per-gateway batches of a fanout (wk_route_batch.h) */
+    chat_map *route_cache;      /* user -> its routes as last read (wk_ingest_routes.c) */
+    int64_t route_since;        /* CHAT_ROUTES_SINCE_KEY when the cache was filled (0: missing) */
+    char route_log_id[48];      /* the last CHAT_ROUTES_LOG_KEY entry read ("": none; read its end) */
+    int64_t route_log_read_ms;  /* when the log was last read (Unix ms) */
 } committer;
 
 /* Which chat_ingest_dropped_total{reason} counts a dropped message (registered in this order). */

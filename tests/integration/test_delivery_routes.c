@@ -8,6 +8,8 @@
  *     connection once each, in seq order, through the per-gateway path: the worker's
  *     chat_ingest_deliveries_total{path="gateway"} grows by at least one per event and member, and
  *     both gateways count DeliveryBatches (chat_gateway_routed_batches_total);
+ *   - bob's second device connects on the second gateway (a new route, while the ingest has bob's
+ *     routes cached): a burst reaches it too, once each, in order, still per gateway;
  *   - with the stack's Redis stopped, a second burst still reaches every connection once, in order
  *     (per user: chat_ingest_deliveries_total{path="user"} grows by one per event and member);
  *   - with Redis started again (empty: no routes:since, so per user until the routes settle), a
@@ -28,7 +30,7 @@
 #define say(...) (printf(__VA_ARGS__), fflush(stdout))
 #define BURST 30
 #define MEMBERS 5
-#define CONNS 6
+#define CONNS 6 /* at first; a seventh (bob's second device, on g2) comes later */
 
 static test_stack stack;
 
@@ -148,8 +150,8 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
     ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
     free(out);
     /* alice, bob and erin on g1; carol, dave and erin again on g2 */
-    conn k[CONNS] = {{.name = "alice@g1"}, {.name = "bob@g1"},  {.name = "erin@g1"},
-                     {.name = "carol@g2"}, {.name = "dave@g2"}, {.name = "erin@g2"}};
+    conn k[CONNS + 1] = {{.name = "alice@g1"}, {.name = "bob@g1"},  {.name = "erin@g1"}, {.name = "carol@g2"},
+                         {.name = "dave@g2"},  {.name = "erin@g2"}, {.name = "bob@g2"}};
     const int user_of[CONNS] = {0, 1, 4, 2, 3, 4};
     for (int j = 0; j < CONNS; j++)
         connect_and_sync(&k[j], j < 3 ? &g1 : &g2, users[user_of[j]]);
@@ -170,19 +172,29 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
                   BURST * MEMBERS);
     ck_assert_msg(routed_batches(&g1) >= 1 && routed_batches(&g2) >= 1, "a gateway got no DeliveryBatch");
 
+    /* bob's second device, on g2: a new route (the ingest had bob's routes cached as g1 only); its
+     * sync runs once the route is written, so every later event reaches it live */
+    connect_and_sync(&k[CONNS], &g2, users[1]);
+    k[CONNS].last_seq = k[0].last_seq;
+    gw_before = deliveries("gateway");
+    burst(k, CONNS + 1, conv, "newroute");
+    gw_delta = deliveries("gateway") - gw_before;
+    say("burst after a new route: deliveries{path=gateway} +%.0f\n", gw_delta);
+    ck_assert_msg(gw_delta >= BURST * MEMBERS, "only %.0f deliveries went per gateway after a new route", gw_delta);
+
     /* Redis stopped: per user */
     redis_service("chat_redis_stop");
     double user_before = deliveries("user");
-    burst(k, CONNS, conv, "noredis");
+    burst(k, CONNS + 1, conv, "noredis");
     double user_delta = deliveries("user") - user_before;
     say("burst without Redis: deliveries{path=user} +%.0f\n", user_delta);
     ck_assert_msg(user_delta >= BURST * MEMBERS, "only %.0f deliveries went per user without Redis", user_delta);
 
     /* Redis back, empty: per user until the routes settle again, nothing lost */
     redis_service("chat_redis_start && chat_redis_wait");
-    burst(k, CONNS, conv, "restarted");
+    burst(k, CONNS + 1, conv, "restarted");
 
-    for (int j = 0; j < CONNS; j++)
+    for (int j = 0; j <= CONNS; j++)
         ws_client_destroy(k[j].c);
     test_gateway_stop(&g1, 5000);
     test_gateway_stop(&g2, 5000);
