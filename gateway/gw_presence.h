@@ -8,6 +8,7 @@
  *   presence:<user>   ZSET gateway id -> expiry ms: the gateways holding a device of the user
  *   presence:online   ZSET user -> expiry ms: who may be online (the sweeper's index)
  *   last_seen:<user>  Unix ms the user was last seen online (heartbeats keep it fresh)
+ *   routes:since, routes:log  the routes' epoch and the log of new routes (common/chat_routes.h)
  * A user is online while presence:<user> has a member whose expiry is in the future. A gateway
  * killed with kill -9 stops heartbeating, so its entries expire within the TTL; every gateway
  * sweeps presence:online and the one whose ZREM succeeds announces the user offline.
