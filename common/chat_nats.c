@@ -293,6 +293,11 @@ bool chat_subject_deliver(char *buf, size_t size, const char *user)
     return fits(snprintf(buf, size, "chat.deliver.u.%s", user), size);
 }
 
+bool chat_subject_deliver_gateway(char *buf, size_t size, const char *gateway)
+{
+    return fits(snprintf(buf, size, "chat.deliver.g.%s", gateway), size);
+}
+
 bool chat_subject_typing(char *buf, size_t size, const char *conv)
 {
     return fits(snprintf(buf, size, "chat.typing.%s", conv), size);

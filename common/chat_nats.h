@@ -50,6 +50,8 @@ bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *
  * and whether it is the trusted form; false for any other subject. *conv points into subject. */
 bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend);
 bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
+/* chat.deliver.g.<gateway>: a DeliveryBatch for the users routed to that gateway */
+bool chat_subject_deliver_gateway(char *buf, size_t size, const char *gateway);
 bool chat_subject_event(char *buf, size_t size, const char *conv);              /* chat.evt.<conv> */
 bool chat_subject_typing(char *buf, size_t size, const char *conv);             /* chat.typing.<conv> */
 bool chat_subject_members(char *buf, size_t size, const char *conv);            /* chat.members.<conv> */

@@ -27,7 +27,7 @@ struct gw_bus {
     gw_bus_handlers on; /* read-only after gw_bus_create (wake runs on nats.c's threads) */
     pthread_mutex_t lock;
     inbound *head, *tail; /* under lock */
-    natsSubscription *reply_sub, *members_sub;
+    natsSubscription *reply_sub, *members_sub, *routed_sub;
     char reply_prefix[64];
     /* lws thread only */
     natsStatistics *stats;
@@ -171,6 +171,12 @@ chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bu
         s = natsSubscription_SetPendingLimits(bus->reply_sub, -1, -1);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&bus->members_sub, srv->nc, CHAT_SUBJECT_MEMBERS_ALL, on_members, bus);
+    /* the batches of the users routed here: on the same connection and delivery thread as the
+     * per-user subjects, so the two keep the order the ingest published them in */
+    if (s == NATS_OK && chat_subject_deliver_gateway(subject, sizeof subject, srv->gateway_id))
+        s = natsConnection_Subscribe(&bus->routed_sub, srv->nc, subject, on_delivery, bus);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(bus->routed_sub, -1, 256 * 1024 * 1024);
     if (s != NATS_OK) {
         LOG_ERROR("gateway", "event=bus_create_failed status=\"%s\"", natsStatus_GetText(s));
         gw_bus_destroy(bus);
@@ -189,6 +195,8 @@ void gw_bus_destroy(gw_bus *bus)
     natsSubscription_Destroy(bus->reply_sub);
     natsSubscription_Unsubscribe(bus->members_sub);
     natsSubscription_Destroy(bus->members_sub);
+    natsSubscription_Unsubscribe(bus->routed_sub);
+    natsSubscription_Destroy(bus->routed_sub);
     for (inbound *n = bus->head, *next; n; n = next) {
         next = n->next;
         natsMsg_Destroy(n->msg);
@@ -264,6 +272,8 @@ void gw_bus_drain(gw_server *srv)
             const char *subject = natsMsg_GetSubject(n->msg);
             if (strncmp(subject, "chat.deliver.u.", 15) == 0)
                 bus->on.on_delivery(srv, subject + 15, n->msg);
+            else if (strncmp(subject, "chat.deliver.g.", 15) == 0)
+                bus->on.on_routed(srv, n->msg);
             break;
         }
         case IN_REPLY:

@@ -24,14 +24,15 @@
 typedef struct gw_bus_handlers {
     void (*wake)(gw_server *srv);                                       /* wake the lws loop */
     void (*on_delivery)(gw_server *srv, const char *user, natsMsg *msg); /* chat.deliver.u.<user> */
+    void (*on_routed)(gw_server *srv, natsMsg *msg);                     /* chat.deliver.g.<this gateway> */
     void (*on_members)(gw_server *srv, const char *conv);                /* chat.members.<conv> */
     void (*on_presence)(gw_server *srv, natsMsg *msg);                   /* chat.presence.<user> */
     /* the NATS connection came back after a loss (reconnects: nats.c's count of new sockets) */
     void (*on_reconnect)(gw_server *srv, uint64_t reconnects);
 } gw_bus_handlers;
 
-/* Creates the bus: the reply inbox and membership subscriptions; handlers is copied. Main thread,
- * after the lws context exists. */
+/* Creates the bus: the reply inbox, membership and chat.deliver.g.<gateway id> subscriptions;
+ * handlers is copied. Main thread, after the lws context exists. */
 chat_status gw_bus_create(gw_server *srv, const gw_bus_handlers *handlers, gw_bus **out);
 void gw_bus_destroy(gw_bus *bus);
 

@@ -1,6 +1,6 @@
-/* Deliveries from NATS (chat.deliver.u.<user>): events, membership changes, typing, receipts and
- * rejections, rendered once and queued to every session of the user here; the ack of a sender's
- * own post. lws thread only. */
+/* Deliveries from NATS (chat.deliver.u.<user>; chat.deliver.g.<gateway>, the batches of routed users):
+ * events, membership changes, typing, receipts and rejections, rendered once and queued to every
+ * session of the user here; the ack of a sender's own post. lws thread only. */
 #include "gw_delivery.h"
 
 #include <inttypes.h>
@@ -11,6 +11,7 @@
 #include "chat.pb-c.h"
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_time.h"
 #include "gw_admit.h"
 #include "gw_membership.h"
@@ -31,12 +32,11 @@ static json_t *string_array(char **items, size_t n)
     return a;
 }
 
-/* A stored event to every session of u; its sender's session (on this gateway) gets the ack. */
-static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
+/* A stored event (rendered as f) to every session of u; its sender's session (on this gateway)
+ * gets the ack. */
+static void deliver_event_frame(gw_server *srv, gw_user *u, const Chat__V1__Event *e, gw_outframe *f)
 {
-    gw_outframe *f = gw_outframe_from_json(chat_event_json(e), e->ts_ms);
     fan_to_user(srv, u, f);
-    gw_outframe_release(f);
     if (e->session && e->session[0]) {
         gw_admit_done(srv->admit, e->session, e->conv, e->cmid); /* even when the session left */
         int64_t now = chat_mono_ms();
@@ -48,6 +48,14 @@ static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
             if (s->id == n)
                 gw_send_ack(srv, s, e->conv, e->cmid, e->seq, e->id);
     }
+}
+
+/* A stored event to every session of u, rendered for it alone. */
+static void deliver_event(gw_server *srv, gw_user *u, const Chat__V1__Event *e)
+{
+    gw_outframe *f = gw_outframe_from_json(chat_event_json(e), e->ts_ms);
+    deliver_event_frame(srv, u, e, f);
+    gw_outframe_release(f);
 }
 
 /* The ingest refused a post of u: its sender's session gets the error; a not_member refusal
@@ -123,3 +131,36 @@ void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg)
     chat__v1__delivery__free_unpacked(d, NULL);
 }
 
+
+void gw_delivery_handle_routed(gw_server *srv, natsMsg *msg)
+{
+    Chat__V1__DeliveryBatch *db = chat__v1__delivery_batch__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                                   (const uint8_t *)natsMsg_GetData(msg));
+    if (db == NULL) {
+        LOG_WARN("gateway", "event=bad_delivery_batch");
+        return;
+    }
+    /* the users once: most are held here (a route outlives its user by up to its expiry) */
+    gw_user **held = chat_xcalloc(db->n_users, sizeof *held);
+    for (size_t k = 0; k < db->n_users; k++)
+        held[k] = chat_map_get(srv->users, db->users[k]);
+    for (size_t i = 0; i < db->n_events; i++) {
+        const Chat__V1__RoutedEvent *re = db->events[i];
+        if (re->event == NULL)
+            continue;
+        gw_outframe *f = NULL; /* rendered once, for the first recipient held here */
+        for (size_t r = 0; r < re->n_recipients; r++) {
+            uint32_t k = re->recipients[r];
+            if (k >= db->n_users || held[k] == NULL)
+                continue;
+            if (f == NULL)
+                f = gw_outframe_from_json(chat_event_json(re->event), re->event->ts_ms);
+            deliver_event_frame(srv, held[k], re->event, f);
+        }
+        if (f)
+            gw_outframe_release(f);
+    }
+    atomic_fetch_add(srv->m.routed_batches, 1);
+    free(held);
+    chat__v1__delivery_batch__free_unpacked(db, NULL);
+}

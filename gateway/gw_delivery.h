@@ -7,5 +7,8 @@
 
 /* A delivery on chat.deliver.u.<user>, from the bus. msg is borrowed. */
 void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg);
+/* A DeliveryBatch on chat.deliver.g.<this gateway>, from the bus: each event to the sessions of its
+ * recipients held here, exactly as gw_delivery_handle would for each of them. msg is borrowed. */
+void gw_delivery_handle_routed(gw_server *srv, natsMsg *msg);
 
 #endif

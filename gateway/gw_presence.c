@@ -13,10 +13,12 @@
 #include "chat_log.h"
 #include "chat_map.h"
 #include "chat_mem.h"
+#include "chat_routes.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 
 #define SWEEP_MS 5000
+#define REDIS_RETRY_MS 1000 /* after a failed connection attempt, the next one waits this long */
 
 typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
 
@@ -27,6 +29,7 @@ typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
 typedef struct work {
     work_kind kind;
     char user[65];
+    uint32_t route_gen; /* W_ONLINE: handed back with the user once its route is written */
     uint64_t session;
     gw_bus_fn on_answer; /* W_QUERY */
     int n;
@@ -40,11 +43,16 @@ struct gw_presence {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    work *head, *tail; /* under lock */
-    bool stop;         /* under lock */
+    work *head, *tail;       /* under lock */
+    bool stop;               /* under lock */
+    gw_presence_handlers on; /* read-only after start */
     /* presence thread only */
     redisContext *redis;
     bool redis_ok;
+    int64_t connect_after_ms; /* no new connection before this (mono ms) after one failed */
+    int64_t routes_ok_ms;     /* the last route write Redis took (Unix ms, 0: none yet) */
+    bool routes_failed;       /* a route write failed since then */
+    bool first_failed;        /* a user's first route write failed since then */
 };
 
 static void enqueue(gw_presence *p, work *w)
@@ -70,10 +78,13 @@ static work *work_new(work_kind kind, const char *user)
     return w;
 }
 
-void gw_presence_online(gw_presence *p, const char *user)
+void gw_presence_online(gw_presence *p, const char *user, uint32_t route_gen)
 {
-    if (p)
-        enqueue(p, work_new(W_ONLINE, user));
+    if (p == NULL)
+        return;
+    work *w = work_new(W_ONLINE, user);
+    w->route_gen = route_gen;
+    enqueue(p, w);
 }
 
 void gw_presence_offline(gw_presence *p, const char *user)
@@ -143,12 +154,18 @@ void gw_presence_beat(gw_presence *p, const chat_map *users)
 
 /* ---- presence thread ---- */
 
+/* The connection, made when missing. After a failed attempt the next one waits REDIS_RETRY_MS: a
+ * Redis that does not answer (each attempt waits up to 1 s) must not hold every user's first sync,
+ * which waits for the route write (a reconnect storm would queue one attempt per user). */
 static bool connect_redis(gw_presence *p)
 {
     if (p->redis && !p->redis->err)
         return true;
     if (p->redis)
         redisFree(p->redis);
+    p->redis = NULL;
+    if (chat_mono_ms() < p->connect_after_ms)
+        return false;
     const chat_cfg *cfg = p->srv->cfg;
     struct timeval tv = {1, 0};
     p->redis = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
@@ -156,6 +173,10 @@ static bool connect_redis(gw_presence *p)
         if (p->redis_ok)
             LOG_WARN("presence", "event=redis_down detail=\"%s\"", p->redis ? p->redis->errstr : "no memory");
         p->redis_ok = false;
+        if (p->redis)
+            redisFree(p->redis);
+        p->redis = NULL;
+        p->connect_after_ms = chat_mono_ms() + REDIS_RETRY_MS;
         return false;
     }
     redisSetTimeout(p->redis, tv);
@@ -228,12 +249,82 @@ static int append_alive(gw_presence *p, const char *user, int64_t now)
     return 4;
 }
 
-static void do_online(gw_presence *p, const char *user)
+/* Keeps CHAT_ROUTES_SINCE_KEY (chat_routes.h): its value before (the first reply), then set when
+ * missing (Redis restarted empty, or no gateway reached it for its expiry), its expiry renewed. */
+static int append_routes_since(gw_presence *p, int64_t now)
+{
+    redisAppendCommand(p->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
+    redisAppendCommand(p->redis, "SET %s %lld NX PX %d", CHAT_ROUTES_SINCE_KEY, (long long)now,
+                       CHAT_ROUTES_SINCE_TTL_MS);
+    redisAppendCommand(p->redis, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
+    return 3;
+}
+
+/* A pipeline of append_routes_since and route writes went through (since_before: its first
+ * reply). When this gateway's writes failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the key
+ * lived on (other gateways kept it: the ingest went on trusting the routes), its own routes may
+ * have expired meanwhile and events of users it shares with other gateways gone there only: every
+ * session here is closed with 1012 and syncs when back, as after a NATS reconnect. */
+static void routes_written(gw_presence *p, const redisReply *since_before, int64_t now)
+{
+    int64_t since = since_before && since_before->type == REDIS_REPLY_STRING ? strtoll(since_before->str, NULL, 10) : 0;
+    if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
+        LOG_WARN("presence", "event=routes_lost unwritten_ms=%lld", (long long)(now - p->routes_ok_ms));
+        gw_bus_call(p->srv, p->on.on_routes_lost, NULL);
+    } else if (p->first_failed) {
+        gw_presence_back *back = chat_xcalloc(1, sizeof *back);
+        back->same_epoch = since > 0 && (p->routes_ok_ms == 0 || since <= p->routes_ok_ms);
+        gw_bus_call(p->srv, p->on.on_routes_back, back);
+    }
+    p->routes_ok_ms = now;
+    p->routes_failed = false;
+    p->first_failed = false;
+}
+
+/* Reads the n replies of a pipeline that starts with append_routes_since's: true when Redis took
+ * them all (routes_written). */
+static bool routes_pipeline(gw_presence *p, int n, int64_t now)
+{
+    redisReply **r = chat_xcalloc((size_t)n, sizeof *r);
+    bool ok = drain_replies(p, n, r);
+    if (ok)
+        routes_written(p, r[0], now);
+    else
+        p->routes_failed = true;
+    for (int i = 0; i < n; i++) /* those kept before a broken link too */
+        if (r[i])
+            freeReplyObject(r[i]);
+    free(r);
+    return ok;
+}
+
+/* The user's first device came: its route written (one retry on a fresh connection when the old one
+ * broke, e.g. Redis restarted), then handed back to the lws thread, which lets the user's first sync
+ * run only then (an event committed after that sync's read finds the route). With Redis unreachable
+ * it is handed back all the same: the ingest cannot read routes then either, and goes per user. */
+static void do_online(gw_presence *p, const work *w)
 {
     int64_t now = chat_now_ms();
-    if (connect_redis(p))
-        drain_replies(p, append_alive(p, user, now), NULL);
-    announce(p, user, true, now);
+    bool written = false;
+    for (int attempt = 0; attempt < 2 && !written; attempt++) {
+        if (!connect_redis(p))
+            break;
+        int n = append_routes_since(p, now);
+        n += append_alive(p, w->user, now);
+        /* the log the ingest's route cache follows: after the route, in the same pipeline */
+        redisAppendCommand(p->redis, "XADD %s MINID ~ %lld * u %s", CHAT_ROUTES_LOG_KEY,
+                           (long long)(now - CHAT_ROUTES_LOG_KEEP_MS), w->user);
+        n++;
+        written = routes_pipeline(p, n, now);
+    }
+    if (!written)
+        p->routes_failed = p->first_failed = true;
+    gw_presence_route *r = chat_xcalloc(1, sizeof *r);
+    snprintf(r->user, sizeof r->user, "%s", w->user);
+    r->route_gen = w->route_gen;
+    r->written = written;
+    gw_bus_call(p->srv, p->on.on_route, r);
+    announce(p, w->user, true, now);
 }
 
 /* The user left this gateway: gone offline when no other gateway holds a live entry. */
@@ -261,17 +352,24 @@ static void leave(gw_presence *p, const char *user, bool announce_offline)
         announce(p, user, false, now);
 }
 
-/* One heartbeat item: these users' entries refreshed, in one pipeline. */
+/* One heartbeat item: these users' entries refreshed, in one pipeline (once more on a fresh
+ * connection when the old one broke: after a Redis restart every route must be back within
+ * CHAT_ROUTES_SETTLE_MS). */
 static void heartbeat(gw_presence *p, const work *w)
 {
-    if (w->n == 0 || !connect_redis(p))
-        return;
-    int64_t now = chat_now_ms();
-    int replies = 0;
-    const char *user = w->names;
-    for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
-        replies += append_alive(p, user, now);
-    drain_replies(p, replies, NULL);
+    for (int attempt = 0; attempt < 2 && w->n > 0; attempt++) {
+        if (!connect_redis(p)) {
+            p->routes_failed = true;
+            return;
+        }
+        int64_t now = chat_now_ms();
+        int replies = append_routes_since(p, now);
+        const char *user = w->names;
+        for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
+            replies += append_alive(p, user, now);
+        if (routes_pipeline(p, replies, now))
+            return;
+    }
 }
 
 /* Users whose every entry expired (their gateway died): the gateway whose ZREM wins announces. */
@@ -370,7 +468,7 @@ static void *presence_thread(void *arg)
         for (work *w = list, *next; w; w = next) {
             next = w->next;
             if (w->kind == W_ONLINE)
-                do_online(p, w->user);
+                do_online(p, w);
             else if (w->kind == W_OFFLINE)
                 leave(p, w->user, true);
             else if (w->kind == W_BEAT)
@@ -392,12 +490,13 @@ static void *presence_thread(void *arg)
     return NULL;
 }
 
-chat_status gw_presence_start(gw_server *srv, gw_presence **out)
+chat_status gw_presence_start(gw_server *srv, const gw_presence_handlers *on, gw_presence **out)
 {
     gw_presence *p = calloc(1, sizeof *p);
     if (p == NULL)
         return CHAT_ERR_NOMEM;
     p->srv = srv;
+    p->on = *on;
     p->redis_ok = true;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

@@ -478,6 +478,8 @@ static void register_metrics(gw_server *srv)
     g->frames_in = chat_metrics_counter(m, "chat_gateway_frames_in_total", NULL, "Frames received from clients.");
     g->frames_out = chat_metrics_counter(m, "chat_gateway_frames_out_total", NULL, "Frames written to clients.");
     g->acks = chat_metrics_counter(m, "chat_gateway_acks_total", NULL, "Sends acknowledged to clients.");
+    g->routed_batches = chat_metrics_counter(m, "chat_gateway_routed_batches_total", NULL,
+                                             "DeliveryBatches received on chat.deliver.g.<gateway id>.");
     g->delivery = chat_metrics_histogram(m, "chat_delivery_latency_seconds", NULL,
                                          "From the broker timestamp of an event to its frame written to a recipient's socket.");
     g->puback = chat_metrics_histogram(m, "chat_gateway_publish_ack_seconds", NULL,
@@ -520,9 +522,31 @@ static void members_changed(gw_server *srv, const char *conv)
     gw_membership_invalidate(srv->membership, conv);
 }
 
+/* A user's route is in Redis, or Redis could not take it (gw_presence.h): its sessions' first
+ * syncs, parked until then, run; an unwritten route is remembered (gw_session_routes_back). */
+static void route_written(gw_server *srv, void *data)
+{
+    gw_presence_route *r = data;
+    gw_user *u = chat_map_get(srv->users, r->user);
+    if (u && u->route_gen == r->route_gen && !u->route_ready) {
+        u->route_ready = true;
+        u->route_unwritten = !r->written;
+        for (gw_session *s = u->sessions; s; s = s->next_of_user)
+            gw_sync_resume(srv, s);
+    }
+    free(r);
+}
+
+static const gw_presence_handlers presence_handlers = {
+    .on_route = route_written,
+    .on_routes_back = gw_session_routes_back,
+    .on_routes_lost = gw_session_routes_lost,
+};
+
 static const gw_bus_handlers bus_handlers = {
     .wake = gw_server_wake,
     .on_delivery = gw_delivery_handle,
+    .on_routed = gw_delivery_handle_routed,
     .on_members = members_changed,
     .on_presence = gw_watch_on_change,
     .on_reconnect = gw_session_restart_all,
@@ -595,7 +619,7 @@ chat_status gw_server_create(gw_server *srv)
                                                       "Sends refused at once: CHAT_WS_INFLIGHT_MAX were in flight."));
     if (gw_bus_create(srv, &bus_handlers, &srv->bus) != CHAT_OK)
         return CHAT_ERR_UNAVAILABLE;
-    if (gw_presence_start(srv, &srv->presence) != CHAT_OK)
+    if (gw_presence_start(srv, &presence_handlers, &srv->presence) != CHAT_OK)
         return CHAT_ERR_INTERNAL;
     if (gw_revoke_start(srv, &srv->revoke) != CHAT_OK)
         return CHAT_ERR_INTERNAL;

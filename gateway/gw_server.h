@@ -38,6 +38,7 @@ typedef struct gw_metrics {
     atomic_uint_fast64_t *fail_bad_request, *fail_not_member, *fail_too_large, *fail_unavailable, *fail_rate_limited;
     atomic_uint_fast64_t *refused_limit, *refused_stopping, *refused_loading;
     atomic_uint_fast64_t *frames_in, *frames_out, *acks;
+    atomic_uint_fast64_t *routed_batches; /* DeliveryBatches on chat.deliver.g.<gateway id> */
     chat_histogram *delivery, *puback;
 } gw_metrics;
 
@@ -67,6 +68,7 @@ typedef struct gw_server {
      * gw_delivery.c reads a user's sessions to hand out a delivery, gw_server.c the user's count at
      * the upgrade (CHAT_WS_MAX_PER_USER) and every user for the presence heartbeat. */
     chat_map *users;
+    uint32_t route_gens;       /* route writes asked for (gw_user.route_gen) */
     /* Each of these is one module's own state, created and destroyed here (the wiring) and read
      * only by its module: */
     gw_membership *membership; /* the membership cache, at most CHAT_WS_MEMBERSHIP_CACHE (gw_membership.h) */

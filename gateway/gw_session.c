@@ -237,7 +237,8 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         }
         chat_map_put(srv->users, u->id, u, NULL);
         atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
-        gw_presence_online(srv->presence, u->id);
+        u->route_gen = ++srv->route_gens;
+        gw_presence_online(srv->presence, u->id, u->route_gen);
     }
     s->next_of_user = u->sessions;
     if (u->sessions)
@@ -427,6 +428,35 @@ void gw_session_restart_all(gw_server *srv, uint64_t reconnects)
     each_session(srv, close_with, &code);
     LOG_WARN("gateway", "event=nats_reconnect_resync reconnects=%" PRIu64 " sessions_closed=%zu close_code=%d",
              reconnects, srv->nsessions, GW_CLOSE_SERVICE_RESTART);
+}
+
+void gw_session_routes_lost(gw_server *srv, void *unused)
+{
+    (void)unused;
+    int code = GW_CLOSE_SERVICE_RESTART;
+    each_session(srv, close_with, &code);
+    LOG_WARN("gateway", "event=routes_lost_resync sessions_closed=%zu close_code=%d", srv->nsessions,
+             GW_CLOSE_SERVICE_RESTART);
+}
+
+/* Closes the sessions of one user whose route was not written (a chat_map_each callback). */
+static void resync_unwritten(const char *user, void *value, void *ctx)
+{
+    (void)user;
+    gw_user *u = value;
+    const bool *same_epoch = ctx;
+    if (u->route_unwritten && *same_epoch)
+        for (gw_session *s = u->sessions; s; s = s->next_of_user)
+            close_now(s, GW_CLOSE_SERVICE_RESTART);
+    u->route_unwritten = false;
+}
+
+void gw_session_routes_back(gw_server *srv, void *data)
+{
+    gw_presence_back *back = data;
+    LOG_INFO("gateway", "event=routes_back same_epoch=%d", back->same_epoch ? 1 : 0);
+    chat_map_each(srv->users, resync_unwritten, &back->same_epoch);
+    free(back);
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)

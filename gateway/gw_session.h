@@ -94,6 +94,9 @@ typedef struct gw_user {
     natsSubscription *sub;
     gw_session *sessions;
     int count;
+    uint32_t route_gen;          /* this entry's write of its route (gw_presence_online) */
+    bool route_ready;            /* the route is written: syncs run (before: the first one waits) */
+    bool route_unwritten;        /* ready, but Redis did not take the write (gw_session_routes_back) */
     double post_tokens;          /* token bucket: posts per user on this gateway */
     int64_t post_refill_ms;
     char id[];                   /* as long as it is (one per user held) */
@@ -129,6 +132,14 @@ void gw_session_close_all(gw_server *srv);
  * nowhere, so close every session with 1012 (service restart); clients reconnect and sync from
  * their cursors. */
 void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
+/* The same close (1012, clients sync when back) for another hole: this gateway's delivery routes
+ * may have expired in Redis while the ingest kept trusting it (gw_presence.h). */
+void gw_session_routes_lost(gw_server *srv, void *unused);
+/* Redis takes route writes again (data: a gw_presence_back, freed here): when the routes the ingest
+ * trusted meanwhile were of the same epoch, the sessions of the users whose first route write failed
+ * (route_unwritten) may have missed events routed to their other gateways: closed with 1012, they
+ * sync when back (their new route is written first). Every user's flag is cleared. */
+void gw_session_routes_back(gw_server *srv, void *data);
 
 /* user: the token's checked user id. */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);

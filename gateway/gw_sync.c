@@ -69,6 +69,16 @@ static uint8_t *pack_sync(const gw_server *srv, const char *user, Chat__V1__Sync
     return buf;
 }
 
+/* Keeps the next page's request (packed, freed here) in s->sync_next until gw_sync_resume. */
+static void park_page(gw_session *s, uint8_t *packed, size_t len)
+{
+    free(s->sync_next);
+    s->sync_next = chat_xmalloc(sizeof *s->sync_next + len);
+    s->sync_next->len = len;
+    memcpy(s->sync_next->data, packed, len);
+    free(packed);
+}
+
 void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
 {
     if (s->syncing) {
@@ -95,6 +105,12 @@ void gw_sync_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
     free(items);
     free(ptrs);
     s->syncing = true;
+    if (s->u && !s->u->route_ready) {
+        /* the user's route is not in Redis yet: an event committed after this sync's read might
+         * miss this gateway, so the sync waits for it (route_written, gw_server.c) */
+        park_page(s, packed, len);
+        return;
+    }
     if (!send_page(srv, s, packed, len)) {
         s->syncing = false;
         gw_session_send_error(srv, s, NULL, "unavailable", "sync cannot run now; send it again");
@@ -139,13 +155,7 @@ static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
         size_t len;
         uint8_t *packed = pack_sync(srv, gw_session_user(s), r->next, r->n_next, true, &len);
         if (s->qbytes > pause_bytes(srv)) {
-            /* sent from the WRITEABLE path when the client caught up */
-            s->sync_next = malloc(sizeof *s->sync_next + len);
-            if (s->sync_next == NULL)
-                CHAT_OOM();
-            s->sync_next->len = len;
-            memcpy(s->sync_next->data, packed, len);
-            free(packed);
+            park_page(s, packed, len); /* sent from the WRITEABLE path when the client caught up */
         } else if (!send_page(srv, s, packed, len)) {
             sync_failed(srv, s, "unavailable");
         }
@@ -156,7 +166,7 @@ static bool on_sync_reply(gw_server *srv, gw_request *req, natsMsg *msg)
 
 void gw_sync_resume(gw_server *srv, gw_session *s)
 {
-    if (s->sync_next == NULL || s->qbytes > pause_bytes(srv) / 4)
+    if (s->sync_next == NULL || s->qbytes > pause_bytes(srv) / 4 || (s->u && !s->u->route_ready))
         return;
     gw_parked *parked = s->sync_next;
     s->sync_next = NULL;

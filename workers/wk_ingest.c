@@ -17,6 +17,7 @@
 #include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
+#include "wk_route_batch.h"
 
 static bool process_batch(committer *c, batch *b, uint64_t gen, int64_t fetched_ns);
 
@@ -188,6 +189,7 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
 {
     c->in = in;
     c->index = index;
+    c->redis_ok = true; /* its first failure is logged */
     pthread_mutex_init(&c->pg_mu, NULL);
     pthread_mutex_init(&c->acked_mu, NULL);
     wk_trust_init(&c->trust, in->nparts);
@@ -229,6 +231,9 @@ static void committer_stop(committer *c)
     c->pg = NULL;
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->enc);
+    wk_ingest_routes_close(c);
+    wk_route_batches_destroy(c->routed);
+    c->routed = NULL;
     pthread_mutex_destroy(&c->pg_mu);
     pthread_mutex_destroy(&c->acked_mu);
     wk_trust_free(&c->trust);
@@ -307,6 +312,17 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     for (int k = 0; k < DM_COUNT; k++)
         in->m_drop[k] = chat_metrics_counter(m, "chat_ingest_dropped_total", drop_labels[k],
                                              "Messages dropped (acked without storing), by reason.");
+    in->m_deliveries_gateway = chat_metrics_counter(m, "chat_ingest_deliveries_total", "path=\"gateway\"",
+                                                    "Deliveries of an event to a member, by the way they went: in one "
+                                                    "DeliveryBatch per gateway (gateway) or on the member's own "
+                                                    "subject (user).");
+    in->m_deliveries_user = chat_metrics_counter(m, "chat_ingest_deliveries_total", "path=\"user\"",
+                                                 "Deliveries of an event to a member, by the way they went: in one "
+                                                 "DeliveryBatch per gateway (gateway) or on the member's own subject "
+                                                 "(user).");
+    in->m_route_errors = chat_metrics_counter(m, "chat_ingest_route_errors_total", NULL,
+                                              "Reads of delivery routes from Redis that failed or timed out (the "
+                                              "batch went per user).");
     in->h_commit = chat_metrics_histogram(m, "chat_ingest_fetch_to_commit_seconds", NULL,
                                           "From a batch's fetch to its commit.");
     in->h_fanout = chat_metrics_histogram(m, "chat_ingest_commit_to_fanout_seconds", NULL,

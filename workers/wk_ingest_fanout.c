@@ -1,6 +1,7 @@
 /* The ingest's fanout stage: each stored event to its members' delivery subjects and to
  * CHAT_EVENTS (wk_ingest_events.c), and each dropped post counted, logged and told to its session.
- * Runs on the committer thread. */
+ * Runs on the committer thread. Large conversations go once per gateway (wk_ingest_routes.c,
+ * wk_route_batch.c), the others per member. */
 #include "wk_ingestp.h"
 
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
+#include "wk_route_batch.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Fanout and acks                                                                              */
@@ -82,51 +84,108 @@ uint64_t wk_ingest_reconnects(natsConnection *nc)
     return n;
 }
 
-/* The Delivery of event e to every member of its conversation (on the worker's connection). */
-static void deliver_event(natsConnection *nc, batch *b, const item *it, Chat__V1__Event *e)
+/* One fanout's way to its recipients: the routes read for it (NULL: everyone per user) and the
+ * per-gateway batches being built. */
+typedef struct fanout {
+    natsConnection *nc;
+    chat_map *routes;
+    wk_route_batches *routed;
+    bool count; /* the first attempt: counted in chat_ingest_deliveries_total */
+    uint64_t via_gateway, via_user;
+} fanout;
+
+/* Publishes one packed DeliveryBatch on chat.deliver.g.<gateway> (a wk_route_batch_fn). */
+static void publish_routed(const char *gateway, const uint8_t *data, size_t len, int events, int recipients, void *ctx)
 {
-    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
-    d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
-    d.event = e;
-    size_t len = chat__v1__delivery__get_packed_size(&d);
-    uint8_t stackbuf[4096], *buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
-    chat__v1__delivery__pack(&d, buf);
+    (void)events;
+    fanout *f = ctx;
+    char subject[128];
+    if (chat_subject_deliver_gateway(subject, sizeof subject, gateway))
+        natsConnection_Publish(f->nc, subject, data, (int)len);
+    if (f->count)
+        f->via_gateway += (uint64_t)recipients;
+}
+
+/* The Delivery of event e to every member of its conversation: to the gateways routed for a member
+ * (added to f's batches), else on the member's own subject (on the worker's connection). */
+static void deliver_event(fanout *f, batch *b, const item *it, Chat__V1__Event *e)
+{
+    uint8_t stackbuf[4096], *buf = NULL;
+    size_t len = 0;
     members *m = wk_ingest_find_conv(b, it->post->conv);
     for (int u = 0; m && u < m->n; u++) {
+        const char *gateways = f->routes ? chat_map_get(f->routes, m->users[u]) : NULL;
+        for (const char *g = gateways; g && *g; g += strlen(g) + 1)
+            wk_route_batches_add(f->routed, g, e, m->users[u]);
+        if (gateways)
+            continue;
+        if (buf == NULL) { /* packed once, for the first member that goes per user */
+            Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+            d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
+            d.event = e;
+            len = chat__v1__delivery__get_packed_size(&d);
+            buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
+            chat__v1__delivery__pack(&d, buf);
+        }
         char subject[128];
         if (chat_subject_deliver(subject, sizeof subject, m->users[u]))
-            natsConnection_Publish(nc, subject, buf, (int)len);
+            natsConnection_Publish(f->nc, subject, buf, (int)len);
+        if (f->count)
+            f->via_user++;
     }
     if (buf != stackbuf)
         free(buf);
+    if (wk_route_batches_bytes(f->routed) > WK_ROUTE_BATCH_BYTES)
+        wk_route_batches_flush(f->routed, publish_routed, f);
 }
 
-/* Publishes every stored event of the batch to its members (on the worker's connection) and to
- * CHAT_EVENTS (on the committer's, once: wk_ingest_events.c confirms the PubAcks later and repairs
- * from PostgreSQL what the broker did not take); returns F_DONE when a flush says the server took
- * the deliveries. The batch is acked then: the sender's ack frame is its own live delivery, and
- * nothing on the ack path waits for a stream write. While the worker's connection fails, the
- * deliveries are published again (they may have died with the old socket; devices drop repeats by
- * id), keeping the batch ours (+WPI) and the lease session from idling out. */
+/* Publishes every event of b once: to its members (per gateway or per user, f) and, on the first
+ * attempt, to CHAT_EVENTS. events[i] is item i's, filled here and kept until the batches went. */
+static void fanout_once(committer *c, batch *b, fanout *f, Chat__V1__Event *events, int64_t committed_ms)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state == I_DROP)
+            continue;
+        const item *first = it->state == I_DUP ? &b->items[it->dup_of] : it;
+        if (first->state == I_DROP)
+            continue;
+        Chat__V1__Event *e = &events[i];
+        chat__v1__event__init(e);
+        fill_event(e, b, it, committed_ms);
+        deliver_event(f, b, it, e);
+        if (f->count)
+            wk_ingest_publish_event(c, &c->in->parts[it->part], e, first->created_us);
+    }
+    wk_route_batches_flush(f->routed, publish_routed, f);
+    if (f->count) {
+        atomic_fetch_add(c->in->m_deliveries_gateway, f->via_gateway);
+        atomic_fetch_add(c->in->m_deliveries_user, f->via_user);
+    }
+    f->count = false;
+}
+
+/* Publishes every stored event of the batch to its members (on the worker's connection: one
+ * DeliveryBatch per gateway for the members of large conversations with a route in Redis, one
+ * Delivery per member for the others) and to CHAT_EVENTS (on the committer's, once:
+ * wk_ingest_events.c confirms the PubAcks later and repairs from PostgreSQL what the broker did
+ * not take); returns F_DONE when a flush says the server took the deliveries. The batch is acked
+ * then: the sender's ack frame is its own live delivery, and nothing on the ack path waits for a
+ * stream write. While the worker's connection fails, the deliveries are published again, by the
+ * same routes (they may have died with the old socket; devices drop repeats by id), keeping the
+ * batch ours (+WPI) and the lease session from idling out. */
 int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 {
     wk_ingest *in = c->in;
     natsConnection *nc = in->app->nc;
+    if (c->routed == NULL)
+        c->routed = wk_route_batches_create();
+    fanout f = {.nc = nc, .routes = wk_ingest_routes_read(c, b), .routed = c->routed, .count = true};
+    Chat__V1__Event *events = chat_xcalloc((size_t)b->n, sizeof *events);
+    int rc = F_DONE;
     for (int attempt = 0;; attempt++) {
         uint64_t delivered_on = wk_ingest_reconnects(nc);
-        for (int i = 0; i < b->n; i++) {
-            item *it = &b->items[i];
-            if (it->state == I_DROP)
-                continue;
-            const item *first = it->state == I_DUP ? &b->items[it->dup_of] : it;
-            if (first->state == I_DROP)
-                continue;
-            Chat__V1__Event e = CHAT__V1__EVENT__INIT;
-            fill_event(&e, b, it, committed_ms);
-            deliver_event(nc, b, it, &e);
-            if (attempt == 0)
-                wk_ingest_publish_event(c, &in->parts[it->part], &e, first->created_us);
-        }
+        fanout_once(c, b, &f, events, committed_ms);
         /* a PONG on the worker's connection says the server took the deliveries before it (a
          * node killed with them in its socket has not) */
         int64_t waited = chat_mono_ns();
@@ -134,11 +193,15 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
         waited = (chat_mono_ns() - waited) / 1000000;
         bool same = wk_ingest_reconnects(nc) == delivered_on;
         if (fs == NATS_OK && same)
-            return F_DONE;
-        if (atomic_load(&in->app->stopping) && attempt > 2)
-            return F_STOPPING;
-        if (!wk_ingest_heartbeat(c, gen))
-            return F_LEASE_LOST;
+            break;
+        if (atomic_load(&in->app->stopping) && attempt > 2) {
+            rc = F_STOPPING;
+            break;
+        }
+        if (!wk_ingest_heartbeat(c, gen)) {
+            rc = F_LEASE_LOST;
+            break;
+        }
         LOG_WARN("ingest", "event=delivery_retry partition=%d attempt=%d flush=\"%s\" reconnected=%d", b->part,
                  attempt + 1, natsStatus_GetText(fs), same ? 0 : 1);
         wk_ingest_reply_all(nc, b, "+WPI"); /* keep the batch ours while the broker recovers */
@@ -147,6 +210,9 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
         if (waited < pause)
             chat_sleep_ms(pause - waited);
     }
+    free(events);
+    wk_ingest_routes_free(f.routes);
+    return rc;
 }
 
 /* Tells the sending session why its post was not stored (through the sender's delivery subject). */

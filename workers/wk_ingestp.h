@@ -133,6 +133,16 @@ typedef struct committer {
     int64_t events_tick_ms;     /* the last confirmation */
     int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
     int64_t repair_backoff_ms;  /* 0 after a repair that worked, doubling up to EVENTS_REPAIR_BACKOFF_MS */
+    /* routes (wk_ingest_routes.c): its own Redis connection, CHAT_REDIS_URL */
+    struct redisContext *redis; /* NULL: none now */
+    bool redis_ok;              /* as last logged */
+    int64_t redis_retry_ms;     /* no new connection before this (mono ms) after a failure */
+    int64_t redis_backoff_ms;   /* 0 after a success, then 500 ms doubling up to 5 s */
+    struct wk_route_batches *routed; /* the per-gateway batches of a fanout (wk_route_batch.h) */
+    chat_map *route_cache;      /* user -> its routes as last read (wk_ingest_routes.c) */
+    int64_t route_since;        /* CHAT_ROUTES_SINCE_KEY when the cache was filled (0: missing) */
+    char route_log_id[48];      /* the last CHAT_ROUTES_LOG_KEY entry read ("": none; read its end) */
+    int64_t route_log_read_ms;  /* when the log was last read (Unix ms) */
 } committer;
 
 /* Which chat_ingest_dropped_total{reason} counts a dropped message (registered in this order). */
@@ -158,6 +168,9 @@ struct wk_ingest {
     atomic_uint_fast64_t *m_events, *m_redelivered, *m_batches, *m_store_retries;
     atomic_uint_fast64_t *m_events_republished, *m_events_unconfirmed, *m_events_lost;
     atomic_uint_fast64_t *m_drop[DM_COUNT]; /* chat_ingest_dropped_total by drop_metric */
+    /* chat_ingest_deliveries_total{path="gateway"|"user"}: (event, recipient) pairs by the way they
+     * went; chat_ingest_route_errors_total: Redis reads of routes that failed */
+    atomic_uint_fast64_t *m_deliveries_gateway, *m_deliveries_user, *m_route_errors;
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
 
@@ -312,6 +325,23 @@ void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what);
 void wk_ingest_count_drops(wk_ingest *in, batch *b);
 /* How many times the connection reconnected (nats.c counts every new socket). */
 uint64_t wk_ingest_reconnects(natsConnection *nc);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Routes (wk_ingest_routes.c)                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The gateways holding the members of b's conversations of CHAT_ROUTED_MIN_MEMBERS members or more,
+ * read from Redis in one pipelined round trip: a map user -> "g1\0g2\0\0" (the gateway ids) for
+ * the users with a live route; NULL when no conversation is that large, or Redis is down or slow
+ * (everyone goes per user). Free with wk_ingest_routes_free. */
+chat_map *wk_ingest_routes_read(committer *c, const batch *b);
+/* NULL-safe. Any thread. */
+void wk_ingest_routes_free(chat_map *routes);
+/* Whether Redis holds every live route at now_ms, given CHAT_ROUTES_SINCE_KEY's value since (Unix
+ * ms, 0: missing): chat_routes.h. Any thread. */
+bool wk_ingest_routes_settled(int64_t since, int64_t now_ms);
+/* Closes c's Redis connection (at the committer's end). */
+void wk_ingest_routes_close(committer *c);
 
 /* ------------------------------------------------------------------------------------------ */
 /* CHAT_EVENTS (wk_ingest_events.c)                                                             */
