@@ -14,7 +14,7 @@ CHAT_SETTINGS=(
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_EGRESS_ALLOW CHAT_LOG
     CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
     CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_WS_STOP_DELAY CHAT_WS_INFLIGHT_MAX
-    CHAT_WS_MEMBERSHIP_CACHE CHAT_WS_REFUSED_PER_IP
+    CHAT_WS_MEMBERSHIP_CACHE CHAT_WS_REFUSED_PER_IP CHAT_INGEST_COMMITTERS CHAT_ROUTED_MIN_MEMBERS
     CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
@@ -108,6 +108,10 @@ chat_env_init() {
     chat_env_default CHAT_WS_MAX_PER_USER 20
     chat_env_default CHAT_WS_MAX_PER_IP 1000
     chat_env_default CHAT_WS_REFUSED_PER_IP 20
+    # the ingest: transactions at once per worker, and from how many members a conversation's
+    # events go to its members' gateways rather than per user (docs/operations.md)
+    chat_env_default CHAT_INGEST_COMMITTERS 2
+    chat_env_default CHAT_ROUTED_MIN_MEMBERS 3
     chat_env_default CHAT_WS_PING 30s
     chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000
