@@ -3,8 +3,10 @@
  * long after, and a broker that dies meanwhile (a power loss, a machine lost) comes back without
  * the newest writes: the stream loses a suffix, and later publishes reuse its sequence numbers.
  * So a confirmed publish moves its partition's cursor only once the interval has passed AND the
- * newest write acknowledged so far is still in the stream under its own Nats-Msg-Id: if it is, so
- * is every write before it; if not, the cursors stay and the partitions are repaired from them.
+ * newest write acknowledged so far is still in the stream, that very publish (its Chat-Publish
+ * tag: the same event published again after a loss, a duplicate answered from the store, lands
+ * under the same Nats-Msg-Id at a reused sequence): if it is, so is every write before it; if
+ * not, the cursors stay and the partitions are repaired from them.
  *
  * This module is the queue of such checkpoints, oldest first: pure, one committer's thread. */
 #ifndef WK_EVENTS_TRUST_H
@@ -19,7 +21,7 @@
 typedef struct wk_trust_point {
     int64_t trusted_ms; /* monotonic ms from when the broker has synced every write of it */
     uint64_t seq;       /* the highest CHAT_EVENTS sequence acknowledged when it was made (0: none) */
-    char msgid[160];    /* that write's Nats-Msg-Id */
+    char tag[96];       /* that write's Chat-Publish tag (wk_ingest_events.c: one per publish) */
     int64_t *upto_us;   /* per partition: where its cursor may move (0: nowhere) */
 } wk_trust_point;
 
@@ -34,9 +36,9 @@ void wk_trust_init(wk_trust *t, int nparts);
 void wk_trust_free(wk_trust *t);
 /* Forgets every point (a lease lost, a loss found). */
 void wk_trust_clear(wk_trust *t);
-/* Queues a point: trusted from trusted_ms, checked by seq/msgid, moving partition p's cursor to
+/* Queues a point: trusted from trusted_ms, checked by seq/tag, moving partition p's cursor to
  * upto_us[p] (nparts values, 0: not moved; copied). Full: merged into the newest point. */
-void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *msgid, const int64_t *upto_us);
+void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *tag, const int64_t *upto_us);
 /* How many of the oldest points are trusted by now_ms. */
 int wk_trust_due(const wk_trust *t, int64_t now_ms);
 /* The i-th oldest point (i < t->n). */

@@ -36,10 +36,10 @@ void wk_ingest_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae
         LOG_WARN("ingest", "event=events_publish_failed status=\"duplicate of sequence 0\"");
     } else if (pa != NULL) {
         pthread_mutex_lock(&c->acked_mu);
-        const char *id = NULL;
-        if (pa->Sequence > c->acked_seq && natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id) {
+        const char *tag = NULL;
+        if (pa->Sequence > c->acked_seq && natsMsgHeader_Get(msg, "Chat-Publish", &tag) == NATS_OK && tag) {
             c->acked_seq = pa->Sequence;
-            snprintf(c->acked_msgid, sizeof c->acked_msgid, "%s", id);
+            snprintf(c->acked_tag, sizeof c->acked_tag, "%s", tag);
         }
         pthread_mutex_unlock(&c->acked_mu);
     }
@@ -52,13 +52,15 @@ static void publish(committer *c, const Chat__V1__Event *e)
     size_t len = chat__v1__event__get_packed_size(e);
     uint8_t *buf = chat_xmalloc(len ? len : 1);
     chat__v1__event__pack(e, buf);
-    char subject[128], msgid[160];
+    char subject[128], msgid[160], tag[96];
     chat_subject_event(subject, sizeof subject, e->conv);
     snprintf(msgid, sizeof msgid, "%s:%" PRIu64, e->conv, e->seq);
+    snprintf(tag, sizeof tag, "%s/%d/%" PRIu64, c->in->worker_id, c->index, ++c->publishes);
     natsMsg *msg = NULL;
     natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
     natsMsgHeader_Set(msg, "Nats-Msg-Id", msgid);
     natsMsgHeader_Set(msg, "Chat-Type", "event");
+    natsMsgHeader_Set(msg, "Chat-Publish", tag); /* this publish: what the trust check reads back */
     free(buf);
     if (js_PublishMsgAsync(c->js, &msg, NULL) != NATS_OK)
         atomic_fetch_add(&c->publish_errors, 1);
@@ -200,11 +202,11 @@ static void trust_later(committer *c, uint64_t gen, const int64_t *upto_us)
     }
     pthread_mutex_lock(&c->acked_mu);
     uint64_t seq = c->acked_seq;
-    char msgid[sizeof c->acked_msgid];
-    memcpy(msgid, c->acked_msgid, sizeof msgid);
+    char tag[sizeof c->acked_tag];
+    memcpy(tag, c->acked_tag, sizeof tag);
     pthread_mutex_unlock(&c->acked_mu);
     int64_t at = chat_mono_ms() + chat_nats_synced_after_ms(c->in->app->cfg->nats_sync_ms);
-    wk_trust_push(&c->trust, at, seq, msgid, upto_us);
+    wk_trust_push(&c->trust, at, seq, tag, upto_us);
 }
 
 /* Confirms c's publishes since the last confirmation: when every PubAck came and none was an
@@ -255,10 +257,10 @@ static void confirm(committer *c, uint64_t gen)
 
 typedef enum { CHECK_KEPT, CHECK_LOST, CHECK_UNKNOWN } check_verdict;
 
-/* Whether CHAT_EVENTS still holds the write at `seq` under `msgid`: lost when the sequence is
- * gone or holds another write (a broker that lost its unsynced suffix reuses its sequences);
- * unknown when the broker does not answer. */
-static check_verdict check_kept(committer *c, uint64_t seq, const char *msgid)
+/* Whether CHAT_EVENTS still holds the publish tagged `tag` at `seq`: lost when the sequence is
+ * gone or holds another write (a broker that lost its unsynced suffix reuses its sequences, and
+ * the same event published again carries another tag); unknown when the broker does not answer. */
+static check_verdict check_kept(committer *c, uint64_t seq, const char *tag)
 {
     if (seq == 0)
         return CHECK_KEPT; /* nothing new was acknowledged: nothing to lose */
@@ -270,7 +272,7 @@ static check_verdict check_kept(committer *c, uint64_t seq, const char *msgid)
     natsStatus s = js_GetMsg(&m, c->js, CHAT_STREAM_EVENTS, seq, &o, &jerr);
     if (s == NATS_OK) {
         const char *id = NULL;
-        bool same = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL && strcmp(id, msgid) == 0;
+        bool same = natsMsgHeader_Get(m, "Chat-Publish", &id) == NATS_OK && id != NULL && strcmp(id, tag) == 0;
         natsMsg_Destroy(m);
         return same ? CHECK_KEPT : CHECK_LOST;
     }
@@ -295,7 +297,7 @@ static void check_trusted(committer *c, uint64_t gen)
     if (due == 0 || !wk_ingest_heartbeat(c, gen))
         return;
     const wk_trust_point *newest = wk_trust_at(&c->trust, due - 1);
-    check_verdict v = check_kept(c, newest->seq, newest->msgid);
+    check_verdict v = check_kept(c, newest->seq, newest->tag);
     if (v == CHECK_UNKNOWN)
         return;
     if (v == CHECK_KEPT) {
@@ -306,13 +308,13 @@ static void check_trusted(committer *c, uint64_t gen)
         return;
     }
     atomic_fetch_add(in->m_events_lost, 1);
-    LOG_WARN("ingest", "event=events_lost committer=%d seq=%" PRIu64 " msgid=\"%s\" detail=\"acknowledged, then not in "
+    LOG_WARN("ingest", "event=events_lost committer=%d seq=%" PRIu64 " tag=\"%s\" detail=\"acknowledged, then not in "
              "CHAT_EVENTS: the broker lost writes it had not synced; repairing from the cursors\"",
-             c->index, newest->seq, newest->msgid);
+             c->index, newest->seq, newest->tag);
     wk_trust_clear(&c->trust);
     pthread_mutex_lock(&c->acked_mu);
     c->acked_seq = 0;
-    c->acked_msgid[0] = '\0';
+    c->acked_tag[0] = '\0';
     pthread_mutex_unlock(&c->acked_mu);
     for (int p = c->index; p < in->nparts; p += in->ncom)
         if (owned(c, &in->parts[p], gen))

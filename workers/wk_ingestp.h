@@ -125,9 +125,10 @@ typedef struct committer {
     natsConnection *enc;
     jsCtx *js;                  /* CHAT_EVENTS publishes, on enc */
     atomic_int publish_errors;  /* failed publishes since the last confirmation (the ack handler) */
-    pthread_mutex_t acked_mu;   /* acked_seq and acked_msgid (nats.c's thread writes them) */
+    pthread_mutex_t acked_mu;   /* acked_seq and acked_tag (nats.c's thread writes them) */
     uint64_t acked_seq;         /* the highest CHAT_EVENTS sequence PubAcked (0: none since a loss) */
-    char acked_msgid[160];      /* its Nats-Msg-Id */
+    char acked_tag[96];         /* its Chat-Publish header: this publish and no other */
+    uint64_t publishes;         /* CHAT_EVENTS publishes so far (the committer's thread): the tags */
     wk_trust trust;             /* confirmed publishes waiting for the broker's sync (wk_events_trust.h) */
     bool events_dirty;          /* published since the last confirmation */
     int64_t events_tick_ms;     /* the last confirmation */

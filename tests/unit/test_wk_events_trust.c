@@ -19,7 +19,7 @@ START_TEST(due_in_order_and_merged)
     ck_assert_int_eq(wk_trust_due(&t, 250), 2);
     /* the newest due point is the one to check: its write is the latest */
     ck_assert_uint_eq(wk_trust_at(&t, 1)->seq, 3);
-    ck_assert_str_eq(wk_trust_at(&t, 1)->msgid, "x:3");
+    ck_assert_str_eq(wk_trust_at(&t, 1)->tag, "x:3");
     int64_t upto[4] = {0};
     wk_trust_pop(&t, 2, upto);
     ck_assert_int_eq(upto[1], 20);
@@ -50,7 +50,7 @@ START_TEST(full_queue_merges_into_the_newest)
     ck_assert_int_eq(wk_trust_due(&t, 5000), WK_TRUST_MAX);
     const wk_trust_point *newest = wk_trust_at(&t, WK_TRUST_MAX - 1);
     ck_assert_uint_eq(newest->seq, 500);
-    ck_assert_str_eq(newest->msgid, "last");
+    ck_assert_str_eq(newest->tag, "last");
     ck_assert_int_eq(newest->upto_us[0], WK_TRUST_MAX); /* its own cursor kept */
     ck_assert_int_eq(newest->upto_us[1], 99);           /* and the merged one's */
     /* a merge never lowers the sequence checked */
