@@ -151,6 +151,8 @@ bool wk_ingest_pipe_end(PGconn *pg, bool synced)
 {
     if (PQpipelineStatus(pg) == PQ_PIPELINE_OFF)
         return true;
+    if (PQstatus(pg) != CONNECTION_OK)
+        return false; /* gone: the statement that found it out was classified and logged */
     if (!synced && PQpipelineSync(pg) != 1)
         return false;
     /* each statement's results end with a NULL; two in a row: nothing is due any more, the sync
