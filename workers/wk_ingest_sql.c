@@ -2,6 +2,7 @@
  * statements. Committer threads, each on its own lease connection. Below the store and the lease
  * (both use it; it uses neither). */
 #include <libpq-fe.h>
+#include <stdio.h>
 
 #include "chat_log.h"
 #include "wk_ingestp.h"
@@ -14,8 +15,8 @@ PGresult *wk_ingest_exec_params(PGconn *pg, const char *sql, int n, const char *
 }
 
 /* The statements of every batch, prepared once per lease connection (prepare_statements(), from
- * try_acquire, outside any transaction: a failed Parse there aborts nothing) and run with
- * PQexecPrepared. The connection uses generic plans (plan_cache_mode = force_generic_plan): with
+ * try_acquire, outside any transaction: a failed Parse there aborts nothing) and sent in the
+ * store's pipeline (below). The connection uses generic plans (plan_cache_mode = force_generic_plan): with
  * array parameters PostgreSQL would otherwise keep choosing custom plans, i.e. plan every batch
  * again. So each statement is written for a good generic plan, whatever the tables' statistics:
  * conversations by `id = ANY($1)` (an index scan; a join with unnest() lets the planner pick a
@@ -93,7 +94,84 @@ bool wk_ingest_prepare_statements(PGconn *pg)
     return true;
 }
 
-PGresult *wk_ingest_run_prepared(PGconn *pg, int q, const char *const *params, wk_pg_error *e)
+/* ------------------------------------------------------------------------------------------ */
+/* Pipelines: a batch's statements sent without waiting for each answer                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Fills *e for a statement libpq would not send (the connection is gone, or not in the state the
+ * call needs): from the connection's own message. */
+static bool send_failed(PGconn *pg, wk_pg_error *e)
 {
-    return wk_pg_run_prepared(pg, statements[q].name, statements[q].nparams, params, PGRES_TUPLES_OK, e);
+    wk_pg_error_of(pg, NULL, e);
+    return false;
+}
+
+bool wk_ingest_pipe_begin(PGconn *pg, wk_pg_error *e)
+{
+    if (PQenterPipelineMode(pg) != 1 || PQsendQueryParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) != 1)
+        return send_failed(pg, e);
+    return true;
+}
+
+bool wk_ingest_pipe_send(PGconn *pg, int q, const char *const *params, wk_pg_error *e)
+{
+    if (PQsendQueryPrepared(pg, statements[q].name, statements[q].nparams, params, NULL, NULL, 0) != 1)
+        return send_failed(pg, e);
+    return true;
+}
+
+bool wk_ingest_pipe_flush(PGconn *pg, wk_pg_error *e)
+{
+    if (PQsendFlushRequest(pg) != 1 || PQflush(pg) != 0)
+        return send_failed(pg, e);
+    return true;
+}
+
+bool wk_ingest_pipe_commit(PGconn *pg, wk_pg_error *e)
+{
+    if (PQsendQueryParams(pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) != 1 || PQpipelineSync(pg) != 1)
+        return send_failed(pg, e);
+    return true;
+}
+
+PGresult *wk_ingest_pipe_result(PGconn *pg, ExecStatusType expect, wk_pg_error *e)
+{
+    PGresult *r = PQgetResult(pg);
+    if (r == NULL || PQresultStatus(r) != expect) {
+        wk_pg_error_of(pg, r, e);
+        PQclear(r);
+        return NULL; /* what is left of the pipeline is read by wk_ingest_pipe_end() */
+    }
+    PGresult *end = PQgetResult(pg); /* NULL: the end of this statement's results */
+    PQclear(end);
+    return r;
+}
+
+bool wk_ingest_pipe_end(PGconn *pg, bool synced)
+{
+    if (PQpipelineStatus(pg) == PQ_PIPELINE_OFF)
+        return true;
+    if (PQstatus(pg) != CONNECTION_OK)
+        return false; /* gone: the statement that found it out was classified and logged */
+    if (!synced && PQpipelineSync(pg) != 1)
+        return false;
+    /* each statement's results end with a NULL; two in a row: nothing is due any more, the sync
+     * never comes */
+    for (int nulls = 0; nulls < 2 && PQstatus(pg) == CONNECTION_OK;) {
+        PGresult *r = PQgetResult(pg);
+        if (r == NULL) {
+            nulls++;
+            continue;
+        }
+        nulls = 0;
+        ExecStatusType st = PQresultStatus(r);
+        PQclear(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            return PQexitPipelineMode(pg) == 1;
+    }
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", PQerrorMessage(pg));
+    chat_log_clean(detail);
+    LOG_WARN("ingest", "event=pipeline_unfinished detail=\"%s\"", detail);
+    return false;
 }

@@ -1,7 +1,7 @@
 /* The ingest's store stage: a batch (wk_ingest_batch.c) stored in one transaction on the
- * committer's lease connection: dedupe by (conv, cmid), members, authorization, targets of changes,
- * next seq per conversation and insert, one function per statement. Runs on the committer thread,
- * under its pg_mu for everything that touches the connection. */
+ * committer's lease connection in two round trips (a libpq pipeline): dedupe by (conv, cmid),
+ * members and targets of changes; then, after authorization here, next seq per conversation,
+ * insert and COMMIT. Committer thread, under its pg_mu for everything that touches the connection. */
 #include "wk_ingestp.h"
 
 #include <inttypes.h>
@@ -84,20 +84,16 @@ static int classify(PGconn *pg, const wk_pg_error *e, const char *what)
     return S_RETRY;
 }
 
-/* Runs a prepared batch statement: its rows, or NULL with *rc what the failure means (classify(),
- * which logs it as step `what`). A connection lost meanwhile gives an error result, which
- * classify() turns into S_LEASE_LOST: the partition ends and the next lease prepares anew. */
-static PGresult *run_statement(PGconn *pg, int q, const char *const *params, const char *what, int *rc)
+/* A change whose target is beyond bigint (a seq never reaches it) is not looked up: no message
+ * has that seq (PostgreSQL would refuse the whole read, 22003). */
+static bool target_readable(const item *it)
 {
-    wk_pg_error e;
-    PGresult *r = wk_ingest_run_prepared(pg, q, params, &e);
-    if (r == NULL)
-        *rc = classify(pg, &e, what);
-    return r;
+    return it->state == I_NEW && chat_post_is_change(it->post->kind) && it->post->target <= (uint64_t)INT64_MAX;
 }
 
-/* 2c. the target of every change: a stored message, not deleted, the sender's own unless a reaction */
-static int store_targets(PGconn *pg, batch *b)
+/* 2c, sent: the target of every change of b (validated, not a repeat within b), whoever posted it:
+ * nothing is answered from these rows before authorize(); *sent false when b has no change. */
+static bool send_targets(PGconn *pg, batch *b, bool *sent, wk_pg_error *e)
 {
     chat_buf convs = {0}, seqs = {0};
     chat_buf_pg_array_begin(&convs);
@@ -105,7 +101,7 @@ static int store_targets(PGconn *pg, batch *b)
     int n = 0;
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
-        if (it->state != I_NEW || !chat_post_is_change(it->post->kind))
+        if (!target_readable(it))
             continue;
         char seq[24];
         snprintf(seq, sizeof seq, "%" PRIu64, it->post->target);
@@ -115,24 +111,24 @@ static int store_targets(PGconn *pg, batch *b)
     }
     chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&seqs);
-    if (n == 0) {
-        chat_buf_free(&convs);
-        chat_buf_free(&seqs);
-        return S_OK;
-    }
     const char *params[] = {convs.data, seqs.data};
-    int rc = S_OK;
-    PGresult *r = run_statement(pg, Q_TARGETS, params, "targets", &rc);
+    bool ok = n == 0 || wk_ingest_pipe_send(pg, Q_TARGETS, params, e);
+    *sent = n > 0;
     chat_buf_free(&convs);
     chat_buf_free(&seqs);
-    if (r == NULL)
-        return rc;
+    return ok;
+}
+
+/* 2c, decided (after authorize): the target of every change still new must be a stored message,
+ * not deleted, the sender's own unless a reaction. r: Q_TARGETS' rows (NULL: b had no change). */
+static void apply_targets(batch *b, const PGresult *r)
+{
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         if (it->state != I_NEW || !chat_post_is_change(it->post->kind))
             continue;
         int row = -1;
-        for (int k = 0; k < PQntuples(r) && row < 0; k++)
+        for (int k = 0; r != NULL && k < PQntuples(r) && row < 0; k++)
             if (strcmp(PQgetvalue(r, k, 0), it->post->conv) == 0 &&
                 strtoull(PQgetvalue(r, k, 1), NULL, 10) == it->post->target)
                 row = k;
@@ -145,8 +141,6 @@ static int store_targets(PGconn *pg, batch *b)
                  strcmp(PQgetvalue(r, row, 2), it->post->sender) != 0)
             wk_ingest_reject(it, DROP_TARGET_NOT_OWN);
     }
-    PQclear(r);
-    return S_OK;
 }
 
 /* Marks the items whose (conv, cmid) is stored already (rows of Q_DEDUPE, which b keeps: their
@@ -231,8 +225,8 @@ static void settle_duplicates(batch *b)
     }
 }
 
-/* 1. already stored? (conv, cmid) of every new post; b keeps the rows (mark_stored). */
-static int store_dedupe(PGconn *pg, batch *b)
+/* 1, sent: already stored? (conv, cmid) of every new post. */
+static bool send_dedupe(PGconn *pg, batch *b, wk_pg_error *e)
 {
     chat_buf convs = {0}, cmids = {0};
     chat_buf_pg_array_begin(&convs);
@@ -245,18 +239,14 @@ static int store_dedupe(PGconn *pg, batch *b)
     chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&cmids);
     const char *params[] = {convs.data, cmids.data};
-    int rc = S_OK;
-    PGresult *r = run_statement(pg, Q_DEDUPE, params, "dedupe", &rc);
+    bool ok = wk_ingest_pipe_send(pg, Q_DEDUPE, params, e);
     chat_buf_free(&convs);
     chat_buf_free(&cmids);
-    if (r == NULL)
-        return rc;
-    mark_stored(b, r); /* b->stored now */
-    return S_OK;
+    return ok;
 }
 
-/* 2. members of every conversation of the batch (for the check and the fanout) */
-static int store_members(PGconn *pg, batch *b)
+/* 2, sent: the members of every conversation of the batch (for the check and the fanout). */
+static bool send_members(PGconn *pg, batch *b, wk_pg_error *e)
 {
     chat_buf convs = {0};
     chat_buf_pg_array_begin(&convs);
@@ -264,11 +254,14 @@ static int store_members(PGconn *pg, batch *b)
         chat_buf_pg_array_str(&convs, b->convs[i].conv);
     chat_buf_pg_array_end(&convs);
     const char *params[] = {convs.data};
-    int rc = S_OK;
-    PGresult *r = run_statement(pg, Q_MEMBERS, params, "members", &rc);
+    bool ok = wk_ingest_pipe_send(pg, Q_MEMBERS, params, e);
     chat_buf_free(&convs);
-    if (r == NULL)
-        return rc;
+    return ok;
+}
+
+/* 2, read: Q_MEMBERS' rows r into b's conversations (r is cleared). */
+static void read_members(batch *b, PGresult *r)
+{
     for (int row = 0; row < PQntuples(r); row++) {
         members *m = wk_ingest_find_conv(b, PQgetvalue(r, row, 0));
         if (m == NULL)
@@ -280,7 +273,6 @@ static int store_members(PGconn *pg, batch *b)
         m->users[m->n++] = chat_xstrdup(PQgetvalue(r, row, 1));
     }
     PQclear(r);
-    return S_OK;
 }
 
 /* The parameters of Q_WRITE by name: $1, $2 the new events counted per conversation, $3..$13 the
@@ -372,20 +364,20 @@ static void read_seqs(batch *b, PGresult *r, int nnew)
     free(seq_of);
 }
 
-/* 3 and 4. one statement: the next seqs of every conversation of the batch (one UPDATE ...
+/* 3 and 4, sent: one statement: the next seqs of every conversation of the batch (one UPDATE ...
  * RETURNING, with the new events counted per conversation), the events numbered in batch order
  * within each conversation, and their dedupe rows; it returns the seq of each event by its place
- * in the arrays */
-static int store_write(PGconn *pg, batch *b)
+ * in the arrays. *nnew: the new events (none: nothing is sent). */
+static bool send_write(PGconn *pg, batch *b, int *nnew, wk_pg_error *e)
 {
     write_columns w = {0};
     chat_buf *all[WRITE_COLUMNS];
     write_columns_list(&w, all);
     for (int k = 0; k < WRITE_COLUMNS; k++)
         chat_buf_pg_array_begin(all[k]);
-    int nnew = write_counts(b, &w);
-    int rc = S_OK;
-    if (nnew > 0) {
+    *nnew = write_counts(b, &w);
+    bool ok = true;
+    if (*nnew > 0) {
         for (int i = 0; i < b->n; i++)
             if (b->items[i].state == I_NEW)
                 write_event(&w, &b->items[i]);
@@ -394,44 +386,91 @@ static int store_write(PGconn *pg, batch *b)
             chat_buf_pg_array_end(all[k]);
             params[k] = all[k]->data;
         }
-        PGresult *r = run_statement(pg, Q_WRITE, params, "write", &rc);
-        if (r != NULL)
-            read_seqs(b, r, nnew);
-        PQclear(r);
+        ok = wk_ingest_pipe_send(pg, Q_WRITE, params, e);
     }
     for (int k = 0; k < WRITE_COLUMNS; k++)
         chat_buf_free(all[k]);
-    return rc;
+    return ok;
 }
 
-/* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu). Fills
- * seq/id of NEW items, marks STORED and DROP. */
+/* Round trip 1: BEGIN, dedupe, members and (when b has changes) targets, sent together, their
+ * answers read in order: b's stored rows and members filled, *targets Q_TARGETS' rows (or NULL).
+ * False with *step and *e when one failed. */
+static bool store_reads(PGconn *pg, batch *b, PGresult **targets, const char **step, wk_pg_error *e)
+{
+    bool has_targets = false;
+    *step = "send";
+    if (!wk_ingest_pipe_begin(pg, e) || !send_dedupe(pg, b, e) || !send_members(pg, b, e) ||
+        !send_targets(pg, b, &has_targets, e) || !wk_ingest_pipe_flush(pg, e))
+        return false;
+    *step = "begin";
+    PGresult *r = wk_ingest_pipe_result(pg, PGRES_COMMAND_OK, e);
+    if (r == NULL)
+        return false;
+    PQclear(r);
+    *step = "dedupe";
+    if ((r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
+        return false;
+    mark_stored(b, r); /* b->stored now */
+    *step = "members";
+    if ((r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
+        return false;
+    read_members(b, r);
+    *step = "targets";
+    return !has_targets || (*targets = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) != NULL;
+}
+
+/* Round trip 2: the write (when there is something new) and COMMIT, sent together with the sync
+ * (*synced then). False with *step and *e when one failed. */
+static bool store_writes(PGconn *pg, batch *b, bool *synced, const char **step, wk_pg_error *e)
+{
+    int nnew = 0;
+    *step = "send";
+    if (!send_write(pg, b, &nnew, e) || !(*synced = wk_ingest_pipe_commit(pg, e)))
+        return false;
+    *step = "write";
+    if (nnew > 0) {
+        PGresult *r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e);
+        if (r == NULL)
+            return false;
+        read_seqs(b, r, nnew);
+        PQclear(r);
+    }
+    settle_duplicates(b);
+    *step = "commit";
+    PGresult *r = wk_ingest_pipe_result(pg, PGRES_COMMAND_OK, e);
+    PQclear(r);
+    return r != NULL;
+}
+
+/* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu), in two
+ * round trips: the reads, then (after authorization, here) the write and the commit. Fills
+ * seq/id of NEW items, marks STORED and DROP. A statement that fails leaves the rest of the
+ * pipeline skipped by the server; the transaction is rolled back as it was when each statement
+ * was a round trip of its own, and the failure classified the same way. */
 static int store_batch(committer *c, batch *b)
 {
     PGconn *pg = c->pg;
     wk_pg_error e;
-    if (!wk_pg_begin(pg, &e))
-        return classify(pg, &e, "begin");
-    int rc = store_dedupe(pg, b);
-    if (rc == S_OK)
-        rc = store_members(pg, b);
-    if (rc == S_OK) {
+    const char *step = "send";
+    PGresult *targets = NULL;
+    bool synced = false;
+    bool ok = store_reads(pg, b, &targets, &step, &e);
+    if (ok) {
         /* 2b. every post, duplicates included: the conversation must exist and a gateway's sender
          * be a member; a stored duplicate must be the poster's own message */
         authorize(b);
         /* 2c. changes (edit, delete, reaction): the target must be a stored message that is not
          * deleted; only its sender edits or deletes it (after 2b: a non-member learns nothing of
          * the conversation's seqs) */
-        rc = store_targets(pg, b);
+        apply_targets(b, targets);
+        ok = store_writes(pg, b, &synced, &step, &e);
     }
-    if (rc == S_OK)
-        rc = store_write(pg, b);
-    if (rc == S_OK) {
-        settle_duplicates(b);
-        if (!wk_pg_commit(pg, &e))
-            rc = classify(pg, &e, "commit");
-    }
-    if (rc != S_OK && rc != S_LEASE_LOST)
+    PQclear(targets);
+    int rc = ok ? S_OK : classify(pg, &e, step);
+    if (!wk_ingest_pipe_end(pg, synced))
+        rc = S_LEASE_LOST; /* a connection in an unknown state is given up, and its leases with it */
+    else if (rc != S_OK && rc != S_LEASE_LOST)
         wk_pg_rollback(pg);
     c->last_pg_ms = chat_mono_ms();
     return rc;

@@ -298,8 +298,26 @@ enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
 /* Prepares the batch statements on a fresh lease connection (outside any transaction). False
  * (logged) when PostgreSQL refuses one or the connection is gone: the caller closes it. */
 bool wk_ingest_prepare_statements(PGconn *pg);
-/* Runs batch statement q: its rows, or NULL with *e filled (wk_pg.h). */
-PGresult *wk_ingest_run_prepared(PGconn *pg, int q, const char *const *params, wk_pg_error *e);
+/* The store's pipeline (libpq pipeline mode, PostgreSQL 14+): a batch's statements are queued
+ * and sent together, and their answers read in the order sent; a statement that fails makes the
+ * server skip the rest up to the sync, leaving the transaction to roll back. Each call but
+ * wk_ingest_pipe_end() is false (or NULL) with *e filled when it failed, and then only
+ * wk_ingest_pipe_end() may follow. */
+/* Enters pipeline mode and queues BEGIN. */
+bool wk_ingest_pipe_begin(PGconn *pg, wk_pg_error *e);
+/* Queues batch statement q (its parameters are copied: the caller may free them on return). */
+bool wk_ingest_pipe_send(PGconn *pg, int q, const char *const *params, wk_pg_error *e);
+/* Sends what is queued and asks the server for the answers so far (no sync: the transaction and
+ * the pipeline go on). */
+bool wk_ingest_pipe_flush(PGconn *pg, wk_pg_error *e);
+/* Queues COMMIT and the sync, and sends them. */
+bool wk_ingest_pipe_commit(PGconn *pg, wk_pg_error *e);
+/* The next statement's result (the caller PQclears it) when its status is `expect`; else NULL. */
+PGresult *wk_ingest_pipe_result(PGconn *pg, ExecStatusType expect, wk_pg_error *e);
+/* Ends the pipeline: queues the sync unless `synced` (wk_ingest_pipe_commit sent it), reads and
+ * drops every answer up to it and leaves pipeline mode. False (logged) when the connection cannot
+ * be used any more. */
+bool wk_ingest_pipe_end(PGconn *pg, bool synced);
 /* One-off statements (the lease, a missing partition): planned at each call. */
 PGresult *wk_ingest_exec_params(PGconn *pg, const char *sql, int n, const char *const *params);
 

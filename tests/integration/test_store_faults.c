@@ -43,7 +43,10 @@ static void remove_fault(void)
     PGconn *pg = PQconnectdb(dsn ? dsn : stack.cfg.pg_dsn);
     if (PQstatus(pg) == CONNECTION_OK)
         PQclear(PQexec(pg, "DROP TRIGGER IF EXISTS test_store_fault ON conversations;"
-                           " DROP FUNCTION IF EXISTS test_store_fault(); DROP TABLE IF EXISTS test_store_fault"));
+                           " DROP FUNCTION IF EXISTS test_store_fault(); DROP TABLE IF EXISTS test_store_fault;"
+                           " DROP TRIGGER IF EXISTS test_store_poison ON messages;"
+                           " DROP FUNCTION IF EXISTS test_store_poison(); DROP TABLE IF EXISTS test_store_poison;"
+                           " DROP SEQUENCE IF EXISTS test_store_poison_tries"));
     PQfinish(pg);
 }
 
@@ -164,9 +167,97 @@ START_TEST(refused_writes_cost_time_not_messages)
 }
 END_TEST
 
+/* Waits up to 15 s for alice's acks of every cmid of want[0..n) that is not NULL: their seqs in
+ * seq[] (0: not acked); a cmid of `never` acked fails the test. */
+static void await_acks(ws_client *a, const char *const *want, int n, const char *never, int64_t *seq)
+{
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        left += want[i] != NULL;
+    for (int64_t end = test_mono_ms() + 15000; left > 0;) {
+        json_t *f = NULL;
+        chat_status st = test_recv_by(a, end, &f);
+        ck_assert_msg(st == CHAT_OK, "alice, %d acks still due: %s (%s)", left, chat_status_str(st),
+                      ws_client_error(a));
+        const char *t = test_str(f, "type"), *cm = test_str(f, "cmid");
+        bool ack = t && cm && strcmp(t, "ack") == 0;
+        ck_assert_msg(!ack || !never || strcmp(cm, never) != 0, "the refused message was acked: %s", test_json(f));
+        for (int i = 0; ack && i < n; i++)
+            if (want[i] && strcmp(cm, want[i]) == 0 && seq[i] == 0) {
+                seq[i] = test_int(f, "seq");
+                left--;
+            }
+        json_decref(f);
+    }
+}
+
+/* The store's error paths through its pipeline: a message the database refuses for its own data
+ * (SQLSTATE class 22) is dropped alone (its batch split) and the messages around it are stored in
+ * order; a write refused once as "no partition" (23514) makes the ingest create partitions and
+ * store the batch again. Simulated with a trigger on the insert into `messages`. */
+START_TEST(poison_dropped_alone_and_missing_partition_created)
+{
+    char conv[80], conv2[80], alice[80], bob[80];
+    test_stack_unique_id("sp", conv, sizeof conv);
+    test_stack_unique_id("sq", conv2, sizeof conv2);
+    test_stack_unique_id("spa", alice, sizeof alice);
+    test_stack_unique_id("spb", bob, sizeof bob);
+    for (int k = 0; k < 2; k++) {
+        char *out = NULL;
+        int rc = test_stack_chatctl(&stack, &out, "conv", "create", k ? conv2 : conv, alice, bob, NULL);
+        ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
+        free(out);
+    }
+    PGconn *pg = pg_open();
+    sql(pg, "switch table", "CREATE TABLE IF NOT EXISTS test_store_poison (conv text PRIMARY KEY)", NULL);
+    sql(pg, "tries", "CREATE SEQUENCE IF NOT EXISTS test_store_poison_tries", NULL);
+    sql(pg, "function",
+        "CREATE OR REPLACE FUNCTION test_store_poison() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+        " IF NEW.body = 'poison' THEN"
+        " RAISE EXCEPTION 'simulated: invalid value' USING ERRCODE = 'invalid_parameter_value'; END IF;"
+        " IF EXISTS (SELECT 1 FROM test_store_poison s WHERE s.conv = NEW.conversation_id)"
+        " AND nextval('test_store_poison_tries') = 1 THEN"
+        " RAISE EXCEPTION 'no partition of relation \"messages\" found for row (simulated)'"
+        " USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $f$",
+        NULL);
+    sql(pg, "old trigger", "DROP TRIGGER IF EXISTS test_store_poison ON messages", NULL);
+    sql(pg, "trigger",
+        "CREATE TRIGGER test_store_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION "
+        "test_store_poison()",
+        NULL);
+    sql(pg, "switch on", "INSERT INTO test_store_poison VALUES ($1)", conv2);
+    double poison0 = test_worker_metric("chat_ingest_dropped_total{reason=\"poison\"}");
+
+    ws_client *a = test_connect_user(&stack, alice);
+    send_msg(a, conv, "p1");
+    send_msg(a, conv, "poison"); /* its body too: refused by the trigger */
+    send_msg(a, conv, "p3");
+    int64_t seq[3] = {0};
+    /* a partition's messages are stored in order: p3 acked, the poison was dropped before it */
+    await_acks(a, (const char *const[]){"p1", NULL, "p3"}, 3, "poison", seq);
+    ck_assert_msg(seq[0] == 1 && seq[2] == 2, "p1, p3 acked with seqs %lld, %lld; want 1, 2", (long long)seq[0],
+                  (long long)seq[2]);
+    if (poison0 >= 0)
+        ck_assert_msg(test_worker_metric("chat_ingest_dropped_total{reason=\"poison\"}") > poison0,
+                      "chat_ingest_dropped_total{reason=\"poison\"} did not grow");
+
+    send_msg(a, conv2, "q1");
+    int64_t seq2[1] = {0};
+    await_acks(a, (const char *const[]){"q1"}, 1, NULL, seq2);
+    ck_assert_msg(seq2[0] == 1, "q1 acked with seq %lld, want 1", (long long)seq2[0]);
+    PGresult *r = PQexec(pg, "SELECT last_value FROM test_store_poison_tries");
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) >= 2,
+                  "the write refused as 'no partition' was not tried again (%s tries)", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQfinish(pg);
+    ws_client_shutdown(a, 5000);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, "test_store_faults");
     return test_run_core(&stack, "store_faults", 120, NULL, NULL, remove_fault,
-                         (const TTest *const[]){refused_writes_cost_time_not_messages, NULL});
+                         (const TTest *const[]){refused_writes_cost_time_not_messages,
+                                                poison_dropped_alone_and_missing_partition_created, NULL});
 }
