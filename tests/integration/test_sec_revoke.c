@@ -339,6 +339,9 @@ START_TEST(session_ends_at_token_exp_unless_renewed)
     expect_alive(renewed, "the session renewed with a newer token");
     fprintf(stderr, PROG ": token expiry: closed with 4003 %lld s after exp; the renewed session lives on\n",
             closed_at - exp);
+    ws_client_destroy(left);
+    ws_client_destroy(renewed);
+    ws_client_destroy(refused);
     free(short_a);
     free(short_b);
     free(short_c);
