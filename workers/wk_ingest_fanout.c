@@ -113,10 +113,16 @@ static void deliver_event(fanout *f, batch *b, const item *it, Chat__V1__Event *
     uint8_t stackbuf[4096], *buf = NULL;
     size_t len = 0;
     members *m = wk_ingest_find_conv(b, it->post->conv);
+    const Chat__V1__Post *p = it->post;
     for (int u = 0; m && u < m->n; u++) {
         const char *gateways = f->routes ? chat_map_get(f->routes, m->users[u]) : NULL;
         for (const char *g = gateways; g && *g; g += strlen(g) + 1)
             wk_route_batches_add(f->routed, g, e, m->users[u]);
+        if (gateways && p->gateway[0] && p->session[0] && strcmp(m->users[u], p->sender) == 0)
+            /* the sending session's gateway too, whatever the routes say: a send can come before
+             * its user's route is written (a resend right after a reconnect to another gateway
+             * does), and its ack is this event (the batch lists the user there once) */
+            wk_route_batches_add(f->routed, p->gateway, e, m->users[u]);
         if (gateways)
             continue;
         if (buf == NULL) { /* packed once, for the first member that goes per user */

@@ -32,13 +32,41 @@ CONF
     env "${run_env[@]}" strace -f -y -qq -o "$tmp/nats.trace" -e trace=pwrite64,fsync,fdatasync,ftruncate \
         "$nats_bin" -c "$tmp/nats-single.conf" >>"$logs/nats-1.log" 2>&1 &
     strace_pid=$!
+    pids[nats1]=''
     for ((i = 0; i < 100; i++)); do
-        child=$(cat /proc/"$strace_pid"/task/*/children 2>/dev/null | tr -s ' ' '\n' | head -n 1)
-        [[ -z "$child" ]] || break
+        traced_server && break
         sleep 0.1
     done
-    [[ -n "$child" ]] || { echo "FAIL: nats-server did not start under strace"; return 1; }
+    [[ -n "${pids[nats1]}" ]] || { echo "FAIL: nats-server did not start under strace"; return 1; }
+}
+
+# traced_server: the nats-server strace runs (its child, once it is nats-server: not before its
+# exec) into pids[nats1]; false while there is none
+traced_server() {
+    local child
+    child=$(cat /proc/"$strace_pid"/task/*/children 2>/dev/null | tr -s ' ' '\n' | head -n 1)
+    [[ -n "$child" && "$(tr '\0' ' ' <"/proc/$child/cmdline" 2>/dev/null)" == *nats-server* ]] || return 1
     pids[nats1]=$child
+}
+
+# power_off: kill -9 of the traced nats-server, then strace ends (its log complete). Never waits
+# for good: a server not found again is killed through strace's child list.
+power_off() {
+    [[ -n "${pids[nats1]:-}" ]] || traced_server || true
+    kill -KILL "${pids[nats1]:-0}" 2>/dev/null || true
+    unset 'pids[nats1]'
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$strace_pid" 2>/dev/null || break
+        ((i % 20 == 19)) && traced_server && kill -KILL "${pids[nats1]}" 2>/dev/null && unset 'pids[nats1]'
+        sleep 0.1
+    done
+    if kill -0 "$strace_pid" 2>/dev/null; then
+        echo "  VIOLATION: strace (pid $strace_pid) still runs 10 s after the kill"
+        kill -KILL "$strace_pid" 2>/dev/null || true
+        return 1
+    fi
+    wait "$strace_pid" 2>/dev/null || true
 }
 
 # single_nats_up: the topology's NATS (topology_up calls it instead of the cluster's)
@@ -115,8 +143,7 @@ scenario_nats_power_loss() {
     sleep 0.5
     in_before=$(stream_last CHAT_IN)
     ev_before=$(stream_last CHAT_EVENTS)
-    stop nats1 KILL
-    wait "$strace_pid" 2>/dev/null || true
+    power_off || return 1
     say "power loss: nats-server killed with -9 (last sequences just before: CHAT_IN $in_before, CHAT_EVENTS $ev_before)"
     python3 "$here/fsync_cut.py" "$tmp/nats.trace" "$tmp/js-1" >"$tmp/cut.txt" 2>&1 \
         || { echo "  VIOLATION: fsync_cut.py failed: $(tail -n 3 "$tmp/cut.txt")"; return 1; }
