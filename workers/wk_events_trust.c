@@ -30,7 +30,8 @@ void wk_trust_clear(wk_trust *t)
     t->n = 0;
 }
 
-void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *tag, const int64_t *upto_us)
+void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *tag, bool by_id,
+                   const int64_t *upto_us)
 {
     wk_trust_point *pt;
     bool merged = t->n == WK_TRUST_MAX;
@@ -48,6 +49,7 @@ void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *ta
     pt->trusted_ms = trusted_ms;
     if (!merged || seq >= pt->seq) { /* the highest acknowledged only grows (wk_trust_clear aside) */
         pt->seq = seq;
+        pt->by_id = by_id;
         snprintf(pt->tag, sizeof pt->tag, "%s", tag ? tag : "");
     }
 }

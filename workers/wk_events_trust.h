@@ -6,7 +6,9 @@
  * newest write acknowledged so far is still in the stream, that very publish (its Chat-Publish
  * tag: the same event published again after a loss, a duplicate answered from the store, lands
  * under the same Nats-Msg-Id at a reused sequence): if it is, so is every write before it; if
- * not, the cursors stay and the partitions are repaired from them.
+ * not, the cursors stay and the partitions are repaired from them. A publish the broker answered
+ * as a duplicate wrote nothing: what its sequence must hold is the earlier write of that
+ * Nats-Msg-Id (a repair republishes the events it already has; their tags are not the stream's).
  *
  * This module is the queue of such checkpoints, oldest first: pure, one committer's thread. */
 #ifndef WK_EVENTS_TRUST_H
@@ -21,7 +23,9 @@
 typedef struct wk_trust_point {
     int64_t trusted_ms; /* monotonic ms from when the broker has synced every write of it */
     uint64_t seq;       /* the highest CHAT_EVENTS sequence acknowledged when it was made (0: none) */
-    char tag[96];       /* that write's Chat-Publish tag (wk_ingest_events.c: one per publish) */
+    char tag[160];      /* that write's Chat-Publish tag (wk_ingest_events.c: one per publish), or
+                         * with by_id its Nats-Msg-Id (the PubAck said duplicate) */
+    bool by_id;
     int64_t *upto_us;   /* per partition: where its cursor may move (0: nowhere) */
 } wk_trust_point;
 
@@ -36,9 +40,10 @@ void wk_trust_init(wk_trust *t, int nparts);
 void wk_trust_free(wk_trust *t);
 /* Forgets every point (a lease lost, a loss found). */
 void wk_trust_clear(wk_trust *t);
-/* Queues a point: trusted from trusted_ms, checked by seq/tag, moving partition p's cursor to
+/* Queues a point: trusted from trusted_ms, checked by seq and tag (a Nats-Msg-Id when by_id), moving partition p's cursor to
  * upto_us[p] (nparts values, 0: not moved; copied). Full: merged into the newest point. */
-void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *tag, const int64_t *upto_us);
+void wk_trust_push(wk_trust *t, int64_t trusted_ms, uint64_t seq, const char *tag, bool by_id,
+                   const int64_t *upto_us);
 /* How many of the oldest points are trusted by now_ms. */
 int wk_trust_due(const wk_trust *t, int64_t now_ms);
 /* The i-th oldest point (i < t->n). */

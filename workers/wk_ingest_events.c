@@ -36,9 +36,13 @@ void wk_ingest_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae
         LOG_WARN("ingest", "event=events_publish_failed status=\"duplicate of sequence 0\"");
     } else if (pa != NULL) {
         pthread_mutex_lock(&c->acked_mu);
+        /* a duplicate wrote nothing: its sequence holds the earlier write of the same Nats-Msg-Id,
+         * under that write's tag */
         const char *tag = NULL;
-        if (pa->Sequence > c->acked_seq && natsMsgHeader_Get(msg, "Chat-Publish", &tag) == NATS_OK && tag) {
+        const char *header = pa->Duplicate ? "Nats-Msg-Id" : "Chat-Publish";
+        if (pa->Sequence > c->acked_seq && natsMsgHeader_Get(msg, header, &tag) == NATS_OK && tag) {
             c->acked_seq = pa->Sequence;
+            c->acked_by_id = pa->Duplicate;
             snprintf(c->acked_tag, sizeof c->acked_tag, "%s", tag);
         }
         pthread_mutex_unlock(&c->acked_mu);
@@ -202,11 +206,12 @@ static void trust_later(committer *c, uint64_t gen, const int64_t *upto_us)
     }
     pthread_mutex_lock(&c->acked_mu);
     uint64_t seq = c->acked_seq;
+    bool by_id = c->acked_by_id;
     char tag[sizeof c->acked_tag];
     memcpy(tag, c->acked_tag, sizeof tag);
     pthread_mutex_unlock(&c->acked_mu);
     int64_t at = chat_mono_ms() + chat_nats_synced_after_ms(c->in->app->cfg->nats_sync_ms);
-    wk_trust_push(&c->trust, at, seq, tag, upto_us);
+    wk_trust_push(&c->trust, at, seq, tag, by_id, upto_us);
 }
 
 /* Confirms c's publishes since the last confirmation: when every PubAck came and none was an
@@ -257,10 +262,11 @@ static void confirm(committer *c, uint64_t gen)
 
 typedef enum { CHECK_KEPT, CHECK_LOST, CHECK_UNKNOWN } check_verdict;
 
-/* Whether CHAT_EVENTS still holds the publish tagged `tag` at `seq`: lost when the sequence is
- * gone or holds another write (a broker that lost its unsynced suffix reuses its sequences, and
- * the same event published again carries another tag); unknown when the broker does not answer. */
-static check_verdict check_kept(committer *c, uint64_t seq, const char *tag)
+/* Whether CHAT_EVENTS still holds the publish tagged `tag` at `seq` (by_id: the write of that
+ * Nats-Msg-Id, which a duplicate's PubAck named): lost when the sequence is gone or holds another
+ * write (a broker that lost its unsynced suffix reuses its sequences, and the same event published
+ * again carries another tag); unknown when the broker does not answer. */
+static check_verdict check_kept(committer *c, uint64_t seq, const char *tag, bool by_id)
 {
     if (seq == 0)
         return CHECK_KEPT; /* nothing new was acknowledged: nothing to lose */
@@ -272,7 +278,8 @@ static check_verdict check_kept(committer *c, uint64_t seq, const char *tag)
     natsStatus s = js_GetMsg(&m, c->js, CHAT_STREAM_EVENTS, seq, &o, &jerr);
     if (s == NATS_OK) {
         const char *id = NULL;
-        bool same = natsMsgHeader_Get(m, "Chat-Publish", &id) == NATS_OK && id != NULL && strcmp(id, tag) == 0;
+        bool same = natsMsgHeader_Get(m, by_id ? "Nats-Msg-Id" : "Chat-Publish", &id) == NATS_OK && id != NULL &&
+                    strcmp(id, tag) == 0;
         natsMsg_Destroy(m);
         return same ? CHECK_KEPT : CHECK_LOST;
     }
@@ -297,7 +304,7 @@ static void check_trusted(committer *c, uint64_t gen)
     if (due == 0 || !wk_ingest_heartbeat(c, gen))
         return;
     const wk_trust_point *newest = wk_trust_at(&c->trust, due - 1);
-    check_verdict v = check_kept(c, newest->seq, newest->tag);
+    check_verdict v = check_kept(c, newest->seq, newest->tag, newest->by_id);
     if (v == CHECK_UNKNOWN)
         return;
     if (v == CHECK_KEPT) {
@@ -315,6 +322,7 @@ static void check_trusted(committer *c, uint64_t gen)
     pthread_mutex_lock(&c->acked_mu);
     c->acked_seq = 0;
     c->acked_tag[0] = '\0';
+    c->acked_by_id = false;
     pthread_mutex_unlock(&c->acked_mu);
     for (int p = c->index; p < in->nparts; p += in->ncom)
         if (owned(c, &in->parts[p], gen))

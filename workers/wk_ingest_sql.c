@@ -120,11 +120,21 @@ bool wk_ingest_pipe_send(PGconn *pg, int q, const char *const *params, wk_pg_err
     return true;
 }
 
-bool wk_ingest_pipe_flush(PGconn *pg, wk_pg_error *e)
+bool wk_ingest_pipe_sync(PGconn *pg, wk_pg_error *e)
 {
-    if (PQsendFlushRequest(pg) != 1 || PQflush(pg) != 0)
+    if (PQpipelineSync(pg) != 1)
         return send_failed(pg, e);
     return true;
+}
+
+bool wk_ingest_pipe_synced(PGconn *pg, wk_pg_error *e)
+{
+    PGresult *r = PQgetResult(pg);
+    bool ok = r != NULL && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    if (!ok)
+        wk_pg_error_of(pg, r, e);
+    PQclear(r);
+    return ok;
 }
 
 bool wk_ingest_pipe_commit(PGconn *pg, wk_pg_error *e)

@@ -393,15 +393,16 @@ static bool send_write(PGconn *pg, batch *b, int *nnew, wk_pg_error *e)
     return ok;
 }
 
-/* Round trip 1: BEGIN, dedupe, members and (when b has changes) targets, sent together, their
- * answers read in order: b's stored rows and members filled, *targets Q_TARGETS' rows (or NULL).
- * False with *step and *e when one failed. */
-static bool store_reads(PGconn *pg, batch *b, PGresult **targets, const char **step, wk_pg_error *e)
+/* Round trip 1: BEGIN, dedupe, members and (when b has changes) targets, sent together with a
+ * sync, their answers read in order: b's stored rows and members filled, *targets Q_TARGETS' rows
+ * (or NULL). *synced while the sync's answer is still due. False with *step and *e when one
+ * failed. */
+static bool store_reads(PGconn *pg, batch *b, PGresult **targets, bool *synced, const char **step, wk_pg_error *e)
 {
     bool has_targets = false;
     *step = "send";
     if (!wk_ingest_pipe_begin(pg, e) || !send_dedupe(pg, b, e) || !send_members(pg, b, e) ||
-        !send_targets(pg, b, &has_targets, e) || !wk_ingest_pipe_flush(pg, e))
+        !send_targets(pg, b, &has_targets, e) || !(*synced = wk_ingest_pipe_sync(pg, e)))
         return false;
     *step = "begin";
     PGresult *r = wk_ingest_pipe_result(pg, PGRES_COMMAND_OK, e);
@@ -417,7 +418,13 @@ static bool store_reads(PGconn *pg, batch *b, PGresult **targets, const char **s
         return false;
     read_members(b, r);
     *step = "targets";
-    return !has_targets || (*targets = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) != NULL;
+    if (has_targets && (*targets = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
+        return false;
+    *step = "sync";
+    if (!wk_ingest_pipe_synced(pg, e))
+        return false;
+    *synced = false;
+    return true;
 }
 
 /* Round trip 2: the write (when there is something new) and COMMIT, sent together with the sync
@@ -444,7 +451,7 @@ static bool store_writes(PGconn *pg, batch *b, bool *synced, const char **step, 
 }
 
 /* Runs the whole batch in one transaction on the lease connection (the caller holds pg_mu), in two
- * round trips: the reads, then (after authorization, here) the write and the commit. Fills
+ * round trips, each ending with a sync (wk_ingest_pipe_sync says why): the reads, then (after authorization, here) the write and the commit. Fills
  * seq/id of NEW items, marks STORED and DROP. A statement that fails leaves the rest of the
  * pipeline skipped by the server; the transaction is rolled back as it was when each statement
  * was a round trip of its own, and the failure classified the same way. */
@@ -455,7 +462,7 @@ static int store_batch(committer *c, batch *b)
     const char *step = "send";
     PGresult *targets = NULL;
     bool synced = false;
-    bool ok = store_reads(pg, b, &targets, &step, &e);
+    bool ok = store_reads(pg, b, &targets, &synced, &step, &e);
     if (ok) {
         /* 2b. every post, duplicates included: the conversation must exist and a gateway's sender
          * be a member; a stored duplicate must be the poster's own message */

@@ -127,7 +127,8 @@ typedef struct committer {
     atomic_int publish_errors;  /* failed publishes since the last confirmation (the ack handler) */
     pthread_mutex_t acked_mu;   /* acked_seq and acked_tag (nats.c's thread writes them) */
     uint64_t acked_seq;         /* the highest CHAT_EVENTS sequence PubAcked (0: none since a loss) */
-    char acked_tag[96];         /* its Chat-Publish header: this publish and no other */
+    char acked_tag[160];        /* its Chat-Publish header: this publish and no other; or, */
+    bool acked_by_id;           /* when the broker answered duplicate, its Nats-Msg-Id */
     uint64_t publishes;         /* CHAT_EVENTS publishes so far (the committer's thread): the tags */
     wk_trust trust;             /* confirmed publishes waiting for the broker's sync (wk_events_trust.h) */
     bool events_dirty;          /* published since the last confirmation */
@@ -307,9 +308,14 @@ bool wk_ingest_prepare_statements(PGconn *pg);
 bool wk_ingest_pipe_begin(PGconn *pg, wk_pg_error *e);
 /* Queues batch statement q (its parameters are copied: the caller may free them on return). */
 bool wk_ingest_pipe_send(PGconn *pg, int q, const char *const *params, wk_pg_error *e);
-/* Sends what is queued and asks the server for the answers so far (no sync: the transaction and
- * the pipeline go on). */
-bool wk_ingest_pipe_flush(PGconn *pg, wk_pg_error *e);
+/* Queues a sync and sends what is queued: the server answers everything so far, and the
+ * transaction (BEGIN'd) goes on, idle in transaction until the next statement: a worker paused
+ * between two round trips loses its session to idle_in_transaction_session_timeout. (A flush
+ * request instead keeps the server reading the pipeline, "active", where no idle timeout applies:
+ * a paused worker would keep its leases for good.) */
+bool wk_ingest_pipe_sync(PGconn *pg, wk_pg_error *e);
+/* Reads the answer of that sync, after the statements' results. */
+bool wk_ingest_pipe_synced(PGconn *pg, wk_pg_error *e);
 /* Queues COMMIT and the sync, and sends them. */
 bool wk_ingest_pipe_commit(PGconn *pg, wk_pg_error *e);
 /* The next statement's result (the caller PQclears it) when its status is `expect`; else NULL. */

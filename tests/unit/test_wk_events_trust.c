@@ -11,15 +11,17 @@ START_TEST(due_in_order_and_merged)
     wk_trust t;
     wk_trust_init(&t, 4);
     int64_t a[4] = {0, 10, 0, 0}, b[4] = {0, 20, 5, 0}, c[4] = {0, 0, 0, 7};
-    wk_trust_push(&t, 100, 1, "x:1", a);
-    wk_trust_push(&t, 200, 3, "x:3", b);
-    wk_trust_push(&t, 300, 4, "y:1", c);
+    wk_trust_push(&t, 100, 1, "x:1", false, a);
+    wk_trust_push(&t, 200, 3, "conv-a:9", true, b); /* a duplicate: checked by its Nats-Msg-Id */
+    wk_trust_push(&t, 300, 4, "y:1", false, c);
     ck_assert_int_eq(wk_trust_due(&t, 99), 0);
     ck_assert_int_eq(wk_trust_due(&t, 100), 1);
     ck_assert_int_eq(wk_trust_due(&t, 250), 2);
     /* the newest due point is the one to check: its write is the latest */
     ck_assert_uint_eq(wk_trust_at(&t, 1)->seq, 3);
-    ck_assert_str_eq(wk_trust_at(&t, 1)->tag, "x:3");
+    ck_assert_str_eq(wk_trust_at(&t, 1)->tag, "conv-a:9");
+    ck_assert(wk_trust_at(&t, 1)->by_id);
+    ck_assert(!wk_trust_at(&t, 2)->by_id);
     int64_t upto[4] = {0};
     wk_trust_pop(&t, 2, upto);
     ck_assert_int_eq(upto[1], 20);
@@ -40,22 +42,24 @@ START_TEST(full_queue_merges_into_the_newest)
     wk_trust_init(&t, 2);
     for (int i = 0; i < WK_TRUST_MAX; i++) {
         int64_t u[2] = {i + 1, 0};
-        wk_trust_push(&t, 100 + i, (uint64_t)i + 1, "m", u);
+        wk_trust_push(&t, 100 + i, (uint64_t)i + 1, "m", false, u);
     }
     int64_t late[2] = {0, 99};
-    wk_trust_push(&t, 5000, 500, "last", late);
+    wk_trust_push(&t, 5000, 500, "conv-b:3", true, late);
     ck_assert_int_eq(t.n, WK_TRUST_MAX);
     /* every point before the newest is due as before; the newest now waits as long as the last */
     ck_assert_int_eq(wk_trust_due(&t, 100 + WK_TRUST_MAX), WK_TRUST_MAX - 1);
     ck_assert_int_eq(wk_trust_due(&t, 5000), WK_TRUST_MAX);
     const wk_trust_point *newest = wk_trust_at(&t, WK_TRUST_MAX - 1);
     ck_assert_uint_eq(newest->seq, 500);
-    ck_assert_str_eq(newest->tag, "last");
+    ck_assert_str_eq(newest->tag, "conv-b:3");
+    ck_assert(newest->by_id); /* the merged point checks the write it took, as that write asks */
     ck_assert_int_eq(newest->upto_us[0], WK_TRUST_MAX); /* its own cursor kept */
     ck_assert_int_eq(newest->upto_us[1], 99);           /* and the merged one's */
     /* a merge never lowers the sequence checked */
-    wk_trust_push(&t, 6000, 0, "", late);
+    wk_trust_push(&t, 6000, 0, "", false, late);
     ck_assert_uint_eq(wk_trust_at(&t, WK_TRUST_MAX - 1)->seq, 500);
+    ck_assert(wk_trust_at(&t, WK_TRUST_MAX - 1)->by_id);
     wk_trust_pop(&t, WK_TRUST_MAX, NULL);
     ck_assert_int_eq(t.n, 0);
     wk_trust_free(&t);
