@@ -19,6 +19,7 @@
 
 #include "chat_duration.h"
 #include "chat_egress.h"
+#include "chat_id.h"
 #include "chat_log.h"
 #include "chat_mem.h"
 #include "chat_redact.h"
@@ -43,6 +44,9 @@ static const setting settings[] = {
     {"CHAT_HOME", "--home", ".local", ALL, F(home), "data and pid directory"},
     {"CHAT_GATEWAY_LISTEN", "--gateway-listen", "127.0.0.1:8080", GW | CTL, F(gateway_listen_raw),
      "gateway address (HTTP + WebSocket)"},
+    {"CHAT_GATEWAY_ID", "--gateway-id", "", GW, F(gateway_id),
+     "this gateway's id (1 to 23 of A-Z a-z 0-9 _ -), the name of its NATS credential's own subjects "
+     "(chat.deliver.g.<id>, _INBOX.gw.<id>.>); unique per gateway (empty: random at each start)"},
     {"CHAT_WORKER_LISTEN", "--worker-listen", "127.0.0.1:9101", WK, F(worker_listen_raw),
      "worker address for /healthz, /readyz, /metrics"},
     {"CHAT_NATS_URL", "--nats-url", "nats://127.0.0.1:4222", ALL, F(nats_url),
@@ -611,6 +615,8 @@ static chat_status validate_gateway(chat_cfg *cfg, char *err, size_t errsz)
     if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
         return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
     cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
+    if (cfg->gateway_id[0] && (strlen(cfg->gateway_id) > CHAT_GATEWAY_ID_MAX || !chat_id_valid(cfg->gateway_id)))
+        return fail(err, errsz, "CHAT_GATEWAY_ID", "must be 1 to 23 of A-Z a-z 0-9 _ - (got \"%s\")", cfg->gateway_id);
     /* dev mode mints a token for any user: never on an address the network reaches */
     if (cfg->dev_mode && !host_is_loopback(cfg->gateway_listen.host))
         return fail(err, errsz, "CHAT_DEV_MODE",

@@ -11,6 +11,9 @@
 #include "chat_status.h"
 
 /* Which program asks: only the settings a program uses are validated for it. */
+/* Longest CHAT_GATEWAY_ID (its NATS subjects and session names are built from it). */
+#define CHAT_GATEWAY_ID_MAX 23
+
 enum {
     CHAT_PROG_GATEWAY = 1 << 0,
     CHAT_PROG_WORKER = 1 << 1,
@@ -27,6 +30,7 @@ typedef struct chat_cfg {
     /* raw values as given (or defaulted), owned by the cfg */
     char *home;               /* absolute path */
     char *gateway_listen_raw;
+    char *gateway_id;         /* CHAT_GATEWAY_ID (empty: random) */
     char *worker_listen_raw;
     char *nats_url;           /* comma separated, as nats.c takes it */
     char *nats_ca;            /* tls:// NATS: PEM CA certificate(s) trusted besides the system's ("" = none) */

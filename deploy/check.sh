@@ -77,11 +77,11 @@ if nats=$(chat_nats_bin); then
     done
     ((ok)) && pass "deploy/nats/nats.conf and accounts.conf parse for nats-1..3 ($("$nats" --version 2>&1))"
     # A missing secret must stop the server, not start it without a password.
-    if (unset NATS_GATEWAY_PASSWORD; load_env_example; unset NATS_GATEWAY_PASSWORD
+    if (unset NATS_GATEWAY_2_PASSWORD; load_env_example; unset NATS_GATEWAY_2_PASSWORD
         export NATS_SERVER_NAME=nats-1 NATS_LISTEN=0.0.0.0:4222 NATS_HTTP=0.0.0.0:8222 \
             NATS_CLUSTER_LISTEN=0.0.0.0:6222 NATS_STORE_DIR="$tmp/js" NATS_ROUTE_1=a NATS_ROUTE_2=b NATS_ROUTE_3=c
         "$nats" -t -c "$here/nats/nats.conf") >/dev/null 2>&1; then
-        fail "nats-server accepts deploy/nats with NATS_GATEWAY_PASSWORD unset"
+        fail "nats-server accepts deploy/nats with NATS_GATEWAY_2_PASSWORD unset"
     else
         pass "nats-server refuses deploy/nats when a password variable is unset"
     fi

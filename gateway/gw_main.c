@@ -40,12 +40,16 @@ int main(int argc, char **argv)
         return 1;
     if (chat_health_start(&cfg, CHAT_DEP_NATS | CHAT_DEP_REDIS, srv.nc, &srv.health) != CHAT_OK)
         return 1;
-    if (gw_server_create(&srv) != CHAT_OK) {
-        fprintf(stderr, "chat-gateway: CHAT_GATEWAY_LISTEN: cannot listen on %s (in use?)\n",
-                cfg.gateway_listen_raw);
+    chat_status st = gw_server_create(&srv);
+    if (st != CHAT_OK) {
+        if (st == CHAT_ERR_IO)
+            fprintf(stderr, "chat-gateway: CHAT_GATEWAY_LISTEN: cannot listen on %s (in use?)\n",
+                    cfg.gateway_listen_raw);
+        else /* said on stderr or in the log where it failed */
+            fprintf(stderr, "chat-gateway: cannot start: %s\n", chat_status_str(st));
         return 1;
     }
-    LOG_INFO("gateway", "event=started listen=%s", cfg.gateway_listen_raw);
+    LOG_INFO("gateway", "event=started listen=%s gateway=%s", cfg.gateway_listen_raw, srv.gateway_id);
     gw_server_run(&srv);
     gw_server_destroy(&srv);
     chat_health_destroy(srv.health);

@@ -561,10 +561,15 @@ static const gw_session_handlers session_handlers = {
 chat_status gw_server_create(gw_server *srv)
 {
     find_web_dir(srv);
-    unsigned char r[6];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
-        memset(r, 0, sizeof r);
-    snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+    if (srv->cfg->gateway_id[0] != '\0') { /* the id its NATS credential is limited to */
+        snprintf(srv->gateway_id, sizeof srv->gateway_id, "%s", srv->cfg->gateway_id);
+    } else {
+        unsigned char r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+            memset(r, 0, sizeof r);
+        snprintf(srv->gateway_id, sizeof srv->gateway_id, "g%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4],
+                 r[5]);
+    }
     srv->users = chat_map_create();
     srv->membership = gw_membership_create((size_t)srv->cfg->ws_membership_cache, GW_MEMBERSHIP_TTL_MS);
     srv->checking = gw_send_create();

@@ -53,7 +53,7 @@ typedef struct gw_server {
      * or destroys it (the main thread's other uses need no lock: only it writes the pointer) */
     pthread_mutex_t context_lock;
     atomic_bool stopping;  /* SIGTERM: refuse new upgrades, /readyz 503, then close all with 1001 */
-    char gateway_id[24];
+    char gateway_id[CHAT_GATEWAY_ID_MAX + 1];
     char web_dir[4096];   /* static files served at / ("" = none) */
     gw_bus *bus;
     gw_admit *admit;      /* sends in flight, admission control (gw_admit.h); lws thread */

@@ -140,7 +140,8 @@ nats_start() { # K
         NATS_ROUTE_2="nats-route://route:$NATS_ROUTE_PASSWORD@$(node_ip 2):6222" \
         NATS_ROUTE_3="nats-route://route:$NATS_ROUTE_PASSWORD@$(node_ip 3):6222" \
         NATS_STORE_DIR="$tmp/js-$k" \
-        NATS_ROUTE_PASSWORD="$NATS_ROUTE_PASSWORD" NATS_GATEWAY_PASSWORD="$NATS_GATEWAY_PASSWORD" \
+        NATS_ROUTE_PASSWORD="$NATS_ROUTE_PASSWORD" NATS_GATEWAY_1_PASSWORD="$NATS_GATEWAY_1_PASSWORD" \
+        NATS_GATEWAY_2_PASSWORD="$NATS_GATEWAY_2_PASSWORD" \
         NATS_WORKER_PASSWORD="$NATS_WORKER_PASSWORD" NATS_BACKEND_PASSWORD="$NATS_BACKEND_PASSWORD" \
         NATS_SETUP_PASSWORD="$NATS_SETUP_PASSWORD" \
         NATS_ADMIN_PASSWORD="$NATS_ADMIN_PASSWORD" NATS_SYS_PASSWORD="$NATS_SYS_PASSWORD" \
@@ -237,9 +238,10 @@ start_worker() { # NAME ROLES
         "$build/bin/chat-worker" >>"$logs/$name.log" 2>&1 &
     pids[$name]=$!
 }
-start_gateway() { # NAME
-    local name=$1
-    env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway "$NATS_GATEWAY_PASSWORD")" CHAT_DEV_MODE=0 \
+start_gateway() { # NAME (gw-N: NATS user gateway-N, its CHAT_GATEWAY_ID, deploy/nats/accounts.conf)
+    local name=$1 n=${1#gw-} pw
+    pw=NATS_GATEWAY_${n}_PASSWORD
+    env "${common_env[@]}" CHAT_NATS_URL="$(urls "gateway-$n" "${!pw}")" CHAT_GATEWAY_ID="gateway-$n" CHAT_DEV_MODE=0 \
         CHAT_GATEWAY_LISTEN="127.0.0.1:${port[$name]}" CHAT_WS_MAX_PER_IP=0 \
         "$build/bin/chat-gateway" >>"$logs/$name.log" 2>&1 &
     pids[$name]=$!
@@ -274,11 +276,12 @@ topology_up() {
     pick_ports pg redis ingest-1 ingest-2 svc-1 svc-2 gw-1 gw-2 lb webhook || return 1
     export CHAT_PG_DSN="host=127.0.0.1 port=${port[pg]} dbname=chat user=chat"
     export CHAT_REDIS_URL="redis://127.0.0.1:${port[redis]}"
-    export NATS_ROUTE_PASSWORD NATS_GATEWAY_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD NATS_ADMIN_PASSWORD \
+    export NATS_ROUTE_PASSWORD NATS_GATEWAY_1_PASSWORD NATS_GATEWAY_2_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD NATS_ADMIN_PASSWORD \
         NATS_SYS_PASSWORD NATS_SETUP_PASSWORD
     NATS_SETUP_PASSWORD=$(secret)
     NATS_ROUTE_PASSWORD=$(secret)
-    NATS_GATEWAY_PASSWORD=$(secret)
+    NATS_GATEWAY_1_PASSWORD=$(secret)
+    NATS_GATEWAY_2_PASSWORD=$(secret)
     NATS_WORKER_PASSWORD=$(secret)
     NATS_BACKEND_PASSWORD=$(secret)
     NATS_ADMIN_PASSWORD=$(secret)
@@ -504,6 +507,11 @@ scenario_ingest_pause() {
         say "ingest-2 owns all 16 partitions ${took} ms after the pause (the lease is a PostgreSQL session: idle_session_timeout 10 s)"
     else
         echo "  VIOLATION: ingest-2 owns $(metric "${port[ingest-2]}" chat_ingest_partitions_owned) of 16, 20 s into the pause"
+        echo "  sessions still open (pid, state, wait, since the state began, query):"
+        pg_value "SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, '-'),
+                         round(extract(epoch FROM now() - state_change)), left(regexp_replace(query, '\s+', ' ', 'g'), 100)
+                    FROM pg_stat_activity WHERE usename = 'chat' AND pid <> pg_backend_pid() ORDER BY state_change" |
+            sed 's/^/    /'
         rc=1
     fi
     at 20

@@ -8,14 +8,16 @@
 #     (CHAT_IN, CHAT_EVENTS, and no CHAT_NOTIFY any more); a chat-worker (ingest, api, archive;
 #     CHAT_JS_REPLICAS=3) with the worker credentials serves on them; a second
 #     one runs the notify role (its consumer on CHAT_EVENTS); a chat-gateway with the
-#     gateway credentials gets ready;
+#     gateway-1 credentials and CHAT_GATEWAY_ID=gateway-1 gets ready, and one with them and
+#     another id is refused at start with one clear line;
 #   - with the backend credentials chatctl creates a conversation and posts, a WebSocket client
 #     posts through the gateway (ack + msg), chatctl history reads both back; with one node
 #     stopped, a post is still stored (two of three replicas);
 #   - the backend revokes a user's tokens (chatctl revoke, the KV bucket CHAT_REVOKED, three
 #     replicas) and the gateway, which may only watch the bucket, refuses the revoked token;
 #   - the permission matrix holds: the gateway may not delete a stream, call an api method it does
-#     not use, read CHAT_EVENTS, or write, purge or touch the consumers of the revocations bucket; the worker may not delete a stream; the backend may read
+#     not use, read CHAT_EVENTS, or write, purge or touch the consumers of the revocations bucket,
+#     nor read another gateway's replies or DeliveryBatches; the worker may not delete a stream; the backend may read
 #     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; the worker may not update
 #     a stream, the setup user may do nothing else; a wrong password is
 #     refused; and no role
@@ -142,10 +144,11 @@ worker2_port=${ports[13]}
 # Passwords reach nats-server through the environment, where its config parser reads them as
 # values: they must start with a letter (deploy/env.example says so), hence the "p".
 secret() { printf 'p%s' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"; }
-export NATS_ROUTE_PASSWORD NATS_GATEWAY_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD \
+export NATS_ROUTE_PASSWORD NATS_GATEWAY_1_PASSWORD NATS_GATEWAY_2_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD \
     NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD NATS_SETUP_PASSWORD
 NATS_ROUTE_PASSWORD=$(secret)
-NATS_GATEWAY_PASSWORD=$(secret)
+NATS_GATEWAY_1_PASSWORD=$(secret)
+NATS_GATEWAY_2_PASSWORD=$(secret)
 NATS_WORKER_PASSWORD=$(secret)
 NATS_SETUP_PASSWORD=$(secret)
 NATS_BACKEND_PASSWORD=$(secret)
@@ -369,12 +372,26 @@ else
 fi
 start_worker worker2 "$worker2_port" notify
 
-env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway "$NATS_GATEWAY_PASSWORD")" CHAT_DEV_MODE=0 \
-    CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" CHAT_WS_MAX_PER_IP=0 \
+# A gateway whose id is not its credential's: NATS refuses its subscriptions (another gateway's
+# replies and batches), and it says so and stops rather than serve deaf.
+set +e
+timeout 60 env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
+    CHAT_GATEWAY_ID=gateway-2 CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" \
+    "$build/bin/chat-gateway" >"$tmp/gateway-wrong-id.log" 2>&1
+wrong_rc=$?
+set -e
+if ((wrong_rc != 0 && wrong_rc != 124)) && grep -q 'NATS refused the subscriptions of gateway gateway-2' "$tmp/gateway-wrong-id.log"; then
+    pass "a gateway with gateway-1's credential and CHAT_GATEWAY_ID=gateway-2 stops at start (exit $wrong_rc): $(grep -m1 'NATS refused' "$tmp/gateway-wrong-id.log" | head -c 200)"
+else
+    fail "a gateway with another gateway's id: exit $wrong_rc, $(tail -n 5 "$tmp/gateway-wrong-id.log" | tr '\n' ' ' | head -c 400)"
+fi
+
+env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
+    CHAT_GATEWAY_ID=gateway-1 CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" CHAT_WS_MAX_PER_IP=0 \
     "$build/bin/chat-gateway" >>"$tmp/gateway.log" 2>&1 &
 pids[gateway]=$!
 if wait_for 120 ready_or_dead "$gateway_port" gateway; then
-    pass "chat-gateway with the gateway credentials is ready against the cluster"
+    pass "chat-gateway with the gateway-1 credentials (CHAT_GATEWAY_ID=gateway-1) is ready against the cluster"
 else
     fail "chat-gateway not ready: $(curl -sS --max-time 2 "http://127.0.0.1:$gateway_port/readyz" 2>&1 | tr '\n' ' ')"
     exit 1
@@ -556,7 +573,8 @@ fi
 # ---------------------------------------------------------------- permissions
 
 # No role hit a permission violation while serving (the deliberate ones come below).
-if grep -h 'Violation' "$tmp"/nats-*.log >"$tmp/violations" 2>/dev/null; then
+# (but the refused start above: its subscriptions as gateway-2)
+if grep -h 'Violation' "$tmp"/nats-*.log | grep -v 'gateway-2' >"$tmp/violations" 2>/dev/null; then
     fail "permission violations while serving: $(head -c 600 "$tmp/violations")"
 else
     pass "no permission violation while the platform served"
@@ -572,32 +590,40 @@ expect_violation() {
         fail "$desc: not refused (server said: $(tr '\n' '|' <<<"$out" | head -c 300))"
     fi
 }
-gw_pw=$NATS_GATEWAY_PASSWORD
-expect_violation "gateway publishes \$JS.API.STREAM.DELETE.CHAT_IN" 1 gateway "$gw_pw" \
+gw_pw=$NATS_GATEWAY_1_PASSWORD
+expect_violation "gateway-1 subscribes to gateway-2's replies (its users' history and sync answers)" 1 gateway-1 "$gw_pw" \
+    'SUB _INBOX.gw.gateway-2.> 1\r\n' 'Subscription to "_INBOX.gw.gateway-2.>"'
+expect_violation "gateway-1 subscribes to every gateway's replies" 1 gateway-1 "$gw_pw" \
+    'SUB _INBOX.gw.> 1\r\n' 'Subscription to "_INBOX.gw.>"'
+expect_violation "gateway-1 subscribes to gateway-2's DeliveryBatches" 1 gateway-1 "$gw_pw" \
+    'SUB chat.deliver.g.gateway-2 1\r\n' 'Subscription to "chat.deliver.g.gateway-2"'
+expect_violation "gateway-1 subscribes to every gateway's DeliveryBatches" 1 gateway-1 "$gw_pw" \
+    'SUB chat.deliver.g.* 1\r\n' 'Subscription to "chat.deliver.g.\*"'
+expect_violation "gateway publishes \$JS.API.STREAM.DELETE.CHAT_IN" 1 gateway-1 "$gw_pw" \
     'PUB $JS.API.STREAM.DELETE.CHAT_IN _INBOX.gw.x.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_IN"'
-expect_violation "gateway calls chat.api.v1.conv.delete" 1 gateway "$gw_pw" \
+expect_violation "gateway calls chat.api.v1.conv.delete" 1 gateway-1 "$gw_pw" \
     "PUB chat.api.v1.conv.delete _INBOX.gw.x.2 0\r\n\r\n" 'Publish to "chat.api.v1.conv.delete"'
-expect_violation "gateway publishes a delivery (forging a frame to any user)" 1 gateway "$gw_pw" \
+expect_violation "gateway publishes a delivery (forging a frame to any user)" 1 gateway-1 "$gw_pw" \
     "PUB chat.deliver.u.alice 0\r\n\r\n" 'Publish to "chat.deliver.u.alice"'
-expect_violation "gateway publishes a trusted post (chat.in.*.*.backend)" 1 gateway "$gw_pw" \
+expect_violation "gateway publishes a trusted post (chat.in.*.*.backend)" 1 gateway-1 "$gw_pw" \
     "PUB chat.in.0.$conv.backend 0\r\n\r\n" "Publish to \"chat.in.0.$conv.backend\""
-expect_violation "gateway calls chat.api.v1.history (the trusted backend form)" 1 gateway "$gw_pw" \
+expect_violation "gateway calls chat.api.v1.history (the trusted backend form)" 1 gateway-1 "$gw_pw" \
     "PUB chat.api.v1.history _INBOX.gw.x.4 0\r\n\r\n" 'Publish to "chat.api.v1.history"'
-expect_violation "gateway calls chat.api.v1.gw.post (no gateway form)" 1 gateway "$gw_pw" \
+expect_violation "gateway calls chat.api.v1.gw.post (no gateway form)" 1 gateway-1 "$gw_pw" \
     "PUB chat.api.v1.gw.post _INBOX.gw.x.5 0\r\n\r\n" 'Publish to "chat.api.v1.gw.post"'
-expect_violation "gateway calls chat.api.v1.post (posting as anyone)" 2 gateway "$gw_pw" \
+expect_violation "gateway calls chat.api.v1.post (posting as anyone)" 2 gateway-1 "$gw_pw" \
     "PUB chat.api.v1.post _INBOX.gw.x.3 0\r\n\r\n" 'Publish to "chat.api.v1.post"'
-expect_violation "gateway publishes into CHAT_EVENTS" 2 gateway "$gw_pw" \
+expect_violation "gateway publishes into CHAT_EVENTS" 2 gateway-1 "$gw_pw" \
     "PUB chat.evt.$conv 0\r\n\r\n" "Publish to \"chat.evt.$conv\""
-expect_violation "gateway subscribes to chat.evt.>" 1 gateway "$gw_pw" \
+expect_violation "gateway subscribes to chat.evt.>" 1 gateway-1 "$gw_pw" \
     'SUB chat.evt.> 1\r\n' 'Subscription to "chat.evt.>"'
-expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway "$gw_pw" \
+expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway-1 "$gw_pw" \
     'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
-expect_violation "gateway writes into the revocations bucket (un-revoking anyone)" 1 gateway "$gw_pw" \
+expect_violation "gateway writes into the revocations bucket (un-revoking anyone)" 1 gateway-1 "$gw_pw" \
     'PUB $KV.CHAT_REVOKED.u.bob 1\r\n1\r\n' 'Publish to "\$KV.CHAT_REVOKED.u.bob"'
-expect_violation "gateway purges the revocations bucket" 1 gateway "$gw_pw" \
+expect_violation "gateway purges the revocations bucket" 1 gateway-1 "$gw_pw" \
     'PUB $JS.API.STREAM.PURGE.KV_CHAT_REVOKED _INBOX.gw.x.4 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.PURGE.KV_CHAT_REVOKED"'
-expect_violation "gateway deletes a consumer of the revocations bucket (another gateway's watch)" 1 gateway "$gw_pw" \
+expect_violation "gateway deletes a consumer of the revocations bucket (another gateway's watch)" 1 gateway-1 "$gw_pw" \
     'PUB $JS.API.CONSUMER.DELETE.KV_CHAT_REVOKED.x _INBOX.gw.x.5 0\r\n\r\n' 'Publish to "\$JS.API.CONSUMER.DELETE.KV_CHAT_REVOKED.x"'
 expect_violation "worker publishes \$JS.API.STREAM.DELETE.CHAT_EVENTS" 1 worker "$NATS_WORKER_PASSWORD" \
     'PUB $JS.API.STREAM.DELETE.CHAT_EVENTS _INBOX.w.1 0\r\n\r\n' 'Publish to "\$JS.API.STREAM.DELETE.CHAT_EVENTS"'
@@ -628,7 +654,7 @@ if grep -q '"config"' <<<"$out" && ! grep -q 'Violation' <<<"$out"; then
 else
     fail "backend STREAM.INFO CHAT_EVENTS: $(tr '\n' '|' <<<"$out" | head -c 300)"
 fi
-out=$(nats_raw 1 gateway "wrong-$gw_pw" 0 '' || true)
+out=$(nats_raw 1 gateway-1 "wrong-$gw_pw" 0 '' || true)
 if grep -q 'Authorization Violation' <<<"$out"; then
     pass "a wrong password is refused"
 else
