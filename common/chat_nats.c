@@ -36,6 +36,19 @@ static void on_disconnected(natsConnection *nc, void *closure)
     LOG_WARN((const char *)closure, "event=nats_disconnected");
 }
 
+/* nats.c's asynchronous errors: a refused subscription or publish is logged (a credential that
+ * lacks a permission, seen at once rather than as a silent hole); the others (a slow consumer's
+ * drops) are counted where they matter. */
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)sub;
+    if (err != NATS_NOT_PERMITTED)
+        return;
+    const char *text = NULL;
+    natsConnection_GetLastError(nc, &text);
+    LOG_ERROR((const char *)closure, "event=nats_not_permitted detail=\"%s\"", text ? text : "");
+}
+
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
@@ -157,6 +170,8 @@ static chat_status connect_with(const chat_cfg *cfg, const char *name, bool wait
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, (void *)name);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
     if (s == NATS_OK && pool_threads > 0) {
         s = nats_SetMessageDeliveryPoolSize(pool_threads);
         if (s == NATS_OK)

@@ -153,19 +153,20 @@ static void check_reconnected(gw_server *srv)
 /* Whether the server took this gateway's own subscriptions: a credential limited to another
  * gateway's subjects (deploy/nats/accounts.conf: one user per gateway) refuses them, which would
  * leave it deaf to its replies and batches. A round trip to the server: its refusal comes before
- * the PONG. */
+ * the PONG. With no server yet (nats.c connects in the background) nothing can be told: true, and
+ * a refusal after a later connect is logged as event=nats_not_permitted (chat_nats.c). */
 static bool subscriptions_permitted(gw_server *srv)
 {
     const char *text = NULL;
-    natsStatus s = natsConnection_FlushTimeout(srv->nc, 5000);
-    if (s == NATS_OK && natsConnection_GetLastError(srv->nc, &text) != NATS_NOT_PERMITTED)
+    if (natsConnection_FlushTimeout(srv->nc, 5000) != NATS_OK ||
+        natsConnection_GetLastError(srv->nc, &text) != NATS_NOT_PERMITTED)
         return true;
     LOG_ERROR("gateway", "event=subscriptions_refused gateway=%s detail=\"%s\" hint=\"the NATS credential must be the "
               "one of CHAT_GATEWAY_ID (deploy/nats/accounts.conf)\"",
-              srv->gateway_id, s == NATS_OK && text ? text : natsStatus_GetText(s));
+              srv->gateway_id, text ? text : "");
     fprintf(stderr, "chat-gateway: NATS refused the subscriptions of gateway %s (%s): CHAT_GATEWAY_ID must be the id "
             "its NATS user is allowed (deploy/nats/accounts.conf)\n",
-            srv->gateway_id, s == NATS_OK && text ? text : natsStatus_GetText(s));
+            srv->gateway_id, text ? text : "");
     return false;
 }
 
