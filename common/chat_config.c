@@ -134,7 +134,7 @@ static const setting settings[] = {
      "worker roles, comma separated"},
     {"CHAT_INGEST_COMMITTERS", "--ingest-committers", "2", WK, F(committers_raw),
      "transactions an ingest worker runs at once, each for the batches of its share of the partitions (1 to 64)"},
-    {"CHAT_ROUTED_MIN_MEMBERS", "--routed-min-members", "3", WK, F(routed_min_raw),
+    {"CHAT_ROUTED_MIN_MEMBERS", "--routed-min-members", "1", WK, F(routed_min_raw),
      "conversations with at least this many members are delivered once per gateway (chat.deliver.g.<gateway>, from "
      "the routes gateways keep in Redis), smaller ones per user (0: always per user)"},
     {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},

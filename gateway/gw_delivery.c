@@ -1,4 +1,5 @@
-/* Deliveries from NATS (chat.deliver.u.<user>; chat.deliver.g.<gateway>, the batches of routed users):
+/* Deliveries from NATS (chat.deliver.u.<user>; chat.deliver.g.<gateway>, the batches of routed users
+ * and the deliveries addressed to this gateway, like a rejection of a post sent here):
  * events, membership changes, typing, receipts and rejections, rendered once and queued to every
  * session of the user here; the ack of a sender's own post. lws thread only. */
 #include "gw_delivery.h"
@@ -78,17 +79,9 @@ static void deliver_rejection(gw_server *srv, gw_user *u, const Chat__V1__Reject
     }
 }
 
-void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg)
+/* Delivery d to every session of u, whichever subject it came on. */
+static void dispatch(gw_server *srv, gw_user *u, const Chat__V1__Delivery *d)
 {
-    gw_user *u = chat_map_get(srv->users, user);
-    if (u == NULL)
-        return;
-    Chat__V1__Delivery *d = chat__v1__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                       (const uint8_t *)natsMsg_GetData(msg));
-    if (d == NULL) {
-        LOG_WARN("gateway", "event=bad_delivery user=%s", user);
-        return;
-    }
     switch (d->item_case) {
     case CHAT__V1__DELIVERY__ITEM_EVENT:
         deliver_event(srv, u, d->event);
@@ -128,6 +121,20 @@ void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg)
     default:
         break;
     }
+}
+
+void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg)
+{
+    gw_user *u = chat_map_get(srv->users, user);
+    if (u == NULL)
+        return;
+    Chat__V1__Delivery *d = chat__v1__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                       (const uint8_t *)natsMsg_GetData(msg));
+    if (d == NULL) {
+        LOG_WARN("gateway", "event=bad_delivery user=%s", user);
+        return;
+    }
+    dispatch(srv, u, d);
     chat__v1__delivery__free_unpacked(d, NULL);
 }
 
@@ -159,6 +166,14 @@ void gw_delivery_handle_routed(gw_server *srv, natsMsg *msg)
         }
         if (f)
             gw_outframe_release(f);
+    }
+    for (size_t i = 0; i < db->n_items; i++) {
+        const Chat__V1__RoutedItem *ri = db->items[i];
+        for (size_t r = 0; ri->delivery && r < ri->n_recipients; r++) {
+            uint32_t k = ri->recipients[r];
+            if (k < db->n_users && held[k] != NULL)
+                dispatch(srv, held[k], ri->delivery);
+        }
     }
     atomic_fetch_add(srv->m.routed_batches, 1);
     free(held);

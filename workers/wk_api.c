@@ -14,6 +14,7 @@
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_apip.h"
+#include "wk_routes.h"
 
 #define DRAIN_TIMEOUT_MS 15000
 #define DONE_WAIT_MS 20000
@@ -134,6 +135,12 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
                                                 "API requests answered with an error status, by code.");
     api->h_seconds =
         chat_metrics_histogram(m, "chat_api_request_seconds", NULL, "From an API request's arrival to its reply.");
+    api->m_deliveries_gateway = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"gateway\"",
+                                                     "Recipients of the api role's deliveries (membership, receipts), "
+                                                     "by path: per gateway (their routes) or per user.");
+    api->m_deliveries_user = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"user\"",
+                                                  "Recipients of the api role's deliveries (membership, receipts), "
+                                                  "by path: per gateway (their routes) or per user.");
 
     chat_status st = wk_cold_create(app->cfg, (size_t)app->cfg->archive_cache_mb << 20, m, &api->cold);
     for (int i = 0; i < WK_API_LANES && st == CHAT_OK; i++) {
@@ -141,6 +148,7 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
         l->api = api;
         l->index = i;
         snprintf(l->name, sizeof l->name, "chat-api-%d", i);
+        l->routes = wk_routes_create(app->cfg, "api", api->m_deliveries_gateway, api->m_deliveries_user);
         pthread_mutex_init(&l->lock, NULL);
         pthread_cond_init(&l->cv, NULL);
         jsOptions jo;
@@ -197,6 +205,7 @@ void wk_api_destroy(wk_api *api)
         natsSubscription_Destroy(l->sub);
         jsCtx_Destroy(l->js);
         PQfinish(l->pg);
+        wk_routes_destroy(l->routes);
         pthread_cond_destroy(&l->cv);
         pthread_mutex_destroy(&l->lock);
     }

@@ -11,6 +11,7 @@
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_apip.h"
+#include "wk_routes.h"
 
 const char *wk_api_conv_kind(const char *asked)
 {
@@ -96,17 +97,10 @@ static void publish_membership(api_call *c, const char *conv, const users *added
     Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
     d.item_case = CHAT__V1__DELIVERY__ITEM_MEMBERS;
     d.members = &ev;
-    size_t dlen = chat__v1__delivery__get_packed_size(&d);
-    uint8_t *dbuf = chat_xmalloc(dlen ? dlen : 1);
-    chat__v1__delivery__pack(&d, dbuf);
     const users *lists[] = {members, removed};
     for (int k = 0; k < 2; k++)
-        for (size_t i = 0; lists[k] && i < lists[k]->n; i++) {
-            char subject[128];
-            if (chat_subject_deliver(subject, sizeof subject, lists[k]->v[i]))
-                natsConnection_Publish(nc, subject, dbuf, (int)dlen);
-        }
-    free(dbuf);
+        if (lists[k] && lists[k]->n > 0)
+            wk_routes_deliver(c->lane->routes, nc, &d, (const char *const *)lists[k]->v, (int)lists[k]->n);
 
     size_t elen = chat__v1__membership_event__get_packed_size(&ev);
     uint8_t *ebuf = chat_xmalloc(elen ? elen : 1);

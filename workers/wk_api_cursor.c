@@ -12,6 +12,7 @@
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_apip.h"
+#include "wk_routes.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Cursors and receipts                                                                         */
@@ -53,14 +54,11 @@ static void publish_receipt(api_call *c, PGresult *r, int from, int to)
     Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
     d.item_case = CHAT__V1__DELIVERY__ITEM_RECEIPT;
     d.receipt = &rc;
-    uint8_t buf[512]; /* two ids of at most 64 bytes and three numbers */
-    size_t len = chat__v1__delivery__pack(&d, buf);
-    natsConnection *nc = c->lane->api->app->nc;
-    for (int i = from; i < to; i++) {
-        char subject[128];
-        if (chat_subject_deliver(subject, sizeof subject, PQgetvalue(r, i, 4)))
-            natsConnection_Publish(nc, subject, buf, (int)len);
-    }
+    const char **to_users = chat_xcalloc((size_t)(to - from), sizeof *to_users);
+    for (int i = from; i < to; i++)
+        to_users[i - from] = PQgetvalue(r, i, 4);
+    wk_routes_deliver(c->lane->routes, c->lane->api->app->nc, &d, to_users, to - from);
+    free(to_users);
 }
 
 /* seen / read cursors from gateways; unknown pairs (not a member, deleted conversation) are

@@ -28,6 +28,7 @@ typedef struct api_lane {
     natsSubscription *sub;
     jsCtx *js;
     PGconn *pg;
+    struct wk_routes *routes; /* deliveries by the recipients' routes (wk_routes.h) */
     bool in_tx;
     int64_t pg_retry_at_ms; /* monotonic */
     pthread_mutex_t lock;   /* guards done */
@@ -69,6 +70,7 @@ struct wk_api {
     atomic_uint_fast64_t *m_requests[API_NMETHODS + 1]; /* last: unknown methods */
     atomic_uint_fast64_t *m_errors[API_NCODES];
     chat_histogram *h_seconds;
+    atomic_uint_fast64_t *m_deliveries_gateway, *m_deliveries_user; /* recipients of its deliveries, each way */
     wk_cold *cold; /* archived events: chunk reads and their cache, shared by the lanes */
 };
 

@@ -221,7 +221,9 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
     return rc;
 }
 
-/* Tells the sending session why its post was not stored (through the sender's delivery subject). */
+/* Tells the sending session why its post was not stored: on the subject of the gateway the post
+ * came through (Post.gateway; the session is there), a DeliveryBatch with the rejection for the
+ * sender alone; a post without one (none has a session today) through the sender's own subject. */
 static void send_rejection(natsConnection *nc, const item *it, const drop_info *why)
 {
     Chat__V1__Rejection rj = CHAT__V1__REJECTION__INIT;
@@ -234,10 +236,29 @@ static void send_rejection(natsConnection *nc, const item *it, const drop_info *
     d.item_case = CHAT__V1__DELIVERY__ITEM_REJECTION;
     d.rejection = &rj;
     uint8_t buf[1024];
+    char subject[128];
+    if (it->post->gateway[0] && chat_subject_deliver_gateway(subject, sizeof subject, it->post->gateway)) {
+        uint32_t sender = 0;
+        Chat__V1__RoutedItem ri = CHAT__V1__ROUTED_ITEM__INIT;
+        Chat__V1__RoutedItem *items[] = {&ri};
+        ri.delivery = &d;
+        ri.n_recipients = 1;
+        ri.recipients = &sender;
+        Chat__V1__DeliveryBatch db = CHAT__V1__DELIVERY_BATCH__INIT;
+        char *users[] = {it->post->sender};
+        db.n_users = 1;
+        db.users = users;
+        db.n_items = 1;
+        db.items = items;
+        if (chat__v1__delivery_batch__get_packed_size(&db) > sizeof buf)
+            return;
+        size_t len = chat__v1__delivery_batch__pack(&db, buf);
+        natsConnection_Publish(nc, subject, buf, (int)len);
+        return;
+    }
     if (chat__v1__delivery__get_packed_size(&d) > sizeof buf)
         return;
     size_t len = chat__v1__delivery__pack(&d, buf);
-    char subject[128];
     if (chat_subject_deliver(subject, sizeof subject, it->post->sender))
         natsConnection_Publish(nc, subject, buf, (int)len);
 }

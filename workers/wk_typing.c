@@ -13,9 +13,11 @@
 #include "chat.pb-c.h"
 #include "chat_id.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_nats.h"
 #include "chat_time.h"
 #include "wk_pg.h"
+#include "wk_routes.h"
 
 #define TYPING_QUEUE "api"
 #define PG_RETRY_MS 1000
@@ -31,6 +33,7 @@ struct wk_typing {
     pthread_cond_t cv;
     bool done;                  /* the delivery thread returned from its last callback */
     atomic_uint_fast64_t *m_relayed, *m_refused;
+    wk_routes *routes;          /* delivery thread only: the members' routes (wk_routes.h) */
 };
 
 /* The connection, (re)made at most once a second while PostgreSQL is away; NULL then. */
@@ -87,14 +90,13 @@ static void relay(wk_typing *t, PGresult *members, const Chat__V1__Typing *in)
     Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
     d.item_case = CHAT__V1__DELIVERY__ITEM_TYPING;
     d.typing = &out;
-    uint8_t buf[256]; /* two ids of at most 64 bytes, a timestamp and their tags */
-    size_t len = chat__v1__delivery__pack(&d, buf);
-    for (int i = 0; i < PQntuples(members); i++) {
-        const char *user = PQgetvalue(members, i, 0);
-        char subject[128];
-        if (strcmp(user, in->user) != 0 && chat_subject_deliver(subject, sizeof subject, user))
-            natsConnection_Publish(t->app->nc, subject, buf, (int)len);
-    }
+    int n = 0;
+    const char **to = chat_xcalloc((size_t)PQntuples(members) + 1, sizeof *to);
+    for (int i = 0; i < PQntuples(members); i++)
+        if (strcmp(PQgetvalue(members, i, 0), in->user) != 0)
+            to[n++] = PQgetvalue(members, i, 0);
+    wk_routes_deliver(t->routes, t->app->nc, &d, to, n);
+    free(to);
 }
 
 static void on_typing(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -144,6 +146,12 @@ chat_status wk_typing_start(wk_app *app, wk_typing **out)
                                         "Typing notices from gateways, relayed to the members or refused.");
     t->m_refused = chat_metrics_counter(app->metrics, "chat_typing_total", "result=\"refused\"",
                                         "Typing notices from gateways, relayed to the members or refused.");
+    t->routes = wk_routes_create(
+        app->cfg, "typing",
+        chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"gateway\"",
+                             "Recipients of relayed typing notices, by path: per gateway (their routes) or per user."),
+        chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"user\"",
+                             "Recipients of relayed typing notices, by path: per gateway (their routes) or per user."));
     chat_status st = chat_nats_check(
         natsConnection_QueueSubscribe(&t->sub, app->nc, CHAT_SUBJECT_TYPING_ALL, TYPING_QUEUE, on_typing, t), "typing",
         "subscribe");
@@ -181,6 +189,7 @@ void wk_typing_destroy(wk_typing *t)
     }
     natsSubscription_Destroy(t->sub);
     PQfinish(t->pg);
+    wk_routes_destroy(t->routes);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->lock);
     free(t);

@@ -111,7 +111,7 @@ chat_env_init() {
     # the ingest: transactions at once per worker, and from how many members a conversation's
     # events go to its members' gateways rather than per user (docs/operations.md)
     chat_env_default CHAT_INGEST_COMMITTERS 2
-    chat_env_default CHAT_ROUTED_MIN_MEMBERS 3
+    chat_env_default CHAT_ROUTED_MIN_MEMBERS 1
     chat_env_default CHAT_WS_PING 30s
     chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000

@@ -14,6 +14,10 @@
  *     (per user: chat_ingest_deliveries_total{path="user"} grows by one per event and member);
  *   - with Redis started again (empty: no routes:since, so per user until the routes settle), a
  *     third burst does too.
+ * rejection_to_its_gateway_only: a post the ingest refuses is told through the gateway it came
+ *   from, never on the sender's own subject.
+ * receipts_typing_members_by_routes: a 1:1 message, a receipt, a typing and a membership change
+ *   reach the other gateway by routes, none on a user's own subject.
  * Gateway logs: $CHAT_HOME/logs/test_delivery_routes-{g1,g2}.log. */
 #include <check.h>
 #include <hiredis/hiredis.h>
@@ -22,6 +26,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <nats/nats.h>
+
+#include "chat.pb-c.h"
 #include "chat_routes.h"
 #include "chat_time.h"
 #include "test_ops.h"
@@ -201,6 +208,165 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
 }
 END_TEST
 
+/* A post the ingest refuses (an edit of a message that does not exist: not_found) is told to its
+ * session through the gateway it came from (chat.deliver.g.<CHAT_GATEWAY_ID>, a DeliveryBatch
+ * item), never on the sender's own subject, which every gateway's credential may read. */
+START_TEST(rejection_to_its_gateway_only)
+{
+    char gw_id[24], env_id[64], why[700];
+    snprintf(gw_id, sizeof gw_id, "rj%06d", (int)(getpid() % 1000000));
+    snprintf(env_id, sizeof env_id, "CHAT_GATEWAY_ID=%s", gw_id);
+    const char *env[] = {env_id, NULL};
+    test_gateway g;
+    ck_assert_msg(test_gateway_spawn(&stack, "g-rj", env, &g, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_wait_ready(&g, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    char alice[80], bob[80], conv[80];
+    test_stack_unique_id("alice", alice, sizeof alice);
+    test_stack_unique_id("bob", bob, sizeof bob);
+    test_stack_unique_id("pair", conv, sizeof conv);
+    char *out = NULL;
+    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
+    free(out);
+    conn a = {.name = "alice"};
+    connect_and_sync(&a, &g, alice);
+
+    natsConnection *nc = NULL;
+    ck_assert(natsConnection_ConnectTo(&nc, stack.cfg.nats_url) == NATS_OK);
+    char own[128], gw_subject[128];
+    snprintf(own, sizeof own, "chat.deliver.u.%s", alice);
+    snprintf(gw_subject, sizeof gw_subject, "chat.deliver.g.%s", gw_id);
+    natsSubscription *s_own = NULL, *s_gw = NULL;
+    ck_assert(natsConnection_SubscribeSync(&s_own, nc, own) == NATS_OK);
+    ck_assert(natsConnection_SubscribeSync(&s_gw, nc, gw_subject) == NATS_OK);
+    ck_assert(natsConnection_Flush(nc) == NATS_OK);
+
+    char frame[256];
+    snprintf(frame, sizeof frame, "{\"type\":\"edit\",\"conv\":\"%s\",\"cmid\":\"rj-1\",\"target\":999,\"body\":\"x\"}",
+             conv);
+    ck_assert(ws_client_send_text(a.c, frame, strlen(frame)) == CHAT_OK);
+    json_t *f = NULL;
+    ck_assert_msg(test_recv_type(a.c, "error", 10000, &f, NULL) == CHAT_OK, "no error frame for the refused edit");
+    const char *code = test_str(f, "code"), *ref = test_str(f, "ref");
+    ck_assert_msg(code && strcmp(code, "not_found") == 0 && ref && strcmp(ref, "rj-1") == 0,
+                  "the refused edit was answered %s, want not_found for rj-1", test_json(f));
+    json_decref(f);
+
+    natsMsg *m = NULL;
+    ck_assert_msg(natsSubscription_NextMsg(&m, s_gw, 2000) == NATS_OK, "nothing came on %s", gw_subject);
+    Chat__V1__DeliveryBatch *db =
+        chat__v1__delivery_batch__unpack(NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    ck_assert_msg(db && db->n_items == 1 && db->items[0]->delivery &&
+                      db->items[0]->delivery->item_case == CHAT__V1__DELIVERY__ITEM_REJECTION &&
+                      db->n_users == 1 && strcmp(db->users[0], alice) == 0,
+                  "%s carried no rejection for %s", gw_subject, alice);
+    chat__v1__delivery_batch__free_unpacked(db, NULL);
+    natsMsg_Destroy(m);
+    m = NULL;
+    natsStatus s = natsSubscription_NextMsg(&m, s_own, 500);
+    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery (%s): the rejection went to the sender's own subject", own,
+                  natsStatus_GetText(s));
+    say("the refused edit was told through %s only\n", gw_subject);
+
+    natsSubscription_Destroy(s_own);
+    natsSubscription_Destroy(s_gw);
+    natsConnection_Destroy(nc);
+    ws_client_destroy(a.c);
+    test_gateway_stop(&g, 5000);
+}
+END_TEST
+
+/* The api role's deliveries and the typing relay go by routes too: with alice on one gateway and
+ * bob on another (routes trusted), a message, bob's read receipt, alice's typing and a member
+ * added all reach the other side, each through the gateways' subjects (chat_api_deliveries_total
+ * and chat_typing_deliveries_total{path="gateway"} grow) and nothing on either user's own subject. */
+START_TEST(receipts_typing_members_by_routes)
+{
+    test_gateway g1, g2;
+    char why[700];
+    ck_assert_msg(test_gateway_spawn(&stack, "g1b", NULL, &g1, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_spawn(&stack, "g2b", NULL, &g2, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_wait_ready(&g1, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_wait_ready(&g2, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    char alice[80], bob[80], dave[80], conv[80];
+    test_stack_unique_id("alice", alice, sizeof alice);
+    test_stack_unique_id("bob", bob, sizeof bob);
+    test_stack_unique_id("dave", dave, sizeof dave);
+    test_stack_unique_id("pair", conv, sizeof conv);
+    char *out = NULL;
+    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
+    free(out);
+    conn a = {.name = "alice@g1"}, b = {.name = "bob@g2"};
+    connect_and_sync(&a, &g1, alice);
+    connect_and_sync(&b, &g2, bob);
+    int64_t wait = routes_since() + CHAT_ROUTES_SETTLE_MS + 300 - chat_now_ms();
+    if (wait > 0) {
+        say("waiting %lld ms for the routes to settle\n", (long long)wait);
+        usleep((useconds_t)wait * 1000);
+    }
+    natsConnection *nc = NULL;
+    ck_assert(natsConnection_ConnectTo(&nc, stack.cfg.nats_url) == NATS_OK);
+    char own_a[128], own_b[128];
+    snprintf(own_a, sizeof own_a, "chat.deliver.u.%s", alice);
+    snprintf(own_b, sizeof own_b, "chat.deliver.u.%s", bob);
+    natsSubscription *sa = NULL, *sb = NULL;
+    ck_assert(natsConnection_SubscribeSync(&sa, nc, own_a) == NATS_OK);
+    ck_assert(natsConnection_SubscribeSync(&sb, nc, own_b) == NATS_OK);
+    ck_assert(natsConnection_Flush(nc) == NATS_OK);
+    double api0 = test_worker_metric("chat_api_deliveries_total{path=\"gateway\"}");
+    double typing0 = test_worker_metric("chat_typing_deliveries_total{path=\"gateway\"}");
+    double api_user0 = test_worker_metric("chat_api_deliveries_total{path=\"user\"}");
+    double typing_user0 = test_worker_metric("chat_typing_deliveries_total{path=\"user\"}");
+
+    char frame[256];
+    snprintf(frame, sizeof frame, "{\"type\":\"send\",\"conv\":\"%s\",\"cmid\":\"m1\",\"body\":\"hi\"}", conv);
+    ck_assert(ws_client_send_text(a.c, frame, strlen(frame)) == CHAT_OK);
+    json_t *f = NULL;
+    ck_assert_msg(test_recv_type(b.c, "msg", 10000, &f, NULL) == CHAT_OK, "bob got no msg");
+    json_decref(f);
+    snprintf(frame, sizeof frame, "{\"type\":\"read\",\"conv\":\"%s\",\"seq\":1}", conv);
+    ck_assert(ws_client_send_text(b.c, frame, strlen(frame)) == CHAT_OK);
+    ck_assert_msg(test_recv_type(a.c, "receipt", 10000, &f, NULL) == CHAT_OK, "alice got no receipt of bob's read");
+    ck_assert_msg(strcmp(test_str(f, "user"), bob) == 0 && test_int(f, "read") == 1, "receipt %s", test_json(f));
+    json_decref(f);
+    snprintf(frame, sizeof frame, "{\"type\":\"typing\",\"conv\":\"%s\"}", conv);
+    ck_assert(ws_client_send_text(a.c, frame, strlen(frame)) == CHAT_OK);
+    ck_assert_msg(test_recv_type(b.c, "typing", 10000, &f, NULL) == CHAT_OK, "bob got no typing from alice");
+    json_decref(f);
+    rc = test_stack_chatctl(&stack, &out, "conv", "add", conv, dave, NULL);
+    ck_assert_msg(rc == 0, "chatctl conv add exited %d: %s", rc, out ? out : "");
+    free(out);
+    ck_assert_msg(test_recv_type(a.c, "members", 10000, &f, NULL) == CHAT_OK, "alice got no members frame");
+    json_decref(f);
+    ck_assert_msg(test_recv_type(b.c, "members", 10000, &f, NULL) == CHAT_OK, "bob got no members frame");
+    json_decref(f);
+
+    double api = test_worker_metric("chat_api_deliveries_total{path=\"gateway\"}") - api0;
+    double typing = test_worker_metric("chat_typing_deliveries_total{path=\"gateway\"}") - typing0;
+    double api_user = test_worker_metric("chat_api_deliveries_total{path=\"user\"}") - api_user0;
+    double typing_user = test_worker_metric("chat_typing_deliveries_total{path=\"user\"}") - typing_user0;
+    say("by routes: api deliveries +%.0f, typing +%.0f; per user: api +%.0f (dave, offline), typing +%.0f\n", api,
+        typing, api_user, typing_user);
+    ck_assert_msg(api >= 4, "chat_api_deliveries_total{path=\"gateway\"} grew by %.0f, want >= 4 (receipt to 2, members to 2)",
+                  api);
+    ck_assert_msg(typing >= 1, "chat_typing_deliveries_total{path=\"gateway\"} grew by %.0f", typing);
+    natsMsg *m = NULL;
+    natsStatus s = natsSubscription_NextMsg(&m, sa, 300);
+    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery: something went per user", own_a);
+    s = natsSubscription_NextMsg(&m, sb, 300);
+    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery: something went per user", own_b);
+
+    natsSubscription_Destroy(sa);
+    natsSubscription_Destroy(sb);
+    natsConnection_Destroy(nc);
+    ws_client_destroy(a.c);
+    ws_client_destroy(b.c);
+    test_gateway_stop(&g1, 5000);
+    test_gateway_stop(&g2, 5000);
+}
+END_TEST
+
 int main(void)
 {
     test_stack_load_or_exit(&stack, PROG);
@@ -209,6 +375,8 @@ int main(void)
     TCase *tc = tcase_create("routes");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, routed_once_in_order_then_per_user_without_redis);
+    tcase_add_test(tc, rejection_to_its_gateway_only);
+    tcase_add_test(tc, receipts_typing_members_by_routes);
     suite_add_tcase(s, tc);
     int failed = test_ops_run(s);
     test_stack_free(&stack);

@@ -1,0 +1,258 @@
+/* A Delivery to users by their routes (wk_routes.h). One owner thread per wk_routes. */
+#include "wk_routes.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "chat_log.h"
+#include "chat_map.h"
+#include "chat_mem.h"
+#include "chat_nats.h"
+#include "chat_routes.h"
+#include "chat_time.h"
+
+#define BACKOFF_MIN_MS 500  /* after a failure, no Redis until then, doubling ... */
+#define BACKOFF_MAX_MS 5000 /* ... up to this */
+#define GATEWAYS_MAX 16     /* routes of one user taken (more: that user goes per user) */
+
+struct wk_routes {
+    const chat_cfg *cfg;
+    char who[24];
+    redisContext *redis;
+    bool up;
+    int64_t retry_ms, backoff_ms;
+    atomic_uint_fast64_t *via_gateway, *via_user;
+};
+
+static bool setup_command(redisContext *c, const char *fmt, const char *arg, int n)
+{
+    redisReply *r = arg ? redisCommand(c, fmt, arg) : redisCommand(c, fmt, n);
+    bool ok = r && r->type != REDIS_REPLY_ERROR;
+    if (r)
+        freeReplyObject(r);
+    return ok;
+}
+
+redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz)
+{
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
+    if (c == NULL || c->err) {
+        snprintf(err, errsz, "%s", c ? c->errstr : "no memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if ((cfg->redis_password[0] && !setup_command(c, "AUTH %s", cfg->redis_password, 0)) ||
+        (cfg->redis_db && !setup_command(c, "SELECT %d", NULL, cfg->redis_db))) {
+        snprintf(err, errsz, "AUTH or SELECT refused");
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fast64_t *via_gateway,
+                            atomic_uint_fast64_t *via_user)
+{
+    wk_routes *r = chat_xcalloc(1, sizeof *r);
+    r->cfg = cfg;
+    snprintf(r->who, sizeof r->who, "%s", who);
+    r->up = true; /* the first failure is logged */
+    r->via_gateway = via_gateway;
+    r->via_user = via_user;
+    return r;
+}
+
+void wk_routes_destroy(wk_routes *r)
+{
+    if (r == NULL)
+        return;
+    if (r->redis)
+        redisFree(r->redis);
+    free(r);
+}
+
+static void fail(wk_routes *r, const char *what)
+{
+    if (r->up)
+        LOG_WARN(r->who, "event=routes_down detail=\"%s\"", what);
+    r->up = false;
+    if (r->redis)
+        redisFree(r->redis);
+    r->redis = NULL;
+    r->backoff_ms = r->backoff_ms ? 2 * r->backoff_ms : BACKOFF_MIN_MS;
+    if (r->backoff_ms > BACKOFF_MAX_MS)
+        r->backoff_ms = BACKOFF_MAX_MS;
+    r->retry_ms = chat_mono_ms() + r->backoff_ms;
+}
+
+static bool connected(wk_routes *r)
+{
+    if (r->redis && !r->redis->err)
+        return true;
+    if (r->redis)
+        fail(r, r->redis->errstr);
+    if (chat_mono_ms() < r->retry_ms)
+        return false;
+    char err[160];
+    r->redis = wk_redis_open(r->cfg, WK_ROUTES_TIMEOUT_MS, err, sizeof err);
+    if (r->redis == NULL) {
+        fail(r, err);
+        return false;
+    }
+    if (!r->up)
+        LOG_INFO(r->who, "event=routes_up");
+    r->up = true;
+    r->backoff_ms = 0;
+    return true;
+}
+
+/* One try of read_routes on the connection there is; false when Redis did not answer (the
+ * connection is given up). */
+static bool try_read_routes(wk_routes *r, const char *const *users, int n, char **gws)
+{
+    long long now = chat_now_ms();
+    redisAppendCommand(r->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
+    for (int i = 0; i < n; i++)
+        redisAppendCommand(r->redis, "ZRANGEBYSCORE presence:%s (%lld +inf LIMIT 0 %d", users[i], now, GATEWAYS_MAX);
+    redisReply *since = NULL;
+    if (redisGetReply(r->redis, (void **)&since) != REDIS_OK) {
+        fail(r, r->redis->errstr);
+        return false;
+    }
+    int64_t since_ms = since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
+    freeReplyObject(since);
+    bool trusted = since_ms > 0 && now - since_ms >= CHAT_ROUTES_SETTLE_MS;
+    for (int i = 0; i < n; i++) {
+        redisReply *z = NULL;
+        if (redisGetReply(r->redis, (void **)&z) != REDIS_OK) {
+            fail(r, r->redis->errstr);
+            for (int j = 0; j < i; j++) {
+                free(gws[j]);
+                gws[j] = NULL;
+            }
+            return false;
+        }
+        if (trusted && z && z->type == REDIS_REPLY_ARRAY && z->elements > 0) {
+            size_t len = 1;
+            for (size_t k = 0; k < z->elements; k++)
+                len += z->element[k]->len + 1;
+            char *list = chat_xmalloc(len), *w = list;
+            for (size_t k = 0; k < z->elements; k++) {
+                const redisReply *g = z->element[k];
+                /* a gateway id is a subject token (CHAT_GATEWAY_ID's rules); anything else is skipped */
+                if (g->type != REDIS_REPLY_STRING || g->len == 0 || g->len > CHAT_GATEWAY_ID_MAX ||
+                    strpbrk(g->str, ".*> \t\r\n"))
+                    continue;
+                memcpy(w, g->str, g->len + 1);
+                w += g->len + 1;
+            }
+            *w = '\0';
+            if (w == list)
+                free(list);
+            else
+                gws[i] = list;
+        }
+        freeReplyObject(z);
+    }
+    return true;
+}
+
+/* The gateways of users[0..n) from one pipeline: gws[i] "g1\0g2\0\0" (NULL: no route), all NULL
+ * when the routes are not trusted or Redis did not answer. A connection that broke since its last
+ * use (Redis restarted) is made again at once and the pipeline sent once more, so only a Redis
+ * that is really away sends deliveries per user. */
+static void read_routes(wk_routes *r, const char *const *users, int n, char **gws)
+{
+    memset(gws, 0, (size_t)n * sizeof *gws);
+    bool had = r->redis != NULL && !r->redis->err;
+    if (!connected(r) || try_read_routes(r, users, n, gws) || !had)
+        return;
+    r->retry_ms = 0; /* the failure just now was the old connection's */
+    if (connected(r))
+        try_read_routes(r, users, n, gws);
+}
+
+/* One gateway's share: the users routed there, and the gateway's id. */
+typedef struct share {
+    const char *gateway;
+    const char **users;
+    int n;
+} share;
+
+void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n)
+{
+    if (n <= 0)
+        return;
+    char **gws = chat_xcalloc((size_t)n, sizeof *gws);
+    read_routes(r, users, n, gws);
+    uint8_t stackbuf[1024], *buf = NULL;
+    size_t len = 0;
+    share *shares = NULL;
+    int nshares = 0;
+    uint64_t routed = 0, direct = 0;
+    for (int i = 0; i < n; i++) {
+        if (gws[i] == NULL) { /* per user: packed once */
+            if (buf == NULL) {
+                len = chat__v1__delivery__get_packed_size(d);
+                buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
+                chat__v1__delivery__pack(d, buf);
+            }
+            char subject[128];
+            if (chat_subject_deliver(subject, sizeof subject, users[i]))
+                natsConnection_Publish(nc, subject, buf, (int)len);
+            direct++;
+            continue;
+        }
+        for (const char *g = gws[i]; *g; g += strlen(g) + 1) {
+            int s = 0;
+            while (s < nshares && strcmp(shares[s].gateway, g) != 0)
+                s++;
+            if (s == nshares) {
+                shares = chat_xrealloc(shares, (size_t)(nshares + 1) * sizeof *shares);
+                shares[nshares++] = (share){.gateway = g, .users = chat_xcalloc((size_t)n, sizeof(char *))};
+            }
+            shares[s].users[shares[s].n++] = users[i];
+        }
+        routed++;
+    }
+    for (int s = 0; s < nshares; s++) {
+        uint32_t *ix = chat_xcalloc((size_t)shares[s].n, sizeof *ix);
+        for (int k = 0; k < shares[s].n; k++)
+            ix[k] = (uint32_t)k;
+        Chat__V1__RoutedItem ri = CHAT__V1__ROUTED_ITEM__INIT;
+        Chat__V1__RoutedItem *items[] = {&ri};
+        ri.delivery = (Chat__V1__Delivery *)d;
+        ri.recipients = ix;
+        ri.n_recipients = (size_t)shares[s].n;
+        Chat__V1__DeliveryBatch db = CHAT__V1__DELIVERY_BATCH__INIT;
+        db.users = (char **)shares[s].users;
+        db.n_users = (size_t)shares[s].n;
+        db.items = items;
+        db.n_items = 1;
+        size_t blen = chat__v1__delivery_batch__get_packed_size(&db);
+        uint8_t *b = chat_xmalloc(blen);
+        chat__v1__delivery_batch__pack(&db, b);
+        char subject[128];
+        if (chat_subject_deliver_gateway(subject, sizeof subject, shares[s].gateway))
+            natsConnection_Publish(nc, subject, b, (int)blen);
+        free(b);
+        free(ix);
+        free(shares[s].users);
+    }
+    free(shares);
+    if (buf != stackbuf)
+        free(buf);
+    for (int i = 0; i < n; i++)
+        free(gws[i]);
+    free(gws);
+    if (r->via_gateway)
+        atomic_fetch_add(r->via_gateway, routed);
+    if (r->via_user)
+        atomic_fetch_add(r->via_user, direct);
+}

@@ -1,0 +1,37 @@
+/* A Delivery to a list of users by their routes, for the api role and the typing relay (the ingest
+ * has its own cached reader, wk_ingest_routes.c): one DeliveryBatch item per gateway that the
+ * users' routes name (presence:<user> in Redis, written by the gateways; trusted only once
+ * routes:since is CHAT_ROUTES_SETTLE_MS old, common/chat_routes.h), on chat.deliver.g.<gateway>;
+ * a user without a route, and everyone while the routes are not trusted or Redis does not answer
+ * within WK_ROUTES_TIMEOUT_MS, on chat.deliver.u.<user>. docs/architecture.md, "The hot path",
+ * step 4. One wk_routes per thread (it owns its Redis connection). */
+#ifndef WK_ROUTES_H
+#define WK_ROUTES_H
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include <hiredis/hiredis.h>
+#include <nats/nats.h>
+
+#include "chat.pb-c.h"
+#include "chat_config.h"
+
+#define WK_ROUTES_TIMEOUT_MS 200 /* connect, and each pipeline's answers */
+
+/* A Redis connection to CHAT_REDIS_URL with timeout_ms for the connect and every reply (AUTH and
+ * SELECT done); NULL with a line in err. */
+redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz);
+
+typedef struct wk_routes wk_routes;
+
+/* A reader for `who` (the log's comp field); via_gateway and via_user count the recipients each
+ * way (may be NULL). Never NULL. */
+wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fast64_t *via_gateway,
+                            atomic_uint_fast64_t *via_user);
+/* NULL-safe. */
+void wk_routes_destroy(wk_routes *r);
+
+/* Publishes d on nc to each of users[0..n) (borrowed for the call) once per route, or per user. */
+void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n);
+
+#endif
