@@ -185,17 +185,13 @@ typedef struct share {
     int n;
 } share;
 
-void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n)
+int wk_routes_split(const Chat__V1__Delivery *d, const char *const *users, char *const *gws, int n,
+                    wk_routes_emit_fn emit, void *ctx)
 {
-    if (n <= 0)
-        return;
-    char **gws = chat_xcalloc((size_t)n, sizeof *gws);
-    read_routes(r, users, n, gws);
     uint8_t stackbuf[1024], *buf = NULL;
     size_t len = 0;
     share *shares = NULL;
-    int nshares = 0;
-    uint64_t routed = 0, direct = 0;
+    int nshares = 0, routed = 0;
     for (int i = 0; i < n; i++) {
         if (gws[i] == NULL) { /* per user: packed once */
             if (buf == NULL) {
@@ -203,10 +199,7 @@ void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Deliver
                 buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
                 chat__v1__delivery__pack(d, buf);
             }
-            char subject[128];
-            if (chat_subject_deliver(subject, sizeof subject, users[i]))
-                natsConnection_Publish(nc, subject, buf, (int)len);
-            direct++;
+            emit(NULL, users[i], buf, len, ctx);
             continue;
         }
         for (const char *g = gws[i]; *g; g += strlen(g) + 1) {
@@ -217,7 +210,8 @@ void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Deliver
                 shares = chat_xrealloc(shares, (size_t)(nshares + 1) * sizeof *shares);
                 shares[nshares++] = (share){.gateway = g, .users = chat_xcalloc((size_t)n, sizeof(char *))};
             }
-            shares[s].users[shares[s].n++] = users[i];
+            if (shares[s].n == 0 || shares[s].users[shares[s].n - 1] != users[i]) /* a gateway named twice */
+                shares[s].users[shares[s].n++] = users[i];
         }
         routed++;
     }
@@ -238,9 +232,7 @@ void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Deliver
         size_t blen = chat__v1__delivery_batch__get_packed_size(&db);
         uint8_t *b = chat_xmalloc(blen);
         chat__v1__delivery_batch__pack(&db, b);
-        char subject[128];
-        if (chat_subject_deliver_gateway(subject, sizeof subject, shares[s].gateway))
-            natsConnection_Publish(nc, subject, b, (int)blen);
+        emit(shares[s].gateway, NULL, b, blen, ctx);
         free(b);
         free(ix);
         free(shares[s].users);
@@ -248,11 +240,32 @@ void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Deliver
     free(shares);
     if (buf != stackbuf)
         free(buf);
+    return routed;
+}
+
+/* Publishes one wk_routes_split share on the gateway's subject or the user's. */
+static void publish_share(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx)
+{
+    natsConnection *nc = ctx;
+    char subject[128];
+    bool ok = gateway ? chat_subject_deliver_gateway(subject, sizeof subject, gateway)
+                      : chat_subject_deliver(subject, sizeof subject, user);
+    if (ok)
+        natsConnection_Publish(nc, subject, data, (int)len);
+}
+
+void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n)
+{
+    if (n <= 0)
+        return;
+    char **gws = chat_xcalloc((size_t)n, sizeof *gws);
+    read_routes(r, users, n, gws);
+    int routed = wk_routes_split(d, users, gws, n, publish_share, nc);
     for (int i = 0; i < n; i++)
         free(gws[i]);
     free(gws);
     if (r->via_gateway)
-        atomic_fetch_add(r->via_gateway, routed);
+        atomic_fetch_add(r->via_gateway, (uint64_t)routed);
     if (r->via_user)
-        atomic_fetch_add(r->via_user, direct);
+        atomic_fetch_add(r->via_user, (uint64_t)(n - routed));
 }

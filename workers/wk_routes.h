@@ -9,6 +9,7 @@
 #define WK_ROUTES_H
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <hiredis/hiredis.h>
 #include <nats/nats.h>
@@ -30,6 +31,18 @@ wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fa
                             atomic_uint_fast64_t *via_user);
 /* NULL-safe. */
 void wk_routes_destroy(wk_routes *r);
+
+/* Where one share of a delivery goes: a packed DeliveryBatch (one item: the delivery, for every
+ * user listed) for `gateway`, or, gateway NULL, the packed Delivery for `user` alone. data is
+ * borrowed for the call. */
+typedef void (*wk_routes_emit_fn)(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx);
+
+/* Splits delivery d to users[0..n) by their gateways gws[i] ("g1\0g2\0\0", NULL: no route):
+ * one emit per gateway (its users in their order, each once), in the order the gateways first
+ * appear, and one per user without a route, in order. Pure (no NATS, no Redis). Returns how many
+ * users had a route. */
+int wk_routes_split(const Chat__V1__Delivery *d, const char *const *users, char *const *gws, int n,
+                    wk_routes_emit_fn emit, void *ctx);
 
 /* Publishes d on nc to each of users[0..n) (borrowed for the call) once per route, or per user. */
 void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n);

@@ -1,6 +1,7 @@
 /* workers/wk_route_batch.c: the per-gateway DeliveryBatches of a fanout (each event once per
  * gateway, its recipients there as indexes into the batch's users, order kept) and
- * wk_ingest_routes_settled (workers/wk_ingest_routes.c): when the ingest trusts the routes. */
+ * wk_ingest_routes_settled (workers/wk_ingest_routes.c): when the ingest trusts the routes; and
+ * wk_routes_split (workers/wk_routes.c): one delivery split by its recipients' gateways. */
 #include <check.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 
 #include "chat.pb-c.h"
 #include "chat_routes.h"
+#include "wk_routes.h"
 #include "unit_run.h"
 #include "wk_route_batch.h"
 
@@ -153,6 +155,90 @@ START_TEST(routes_trusted_once_settled)
 }
 END_TEST
 
+/* What wk_routes_split hands out, one record per emit. */
+typedef struct emitted {
+    char gateway[32], user[32];
+    Chat__V1__DeliveryBatch *db; /* gateway's */
+    Chat__V1__Delivery *d;       /* user's */
+} emitted;
+
+typedef struct emits {
+    emitted e[16];
+    int n;
+} emits;
+
+static void record(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx)
+{
+    emits *es = ctx;
+    ck_assert_int_lt(es->n, 16);
+    emitted *e = &es->e[es->n++];
+    snprintf(e->gateway, sizeof e->gateway, "%s", gateway ? gateway : "");
+    snprintf(e->user, sizeof e->user, "%s", user ? user : "");
+    if (gateway)
+        e->db = chat__v1__delivery_batch__unpack(NULL, len, data);
+    else
+        e->d = chat__v1__delivery__unpack(NULL, len, data);
+}
+
+/* One delivery (a receipt) to four users: u1 on g1, u2 on g1 and g2, u3 without a route, u4 on g2.
+ * g1 gets one batch for u1 and u2, g2 one for u2 and u4 (first-seen order), u3 its own Delivery;
+ * the item in each batch is the receipt, for every user listed. */
+START_TEST(split_by_gateway_then_per_user)
+{
+    Chat__V1__Receipt rc = CHAT__V1__RECEIPT__INIT;
+    rc.conv = "c1";
+    rc.user = "reader";
+    rc.read = 7;
+    Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
+    d.item_case = CHAT__V1__DELIVERY__ITEM_RECEIPT;
+    d.receipt = &rc;
+    const char *users[] = {"u1", "u2", "u3", "u4"};
+    char g1[] = "g1\0", g12[] = "g1\0g2\0", g2[] = "g2\0";
+    char *gws[] = {g1, g12, NULL, g2};
+    emits es = {0};
+    int routed = wk_routes_split(&d, users, gws, 4, record, &es);
+    ck_assert_int_eq(routed, 3);
+    ck_assert_int_eq(es.n, 3);
+    /* u3 per user, as it comes; then the gateways */
+    ck_assert_str_eq(es.e[0].gateway, "");
+    ck_assert_str_eq(es.e[0].user, "u3");
+    ck_assert_ptr_nonnull(es.e[0].d);
+    ck_assert_int_eq(es.e[0].d->item_case, CHAT__V1__DELIVERY__ITEM_RECEIPT);
+    const char *want_gw[] = {"g1", "g2"};
+    const char *want_users[2][2] = {{"u1", "u2"}, {"u2", "u4"}};
+    for (int k = 0; k < 2; k++) {
+        emitted *e = &es.e[1 + k];
+        ck_assert_str_eq(e->gateway, want_gw[k]);
+        ck_assert_ptr_nonnull(e->db);
+        ck_assert_uint_eq(e->db->n_users, 2);
+        ck_assert_str_eq(e->db->users[0], want_users[k][0]);
+        ck_assert_str_eq(e->db->users[1], want_users[k][1]);
+        ck_assert_uint_eq(e->db->n_events, 0);
+        ck_assert_uint_eq(e->db->n_items, 1);
+        const Chat__V1__RoutedItem *ri = e->db->items[0];
+        ck_assert_uint_eq(ri->n_recipients, 2);
+        ck_assert_uint_eq(ri->recipients[0], 0);
+        ck_assert_uint_eq(ri->recipients[1], 1);
+        ck_assert_int_eq(ri->delivery->item_case, CHAT__V1__DELIVERY__ITEM_RECEIPT);
+        ck_assert_str_eq(ri->delivery->receipt->user, "reader");
+        ck_assert_uint_eq(ri->delivery->receipt->read, 7);
+    }
+    for (int i = 0; i < es.n; i++) {
+        chat__v1__delivery_batch__free_unpacked(es.e[i].db, NULL);
+        chat__v1__delivery__free_unpacked(es.e[i].d, NULL);
+    }
+    /* nobody routed: everyone per user, in order */
+    char *none[] = {NULL, NULL};
+    emits es2 = {0};
+    ck_assert_int_eq(wk_routes_split(&d, users, none, 2, record, &es2), 0);
+    ck_assert_int_eq(es2.n, 2);
+    ck_assert_str_eq(es2.e[0].user, "u1");
+    ck_assert_str_eq(es2.e[1].user, "u2");
+    for (int i = 0; i < es2.n; i++)
+        chat__v1__delivery__free_unpacked(es2.e[i].d, NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("wk_route_batch");
@@ -160,6 +246,7 @@ int main(void)
     tcase_add_test(tc, one_batch_per_gateway_each_event_once);
     tcase_add_test(tc, many_events_and_users_keep_order);
     tcase_add_test(tc, routes_trusted_once_settled);
+    tcase_add_test(tc, split_by_gateway_then_per_user);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
