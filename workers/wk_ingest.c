@@ -189,7 +189,9 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
 {
     c->in = in;
     c->index = index;
-    c->redis_ok = true; /* its first failure is logged */
+    char label[32];
+    snprintf(label, sizeof label, "committer=%d", index);
+    wk_redis_link_init(&c->redis, in->app->cfg, "ingest", label, in->m_route_errors);
     pthread_mutex_init(&c->pg_mu, NULL);
     pthread_mutex_init(&c->acked_mu, NULL);
     wk_trust_init(&c->trust, in->nparts);

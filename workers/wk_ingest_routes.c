@@ -1,7 +1,7 @@
 /* The routes of a batch's recipients: which gateways hold each of them (presence:<user> in Redis,
  * written by the gateways), cached and checked in one pipelined round trip per batch on the
  * committer's own Redis connection (the epoch, the log of new routes, the users not cached).
- * Committer thread. Redis slow or down never holds the committer more than ROUTES_TIMEOUT_MS: the
+ * Committer thread. Redis slow or down never holds the committer more than WK_ROUTES_TIMEOUT_MS: the
  * batch goes per user (chat.deliver.u.<user>) as without routes. */
 #include "wk_ingestp.h"
 
@@ -16,10 +16,8 @@
 #include "chat_mem.h"
 #include "chat_routes.h"
 #include "chat_time.h"
+#include "wk_routes.h"
 
-#define ROUTES_TIMEOUT_MS 200      /* connect, and each pipeline's answers */
-#define ROUTES_BACKOFF_MIN_MS 500  /* after a failure, no Redis until then, doubling ... */
-#define ROUTES_BACKOFF_MAX_MS 5000 /* ... up to this */
 #define ROUTES_GATEWAYS_MAX 16     /* gateways of one user taken (more: the user goes per user) */
 /* The cache: users' routes are read again only when they expire, when the log of new routes
  * (CHAT_ROUTES_LOG_KEY, written with every user's first route on a gateway) names them, or when the
@@ -30,60 +28,11 @@
 #define ROUTES_LOG_TRUST_MS 30000
 #define ROUTES_CACHE_MAX 200000
 
-/* Forgets c's Redis connection after a failure and backs off. */
-static void routes_fail(committer *c, const char *what)
-{
-    if (c->redis_ok)
-        LOG_WARN("ingest", "event=routes_down committer=%d detail=\"%s\"", c->index, what);
-    c->redis_ok = false;
-    if (c->redis)
-        redisFree(c->redis);
-    c->redis = NULL;
-    c->redis_backoff_ms = c->redis_backoff_ms ? 2 * c->redis_backoff_ms : ROUTES_BACKOFF_MIN_MS;
-    if (c->redis_backoff_ms > ROUTES_BACKOFF_MAX_MS)
-        c->redis_backoff_ms = ROUTES_BACKOFF_MAX_MS;
-    c->redis_retry_ms = chat_mono_ms() + c->redis_backoff_ms;
-    atomic_fetch_add(c->in->m_route_errors, 1);
-}
-
-/* Runs one command during the connection's set-up; false on an error reply or a broken link. */
-static bool routes_setup_command(committer *c, const char *fmt, const char *arg, int n)
-{
-    redisReply *r = arg ? redisCommand(c->redis, fmt, arg) : redisCommand(c->redis, fmt, n);
-    bool ok = r && r->type != REDIS_REPLY_ERROR;
-    if (r)
-        freeReplyObject(r);
-    return ok;
-}
-
 /* c's Redis connection (CHAT_REDIS_URL, as the gateway uses it), made when missing and not backing
- * off; false when there is none now. */
+ * off (wk_redis_link); false when there is none now. */
 static bool routes_connect(committer *c)
 {
-    if (c->redis && !c->redis->err)
-        return true;
-    if (c->redis)
-        routes_fail(c, c->redis->errstr);
-    if (chat_mono_ms() < c->redis_retry_ms)
-        return false;
-    const chat_cfg *cfg = c->in->app->cfg;
-    struct timeval tv = {0, ROUTES_TIMEOUT_MS * 1000};
-    c->redis = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
-    if (c->redis == NULL || c->redis->err) {
-        routes_fail(c, c->redis ? c->redis->errstr : "no memory");
-        return false;
-    }
-    redisSetTimeout(c->redis, tv);
-    if ((cfg->redis_password[0] && !routes_setup_command(c, "AUTH %s", cfg->redis_password, 0)) ||
-        (cfg->redis_db && !routes_setup_command(c, "SELECT %d", NULL, cfg->redis_db))) {
-        routes_fail(c, "AUTH or SELECT refused");
-        return false;
-    }
-    if (!c->redis_ok)
-        LOG_INFO("ingest", "event=routes_up committer=%d", c->index);
-    c->redis_ok = true;
-    c->redis_backoff_ms = 0;
-    return true;
+    return wk_redis_link_ready(&c->redis);
 }
 
 /* The users of b's routed conversations (CHAT_ROUTED_MIN_MEMBERS members or more), each once:
@@ -161,7 +110,7 @@ static void ask_user(const char *user, void *value, void *ctx)
     if (e && e->expires_ms > a->now)
         return;
     a->users[a->n++] = user;
-    redisAppendCommand(a->c->redis, "ZRANGEBYSCORE presence:%s (%lld +inf WITHSCORES LIMIT 0 %d", user, a->now,
+    redisAppendCommand(a->c->redis.c, "ZRANGEBYSCORE presence:%s (%lld +inf WITHSCORES LIMIT 0 %d", user, a->now,
                        ROUTES_GATEWAYS_MAX);
 }
 
@@ -240,9 +189,9 @@ static void routes_log(committer *c, ask *a, const redisReply *r)
 static bool routes_answers(committer *c, ask *a)
 {
     redisReply *since = NULL, *log = NULL;
-    if (redisGetReply(c->redis, (void **)&since) != REDIS_OK || redisGetReply(c->redis, (void **)&log) != REDIS_OK) {
+    if (redisGetReply(c->redis.c, (void **)&since) != REDIS_OK || redisGetReply(c->redis.c, (void **)&log) != REDIS_OK) {
         freeReplyObject(since);
-        routes_fail(c, c->redis->errstr);
+        wk_redis_link_fail(&c->redis, c->redis.c->errstr);
         return false;
     }
     int64_t since_ms = since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
@@ -256,8 +205,8 @@ static bool routes_answers(committer *c, ask *a)
     freeReplyObject(log);
     for (int i = 0; i < a->n; i++) {
         redisReply *r = NULL;
-        if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) {
-            routes_fail(c, c->redis->errstr);
+        if (redisGetReply(c->redis.c, (void **)&r) != REDIS_OK) {
+            wk_redis_link_fail(&c->redis, c->redis.c->errstr);
             return false;
         }
         cache_drop(c, a->users[i]);
@@ -284,40 +233,58 @@ static void pick_user(const char *user, void *value, void *ctx)
         chat_map_put(p->routes, user, e->list, NULL);
 }
 
+/* One read of the routes of users on the connection there is: a map user -> gateways ("g1\0g2\0\0",
+ * NULL: none), or NULL when Redis did not answer (*answered false: the connection is given up) or
+ * the routes are not trusted yet. */
+static chat_map *routes_once(committer *c, chat_map *users, bool *answered)
+{
+    chat_map *routes = NULL;
+    int64_t now = chat_now_ms();
+    if (c->route_cache == NULL || chat_map_size(c->route_cache) > ROUTES_CACHE_MAX)
+        cache_flush(c);
+    if (now - c->route_log_read_ms > ROUTES_LOG_TRUST_MS) { /* the log keeps 60 s: entries may be gone */
+        cache_flush(c);
+        c->route_log_id[0] = '\0';
+    }
+    ask a = {c,
+             chat_xcalloc(chat_map_size(users), sizeof(char *)),
+             0,
+             chat_map_create(),
+             (long long)now,
+             c->route_log_id[0] != '\0'};
+    redisAppendCommand(c->redis.c, "GET %s", CHAT_ROUTES_SINCE_KEY);
+    if (a.use_cache)
+        redisAppendCommand(c->redis.c, "XRANGE %s (%s + COUNT %d", CHAT_ROUTES_LOG_KEY, c->route_log_id,
+                           ROUTES_LOG_READ_MAX);
+    else
+        redisAppendCommand(c->redis.c, "XREVRANGE %s + - COUNT 1", CHAT_ROUTES_LOG_KEY);
+    chat_map_each(users, ask_user, &a);
+    *answered = routes_answers(c, &a);
+    if (*answered && wk_ingest_routes_settled(c->route_since, now)) {
+        routes = chat_map_create();
+        pick p = {c, routes, a.stale};
+        chat_map_each(users, pick_user, &p);
+    }
+    free(a.users);
+    chat_map_destroy(a.stale);
+    return routes;
+}
+
 chat_map *wk_ingest_routes_read(committer *c, const batch *b)
 {
     chat_map *users = routed_users(c->in, b);
     if (users == NULL)
         return NULL;
     chat_map *routes = NULL;
-    if (routes_connect(c)) {
-        int64_t now = chat_now_ms();
-        if (c->route_cache == NULL || chat_map_size(c->route_cache) > ROUTES_CACHE_MAX)
-            cache_flush(c);
-        if (now - c->route_log_read_ms > ROUTES_LOG_TRUST_MS) { /* the log keeps 60 s: entries may be gone */
-            cache_flush(c);
-            c->route_log_id[0] = '\0';
-        }
-        ask a = {c,
-                 chat_xcalloc(chat_map_size(users), sizeof(char *)),
-                 0,
-                 chat_map_create(),
-                 (long long)now,
-                 c->route_log_id[0] != '\0'};
-        redisAppendCommand(c->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
-        if (a.use_cache)
-            redisAppendCommand(c->redis, "XRANGE %s (%s + COUNT %d", CHAT_ROUTES_LOG_KEY, c->route_log_id,
-                               ROUTES_LOG_READ_MAX);
-        else
-            redisAppendCommand(c->redis, "XREVRANGE %s + - COUNT 1", CHAT_ROUTES_LOG_KEY);
-        chat_map_each(users, ask_user, &a);
-        if (routes_answers(c, &a) && wk_ingest_routes_settled(c->route_since, now)) {
-            routes = chat_map_create();
-            pick p = {c, routes, a.stale};
-            chat_map_each(users, pick_user, &p);
-        }
-        free(a.users);
-        chat_map_destroy(a.stale);
+    bool had = c->redis.c != NULL && !c->redis.c->err, answered = false;
+    if (routes_connect(c))
+        routes = routes_once(c, users, &answered);
+    /* a connection that broke since its last use (Redis restarted) is made again at once and the
+     * pipeline sent once more: only a Redis that is really away sends a batch per user */
+    if (!answered && had) {
+        wk_redis_link_retry_now(&c->redis);
+        if (routes_connect(c))
+            routes = routes_once(c, users, &answered);
     }
     chat_map_destroy(users);
     return routes;
@@ -330,9 +297,7 @@ void wk_ingest_routes_free(chat_map *routes)
 
 void wk_ingest_routes_close(committer *c)
 {
-    if (c->redis)
-        redisFree(c->redis);
-    c->redis = NULL;
+    wk_redis_link_close(&c->redis);
     if (c->route_cache)
         chat_map_each(c->route_cache, entry_free, NULL);
     chat_map_destroy(c->route_cache);

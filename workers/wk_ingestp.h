@@ -20,6 +20,7 @@
 #include "wk_events_trust.h"
 #include "wk_ingest.h"
 #include "wk_pg.h"
+#include "wk_routes.h"
 
 #define LEASE_CLASS 727001   /* pg_try_advisory_lock(LEASE_CLASS, partition) */
 #define BATCH_MAX 256
@@ -136,10 +137,7 @@ typedef struct committer {
     int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
     int64_t repair_backoff_ms;  /* 0 after a repair that worked, doubling up to EVENTS_REPAIR_BACKOFF_MS */
     /* routes (wk_ingest_routes.c): its own Redis connection, CHAT_REDIS_URL */
-    struct redisContext *redis; /* NULL: none now */
-    bool redis_ok;              /* as last logged */
-    int64_t redis_retry_ms;     /* no new connection before this (mono ms) after a failure */
-    int64_t redis_backoff_ms;   /* 0 after a success, then 500 ms doubling up to 5 s */
+    wk_redis_link redis;        /* the routes' Redis connection (wk_routes.h) */
     struct wk_route_batches *routed; /* the per-gateway batches of a fanout (wk_route_batch.h) */
     chat_map *route_cache;      /* user -> its routes as last read (wk_ingest_routes.c) */
     int64_t route_since;        /* CHAT_ROUTES_SINCE_KEY when the cache was filled (0: missing) */

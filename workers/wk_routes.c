@@ -19,11 +19,7 @@
 #define GATEWAYS_MAX 16     /* routes of one user taken (more: that user goes per user) */
 
 struct wk_routes {
-    const chat_cfg *cfg;
-    char who[24];
-    redisContext *redis;
-    bool up;
-    int64_t retry_ms, backoff_ms;
+    wk_redis_link redis;
     atomic_uint_fast64_t *via_gateway, *via_user;
 };
 
@@ -56,13 +52,71 @@ redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size
     return c;
 }
 
+void wk_redis_link_init(wk_redis_link *l, const chat_cfg *cfg, const char *comp, const char *label,
+                        atomic_uint_fast64_t *errors)
+{
+    memset(l, 0, sizeof *l);
+    l->cfg = cfg;
+    l->comp = comp;
+    snprintf(l->label, sizeof l->label, "%s", label);
+    l->errors = errors;
+    l->up = true; /* the first failure is logged */
+}
+
+void wk_redis_link_fail(wk_redis_link *l, const char *what)
+{
+    if (l->up)
+        LOG_WARN(l->comp, "event=routes_down %s%sdetail=\"%s\"", l->label, l->label[0] ? " " : "", what);
+    l->up = false;
+    if (l->c)
+        redisFree(l->c);
+    l->c = NULL;
+    l->backoff_ms = l->backoff_ms ? 2 * l->backoff_ms : BACKOFF_MIN_MS;
+    if (l->backoff_ms > BACKOFF_MAX_MS)
+        l->backoff_ms = BACKOFF_MAX_MS;
+    l->retry_ms = chat_mono_ms() + l->backoff_ms;
+    if (l->errors)
+        atomic_fetch_add(l->errors, 1);
+}
+
+bool wk_redis_link_ready(wk_redis_link *l)
+{
+    if (l->c && !l->c->err)
+        return true;
+    if (l->c)
+        wk_redis_link_fail(l, l->c->errstr);
+    if (chat_mono_ms() < l->retry_ms)
+        return false;
+    char err[160];
+    l->c = wk_redis_open(l->cfg, WK_ROUTES_TIMEOUT_MS, err, sizeof err);
+    if (l->c == NULL) {
+        wk_redis_link_fail(l, err);
+        return false;
+    }
+    if (!l->up)
+        LOG_INFO(l->comp, "event=routes_up%s%s", l->label[0] ? " " : "", l->label);
+    l->up = true;
+    l->backoff_ms = 0;
+    return true;
+}
+
+void wk_redis_link_retry_now(wk_redis_link *l)
+{
+    l->retry_ms = 0;
+}
+
+void wk_redis_link_close(wk_redis_link *l)
+{
+    if (l->c)
+        redisFree(l->c);
+    l->c = NULL;
+}
+
 wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fast64_t *via_gateway,
                             atomic_uint_fast64_t *via_user)
 {
     wk_routes *r = chat_xcalloc(1, sizeof *r);
-    r->cfg = cfg;
-    snprintf(r->who, sizeof r->who, "%s", who);
-    r->up = true; /* the first failure is logged */
+    wk_redis_link_init(&r->redis, cfg, who, "", NULL);
     r->via_gateway = via_gateway;
     r->via_user = via_user;
     return r;
@@ -72,57 +126,22 @@ void wk_routes_destroy(wk_routes *r)
 {
     if (r == NULL)
         return;
-    if (r->redis)
-        redisFree(r->redis);
+    wk_redis_link_close(&r->redis);
     free(r);
-}
-
-static void fail(wk_routes *r, const char *what)
-{
-    if (r->up)
-        LOG_WARN(r->who, "event=routes_down detail=\"%s\"", what);
-    r->up = false;
-    if (r->redis)
-        redisFree(r->redis);
-    r->redis = NULL;
-    r->backoff_ms = r->backoff_ms ? 2 * r->backoff_ms : BACKOFF_MIN_MS;
-    if (r->backoff_ms > BACKOFF_MAX_MS)
-        r->backoff_ms = BACKOFF_MAX_MS;
-    r->retry_ms = chat_mono_ms() + r->backoff_ms;
-}
-
-static bool connected(wk_routes *r)
-{
-    if (r->redis && !r->redis->err)
-        return true;
-    if (r->redis)
-        fail(r, r->redis->errstr);
-    if (chat_mono_ms() < r->retry_ms)
-        return false;
-    char err[160];
-    r->redis = wk_redis_open(r->cfg, WK_ROUTES_TIMEOUT_MS, err, sizeof err);
-    if (r->redis == NULL) {
-        fail(r, err);
-        return false;
-    }
-    if (!r->up)
-        LOG_INFO(r->who, "event=routes_up");
-    r->up = true;
-    r->backoff_ms = 0;
-    return true;
 }
 
 /* One try of read_routes on the connection there is; false when Redis did not answer (the
  * connection is given up). */
 static bool try_read_routes(wk_routes *r, const char *const *users, int n, char **gws)
 {
+    redisContext *c = r->redis.c;
     long long now = chat_now_ms();
-    redisAppendCommand(r->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
+    redisAppendCommand(c, "GET %s", CHAT_ROUTES_SINCE_KEY);
     for (int i = 0; i < n; i++)
-        redisAppendCommand(r->redis, "ZRANGEBYSCORE presence:%s (%lld +inf LIMIT 0 %d", users[i], now, GATEWAYS_MAX);
+        redisAppendCommand(c, "ZRANGEBYSCORE presence:%s (%lld +inf LIMIT 0 %d", users[i], now, GATEWAYS_MAX);
     redisReply *since = NULL;
-    if (redisGetReply(r->redis, (void **)&since) != REDIS_OK) {
-        fail(r, r->redis->errstr);
+    if (redisGetReply(c, (void **)&since) != REDIS_OK) {
+        wk_redis_link_fail(&r->redis, c->errstr);
         return false;
     }
     int64_t since_ms = since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
@@ -130,8 +149,8 @@ static bool try_read_routes(wk_routes *r, const char *const *users, int n, char 
     bool trusted = since_ms > 0 && now - since_ms >= CHAT_ROUTES_SETTLE_MS;
     for (int i = 0; i < n; i++) {
         redisReply *z = NULL;
-        if (redisGetReply(r->redis, (void **)&z) != REDIS_OK) {
-            fail(r, r->redis->errstr);
+        if (redisGetReply(c, (void **)&z) != REDIS_OK) {
+            wk_redis_link_fail(&r->redis, c->errstr);
             for (int j = 0; j < i; j++) {
                 free(gws[j]);
                 gws[j] = NULL;
@@ -170,11 +189,11 @@ static bool try_read_routes(wk_routes *r, const char *const *users, int n, char 
 static void read_routes(wk_routes *r, const char *const *users, int n, char **gws)
 {
     memset(gws, 0, (size_t)n * sizeof *gws);
-    bool had = r->redis != NULL && !r->redis->err;
-    if (!connected(r) || try_read_routes(r, users, n, gws) || !had)
+    bool had = r->redis.c != NULL && !r->redis.c->err;
+    if (!wk_redis_link_ready(&r->redis) || try_read_routes(r, users, n, gws) || !had)
         return;
-    r->retry_ms = 0; /* the failure just now was the old connection's */
-    if (connected(r))
+    wk_redis_link_retry_now(&r->redis); /* the failure just now was the old connection's */
+    if (wk_redis_link_ready(&r->redis))
         try_read_routes(r, users, n, gws);
 }
 

@@ -8,6 +8,7 @@
 #ifndef WK_ROUTES_H
 #define WK_ROUTES_H
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,31 @@
 /* A Redis connection to CHAT_REDIS_URL with timeout_ms for the connect and every reply (AUTH and
  * SELECT done); NULL with a line in err. */
 redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz);
+
+/* A Redis connection that is made when missing and, after a failure, not again before a back-off
+ * (500 ms doubling to 5 s): the routes' readers (the ingest's committers, the api lanes, the typing
+ * relay) each own one. Going down and coming back is logged once each, under comp with label (an
+ * extra "k=v" log field, or ""); errors, when set, counts the failures. One owner thread. */
+typedef struct wk_redis_link {
+    redisContext *c; /* NULL: none now */
+    const chat_cfg *cfg;
+    const char *comp;
+    char label[32];
+    atomic_uint_fast64_t *errors;
+    bool up; /* as last logged */
+    int64_t retry_ms, backoff_ms;
+} wk_redis_link;
+
+void wk_redis_link_init(wk_redis_link *l, const chat_cfg *cfg, const char *comp, const char *label,
+                        atomic_uint_fast64_t *errors);
+/* The connection, made when missing and not backing off (a broken one is given up first); false
+ * when there is none now. */
+bool wk_redis_link_ready(wk_redis_link *l);
+/* Gives the connection up after a failure (`what` is logged) and backs off. */
+void wk_redis_link_fail(wk_redis_link *l, const char *what);
+/* Ends the back-off: the next wk_redis_link_ready connects at once. */
+void wk_redis_link_retry_now(wk_redis_link *l);
+void wk_redis_link_close(wk_redis_link *l);
 
 typedef struct wk_routes wk_routes;
 

@@ -31,6 +31,7 @@
 #include "chat.pb-c.h"
 #include "chat_routes.h"
 #include "chat_time.h"
+#include "test_check.h"
 #include "test_ops.h"
 
 #define PROG "test_delivery_routes"
@@ -138,14 +139,45 @@ static double routed_batches(const test_gateway *gw)
     return v;
 }
 
+/* Starts a gateway of the test (env: extra NAME=value settings, may be NULL) and waits until it is
+ * ready. */
+static void gateway_up(const char *name, const char *const *env, test_gateway *gw)
+{
+    char why[700];
+    ck_assert_msg(test_gateway_spawn(&stack, name, env, gw, why, sizeof why) == CHAT_OK, "%s", why);
+    ck_assert_msg(test_gateway_wait_ready(gw, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+}
+
+/* A NATS subscription of the test's own to subject (the prefix and one token), in place once this
+ * returns. */
+static natsSubscription *watch(natsConnection *nc, const char *prefix, const char *token)
+{
+    char subject[160];
+    snprintf(subject, sizeof subject, "%s%s", prefix, token);
+    natsSubscription *sub = NULL;
+    ck_assert(natsConnection_SubscribeSync(&sub, nc, subject) == NATS_OK);
+    ck_assert(natsConnection_Flush(nc) == NATS_OK);
+    return sub;
+}
+
+/* Waits until Redis's routes are trusted (routes:since CHAT_ROUTES_SETTLE_MS old; a fresh Redis:
+ * up to 15 s). */
+static void await_routes_settled(void)
+{
+    int64_t since = routes_since();
+    ck_assert_msg(since > 0, "no %s in Redis after users connected", CHAT_ROUTES_SINCE_KEY);
+    int64_t wait = since + CHAT_ROUTES_SETTLE_MS + 300 - chat_now_ms();
+    if (wait > 0) {
+        say("waiting %lld ms for the routes to settle\n", (long long)wait);
+        usleep((useconds_t)wait * 1000);
+    }
+}
+
 START_TEST(routed_once_in_order_then_per_user_without_redis)
 {
     test_gateway g1, g2;
-    char why[700];
-    ck_assert_msg(test_gateway_spawn(&stack, "g1", NULL, &g1, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_spawn(&stack, "g2", NULL, &g2, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_wait_ready(&g1, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_wait_ready(&g2, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    gateway_up("g1", NULL, &g1);
+    gateway_up("g2", NULL, &g2);
     char users[MEMBERS][80], conv[80];
     const char *names[MEMBERS] = {"alice", "bob", "carol", "dave", "erin"};
     for (int i = 0; i < MEMBERS; i++)
@@ -163,14 +195,7 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
     for (int j = 0; j < CONNS; j++)
         connect_and_sync(&k[j], j < 3 ? &g1 : &g2, users[user_of[j]]);
 
-    /* the routes are trusted once routes:since is old enough (a fresh Redis: up to 15 s) */
-    int64_t since = routes_since();
-    ck_assert_msg(since > 0, "no %s in Redis after users connected", CHAT_ROUTES_SINCE_KEY);
-    int64_t wait = since + CHAT_ROUTES_SETTLE_MS + 300 - chat_now_ms();
-    if (wait > 0) {
-        say("waiting %lld ms for the routes to settle\n", (long long)wait);
-        usleep((useconds_t)wait * 1000);
-    }
+    await_routes_settled();
     double gw_before = deliveries("gateway");
     burst(k, CONNS, conv, "routed");
     double gw_delta = deliveries("gateway") - gw_before;
@@ -213,33 +238,23 @@ END_TEST
  * item), never on the sender's own subject, which every gateway's credential may read. */
 START_TEST(rejection_to_its_gateway_only)
 {
-    char gw_id[24], env_id[64], why[700];
+    char gw_id[24], env_id[64];
     snprintf(gw_id, sizeof gw_id, "rj%06d", (int)(getpid() % 1000000));
     snprintf(env_id, sizeof env_id, "CHAT_GATEWAY_ID=%s", gw_id);
     const char *env[] = {env_id, NULL};
     test_gateway g;
-    ck_assert_msg(test_gateway_spawn(&stack, "g-rj", env, &g, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_wait_ready(&g, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    gateway_up("g-rj", env, &g);
     char alice[80], bob[80], conv[80];
     test_stack_unique_id("alice", alice, sizeof alice);
     test_stack_unique_id("bob", bob, sizeof bob);
     test_stack_unique_id("pair", conv, sizeof conv);
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, alice, bob);
     conn a = {.name = "alice"};
     connect_and_sync(&a, &g, alice);
 
     natsConnection *nc = NULL;
     ck_assert(natsConnection_ConnectTo(&nc, stack.cfg.nats_url) == NATS_OK);
-    char own[128], gw_subject[128];
-    snprintf(own, sizeof own, "chat.deliver.u.%s", alice);
-    snprintf(gw_subject, sizeof gw_subject, "chat.deliver.g.%s", gw_id);
-    natsSubscription *s_own = NULL, *s_gw = NULL;
-    ck_assert(natsConnection_SubscribeSync(&s_own, nc, own) == NATS_OK);
-    ck_assert(natsConnection_SubscribeSync(&s_gw, nc, gw_subject) == NATS_OK);
-    ck_assert(natsConnection_Flush(nc) == NATS_OK);
+    natsSubscription *s_own = watch(nc, "chat.deliver.u.", alice), *s_gw = watch(nc, "chat.deliver.g.", gw_id);
 
     char frame[256];
     snprintf(frame, sizeof frame, "{\"type\":\"edit\",\"conv\":\"%s\",\"cmid\":\"rj-1\",\"target\":999,\"body\":\"x\"}",
@@ -253,20 +268,20 @@ START_TEST(rejection_to_its_gateway_only)
     json_decref(f);
 
     natsMsg *m = NULL;
-    ck_assert_msg(natsSubscription_NextMsg(&m, s_gw, 2000) == NATS_OK, "nothing came on %s", gw_subject);
+    ck_assert_msg(natsSubscription_NextMsg(&m, s_gw, 2000) == NATS_OK, "nothing came on chat.deliver.g.%s", gw_id);
     Chat__V1__DeliveryBatch *db =
         chat__v1__delivery_batch__unpack(NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
     ck_assert_msg(db && db->n_items == 1 && db->items[0]->delivery &&
                       db->items[0]->delivery->item_case == CHAT__V1__DELIVERY__ITEM_REJECTION &&
                       db->n_users == 1 && strcmp(db->users[0], alice) == 0,
-                  "%s carried no rejection for %s", gw_subject, alice);
+                  "chat.deliver.g.%s carried no rejection for %s", gw_id, alice);
     chat__v1__delivery_batch__free_unpacked(db, NULL);
     natsMsg_Destroy(m);
     m = NULL;
     natsStatus s = natsSubscription_NextMsg(&m, s_own, 500);
-    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery (%s): the rejection went to the sender's own subject", own,
-                  natsStatus_GetText(s));
-    say("the refused edit was told through %s only\n", gw_subject);
+    ck_assert_msg(s == NATS_TIMEOUT, "chat.deliver.u.%s carried a delivery (%s): the rejection went to the sender's own subject",
+                  alice, natsStatus_GetText(s));
+    say("the refused edit was told through chat.deliver.g.%s only\n", gw_id);
 
     natsSubscription_Destroy(s_own);
     natsSubscription_Destroy(s_gw);
@@ -283,37 +298,21 @@ END_TEST
 START_TEST(receipts_typing_members_by_routes)
 {
     test_gateway g1, g2;
-    char why[700];
-    ck_assert_msg(test_gateway_spawn(&stack, "g1b", NULL, &g1, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_spawn(&stack, "g2b", NULL, &g2, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_wait_ready(&g1, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
-    ck_assert_msg(test_gateway_wait_ready(&g2, false, 20000, why, sizeof why) == CHAT_OK, "%s", why);
+    gateway_up("g1b", NULL, &g1);
+    gateway_up("g2b", NULL, &g2);
     char alice[80], bob[80], dave[80], conv[80];
     test_stack_unique_id("alice", alice, sizeof alice);
     test_stack_unique_id("bob", bob, sizeof bob);
     test_stack_unique_id("dave", dave, sizeof dave);
     test_stack_unique_id("pair", conv, sizeof conv);
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, alice, bob);
     conn a = {.name = "alice@g1"}, b = {.name = "bob@g2"};
     connect_and_sync(&a, &g1, alice);
     connect_and_sync(&b, &g2, bob);
-    int64_t wait = routes_since() + CHAT_ROUTES_SETTLE_MS + 300 - chat_now_ms();
-    if (wait > 0) {
-        say("waiting %lld ms for the routes to settle\n", (long long)wait);
-        usleep((useconds_t)wait * 1000);
-    }
+    await_routes_settled();
     natsConnection *nc = NULL;
     ck_assert(natsConnection_ConnectTo(&nc, stack.cfg.nats_url) == NATS_OK);
-    char own_a[128], own_b[128];
-    snprintf(own_a, sizeof own_a, "chat.deliver.u.%s", alice);
-    snprintf(own_b, sizeof own_b, "chat.deliver.u.%s", bob);
-    natsSubscription *sa = NULL, *sb = NULL;
-    ck_assert(natsConnection_SubscribeSync(&sa, nc, own_a) == NATS_OK);
-    ck_assert(natsConnection_SubscribeSync(&sb, nc, own_b) == NATS_OK);
-    ck_assert(natsConnection_Flush(nc) == NATS_OK);
+    natsSubscription *sa = watch(nc, "chat.deliver.u.", alice), *sb = watch(nc, "chat.deliver.u.", bob);
     double api0 = test_worker_metric("chat_api_deliveries_total{path=\"gateway\"}");
     double typing0 = test_worker_metric("chat_typing_deliveries_total{path=\"gateway\"}");
     double api_user0 = test_worker_metric("chat_api_deliveries_total{path=\"user\"}");
@@ -334,7 +333,8 @@ START_TEST(receipts_typing_members_by_routes)
     ck_assert(ws_client_send_text(a.c, frame, strlen(frame)) == CHAT_OK);
     ck_assert_msg(test_recv_type(b.c, "typing", 10000, &f, NULL) == CHAT_OK, "bob got no typing from alice");
     json_decref(f);
-    rc = test_stack_chatctl(&stack, &out, "conv", "add", conv, dave, NULL);
+    char *out = NULL;
+    int rc = test_stack_chatctl(&stack, &out, "conv", "add", conv, dave, NULL);
     ck_assert_msg(rc == 0, "chatctl conv add exited %d: %s", rc, out ? out : "");
     free(out);
     ck_assert_msg(test_recv_type(a.c, "members", 10000, &f, NULL) == CHAT_OK, "alice got no members frame");
@@ -353,9 +353,9 @@ START_TEST(receipts_typing_members_by_routes)
     ck_assert_msg(typing >= 1, "chat_typing_deliveries_total{path=\"gateway\"} grew by %.0f", typing);
     natsMsg *m = NULL;
     natsStatus s = natsSubscription_NextMsg(&m, sa, 300);
-    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery: something went per user", own_a);
+    ck_assert_msg(s == NATS_TIMEOUT, "chat.deliver.u.%s carried a delivery: something went per user", alice);
     s = natsSubscription_NextMsg(&m, sb, 300);
-    ck_assert_msg(s == NATS_TIMEOUT, "%s carried a delivery: something went per user", own_b);
+    ck_assert_msg(s == NATS_TIMEOUT, "chat.deliver.u.%s carried a delivery: something went per user", bob);
 
     natsSubscription_Destroy(sa);
     natsSubscription_Destroy(sb);

@@ -36,6 +36,25 @@ static void sql(PGconn *pg, const char *what, const char *query, const char *p1)
     PQclear(r);
 }
 
+/* Installs trigger function fn (its body: plpgsql up to RETURN NEW), fires it `when` (e.g.
+ * "BEFORE UPDATE ON conversations") under a trigger of the same name, and switches it on for
+ * conv: a row of table fn, which the body looks up. */
+static void arm_fault(PGconn *pg, const char *fn, const char *body, const char *when, const char *conv)
+{
+    char q[1024];
+    snprintf(q, sizeof q, "CREATE TABLE IF NOT EXISTS %s (conv text PRIMARY KEY)", fn);
+    sql(pg, "switch table", q, NULL);
+    snprintf(q, sizeof q, "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN %s END $f$", fn,
+             body);
+    sql(pg, "function", q, NULL);
+    snprintf(q, sizeof q, "DROP TRIGGER IF EXISTS %s ON %s", fn, strstr(when, " ON ") + 4);
+    sql(pg, "old trigger", q, NULL);
+    snprintf(q, sizeof q, "CREATE TRIGGER %s %s FOR EACH ROW EXECUTE FUNCTION %s()", fn, when, fn);
+    sql(pg, "trigger", q, NULL);
+    snprintf(q, sizeof q, "INSERT INTO %s VALUES ($1)", fn);
+    sql(pg, "switch on", q, conv);
+}
+
 /* Runs in the parent after the test, whatever became of it: the trigger must not outlive it. */
 static void remove_fault(void)
 {
@@ -66,25 +85,14 @@ START_TEST(refused_writes_cost_time_not_messages)
     test_stack_unique_id("sfb", bob, sizeof bob);
     for (int i = 0; i < N_MSGS; i++)
         snprintf(cmids[i], sizeof cmids[i], "m%d", i + 1);
-    char *out = NULL;
-    int rc = test_stack_chatctl(&stack, &out, "conv", "create", conv, alice, bob, NULL);
-    ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
-    free(out);
+    test_conv_create(&stack, conv, alice, bob);
 
     PGconn *pg = pg_open();
-    sql(pg, "switch table", "CREATE TABLE IF NOT EXISTS test_store_fault (conv text PRIMARY KEY)", NULL);
-    sql(pg, "function",
-        "CREATE OR REPLACE FUNCTION test_store_fault() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-        " IF EXISTS (SELECT 1 FROM test_store_fault s WHERE s.conv = NEW.id) THEN"
-        " RAISE EXCEPTION 'simulated: could not extend file: No space left on device' USING ERRCODE = 'disk_full';"
-        " END IF; RETURN NEW; END $f$",
-        NULL);
-    sql(pg, "old trigger", "DROP TRIGGER IF EXISTS test_store_fault ON conversations", NULL);
-    sql(pg, "trigger",
-        "CREATE TRIGGER test_store_fault BEFORE UPDATE ON conversations FOR EACH ROW EXECUTE FUNCTION "
-        "test_store_fault()",
-        NULL);
-    sql(pg, "switch on", "INSERT INTO test_store_fault VALUES ($1)", conv);
+    arm_fault(pg, "test_store_fault",
+              "IF EXISTS (SELECT 1 FROM test_store_fault s WHERE s.conv = NEW.id) THEN"
+              " RAISE EXCEPTION 'simulated: could not extend file: No space left on device' USING ERRCODE = 'disk_full';"
+              " END IF; RETURN NEW;",
+              "BEFORE UPDATE ON conversations", conv);
     double retries0 = test_worker_metric("chat_ingest_store_retries_total");
 
     ws_client *a = test_connect_user(&stack, alice), *b = test_connect_user(&stack, bob);
@@ -202,30 +210,18 @@ START_TEST(poison_dropped_alone_and_missing_partition_created)
     test_stack_unique_id("sq", conv2, sizeof conv2);
     test_stack_unique_id("spa", alice, sizeof alice);
     test_stack_unique_id("spb", bob, sizeof bob);
-    for (int k = 0; k < 2; k++) {
-        char *out = NULL;
-        int rc = test_stack_chatctl(&stack, &out, "conv", "create", k ? conv2 : conv, alice, bob, NULL);
-        ck_assert_msg(rc == 0, "chatctl conv create exited %d: %s", rc, out ? out : "");
-        free(out);
-    }
+    test_conv_create(&stack, conv, alice, bob);
+    test_conv_create(&stack, conv2, alice, bob);
     PGconn *pg = pg_open();
-    sql(pg, "switch table", "CREATE TABLE IF NOT EXISTS test_store_poison (conv text PRIMARY KEY)", NULL);
     sql(pg, "tries", "CREATE SEQUENCE IF NOT EXISTS test_store_poison_tries", NULL);
-    sql(pg, "function",
-        "CREATE OR REPLACE FUNCTION test_store_poison() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-        " IF NEW.body = 'poison' THEN"
-        " RAISE EXCEPTION 'simulated: invalid value' USING ERRCODE = 'invalid_parameter_value'; END IF;"
-        " IF EXISTS (SELECT 1 FROM test_store_poison s WHERE s.conv = NEW.conversation_id)"
-        " AND nextval('test_store_poison_tries') = 1 THEN"
-        " RAISE EXCEPTION 'no partition of relation \"messages\" found for row (simulated)'"
-        " USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $f$",
-        NULL);
-    sql(pg, "old trigger", "DROP TRIGGER IF EXISTS test_store_poison ON messages", NULL);
-    sql(pg, "trigger",
-        "CREATE TRIGGER test_store_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION "
-        "test_store_poison()",
-        NULL);
-    sql(pg, "switch on", "INSERT INTO test_store_poison VALUES ($1)", conv2);
+    arm_fault(pg, "test_store_poison",
+              "IF NEW.body = 'poison' THEN"
+              " RAISE EXCEPTION 'simulated: invalid value' USING ERRCODE = 'invalid_parameter_value'; END IF;"
+              " IF EXISTS (SELECT 1 FROM test_store_poison s WHERE s.conv = NEW.conversation_id)"
+              " AND nextval('test_store_poison_tries') = 1 THEN"
+              " RAISE EXCEPTION 'no partition of relation \"messages\" found for row (simulated)'"
+              " USING ERRCODE = 'check_violation'; END IF; RETURN NEW;",
+              "BEFORE INSERT ON messages", conv2);
     double poison0 = test_worker_metric("chat_ingest_dropped_total{reason=\"poison\"}");
 
     ws_client *a = test_connect_user(&stack, alice);
