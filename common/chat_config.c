@@ -59,13 +59,13 @@ static const setting settings[] = {
     {"CHAT_PG_DSN", "--pg-dsn", "host=127.0.0.1 port=5433 dbname=chat user=chat", WK | CTL, F(pg_dsn),
      "libpq connection string (chatctl: the archive commands)"},
     {"CHAT_REDIS_URL", "--redis-url", "redis://127.0.0.1:6379", GW | WK, F(redis_url), "Redis"},
-    {"CHAT_JWT_SECRET", "--jwt-secret", "", GW | CTL, F(jwt_secret),
+    {"CHAT_JWT_SECRET", "--jwt-secret", "", GW | WK | CTL, F(jwt_secret),
      "HS256 secret for client tokens without kid (default: read from $CHAT_HOME/jwt_secret unless CHAT_JWT_KEYS "
      "is set)"},
-    {"CHAT_JWT_KEYS", "--jwt-keys", "", GW | CTL, F(jwt_keys),
+    {"CHAT_JWT_KEYS", "--jwt-keys", "", GW | WK | CTL, F(jwt_keys),
      "file of \"kid alg key\" lines: HS256 secrets, EdDSA or RS256 PEM files; a token's kid picks its key"},
-    {"CHAT_JWT_ISSUER", "--jwt-issuer", "", GW | CTL, F(jwt_issuer), "iss every token must carry (empty: not checked)"},
-    {"CHAT_JWT_AUDIENCE", "--jwt-audience", "", GW | CTL, F(jwt_audience),
+    {"CHAT_JWT_ISSUER", "--jwt-issuer", "", GW | WK | CTL, F(jwt_issuer), "iss every token must carry (empty: not checked)"},
+    {"CHAT_JWT_AUDIENCE", "--jwt-audience", "", GW | WK | CTL, F(jwt_audience),
      "aud every token must carry (empty: not checked)"},
     {"CHAT_JWT_MAX_TTL", "--jwt-max-ttl", "24h", GW | WK | CTL, F(jwt_max_ttl_raw),
      "longest token lifetime: exp further than this from now or from iat is refused (the worker: how long "
@@ -315,7 +315,18 @@ static chat_status nats_tls_valid(const chat_cfg *cfg, char *err, size_t errsz)
     return st;
 }
 
-/* redis://[[user]:password@]host:port[/db] */
+/* Copies len bytes of text into a field of size bytes; false when it does not fit. */
+static bool copy_part(char *field, size_t size, const char *text, size_t len)
+{
+    if (len >= size)
+        return false;
+    memcpy(field, text, len);
+    field[len] = '\0';
+    return true;
+}
+
+/* redis://[[user]:password@]host:port[/db]: a user (a Redis ACL user, deploy/redis/users.sh) ends
+ * at the first ':' of the part before the last '@'; without a ':' that part is the password. */
 static bool parse_redis(const char *url, chat_cfg *cfg)
 {
     if (strncmp(url, "redis://", 8) != 0)
@@ -325,12 +336,16 @@ static bool parse_redis(const char *url, chat_cfg *cfg)
         return false;
     strcpy(buf, url + 8);
     char *hostport = buf;
+    cfg->redis_user[0] = '\0';
     cfg->redis_password[0] = '\0';
     char *at = strrchr(buf, '@');
     if (at) {
         *at = '\0';
         char *colon = strchr(buf, ':');
-        snprintf(cfg->redis_password, sizeof cfg->redis_password, "%s", colon ? colon + 1 : buf);
+        const char *password = colon ? colon + 1 : buf;
+        if ((colon && !copy_part(cfg->redis_user, sizeof cfg->redis_user, buf, (size_t)(colon - buf))) ||
+            !copy_part(cfg->redis_password, sizeof cfg->redis_password, password, strlen(password)))
+            return false;
         hostport = at + 1;
     }
     cfg->redis_db = 0;
@@ -342,10 +357,9 @@ static bool parse_redis(const char *url, chat_cfg *cfg)
     }
     chat_listen l;
     if (strchr(hostport, ':') == NULL) {
-        snprintf(l.host, sizeof l.host, "%s", hostport);
-        l.port = 6379;
-        if (l.host[0] == '\0')
+        if (!copy_part(l.host, sizeof l.host, hostport, strlen(hostport)) || l.host[0] == '\0')
             return false;
+        l.port = 6379;
     } else if (chat_parse_listen(hostport, &l) != CHAT_OK) {
         return false;
     }
@@ -507,7 +521,7 @@ static chat_status validate_common(chat_cfg *cfg, unsigned prog, char *err, size
     }
     if ((prog & (GW | WK)) && !parse_redis(cfg->redis_url, cfg)) {
         chat_redact_url(cfg->redis_url, shown, sizeof shown);
-        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[:password@]host:port[/db] (got \"%s\")", shown);
+        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[[user]:password@]host:port[/db] (got \"%s\")", shown);
     }
     if (!parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
         return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
@@ -606,6 +620,9 @@ static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
         return fail(err, errsz, "CHAT_WORKER_ROLES",
                     "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
                     cfg->worker_roles);
+    /* the api role checks the tokens of the gateways' route claims (workers/wk_claims.h) */
+    if ((cfg->roles & CHAT_ROLE_API) && cfg->jwt == NULL) /* not loaded yet for the gateway's settings */
+        return jwt_policy_load(cfg, err, errsz);
     return CHAT_OK;
 }
 

@@ -62,6 +62,7 @@ typedef struct chat_cfg {
     char redis_host[256];
     int redis_port;
     int redis_db;
+    char redis_user[256];     /* a Redis ACL user ("": AUTH with the password alone, or none) */
     char redis_password[256];
     int partitions;
     int js_replicas;          /* JetStream replicas of the streams the worker creates */

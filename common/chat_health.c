@@ -13,6 +13,7 @@
 
 #include "chat_log.h"
 #include "chat_nats.h"
+#include "chat_redis.h"
 #include "chat_time.h"
 
 struct chat_health {
@@ -54,28 +55,23 @@ static void probe_pg(chat_health *h, bool *ok, char *err, size_t size)
     PQclear(r);
 }
 
+/* PING as CHAT_REDIS_URL's user (chat_redis_open authenticates: a Redis that wants a password
+ * answers nothing else, and the gateway's read-only user may PING). */
 static void probe_redis(chat_health *h, bool *ok, char *err, size_t size)
 {
     if (h->redis && h->redis->err) {
         redisFree(h->redis);
         h->redis = NULL;
     }
-    if (h->redis == NULL) {
-        struct timeval tv = {1, 0};
-        h->redis = redisConnectWithTimeout(h->cfg->redis_host, h->cfg->redis_port, tv);
-        if (h->redis && !h->redis->err)
-            redisSetTimeout(h->redis, tv);
-    }
-    redisReply *r = NULL;
-    if (h->redis && !h->redis->err)
-        r = redisCommand(h->redis, "PING");
+    if (h->redis == NULL)
+        h->redis = chat_redis_open(h->cfg, 1000, err, size);
+    redisReply *r = h->redis ? redisCommand(h->redis, "PING") : NULL;
     *ok = r && r->type == REDIS_REPLY_STATUS;
-    if (!*ok) {
-        snprintf(err, size, "%s", h->redis && h->redis->errstr[0] ? h->redis->errstr : "no answer to PING");
-        if (h->redis) {
-            redisFree(h->redis);
-            h->redis = NULL;
-        }
+    if (!*ok && h->redis) {
+        const char *why = h->redis->errstr[0] ? h->redis->errstr : "no answer to PING";
+        snprintf(err, size, "%s", r && r->type == REDIS_REPLY_ERROR ? r->str : why);
+        redisFree(h->redis);
+        h->redis = NULL;
     }
     if (r)
         freeReplyObject(r);

@@ -349,6 +349,16 @@ const char *chat_subject_typing_parse(const char *subject)
     return after_prefix(subject, "chat.typing.");
 }
 
+bool chat_subject_route(char *buf, size_t size, const char *gateway)
+{
+    return fits(snprintf(buf, size, "chat.route.%s", gateway), size);
+}
+
+const char *chat_subject_route_parse(const char *subject)
+{
+    return after_prefix(subject, "chat.route.");
+}
+
 const char *chat_subject_members_parse(const char *subject)
 {
     return after_prefix(subject, "chat.members.");

@@ -26,7 +26,8 @@ chat_status chat_nats_connect_shared(const chat_cfg *cfg, const char *name, int 
 
 /* chat_nats_connect (not waiting) whose own inboxes (nats.c's requests, JetStream push consumers
  * such as a KV watcher's) are made under inbox_prefix instead of "_INBOX": for a credential that
- * may subscribe only under a prefix of its own (the gateway's "_INBOX.gw.>"). */
+ * may subscribe only under a prefix of its own (the gateway's "_INBOX.gw.>"). inbox_prefix NULL keeps
+ * "_INBOX" (chat_nats_connect with wait_initial false). */
 chat_status chat_nats_connect_inbox(const chat_cfg *cfg, const char *name, const char *inbox_prefix,
                                     natsConnection **out);
 
@@ -62,6 +63,11 @@ bool chat_subject_api(char *buf, size_t size, const char *method); /* chat.api.v
  * of a typing notice (a membership change); NULL for any other subject. */
 const char *chat_subject_typing_parse(const char *subject);
 const char *chat_subject_members_parse(const char *subject);
+/* chat.route.<gateway>: a gateway's route requests (RouteRequest, workers/wk_claims.h) */
+bool chat_subject_route(char *buf, size_t size, const char *gateway);
+/* The gateway of a route request's subject (pointing into it), NULL for any other subject. */
+const char *chat_subject_route_parse(const char *subject);
+#define CHAT_SUBJECT_ROUTE_ALL "chat.route.*"     /* every gateway's route requests */
 #define CHAT_SUBJECT_TYPING_ALL "chat.typing.*"   /* every conversation's typing notices */
 #define CHAT_SUBJECT_MEMBERS_ALL "chat.members.*" /* every conversation's membership changes */
 

@@ -60,4 +60,25 @@ static inline int64_t chat_revoke_keep_s(int64_t max_ttl_s)
     return max_ttl_s + CHAT_REVOKE_KEEP_EXTRA_S;
 }
 
+/* A set of revocations as the bucket holds them (key -> kind, value, the watch that delivered it):
+ * what a gateway or a worker checks tokens against (gateway/gw_revoke.c, chat_revoke_watch.h feeds
+ * it). Not thread-safe: one owner thread, or every call under the caller's lock. Logs nothing. */
+typedef struct chat_revoke_set chat_revoke_set;
+chat_revoke_set *chat_revoke_set_create(void);            /* never NULL (CHAT_OOM) */
+void chat_revoke_set_destroy(chat_revoke_set *s);          /* NULL-safe */
+/* Keeps key (from watch `watch`) with value; returns its kind, 0 (and keeps nothing) when the key is
+ * neither u. nor j.; *user (CHAT_ID_MAX + 1 bytes, may be NULL) gets the user of a u. key. */
+chat_revoke_kind chat_revoke_set_put(chat_revoke_set *s, const char *key, int64_t value, uint32_t watch, char *user);
+void chat_revoke_set_delete(chat_revoke_set *s, const char *key);
+/* Watch `watch` has delivered the whole bucket: entries an older watch left that this one did not
+ * deliver are dropped (returns how many); the set counts as loaded from now on. */
+size_t chat_revoke_set_loaded(chat_revoke_set *s, uint32_t watch);
+bool chat_revoke_set_is_loaded(const chat_revoke_set *s);
+/* Whether verified claims are refused by an entry (u. not-before rule, or the j. key of its jti).
+ * Says nothing of loading: a set not loaded yet refuses only what it holds. */
+bool chat_revoke_set_refuses(const chat_revoke_set *s, const chat_jwt_claims *claims);
+/* Drops entries that can refuse nothing any more at now_s (chat_revoke_entry_until); returns how many. */
+size_t chat_revoke_set_trim(chat_revoke_set *s, int64_t now_s, int64_t max_ttl_s);
+size_t chat_revoke_set_size(const chat_revoke_set *s);
+
 #endif

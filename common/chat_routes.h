@@ -6,8 +6,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* When Redis started holding routes (Unix ms): every gateway sets it if missing (SET NX) and
- * renews its expiry with each route write. A Redis that restarted empty, or that no gateway reached
+/* A route (presence:<user>, member: the gateway, score: its expiry in Unix ms) lives
+ * CHAT_ROUTE_TTL_MS from its last write; a gateway's heartbeat claims its users' routes again every
+ * CHAT_ROUTE_REFRESH_MS (workers/wk_claims.h writes them). */
+#define CHAT_ROUTE_TTL_MS 30000
+#define CHAT_ROUTE_REFRESH_MS 10000
+
+/* When Redis started holding routes (Unix ms): set if missing (SET NX) and its expiry renewed with
+ * each route write (by the worker that writes a gateway's claims). A Redis that restarted empty, or that no gateway reached
  * for CHAT_ROUTES_SINCE_TTL_MS (a route lives 30 s and is rewritten every 10 s, so none expired
  * before that), may have lost routes of users still connected; the ingest trusts the routes only
  * once the key is CHAT_ROUTES_SETTLE_MS old, when every gateway has written all its users again (a

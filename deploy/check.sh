@@ -10,6 +10,9 @@
 #   - deploy/grafana: the dashboard is JSON, every query parses (promtool), it uses the
 #     provisioned datasource uid;
 #   - deploy/haproxy/haproxy.cfg: haproxy -c;
+#   - deploy/redis/users.sh: parses, prints the three users without a plain password, refuses to
+#     run without one; in docker-compose.yml the gateways use its `gateway` user, the workers `worker`
+#     (the ACLs themselves are tried in tests/integration/nats_cluster_test.sh);
 #   - deploy/postgres/10-chat.sh: bash -n; deploy/Dockerfile: its build packages cover
 #     CHAT_APT_PACKAGES' libraries and tools, its run-time packages every library the built
 #     binaries link (readelf NEEDED -> dpkg -S), when a build directory exists.
@@ -118,6 +121,18 @@ if ((${#compose[@]})); then
     else
         fail "services: got '$services', want '$want'"
     fi
+    # The Redis user in each service's CHAT_REDIS_URL (deploy/redis/users.sh).
+    redis_users=$(cd "$root" && "${compose[@]}" --env-file "$env_example" -f docker-compose.yml config 2>/dev/null |
+        awk '/^services:/ {in_s = 1; next} /^[^ ]/ {in_s = 0}
+             in_s && /^  [a-z0-9-]+:$/ {svc = $1; sub(/:$/, "", svc)}
+             in_s && $1 == "CHAT_REDIS_URL:" {u = $2; gsub(/["\047]/, "", u); sub(/^redis:\/\//, "", u); sub(/:.*/, "", u); print svc, u}' |
+        sort | tr '\n' ' ')
+    want='gateway-1 gateway gateway-2 gateway migrate worker worker-1 worker worker-2 worker '
+    if [[ "$redis_users" == "$want" ]]; then
+        pass "docker-compose.yml: the gateways use the Redis user gateway (read-only), the workers worker"
+    else
+        fail "Redis users in CHAT_REDIS_URL: got '$redis_users', want '$want'"
+    fi
 else
     skip "no docker-compose (apt-get install docker-compose: chat_install_ops_tools)"
 fi
@@ -215,6 +230,25 @@ if [[ -n "$haproxy" ]]; then
     fi
 else
     skip "no haproxy (Debian's haproxy package, unpacked into .deps/ by chat_install_ops_tools)"
+fi
+
+# ---------------------------------------------------------------- Redis users
+
+users_sh="$here/redis/users.sh"
+if ! sh -n "$users_sh"; then
+    fail "deploy/redis/users.sh does not parse"
+elif (load_env_example; sh "$users_sh" conf) >"$tmp/users.out" 2>&1 &&
+    [[ "$(cut -d' ' -f1-2 "$tmp/users.out" | tr '\n' ' ')" == 'user default user worker user gateway ' ]] &&
+    grep -qx 'user default reset' "$tmp/users.out" &&
+    ! (load_env_example; grep -qF -e "$REDIS_WORKER_PASSWORD" -e "$REDIS_GATEWAY_PASSWORD" "$tmp/users.out"); then
+    pass "deploy/redis/users.sh: users default (off), worker and gateway, passwords only as SHA-256"
+else
+    fail "deploy/redis/users.sh conf: $(tr '\n' ' ' <"$tmp/users.out" | head -c 400)"
+fi
+if (load_env_example; unset REDIS_GATEWAY_PASSWORD; sh "$users_sh" conf) >/dev/null 2>&1; then
+    fail "deploy/redis/users.sh runs with REDIS_GATEWAY_PASSWORD unset"
+else
+    pass "deploy/redis/users.sh refuses to run with a password unset"
 fi
 
 # ---------------------------------------------------------------- PostgreSQL init, Dockerfile

@@ -32,6 +32,6 @@ void gw_auth_handle(gw_server *srv, gw_session *s, const gw_inframe *f)
                               "the session still ends at its current token's exp");
         return;
     }
-    gw_session_set_token(s, &c);
+    gw_session_set_token(s, &c, f->token);
     gw_session_send_json(srv, s, json_pack("{s:s, s:I}", "type", "auth", "exp", (json_int_t)c.exp));
 }

@@ -1,4 +1,5 @@
-/* The presence thread: a queue from the lws thread, one hiredis connection, pipelined calls. */
+/* The presence thread: a queue from the lws thread, route requests to the worker over NATS, one
+ * hiredis connection for queries. */
 #include "gw_presence.h"
 
 #include <pthread.h>
@@ -13,28 +14,32 @@
 #include "chat_log.h"
 #include "chat_map.h"
 #include "chat_mem.h"
+#include "chat_nats.h"
+#include "chat_redis.h"
 #include "chat_routes.h"
 #include "chat_time.h"
 #include "gw_bus.h"
 
-#define SWEEP_MS 5000
 #define REDIS_RETRY_MS 1000 /* after a failed connection attempt, the next one waits this long */
 
 typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
 
-/* Users per heartbeat work item (one pipeline flush): one pipeline for every user held would grow
- * hiredis's output buffer to ~380 bytes per user (3.8 MB at 10,000), memory malloc keeps. */
+/* Claims per request (a heartbeat work item, or a run of first devices): one request for every user
+ * held would be megabytes (a token is a few hundred bytes); BEAT_BYTES keeps one under NATS's
+ * default max_payload of 1 MB with tokens of up to CHAT_JWT_MAX_LEN. */
 #define BEAT_USERS 256
+#define BEAT_BYTES (256 * 1024)
 
 typedef struct work {
     work_kind kind;
     char user[65];
     uint32_t route_gen; /* W_ONLINE: handed back with the user once its route is written */
+    char *token;        /* W_ONLINE: the user's token */
     uint64_t session;
     gw_bus_fn on_answer; /* W_QUERY */
     int n;
     char (*users)[65]; /* W_QUERY */
-    char *names;       /* W_BEAT: n user ids, each ending in NUL */
+    char *names;       /* W_BEAT: n pairs of user id and token, each ending in NUL */
     struct work *next;
 } work;
 
@@ -46,11 +51,16 @@ struct gw_presence {
     work *head, *tail;       /* under lock */
     bool stop;               /* under lock */
     gw_presence_handlers on; /* read-only after start */
+    char subject[64];        /* chat.route.<gateway id>; read-only after start */
+    natsConnection *nc;      /* the route requests': its inboxes are _INBOX.gw.<gateway id>.rt.*, inside
+                                the gateway's subscribe permission (the main connection's are not) */
     /* presence thread only */
+    bool worker_ok;          /* as last logged */
+    bool stopping;           /* the last round: the leaves of every user */
     redisContext *redis;
     bool redis_ok;
     int64_t connect_after_ms; /* no new connection before this (mono ms) after one failed */
-    int64_t routes_ok_ms;     /* the last route write Redis took (Unix ms, 0: none yet) */
+    int64_t routes_ok_ms;     /* the last route write the worker made (Unix ms, 0: none yet) */
     bool routes_failed;       /* a route write failed since then */
     bool first_failed;        /* a user's first route write failed since then */
 };
@@ -78,12 +88,13 @@ static work *work_new(work_kind kind, const char *user)
     return w;
 }
 
-void gw_presence_online(gw_presence *p, const char *user, uint32_t route_gen)
+void gw_presence_online(gw_presence *p, const char *user, uint32_t route_gen, const char *token)
 {
     if (p == NULL)
         return;
     work *w = work_new(W_ONLINE, user);
     w->route_gen = route_gen;
+    w->token = chat_xstrdup(token ? token : "");
     enqueue(p, w);
 }
 
@@ -109,6 +120,7 @@ void gw_presence_query(gw_presence *p, uint64_t session, const char *const *user
 
 typedef struct beat_batch {
     gw_presence *p;
+    gw_presence_token_fn token_of;
     work *w;
     size_t used, cap;
 } beat_batch;
@@ -122,9 +134,11 @@ static void beat_flush(beat_batch *b)
 
 static void beat_collect(const char *user, void *value, void *ctx)
 {
-    (void)value;
     beat_batch *b = ctx;
-    size_t len = strlen(user) + 1;
+    const char *token = b->token_of(value);
+    if (token == NULL)
+        token = "";
+    size_t ulen = strlen(user) + 1, len = ulen + strlen(token) + 1;
     if (b->w == NULL) {
         b->w = work_new(W_BEAT, NULL);
         b->cap = BEAT_USERS * 16;
@@ -137,26 +151,27 @@ static void beat_collect(const char *user, void *value, void *ctx)
         if ((b->w->names = realloc(b->w->names, b->cap)) == NULL)
             CHAT_OOM();
     }
-    memcpy(b->w->names + b->used, user, len);
+    memcpy(b->w->names + b->used, user, ulen);
+    memcpy(b->w->names + b->used + ulen, token, len - ulen);
     b->used += len;
-    if (++b->w->n == BEAT_USERS)
+    if (++b->w->n == BEAT_USERS || b->used >= BEAT_BYTES)
         beat_flush(b);
 }
 
-void gw_presence_beat(gw_presence *p, const chat_map *users)
+void gw_presence_beat(gw_presence *p, const chat_map *users, gw_presence_token_fn token_of)
 {
     if (p == NULL)
         return;
-    beat_batch b = {p, NULL, 0, 0};
+    beat_batch b = {p, token_of, NULL, 0, 0};
     chat_map_each(users, beat_collect, &b);
     beat_flush(&b);
 }
 
 /* ---- presence thread ---- */
 
-/* The connection, made when missing. After a failed attempt the next one waits REDIS_RETRY_MS: a
- * Redis that does not answer (each attempt waits up to 1 s) must not hold every user's first sync,
- * which waits for the route write (a reconnect storm would queue one attempt per user). */
+/* The connection for presence queries (read only), made when missing. After a failed attempt the
+ * next one waits REDIS_RETRY_MS: a Redis that does not answer (each attempt waits up to 1 s) must not
+ * hold the queries queued behind it. */
 static bool connect_redis(gw_presence *p)
 {
     if (p->redis && !p->redis->err)
@@ -166,37 +181,13 @@ static bool connect_redis(gw_presence *p)
     p->redis = NULL;
     if (chat_mono_ms() < p->connect_after_ms)
         return false;
-    const chat_cfg *cfg = p->srv->cfg;
-    struct timeval tv = {1, 0};
-    p->redis = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
-    if (p->redis == NULL || p->redis->err) {
+    char err[160];
+    p->redis = chat_redis_open(p->srv->cfg, 1000, err, sizeof err);
+    if (p->redis == NULL) {
         if (p->redis_ok)
-            LOG_WARN("presence", "event=redis_down detail=\"%s\"", p->redis ? p->redis->errstr : "no memory");
+            LOG_WARN("presence", "event=redis_down detail=\"%s\"", err);
         p->redis_ok = false;
-        if (p->redis)
-            redisFree(p->redis);
-        p->redis = NULL;
         p->connect_after_ms = chat_mono_ms() + REDIS_RETRY_MS;
-        return false;
-    }
-    redisSetTimeout(p->redis, tv);
-    bool ok = true;
-    if (cfg->redis_password[0]) {
-        redisReply *r = redisCommand(p->redis, "AUTH %s", cfg->redis_password);
-        ok = r && r->type != REDIS_REPLY_ERROR;
-        if (r)
-            freeReplyObject(r);
-    }
-    if (ok && cfg->redis_db) {
-        redisReply *r = redisCommand(p->redis, "SELECT %d", cfg->redis_db);
-        ok = r && r->type != REDIS_REPLY_ERROR;
-        if (r)
-            freeReplyObject(r);
-    }
-    if (!ok) {
-        LOG_WARN("presence", "event=redis_auth_failed");
-        redisFree(p->redis);
-        p->redis = NULL;
         return false;
     }
     if (!p->redis_ok)
@@ -225,49 +216,38 @@ static bool drain_replies(gw_presence *p, int n, redisReply **keep)
     return ok;
 }
 
-static void announce(gw_presence *p, const char *user, bool online, int64_t last_seen)
+/* Sends rq on chat.route.<this gateway>: the worker's answer (the caller frees it), or NULL when none
+ * came within GW_ROUTE_TIMEOUT_MS (no worker, NATS away). */
+static Chat__V1__RouteReply *route_call(gw_presence *p, const Chat__V1__RouteRequest *rq)
 {
-    Chat__V1__Presence pr = CHAT__V1__PRESENCE__INIT;
-    pr.user = (char *)user;
-    pr.online = online;
-    pr.last_seen_ms = last_seen;
-    uint8_t buf[128];
-    size_t len = chat__v1__presence__pack(&pr, buf);
-    char subject[96];
-    snprintf(subject, sizeof subject, "chat.presence.%s", user);
-    natsConnection_Publish(p->srv->nc, subject, buf, (int)len);
+    size_t len = chat__v1__route_request__get_packed_size(rq);
+    uint8_t *buf = chat_xcalloc(len + 1, 1);
+    chat__v1__route_request__pack(rq, buf);
+    natsMsg *reply = NULL;
+    natsStatus s = natsConnection_Request(&reply, p->nc, p->subject, buf, (int)len, GW_ROUTE_TIMEOUT_MS);
+    free(buf);
+    Chat__V1__RouteReply *rr = NULL;
+    if (s == NATS_OK)
+        rr = chat__v1__route_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
+                                           (const uint8_t *)natsMsg_GetData(reply));
+    natsMsg_Destroy(reply);
+    if (rr == NULL && p->worker_ok)
+        LOG_WARN("presence", "event=route_worker_down status=\"%s\"", s == NATS_OK ? "malformed answer" : natsStatus_GetText(s));
+    else if (rr && !p->worker_ok)
+        LOG_INFO("presence", "event=route_worker_up");
+    p->worker_ok = rr != NULL;
+    if (rr && rr->error[0])
+        LOG_WARN("presence", "event=route_request_failed error=%s", rr->error);
+    return rr;
 }
 
-static int append_alive(gw_presence *p, const char *user, int64_t now)
+/* A route request the worker wrote (since_before: routes:since before its writes, 0 missing). When
+ * this gateway's claims failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the key lived on (other
+ * gateways kept it: the ingest went on trusting the routes), its own routes may have expired
+ * meanwhile and events of users it shares with other gateways gone there only: every session here
+ * is closed with 1012 and syncs when back, as after a NATS reconnect. */
+static void routes_written(gw_presence *p, int64_t since, int64_t now)
 {
-    const char *gw = p->srv->gateway_id;
-    long long exp = (long long)(now + GW_PRESENCE_TTL_MS);
-    redisAppendCommand(p->redis, "ZADD presence:%s %lld %s", user, exp, gw);
-    redisAppendCommand(p->redis, "ZADD presence:online GT %lld %s", exp, user);
-    redisAppendCommand(p->redis, "PEXPIRE presence:%s %d", user, 2 * GW_PRESENCE_TTL_MS);
-    redisAppendCommand(p->redis, "SET last_seen:%s %lld", user, (long long)now);
-    return 4;
-}
-
-/* Keeps CHAT_ROUTES_SINCE_KEY (chat_routes.h): its value before (the first reply), then set when
- * missing (Redis restarted empty, or no gateway reached it for its expiry), its expiry renewed. */
-static int append_routes_since(gw_presence *p, int64_t now)
-{
-    redisAppendCommand(p->redis, "GET %s", CHAT_ROUTES_SINCE_KEY);
-    redisAppendCommand(p->redis, "SET %s %lld NX PX %d", CHAT_ROUTES_SINCE_KEY, (long long)now,
-                       CHAT_ROUTES_SINCE_TTL_MS);
-    redisAppendCommand(p->redis, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
-    return 3;
-}
-
-/* A pipeline of append_routes_since and route writes went through (since_before: its first
- * reply). When this gateway's writes failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the key
- * lived on (other gateways kept it: the ingest went on trusting the routes), its own routes may
- * have expired meanwhile and events of users it shares with other gateways gone there only: every
- * session here is closed with 1012 and syncs when back, as after a NATS reconnect. */
-static void routes_written(gw_presence *p, const redisReply *since_before, int64_t now)
-{
-    int64_t since = since_before && since_before->type == REDIS_REPLY_STRING ? strtoll(since_before->str, NULL, 10) : 0;
     if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
         LOG_WARN("presence", "event=routes_lost unwritten_ms=%lld", (long long)(now - p->routes_ok_ms));
         gw_bus_call(p->srv, p->on.on_routes_lost, NULL);
@@ -281,135 +261,104 @@ static void routes_written(gw_presence *p, const redisReply *since_before, int64
     p->first_failed = false;
 }
 
-/* Reads the n replies of a pipeline that starts with append_routes_since's: true when Redis took
- * them all (routes_written). */
-static bool routes_pipeline(gw_presence *p, int n, int64_t now)
+/* Claims[0..n) in one request; written[i] says whether the worker wrote claim i's route. */
+static void claim(gw_presence *p, Chat__V1__RouteClaim **claims, int n, bool refresh, bool *written)
 {
-    redisReply **r = chat_xcalloc((size_t)n, sizeof *r);
-    bool ok = drain_replies(p, n, r);
+    Chat__V1__RouteRequest rq = CHAT__V1__ROUTE_REQUEST__INIT;
+    rq.claims = claims;
+    rq.n_claims = (size_t)n;
+    rq.refresh = refresh;
+    int64_t now = chat_now_ms();
+    Chat__V1__RouteReply *rr = route_call(p, &rq);
+    bool ok = rr && rr->error[0] == '\0';
+    for (int i = 0; i < n; i++)
+        written[i] = ok;
+    for (size_t i = 0; ok && i < rr->n_refused; i++)
+        if (rr->refused[i] < (uint32_t)n)
+            written[rr->refused[i]] = false;
     if (ok)
-        routes_written(p, r[0], now);
+        routes_written(p, rr->since_ms, now);
     else
         p->routes_failed = true;
-    for (int i = 0; i < n; i++) /* those kept before a broken link too */
-        if (r[i])
-            freeReplyObject(r[i]);
-    free(r);
-    return ok;
+    chat__v1__route_reply__free_unpacked(rr, NULL);
 }
 
-/* The user's first device came: its route written (one retry on a fresh connection when the old one
- * broke, e.g. Redis restarted), then handed back to the lws thread, which lets the user's first sync
- * run only then (an event committed after that sync's read finds the route). With Redis unreachable
- * it is handed back all the same: the ingest cannot read routes then either, and goes per user. */
-static void do_online(gw_presence *p, const work *w)
+/* A run of first devices (W_ONLINE items from w on, at most BEAT_USERS): their routes claimed in one
+ * request, each handed back to the lws thread, which lets the user's first sync run only then (an
+ * event committed after that sync's read finds the route). Unwritten (refused, no worker, Redis
+ * unreachable) it is handed back all the same: the ingest cannot read that route either and goes
+ * per user. Returns the first item after the run. */
+static work *claim_first(gw_presence *p, work *w)
 {
-    int64_t now = chat_now_ms();
-    bool written = false;
-    for (int attempt = 0; attempt < 2 && !written; attempt++) {
-        if (!connect_redis(p))
-            break;
-        int n = append_routes_since(p, now);
-        n += append_alive(p, w->user, now);
-        /* the log the ingest's route cache follows: after the route, in the same pipeline */
-        redisAppendCommand(p->redis, "XADD %s MINID ~ %lld * u %s", CHAT_ROUTES_LOG_KEY,
-                           (long long)(now - CHAT_ROUTES_LOG_KEEP_MS), w->user);
-        n++;
-        written = routes_pipeline(p, n, now);
+    Chat__V1__RouteClaim items[BEAT_USERS], *claims[BEAT_USERS];
+    work *run[BEAT_USERS];
+    int n = 0;
+    for (; w && w->kind == W_ONLINE && n < BEAT_USERS; w = w->next, n++) {
+        chat__v1__route_claim__init(&items[n]);
+        items[n].user = w->user;
+        items[n].token = w->token;
+        claims[n] = &items[n];
+        run[n] = w;
     }
-    if (!written)
-        p->routes_failed = p->first_failed = true;
-    gw_presence_route *r = chat_xcalloc(1, sizeof *r);
-    snprintf(r->user, sizeof r->user, "%s", w->user);
-    r->route_gen = w->route_gen;
-    r->written = written;
-    gw_bus_call(p->srv, p->on.on_route, r);
-    announce(p, w->user, true, now);
+    bool written[BEAT_USERS];
+    claim(p, claims, n, false, written);
+    for (int i = 0; i < n; i++) {
+        if (!written[i])
+            p->first_failed = true;
+        gw_presence_route *r = chat_xcalloc(1, sizeof *r);
+        snprintf(r->user, sizeof r->user, "%s", run[i]->user);
+        r->route_gen = run[i]->route_gen;
+        r->written = written[i];
+        gw_bus_call(p->srv, p->on.on_route, r);
+    }
+    return w;
 }
 
-/* The user left this gateway: gone offline when no other gateway holds a live entry. */
-static void leave(gw_presence *p, const char *user, bool announce_offline)
+/* A run of leaves (W_OFFLINE items from w on, at most BEAT_USERS): this gateway's routes of those
+ * users dropped (the worker announces the ones no gateway holds any more offline). Without an
+ * answer the routes expire within CHAT_ROUTE_TTL_MS and a worker's sweeper announces. Returns the
+ * first item after the run. */
+static work *drop(gw_presence *p, work *w)
 {
-    int64_t now = chat_now_ms();
-    if (!connect_redis(p)) {
-        if (announce_offline)
-            announce(p, user, false, now);
-        return;
-    }
-    redisAppendCommand(p->redis, "ZREM presence:%s %s", user, p->srv->gateway_id);
-    redisAppendCommand(p->redis, "ZCOUNT presence:%s (%lld +inf", user, (long long)now);
-    redisReply *r[2] = {NULL, NULL};
-    if (!drain_replies(p, 2, r))
-        return;
-    bool others = r[1] && r[1]->type == REDIS_REPLY_INTEGER && r[1]->integer > 0;
-    freeReplyObject(r[0]);
-    freeReplyObject(r[1]);
-    if (others)
-        return;
-    redisAppendCommand(p->redis, "SET last_seen:%s %lld", user, (long long)now);
-    redisAppendCommand(p->redis, "ZREM presence:online %s", user);
-    if (drain_replies(p, 2, NULL) && announce_offline)
-        announce(p, user, false, now);
+    char *users[BEAT_USERS];
+    int n = 0;
+    for (; w && w->kind == W_OFFLINE && n < BEAT_USERS; w = w->next)
+        users[n++] = w->user;
+    if (p->stopping && !p->worker_ok)
+        return w; /* stopping with no worker answering: no 2 s wait per run, the routes expire */
+    Chat__V1__RouteRequest rq = CHAT__V1__ROUTE_REQUEST__INIT;
+    rq.drops = users;
+    rq.n_drops = (size_t)n;
+    chat__v1__route_reply__free_unpacked(route_call(p, &rq), NULL);
+    return w;
 }
 
-/* One heartbeat item: these users' entries refreshed, in one pipeline (once more on a fresh
- * connection when the old one broke: after a Redis restart every route must be back within
- * CHAT_ROUTES_SETTLE_MS). */
+/* One heartbeat item: these users' routes claimed again (a refresh: no log entry, no announcement;
+ * after a Redis restart every route is back within CHAT_ROUTES_SETTLE_MS). A claim the worker refuses
+ * (the token kept no longer proves the user: revoked) closes the user's sessions here: they claim
+ * again with their own tokens when they reconnect. */
 static void heartbeat(gw_presence *p, const work *w)
 {
-    for (int attempt = 0; attempt < 2 && w->n > 0; attempt++) {
-        if (!connect_redis(p)) {
-            p->routes_failed = true;
-            return;
-        }
-        int64_t now = chat_now_ms();
-        int replies = append_routes_since(p, now);
-        const char *user = w->names;
-        for (int i = 0; i < w->n; i++, user += strlen(user) + 1)
-            replies += append_alive(p, user, now);
-        if (routes_pipeline(p, replies, now))
-            return;
+    Chat__V1__RouteClaim *items = chat_xcalloc((size_t)w->n + 1, sizeof *items);
+    Chat__V1__RouteClaim **claims = chat_xcalloc((size_t)w->n + 1, sizeof *claims);
+    bool *written = chat_xcalloc((size_t)w->n + 1, sizeof *written);
+    char *at = w->names;
+    for (int i = 0; i < w->n; i++) {
+        chat__v1__route_claim__init(&items[i]);
+        items[i].user = at;
+        at += strlen(at) + 1;
+        items[i].token = at;
+        at += strlen(at) + 1;
+        claims[i] = &items[i];
     }
-}
-
-/* Users whose every entry expired (their gateway died): the gateway whose ZREM wins announces. */
-static void sweep(gw_presence *p)
-{
-    if (!connect_redis(p))
-        return;
-    int64_t now = chat_now_ms();
-    redisReply *r = redisCommand(p->redis, "ZRANGEBYSCORE presence:online -inf %lld LIMIT 0 500", (long long)now);
-    if (r == NULL) {
-        redisFree(p->redis);
-        p->redis = NULL;
-        return;
-    }
-    if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements; i++) {
-            const char *user = r->element[i]->str;
-            if (user == NULL)
-                continue;
-            redisReply *c = redisCommand(p->redis, "ZCOUNT presence:%s (%lld +inf", user, (long long)now);
-            bool alive = c && c->type == REDIS_REPLY_INTEGER && c->integer > 0;
-            if (c)
-                freeReplyObject(c);
-            if (alive)
-                continue;
-            redisReply *z = redisCommand(p->redis, "ZREM presence:online %s", user);
-            bool won = z && z->type == REDIS_REPLY_INTEGER && z->integer == 1;
-            if (z)
-                freeReplyObject(z);
-            if (!won)
-                continue;
-            redisReply *g = redisCommand(p->redis, "GET last_seen:%s", user);
-            int64_t last = g && g->type == REDIS_REPLY_STRING ? strtoll(g->str, NULL, 10) : now;
-            if (g)
-                freeReplyObject(g);
-            LOG_INFO("presence", "event=expired user=%s last_seen=%lld", user, (long long)last);
-            announce(p, user, false, last);
-        }
-    }
-    freeReplyObject(r);
+    claim(p, claims, w->n, true, written);
+    bool answered = p->worker_ok && !p->routes_failed;
+    for (int i = 0; answered && i < w->n; i++)
+        if (!written[i])
+            gw_bus_call(p->srv, p->on.on_refused, chat_xstrdup(items[i].user));
+    free(written);
+    free(claims);
+    free(items);
 }
 
 static void answer_query(gw_presence *p, work *w)
@@ -446,46 +395,38 @@ static void answer_query(gw_presence *p, work *w)
 static void *presence_thread(void *arg)
 {
     gw_presence *p = arg;
-    int64_t next_sweep = 0;
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        while (p->head == NULL && !p->stop) {
-            int64_t now = chat_mono_ms();
-            int64_t due = next_sweep;
-            if (due <= now)
-                break;
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            int64_t ns = until.tv_nsec + (due - now) * 1000000;
-            until.tv_sec += ns / 1000000000;
-            until.tv_nsec = ns % 1000000000;
-            pthread_cond_timedwait(&p->wake, &p->lock, &until);
-        }
+        while (p->head == NULL && !p->stop)
+            pthread_cond_wait(&p->wake, &p->lock);
         work *list = p->head;
         p->head = p->tail = NULL;
         bool stop = p->stop;
         pthread_mutex_unlock(&p->lock);
+        p->stopping = stop;
+        /* runs of first devices and of leaves go as one request each, in the order queued */
         for (work *w = list, *next; w; w = next) {
-            next = w->next;
-            if (w->kind == W_ONLINE)
-                do_online(p, w);
-            else if (w->kind == W_OFFLINE)
-                leave(p, w->user, true);
-            else if (w->kind == W_BEAT)
-                heartbeat(p, w);
-            else
-                answer_query(p, w);
-            free(w->users);
-            free(w->names);
-            free(w);
+            if (w->kind == W_ONLINE) {
+                next = claim_first(p, w);
+            } else if (w->kind == W_OFFLINE) {
+                next = drop(p, w);
+            } else {
+                if (w->kind == W_BEAT)
+                    heartbeat(p, w);
+                else
+                    answer_query(p, w);
+                next = w->next;
+            }
+            for (work *done = w, *after; done != next; done = after) {
+                after = done->next;
+                free(done->users);
+                free(done->names);
+                free(done->token);
+                free(done);
+            }
         }
         if (stop)
             break;
-        int64_t now = chat_mono_ms();
-        if (now >= next_sweep) {
-            sweep(p);
-            next_sweep = now + SWEEP_MS;
-        }
     }
     return NULL;
 }
@@ -498,9 +439,19 @@ chat_status gw_presence_start(gw_server *srv, const gw_presence_handlers *on, gw
     p->srv = srv;
     p->on = *on;
     p->redis_ok = true;
+    p->worker_ok = true;
+    chat_subject_route(p->subject, sizeof p->subject, srv->gateway_id);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "_INBOX.gw.%s.rt", srv->gateway_id);
+    chat_status st = chat_nats_connect_inbox(srv->cfg, "gateway-routes", prefix, &p->nc);
+    if (st != CHAT_OK) {
+        free(p);
+        return st;
+    }
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     if (pthread_create(&p->thread, NULL, presence_thread, p) != 0) {
+        natsConnection_Destroy(p->nc);
         free(p);
         return CHAT_ERR_INTERNAL;
     }
@@ -521,10 +472,12 @@ void gw_presence_destroy(gw_presence *p)
         next = w->next;
         free(w->users);
         free(w->names);
+        free(w->token);
         free(w);
     }
     if (p->redis)
         redisFree(p->redis);
+    natsConnection_Destroy(p->nc);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
     free(p);

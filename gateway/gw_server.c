@@ -57,6 +57,12 @@
  * so that a burst of frames (a sync page) goes to the kernel, not to lws's own copies. */
 #define SNDBUF_SIZE (GW_FRAME_MAX + LWS_PRE)
 
+/* The token a user's route claims show the worker (gw_presence_beat). */
+static const char *user_token(const void *entry)
+{
+    return ((const gw_user *)entry)->token;
+}
+
 /* Every 100 ms on the lws thread: requests past their deadline. */
 static void tick(lws_sorted_usec_list_t *sul)
 {
@@ -73,7 +79,7 @@ static void tick(lws_sorted_usec_list_t *sul)
         gw_revoke_trim(srv->revoke);
     }
     if (srv->ticks % (GW_PRESENCE_HEARTBEAT_MS / 100) == 50)
-        gw_presence_beat(srv->presence, srv->users);
+        gw_presence_beat(srv->presence, srv->users, user_token);
     lws_sul_schedule(srv->context, 0, &srv->tick_sul, tick, TICK_US);
 }
 
@@ -190,10 +196,9 @@ static int confirm_upgrade(gw_server *srv, struct lws *wsi)
  * second signature check: 4 us for HS256, 65 us for RS256 with a 3072-bit key, 135 us for EdDSA
  * on the 2-core test machine; simpler than carrying state across the upgrade), and look at the
  * revocations again (one may have come since CONFIRM_UPGRADE, before there was a session to close). */
-static bool session_claims(gw_server *srv, struct lws *wsi, chat_jwt_claims *claims)
+static bool session_claims(gw_server *srv, struct lws *wsi, chat_jwt_claims *claims, char *token, int size)
 {
-    char token[CHAT_JWT_MAX_LEN + 2] = "";
-    return get_token(wsi, token, sizeof token) &&
+    return get_token(wsi, token, size) &&
            chat_jwt_verify(srv->cfg->jwt, token, chat_now_ms() / 1000, claims, NULL) == CHAT_OK &&
            gw_revoke_check(srv->revoke, claims) == GW_REVOKE_PASS;
 }
@@ -414,12 +419,13 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
         return confirm_upgrade(srv, wsi);
     case LWS_CALLBACK_ESTABLISHED: {
         chat_jwt_claims claims;
-        if (!session_claims(srv, wsi, &claims))
+        char token[CHAT_JWT_MAX_LEN + 2] = "";
+        if (!session_claims(srv, wsi, &claims, token, sizeof token))
             return -1; /* never a session without a checked token */
         int sndbuf = SNDBUF_SIZE;
         if (setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0)
             return -1; /* as lws does when its own setsockopt fails */
-        gw_session_set_token(s, &claims);
+        gw_session_set_token(s, &claims, token);
         gw_session_established(srv, s, wsi, claims.user);
         return 0;
     }
@@ -541,6 +547,7 @@ static const gw_presence_handlers presence_handlers = {
     .on_route = route_written,
     .on_routes_back = gw_session_routes_back,
     .on_routes_lost = gw_session_routes_lost,
+    .on_refused = gw_session_close_user,
 };
 
 static const gw_bus_handlers bus_handlers = {

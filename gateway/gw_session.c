@@ -14,6 +14,7 @@
 
 #include "chat_frames.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
 #include "gw_presence.h"
@@ -219,6 +220,16 @@ void gw_session_lookup_done(gw_server *srv, uint64_t session)
 /* lws events                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The user's entry shows the token of its sessions that lives longest (its route claims). */
+static void pick_token(gw_user *u)
+{
+    const gw_session *best = NULL;
+    for (const gw_session *s = u->sessions; s; s = s->next_of_user)
+        if (s->token && (best == NULL || s->token_exp > best->token_exp))
+            best = s;
+    u->token = best ? best->token : NULL;
+}
+
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user)
 {
     s->wsi = wsi;
@@ -238,7 +249,7 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         chat_map_put(srv->users, u->id, u, NULL);
         atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
         u->route_gen = ++srv->route_gens;
-        gw_presence_online(srv->presence, u->id, u->route_gen);
+        gw_presence_online(srv->presence, u->id, u->route_gen, s->token);
     }
     s->next_of_user = u->sessions;
     if (u->sessions)
@@ -246,6 +257,7 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
     u->sessions = s;
     u->count++;
     s->u = u;
+    pick_token(u);
     s->established = true;
     slot_take(srv, s);
     char addr[64];
@@ -403,11 +415,15 @@ void gw_session_sweep(gw_server *srv)
     each_session(srv, sweep_one, &now_s);
 }
 
-void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims)
+void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims, const char *token)
 {
     s->token_iat = (uint32_t)claims->iat;
     s->token_jti = claims->jti[0] ? chat_revoke_jti_id(claims->jti) : 0;
     s->token_exp = (uint32_t)claims->exp;
+    free(s->token);
+    s->token = chat_xstrdup(token);
+    if (s->u)
+        pick_token(s->u);
 }
 
 static void close_with(gw_server *srv, gw_session *s, void *ctx)
@@ -451,6 +467,19 @@ static void resync_unwritten(const char *user, void *value, void *ctx)
     u->route_unwritten = false;
 }
 
+void gw_session_close_user(gw_server *srv, void *data)
+{
+    char *user = data;
+    gw_user *u = chat_map_get(srv->users, user);
+    int closed = 0;
+    for (gw_session *s = u ? u->sessions : NULL; s; s = s->next_of_user, closed++)
+        close_now(s, GW_CLOSE_SERVICE_RESTART);
+    if (closed)
+        LOG_INFO("gateway", "event=route_refused_resync user=%s closed=%d code=%d", user, closed,
+                 GW_CLOSE_SERVICE_RESTART);
+    free(user);
+}
+
 void gw_session_routes_back(gw_server *srv, void *data)
 {
     gw_presence_back *back = data;
@@ -468,8 +497,11 @@ void gw_session_closed(gw_server *srv, gw_session *s)
     free(s->sync_next);
     s->sync_next = NULL;
     gw_budget_free(&s->budget);
-    if (!s->established)
+    if (!s->established) {
+        free(s->token);
+        s->token = NULL;
         return;
+    }
     srv->session_on->on_closing(srv, s);
     s->established = false;
     LOG_DEBUG("gateway", "event=disconnected session=%s-%" PRIu64 " user=%s", srv->gateway_id, s->id, gw_session_user(s));
@@ -487,8 +519,12 @@ void gw_session_closed(gw_server *srv, gw_session *s)
             chat_map_remove(srv->users, u->id);
             gw_bus_unsubscribe_user(u->sub);
             free(u);
+        } else {
+            pick_token(u); /* s is out of the list: its token is no longer the user's */
         }
     }
+    free(s->token);
+    s->token = NULL;
     slot_give_back(srv, s);
     gw_peer_leave(srv->peers, s->peer);
     s->peer = NULL;

@@ -72,7 +72,7 @@ typedef struct gw_session {
     int close_code;              /* set: close at the next WRITEABLE with this code */
     /* the token's iat (0: none) and a hash of its jti (0: none), what gw_session_close_revoked
      * matches; iat fits 32 bits until 2106 (a verified token's iat is at most its exp, at most
-     * CHAT_JWT_MAX_TTL from now). Placed in what was padding: the session stays 184 bytes. */
+     * CHAT_JWT_MAX_TTL from now). Placed in what was padding. */
     uint32_t token_iat;
     int64_t closing_ms;          /* when close_code was set (GW_CLOSE_WAIT_MS) */
     uint64_t token_jti;
@@ -87,6 +87,7 @@ typedef struct gw_session {
     int64_t last_rx_ms;          /* the last frame or pong from the client (idle ping, sweep) */
     int64_t ping_sent_ms;        /* the last ping sent, or 0 */
     gw_peer *peer;               /* the client address's count (per-address limit), or NULL */
+    char *token;                 /* the token it runs on (owned): what its user's route claims may show */
 } gw_session;
 
 /* The sessions of one user on this gateway and their one delivery subscription. */
@@ -99,6 +100,8 @@ typedef struct gw_user {
     bool route_unwritten;        /* ready, but Redis did not take the write (gw_session_routes_back) */
     double post_tokens;          /* token bucket: posts per user on this gateway */
     int64_t post_refill_ms;
+    const char *token;           /* the token with the latest exp among its sessions' (borrowed from that
+                                    session): what its route claims show the worker (gw_presence.h) */
     char id[];                   /* as long as it is (one per user held) */
 } gw_user;
 
@@ -141,11 +144,15 @@ void gw_session_routes_lost(gw_server *srv, void *unused);
  * sync when back (their new route is written first). Every user's flag is cleared. */
 void gw_session_routes_back(gw_server *srv, void *data);
 
-/* user: the token's checked user id. */
+/* user: the checked user id of the session's token (gw_session_set_token done). */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
+/* A bus handler (data: a user id, freed): the worker refused the user's route claim (its token no
+ * longer proves the user, e.g. revoked): the user's sessions here are closed with 1012 and claim
+ * again with their own tokens when they reconnect. */
+void gw_session_close_user(gw_server *srv, void *data);
 /* The token s runs on from now (at the upgrade, or renewed by an auth frame): what a revocation is
  * matched against, and the exp the sweep closes it at. */
-void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims);
+void gw_session_set_token(gw_session *s, const chat_jwt_claims *claims, const char *token);
 /* lws contract: 0 carry on, -1 close. */
 int gw_session_receive(gw_server *srv, gw_session *s, const void *in, size_t len);
 int gw_session_writeable(gw_server *srv, gw_session *s);

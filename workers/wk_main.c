@@ -20,6 +20,7 @@
 #include "wk_migrate.h"
 #include "wk_notify.h"
 #include "wk_streams.h"
+#include "wk_claims.h"
 #include "wk_typing.h"
 
 static const char *usage = "chat-worker [migrate | streams] [--roles ingest,api,notify,archive] [settings...]";
@@ -76,6 +77,9 @@ static int run(const chat_cfg *cfg)
     wk_typing *typing = NULL;
     if ((cfg->roles & CHAT_ROLE_API) && wk_typing_start(&app, &typing) != CHAT_OK)
         return 1;
+    wk_claims *claims = NULL;
+    if ((cfg->roles & CHAT_ROLE_API) && wk_claims_start(&app, &claims) != CHAT_OK)
+        return 1;
     wk_notify *notify = NULL;
     if ((cfg->roles & CHAT_ROLE_NOTIFY) && wk_notify_start(&app, &notify) != CHAT_OK)
         return 1;
@@ -88,6 +92,7 @@ static int run(const chat_cfg *cfg)
 
     wk_api_destroy(api); /* first: posts in flight wait for the ingest's commit */
     wk_typing_destroy(typing);
+    wk_claims_destroy(claims);
     wk_notify_destroy(notify);
     wk_ingest_destroy(ingest);
     wk_archive_destroy(archive);

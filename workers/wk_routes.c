@@ -5,12 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include "chat_log.h"
 #include "chat_map.h"
 #include "chat_mem.h"
 #include "chat_nats.h"
+#include "chat_redis.h"
 #include "chat_routes.h"
 #include "chat_time.h"
 
@@ -23,33 +23,9 @@ struct wk_routes {
     atomic_uint_fast64_t *via_gateway, *via_user;
 };
 
-static bool setup_command(redisContext *c, const char *fmt, const char *arg, int n)
-{
-    redisReply *r = arg ? redisCommand(c, fmt, arg) : redisCommand(c, fmt, n);
-    bool ok = r && r->type != REDIS_REPLY_ERROR;
-    if (r)
-        freeReplyObject(r);
-    return ok;
-}
-
 redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz)
 {
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
-    if (c == NULL || c->err) {
-        snprintf(err, errsz, "%s", c ? c->errstr : "no memory");
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, tv);
-    if ((cfg->redis_password[0] && !setup_command(c, "AUTH %s", cfg->redis_password, 0)) ||
-        (cfg->redis_db && !setup_command(c, "SELECT %d", NULL, cfg->redis_db))) {
-        snprintf(err, errsz, "AUTH or SELECT refused");
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    return chat_redis_open(cfg, timeout_ms, err, errsz);
 }
 
 void wk_redis_link_init(wk_redis_link *l, const chat_cfg *cfg, const char *comp, const char *label,

@@ -20,8 +20,8 @@
 
 #define WK_ROUTES_TIMEOUT_MS 200 /* connect, and each pipeline's answers */
 
-/* A Redis connection to CHAT_REDIS_URL with timeout_ms for the connect and every reply (AUTH and
- * SELECT done); NULL with a line in err. */
+/* A Redis connection to CHAT_REDIS_URL with timeout_ms for the connect and every reply (AUTH as the
+ * URL's user and SELECT done: chat_redis_open, common/chat_redis.h); NULL with a line in err. */
 redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz);
 
 /* A Redis connection that is made when missing and, after a failure, not again before a back-off

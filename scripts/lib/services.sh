@@ -191,6 +191,9 @@ chat_redis_addr() {
     chat_url_hostport "$CHAT_REDIS_URL" 6379 || chat_die "CHAT_REDIS_URL='$CHAT_REDIS_URL' is not a redis://host:port URL"
 }
 
+# chat_redis_start: a local Redis for a loopback CHAT_REDIS_URL. CHAT_REDIS_EXTRA_CONF (default
+# empty), when set, is appended to its redis.conf as is: the cluster test gives it the platform's
+# users (deploy/redis/users.sh conf); the embedded stack's Redis has none and no password.
 chat_redis_start() {
     local host port dir="$CHAT_HOME/redis" conf bin
     read -r host port < <(chat_redis_addr)
@@ -214,13 +217,20 @@ appendonly no
 logfile "$CHAT_HOME/logs/redis.log"
 pidfile "$dir/redis.pid"
 EOF
+    if [[ -n "${CHAT_REDIS_EXTRA_CONF:-}" ]]; then
+        printf '%s\n' "$CHAT_REDIS_EXTRA_CONF" >>"$conf.tmp"
+    fi
     mv -f -- "$conf.tmp" "$conf"
     chat_port_check "$port" "Redis" redis redis-server
     chat_proc_start redis "$bin" "$conf"
 }
 
+# chat_redis_ping PORT: Redis answers, PONG or, when it has users with passwords
+# (CHAT_REDIS_EXTRA_CONF), NOAUTH.
 chat_redis_ping() {
-    [[ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" == PONG ]]
+    local out
+    out=$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)
+    [[ "$out" == PONG || "$out" == NOAUTH* ]]
 }
 
 chat_redis_wait() {

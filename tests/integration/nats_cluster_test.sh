@@ -21,7 +21,12 @@
 #     CHAT_EVENTS but not touch CHAT_IN's consumers nor the notify role's; the worker may not update
 #     a stream, the setup user may do nothing else; a wrong password is
 #     refused; and no role
-#     hit a permission violation while serving.
+#     hit a permission violation while serving;
+#   - Redis has the users of deploy/redis/users.sh (random passwords): the workers run as `worker`,
+#     the gateways as `gateway`, which reads presence:<user> and last_seen:<user> (ZCOUNT, GET)
+#     and may write nothing (ZADD, SET, XADD, DEL refused with NOPERM), read no other key, nor run
+#     FLUSHALL, CONFIG, KEYS or ACL SETUSER; the worker may not FLUSHALL or CONFIG; a connection
+#     without a user, or with a wrong password, runs nothing.
 # The test brings everything it needs: the three NATS nodes, and a PostgreSQL cluster and a Redis
 # of its own (scripts/lib/services.sh, in a temporary CHAT_HOME; PostgreSQL runs as the postgres
 # user, so the test needs root, as scripts/test does). Not the test stack's PostgreSQL: the ingest
@@ -145,7 +150,7 @@ worker2_port=${ports[13]}
 # values: they must start with a letter (deploy/env.example says so), hence the "p".
 secret() { printf 'p%s' "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"; }
 export NATS_ROUTE_PASSWORD NATS_GATEWAY_1_PASSWORD NATS_GATEWAY_2_PASSWORD NATS_WORKER_PASSWORD NATS_BACKEND_PASSWORD \
-    NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD NATS_SETUP_PASSWORD
+    NATS_ADMIN_PASSWORD NATS_SYS_PASSWORD NATS_SETUP_PASSWORD REDIS_WORKER_PASSWORD REDIS_GATEWAY_PASSWORD
 NATS_ROUTE_PASSWORD=$(secret)
 NATS_GATEWAY_1_PASSWORD=$(secret)
 NATS_GATEWAY_2_PASSWORD=$(secret)
@@ -154,6 +159,8 @@ NATS_SETUP_PASSWORD=$(secret)
 NATS_BACKEND_PASSWORD=$(secret)
 NATS_ADMIN_PASSWORD=$(secret)
 NATS_SYS_PASSWORD=$(secret)
+REDIS_WORKER_PASSWORD=$(secret)
+REDIS_GATEWAY_PASSWORD=$(secret)
 
 start_node() { # N
     local n=$1
@@ -240,7 +247,13 @@ if ! ports[11]=$(fresh_port "${ports[11]}") || ! ports[12]=$(fresh_port "${ports
     exit 1
 fi
 export CHAT_PG_DSN="host=127.0.0.1 port=${ports[11]} dbname=chat user=chat"
-export CHAT_REDIS_URL="redis://127.0.0.1:${ports[12]}"
+# Redis with the users of deploy/redis/users.sh (the default user off): the workers' URL names
+# `worker`, the gateways' `gateway`.
+redis_worker_url="redis://worker:$REDIS_WORKER_PASSWORD@127.0.0.1:${ports[12]}/0"
+redis_gateway_url="redis://gateway:$REDIS_GATEWAY_PASSWORD@127.0.0.1:${ports[12]}/0"
+export CHAT_REDIS_URL=$redis_worker_url
+CHAT_REDIS_EXTRA_CONF=$(sh "$src/deploy/redis/users.sh" conf) || { fail "deploy/redis/users.sh conf failed"; exit 1; }
+export CHAT_REDIS_EXTRA_CONF
 services=1
 # In a subshell: the helpers exit on failure, and that must become a FAIL line here.
 if ! (chat_pg_start && chat_redis_start && chat_redis_wait) >"$tmp/services.log" 2>&1; then
@@ -375,7 +388,8 @@ start_worker worker2 "$worker2_port" notify
 # A gateway whose id is not its credential's: NATS refuses its subscriptions (another gateway's
 # replies and batches), and it says so and stops rather than serve deaf.
 set +e
-timeout 60 env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
+timeout 60 env "${common_env[@]}" CHAT_REDIS_URL="$redis_gateway_url" \
+    CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
     CHAT_GATEWAY_ID=gateway-2 CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" \
     "$build/bin/chat-gateway" >"$tmp/gateway-wrong-id.log" 2>&1
 wrong_rc=$?
@@ -386,12 +400,13 @@ else
     fail "a gateway with another gateway's id: exit $wrong_rc, $(tail -n 5 "$tmp/gateway-wrong-id.log" | tr '\n' ' ' | head -c 400)"
 fi
 
-env "${common_env[@]}" CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
+env "${common_env[@]}" CHAT_REDIS_URL="$redis_gateway_url" \
+    CHAT_NATS_URL="$(urls gateway-1 "$NATS_GATEWAY_1_PASSWORD")" CHAT_DEV_MODE=0 \
     CHAT_GATEWAY_ID=gateway-1 CHAT_GATEWAY_LISTEN="127.0.0.1:$gateway_port" CHAT_WS_MAX_PER_IP=0 \
     "$build/bin/chat-gateway" >>"$tmp/gateway.log" 2>&1 &
 pids[gateway]=$!
 if wait_for 120 ready_or_dead "$gateway_port" gateway; then
-    pass "chat-gateway with the gateway-1 credentials (CHAT_GATEWAY_ID=gateway-1) is ready against the cluster"
+    pass "chat-gateway with the gateway-1 credentials (CHAT_GATEWAY_ID=gateway-1) and the gateway Redis user is ready against the cluster"
 else
     fail "chat-gateway not ready: $(curl -sS --max-time 2 "http://127.0.0.1:$gateway_port/readyz" 2>&1 | tr '\n' ' ')"
     exit 1
@@ -511,9 +526,18 @@ if exec {ws}<>"/dev/tcp/127.0.0.1/$gateway_port"; then
             sleep 0.5
             timeout 0.5 cat <&"$ws" >>"$tmp/ws" || true
             grep -aq '"type":"error"' "$tmp/ws" && ws_ok=0
+            # bob's route, which the gateway may not write (its Redis user reads only): the api
+            # role wrote it from the gateway's claim with bob's token (workers/wk_claims.h)
+            route_exp=$(REDISCLI_AUTH=$REDIS_WORKER_PASSWORD redis-cli -h 127.0.0.1 -p "${ports[12]}" --user worker \
+                ZSCORE presence:bob gateway-1 2>&1 || true)
         fi
     fi
     exec {ws}>&-
+fi
+if [[ "${route_exp:-}" =~ ^[0-9]+$ ]] && ((route_exp > $(date +%s%3N))); then
+    pass "bob's route to gateway-1 is in Redis (written by the worker from the gateway's claim; expires in $((route_exp - $(date +%s%3N))) ms)"
+else
+    fail "bob's route to gateway-1: ZSCORE presence:bob gateway-1 said '${route_exp:-}'"
 fi
 if ((ws_ok)) && grep -aq '"seq":2' "$tmp/ws"; then
     pass "a WebSocket client posted through the gateway (ack seq 2, its msg frame; $ws_retries retries) and used typing, history, sync, conversations, presence, seen, read without an error"
@@ -619,6 +643,12 @@ expect_violation "gateway subscribes to chat.evt.>" 1 gateway-1 "$gw_pw" \
     'SUB chat.evt.> 1\r\n' 'Subscription to "chat.evt.>"'
 expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway-1 "$gw_pw" \
     'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
+expect_violation "gateway-1 claims routes as gateway-2 (chat.route.gateway-2)" 1 gateway-1 "$gw_pw" \
+    'PUB chat.route.gateway-2 _INBOX.gw.gateway-1.rt.x 0\r\n\r\n' 'Publish to "chat.route.gateway-2"'
+expect_violation "gateway subscribes to chat.route.* (answering other gateways' route claims)" 1 gateway-1 "$gw_pw" \
+    'SUB chat.route.* 1\r\n' 'Subscription to "chat.route.\*"'
+expect_violation "gateway publishes presence (anyone's online status)" 1 gateway-1 "$gw_pw" \
+    'PUB chat.presence.alice 0\r\n\r\n' 'Publish to "chat.presence.alice"'
 expect_violation "gateway writes into the revocations bucket (un-revoking anyone)" 1 gateway-1 "$gw_pw" \
     'PUB $KV.CHAT_REVOKED.u.bob 1\r\n1\r\n' 'Publish to "\$KV.CHAT_REVOKED.u.bob"'
 expect_violation "gateway purges the revocations bucket" 1 gateway-1 "$gw_pw" \
@@ -666,6 +696,73 @@ if grep -q '"num_replicas":3' <<<"$info"; then
 else
     fail "CHAT_IN after the refused delete: $(head -c 300 <<<"$info")"
 fi
+
+# ---------------------------------------------------------------- Redis users
+
+# The users of deploy/redis/users.sh. The platform served above with them: the workers wrote the
+# routes and presence as `worker`, the gateway answered presence and /readyz (PING) as `gateway`.
+rcli() { # USER PASSWORD ARGS...: one command as USER on the test's Redis; its answer on stdout
+    local u=$1 p=$2; shift 2
+    REDISCLI_AUTH=$p redis-cli -h 127.0.0.1 -p "${ports[12]}" --user "$u" "$@" 2>&1 || true
+}
+# expect_noperm DESC USER PASSWORD ARGS...: Redis refuses ARGS to USER with NOPERM
+expect_noperm() {
+    local desc=$1 out; shift
+    out=$(rcli "$@")
+    if [[ "$out" == NOPERM* ]]; then
+        pass "Redis: $desc: refused ($(head -n 1 <<<"$out"))"
+    else
+        fail "Redis: $desc: not refused (Redis said: $(tr '\n' '|' <<<"$out" | head -c 300))"
+    fi
+}
+rkey="cluster-$$-$RANDOM"
+rw=(worker "$REDIS_WORKER_PASSWORD")
+rg=(gateway "$REDIS_GATEWAY_PASSWORD")
+w1=$(rcli "${rw[@]}" ZADD "presence:$rkey" 9999999999999 gateway-1)
+w2=$(rcli "${rw[@]}" SET "last_seen:$rkey" 12345)
+if [[ "$w1" == 1 && "$w2" == OK ]]; then
+    pass "Redis: the worker user writes a route and last_seen"
+else
+    fail "Redis: the worker user's writes: ZADD said '$w1', SET said '$w2'"
+fi
+g1=$(rcli "${rg[@]}" ZCOUNT "presence:$rkey" -inf +inf)
+g2=$(rcli "${rg[@]}" GET "last_seen:$rkey")
+if [[ "$g1" == 1 && "$g2" == 12345 ]]; then
+    pass "Redis: the gateway user reads presence:<user> (ZCOUNT) and last_seen:<user> (GET)"
+else
+    fail "Redis: the gateway user's reads: ZCOUNT said '$g1', GET said '$g2'"
+fi
+expect_noperm "the gateway user writes a route (ZADD presence:<user>)" "${rg[@]}" ZADD "presence:$rkey" 1 gateway-2
+expect_noperm "the gateway user writes last_seen (SET last_seen:<user>)" "${rg[@]}" SET "last_seen:$rkey" 1
+expect_noperm "the gateway user appends to the routes' log (XADD routes:log)" "${rg[@]}" XADD routes:log '*' u "$rkey"
+expect_noperm "the gateway user sets the routes' epoch (SET routes:since)" "${rg[@]}" SET routes:since 1
+expect_noperm "the gateway user deletes presence:online" "${rg[@]}" DEL presence:online
+expect_noperm "the gateway user reads a key outside presence and last_seen (GET routes:since)" "${rg[@]}" GET routes:since
+expect_noperm "the gateway user runs FLUSHALL" "${rg[@]}" FLUSHALL
+expect_noperm "the gateway user runs CONFIG SET" "${rg[@]}" CONFIG SET appendonly no
+expect_noperm "the gateway user runs KEYS" "${rg[@]}" KEYS '*'
+expect_noperm "the gateway user widens its own rights (ACL SETUSER)" "${rg[@]}" ACL SETUSER gateway '+@all'
+expect_noperm "the worker user runs FLUSHALL" "${rw[@]}" FLUSHALL
+expect_noperm "the worker user runs CONFIG SET" "${rw[@]}" CONFIG SET appendonly no
+g1=$(rcli "${rg[@]}" ZCOUNT "presence:$rkey" -inf +inf)
+if [[ "$g1" == 1 ]]; then
+    pass "Redis: the refused ZADD changed nothing (presence:$rkey has 1 route)"
+else
+    fail "Redis: presence:$rkey after the refused ZADD: ZCOUNT said '$g1'"
+fi
+out=$(redis-cli -h 127.0.0.1 -p "${ports[12]}" ZCOUNT "presence:$rkey" -inf +inf 2>&1 || true)
+if [[ "$out" == NOAUTH* ]]; then
+    pass "Redis: a connection without a user runs nothing ($out)"
+else
+    fail "Redis: a connection without a user: $(head -c 300 <<<"$out")"
+fi
+out=$(rcli gateway "wrong-$REDIS_GATEWAY_PASSWORD" PING)
+if [[ "$out" == *WRONGPASS* ]]; then
+    pass "Redis: a wrong password is refused"
+else
+    fail "Redis: wrong password: $(head -c 300 <<<"$out")"
+fi
+rcli "${rw[@]}" DEL "presence:$rkey" "last_seen:$rkey" >/dev/null
 
 printf '%d passed, %d failed\n' "$passed" "$failed"
 ((failed == 0))

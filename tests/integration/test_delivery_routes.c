@@ -29,6 +29,7 @@
 #include <nats/nats.h>
 
 #include "chat.pb-c.h"
+#include "chat_redis.h"
 #include "chat_routes.h"
 #include "chat_time.h"
 #include "test_check.h"
@@ -62,13 +63,14 @@ static void redis_service(const char *fn)
     ck_assert_msg(rc == 0, "%s exited %d", fn, rc);
 }
 
-/* The value of routes:since in the stack's Redis (0: missing or unreachable). */
+/* The value of routes:since in the stack's Redis (0: missing or unreachable), read as the
+ * stack's CHAT_REDIS_URL says (its user and database). */
 static int64_t routes_since(void)
 {
-    struct timeval tv = {1, 0};
-    redisContext *r = redisConnectWithTimeout(stack.cfg.redis_host, stack.cfg.redis_port, tv);
+    char err[160];
+    redisContext *r = chat_redis_open(&stack.cfg, 1000, err, sizeof err);
     int64_t since = 0;
-    if (r && !r->err) {
+    if (r) {
         redisReply *g = redisCommand(r, "GET %s", CHAT_ROUTES_SINCE_KEY);
         if (g && g->type == REDIS_REPLY_STRING)
             since = strtoll(g->str, NULL, 10);

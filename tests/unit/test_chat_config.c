@@ -1,5 +1,6 @@
 /* Settings: defaults, environment, flags over environment, and one clear error per bad value. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +49,31 @@ START_TEST(defaults_serve_the_embedded_stack)
     ck_assert(!cfg.dev_mode);
     ck_assert_uint_eq(cfg.roles, CHAT_ROLE_ALL);
     ck_assert_int_eq(cfg.ingest_committers, 2);
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+/* The api role checks the gateways' route claims' tokens: a worker with it needs the token keys
+ * (the HS256 secret from the environment or $CHAT_HOME/jwt_secret), one without it does not. */
+START_TEST(api_role_needs_the_token_keys)
+{
+    clean_env();
+    unsetenv("CHAT_JWT_SECRET");
+    setenv("CHAT_HOME", "/nonexistent-chat-home", 1);
+    chat_cfg cfg;
+    char err[512] = "";
+    char *argv[] = {"x"};
+    setenv("CHAT_WORKER_ROLES", "ingest,notify,archive", 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_OK);
+    ck_assert_ptr_null(cfg.jwt);
+    chat_cfg_free(&cfg);
+    setenv("CHAT_WORKER_ROLES", "ingest,api", 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_ERR_INVALID);
+    ck_assert_msg(strncmp(err, "CHAT_JWT_SECRET:", 16) == 0, "%s", err);
+    chat_cfg_free(&cfg);
+    setenv("CHAT_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_WORKER, err, 1, argv), CHAT_OK);
+    ck_assert_ptr_nonnull(cfg.jwt);
     chat_cfg_free(&cfg);
 }
 END_TEST
@@ -173,7 +199,46 @@ START_TEST(redis_url_parts)
     ck_assert_str_eq(cfg.redis_host, "10.1.2.3");
     ck_assert_int_eq(cfg.redis_port, 6380);
     ck_assert_int_eq(cfg.redis_db, 2);
+    ck_assert_str_eq(cfg.redis_user, "");
     ck_assert_str_eq(cfg.redis_password, "s3cret");
+    chat_cfg_free(&cfg);
+}
+END_TEST
+
+/* A Redis ACL user (deploy/redis/users.sh) before the first ':' of the user information; the
+ * password after it, ':' and '@' included (the host follows the last '@'). */
+START_TEST(redis_url_user)
+{
+    static const struct {
+        const char *url, *user, *password, *host;
+    } ok[] = {
+        {"redis://gateway:s3cret@redis:6379/0", "gateway", "s3cret", "redis"},
+        {"redis://worker:a:b@c@10.0.0.1", "worker", "a:b@c", "10.0.0.1"},
+        {"redis://:s3cret@redis", "", "s3cret", "redis"},     /* empty user: the password alone */
+        {"redis://s3cret@redis", "", "s3cret", "redis"},      /* no ':': a password, not a user */
+        {"redis://nopassuser:@redis", "nopassuser", "", "redis"}, /* a user with an empty password */
+        {"redis://127.0.0.1:6379", "", "", "127.0.0.1"},
+    };
+    char *argv[] = {"x"};
+    char err[512];
+    chat_cfg cfg;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        clean_env();
+        setenv("CHAT_REDIS_URL", ok[i].url, 1);
+        ck_assert_msg(load(&cfg, CHAT_PROG_WORKER, err, 1, argv) == CHAT_OK, "%s: %s", ok[i].url, err);
+        ck_assert_str_eq(cfg.redis_user, ok[i].user);
+        ck_assert_str_eq(cfg.redis_password, ok[i].password);
+        ck_assert_str_eq(cfg.redis_host, ok[i].host);
+        chat_cfg_free(&cfg);
+    }
+    /* a user too long for its field is refused, not cut (AUTH would fail with no clue why) */
+    char url[600];
+    snprintf(url, sizeof url, "redis://%0300d:s3cretpw@redis", 0);
+    clean_env();
+    setenv("CHAT_REDIS_URL", url, 1);
+    ck_assert_int_eq(load(&cfg, CHAT_PROG_GATEWAY, err, 1, argv), CHAT_ERR_INVALID);
+    ck_assert(strncmp(err, "CHAT_REDIS_URL", 14) == 0);
+    ck_assert_msg(strstr(err, "s3cretpw") == NULL, "%s", err);
     chat_cfg_free(&cfg);
 }
 END_TEST
@@ -248,6 +313,7 @@ START_TEST(errors_mask_secrets)
     } leaky[] = {
         {"CHAT_NATS_URL", "nats://gw:s3cretpw@host", CHAT_PROG_GATEWAY},
         {"CHAT_REDIS_URL", "redis://:s3cretpw@host:notaport", CHAT_PROG_GATEWAY},
+        {"CHAT_REDIS_URL", "redis://gateway:s3cretpw@host:notaport", CHAT_PROG_GATEWAY},
         {"CHAT_PUSH_WEBHOOK_URL", "ftp://u:s3cretpw@hooks.example/x", CHAT_PROG_WORKER},
         {"CHAT_PG_DSN", "host=h password=s3cretpw port", CHAT_PROG_WORKER},
         {"CHAT_PG_DSN", "host=h password s3cretpw", CHAT_PROG_WORKER},
@@ -277,10 +343,12 @@ int main(void)
     tcase_add_test(tc, missing_secret_names_the_file);
     tcase_add_test(tc, flag_without_value);
     tcase_add_test(tc, redis_url_parts);
+    tcase_add_test(tc, redis_url_user);
     tcase_add_test(tc, origins);
     tcase_add_test(tc, dev_mode_needs_loopback);
     tcase_add_test(tc, egress_allow_checked);
     tcase_add_test(tc, errors_mask_secrets);
+    tcase_add_test(tc, api_role_needs_the_token_keys);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }

@@ -19,6 +19,8 @@ START_TEST(url_lists)
     ck_assert_str_eq(out, "redis://***@127.0.0.1:6379/2");
     chat_redact_url("redis://u:p@ss@h:1", out, sizeof out); /* an '@' inside the password */
     ck_assert_str_eq(out, "redis://***@h:1");
+    chat_redact_url("redis://gateway:s3cret@redis:6379/0", out, sizeof out); /* an ACL user and its password */
+    ck_assert_str_eq(out, "redis://***@redis:6379/0");
     chat_redact_url("redis:s3cret@h", out, sizeof out); /* malformed: still masked */
     ck_assert_ptr_null(strstr(out, "s3cret"));
 }
