@@ -134,9 +134,6 @@ static const setting settings[] = {
      "worker roles, comma separated"},
     {"CHAT_INGEST_COMMITTERS", "--ingest-committers", "2", WK, F(committers_raw),
      "transactions an ingest worker runs at once, each for the batches of its share of the partitions (1 to 64)"},
-    {"CHAT_ROUTED_MIN_MEMBERS", "--routed-min-members", "1", WK, F(routed_min_raw),
-     "conversations with at least this many members are delivered once per gateway (chat.deliver.g.<gateway>, from "
-     "the routes gateways keep in Redis), smaller ones per user (0: always per user)"},
     {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -606,9 +603,6 @@ static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
     if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
         return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
                     cfg->js_replicas_raw);
-    if (!parse_int(cfg->routed_min_raw, 0, 1000000, &cfg->routed_min_members))
-        return fail(err, errsz, "CHAT_ROUTED_MIN_MEMBERS", "must be an integer from 0 to 1000000 (got \"%s\")",
-                    cfg->routed_min_raw);
     if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
         return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
                     cfg->archive_cache_raw);

@@ -303,11 +303,6 @@ bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_
     return true;
 }
 
-bool chat_subject_deliver(char *buf, size_t size, const char *user)
-{
-    return fits(snprintf(buf, size, "chat.deliver.u.%s", user), size);
-}
-
 bool chat_subject_deliver_gateway(char *buf, size_t size, const char *gateway)
 {
     return fits(snprintf(buf, size, "chat.deliver.g.%s", gateway), size);

@@ -50,7 +50,6 @@ bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *
 /* The conversation token of a post's subject (chat.in.<p>.<conv> or chat.in.<p>.<conv>.backend)
  * and whether it is the trusted form; false for any other subject. *conv points into subject. */
 bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend);
-bool chat_subject_deliver(char *buf, size_t size, const char *user);            /* chat.deliver.u.<user> */
 /* chat.deliver.g.<gateway>: a DeliveryBatch for the users routed to that gateway */
 bool chat_subject_deliver_gateway(char *buf, size_t size, const char *gateway);
 bool chat_subject_event(char *buf, size_t size, const char *conv);              /* chat.evt.<conv> */

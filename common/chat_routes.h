@@ -12,21 +12,28 @@
 #define CHAT_ROUTE_TTL_MS 30000
 #define CHAT_ROUTE_REFRESH_MS 10000
 
-/* When Redis started holding routes (Unix ms): set if missing (SET NX) and its expiry renewed with
- * each route write (by the worker that writes a gateway's claims). A Redis that restarted empty, or that no gateway reached
- * for CHAT_ROUTES_SINCE_TTL_MS (a route lives 30 s and is rewritten every 10 s, so none expired
- * before that), may have lost routes of users still connected; the ingest trusts the routes only
- * once the key is CHAT_ROUTES_SETTLE_MS old, when every gateway has written all its users again (a
- * heartbeat, every 10 s, rewrites them), and delivers per user until then. A gateway that alone
- * could not write for longer than CHAT_ROUTES_SINCE_TTL_MS while the key lived on closes its
- * sessions (1012) once it writes again (gw_presence.c). */
+/* The routes' epoch: when Redis started holding routes (Unix ms), set if missing (SET NX) and its
+ * expiry renewed with each route write and every WK_CLAIMS_SWEEP_MS by every api worker (so it
+ * outlives quiet times). A Redis that restarted empty (or that no api worker reached for
+ * CHAT_ROUTES_SINCE_TTL_MS) lost routes of users still connected,
+ * whose live deliveries went nowhere (there is no per-user path): the key then has a new value,
+ * which every gateway finds in its next claim's answer (RouteReply.epoch_ms) and closes its sessions
+ * with 1012 so that they sync. The ingest drops its route cache when the value changes. A gateway
+ * that alone could not claim for longer than CHAT_ROUTES_SINCE_TTL_MS while the key lived on closes
+ * its sessions too, once a claim is written again (gw_presence.c). */
 #define CHAT_ROUTES_SINCE_KEY "routes:since"
 #define CHAT_ROUTES_SINCE_TTL_MS 20000
+/* After a new epoch (the key changed or went missing under a running ingest) the ingest delivers
+ * nothing for this long (it holds its batches, and sets the key if missing): every gateway's
+ * heartbeat (every 10 s) has then found the new epoch and closed its sessions, which reconnect,
+ * claim and sync, so no client sees a gap (events of the epoch's first seconds delivered to some
+ * and not to others). A first epoch (a fresh deployment, a worker just started) holds nothing. */
 #define CHAT_ROUTES_SETTLE_MS 15000
 
-/* A stream of the users that got a route (a user's first device on a gateway): field `u`, the
- * user. The ingest caches routes and reads this log with every batch to drop the cached routes of
- * those users; a route written with no log entry (a heartbeat) only refreshes one the log named.
+/* A stream of the users that got a route (a user's first device on a gateway, or a heartbeat that
+ * found its route gone and wrote it again): field `u`, the user. The ingest caches routes ("none"
+ * too) and reads this log with every batch to drop the cached routes of those users, so every
+ * route created is logged: with no per-user path an unlogged one would stay unseen.
  * Entries are kept CHAT_ROUTES_LOG_KEEP_MS (XADD ... MINID ~). */
 #define CHAT_ROUTES_LOG_KEY "routes:log"
 #define CHAT_ROUTES_LOG_KEEP_MS 60000

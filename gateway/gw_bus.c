@@ -309,10 +309,7 @@ void gw_bus_drain(gw_server *srv)
         list = n->next;
         switch (n->kind) {
         case IN_DELIVERY: {
-            const char *subject = natsMsg_GetSubject(n->msg);
-            if (strncmp(subject, "chat.deliver.u.", 15) == 0)
-                bus->on.on_delivery(srv, subject + 15, n->msg);
-            else if (strncmp(subject, "chat.deliver.g.", 15) == 0)
+            if (strncmp(natsMsg_GetSubject(n->msg), "chat.deliver.g.", 15) == 0)
                 bus->on.on_routed(srv, n->msg);
             break;
         }
@@ -343,23 +340,6 @@ void gw_bus_tick(gw_server *srv)
     bury_flush(bus);
     check_reconnected(srv);
     gw_request_table_tick(bus->requests, srv, chat_mono_ms());
-}
-
-chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out)
-{
-    char subject[128];
-    if (!chat_subject_deliver(subject, sizeof subject, user))
-        return CHAT_ERR_INVALID;
-    natsSubscription *sub = NULL;
-    natsStatus s = natsConnection_Subscribe(&sub, srv->nc, subject, on_delivery, srv->bus);
-    if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(sub, -1, 256 * 1024 * 1024);
-    if (s != NATS_OK) {
-        natsSubscription_Destroy(sub);
-        return chat_nats_check(s, "gateway", "subscribe_user");
-    }
-    *out = sub;
-    return CHAT_OK;
 }
 
 chat_status gw_bus_subscribe_presence(gw_server *srv, const char *user, natsSubscription **out)

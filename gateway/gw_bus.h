@@ -23,7 +23,6 @@
  * every msg is borrowed. */
 typedef struct gw_bus_handlers {
     void (*wake)(gw_server *srv);                                       /* wake the lws loop */
-    void (*on_delivery)(gw_server *srv, const char *user, natsMsg *msg); /* chat.deliver.u.<user> */
     void (*on_routed)(gw_server *srv, natsMsg *msg);                     /* chat.deliver.g.<this gateway> */
     void (*on_members)(gw_server *srv, const char *conv);                /* chat.members.<conv> */
     void (*on_presence)(gw_server *srv, natsMsg *msg);                   /* chat.presence.<user> */
@@ -42,8 +41,7 @@ void gw_bus_drain(gw_server *srv);
  * after the NATS connection came back from a loss (handlers.on_reconnect); call every ~100 ms. */
 void gw_bus_tick(gw_server *srv);
 
-/* lws thread: subscribes chat.deliver.u.<user> (first device of a user) / unsubscribes (last). */
-chat_status gw_bus_subscribe_user(gw_server *srv, const char *user, natsSubscription **out);
+/* lws thread: ends a subscription of gw_bus_subscribe_presence. */
 void gw_bus_unsubscribe_user(natsSubscription *sub);
 
 /* Any thread: runs fn(srv, data) on the lws thread (fn frees data). */

@@ -1,5 +1,5 @@
-/* Deliveries from NATS (chat.deliver.u.<user>; chat.deliver.g.<gateway>, the batches of routed users
- * and the deliveries addressed to this gateway, like a rejection of a post sent here):
+/* Deliveries from NATS (chat.deliver.g.<gateway>: the batches of the users routed here and the
+ * deliveries addressed to this gateway, like a rejection of a post sent here):
  * events, membership changes, typing, receipts and rejections, rendered once and queued to every
  * session of the user here; the ack of a sender's own post. lws thread only. */
 #include "gw_delivery.h"
@@ -122,22 +122,6 @@ static void dispatch(gw_server *srv, gw_user *u, const Chat__V1__Delivery *d)
         break;
     }
 }
-
-void gw_delivery_handle(gw_server *srv, const char *user, natsMsg *msg)
-{
-    gw_user *u = chat_map_get(srv->users, user);
-    if (u == NULL)
-        return;
-    Chat__V1__Delivery *d = chat__v1__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                       (const uint8_t *)natsMsg_GetData(msg));
-    if (d == NULL) {
-        LOG_WARN("gateway", "event=bad_delivery user=%s", user);
-        return;
-    }
-    dispatch(srv, u, d);
-    chat__v1__delivery__free_unpacked(d, NULL);
-}
-
 
 void gw_delivery_handle_routed(gw_server *srv, natsMsg *msg)
 {

@@ -28,6 +28,8 @@ typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
  * held would be megabytes (a token is a few hundred bytes); BEAT_BYTES keeps one under NATS's
  * default max_payload of 1 MB with tokens of up to CHAT_JWT_MAX_LEN. */
 #define BEAT_USERS 256
+#define FIRST_CLAIM_RETRIES 6     /* a first claim not answered is asked again this many times ... */
+#define FIRST_CLAIM_PAUSE_MS 500  /* ... this long apart */
 #define BEAT_BYTES (256 * 1024)
 
 typedef struct work {
@@ -62,7 +64,8 @@ struct gw_presence {
     int64_t connect_after_ms; /* no new connection before this (mono ms) after one failed */
     int64_t routes_ok_ms;     /* the last route write the worker made (Unix ms, 0: none yet) */
     bool routes_failed;       /* a route write failed since then */
-    bool first_failed;        /* a user's first route write failed since then */
+    int64_t epoch_ms;         /* routes:since as the last written claim found it (0: none yet) */
+    uint32_t claimed_gen;     /* the route_gen of the last first claim sent before this request */
 };
 
 static void enqueue(gw_presence *p, work *w)
@@ -241,28 +244,34 @@ static Chat__V1__RouteReply *route_call(gw_presence *p, const Chat__V1__RouteReq
     return rr;
 }
 
-/* A route request the worker wrote (since_before: routes:since before its writes, 0 missing). When
- * this gateway's claims failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the key lived on (other
- * gateways kept it: the ingest went on trusting the routes), its own routes may have expired
- * meanwhile and events of users it shares with other gateways gone there only: every session here
- * is closed with 1012 and syncs when back, as after a NATS reconnect. */
-static void routes_written(gw_presence *p, int64_t since, int64_t now)
+/* A route request the worker wrote (since_before: routes:since before its writes, 0 missing;
+ * epoch: after them, 0 when it wrote no claim). Live deliveries this gateway's sessions may have
+ * missed close them all with 1012 (they reconnect, claim, then sync), as after a NATS reconnect:
+ * - a new epoch: Redis lost every route (restarted empty), so until this gateway's claims put its
+ *   users back the ingest found none of them (there is no per-user path);
+ * - this gateway's claims failed for longer than CHAT_ROUTES_SINCE_TTL_MS while the epoch lived on
+ *   (other gateways kept it): its routes may have expired meanwhile. */
+static void routes_written(gw_presence *p, int64_t since, int64_t epoch, int64_t now)
 {
-    if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
+    if (epoch && p->epoch_ms && epoch != p->epoch_ms) {
+        LOG_WARN("presence", "event=routes_new_epoch was=%lld now=%lld", (long long)p->epoch_ms, (long long)epoch);
+        uint32_t *cutoff = chat_xcalloc(1, sizeof *cutoff);
+        *cutoff = p->claimed_gen; /* users claimed in this request or later: in the new epoch */
+        gw_bus_call(p->srv, p->on.on_routes_epoch, cutoff);
+    } else if (chat_routes_lost(p->routes_failed, p->routes_ok_ms, since, now)) {
         LOG_WARN("presence", "event=routes_lost unwritten_ms=%lld", (long long)(now - p->routes_ok_ms));
         gw_bus_call(p->srv, p->on.on_routes_lost, NULL);
-    } else if (p->first_failed) {
-        gw_presence_back *back = chat_xcalloc(1, sizeof *back);
-        back->same_epoch = since > 0 && (p->routes_ok_ms == 0 || since <= p->routes_ok_ms);
-        gw_bus_call(p->srv, p->on.on_routes_back, back);
     }
+    if (epoch)
+        p->epoch_ms = epoch;
     p->routes_ok_ms = now;
     p->routes_failed = false;
-    p->first_failed = false;
 }
 
-/* Claims[0..n) in one request; written[i] says whether the worker wrote claim i's route. */
-static void claim(gw_presence *p, Chat__V1__RouteClaim **claims, int n, bool refresh, bool *written)
+/* Claims[0..n) in one request; written[i] says whether the worker wrote claim i's route. False
+ * when the request as a whole was not answered or failed (no worker, Redis away, revocations still
+ * loading). */
+static bool claim(gw_presence *p, Chat__V1__RouteClaim **claims, int n, bool refresh, bool *written)
 {
     Chat__V1__RouteRequest rq = CHAT__V1__ROUTE_REQUEST__INIT;
     rq.claims = claims;
@@ -276,18 +285,22 @@ static void claim(gw_presence *p, Chat__V1__RouteClaim **claims, int n, bool ref
     for (size_t i = 0; ok && i < rr->n_refused; i++)
         if (rr->refused[i] < (uint32_t)n)
             written[rr->refused[i]] = false;
+    for (size_t i = 0; ok && i < rr->n_gone; i++) /* a refresh whose route was gone: claim anew */
+        if (rr->gone[i] < (uint32_t)n)
+            written[rr->gone[i]] = false;
     if (ok)
-        routes_written(p, rr->since_ms, now);
+        routes_written(p, rr->since_ms, rr->epoch_ms, now);
     else
         p->routes_failed = true;
     chat__v1__route_reply__free_unpacked(rr, NULL);
+    return ok;
 }
 
 /* A run of first devices (W_ONLINE items from w on, at most BEAT_USERS): their routes claimed in one
  * request, each handed back to the lws thread, which lets the user's first sync run only then (an
- * event committed after that sync's read finds the route). Unwritten (refused, no worker, Redis
- * unreachable) it is handed back all the same: the ingest cannot read that route either and goes
- * per user. Returns the first item after the run. */
+ * event committed after that sync's read finds the route), or, unwritten (refused, no worker, Redis
+ * unreachable), closes the user's sessions: none runs without a route, there is no per-user path.
+ * Returns the first item after the run. */
 static work *claim_first(gw_presence *p, work *w)
 {
     Chat__V1__RouteClaim items[BEAT_USERS], *claims[BEAT_USERS];
@@ -301,10 +314,14 @@ static work *claim_first(gw_presence *p, work *w)
         run[n] = w;
     }
     bool written[BEAT_USERS];
-    claim(p, claims, n, false, written);
+    uint32_t before = p->claimed_gen;
+    /* a worker starting (revocations loading) or restarting is a moment: ask again for a few seconds
+     * before the sessions are closed (their syncs wait meanwhile) */
+    for (int attempt = 0; !claim(p, claims, n, false, written) && attempt < FIRST_CLAIM_RETRIES && !p->stopping;
+         attempt++)
+        chat_sleep_ms(FIRST_CLAIM_PAUSE_MS);
+    p->claimed_gen = n ? run[n - 1]->route_gen : before;
     for (int i = 0; i < n; i++) {
-        if (!written[i])
-            p->first_failed = true;
         gw_presence_route *r = chat_xcalloc(1, sizeof *r);
         snprintf(r->user, sizeof r->user, "%s", run[i]->user);
         r->route_gen = run[i]->route_gen;
@@ -333,10 +350,10 @@ static work *drop(gw_presence *p, work *w)
     return w;
 }
 
-/* One heartbeat item: these users' routes claimed again (a refresh: no log entry, no announcement;
- * after a Redis restart every route is back within CHAT_ROUTES_SETTLE_MS). A claim the worker refuses
- * (the token kept no longer proves the user: revoked) closes the user's sessions here: they claim
- * again with their own tokens when they reconnect. */
+/* One heartbeat item: these users' routes refreshed (routes that exist only: no log entry, no
+ * announcement). A claim the worker refuses (the token kept no longer proves the user: revoked) or
+ * whose route was gone (Redis lost it: its events went nowhere) closes the user's sessions here:
+ * they reconnect, claim anew with their own tokens, and sync. */
 static void heartbeat(gw_presence *p, const work *w)
 {
     Chat__V1__RouteClaim *items = chat_xcalloc((size_t)w->n + 1, sizeof *items);

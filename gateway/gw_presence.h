@@ -4,8 +4,8 @@
  * worker (workers/wk_claims.h) with a request on chat.route.<gateway id> (RouteRequest), each claim
  * carrying the user's token, and the worker writes presence:<user>, presence:online, last_seen:<user>
  * and routes:since/routes:log (chat_routes.h) and announces presence changes. A user's first sync
- * waits until its route claim is answered; with no answer (no worker, Redis down) the sync runs
- * and the ingest delivers per user. Queries read Redis directly (ZCOUNT, GET: a read-only Redis user
+ * waits until its route claim is written; a claim not written (no worker, Redis down, refused)
+ * closes the user's sessions with 1012: deliveries go by routes only. Queries read Redis directly (ZCOUNT, GET: a read-only Redis user
  * is enough).
  *
  * Keys (written by the worker; a route lives CHAT_ROUTE_TTL_MS, claimed again every
@@ -56,21 +56,16 @@ typedef struct gw_presence_route {
     bool written; /* the worker wrote it */
 } gw_presence_route;
 
-/* Redis took a route write after a user's first one had failed, handed to on_routes_back on the
- * lws thread (which frees it): same_epoch says CHAT_ROUTES_SINCE_KEY lived on meanwhile (the
- * ingest may have routed that user's events to its other gateways only). */
-typedef struct gw_presence_back {
-    bool same_epoch;
-} gw_presence_back;
-
 /* Starts the presence thread; on_route gets every gw_presence_route (gw_presence_online),
- * on_routes_back every gw_presence_back, on_refused the user id (a malloc'd string) of a heartbeat
- * claim the worker refused (the user's token no longer proves it);
- * on_routes_lost (data NULL) is called when this gateway's routes may have expired in Redis while
- * the ingest kept trusting it (it could not write them for longer than CHAT_ROUTES_SINCE_TTL_MS,
- * chat_routes.h): live deliveries may be missing, every session should sync. */
+ * on_refused the user id (a malloc'd string) of a heartbeat claim the worker refused (the user's
+ * token no longer proves it); on_routes_lost (data NULL) is called when live deliveries to this
+ * gateway's users may have been missed: Redis lost every route (a new epoch), or this gateway's
+ * claims failed for longer than CHAT_ROUTES_SINCE_TTL_MS (chat_routes.h); every session should
+ * sync. */
 typedef struct gw_presence_handlers {
-    gw_bus_fn on_route, on_routes_back, on_routes_lost, on_refused;
+    gw_bus_fn on_route, on_routes_lost, on_refused;
+    gw_bus_fn on_routes_epoch; /* Redis lost every route: data, a malloc'd uint32_t: the users whose
+                                  route_gen is up to it were claimed before and must sync */
 } gw_presence_handlers;
 chat_status gw_presence_start(gw_server *srv, const gw_presence_handlers *on, gw_presence **out);
 /* Drops this gateway's routes (users fall offline at once when no other gateway holds them), stops

@@ -24,6 +24,7 @@
 #include "chat_http.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
+#include "chat_mem.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
 #include "gw_admit.h"
@@ -528,31 +529,33 @@ static void members_changed(gw_server *srv, const char *conv)
     gw_membership_invalidate(srv->membership, conv);
 }
 
-/* A user's route is in Redis, or Redis could not take it (gw_presence.h): its sessions' first
- * syncs, parked until then, run; an unwritten route is remembered (gw_session_routes_back). */
+/* A user's route claim answered (gw_presence.h): written, its sessions' first syncs, parked until
+ * then, run; not, its sessions are closed with 1012 (no session runs without a route). */
 static void route_written(gw_server *srv, void *data)
 {
     gw_presence_route *r = data;
     gw_user *u = chat_map_get(srv->users, r->user);
     if (u && u->route_gen == r->route_gen && !u->route_ready) {
-        u->route_ready = true;
-        u->route_unwritten = !r->written;
-        for (gw_session *s = u->sessions; s; s = s->next_of_user)
-            gw_sync_resume(srv, s);
+        if (r->written) {
+            u->route_ready = true;
+            for (gw_session *s = u->sessions; s; s = s->next_of_user)
+                gw_sync_resume(srv, s);
+        } else {
+            gw_session_close_user(srv, chat_xstrdup(r->user));
+        }
     }
     free(r);
 }
 
 static const gw_presence_handlers presence_handlers = {
     .on_route = route_written,
-    .on_routes_back = gw_session_routes_back,
     .on_routes_lost = gw_session_routes_lost,
     .on_refused = gw_session_close_user,
+    .on_routes_epoch = gw_session_routes_epoch,
 };
 
 static const gw_bus_handlers bus_handlers = {
     .wake = gw_server_wake,
-    .on_delivery = gw_delivery_handle,
     .on_routed = gw_delivery_handle_routed,
     .on_members = members_changed,
     .on_presence = gw_watch_on_change,

@@ -241,11 +241,6 @@ void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, cons
         if (u == NULL)
             CHAT_OOM();
         memcpy(u->id, user, len + 1);
-        if (gw_bus_subscribe_user(srv, u->id, &u->sub) != CHAT_OK) {
-            free(u);
-            close_now(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
-            return;
-        }
         chat_map_put(srv->users, u->id, u, NULL);
         atomic_store(srv->m.users, (int_fast64_t)chat_map_size(srv->users));
         u->route_gen = ++srv->route_gens;
@@ -455,16 +450,29 @@ void gw_session_routes_lost(gw_server *srv, void *unused)
              GW_CLOSE_SERVICE_RESTART);
 }
 
-/* Closes the sessions of one user whose route was not written (a chat_map_each callback). */
-static void resync_unwritten(const char *user, void *value, void *ctx)
+typedef struct epoch_close {
+    uint32_t cutoff;
+    int closed;
+} epoch_close;
+
+/* Closes the sessions of a user claimed up to the cutoff (a chat_map_each callback). */
+static void close_claimed_before(const char *user, void *value, void *ctx)
 {
     (void)user;
     gw_user *u = value;
-    const bool *same_epoch = ctx;
-    if (u->route_unwritten && *same_epoch)
-        for (gw_session *s = u->sessions; s; s = s->next_of_user)
-            close_now(s, GW_CLOSE_SERVICE_RESTART);
-    u->route_unwritten = false;
+    epoch_close *e = ctx;
+    if (u->route_gen > e->cutoff)
+        return;
+    for (gw_session *s = u->sessions; s; s = s->next_of_user, e->closed++)
+        close_now(s, GW_CLOSE_SERVICE_RESTART);
+}
+
+void gw_session_routes_epoch(gw_server *srv, void *data)
+{
+    epoch_close e = {.cutoff = *(uint32_t *)data};
+    free(data);
+    chat_map_each(srv->users, close_claimed_before, &e);
+    LOG_WARN("gateway", "event=routes_epoch_resync sessions_closed=%d close_code=%d", e.closed, GW_CLOSE_SERVICE_RESTART);
 }
 
 void gw_session_close_user(gw_server *srv, void *data)
@@ -475,17 +483,9 @@ void gw_session_close_user(gw_server *srv, void *data)
     for (gw_session *s = u ? u->sessions : NULL; s; s = s->next_of_user, closed++)
         close_now(s, GW_CLOSE_SERVICE_RESTART);
     if (closed)
-        LOG_INFO("gateway", "event=route_refused_resync user=%s closed=%d code=%d", user, closed,
+        LOG_INFO("gateway", "event=route_unwritten_resync user=%s closed=%d code=%d", user, closed,
                  GW_CLOSE_SERVICE_RESTART);
     free(user);
-}
-
-void gw_session_routes_back(gw_server *srv, void *data)
-{
-    gw_presence_back *back = data;
-    LOG_INFO("gateway", "event=routes_back same_epoch=%d", back->same_epoch ? 1 : 0);
-    chat_map_each(srv->users, resync_unwritten, &back->same_epoch);
-    free(back);
 }
 
 void gw_session_closed(gw_server *srv, gw_session *s)
@@ -517,7 +517,6 @@ void gw_session_closed(gw_server *srv, gw_session *s)
         if (--u->count == 0) {
             gw_presence_offline(srv->presence, u->id);
             chat_map_remove(srv->users, u->id);
-            gw_bus_unsubscribe_user(u->sub);
             free(u);
         } else {
             pick_token(u); /* s is out of the list: its token is no longer the user's */

@@ -90,14 +90,12 @@ typedef struct gw_session {
     char *token;                 /* the token it runs on (owned): what its user's route claims may show */
 } gw_session;
 
-/* The sessions of one user on this gateway and their one delivery subscription. */
+/* The sessions of one user on this gateway. */
 typedef struct gw_user {
-    natsSubscription *sub;
     gw_session *sessions;
     int count;
     uint32_t route_gen;          /* this entry's write of its route (gw_presence_online) */
     bool route_ready;            /* the route is written: syncs run (before: the first one waits) */
-    bool route_unwritten;        /* ready, but Redis did not take the write (gw_session_routes_back) */
     double post_tokens;          /* token bucket: posts per user on this gateway */
     int64_t post_refill_ms;
     const char *token;           /* the token with the latest exp among its sessions' (borrowed from that
@@ -135,20 +133,20 @@ void gw_session_close_all(gw_server *srv);
  * nowhere, so close every session with 1012 (service restart); clients reconnect and sync from
  * their cursors. */
 void gw_session_restart_all(gw_server *srv, uint64_t reconnects);
-/* The same close (1012, clients sync when back) for another hole: this gateway's delivery routes
- * may have expired in Redis while the ingest kept trusting it (gw_presence.h). */
+/* The same close (1012, clients sync when back) for another hole: live deliveries to this gateway's
+ * users may have been missed (Redis lost every route, or this gateway's claims failed too long:
+ * gw_presence.h). */
 void gw_session_routes_lost(gw_server *srv, void *unused);
-/* Redis takes route writes again (data: a gw_presence_back, freed here): when the routes the ingest
- * trusted meanwhile were of the same epoch, the sessions of the users whose first route write failed
- * (route_unwritten) may have missed events routed to their other gateways: closed with 1012, they
- * sync when back (their new route is written first). Every user's flag is cleared. */
-void gw_session_routes_back(gw_server *srv, void *data);
 
 /* user: the checked user id of the session's token (gw_session_set_token done). */
 void gw_session_established(gw_server *srv, gw_session *s, struct lws *wsi, const char *user);
-/* A bus handler (data: a user id, freed): the worker refused the user's route claim (its token no
- * longer proves the user, e.g. revoked): the user's sessions here are closed with 1012 and claim
- * again with their own tokens when they reconnect. */
+/* A bus handler (data: a malloc'd uint32_t cutoff, freed): Redis lost every route (a new epoch):
+ * the sessions of users whose route was claimed before it (route_gen up to the cutoff) are closed
+ * with 1012 and sync when back; users claimed in the new epoch keep theirs. */
+void gw_session_routes_epoch(gw_server *srv, void *data);
+/* A bus handler (data: a user id, freed): the user's route is not written (its first claim failed,
+ * or the worker refused a heartbeat's: its token no longer proves the user): the user's sessions
+ * here are closed with 1012 and claim again with their own tokens when they reconnect. */
 void gw_session_close_user(gw_server *srv, void *data);
 /* The token s runs on from now (at the upgrade, or renewed by an auth frame): what a revocation is
  * matched against, and the exp the sweep closes it at. */

@@ -135,12 +135,10 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
                                                 "API requests answered with an error status, by code.");
     api->h_seconds =
         chat_metrics_histogram(m, "chat_api_request_seconds", NULL, "From an API request's arrival to its reply.");
-    api->m_deliveries_gateway = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"gateway\"",
-                                                     "Recipients of the api role's deliveries (membership, receipts), "
-                                                     "by path: per gateway (their routes) or per user.");
-    api->m_deliveries_user = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"user\"",
-                                                  "Recipients of the api role's deliveries (membership, receipts), "
-                                                  "by path: per gateway (their routes) or per user.");
+    const char *help = "Recipients of the api role's deliveries (receipts, membership changes): reached through their "
+                       "gateways, or dropped because Redis did not answer (a sync reads them back).";
+    api->m_deliveries_gateway = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"gateway\"", help);
+    api->m_deliveries_dropped = chat_metrics_counter(m, "chat_api_deliveries_total", "path=\"dropped\"", help);
 
     chat_status st = wk_cold_create(app->cfg, (size_t)app->cfg->archive_cache_mb << 20, m, &api->cold);
     for (int i = 0; i < WK_API_LANES && st == CHAT_OK; i++) {
@@ -148,7 +146,7 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
         l->api = api;
         l->index = i;
         snprintf(l->name, sizeof l->name, "chat-api-%d", i);
-        l->routes = wk_routes_create(app->cfg, "api", api->m_deliveries_gateway, api->m_deliveries_user);
+        l->routes = wk_routes_create(app->cfg, "api", api->m_deliveries_gateway, api->m_deliveries_dropped);
         pthread_mutex_init(&l->lock, NULL);
         pthread_cond_init(&l->cv, NULL);
         jsOptions jo;

@@ -70,7 +70,7 @@ struct wk_api {
     atomic_uint_fast64_t *m_requests[API_NMETHODS + 1]; /* last: unknown methods */
     atomic_uint_fast64_t *m_errors[API_NCODES];
     chat_histogram *h_seconds;
-    atomic_uint_fast64_t *m_deliveries_gateway, *m_deliveries_user; /* recipients of its deliveries, each way */
+    atomic_uint_fast64_t *m_deliveries_gateway, *m_deliveries_dropped; /* recipients of its deliveries, reached or not */
     wk_cold *cold; /* archived events: chunk reads and their cache, shared by the lanes */
 };
 

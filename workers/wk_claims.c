@@ -118,7 +118,10 @@ typedef struct plan {
     int n_ok;
     int64_t now;
     int64_t since;   /* out: routes:since before the writes (0: missing) */
+    int64_t epoch;   /* out: routes:since after them (0: no claim written) */
     bool *gone;      /* out, per drop: no live route left (offline) */
+    uint32_t *refresh_gone; /* out, refresh: indexes of the claims whose route was gone */
+    size_t n_gone;
 } plan;
 
 static bool reply_ok(const redisReply *r)
@@ -126,30 +129,36 @@ static bool reply_ok(const redisReply *r)
     return r && r->type != REDIS_REPLY_ERROR;
 }
 
-/* Reads n replies; false (the connection given up) on a broken link or an error reply. *first (may
- * be NULL) keeps the first reply, the caller frees it; gone[] gets the drops' ZCOUNTs, which come
- * at odd positions from drops_at on. */
-static bool read_replies(wk_claims *c, int n, redisReply **first, int drops_at, bool *gone)
+static int64_t number_of(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+}
+
+/* Reads n replies into r[0..n) (the caller frees them); false (the connection given up) on a
+ * broken link, or on an error reply (logged; the rest read all the same: the connection stays in
+ * step). */
+static bool read_replies(wk_claims *c, int n, redisReply **r)
 {
     bool ok = true;
-    for (int i = 0; i < n; i++) {
-        redisReply *r = NULL;
-        if (ok && redisGetReply(c->redis.c, (void **)&r) != REDIS_OK) {
+    for (int i = 0; i < n && c->redis.c; i++) {
+        if (redisGetReply(c->redis.c, (void **)&r[i]) != REDIS_OK) {
             wk_redis_link_fail(&c->redis, c->redis.c->errstr);
+            return false;
+        }
+        if (!reply_ok(r[i])) {
+            LOG_WARN("claims", "event=route_write_refused detail=\"%s\"", r[i] && r[i]->str ? r[i]->str : "");
             ok = false;
         }
-        if (ok && !reply_ok(r)) {
-            LOG_WARN("claims", "event=route_write_refused detail=\"%s\"", r && r->str ? r->str : "");
-            ok = false; /* read the rest all the same: the connection stays in step */
-        }
-        if (r && i >= drops_at && (i - drops_at) % 2 == 1)
-            gone[(i - drops_at) / 2] = r->type == REDIS_REPLY_INTEGER && r->integer == 0;
-        if (i == 0 && first)
-            *first = r;
-        else if (r)
-            freeReplyObject(r);
     }
-    return ok;
+    return ok && c->redis.c != NULL;
+}
+
+static void free_replies(redisReply **r, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (r[i])
+            freeReplyObject(r[i]);
+    free(r);
 }
 
 /* One try of the plan's writes on the connection there is. */
@@ -159,15 +168,22 @@ static bool try_write(wk_claims *c, plan *p)
     const char *gw = p->gateway;
     long long exp = (long long)(p->now + CHAT_ROUTE_TTL_MS);
     int n = 0;
+    p->n_gone = 0;
     if (p->n_ok) {
         redisAppendCommand(r, "GET %s", CHAT_ROUTES_SINCE_KEY);
         redisAppendCommand(r, "SET %s %lld NX PX %d", CHAT_ROUTES_SINCE_KEY, (long long)p->now,
                            CHAT_ROUTES_SINCE_TTL_MS);
         redisAppendCommand(r, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
-        n += 3;
+        redisAppendCommand(r, "GET %s", CHAT_ROUTES_SINCE_KEY);
+        n += 4;
         for (int i = 0; i < p->n_ok; i++) {
             const char *user = p->rq->claims[p->ok[i]]->user;
-            redisAppendCommand(r, "ZADD presence:%s %lld %s", user, exp, gw);
+            /* a refresh keeps a route alive, never makes one: a route is made by a first claim,
+             * which logs it (the ingest caches "no route" until the log names the user) */
+            if (p->rq->refresh)
+                redisAppendCommand(r, "ZADD presence:%s XX CH %lld %s", user, exp, gw);
+            else
+                redisAppendCommand(r, "ZADD presence:%s %lld %s", user, exp, gw);
             redisAppendCommand(r, "ZADD presence:online GT %lld %s", exp, user);
             redisAppendCommand(r, "PEXPIRE presence:%s %d", user, 2 * CHAT_ROUTE_TTL_MS);
             redisAppendCommand(r, "SET last_seen:%s %lld", user, (long long)p->now);
@@ -185,11 +201,22 @@ static bool try_write(wk_claims *c, plan *p)
         redisAppendCommand(r, "ZCOUNT presence:%s (%lld +inf", p->rq->drops[i], (long long)p->now);
         n += 2;
     }
-    redisReply *since = NULL;
-    bool ok = read_replies(c, n, p->n_ok ? &since : NULL, drops_at, p->gone);
-    p->since = ok && since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
-    if (since)
-        freeReplyObject(since);
+    redisReply **got = chat_xcalloc((size_t)n + 1, sizeof *got);
+    bool ok = read_replies(c, n, got);
+    if (ok && p->n_ok) {
+        p->since = number_of(got[0]);
+        p->epoch = number_of(got[3]);
+    }
+    for (int i = 0; ok && p->rq->refresh && i < p->n_ok; i++) { /* ZADD XX CH: 0 when the route was gone */
+        const redisReply *changed = got[4 + 4 * i];
+        if (changed->type == REDIS_REPLY_INTEGER && changed->integer == 0)
+            p->refresh_gone[p->n_gone++] = (uint32_t)p->ok[i];
+    }
+    for (size_t i = 0; ok && i < p->rq->n_drops; i++) {
+        const redisReply *count = got[drops_at + 2 * (int)i + 1];
+        p->gone[i] = count->type == REDIS_REPLY_INTEGER && count->integer == 0;
+    }
+    free_replies(got, n);
     if (!ok || p->rq->n_drops == 0)
         return ok;
     /* the users no gateway holds any more: offline, last seen now */
@@ -200,7 +227,10 @@ static bool try_write(wk_claims *c, plan *p)
             redisAppendCommand(r, "ZREM presence:online %s", p->rq->drops[i]);
             m += 2;
         }
-    return m == 0 || read_replies(c, m, NULL, m, NULL);
+    got = chat_xcalloc((size_t)m + 1, sizeof *got);
+    ok = read_replies(c, m, got);
+    free_replies(got, m);
+    return ok;
 }
 
 /* The plan's writes, once more on a fresh connection when the one there was broke (Redis
@@ -225,7 +255,7 @@ static bool write_routes(wk_claims *c, plan *p)
 /* ------------------------------------------------------------------------------------------ */
 
 static void answer(wk_claims *c, natsMsg *msg, const char *error, const uint32_t *refused, size_t n_refused,
-                   int64_t since)
+                   const plan *p)
 {
     const char *reply = natsMsg_GetReply(msg);
     if (reply == NULL || reply[0] == '\0')
@@ -234,7 +264,12 @@ static void answer(wk_claims *c, natsMsg *msg, const char *error, const uint32_t
     rr.error = (char *)error;
     rr.refused = (uint32_t *)refused;
     rr.n_refused = n_refused;
-    rr.since_ms = since;
+    if (p) {
+        rr.since_ms = p->since;
+        rr.epoch_ms = p->epoch;
+        rr.gone = p->refresh_gone;
+        rr.n_gone = p->n_gone;
+    }
     size_t len = chat__v1__route_reply__get_packed_size(&rr);
     uint8_t *buf = chat_xcalloc(len + 1, 1);
     chat__v1__route_reply__pack(&rr, buf);
@@ -253,7 +288,7 @@ static bool drops_valid(const Chat__V1__RouteRequest *rq)
 static void handle(wk_claims *c, natsMsg *msg, const char *gw, const Chat__V1__RouteRequest *rq)
 {
     if (rq->n_claims && !revocations_loaded(c)) {
-        answer(c, msg, "loading", NULL, 0, 0);
+        answer(c, msg, "loading", NULL, 0, NULL);
         return;
     }
     int64_t now = chat_now_ms();
@@ -272,7 +307,8 @@ static void handle(wk_claims *c, natsMsg *msg, const char *gw, const Chat__V1__R
                  rq->claims[i]->user && chat_id_valid(rq->claims[i]->user) ? rq->claims[i]->user : "-", why);
     }
     bool *gone = chat_xcalloc(rq->n_drops + 1, sizeof *gone);
-    plan p = {.gateway = gw, .rq = rq, .ok = ok, .n_ok = n_ok, .now = now, .gone = gone};
+    uint32_t *refresh_gone = chat_xcalloc(rq->n_claims + 1, sizeof *refresh_gone);
+    plan p = {.gateway = gw, .rq = rq, .ok = ok, .n_ok = n_ok, .now = now, .gone = gone, .refresh_gone = refresh_gone};
     bool written = (n_ok == 0 && rq->n_drops == 0) || write_routes(c, &p);
     atomic_fetch_add(c->m_refused, n_refused);
     if (written) {
@@ -286,7 +322,8 @@ static void handle(wk_claims *c, natsMsg *msg, const char *gw, const Chat__V1__R
     } else {
         atomic_fetch_add(c->m_failed, 1);
     }
-    answer(c, msg, written ? "" : "redis", refused, n_refused, p.since);
+    answer(c, msg, written ? "" : "redis", refused, n_refused, written ? &p : NULL);
+    free(refresh_gone);
     free(gone);
     free(refused);
     free(ok);
@@ -304,7 +341,7 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     if (gw == NULL || strlen(gw) > CHAT_GATEWAY_ID_MAX || !chat_id_valid(gw) || rq == NULL ||
         rq->n_claims > WK_CLAIMS_MAX || rq->n_drops > WK_CLAIMS_MAX || !drops_valid(rq)) {
         LOG_WARN("claims", "event=route_request_malformed gateway=%s", gw && chat_id_valid(gw) ? gw : "-");
-        answer(c, msg, "malformed", NULL, 0, 0);
+        answer(c, msg, "malformed", NULL, 0, NULL);
     } else {
         handle(c, msg, gw, rq);
     }
@@ -340,6 +377,14 @@ static void sweep(wk_claims *c)
     if (!wk_redis_link_ready(l))
         return;
     long long now = chat_now_ms();
+    /* the routes' epoch lives while an api worker does, not only while gateways claim: it goes
+     * missing only when Redis lost it, which the ingest then takes for a new epoch (chat_routes.h) */
+    redisReply *e = redisCommand(l->c, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
+    if (e == NULL) {
+        wk_redis_link_fail(l, l->c->errstr);
+        return;
+    }
+    freeReplyObject(e);
     redisReply *r = redisCommand(l->c, "ZRANGEBYSCORE presence:online -inf %lld LIMIT 0 %d", now, SWEEP_BATCH);
     if (r == NULL) {
         wk_redis_link_fail(l, l->c->errstr);

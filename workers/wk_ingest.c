@@ -315,16 +315,11 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
         in->m_drop[k] = chat_metrics_counter(m, "chat_ingest_dropped_total", drop_labels[k],
                                              "Messages dropped (acked without storing), by reason.");
     in->m_deliveries_gateway = chat_metrics_counter(m, "chat_ingest_deliveries_total", "path=\"gateway\"",
-                                                    "Deliveries of an event to a member, by the way they went: in one "
-                                                    "DeliveryBatch per gateway (gateway) or on the member's own "
-                                                    "subject (user).");
-    in->m_deliveries_user = chat_metrics_counter(m, "chat_ingest_deliveries_total", "path=\"user\"",
-                                                 "Deliveries of an event to a member, by the way they went: in one "
-                                                 "DeliveryBatch per gateway (gateway) or on the member's own subject "
-                                                 "(user).");
+                                                    "Deliveries of an event to a member's gateways, in one "
+                                                    "DeliveryBatch per gateway (the only path).");
     in->m_route_errors = chat_metrics_counter(m, "chat_ingest_route_errors_total", NULL,
                                               "Reads of delivery routes from Redis that failed or timed out (the "
-                                              "batch went per user).");
+                                              "batch waited and asked again).");
     in->h_commit = chat_metrics_histogram(m, "chat_ingest_fetch_to_commit_seconds", NULL,
                                           "From a batch's fetch to its commit.");
     in->h_fanout = chat_metrics_histogram(m, "chat_ingest_commit_to_fanout_seconds", NULL,

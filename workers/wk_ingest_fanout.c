@@ -84,14 +84,14 @@ uint64_t wk_ingest_reconnects(natsConnection *nc)
     return n;
 }
 
-/* One fanout's way to its recipients: the routes read for it (NULL: everyone per user) and the
- * per-gateway batches being built. */
+/* One fanout's way to its recipients: the routes read for it and the per-gateway batches being
+ * built. */
 typedef struct fanout {
     natsConnection *nc;
     chat_map *routes;
     wk_route_batches *routed;
     bool count; /* the first attempt: counted in chat_ingest_deliveries_total */
-    uint64_t via_gateway, via_user;
+    uint64_t via_gateway;
 } fanout;
 
 /* Publishes one packed DeliveryBatch on chat.deliver.g.<gateway> (a wk_route_batch_fn). */
@@ -106,46 +106,28 @@ static void publish_routed(const char *gateway, const uint8_t *data, size_t len,
         f->via_gateway += (uint64_t)recipients;
 }
 
-/* The Delivery of event e to every member of its conversation: to the gateways routed for a member
- * (added to f's batches), else on the member's own subject (on the worker's connection). */
+/* The Delivery of event e to every member of its conversation with a route: added to f's batches
+ * of the gateways routed for the member. A member without a route gets nothing live (offline, or
+ * not claimed yet: no session of it runs before its claim is written). */
 static void deliver_event(fanout *f, batch *b, const item *it, Chat__V1__Event *e)
 {
-    uint8_t stackbuf[4096], *buf = NULL;
-    size_t len = 0;
     members *m = wk_ingest_find_conv(b, it->post->conv);
     const Chat__V1__Post *p = it->post;
     for (int u = 0; m && u < m->n; u++) {
         const char *gateways = f->routes ? chat_map_get(f->routes, m->users[u]) : NULL;
         for (const char *g = gateways; g && *g; g += strlen(g) + 1)
             wk_route_batches_add(f->routed, g, e, m->users[u]);
-        if (gateways && p->gateway[0] && p->session[0] && strcmp(m->users[u], p->sender) == 0)
+        if (p->gateway[0] && p->session[0] && strcmp(m->users[u], p->sender) == 0)
             /* the sending session's gateway too, whatever the routes say: a send can come before
              * its user's route is written (a resend right after a reconnect to another gateway
              * does), and its ack is this event (the batch lists the user there once) */
             wk_route_batches_add(f->routed, p->gateway, e, m->users[u]);
-        if (gateways)
-            continue;
-        if (buf == NULL) { /* packed once, for the first member that goes per user */
-            Chat__V1__Delivery d = CHAT__V1__DELIVERY__INIT;
-            d.item_case = CHAT__V1__DELIVERY__ITEM_EVENT;
-            d.event = e;
-            len = chat__v1__delivery__get_packed_size(&d);
-            buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
-            chat__v1__delivery__pack(&d, buf);
-        }
-        char subject[128];
-        if (chat_subject_deliver(subject, sizeof subject, m->users[u]))
-            natsConnection_Publish(f->nc, subject, buf, (int)len);
-        if (f->count)
-            f->via_user++;
     }
-    if (buf != stackbuf)
-        free(buf);
     if (wk_route_batches_bytes(f->routed) > WK_ROUTE_BATCH_BYTES)
         wk_route_batches_flush(f->routed, publish_routed, f);
 }
 
-/* Publishes every event of b once: to its members (per gateway or per user, f) and, on the first
+/* Publishes every event of b once: to its members' gateways (f) and, on the first
  * attempt, to CHAT_EVENTS. events[i] is item i's, filled here and kept until the batches went. */
 static void fanout_once(committer *c, batch *b, fanout *f, Chat__V1__Event *events, int64_t committed_ms)
 {
@@ -164,16 +146,35 @@ static void fanout_once(committer *c, batch *b, fanout *f, Chat__V1__Event *even
             wk_ingest_publish_event(c, &c->in->parts[it->part], e, first->created_us);
     }
     wk_route_batches_flush(f->routed, publish_routed, f);
-    if (f->count) {
+    if (f->count)
         atomic_fetch_add(c->in->m_deliveries_gateway, f->via_gateway);
-        atomic_fetch_add(c->in->m_deliveries_user, f->via_user);
-    }
     f->count = false;
 }
 
+/* The routes of b's members, asked again until Redis answers and they can be trusted (a new epoch
+ * holds CHAT_ROUTES_SETTLE_MS, chat_routes.h): without them no live delivery can be addressed
+ * (there is no per-user path), so the batch is held, kept ours (+WPI) and the lease alive, as while
+ * the broker fails: chat pauses rather than lose live deliveries or show gaps. F_DONE with *out
+ * set, or F_STOPPING / F_LEASE_LOST. */
+static int routes_of(committer *c, batch *b, uint64_t gen, chat_map **out)
+{
+    for (int attempt = 0; !wk_ingest_routes_read(c, b, out); attempt++) {
+        if (atomic_load(&c->in->app->stopping))
+            return F_STOPPING;
+        if (!wk_ingest_heartbeat(c, gen))
+            return F_LEASE_LOST;
+        if (attempt % 10 == 0)
+            LOG_WARN("ingest", "event=routes_wait partition=%d attempt=%d hint=\"no routes to deliver by: Redis does "
+                     "not answer, or lost them and the gateways are claiming them again\"", b->part, attempt + 1);
+        wk_ingest_reply_all(c->in->app->nc, b, "+WPI");
+        chat_sleep_ms(attempt < 5 ? 200 * (attempt + 1) : 1000);
+        wk_redis_link_retry_now(&c->redis);
+    }
+    return F_DONE;
+}
+
 /* Publishes every stored event of the batch to its members (on the worker's connection: one
- * DeliveryBatch per gateway for the members of large conversations with a route in Redis, one
- * Delivery per member for the others) and to CHAT_EVENTS (on the committer's, once:
+ * DeliveryBatch per gateway for the members with a route in Redis) and to CHAT_EVENTS (on the committer's, once:
  * wk_ingest_events.c confirms the PubAcks later and repairs from PostgreSQL what the broker did
  * not take); returns F_DONE when a flush says the server took the deliveries. The batch is acked
  * then: the sender's ack frame is its own live delivery, and nothing on the ack path waits for a
@@ -186,9 +187,11 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
     natsConnection *nc = in->app->nc;
     if (c->routed == NULL)
         c->routed = wk_route_batches_create();
-    fanout f = {.nc = nc, .routes = wk_ingest_routes_read(c, b), .routed = c->routed, .count = true};
+    fanout f = {.nc = nc, .routed = c->routed, .count = true};
+    int rc = routes_of(c, b, gen, &f.routes);
+    if (rc != F_DONE)
+        return rc;
     Chat__V1__Event *events = chat_xcalloc((size_t)b->n, sizeof *events);
-    int rc = F_DONE;
     for (int attempt = 0;; attempt++) {
         uint64_t delivered_on = wk_ingest_reconnects(nc);
         fanout_once(c, b, &f, events, committed_ms);
@@ -223,7 +226,7 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 
 /* Tells the sending session why its post was not stored: on the subject of the gateway the post
  * came through (Post.gateway; the session is there), a DeliveryBatch with the rejection for the
- * sender alone; a post without one (none has a session today) through the sender's own subject. */
+ * sender alone (a post without one has no session to tell). */
 static void send_rejection(natsConnection *nc, const item *it, const drop_info *why)
 {
     Chat__V1__Rejection rj = CHAT__V1__REJECTION__INIT;
@@ -254,13 +257,7 @@ static void send_rejection(natsConnection *nc, const item *it, const drop_info *
             return;
         size_t len = chat__v1__delivery_batch__pack(&db, buf);
         natsConnection_Publish(nc, subject, buf, (int)len);
-        return;
     }
-    if (chat__v1__delivery__get_packed_size(&d) > sizeof buf)
-        return;
-    size_t len = chat__v1__delivery__pack(&d, buf);
-    if (chat_subject_deliver(subject, sizeof subject, it->post->sender))
-        natsConnection_Publish(nc, subject, buf, (int)len);
 }
 
 void wk_ingest_count_drops(wk_ingest *in, batch *b)

@@ -141,6 +141,7 @@ typedef struct committer {
     struct wk_route_batches *routed; /* the per-gateway batches of a fanout (wk_route_batch.h) */
     chat_map *route_cache;      /* user -> its routes as last read (wk_ingest_routes.c) */
     int64_t route_since;        /* CHAT_ROUTES_SINCE_KEY when the cache was filled (0: missing) */
+    int64_t route_settle_ms;    /* a new epoch: no delivery before this (Unix ms; chat_routes.h) */
     char route_log_id[48];      /* the last CHAT_ROUTES_LOG_KEY entry read ("": none; read its end) */
     int64_t route_log_read_ms;  /* when the log was last read (Unix ms) */
 } committer;
@@ -170,7 +171,7 @@ struct wk_ingest {
     atomic_uint_fast64_t *m_drop[DM_COUNT]; /* chat_ingest_dropped_total by drop_metric */
     /* chat_ingest_deliveries_total{path="gateway"|"user"}: (event, recipient) pairs by the way they
      * went; chat_ingest_route_errors_total: Redis reads of routes that failed */
-    atomic_uint_fast64_t *m_deliveries_gateway, *m_deliveries_user, *m_route_errors;
+    atomic_uint_fast64_t *m_deliveries_gateway, *m_route_errors;
     chat_histogram *h_commit, *h_fanout, *h_broker_to_commit;
 };
 
@@ -353,16 +354,14 @@ uint64_t wk_ingest_reconnects(natsConnection *nc);
 /* Routes (wk_ingest_routes.c)                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The gateways holding the members of b's conversations of CHAT_ROUTED_MIN_MEMBERS members or more,
- * read from Redis in one pipelined round trip: a map user -> "g1\0g2\0\0" (the gateway ids) for
- * the users with a live route; NULL when no conversation is that large, or Redis is down or slow
- * (everyone goes per user). Free with wk_ingest_routes_free. */
-chat_map *wk_ingest_routes_read(committer *c, const batch *b);
+/* The gateways holding the members of b's conversations, read from Redis in one pipelined round trip
+ * (two when the log named cached users): *out a map user -> "g1\0g2\0\0" (the gateway ids) for the
+ * users with a live route (NULL: b has no member). False when Redis is down or slow: the caller
+ * holds the batch and asks again (no live delivery can be addressed without the routes). Free *out
+ * with wk_ingest_routes_free. */
+bool wk_ingest_routes_read(committer *c, const batch *b, chat_map **out);
 /* NULL-safe. Any thread. */
 void wk_ingest_routes_free(chat_map *routes);
-/* Whether Redis holds every live route at now_ms, given CHAT_ROUTES_SINCE_KEY's value since (Unix
- * ms, 0: missing): chat_routes.h. Any thread. */
-bool wk_ingest_routes_settled(int64_t since, int64_t now_ms);
 /* Closes c's Redis connection (at the committer's end). */
 void wk_ingest_routes_close(committer *c);
 

@@ -16,11 +16,11 @@
 
 #define BACKOFF_MIN_MS 500  /* after a failure, no Redis until then, doubling ... */
 #define BACKOFF_MAX_MS 5000 /* ... up to this */
-#define GATEWAYS_MAX 16     /* routes of one user taken (more: that user goes per user) */
+#define GATEWAYS_MAX 64     /* routes of one user read (as the ingest's, wk_ingest_routes.c) */
 
 struct wk_routes {
     wk_redis_link redis;
-    atomic_uint_fast64_t *via_gateway, *via_user;
+    atomic_uint_fast64_t *via_gateway, *dropped;
 };
 
 redisContext *wk_redis_open(const chat_cfg *cfg, int timeout_ms, char *err, size_t errsz)
@@ -89,12 +89,12 @@ void wk_redis_link_close(wk_redis_link *l)
 }
 
 wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fast64_t *via_gateway,
-                            atomic_uint_fast64_t *via_user)
+                            atomic_uint_fast64_t *dropped)
 {
     wk_routes *r = chat_xcalloc(1, sizeof *r);
     wk_redis_link_init(&r->redis, cfg, who, "", NULL);
     r->via_gateway = via_gateway;
-    r->via_user = via_user;
+    r->dropped = dropped;
     return r;
 }
 
@@ -112,17 +112,8 @@ static bool try_read_routes(wk_routes *r, const char *const *users, int n, char 
 {
     redisContext *c = r->redis.c;
     long long now = chat_now_ms();
-    redisAppendCommand(c, "GET %s", CHAT_ROUTES_SINCE_KEY);
     for (int i = 0; i < n; i++)
         redisAppendCommand(c, "ZRANGEBYSCORE presence:%s (%lld +inf LIMIT 0 %d", users[i], now, GATEWAYS_MAX);
-    redisReply *since = NULL;
-    if (redisGetReply(c, (void **)&since) != REDIS_OK) {
-        wk_redis_link_fail(&r->redis, c->errstr);
-        return false;
-    }
-    int64_t since_ms = since && since->type == REDIS_REPLY_STRING ? strtoll(since->str, NULL, 10) : 0;
-    freeReplyObject(since);
-    bool trusted = since_ms > 0 && now - since_ms >= CHAT_ROUTES_SETTLE_MS;
     for (int i = 0; i < n; i++) {
         redisReply *z = NULL;
         if (redisGetReply(c, (void **)&z) != REDIS_OK) {
@@ -133,7 +124,7 @@ static bool try_read_routes(wk_routes *r, const char *const *users, int n, char 
             }
             return false;
         }
-        if (trusted && z && z->type == REDIS_REPLY_ARRAY && z->elements > 0) {
+        if (z && z->type == REDIS_REPLY_ARRAY && z->elements > 0) {
             size_t len = 1;
             for (size_t k = 0; k < z->elements; k++)
                 len += z->element[k]->len + 1;
@@ -158,19 +149,21 @@ static bool try_read_routes(wk_routes *r, const char *const *users, int n, char 
     return true;
 }
 
-/* The gateways of users[0..n) from one pipeline: gws[i] "g1\0g2\0\0" (NULL: no route), all NULL
- * when the routes are not trusted or Redis did not answer. A connection that broke since its last
- * use (Redis restarted) is made again at once and the pipeline sent once more, so only a Redis
- * that is really away sends deliveries per user. */
-static void read_routes(wk_routes *r, const char *const *users, int n, char **gws)
+/* The gateways of users[0..n) from one pipeline: gws[i] "g1\0g2\0\0" (NULL: no route); false when
+ * Redis did not answer. A connection that broke since its last use (Redis restarted) is made again
+ * at once and the pipeline sent once more, so only a Redis that is really away loses deliveries. */
+static bool read_routes(wk_routes *r, const char *const *users, int n, char **gws)
 {
     memset(gws, 0, (size_t)n * sizeof *gws);
     bool had = r->redis.c != NULL && !r->redis.c->err;
-    if (!wk_redis_link_ready(&r->redis) || try_read_routes(r, users, n, gws) || !had)
-        return;
+    if (!wk_redis_link_ready(&r->redis))
+        return false;
+    if (try_read_routes(r, users, n, gws))
+        return true;
+    if (!had)
+        return false;
     wk_redis_link_retry_now(&r->redis); /* the failure just now was the old connection's */
-    if (wk_redis_link_ready(&r->redis))
-        try_read_routes(r, users, n, gws);
+    return wk_redis_link_ready(&r->redis) && try_read_routes(r, users, n, gws);
 }
 
 /* One gateway's share: the users routed there, and the gateway's id. */
@@ -183,20 +176,11 @@ typedef struct share {
 int wk_routes_split(const Chat__V1__Delivery *d, const char *const *users, char *const *gws, int n,
                     wk_routes_emit_fn emit, void *ctx)
 {
-    uint8_t stackbuf[1024], *buf = NULL;
-    size_t len = 0;
     share *shares = NULL;
     int nshares = 0, routed = 0;
     for (int i = 0; i < n; i++) {
-        if (gws[i] == NULL) { /* per user: packed once */
-            if (buf == NULL) {
-                len = chat__v1__delivery__get_packed_size(d);
-                buf = len <= sizeof stackbuf ? stackbuf : chat_xmalloc(len);
-                chat__v1__delivery__pack(d, buf);
-            }
-            emit(NULL, users[i], buf, len, ctx);
+        if (gws[i] == NULL) /* no route: offline, nothing live */
             continue;
-        }
         for (const char *g = gws[i]; *g; g += strlen(g) + 1) {
             int s = 0;
             while (s < nshares && strcmp(shares[s].gateway, g) != 0)
@@ -227,25 +211,21 @@ int wk_routes_split(const Chat__V1__Delivery *d, const char *const *users, char 
         size_t blen = chat__v1__delivery_batch__get_packed_size(&db);
         uint8_t *b = chat_xmalloc(blen);
         chat__v1__delivery_batch__pack(&db, b);
-        emit(shares[s].gateway, NULL, b, blen, ctx);
+        emit(shares[s].gateway, b, blen, ctx);
         free(b);
         free(ix);
         free(shares[s].users);
     }
     free(shares);
-    if (buf != stackbuf)
-        free(buf);
     return routed;
 }
 
-/* Publishes one wk_routes_split share on the gateway's subject or the user's. */
-static void publish_share(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx)
+/* Publishes one wk_routes_split share on the gateway's subject. */
+static void publish_share(const char *gateway, const uint8_t *data, size_t len, void *ctx)
 {
     natsConnection *nc = ctx;
     char subject[128];
-    bool ok = gateway ? chat_subject_deliver_gateway(subject, sizeof subject, gateway)
-                      : chat_subject_deliver(subject, sizeof subject, user);
-    if (ok)
+    if (chat_subject_deliver_gateway(subject, sizeof subject, gateway))
         natsConnection_Publish(nc, subject, data, (int)len);
 }
 
@@ -254,13 +234,16 @@ void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Deliver
     if (n <= 0)
         return;
     char **gws = chat_xcalloc((size_t)n, sizeof *gws);
-    read_routes(r, users, n, gws);
+    if (!read_routes(r, users, n, gws)) {
+        if (r->dropped) /* Redis away: nothing addressed; a sync reads receipts and members back */
+            atomic_fetch_add(r->dropped, (uint64_t)n);
+        free(gws);
+        return;
+    }
     int routed = wk_routes_split(d, users, gws, n, publish_share, nc);
     for (int i = 0; i < n; i++)
         free(gws[i]);
     free(gws);
     if (r->via_gateway)
         atomic_fetch_add(r->via_gateway, (uint64_t)routed);
-    if (r->via_user)
-        atomic_fetch_add(r->via_user, (uint64_t)(n - routed));
 }

@@ -1,10 +1,10 @@
 /* A Delivery to a list of users by their routes, for the api role and the typing relay (the ingest
  * has its own cached reader, wk_ingest_routes.c): one DeliveryBatch item per gateway that the
- * users' routes name (presence:<user> in Redis, written by the gateways; trusted only once
- * routes:since is CHAT_ROUTES_SETTLE_MS old, common/chat_routes.h), on chat.deliver.g.<gateway>;
- * a user without a route, and everyone while the routes are not trusted or Redis does not answer
- * within WK_ROUTES_TIMEOUT_MS, on chat.deliver.u.<user>. docs/architecture.md, "The hot path",
- * step 4. One wk_routes per thread (it owns its Redis connection). */
+ * users' routes name (presence:<user> in Redis, written by the api role from the gateways' claims,
+ * workers/wk_claims.h), on chat.deliver.g.<gateway>. A user without a route gets nothing live
+ * (offline); while Redis does not answer within WK_ROUTES_TIMEOUT_MS nobody does (counted: typing
+ * is a hint, receipts and membership are read back by a sync). docs/architecture.md, "The hot
+ * path", step 4. One wk_routes per thread (it owns its Redis connection). */
 #ifndef WK_ROUTES_H
 #define WK_ROUTES_H
 #include <stdatomic.h>
@@ -51,26 +51,24 @@ void wk_redis_link_close(wk_redis_link *l);
 
 typedef struct wk_routes wk_routes;
 
-/* A reader for `who` (the log's comp field); via_gateway and via_user count the recipients each
- * way (may be NULL). Never NULL. */
+/* A reader for `who` (the log's comp field); via_gateway counts the recipients reached through their
+ * gateways, dropped those not reached because Redis did not answer (may be NULL). Never NULL. */
 wk_routes *wk_routes_create(const chat_cfg *cfg, const char *who, atomic_uint_fast64_t *via_gateway,
-                            atomic_uint_fast64_t *via_user);
+                            atomic_uint_fast64_t *dropped);
 /* NULL-safe. */
 void wk_routes_destroy(wk_routes *r);
 
-/* Where one share of a delivery goes: a packed DeliveryBatch (one item: the delivery, for every
- * user listed) for `gateway`, or, gateway NULL, the packed Delivery for `user` alone. data is
- * borrowed for the call. */
-typedef void (*wk_routes_emit_fn)(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx);
+/* One gateway's share of a delivery: a packed DeliveryBatch (one item: the delivery, for every user
+ * listed) for `gateway`. data is borrowed for the call. */
+typedef void (*wk_routes_emit_fn)(const char *gateway, const uint8_t *data, size_t len, void *ctx);
 
-/* Splits delivery d to users[0..n) by their gateways gws[i] ("g1\0g2\0\0", NULL: no route):
- * one emit per gateway (its users in their order, each once), in the order the gateways first
- * appear, and one per user without a route, in order. Pure (no NATS, no Redis). Returns how many
- * users had a route. */
+/* Splits delivery d to users[0..n) by their gateways gws[i] ("g1\0g2\0\0", NULL: no route, nothing
+ * sent): one emit per gateway (its users in their order, each once), in the order the gateways
+ * first appear. Pure (no NATS, no Redis). Returns how many users had a route. */
 int wk_routes_split(const Chat__V1__Delivery *d, const char *const *users, char *const *gws, int n,
                     wk_routes_emit_fn emit, void *ctx);
 
-/* Publishes d on nc to each of users[0..n) (borrowed for the call) once per route, or per user. */
+/* Publishes d on nc to the gateways of users[0..n) (borrowed for the call), once per gateway. */
 void wk_routes_deliver(wk_routes *r, natsConnection *nc, const Chat__V1__Delivery *d, const char *const *users, int n);
 
 #endif

@@ -146,12 +146,11 @@ chat_status wk_typing_start(wk_app *app, wk_typing **out)
                                         "Typing notices from gateways, relayed to the members or refused.");
     t->m_refused = chat_metrics_counter(app->metrics, "chat_typing_total", "result=\"refused\"",
                                         "Typing notices from gateways, relayed to the members or refused.");
+    const char *help = "Recipients of relayed typing notices: reached through their gateways, or dropped because "
+                       "Redis did not answer.";
     t->routes = wk_routes_create(
-        app->cfg, "typing",
-        chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"gateway\"",
-                             "Recipients of relayed typing notices, by path: per gateway (their routes) or per user."),
-        chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"user\"",
-                             "Recipients of relayed typing notices, by path: per gateway (their routes) or per user."));
+        app->cfg, "typing", chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"gateway\"", help),
+        chat_metrics_counter(app->metrics, "chat_typing_deliveries_total", "path=\"dropped\"", help));
     chat_status st = chat_nats_check(
         natsConnection_QueueSubscribe(&t->sub, app->nc, CHAT_SUBJECT_TYPING_ALL, TYPING_QUEUE, on_typing, t), "typing",
         "subscribe");

@@ -1,6 +1,6 @@
 /* The typing relay (part of the api role): a gateway publishes a member's typing once, on
  * chat.typing.<conv>; the relay checks the typist is a member of the live conversation and sends
- * Delivery{typing} to every other member's chat.deliver.u.<member>. So no gateway needs to
+ * Delivery{typing} to every other member's gateways (wk_routes.h). So no gateway needs to
  * publish deliveries (a compromised gateway could forge any frame to any user with that right,
  * docs/security.md). Queue group "api": each typing reaches one relay. Its own subscription
  * thread and PostgreSQL connection. */

@@ -643,6 +643,8 @@ expect_violation "gateway subscribes to chat.evt.>" 1 gateway-1 "$gw_pw" \
     'SUB chat.evt.> 1\r\n' 'Subscription to "chat.evt.>"'
 expect_violation "gateway subscribes to chat.api.v1.> (impersonating the api role)" 1 gateway-1 "$gw_pw" \
     'SUB chat.api.v1.> api 1\r\n' 'Subscription to "chat.api.v1.>"'
+expect_violation "gateway-1 subscribes to a user's deliveries (chat.deliver.u.*: no per-user path)" 1 gateway-1 "$gw_pw" \
+    'SUB chat.deliver.u.* 1\r\n' 'Subscription to "chat.deliver.u.\*"'
 expect_violation "gateway-1 claims routes as gateway-2 (chat.route.gateway-2)" 1 gateway-1 "$gw_pw" \
     'PUB chat.route.gateway-2 _INBOX.gw.gateway-1.rt.x 0\r\n\r\n' 'Publish to "chat.route.gateway-2"'
 expect_violation "gateway subscribes to chat.route.* (answering other gateways' route claims)" 1 gateway-1 "$gw_pw" \

@@ -1,19 +1,20 @@
 /* One delivery per gateway per batch (docs/architecture.md, "The hot path", step 4), against two
- * gateways of its own (the stack's NATS, PostgreSQL, Redis and worker). A group of five members
- * (over CHAT_ROUTED_MIN_MEMBERS): two on the first gateway, two on the second, one on both.
+ * gateways of its own (the stack's NATS, PostgreSQL, Redis and worker). A group of five members:
+ * two on the first gateway, two on the second, one on both. There is no per-user path.
  *
- * routed_once_in_order_then_per_user_without_redis:
- *   - every connection syncs first (the sync waits for the user's route in Redis), then, once the
- *     routes are trusted (routes:since CHAT_ROUTES_SETTLE_MS old), a burst of messages reaches every
- *     connection once each, in seq order, through the per-gateway path: the worker's
- *     chat_ingest_deliveries_total{path="gateway"} grows by at least one per event and member, and
- *     both gateways count DeliveryBatches (chat_gateway_routed_batches_total);
+ * routed_once_in_order_then_held_without_redis:
+ *   - every connection syncs first (the sync waits for the user's route claim to be written), then
+ *     a burst of messages reaches every connection once each, in seq order, through the
+ *     per-gateway path: the worker's chat_ingest_deliveries_total{path="gateway"} grows by at least
+ *     one per event and member, and both gateways count DeliveryBatches
+ *     (chat_gateway_routed_batches_total);
  *   - bob's second device connects on the second gateway (a new route, while the ingest has bob's
- *     routes cached): a burst reaches it too, once each, in order, still per gateway;
- *   - with the stack's Redis stopped, a second burst still reaches every connection once, in order
- *     (per user: chat_ingest_deliveries_total{path="user"} grows by one per event and member);
- *   - with Redis started again (empty: no routes:since, so per user until the routes settle), a
- *     third burst does too.
+ *     routes cached): a burst reaches it too, once each, in order;
+ *   - with the stack's Redis stopped, a second burst is held: nothing reaches anyone for 3 s;
+ *   - with Redis started again (empty: a new epoch), every session is closed with 1012 within
+ *     20 s; reconnected and synced from its cursor, each gets the whole held burst (by the sync,
+ *     or live once the ingest's hold of the new epoch ends), in order, without a hole, and a
+ *     third burst reaches everyone live.
  * rejection_to_its_gateway_only: a post the ingest refuses is told through the gateway it came
  *   from, never on the sender's own subject.
  * receipts_typing_members_by_routes: a 1:1 message, a receipt, a typing and a membership change
@@ -95,7 +96,7 @@ static void connect_and_sync(conn *k, const test_gateway *gw, const char *user)
 
 /* Sends BURST messages from k[0] and reads every connection until each has them all: once each, in
  * seq order (fails the test otherwise). */
-static void burst(conn *k, int n, const char *conv, const char *tag)
+static void burst_repeats(conn *k, int n, const char *conv, const char *tag, bool repeats_ok)
 {
     for (int i = 0; i < BURST; i++) {
         char frame[256];
@@ -113,6 +114,10 @@ static void burst(conn *k, int n, const char *conv, const char *tag)
             const char *type = test_str(f, "type");
             if (type && strcmp(type, "msg") == 0 && strcmp(test_str(f, "conv"), conv) == 0) {
                 int64_t seq = test_int(f, "seq");
+                if (repeats_ok && seq <= k[j].last_seq) { /* at-least-once: a client drops it by id */
+                    json_decref(f);
+                    continue;
+                }
                 ck_assert_msg(seq == k[j].last_seq + 1, "%s (%s): seq %lld after %lld (a repeat or a hole): %s",
                               k[j].name, tag, (long long)seq, (long long)k[j].last_seq, test_json(f));
                 k[j].last_seq = seq;
@@ -121,6 +126,11 @@ static void burst(conn *k, int n, const char *conv, const char *tag)
             json_decref(f);
         }
     }
+}
+
+static void burst(conn *k, int n, const char *conv, const char *tag)
+{
+    burst_repeats(k, n, conv, tag, false);
 }
 
 /* The worker's chat_ingest_deliveries_total{path=...}. */
@@ -162,20 +172,81 @@ static natsSubscription *watch(natsConnection *nc, const char *prefix, const cha
     return sub;
 }
 
-/* Waits until Redis's routes are trusted (routes:since CHAT_ROUTES_SETTLE_MS old; a fresh Redis:
- * up to 15 s). */
-static void await_routes_settled(void)
+/* Checks that the routes' epoch is in Redis once users connected (their claims wrote it). */
+static void expect_routes_epoch(void)
 {
-    int64_t since = routes_since();
-    ck_assert_msg(since > 0, "no %s in Redis after users connected", CHAT_ROUTES_SINCE_KEY);
-    int64_t wait = since + CHAT_ROUTES_SETTLE_MS + 300 - chat_now_ms();
-    if (wait > 0) {
-        say("waiting %lld ms for the routes to settle\n", (long long)wait);
-        usleep((useconds_t)wait * 1000);
+    ck_assert_msg(routes_since() > 0, "no %s in Redis after users connected", CHAT_ROUTES_SINCE_KEY);
+}
+
+/* The next seq of conv in msg frame f moves k's last_seq (a repeat, at or below it, is dropped by id
+ * as a client does; a hole fails). */
+static void next_seq(conn *k, json_t *f, const char *what)
+{
+    int64_t seq = test_int(f, "seq");
+    if (seq <= k->last_seq)
+        return;
+    ck_assert_msg(seq == k->last_seq + 1, "%s (%s): seq %lld after %lld (a hole)", k->name, what, (long long)seq,
+                  (long long)k->last_seq);
+    k->last_seq = seq;
+}
+
+/* Reads k's frames until deadline: counts the msg frames of conv (each must be the next seq; k's
+ * last_seq moves). The connection must stay open. */
+static int msgs_until(conn *k, const char *conv, int64_t deadline)
+{
+    int got = 0;
+    json_t *f = NULL;
+    while (test_recv_by(k->c, deadline, &f) == CHAT_OK) {
+        const char *type = test_str(f, "type");
+        if (type && strcmp(type, "msg") == 0 && strcmp(test_str(f, "conv"), conv) == 0) {
+            ck_assert_msg(test_int(f, "seq") == k->last_seq + 1, "%s: seq %lld after %lld", k->name,
+                          (long long)test_int(f, "seq"), (long long)k->last_seq);
+            k->last_seq++;
+            got++;
+        }
+        json_decref(f);
+    }
+    return got;
+}
+
+/* Reads k's frames until the server closes it (by deadline): its close code (0: not closed). Live
+ * msg frames of conv before it (the sender's own) move last_seq, each the next seq. */
+static int closed_by(conn *k, const char *conv, int64_t deadline)
+{
+    json_t *f = NULL;
+    chat_status st;
+    while ((st = test_recv_by(k->c, deadline, &f)) == CHAT_OK) {
+        const char *type = test_str(f, "type");
+        if (type && strcmp(type, "msg") == 0 && strcmp(test_str(f, "conv"), conv) == 0)
+            next_seq(k, f, "before the close");
+        json_decref(f);
+    }
+    return st == CHAT_ERR_IO ? ws_client_close_code(k->c) : 0;
+}
+
+/* Connects k again as user to gw and syncs conv from its last seq: every msg frame until synced
+ * must be the next seq. */
+static void resync(conn *k, const test_gateway *gw, const char *user, const char *conv)
+{
+    k->c = test_gateway_user(&stack, gw, user);
+    char sync[256];
+    snprintf(sync, sizeof sync, "{\"type\":\"sync\",\"cursors\":{\"%s\":%lld}}", conv, (long long)k->last_seq);
+    ck_assert(ws_client_send_text(k->c, sync, strlen(sync)) == CHAT_OK);
+    int64_t deadline = test_mono_ms() + 15000;
+    for (;;) {
+        json_t *f = NULL;
+        ck_assert_msg(test_recv_by(k->c, deadline, &f) == CHAT_OK, "%s: no synced after reconnecting", k->name);
+        const char *type = test_str(f, "type");
+        bool done = type && strcmp(type, "synced") == 0;
+        if (type && strcmp(type, "msg") == 0 && strcmp(test_str(f, "conv"), conv) == 0)
+            next_seq(k, f, "sync");
+        json_decref(f);
+        if (done)
+            return;
     }
 }
 
-START_TEST(routed_once_in_order_then_per_user_without_redis)
+START_TEST(routed_once_in_order_then_held_without_redis)
 {
     test_gateway g1, g2;
     gateway_up("g1", NULL, &g1);
@@ -197,7 +268,7 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
     for (int j = 0; j < CONNS; j++)
         connect_and_sync(&k[j], j < 3 ? &g1 : &g2, users[user_of[j]]);
 
-    await_routes_settled();
+    expect_routes_epoch();
     double gw_before = deliveries("gateway");
     burst(k, CONNS, conv, "routed");
     double gw_delta = deliveries("gateway") - gw_before;
@@ -216,17 +287,51 @@ START_TEST(routed_once_in_order_then_per_user_without_redis)
     say("burst after a new route: deliveries{path=gateway} +%.0f\n", gw_delta);
     ck_assert_msg(gw_delta >= BURST * MEMBERS, "only %.0f deliveries went per gateway after a new route", gw_delta);
 
-    /* Redis stopped: per user */
+    /* Redis stopped: no route can be read, so the ingest holds the batch (there is no per-user
+     * path): nothing of the burst reaches anyone while Redis is away */
     redis_service("chat_redis_stop");
-    double user_before = deliveries("user");
-    burst(k, CONNS + 1, conv, "noredis");
-    double user_delta = deliveries("user") - user_before;
-    say("burst without Redis: deliveries{path=user} +%.0f\n", user_delta);
-    ck_assert_msg(user_delta >= BURST * MEMBERS, "only %.0f deliveries went per user without Redis", user_delta);
+    int64_t start_seq = k[0].last_seq;
+    for (int i = 0; i < BURST; i++) {
+        char frame[256];
+        snprintf(frame, sizeof frame, "{\"type\":\"send\",\"conv\":\"%s\",\"cmid\":\"noredis-%d\",\"body\":\"noredis %d\"}",
+                 conv, i, i);
+        ck_assert(ws_client_send_text(k[0].c, frame, strlen(frame)) == CHAT_OK);
+    }
+    int64_t quiet_until = test_mono_ms() + 3000;
+    for (int j = 0; j <= CONNS; j++)
+        ck_assert_msg(msgs_until(&k[j], conv, quiet_until) == 0, "%s got a message while Redis was away", k[j].name);
+    say("burst without Redis: held, nothing delivered for 3 s\n");
 
-    /* Redis back, empty: per user until the routes settle again, nothing lost */
+    /* Redis back, empty (a new epoch): the ingest goes on and finds no route but the sender's own
+     * session; each gateway sees the new epoch in its next claim's answer (a heartbeat, within
+     * 10 s) and closes every session with 1012; reconnected and synced from its cursor, every
+     * connection has the whole burst once, in order */
     redis_service("chat_redis_start && chat_redis_wait");
-    burst(k, CONNS + 1, conv, "restarted");
+    int64_t deadline = test_mono_ms() + 20000;
+    for (int j = 0; j <= CONNS; j++) {
+        int code = closed_by(&k[j], conv, deadline);
+        ck_assert_msg(code == 1012, "%s: closed with %d, want 1012 after Redis came back empty", k[j].name, code);
+    }
+    say("every session closed with 1012 after Redis came back empty\n");
+    for (int j = 0; j <= CONNS; j++) {
+        ws_client_destroy(k[j].c);
+        resync(&k[j], j < 3 ? &g1 : &g2, users[j == CONNS ? 1 : user_of[j]], conv);
+    }
+    /* what the sync did not find (still held: stored once the partition goes on) comes live */
+    deadline = test_mono_ms() + 30000;
+    for (int j = 0; j <= CONNS; j++) {
+        while (k[j].last_seq < start_seq + BURST) {
+            json_t *f = NULL;
+            ck_assert_msg(test_recv_by(k[j].c, deadline, &f) == CHAT_OK, "%s: has up to seq %lld, want %lld",
+                          k[j].name, (long long)k[j].last_seq, (long long)(start_seq + BURST));
+            const char *type = test_str(f, "type");
+            if (type && strcmp(type, "msg") == 0 && strcmp(test_str(f, "conv"), conv) == 0)
+                next_seq(&k[j], f, "after the sync");
+            json_decref(f);
+        }
+    }
+    /* and live delivery works again, by the new routes */
+    burst_repeats(k, CONNS + 1, conv, "restarted", true); /* the held burst may come again live: repeats */
 
     for (int j = 0; j <= CONNS; j++)
         ws_client_destroy(k[j].c);
@@ -311,14 +416,14 @@ START_TEST(receipts_typing_members_by_routes)
     conn a = {.name = "alice@g1"}, b = {.name = "bob@g2"};
     connect_and_sync(&a, &g1, alice);
     connect_and_sync(&b, &g2, bob);
-    await_routes_settled();
+    expect_routes_epoch();
     natsConnection *nc = NULL;
     ck_assert(natsConnection_ConnectTo(&nc, stack.cfg.nats_url) == NATS_OK);
     natsSubscription *sa = watch(nc, "chat.deliver.u.", alice), *sb = watch(nc, "chat.deliver.u.", bob);
     double api0 = test_worker_metric("chat_api_deliveries_total{path=\"gateway\"}");
     double typing0 = test_worker_metric("chat_typing_deliveries_total{path=\"gateway\"}");
-    double api_user0 = test_worker_metric("chat_api_deliveries_total{path=\"user\"}");
-    double typing_user0 = test_worker_metric("chat_typing_deliveries_total{path=\"user\"}");
+    double api_dropped0 = test_worker_metric("chat_api_deliveries_total{path=\"dropped\"}");
+    double typing_dropped0 = test_worker_metric("chat_typing_deliveries_total{path=\"dropped\"}");
 
     char frame[256];
     snprintf(frame, sizeof frame, "{\"type\":\"send\",\"conv\":\"%s\",\"cmid\":\"m1\",\"body\":\"hi\"}", conv);
@@ -346,10 +451,11 @@ START_TEST(receipts_typing_members_by_routes)
 
     double api = test_worker_metric("chat_api_deliveries_total{path=\"gateway\"}") - api0;
     double typing = test_worker_metric("chat_typing_deliveries_total{path=\"gateway\"}") - typing0;
-    double api_user = test_worker_metric("chat_api_deliveries_total{path=\"user\"}") - api_user0;
-    double typing_user = test_worker_metric("chat_typing_deliveries_total{path=\"user\"}") - typing_user0;
-    say("by routes: api deliveries +%.0f, typing +%.0f; per user: api +%.0f (dave, offline), typing +%.0f\n", api,
-        typing, api_user, typing_user);
+    double api_dropped = test_worker_metric("chat_api_deliveries_total{path=\"dropped\"}") - api_dropped0;
+    double typing_dropped = test_worker_metric("chat_typing_deliveries_total{path=\"dropped\"}") - typing_dropped0;
+    say("by routes: api deliveries +%.0f, typing +%.0f; dropped: api +%.0f, typing +%.0f\n", api, typing, api_dropped,
+        typing_dropped);
+    ck_assert_msg(api_dropped == 0 && typing_dropped == 0, "deliveries dropped with Redis up");
     ck_assert_msg(api >= 4, "chat_api_deliveries_total{path=\"gateway\"} grew by %.0f, want >= 4 (receipt to 2, members to 2)",
                   api);
     ck_assert_msg(typing >= 1, "chat_typing_deliveries_total{path=\"gateway\"} grew by %.0f", typing);
@@ -376,7 +482,7 @@ int main(void)
     Suite *s = suite_create("delivery_routes");
     TCase *tc = tcase_create("routes");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, routed_once_in_order_then_per_user_without_redis);
+    tcase_add_test(tc, routed_once_in_order_then_held_without_redis);
     tcase_add_test(tc, rejection_to_its_gateway_only);
     tcase_add_test(tc, receipts_typing_members_by_routes);
     suite_add_tcase(s, tc);

@@ -9,10 +9,12 @@
  *   index; the victim gets no route (presence:<victim> has no member for that gateway), no
  *   routes:log entry and no presence announcement. A claim with the victim's own token is
  *   accepted: the route expires about CHAT_ROUTE_TTL_MS from now, the user is announced online;
- *   a drop removes the route and announces the user offline with last_seen set. A malformed
+ *   a heartbeat's refresh never makes a route (a user without one here is answered "gone") and
+ *   keeps a live one; a drop removes the route and announces the user offline with last_seen set. A malformed
  *   request is answered "malformed" and writes nothing. */
 #include <check.h>
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +49,8 @@ static char *token_of(const char *user)
 }
 
 /* Sends a request of n claims (and drops) on chat.route.<gw>: the reply (the caller frees). */
-static Chat__V1__RouteReply *route_request(natsConnection *nc, const char *gw, const char *const *users,
-                                           char *const *tokens, int n, char *const *drops, int n_drops)
+static Chat__V1__RouteReply *route_request_as(natsConnection *nc, const char *gw, const char *const *users,
+                                              char *const *tokens, int n, char *const *drops, int n_drops, bool refresh)
 {
     Chat__V1__RouteClaim items[8], *claims[8];
     ck_assert(n <= 8);
@@ -63,6 +65,7 @@ static Chat__V1__RouteReply *route_request(natsConnection *nc, const char *gw, c
     rq.n_claims = (size_t)n;
     rq.drops = (char **)drops;
     rq.n_drops = (size_t)n_drops;
+    rq.refresh = refresh;
     uint8_t buf[16384];
     ck_assert(chat__v1__route_request__get_packed_size(&rq) <= sizeof buf);
     size_t len = chat__v1__route_request__pack(&rq, buf);
@@ -76,6 +79,19 @@ static Chat__V1__RouteReply *route_request(natsConnection *nc, const char *gw, c
     natsMsg_Destroy(reply);
     ck_assert_msg(rr != NULL, "the answer is not a RouteReply");
     return rr;
+}
+
+static Chat__V1__RouteReply *route_request(natsConnection *nc, const char *gw, const char *const *users,
+                                           char *const *tokens, int n, char *const *drops, int n_drops)
+{
+    return route_request_as(nc, gw, users, tokens, n, drops, n_drops, false);
+}
+
+/* A heartbeat's request: claims that refresh routes only. */
+static Chat__V1__RouteReply *route_request_refresh(natsConnection *nc, const char *gw, const char *const *users,
+                                                   char *const *tokens, int n)
+{
+    return route_request_as(nc, gw, users, tokens, n, NULL, 0, true);
 }
 
 static redisReply *redis_cmd(const char *fmt, const char *a, const char *b)
@@ -199,6 +215,22 @@ START_TEST(claims_need_the_users_own_token)
         chat__v1__presence__free_unpacked(p, NULL);
     }
     ck_assert_msg(online, "no online announcement of %s", victim);
+
+    /* a heartbeat (refresh) keeps a route alive but never makes one: for a user without a route
+     * here it answers "gone" and writes nothing, whatever the token */
+    char *mall_tokens[] = {mallorys};
+    const char *mall[] = {mallory};
+    rr = route_request_refresh(nc, gw, mall, mall_tokens, 1);
+    ck_assert_msg(rr->error[0] == '\0' && rr->n_refused == 0 && rr->n_gone == 1 && rr->gone[0] == 0,
+                  "refresh of a route that does not exist: error \"%s\", %zu refused, %zu gone", rr->error,
+                  rr->n_refused, rr->n_gone);
+    chat__v1__route_reply__free_unpacked(rr, NULL);
+    ck_assert_msg(route_of(mallory, gw) == 0, "a refresh made a route");
+    rr = route_request_refresh(nc, gw, one, own_tokens, 1);
+    ck_assert_msg(rr->error[0] == '\0' && rr->n_gone == 0, "refresh of a live route: error \"%s\", %zu gone",
+                  rr->error, rr->n_gone);
+    chat__v1__route_reply__free_unpacked(rr, NULL);
+    ck_assert(route_of(victim, gw) >= exp);
 
     /* its drop: the route gone, the user offline with last_seen */
     char *drops[] = {victim};

@@ -4,6 +4,7 @@
  * cursors are monotonic watermarks clamped to last_seq with receipts to every member, and a
  * timed sync of 10,000 missed events across 500 conversations (bulk-inserted with SQL). */
 #include <check.h>
+#include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #include "chat.pb-c.h"
 #include "chat_nats.h"
 #include "chat_partition.h"
+#include "chat_redis.h"
+#include "chat_time.h"
 #include "test_check.h"
 #include "test_stack.h"
 
@@ -476,6 +479,7 @@ START_TEST(sync_pages_by_bytes)
 END_TEST
 
 /* The next Delivery{receipt} on sub within ms (other deliveries are skipped); NULL if none. */
+/* The next receipt delivered on sub (a gateway's subject: DeliveryBatch items) within ms. */
 static Chat__V1__Receipt *next_receipt(natsSubscription *sub, int ms)
 {
     int64_t deadline = test_mono_ms() + ms;
@@ -484,19 +488,36 @@ static Chat__V1__Receipt *next_receipt(natsSubscription *sub, int ms)
         natsMsg *m = NULL;
         if (left <= 0 || natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
             return NULL;
-        Chat__V1__Delivery *d =
-            chat__v1__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+        Chat__V1__DeliveryBatch *db = chat__v1__delivery_batch__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                                       (const uint8_t *)natsMsg_GetData(m));
         natsMsg_Destroy(m);
-        ck_assert_ptr_nonnull(d);
-        if (d->item_case == CHAT__V1__DELIVERY__ITEM_RECEIPT) {
-            Chat__V1__Receipt *r = d->receipt;
-            d->receipt = NULL;
-            d->item_case = CHAT__V1__DELIVERY__ITEM__NOT_SET;
-            chat__v1__delivery__free_unpacked(d, NULL);
-            return r;
+        ck_assert_ptr_nonnull(db);
+        Chat__V1__Receipt *r = NULL;
+        for (size_t i = 0; i < db->n_items && r == NULL; i++) {
+            Chat__V1__Delivery *d = db->items[i]->delivery;
+            if (d && d->item_case == CHAT__V1__DELIVERY__ITEM_RECEIPT) {
+                r = d->receipt;
+                d->receipt = NULL;
+                d->item_case = CHAT__V1__DELIVERY__ITEM__NOT_SET;
+            }
         }
-        chat__v1__delivery__free_unpacked(d, NULL);
+        chat__v1__delivery_batch__free_unpacked(db, NULL);
+        if (r)
+            return r;
     }
+}
+
+/* A route of user to a gateway id of the test's own, as the api role writes a claimed one
+ * (workers/wk_claims.h), so that deliveries to user come to the test on chat.deliver.g.<gateway>. */
+static void route_to(const char *user, const char *gateway)
+{
+    char err[160];
+    redisContext *r = chat_redis_open(&stack.cfg, 2000, err, sizeof err);
+    ck_assert_msg(r != NULL, "Redis: %s", err);
+    redisReply *x = redisCommand(r, "ZADD presence:%s %lld %s", user, (long long)(chat_now_ms() + 120000), gateway);
+    ck_assert_msg(x && x->type == REDIS_REPLY_INTEGER, "ZADD presence:%s: %s", user, x && x->str ? x->str : r->errstr);
+    freeReplyObject(x);
+    redisFree(r);
 }
 
 static void expect_receipt(natsSubscription *sub, const char *who, const char *conv, const char *user, uint64_t seen,
@@ -532,7 +553,7 @@ static void expect_cursors(const char *user, const char *conv, uint64_t seen, ui
 }
 
 /* Cursors only move forward, never past last_seq, only for members; a read that moved is a
- * receipt on every member's delivery subject (the reader's too). */
+ * receipt to every member's gateways (the reader's too). */
 START_TEST(cursors_are_monotonic_watermarks_with_receipts)
 {
     char alice[80], bob[80], carol[80], dave[80], conv[80];
@@ -549,9 +570,12 @@ START_TEST(cursors_are_monotonic_watermarks_with_receipts)
     }
     const char *users[4] = {alice, bob, carol, dave};
     natsSubscription *sub[4];
-    for (int i = 0; i < 4; i++) {
-        char subject[128];
-        chat_subject_deliver(subject, sizeof subject, users[i]);
+    for (int i = 0; i < 4; i++) { /* each user on a gateway of its own: the test */
+        char gateway[96], subject[128];
+        snprintf(gateway, sizeof gateway, "t%s", users[i]);
+        gateway[CHAT_GATEWAY_ID_MAX] = '\0';
+        route_to(users[i], gateway);
+        chat_subject_deliver_gateway(subject, sizeof subject, gateway);
         ck_assert_int_eq(natsConnection_SubscribeSync(&sub[i], nc, subject), NATS_OK);
     }
     ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);

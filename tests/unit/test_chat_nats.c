@@ -12,12 +12,16 @@ START_TEST(subjects)
     char buf[64];
     ck_assert(chat_subject_in(buf, sizeof buf, 3, "conv-1"));
     ck_assert_str_eq(buf, "chat.in.3.conv-1");
-    ck_assert(chat_subject_deliver(buf, sizeof buf, "alice"));
-    ck_assert_str_eq(buf, "chat.deliver.u.alice");
+    ck_assert(chat_subject_deliver_gateway(buf, sizeof buf, "gateway-1"));
+    ck_assert_str_eq(buf, "chat.deliver.g.gateway-1");
+    ck_assert(chat_subject_route(buf, sizeof buf, "gateway-1"));
+    ck_assert_str_eq(buf, "chat.route.gateway-1");
+    ck_assert_str_eq(chat_subject_route_parse("chat.route.gateway-1"), "gateway-1");
+    ck_assert_ptr_null(chat_subject_route_parse("chat.routes.x"));
     ck_assert(chat_subject_event(buf, sizeof buf, "c"));
     ck_assert_str_eq(buf, "chat.evt.c");
     char small[12];
-    ck_assert(!chat_subject_deliver(small, sizeof small, "alice"));
+    ck_assert(!chat_subject_deliver_gateway(small, sizeof small, "gateway-1"));
 }
 END_TEST
 

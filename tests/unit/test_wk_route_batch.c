@@ -1,6 +1,5 @@
 /* workers/wk_route_batch.c: the per-gateway DeliveryBatches of a fanout (each event once per
- * gateway, its recipients there as indexes into the batch's users, order kept) and
- * wk_ingest_routes_settled (workers/wk_ingest_routes.c): when the ingest trusts the routes; and
+ * gateway, its recipients there as indexes into the batch's users, order kept); and
  * wk_routes_split (workers/wk_routes.c): one delivery split by its recipients' gateways. */
 #include <check.h>
 #include <stdbool.h>
@@ -13,8 +12,6 @@
 #include "wk_routes.h"
 #include "unit_run.h"
 #include "wk_route_batch.h"
-
-bool wk_ingest_routes_settled(int64_t since, int64_t now_ms);
 
 #define MAX_OUT 8
 
@@ -144,22 +141,10 @@ START_TEST(many_events_and_users_keep_order)
 }
 END_TEST
 
-START_TEST(routes_trusted_once_settled)
-{
-    int64_t now = 1800000000000;
-    ck_assert(!wk_ingest_routes_settled(0, now));                               /* key missing */
-    ck_assert(!wk_ingest_routes_settled(now - CHAT_ROUTES_SETTLE_MS + 1, now)); /* too young */
-    ck_assert(wk_ingest_routes_settled(now - CHAT_ROUTES_SETTLE_MS, now));
-    ck_assert(wk_ingest_routes_settled(now - 3600000, now));
-    ck_assert(!wk_ingest_routes_settled(now + 5000, now)); /* from the future: not trusted */
-}
-END_TEST
-
 /* What wk_routes_split hands out, one record per emit. */
 typedef struct emitted {
-    char gateway[32], user[32];
-    Chat__V1__DeliveryBatch *db; /* gateway's */
-    Chat__V1__Delivery *d;       /* user's */
+    char gateway[32];
+    Chat__V1__DeliveryBatch *db;
 } emitted;
 
 typedef struct emits {
@@ -167,23 +152,20 @@ typedef struct emits {
     int n;
 } emits;
 
-static void record(const char *gateway, const char *user, const uint8_t *data, size_t len, void *ctx)
+static void record(const char *gateway, const uint8_t *data, size_t len, void *ctx)
 {
     emits *es = ctx;
     ck_assert_int_lt(es->n, 16);
+    ck_assert_ptr_nonnull(gateway);
     emitted *e = &es->e[es->n++];
-    snprintf(e->gateway, sizeof e->gateway, "%s", gateway ? gateway : "");
-    snprintf(e->user, sizeof e->user, "%s", user ? user : "");
-    if (gateway)
-        e->db = chat__v1__delivery_batch__unpack(NULL, len, data);
-    else
-        e->d = chat__v1__delivery__unpack(NULL, len, data);
+    snprintf(e->gateway, sizeof e->gateway, "%s", gateway);
+    e->db = chat__v1__delivery_batch__unpack(NULL, len, data);
 }
 
 /* One delivery (a receipt) to four users: u1 on g1, u2 on g1 and g2, u3 without a route, u4 on g2.
- * g1 gets one batch for u1 and u2, g2 one for u2 and u4 (first-seen order), u3 its own Delivery;
- * the item in each batch is the receipt, for every user listed. */
-START_TEST(split_by_gateway_then_per_user)
+ * g1 gets one batch for u1 and u2, g2 one for u2 and u4 (first-seen order), u3 nothing (there is
+ * no per-user path); the item in each batch is the receipt, for every user listed. */
+START_TEST(split_by_gateway_none_without_route)
 {
     Chat__V1__Receipt rc = CHAT__V1__RECEIPT__INIT;
     rc.conv = "c1";
@@ -198,16 +180,11 @@ START_TEST(split_by_gateway_then_per_user)
     emits es = {0};
     int routed = wk_routes_split(&d, users, gws, 4, record, &es);
     ck_assert_int_eq(routed, 3);
-    ck_assert_int_eq(es.n, 3);
-    /* u3 per user, as it comes; then the gateways */
-    ck_assert_str_eq(es.e[0].gateway, "");
-    ck_assert_str_eq(es.e[0].user, "u3");
-    ck_assert_ptr_nonnull(es.e[0].d);
-    ck_assert_int_eq(es.e[0].d->item_case, CHAT__V1__DELIVERY__ITEM_RECEIPT);
+    ck_assert_int_eq(es.n, 2);
     const char *want_gw[] = {"g1", "g2"};
     const char *want_users[2][2] = {{"u1", "u2"}, {"u2", "u4"}};
     for (int k = 0; k < 2; k++) {
-        emitted *e = &es.e[1 + k];
+        emitted *e = &es.e[k];
         ck_assert_str_eq(e->gateway, want_gw[k]);
         ck_assert_ptr_nonnull(e->db);
         ck_assert_uint_eq(e->db->n_users, 2);
@@ -223,19 +200,13 @@ START_TEST(split_by_gateway_then_per_user)
         ck_assert_str_eq(ri->delivery->receipt->user, "reader");
         ck_assert_uint_eq(ri->delivery->receipt->read, 7);
     }
-    for (int i = 0; i < es.n; i++) {
+    for (int i = 0; i < es.n; i++)
         chat__v1__delivery_batch__free_unpacked(es.e[i].db, NULL);
-        chat__v1__delivery__free_unpacked(es.e[i].d, NULL);
-    }
-    /* nobody routed: everyone per user, in order */
+    /* nobody routed: nothing sent */
     char *none[] = {NULL, NULL};
     emits es2 = {0};
     ck_assert_int_eq(wk_routes_split(&d, users, none, 2, record, &es2), 0);
-    ck_assert_int_eq(es2.n, 2);
-    ck_assert_str_eq(es2.e[0].user, "u1");
-    ck_assert_str_eq(es2.e[1].user, "u2");
-    for (int i = 0; i < es2.n; i++)
-        chat__v1__delivery__free_unpacked(es2.e[i].d, NULL);
+    ck_assert_int_eq(es2.n, 0);
 }
 END_TEST
 
@@ -245,8 +216,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, one_batch_per_gateway_each_event_once);
     tcase_add_test(tc, many_events_and_users_keep_order);
-    tcase_add_test(tc, routes_trusted_once_settled);
-    tcase_add_test(tc, split_by_gateway_then_per_user);
+    tcase_add_test(tc, split_by_gateway_none_without_route);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
