@@ -28,6 +28,8 @@ typedef enum { W_ONLINE, W_OFFLINE, W_QUERY, W_BEAT } work_kind;
  * held would be megabytes (a token is a few hundred bytes); BEAT_BYTES keeps one under NATS's
  * default max_payload of 1 MB with tokens of up to CHAT_JWT_MAX_LEN. */
 #define BEAT_USERS 256
+#define BEAT_TRIES 3              /* a heartbeat batch is asked up to this many times ... */
+#define BEAT_PAUSE_MS 1000        /* ... this long apart, before its users' sessions are closed */
 #define FIRST_CLAIM_RETRIES 6     /* a first claim not answered is asked again this many times ... */
 #define FIRST_CLAIM_PAUSE_MS 500  /* ... this long apart */
 #define BEAT_BYTES (256 * 1024)
@@ -368,10 +370,18 @@ static void heartbeat(gw_presence *p, const work *w)
         at += strlen(at) + 1;
         claims[i] = &items[i];
     }
-    claim(p, claims, w->n, true, written);
-    bool answered = p->worker_ok && !p->routes_failed;
-    for (int i = 0; answered && i < w->n; i++)
-        if (!written[i])
+    /* a batch not answered is asked again: its users' routes expire 30 s after their last refresh,
+     * and another batch's success would not tell (routes_lost looks at the gateway as a whole) */
+    bool answered = false;
+    for (int attempt = 0; attempt < BEAT_TRIES && !p->stopping; attempt++) {
+        if ((answered = claim(p, claims, w->n, true, written)))
+            break;
+        chat_sleep_ms(BEAT_PAUSE_MS);
+    }
+    /* refused or gone, or never answered (their routes will expire unseen): those users' sessions
+     * are closed, to claim anew and sync */
+    for (int i = 0; i < w->n && !p->stopping; i++)
+        if (!answered || !written[i])
             gw_bus_call(p->srv, p->on.on_refused, chat_xstrdup(items[i].user));
     free(written);
     free(claims);
