@@ -15,6 +15,7 @@
 #include "chat_time.h"
 #include "wk_apip.h"
 #include "wk_routes.h"
+#include "wk_sub.h"
 
 #define DRAIN_TIMEOUT_MS 15000
 #define DONE_WAIT_MS 20000
@@ -183,17 +184,7 @@ void wk_api_destroy(wk_api *api)
         api_lane *l = &api->lanes[i];
         if (l->api == NULL)
             continue; /* never initialised */
-        bool done = l->sub == NULL;
-        if (!done) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += DONE_WAIT_MS / 1000;
-            pthread_mutex_lock(&l->lock);
-            while (!l->done && pthread_cond_timedwait(&l->cv, &l->lock, &until) == 0)
-                ;
-            done = l->done;
-            pthread_mutex_unlock(&l->lock);
-        }
+        bool done = l->sub == NULL || wk_sub_wait_done(&l->lock, &l->cv, &l->done, DONE_WAIT_MS);
         if (!done) {
             /* a callback may still run: leave its state alone rather than free it under it */
             LOG_WARN("api", "event=lane_stop_timeout lane=%d", i);

@@ -21,10 +21,10 @@
 #include "chat_routes.h"
 #include "chat_time.h"
 #include "wk_routes.h"
+#include "wk_sub.h"
 
 #define CLAIMS_QUEUE "routes"
 #define DRAIN_TIMEOUT_MS 5000
-#define DONE_WAIT_MS 6000
 #define SWEEP_BATCH 500
 
 struct wk_claims {
@@ -493,19 +493,7 @@ void wk_claims_destroy(wk_claims *c)
     pthread_mutex_unlock(&c->lock);
     if (c->sweeper_started)
         pthread_join(c->sweeper, NULL);
-    bool done = c->sub == NULL;
-    if (!done) {
-        if (natsSubscription_DrainTimeout(c->sub, DRAIN_TIMEOUT_MS) != NATS_OK)
-            natsSubscription_Unsubscribe(c->sub);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += DONE_WAIT_MS / 1000;
-        pthread_mutex_lock(&c->lock);
-        while (!c->done && pthread_cond_timedwait(&c->cv, &c->lock, &until) == 0)
-            ;
-        done = c->done;
-        pthread_mutex_unlock(&c->lock);
-    }
+    bool done = c->sub == NULL || wk_sub_end(c->sub, DRAIN_TIMEOUT_MS, &c->lock, &c->cv, &c->done);
     chat_revoke_watch_destroy(c->watch); /* after it returns, on_revocation never runs again */
     c->watch = NULL;
     if (!done) {

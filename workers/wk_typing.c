@@ -6,7 +6,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -18,11 +17,11 @@
 #include "chat_time.h"
 #include "wk_pg.h"
 #include "wk_routes.h"
+#include "wk_sub.h"
 
 #define TYPING_QUEUE "api"
 #define PG_RETRY_MS 1000
 #define DRAIN_TIMEOUT_MS 5000
-#define DONE_WAIT_MS 6000
 
 struct wk_typing {
     wk_app *app;
@@ -168,19 +167,7 @@ void wk_typing_destroy(wk_typing *t)
 {
     if (t == NULL)
         return;
-    bool done = t->sub == NULL;
-    if (!done) {
-        if (natsSubscription_DrainTimeout(t->sub, DRAIN_TIMEOUT_MS) != NATS_OK)
-            natsSubscription_Unsubscribe(t->sub);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += DONE_WAIT_MS / 1000;
-        pthread_mutex_lock(&t->lock);
-        while (!t->done && pthread_cond_timedwait(&t->cv, &t->lock, &until) == 0)
-            ;
-        done = t->done;
-        pthread_mutex_unlock(&t->lock);
-    }
+    bool done = t->sub == NULL || wk_sub_end(t->sub, DRAIN_TIMEOUT_MS, &t->lock, &t->cv, &t->done);
     if (!done) {
         /* a callback may still run: leave its state alone rather than free it under it */
         LOG_WARN("typing", "event=stop_timeout");
