@@ -15,7 +15,9 @@
 #include "chat_time.h"
 #include "wk_notifyp.h"
 
-#define IDLE_WAIT_MS 1000  /* long poll of an idle puller */
+#define IDLE_WAIT_MS 1000    /* an idle puller looks at the role's state this often */
+#define PULL_EXPIRES_MS 5000 /* a pull request's life: an idle puller renews it this often */
+#define PULL_RETRY_MS 200
 #define DUE_SLACK_MS 20    /* a redelivery this close to its due time counts as due */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -175,31 +177,67 @@ static void handle_batch(ntf_puller *p, natsMsg **msgs, int n)
 /* Pulling (by hand, as the ingest does: nats.c 3.4.1's Fetch has known bugs)                   */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Up to WK_NOTIFY_BATCH messages: what is there now, or waits up to IDLE_WAIT_MS for one. */
+/* Keeps a pull request open, as the ingest does: a new one for WK_NOTIFY_BATCH messages as soon as
+ * the open ones may bring no more than half that, each expiring after PULL_EXPIRES_MS (its end, a
+ * 408, says how many it did not bring). A request lost with a connection is forgotten after its
+ * expiry and a second. Asking per event (what is there now, then a wait for one) cost two requests
+ * and a "no messages" answer for every event (bench/findings.md item 18). */
+static void keep_pulling(ntf_puller *p)
+{
+    int64_t now = chat_mono_ms();
+    if (now < p->retry_at_ms)
+        return;
+    if (p->credit > 0 && now > p->pull_deadline_ms)
+        p->credit = 0;
+    if (p->credit > WK_NOTIFY_BATCH / 2)
+        return;
+    if (chat_js_pull(p->n->app->nc, p->n->next_subject, p->inbox, WK_NOTIFY_BATCH, PULL_EXPIRES_MS) != NATS_OK) {
+        p->retry_at_ms = now + PULL_RETRY_MS;
+        return;
+    }
+    p->credit += WK_NOTIFY_BATCH;
+    p->pull_deadline_ms = now + PULL_EXPIRES_MS + 1000;
+}
+
+/* One message of the puller's inbox: an event (true) or the end of a pull request, which adjusts
+ * the credit and is destroyed (false). A request that ended otherwise than by expiring (409: the
+ * consumer deleted or its leader changed) is asked again, but not at once. */
+static bool take(ntf_puller *p, natsMsg *m)
+{
+    int status = chat_nats_status(m);
+    if (status == 0) {
+        if (p->credit > 0)
+            p->credit--;
+        return true;
+    }
+    int64_t left = chat_js_pull_left(m);
+    p->credit = left >= 0 && left <= p->credit ? p->credit - (int)left : 0;
+    if (status != 408)
+        p->retry_at_ms = chat_mono_ms() + PULL_RETRY_MS;
+    natsMsg_Destroy(m);
+    return false;
+}
+
+/* Up to WK_NOTIFY_BATCH events: waits up to IDLE_WAIT_MS for the first, then takes what has
+ * arrived behind it. */
 static int fetch(ntf_puller *p, natsMsg **msgs)
 {
-    natsConnection *nc = p->n->app->nc;
+    keep_pulling(p);
     int n = 0;
-    for (int round = 0; round < 2 && n == 0; round++) {
-        /* first what is there now; when nothing, wait for one */
-        int batch = round == 0 ? WK_NOTIFY_BATCH : 1;
-        if (chat_js_pull(nc, p->n->next_subject, p->inbox, batch, round == 0 ? 0 : IDLE_WAIT_MS) != NATS_OK) {
-            chat_sleep_ms(200);
-            return 0;
-        }
-        int64_t wait_ms = round == 0 ? 2000 : IDLE_WAIT_MS + 1000;
-        for (;;) {
-            natsMsg *m = NULL;
-            if (natsSubscription_NextMsg(&m, p->sub, wait_ms) != NATS_OK)
-                break;
-            if (chat_nats_status(m) != 0) {
-                natsMsg_Destroy(m);
-                break; /* 404 no messages, 408 request done, 409 consumer gone */
-            }
+    natsMsg *m = NULL;
+    if (natsSubscription_NextMsg(&m, p->sub, IDLE_WAIT_MS) != NATS_OK)
+        return 0;
+    if (take(p, m))
+        msgs[n++] = m;
+    while (n < WK_NOTIFY_BATCH) {
+        int queued = 0;
+        if (natsSubscription_GetPending(p->sub, &queued, NULL) != NATS_OK || queued == 0)
+            break;
+        m = NULL;
+        if (natsSubscription_NextMsg(&m, p->sub, 100) != NATS_OK)
+            break;
+        if (take(p, m))
             msgs[n++] = m;
-            if (n == WK_NOTIFY_BATCH || (round == 1 && n == 1))
-                break;
-        }
     }
     return n;
 }

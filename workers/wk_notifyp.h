@@ -32,6 +32,9 @@ typedef struct ntf_puller {
     natsSubscription *sub;
     char inbox[64];
     uint64_t batches;
+    int credit;               /* messages the open pull requests may still bring */
+    int64_t pull_deadline_ms; /* the newest request's expiry and a second (chat_mono_ms) */
+    int64_t retry_at_ms;      /* no request before this (one failed or ended early) */
 } ntf_puller;
 
 struct wk_notify {
