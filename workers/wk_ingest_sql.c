@@ -26,6 +26,15 @@ static const struct {
     int nparams;
     const char *sql;
 } statements[Q_COUNT] = {
+    /* Whether any post of the batch is stored already: message_dedupe alone. Q_DEDUPE reads the
+     * stored rows too, and `messages` is partitioned by time with its rows found through a join:
+     * a generic plan sets up a scan of every partition (two per partition, with the delete check)
+     * before it runs, whether a row is found or not, so its cost grows with the hot retention
+     * (CHAT_HOT_RETENTION / CHAT_PARTITION_SPAN partitions; bench/findings.md item 18). Asked
+     * only when this says so, in a round trip of its own: a resend is rare. */
+    [Q_SEEN] = {"ingest_seen", 2,
+                "SELECT count(*) FROM message_dedupe d JOIN unnest($1::text[], $2::text[]) AS k(c, m)"
+                " ON d.conversation_id = k.c AND d.client_msg_id = k.m"},
     [Q_DEDUPE] = {"ingest_dedupe", 2,
                   "SELECT d.conversation_id, d.client_msg_id, d.seq, d.id,"
                   " (extract(epoch FROM d.created_at) * 1000000)::bigint,"

@@ -225,8 +225,9 @@ static void settle_duplicates(batch *b)
     }
 }
 
-/* 1, sent: already stored? (conv, cmid) of every new post. */
-static bool send_dedupe(PGconn *pg, batch *b, wk_pg_error *e)
+/* 1, sent: already stored? (conv, cmid) of every new post, to q: Q_SEEN (how many) or Q_DEDUPE
+ * (their stored rows). */
+static bool send_dedupe(PGconn *pg, batch *b, int q, wk_pg_error *e)
 {
     chat_buf convs = {0}, cmids = {0};
     chat_buf_pg_array_begin(&convs);
@@ -239,7 +240,7 @@ static bool send_dedupe(PGconn *pg, batch *b, wk_pg_error *e)
     chat_buf_pg_array_end(&convs);
     chat_buf_pg_array_end(&cmids);
     const char *params[] = {convs.data, cmids.data};
-    bool ok = wk_ingest_pipe_send(pg, Q_DEDUPE, params, e);
+    bool ok = wk_ingest_pipe_send(pg, q, params, e);
     chat_buf_free(&convs);
     chat_buf_free(&cmids);
     return ok;
@@ -393,15 +394,16 @@ static bool send_write(PGconn *pg, batch *b, int *nnew, wk_pg_error *e)
     return ok;
 }
 
-/* Round trip 1: BEGIN, dedupe, members and (when b has changes) targets, sent together with a
- * sync, their answers read in order: b's stored rows and members filled, *targets Q_TARGETS' rows
- * (or NULL). *synced while the sync's answer is still due. False with *step and *e when one
+/* Round trip 1: BEGIN, how many posts are stored already, members and (when b has changes)
+ * targets, sent together with a sync, their answers read in order: b's members filled, *targets
+ * Q_TARGETS' rows (or NULL). When some posts are stored already, round trip 1b reads their stored
+ * rows into b. *synced while the sync's answer is still due. False with *step and *e when one
  * failed. */
 static bool store_reads(PGconn *pg, batch *b, PGresult **targets, bool *synced, const char **step, wk_pg_error *e)
 {
     bool has_targets = false;
     *step = "send";
-    if (!wk_ingest_pipe_begin(pg, e) || !send_dedupe(pg, b, e) || !send_members(pg, b, e) ||
+    if (!wk_ingest_pipe_begin(pg, e) || !send_dedupe(pg, b, Q_SEEN, e) || !send_members(pg, b, e) ||
         !send_targets(pg, b, &has_targets, e) || !(*synced = wk_ingest_pipe_sync(pg, e)))
         return false;
     *step = "begin";
@@ -412,7 +414,8 @@ static bool store_reads(PGconn *pg, batch *b, PGresult **targets, bool *synced, 
     *step = "dedupe";
     if ((r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
         return false;
-    mark_stored(b, r); /* b->stored now */
+    bool seen = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+    PQclear(r);
     *step = "members";
     if ((r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
         return false;
@@ -420,6 +423,19 @@ static bool store_reads(PGconn *pg, batch *b, PGresult **targets, bool *synced, 
     *step = "targets";
     if (has_targets && (*targets = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
         return false;
+    *step = "sync";
+    if (!wk_ingest_pipe_synced(pg, e))
+        return false;
+    *synced = false;
+    if (!seen)
+        return true;
+    *step = "send";
+    if (!send_dedupe(pg, b, Q_DEDUPE, e) || !(*synced = wk_ingest_pipe_sync(pg, e)))
+        return false;
+    *step = "dedupe";
+    if ((r = wk_ingest_pipe_result(pg, PGRES_TUPLES_OK, e)) == NULL)
+        return false;
+    mark_stored(b, r); /* b->stored now */
     *step = "sync";
     if (!wk_ingest_pipe_synced(pg, e))
         return false;

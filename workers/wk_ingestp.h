@@ -294,7 +294,7 @@ void wk_ingest_format_ts(char *buf, size_t size, int64_t us);
 /* ------------------------------------------------------------------------------------------ */
 
 /* The batch statements, prepared once per lease connection. */
-enum { Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
+enum { Q_SEEN, Q_DEDUPE, Q_MEMBERS, Q_TARGETS, Q_WRITE, Q_COUNT };
 /* Prepares the batch statements on a fresh lease connection (outside any transaction). False
  * (logged) when PostgreSQL refuses one or the connection is gone: the caller closes it. */
 bool wk_ingest_prepare_statements(PGconn *pg);
