@@ -161,7 +161,9 @@ static const setting *find_flag(const char *arg, size_t len)
 static chat_status fail(char *err, size_t errsz, const char *env, const char *fmt, const char *val)
 {
     char reason[512];
-    snprintf(reason, sizeof reason, fmt, val ? val : "");
+    /* a long value is cut, and says so (and an optimizing build sees the length checked) */
+    if (snprintf(reason, sizeof reason, fmt, val ? val : "") >= (int)sizeof reason)
+        memcpy(reason + sizeof reason - 4, "...", 4);
     for (char *p = reason; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = p[1] ? ' ' : '\0';

@@ -507,13 +507,16 @@ json_t *test_metrics_scrape(const char *listen, char *why, size_t whysz)
     static char body[1 << 20];
     int status = test_ops_http_get(listen, "/metrics", body, sizeof body, 5000);
     if (status != 200) {
-        snprintf(why, whysz, "GET http://%s/metrics answered %d (0: no answer): %.300s", listen, status, body);
+        /* cut to the caller's buffer (checked, so an optimizing build does not take it for a mistake) */
+        if (snprintf(why, whysz, "GET http://%s/metrics answered %d (0: no answer): %.300s", listen, status, body) >=
+            (int)whysz)
+            why[whysz - 1] = '\0';
         return NULL;
     }
     char perr[512];
     json_t *m = test_metrics_parse(body, perr, sizeof perr);
-    if (!m)
-        snprintf(why, whysz, "http://%s/metrics is not Prometheus text: %s", listen, perr);
+    if (!m && snprintf(why, whysz, "http://%s/metrics is not Prometheus text: %s", listen, perr) >= (int)whysz)
+        why[whysz - 1] = '\0';
     return m;
 }
 
