@@ -78,3 +78,14 @@ void wk_trust_pop(wk_trust *t, int n, int64_t *upto_us)
         t->n--;
     }
 }
+
+int wk_trust_check_run(const wk_trust *t, int n, wk_trust_verdict (*check)(const wk_trust_point *, void *),
+                       void *arg, wk_trust_verdict *stop)
+{
+    int kept = 0;
+    *stop = WK_TRUST_KEPT;
+    for (; kept < n && kept < t->n; kept++)
+        if ((*stop = check(wk_trust_at(t, kept), arg)) != WK_TRUST_KEPT)
+            break;
+    return kept;
+}

@@ -3,10 +3,12 @@
  * long after, and a broker that dies meanwhile (a power loss, a machine lost) comes back without
  * the newest writes: the stream loses a suffix, and later publishes reuse its sequence numbers.
  * So a confirmed publish moves its partition's cursor only once the interval has passed AND the
- * newest write acknowledged so far is still in the stream, that very publish (its Chat-Publish
- * tag: the same event published again after a loss, a duplicate answered from the store, lands
- * under the same Nats-Msg-Id at a reused sequence): if it is, so is every write before it; if
- * not, the cursors stay and the partitions are repaired from them. A publish the broker answered
+ * newest write acknowledged when it was confirmed is still in the stream, that very publish (its
+ * Chat-Publish tag: the same event published again after a loss, a duplicate answered from the
+ * store, lands under the same Nats-Msg-Id at a reused sequence): if it is, so is every write of
+ * that life of the broker before it; if not, the cursors stay and the partitions are repaired from
+ * them. Every due checkpoint is read, oldest first: a broker back from a loss takes new writes,
+ * which say nothing of the ones it lost before them. A publish the broker answered
  * as a duplicate wrote nothing: what its sequence must hold is the earlier write of that
  * Nats-Msg-Id (a repair republishes the events it already has; their tags are not the stream's).
  *
@@ -51,5 +53,16 @@ const wk_trust_point *wk_trust_at(const wk_trust *t, int i);
 /* Drops the n oldest points (after they were checked), merging what they move into upto_us
  * (nparts values: each the greatest of its own and theirs). */
 void wk_trust_pop(wk_trust *t, int n, int64_t *upto_us);
+
+/* The answer of one read of a checkpoint's write: there, gone (or another write at its sequence),
+ * or no answer from the broker. */
+typedef enum { WK_TRUST_KEPT, WK_TRUST_LOST, WK_TRUST_UNKNOWN } wk_trust_verdict;
+
+/* Reads the first n checkpoints, oldest first, with check(point, arg), until one is not kept;
+ * returns how many were (the caller pops them) and *stop the answer that stopped it (KEPT when all
+ * were). Each is read, not only the newest: a broker back from losing its unsynced suffix takes
+ * new writes, which vouch for nothing it lost before them. */
+int wk_trust_check_run(const wk_trust *t, int n, wk_trust_verdict (*check)(const wk_trust_point *, void *),
+                       void *arg, wk_trust_verdict *stop);
 
 #endif

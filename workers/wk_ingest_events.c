@@ -260,16 +260,15 @@ static void confirm(committer *c, uint64_t gen)
 /* Trust: what the broker acknowledged is still there once synced                              */
 /* ------------------------------------------------------------------------------------------ */
 
-typedef enum { CHECK_KEPT, CHECK_LOST, CHECK_UNKNOWN } check_verdict;
 
 /* Whether CHAT_EVENTS still holds the publish tagged `tag` at `seq` (by_id: the write of that
  * Nats-Msg-Id, which a duplicate's PubAck named): lost when the sequence is gone or holds another
  * write (a broker that lost its unsynced suffix reuses its sequences, and the same event published
  * again carries another tag); unknown when the broker does not answer. */
-static check_verdict check_kept(committer *c, uint64_t seq, const char *tag, bool by_id)
+static wk_trust_verdict check_kept(committer *c, uint64_t seq, const char *tag, bool by_id)
 {
     if (seq == 0)
-        return CHECK_KEPT; /* nothing new was acknowledged: nothing to lose */
+        return WK_TRUST_KEPT; /* nothing new was acknowledged: nothing to lose */
     jsOptions o;
     jsOptions_Init(&o);
     o.Wait = EVENTS_CHECK_WAIT_MS;
@@ -281,18 +280,26 @@ static check_verdict check_kept(committer *c, uint64_t seq, const char *tag, boo
         bool same = natsMsgHeader_Get(m, by_id ? "Nats-Msg-Id" : "Chat-Publish", &id) == NATS_OK && id != NULL &&
                     strcmp(id, tag) == 0;
         natsMsg_Destroy(m);
-        return same ? CHECK_KEPT : CHECK_LOST;
+        return same ? WK_TRUST_KEPT : WK_TRUST_LOST;
     }
     if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
-        return CHECK_LOST;
-    return CHECK_UNKNOWN;
+        return WK_TRUST_LOST;
+    return WK_TRUST_UNKNOWN;
 }
 
-/* Checks c's checkpoints the broker has had time to sync (one read: the newest of them, whose
- * write is the latest; the broker loses a suffix, so if it is there every earlier one is) and
- * moves their cursors. A write missing means the broker lost what it had acknowledged: no cursor
- * moved past it (none moves before its check), so every partition of c is repaired from its
- * cursor. A broker that does not answer is asked again at the next tick. */
+static wk_trust_verdict check_point(const wk_trust_point *pt, void *arg)
+{
+    return check_kept(arg, pt->seq, pt->tag, pt->by_id);
+}
+
+/* Checks c's checkpoints the broker has had time to sync, oldest first, one read each (normally
+ * one is due a tick), and moves the cursors of those still there. A write that is there vouches
+ * for the earlier writes of the same life of the broker only: a broker that lost its unsynced
+ * suffix and came back takes new writes, which can be there while the lost ones before them are
+ * not, so reading only the newest due checkpoint trusted lost events once both were due (the
+ * fault suite's nats_power_loss, 2026-12-07). A write missing means the broker lost what it had
+ * acknowledged: no cursor moved past it (none moves before its check), so every partition of c is
+ * repaired from its cursor. A broker that does not answer is asked again at the next tick. */
 static void check_trusted(committer *c, uint64_t gen)
 {
     wk_ingest *in = c->in;
@@ -303,21 +310,24 @@ static void check_trusted(committer *c, uint64_t gen)
     int due = wk_trust_due(&c->trust, chat_mono_ms());
     if (due == 0 || !wk_ingest_heartbeat(c, gen))
         return;
-    const wk_trust_point *newest = wk_trust_at(&c->trust, due - 1);
-    check_verdict v = check_kept(c, newest->seq, newest->tag, newest->by_id);
-    if (v == CHECK_UNKNOWN)
-        return;
-    if (v == CHECK_KEPT) {
+    wk_trust_verdict v;
+    int kept = wk_trust_check_run(&c->trust, due, check_point, c, &v);
+    const wk_trust_point *pt = wk_trust_at(&c->trust, kept < due ? kept : due - 1);
+    uint64_t lost_seq = pt->seq; /* the point that stopped the run, read before the pops below */
+    char lost_tag[sizeof pt->tag];
+    memcpy(lost_tag, pt->tag, sizeof lost_tag);
+    if (kept > 0) {
         int64_t *upto = chat_xcalloc((size_t)in->nparts, sizeof *upto);
-        wk_trust_pop(&c->trust, due, upto);
+        wk_trust_pop(&c->trust, kept, upto);
         persist_cursors(c, gen, upto);
         free(upto);
-        return;
     }
+    if (v != WK_TRUST_LOST)
+        return;
     atomic_fetch_add(in->m_events_lost, 1);
     LOG_WARN("ingest", "event=events_lost committer=%d seq=%" PRIu64 " tag=\"%s\" detail=\"acknowledged, then not in "
              "CHAT_EVENTS: the broker lost writes it had not synced; repairing from the cursors\"",
-             c->index, newest->seq, newest->tag);
+             c->index, lost_seq, lost_tag);
     wk_trust_clear(&c->trust);
     pthread_mutex_lock(&c->acked_mu);
     c->acked_seq = 0;

@@ -17,7 +17,6 @@ START_TEST(due_in_order_and_merged)
     ck_assert_int_eq(wk_trust_due(&t, 99), 0);
     ck_assert_int_eq(wk_trust_due(&t, 100), 1);
     ck_assert_int_eq(wk_trust_due(&t, 250), 2);
-    /* the newest due point is the one to check: its write is the latest */
     ck_assert_uint_eq(wk_trust_at(&t, 1)->seq, 3);
     ck_assert_str_eq(wk_trust_at(&t, 1)->tag, "conv-a:9");
     ck_assert(wk_trust_at(&t, 1)->by_id);
@@ -32,6 +31,53 @@ START_TEST(due_in_order_and_merged)
     ck_assert_uint_eq(wk_trust_at(&t, 0)->seq, 4);
     wk_trust_clear(&t);
     ck_assert_int_eq(wk_trust_due(&t, 1000), 0);
+    wk_trust_free(&t);
+}
+END_TEST
+
+/* A fake broker for wk_trust_check_run: the sequences it lost. */
+static wk_trust_verdict lost_1(const wk_trust_point *pt, void *arg)
+{
+    int *reads = arg;
+    (*reads)++;
+    return pt->seq == 1 ? WK_TRUST_LOST : WK_TRUST_KEPT;
+}
+
+static wk_trust_verdict gone(const wk_trust_point *pt, void *arg)
+{
+    (void)pt;
+    (*(int *)arg)++;
+    return WK_TRUST_UNKNOWN;
+}
+
+/* nats_power_loss: a checkpoint made before the broker lost its unsynced writes (seq 1, lost) and
+ * one made after it came back (seq 2, there) due together: the newer one must not vouch for the
+ * older one */
+START_TEST(every_due_point_is_read_oldest_first)
+{
+    wk_trust t;
+    wk_trust_init(&t, 2);
+    int64_t a[2] = {10, 0}, b[2] = {20, 0};
+    wk_trust_push(&t, 100, 1, "before:1", false, a);
+    wk_trust_push(&t, 200, 2, "after:1", false, b);
+    int reads = 0;
+    wk_trust_verdict v;
+    ck_assert_int_eq(wk_trust_check_run(&t, wk_trust_due(&t, 300), lost_1, &reads, &v), 0);
+    ck_assert_int_eq(v, WK_TRUST_LOST);
+    ck_assert_int_eq(reads, 1);
+    /* with nothing lost both are read and both kept */
+    wk_trust_clear(&t);
+    wk_trust_push(&t, 100, 3, "x:1", false, a);
+    wk_trust_push(&t, 200, 4, "x:2", false, b);
+    reads = 0;
+    ck_assert_int_eq(wk_trust_check_run(&t, wk_trust_due(&t, 300), lost_1, &reads, &v), 2);
+    ck_assert_int_eq(v, WK_TRUST_KEPT);
+    ck_assert_int_eq(reads, 2);
+    /* a broker that does not answer keeps them all waiting */
+    reads = 0;
+    ck_assert_int_eq(wk_trust_check_run(&t, 2, gone, &reads, &v), 0);
+    ck_assert_int_eq(v, WK_TRUST_UNKNOWN);
+    ck_assert_int_eq(reads, 1);
     wk_trust_free(&t);
 }
 END_TEST
@@ -72,6 +118,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, due_in_order_and_merged);
     tcase_add_test(tc, full_queue_merges_into_the_newest);
+    tcase_add_test(tc, every_due_point_is_read_oldest_first);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
