@@ -8,6 +8,7 @@
 #include "chat_log.h"
 #include "chat_mem.h"
 #include "chat_redact.h"
+#include "chat_time.h"
 
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action)
 {
@@ -271,6 +272,39 @@ int64_t chat_js_pull_left(natsMsg *m)
     if (natsMsgHeader_Get(m, "Nats-Pending-Messages", &left) != NATS_OK || left == NULL)
         return -1;
     return strtoll(left, NULL, 10);
+}
+
+void chat_js_keep_pulling(chat_js_puller *p, natsConnection *nc, const char *next_subject, const char *reply,
+                          int batch, int64_t expires_ms, int64_t retry_ms)
+{
+    int64_t now = chat_mono_ms();
+    if (now < p->retry_at_ms)
+        return;
+    if (p->credit > 0 && now > p->deadline_ms)
+        p->credit = 0;
+    if (p->credit > batch / 2)
+        return;
+    if (chat_js_pull(nc, next_subject, reply, batch, expires_ms) != NATS_OK) {
+        p->retry_at_ms = now + retry_ms;
+        return;
+    }
+    p->credit += batch;
+    p->deadline_ms = now + expires_ms + 1000;
+}
+
+int chat_js_pull_took(chat_js_puller *p, natsMsg *m, int64_t retry_ms)
+{
+    int status = chat_nats_status(m);
+    if (status == 0) {
+        if (p->credit > 0)
+            p->credit--;
+        return 0;
+    }
+    int64_t left = chat_js_pull_left(m);
+    p->credit = left >= 0 && left <= p->credit ? p->credit - (int)left : 0;
+    if (status != 408)
+        p->retry_at_ms = chat_mono_ms() + retry_ms;
+    return status;
 }
 
 bool chat_subject_in(char *buf, size_t size, int partition, const char *conv)

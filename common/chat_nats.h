@@ -101,6 +101,28 @@ natsStatus chat_js_pull(natsConnection *nc, const char *next_subject, const char
  * header; -1 without one. */
 int64_t chat_js_pull_left(natsMsg *m);
 
+/* Pull requests kept open on a pull consumer (the ingest's partitions, the notify role's pullers):
+ * a new one for `batch` messages as soon as the open ones may bring no more than half that, so a
+ * busy consumer never waits for a request to reach the broker, and an idle one renews a request
+ * once per expiry. One owner thread; zero it to forget every request (a reconnect, a new consumer). */
+typedef struct chat_js_puller {
+    int credit;          /* messages the open requests may still bring */
+    int64_t deadline_ms; /* the newest request's expiry and a second (chat_mono_ms): past it, with
+                          * no word, they are taken as lost (a connection that went away) */
+    int64_t retry_at_ms; /* no request before this (one failed, or one ended early) */
+} chat_js_puller;
+
+/* Sends a request for `batch` messages expiring after expires_ms when the credit is low; after a
+ * failure to send, not again for retry_ms. */
+void chat_js_keep_pulling(chat_js_puller *p, natsConnection *nc, const char *next_subject, const char *reply,
+                          int batch, int64_t expires_ms, int64_t retry_ms);
+
+/* Accounts for m, a message on the requests' reply subject: a pulled message (its status 0) takes
+ * one from the credit; a request's end (a status) gives back what it did not bring (408, expired,
+ * says how many) and, when it ended otherwise (409: the consumer deleted, a leader change), holds
+ * the next request for retry_ms. Returns m's status (0: a pulled message). */
+int chat_js_pull_took(chat_js_puller *p, natsMsg *m, int64_t retry_ms);
+
 /* How long after the broker acknowledged a JetStream write it is on its disk, for a sync interval
  * of sync_ms (CHAT_NATS_SYNC; 0: always, synced before the PubAck): the interval, half of it again
  * for the broker's timer and its fsyncs, and a second. */

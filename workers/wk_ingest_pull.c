@@ -156,8 +156,7 @@ static void partition_begin(partition *pt, bool keep)
         return;
     }
     pt->active = true;
-    pt->credit = 0;
-    pt->retry_at_ns = 0;
+    pt->pull = (chat_js_puller){0};
     LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
              (long long)pt->epoch, pt->consumer);
 }
@@ -178,8 +177,7 @@ static void reset_consumer(partition *pt)
     int su = setup_step(pt);
     if (su == SETUP_NONE || su == SETUP_RUNNING)
         return;
-    pt->credit = 0;
-    pt->retry_at_ns = 0;
+    pt->pull = (chat_js_puller){0};
     if (su == SETUP_OK) {
         pt->reset_due = false;
         LOG_INFO("ingest", "event=consumer_reset partition=%d consumer=%s", pt->index, pt->consumer);
@@ -204,25 +202,12 @@ static void partition_end(partition *pt, bool lost)
     atomic_store(&pt->state, P_DONE);
 }
 
-/* Keeps a pull request open: a new one for BATCH_MAX messages as soon as the open ones may bring
- * no more than half that, so that a busy partition never waits for a request to reach the broker.
- * Each expires after PULL_EXPIRES_MS (a 408 says how many it did not bring); requests that died
- * with a connection are forgotten on a reconnect or after their expiry and a second. */
+/* Keeps a pull request open (chat_js_keep_pulling): BATCH_MAX messages, renewed at half, each
+ * expiring after PULL_EXPIRES_MS; requests that died with a connection are forgotten on a
+ * reconnect or after their expiry and a second. */
 static void keep_pulling(partition *pt, natsConnection *nc)
 {
-    int64_t now = chat_mono_ns();
-    if (now < pt->retry_at_ns)
-        return;
-    if (pt->credit > 0 && now > pt->pull_deadline_ns)
-        pt->credit = 0;
-    if (pt->credit > BATCH_MAX / 2)
-        return;
-    if (chat_js_pull(nc, pt->next_subject, pt->reply, BATCH_MAX, PULL_EXPIRES_MS) != NATS_OK) {
-        pt->retry_at_ns = now + PULL_RETRY_MS * 1000000LL;
-        return;
-    }
-    pt->credit += BATCH_MAX;
-    pt->pull_deadline_ns = now + (PULL_EXPIRES_MS + 1000) * 1000000LL;
+    chat_js_keep_pulling(&pt->pull, nc, pt->next_subject, pt->reply, BATCH_MAX, PULL_EXPIRES_MS, PULL_RETRY_MS);
 }
 
 bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out)
@@ -282,18 +267,12 @@ static int take_message(committer *c, natsMsg *m)
         natsMsg_Destroy(m);
         return 0;
     }
-    int status = chat_nats_status(m);
+    /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
+     * owner, a leader change): asked again, but not at once */
+    int status = chat_js_pull_took(&pt->pull, m, PULL_RETRY_MS);
     if (status != 0) {
-        /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
-         * owner, a leader change): ask again, but not at once */
-        int64_t left = chat_js_pull_left(m);
-        pt->credit = left >= 0 ? pt->credit - (int)left : 0;
-        if (pt->credit < 0)
-            pt->credit = 0;
-        if (status != 408) {
+        if (status != 408)
             LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%d", pt->index, status);
-            pt->retry_at_ns = chat_mono_ns() + PULL_RETRY_MS * 1000000LL;
-        }
         natsMsg_Destroy(m);
         return 0;
     }
@@ -302,8 +281,6 @@ static int take_message(committer *c, natsMsg *m)
         natsMsg_Destroy(m);
         return 0;
     }
-    if (pt->credit > 0)
-        pt->credit--;
     chat_js_ack ack;
     if (chat_js_ack_parse(reply, &ack) && ack.pending >= 0) /* the lag, exact and free */
         atomic_store(pt->m_pending, (int_fast64_t)ack.pending);
@@ -359,7 +336,7 @@ void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
         }
         if (pt->active) {
             if (reconnected) { /* the broker forgot the requests of the old connection */
-                pt->credit = 0;
+                pt->pull.credit = 0;
                 pt->reset_due = true;
                 pt->reset_at_ms = 0;
             }

@@ -17,6 +17,7 @@
 #include "chat.pb-c.h"
 #include "chat_map.h"
 #include "chat_metrics.h"
+#include "chat_nats.h"
 #include "wk_events_trust.h"
 #include "wk_ingest.h"
 #include "wk_pg.h"
@@ -85,9 +86,7 @@ typedef struct partition {
     char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
     char next_subject[128];
     char reply[96];             /* <committer inbox>.<partition>: where its pulled messages arrive */
-    int credit;                 /* messages its open pull requests may still bring */
-    int64_t pull_deadline_ns;   /* with no word from its requests by then, they are taken as lost */
-    int64_t retry_at_ns;        /* no pull request before this (after a refusal) */
+    chat_js_puller pull;        /* its open pull requests */
     struct batch *buf;          /* messages arrived since the last commit, in consumer order */
     int64_t fetched_ns;         /* when the first of them arrived */
     jsCtx *js;                  /* consumer management and lag */

@@ -177,43 +177,14 @@ static void handle_batch(ntf_puller *p, natsMsg **msgs, int n)
 /* Pulling (by hand, as the ingest does: nats.c 3.4.1's Fetch has known bugs)                   */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Keeps a pull request open, as the ingest does: a new one for WK_NOTIFY_BATCH messages as soon as
- * the open ones may bring no more than half that, each expiring after PULL_EXPIRES_MS (its end, a
- * 408, says how many it did not bring). A request lost with a connection is forgotten after its
- * expiry and a second. Asking per event (what is there now, then a wait for one) cost two requests
- * and a "no messages" answer for every event (bench/findings.md item 18). */
-static void keep_pulling(ntf_puller *p)
-{
-    int64_t now = chat_mono_ms();
-    if (now < p->retry_at_ms)
-        return;
-    if (p->credit > 0 && now > p->pull_deadline_ms)
-        p->credit = 0;
-    if (p->credit > WK_NOTIFY_BATCH / 2)
-        return;
-    if (chat_js_pull(p->n->app->nc, p->n->next_subject, p->inbox, WK_NOTIFY_BATCH, PULL_EXPIRES_MS) != NATS_OK) {
-        p->retry_at_ms = now + PULL_RETRY_MS;
-        return;
-    }
-    p->credit += WK_NOTIFY_BATCH;
-    p->pull_deadline_ms = now + PULL_EXPIRES_MS + 1000;
-}
-
 /* One message of the puller's inbox: an event (true) or the end of a pull request, which adjusts
- * the credit and is destroyed (false). A request that ended otherwise than by expiring (409: the
- * consumer deleted or its leader changed) is asked again, but not at once. */
+ * the credit (chat_js_pull_took) and is destroyed (false). Pull requests are kept open as the
+ * ingest does (chat_js_keep_pulling): asking per event (what is there now, then a wait for one)
+ * cost two requests and a "no messages" answer for every event (bench/findings.md item 18). */
 static bool take(ntf_puller *p, natsMsg *m)
 {
-    int status = chat_nats_status(m);
-    if (status == 0) {
-        if (p->credit > 0)
-            p->credit--;
+    if (chat_js_pull_took(&p->pull, m, PULL_RETRY_MS) == 0)
         return true;
-    }
-    int64_t left = chat_js_pull_left(m);
-    p->credit = left >= 0 && left <= p->credit ? p->credit - (int)left : 0;
-    if (status != 408)
-        p->retry_at_ms = chat_mono_ms() + PULL_RETRY_MS;
     natsMsg_Destroy(m);
     return false;
 }
@@ -222,7 +193,8 @@ static bool take(ntf_puller *p, natsMsg *m)
  * arrived behind it. */
 static int fetch(ntf_puller *p, natsMsg **msgs)
 {
-    keep_pulling(p);
+    chat_js_keep_pulling(&p->pull, p->n->app->nc, p->n->next_subject, p->inbox, WK_NOTIFY_BATCH, PULL_EXPIRES_MS,
+                         PULL_RETRY_MS);
     int n = 0;
     natsMsg *m = NULL;
     if (natsSubscription_NextMsg(&m, p->sub, IDLE_WAIT_MS) != NATS_OK)

@@ -17,6 +17,7 @@
 #include "chat.pb-c.h"
 #include "chat_egress.h"
 #include "chat_metrics.h"
+#include "chat_nats.h"
 #include "wk_notify.h"
 
 #define NTF_RETRY_SOON_MS 1000 /* handed back, or another worker is pushing for that member now */
@@ -32,9 +33,7 @@ typedef struct ntf_puller {
     natsSubscription *sub;
     char inbox[64];
     uint64_t batches;
-    int credit;               /* messages the open pull requests may still bring */
-    int64_t pull_deadline_ms; /* the newest request's expiry and a second (chat_mono_ms) */
-    int64_t retry_at_ms;      /* no request before this (one failed or ended early) */
+    chat_js_puller pull;      /* its open pull requests */
 } ntf_puller;
 
 struct wk_notify {
