@@ -99,11 +99,8 @@ static void *health_thread(void *arg)
         pthread_mutex_lock(&h->lock);
         h->pg_ok = pg_ok;
         h->redis_ok = redis_ok;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
         if (!h->stop)
-            pthread_cond_timedwait(&h->wake, &h->lock, &until);
+            chat_cond_wait_ms(&h->wake, &h->lock, 1000);
         bool stop = h->stop;
         pthread_mutex_unlock(&h->lock);
         if (stop)
@@ -124,7 +121,7 @@ chat_status chat_health_start(const chat_cfg *cfg, unsigned deps, natsConnection
     h->deps = deps;
     h->nc = nc;
     pthread_mutex_init(&h->lock, NULL);
-    pthread_cond_init(&h->wake, NULL);
+    chat_cond_init_mono(&h->wake);
     if (pthread_create(&h->thread, NULL, health_thread, h) != 0) {
         free(h);
         return CHAT_ERR_INTERNAL;

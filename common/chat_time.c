@@ -27,3 +27,23 @@ void chat_sleep_ms(int64_t ms)
     while (nanosleep(&ts, &ts) != 0) {
     }
 }
+
+void chat_cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+int chat_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *lock, int64_t deadline_mono_ns)
+{
+    struct timespec until = {.tv_sec = deadline_mono_ns / 1000000000, .tv_nsec = deadline_mono_ns % 1000000000};
+    return pthread_cond_timedwait(cv, lock, &until);
+}
+
+int chat_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *lock, int64_t ms)
+{
+    return chat_cond_wait_until(cv, lock, chat_mono_ns() + ms * 1000000);
+}

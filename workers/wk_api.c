@@ -149,7 +149,7 @@ chat_status wk_api_start(wk_app *app, wk_api **out)
         snprintf(l->name, sizeof l->name, "chat-api-%d", i);
         l->routes = wk_routes_create(app->cfg, "api", api->m_deliveries_gateway, api->m_deliveries_dropped);
         pthread_mutex_init(&l->lock, NULL);
-        pthread_cond_init(&l->cv, NULL);
+        chat_cond_init_mono(&l->cv);
         jsOptions jo;
         jsOptions_Init(&jo);
         jo.Wait = API_PUBLISH_WAIT_MS;

@@ -370,25 +370,26 @@ static redisReply *command(wk_redis_link *l, const char *fmt, const char *arg, l
     return r;
 }
 
-/* Users whose every route expired (their gateway died): the worker whose ZREM wins announces. */
-static void sweep(wk_claims *c)
+/* Users whose every route expired (their gateway died): the worker whose ZREM wins announces.
+ * False when Redis did not answer: the sweeper tries again sooner than its period. */
+static bool sweep(wk_claims *c)
 {
     wk_redis_link *l = &c->sweep_redis;
     if (!wk_redis_link_ready(l))
-        return;
+        return false;
     long long now = chat_now_ms();
     /* the routes' epoch lives while an api worker does, not only while gateways claim: it goes
      * missing only when Redis lost it, which the ingest then takes for a new epoch (chat_routes.h) */
     redisReply *e = redisCommand(l->c, "PEXPIRE %s %d", CHAT_ROUTES_SINCE_KEY, CHAT_ROUTES_SINCE_TTL_MS);
     if (e == NULL) {
         wk_redis_link_fail(l, l->c->errstr);
-        return;
+        return false;
     }
     freeReplyObject(e);
     redisReply *r = redisCommand(l->c, "ZRANGEBYSCORE presence:online -inf %lld LIMIT 0 %d", now, SWEEP_BATCH);
     if (r == NULL) {
         wk_redis_link_fail(l, l->c->errstr);
-        return;
+        return false;
     }
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && l->c; i++) {
         const char *user = r->element[i]->str;
@@ -414,23 +415,20 @@ static void sweep(wk_claims *c)
         announce(c, user, false, last);
     }
     freeReplyObject(r);
+    return l->c != NULL;
 }
 
 static void *sweeper_thread(void *arg)
 {
     wk_claims *c = arg;
+    bool swept = true;
     pthread_mutex_lock(&c->lock);
     while (!c->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        int64_t ns = until.tv_nsec + (int64_t)WK_CLAIMS_SWEEP_MS * 1000000;
-        until.tv_sec += ns / 1000000000;
-        until.tv_nsec = ns % 1000000000;
-        pthread_cond_timedwait(&c->cv, &c->lock, &until);
+        chat_cond_wait_ms(&c->cv, &c->lock, swept ? WK_CLAIMS_SWEEP_MS : WK_CLAIMS_SWEEP_RETRY_MS);
         if (c->stop)
             break;
         pthread_mutex_unlock(&c->lock);
-        sweep(c);
+        swept = sweep(c);
         pthread_mutex_lock(&c->rv_lock);
         chat_revoke_set_trim(c->revoked, chat_now_ms() / 1000, chat_jwt_policy_max_ttl(c->app->cfg->jwt));
         pthread_mutex_unlock(&c->rv_lock);
@@ -452,7 +450,7 @@ chat_status wk_claims_start(wk_app *app, wk_claims **out)
         return CHAT_ERR_NOMEM;
     c->app = app;
     pthread_mutex_init(&c->lock, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    chat_cond_init_mono(&c->cv);
     pthread_mutex_init(&c->rv_lock, NULL);
     c->revoked = chat_revoke_set_create();
     const char *help = "Route claims of gateways, by result: accepted (the token proved the user) or refused.";

@@ -25,6 +25,7 @@
 
 #define WK_CLAIMS_MAX 512        /* claims, and drops, per request (a gateway sends up to 256) */
 #define WK_CLAIMS_SWEEP_MS 5000
+#define WK_CLAIMS_SWEEP_RETRY_MS 1000 /* after a sweep Redis did not answer */
 
 typedef struct wk_claims wk_claims;
 

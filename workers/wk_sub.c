@@ -1,15 +1,13 @@
 /* The end of a worker's subscription (wk_sub.h). */
 #include "wk_sub.h"
 
-#include <time.h>
+#include "chat_time.h"
 
 bool wk_sub_wait_done(pthread_mutex_t *lock, pthread_cond_t *cv, const bool *done, int wait_ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += wait_ms / 1000;
+    int64_t until = chat_mono_ns() + (int64_t)wait_ms * 1000000;
     pthread_mutex_lock(lock);
-    while (!*done && pthread_cond_timedwait(cv, lock, &until) == 0)
+    while (!*done && chat_cond_wait_until(cv, lock, until) == 0)
         ;
     bool was = *done;
     pthread_mutex_unlock(lock);

@@ -140,7 +140,7 @@ chat_status wk_typing_start(wk_app *app, wk_typing **out)
         return CHAT_ERR_NOMEM;
     t->app = app;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->cv, NULL);
+    chat_cond_init_mono(&t->cv);
     t->m_relayed = chat_metrics_counter(app->metrics, "chat_typing_total", "result=\"relayed\"",
                                         "Typing notices from gateways, relayed to the members or refused.");
     t->m_refused = chat_metrics_counter(app->metrics, "chat_typing_total", "result=\"refused\"",
