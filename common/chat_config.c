@@ -134,6 +134,10 @@ static const setting settings[] = {
      "worker roles, comma separated"},
     {"CHAT_INGEST_COMMITTERS", "--ingest-committers", "2", WK, F(committers_raw),
      "transactions an ingest worker runs at once, each for the batches of its share of the partitions (1 to 64)"},
+    {"CHAT_INGEST_BULK_RATE", "--ingest-bulk-rate", "2000", WK, F(bulk_rate_raw),
+     "bulk posts (imports on chat.bulk.<p>.<conv>, e.g. chatctl import) an ingest worker stores per second at most, "
+     "so that an import leaves the machine to live posts; the rest waits in CHAT_BULK (0: no limit; users' and "
+     "backends' live posts are never limited here)"},
     {"CHAT_LOG", "--log", "info", ALL, F(log_raw), "log level: error, warn, info, debug"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -611,6 +615,9 @@ static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
     if (!parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
         return fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
                     cfg->committers_raw);
+    if (!parse_int(cfg->bulk_rate_raw, 0, 10000000, &cfg->ingest_bulk_rate))
+        return fail(err, errsz, "CHAT_INGEST_BULK_RATE", "must be an integer from 0 to 10000000 (got \"%s\")",
+                    cfg->bulk_rate_raw);
     cfg->roles = parse_roles(cfg->worker_roles);
     if (cfg->roles == 0)
         return fail(err, errsz, "CHAT_WORKER_ROLES",

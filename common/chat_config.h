@@ -42,6 +42,7 @@ typedef struct chat_cfg {
     char *archive_url;
     char *archive_cache_raw;  /* CHAT_ARCHIVE_CACHE_MB */
     char *committers_raw;     /* CHAT_INGEST_COMMITTERS */
+    char *bulk_rate_raw;   /* CHAT_INGEST_BULK_RATE */
     char *s3_endpoint, *s3_region, *s3_access_key, *s3_secret_key;
     char *allowed_origins;    /* comma separated; "" = any */
     char *push_webhook_url;   /* "" = none */
@@ -70,6 +71,7 @@ typedef struct chat_cfg {
     int64_t hot_retention_ms;
     int archive_cache_mb;     /* cold chunks cached per api worker, MiB (0: none) */
     int ingest_committers;    /* transactions one ingest worker runs at once */
+    int ingest_bulk_rate;  /* bulk posts one ingest worker stores per second (0: no limit) */
     int64_t push_grace_ms;
     bool push_preview;        /* pushes carry a preview of the newest message */
     bool dev_mode;

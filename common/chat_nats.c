@@ -317,23 +317,29 @@ bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *
     return fits(snprintf(buf, size, "chat.in.%d.%s.backend", partition, conv), size);
 }
 
+bool chat_subject_bulk(char *buf, size_t size, int partition, const char *conv)
+{
+    return fits(snprintf(buf, size, "chat.bulk.%d.%s", partition, conv), size);
+}
+
 bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend)
 {
-    if (strncmp(subject, "chat.in.", 8) != 0)
+    bool bulk = strncmp(subject, "chat.bulk.", 10) == 0;
+    if (!bulk && strncmp(subject, "chat.in.", 8) != 0)
         return false;
-    const char *p = subject + 8;
+    const char *start = subject + (bulk ? 10 : 8), *p = start;
     while (*p >= '0' && *p <= '9')
         p++;
-    if (p == subject + 8 || *p != '.')
+    if (p == start || *p != '.')
         return false;
     const char *c = p + 1;
     const char *dot = strchr(c, '.');
     size_t n = dot ? (size_t)(dot - c) : strlen(c);
-    if (n == 0 || (dot && strcmp(dot, ".backend") != 0))
+    if (n == 0 || (dot && (bulk || strcmp(dot, ".backend") != 0)))
         return false;
     *conv = c;
     *conv_len = n;
-    *backend = dot != NULL;
+    *backend = bulk || dot != NULL;
     return true;
 }
 
@@ -360,6 +366,11 @@ bool chat_subject_members(char *buf, size_t size, const char *conv)
 bool chat_subject_in_partition(char *buf, size_t size, int partition)
 {
     return fits(snprintf(buf, size, "chat.in.%d.>", partition), size);
+}
+
+bool chat_subject_bulk_partition(char *buf, size_t size, int partition)
+{
+    return fits(snprintf(buf, size, "chat.bulk.%d.*", partition), size);
 }
 
 bool chat_subject_api(char *buf, size_t size, const char *method)

@@ -47,8 +47,12 @@ bool chat_subject_in(char *buf, size_t size, int partition, const char *conv);  
  * any sender; only NATS users with that permission publish it (never a gateway, whose posts on
  * chat.in.<p>.<conv> are a user's: the sender must be a member). docs/nats.md. */
 bool chat_subject_in_backend(char *buf, size_t size, int partition, const char *conv);
-/* The conversation token of a post's subject (chat.in.<p>.<conv> or chat.in.<p>.<conv>.backend)
- * and whether it is the trusted form; false for any other subject. *conv points into subject. */
+/* chat.bulk.<p>.<conv>: a trusted post of a bulk import (stream CHAT_BULK), stored after the live
+ * posts of the moment and at most CHAT_INGEST_BULK_RATE a second per worker (docs/nats.md). */
+bool chat_subject_bulk(char *buf, size_t size, int partition, const char *conv);
+/* The conversation token of a post's subject (chat.in.<p>.<conv>, chat.in.<p>.<conv>.backend or
+ * chat.bulk.<p>.<conv>) and whether it is a trusted form; false for any other subject. *conv
+ * points into subject. */
 bool chat_subject_in_parse(const char *subject, const char **conv, size_t *conv_len, bool *backend);
 /* chat.deliver.g.<gateway>: a DeliveryBatch for the users routed to that gateway */
 bool chat_subject_deliver_gateway(char *buf, size_t size, const char *gateway);
@@ -57,6 +61,7 @@ bool chat_subject_typing(char *buf, size_t size, const char *conv);             
 bool chat_subject_members(char *buf, size_t size, const char *conv);            /* chat.members.<conv> */
 /* chat.in.<p>.>: every post of partition p, users' and backends', in order (a consumer's filter). */
 bool chat_subject_in_partition(char *buf, size_t size, int partition);
+bool chat_subject_bulk_partition(char *buf, size_t size, int partition); /* chat.bulk.<p>.* */
 bool chat_subject_api(char *buf, size_t size, const char *method); /* chat.api.v1.<method> */
 /* What follows chat.typing. (resp. chat.members.) in subject, pointing into it: the conversation
  * of a typing notice (a membership change); NULL for any other subject. */
@@ -129,6 +134,7 @@ int chat_js_pull_took(chat_js_puller *p, natsMsg *m, int64_t retry_ms);
 int64_t chat_nats_synced_after_ms(int64_t sync_ms);
 
 #define CHAT_STREAM_IN "CHAT_IN"
+#define CHAT_STREAM_BULK "CHAT_BULK"
 #define CHAT_STREAM_EVENTS "CHAT_EVENTS"
 #define CHAT_API_PREFIX "chat.api.v1."
 /* The gateway form of a method, chat.api.v1.gw.<method>: the only api subjects a gateway's NATS

@@ -68,3 +68,25 @@ chat_post_fault chat_post_validate(const Chat__V1__Post *p, unsigned flags)
         return CHAT_POST_OK;
     return chat_post_meta_fault(p->meta_json);
 }
+
+/* What a backend is told of each fault of its post. The rules (text and system only) leave no
+ * change without a target and no reaction without an emoji: those are kinds it may not post. */
+static const char *const backend_fault_text[] = {
+    [CHAT_POST_OK] = NULL,
+    [CHAT_POST_MISSING] = "post is missing",
+    [CHAT_POST_BAD_CONV] = "post.conv must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_CMID] = "post.cmid must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_SENDER] = "post.sender must be 1-64 characters of [A-Za-z0-9_-]",
+    [CHAT_POST_BAD_KIND] = "post.kind must be text or system",
+    [CHAT_POST_CHANGE_NO_TARGET] = "post.kind must be text or system",
+    [CHAT_POST_BAD_EMOJI] = "post.kind must be text or system",
+    [CHAT_POST_BODY_TOO_LARGE] = "post.body is larger than 16 KiB",
+    [CHAT_POST_BODY_NOT_UTF8] = "post.body is not valid UTF-8",
+    [CHAT_POST_META_TOO_LARGE] = "post.meta_json is larger than 16 KiB",
+    [CHAT_POST_META_NOT_OBJECT] = "post.meta_json must be empty or a JSON object",
+};
+
+const char *chat_post_backend_fault(chat_post_fault f)
+{
+    return (unsigned)f < sizeof backend_fault_text / sizeof backend_fault_text[0] ? backend_fault_text[f] : "post is invalid";
+}

@@ -49,4 +49,8 @@ bool chat_post_is_change(Chat__V1__EventKind kind);
 /* CHAT_POST_META_NOT_OBJECT unless meta_json is "" or a JSON object without duplicate keys. */
 chat_post_fault chat_post_meta_fault(const char *meta_json);
 
+/* What a backend is told of a fault of its post under the rules without CHAT_POST_ANY_KIND (text
+ * and system only): one line, NULL for CHAT_POST_OK. The api role's post and `chatctl import`. */
+const char *chat_post_backend_fault(chat_post_fault f);
+
 #endif

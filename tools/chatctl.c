@@ -23,6 +23,7 @@
 #include "chat_redact.h"
 #include "chat_revoke.h"
 #include "chat_time.h"
+#include "chatctl_import.h"
 #include "wk_archive.h"
 #include "wk_objstore.h"
 #include "wk_pg.h"
@@ -42,6 +43,12 @@ static const char *usage =
     "  conv check CONV USER              is USER a member?\n"
     "  send CONV --from USER [--cmid K] [--system] [--meta JSON] TEXT...\n"
     "                                    post as USER; prints {\"conv\",\"seq\",\"id\",\"cmid\"} once committed\n"
+    "  import [--window N] [--id ID] [--wait]\n"
+    "                                    bulk-post JSON lines from stdin, one post each: {\"conv\",\"from\",\"text\",\n"
+    "                                    \"cmid\"[,\"system\":true][,\"meta\":{...}]} (with --id, cmid defaults to ID-<line>);\n"
+    "                                    up to N (128) unacknowledged at once; a bad line is named and skipped;\n"
+    "                                    --wait: until each conversation's last post is stored. Run again after a\n"
+    "                                    failure: nothing is stored twice. Prints a summary line\n"
     "  history CONV [--limit N] [--before SEQ] [--as USER]\n"
     "                                    events newest first, one msg frame (JSON) per line\n"
     "  archive run [--pause-at STEP]     one pass of partition upkeep and archiving now; prints a summary\n"
@@ -56,7 +63,7 @@ static const char *usage =
     "                                    sessions they opened (4001) within about a second\n"
     "  revoke token TOKEN                refuse one token (by its jti) until it expires; TOKEN is read, not checked\n"
     "  revoke token JTI --until UNIX     the same by jti, until UNIX (the token's exp)\n"
-    "The conv, send and history commands need a chat-worker running the api role; revoke needs the bucket\n"
+    "The conv, send, import --wait and history commands need a chat-worker running the api role; revoke needs the bucket\n"
     "CHAT_REVOKED (chat-worker streams makes it) and a NATS user that may write it; the archive commands\n"
     "need CHAT_PG_DSN and CHAT_ARCHIVE_URL (and CHAT_S3_* for s3://) as the workers have them.";
 
@@ -800,6 +807,8 @@ int main(int argc, char **argv)
         rc = cmd_conv(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else if (strcmp(cmd, "send") == 0) {
         rc = cmd_send(&cfg, cfg.nargs - 1, cfg.args + 1);
+    } else if (strcmp(cmd, "import") == 0) {
+        rc = chatctl_import(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else if (strcmp(cmd, "history") == 0) {
         rc = cmd_history(&cfg, cfg.nargs - 1, cfg.args + 1);
     } else if (strcmp(cmd, "archive") == 0) {

@@ -16,26 +16,9 @@
 #define POLL_NEXT_MS 15
 #define STOP_GRACE_MS 2000 /* a post still waiting when the worker stops */
 
-/* What a backend is told of each fault of its post. The rules (text and system only) leave no
- * change without a target and no reaction without an emoji: those are kinds it may not post. */
-static const char *const post_fault_text[] = {
-    [CHAT_POST_OK] = NULL,
-    [CHAT_POST_MISSING] = "post is missing",
-    [CHAT_POST_BAD_CONV] = "post.conv must be 1-64 characters of [A-Za-z0-9_-]",
-    [CHAT_POST_BAD_CMID] = "post.cmid must be 1-64 characters of [A-Za-z0-9_-]",
-    [CHAT_POST_BAD_SENDER] = "post.sender must be 1-64 characters of [A-Za-z0-9_-]",
-    [CHAT_POST_BAD_KIND] = "post.kind must be text or system",
-    [CHAT_POST_CHANGE_NO_TARGET] = "post.kind must be text or system",
-    [CHAT_POST_BAD_EMOJI] = "post.kind must be text or system",
-    [CHAT_POST_BODY_TOO_LARGE] = "post.body is larger than 16 KiB",
-    [CHAT_POST_BODY_NOT_UTF8] = "post.body is not valid UTF-8",
-    [CHAT_POST_META_TOO_LARGE] = "post.meta_json is larger than 16 KiB",
-    [CHAT_POST_META_NOT_OBJECT] = "post.meta_json must be empty or a JSON object",
-};
-
 const char *wk_api_post_invalid(const Chat__V1__Post *p)
 {
-    return post_fault_text[chat_post_validate(p, CHAT_POST_UTF8)];
+    return chat_post_backend_fault(chat_post_validate(p, CHAT_POST_UTF8));
 }
 
 uint32_t wk_api_post_wait_ms(uint32_t asked)

@@ -116,27 +116,37 @@ static bool process_batch(committer *c, batch *b, uint64_t gen, int64_t fetched_
     return true;
 }
 
-/* Commits the buffered messages of group[0..n) together. A partition whose lease was taken on an
- * earlier connection is left out without touching the database; a lease lost on the way gives the
- * connection up (tend() then gives up every partition of that generation). */
-static void commit_group(committer *c, partition **group, int n)
+/* Commits together, of each partition of group[0..n), every buffered live post and the first
+ * bulk[i] buffered bulk posts. A partition whose lease was taken on an earlier connection is
+ * left out without touching the database; a lease lost on the way gives the connection up (tend()
+ * then gives up every partition of that generation). */
+static void commit_group(committer *c, partition **group, const int *bulk, int n)
 {
     uint64_t gen = atomic_load(&c->gen);
     batch all = {.view = true, .part = -1};
-    int live = 0, last = -1;
+    int parts = 0, last = -1;
     int64_t fetched = 0;
+    bool any = false;
     for (int i = 0; i < n; i++) {
         partition *pt = group[i];
         if (pt->gen != gen)
             continue;
-        wk_ingest_batch_decode(pt->buf, pt->index);
-        for (int k = 0; k < pt->buf->n; k++)
-            wk_ingest_batch_add(&all, &pt->buf->items[k]);
-        if (live++ == 0 || pt->fetched_ns < fetched)
-            fetched = pt->fetched_ns;
+        for (int k = 0; k < LANES; k++) {
+            lane *l = &pt->lanes[k];
+            int take = k == LANE_BULK ? bulk[i] : l->buf->n;
+            if (take == 0)
+                continue;
+            wk_ingest_batch_decode(l->buf, pt->index);
+            for (int j = 0; j < take; j++)
+                wk_ingest_batch_add(&all, &l->buf->items[j]);
+            if (!any || l->fetched_ns < fetched)
+                fetched = l->fetched_ns;
+            any = true;
+        }
+        parts++;
         last = pt->index;
     }
-    if (live == 1)
+    if (parts == 1)
         all.part = last;
     if (all.n > 0 && !process_batch(c, &all, gen, fetched)) {
         pthread_mutex_lock(&c->pg_mu);
@@ -151,8 +161,16 @@ static void *committer_thread(void *arg)
     committer *c = arg;
     wk_ingest *in = c->in;
     natsConnection *nc = in->app->nc;
-    partition **group = calloc((size_t)in->nparts, sizeof *group);
+    partition **group = chat_xcalloc((size_t)in->nparts, sizeof *group);
+    int *bulk = chat_xcalloc((size_t)in->nparts, sizeof *bulk);
     uint64_t seen = wk_ingest_reconnects(nc);
+    int turn = 0; /* which partition's bulk posts go first, in turn */
+    bool left = false; /* bulk posts wait from the last commit: commit again without waiting */
+    /* the bulk lane's rate (CHAT_INGEST_BULK_RATE, this committer's share): a bucket of at most a
+     * commit's worth of posts, filled at that rate */
+    double rate = in->app->cfg->ingest_bulk_rate > 0 ? (double)in->app->cfg->ingest_bulk_rate / in->ncom : 0;
+    double tokens = BULK_PER_COMMIT;
+    int64_t filled_ns = chat_mono_ns(), kept_ms = chat_mono_ms();
     while (!atomic_load(&c->stop)) {
         if (c->sub == NULL && chat_nats_connected(nc))
             wk_ingest_subscribe_inbox(c);
@@ -160,17 +178,54 @@ static void *committer_thread(void *arg)
         wk_ingest_tend(c, atomic_load(&in->app->stopping), now != seen);
         seen = now;
         wk_ingest_events_tick(c); /* a partition just leased is repaired before its first batch */
-        if (wk_ingest_collect(c, WAIT_MS) == 0) {
+        int64_t wait = WAIT_MS;
+        if (rate > 0) {
+            int64_t t = chat_mono_ns();
+            tokens += rate * (double)(t - filled_ns) / 1e9;
+            if (tokens > BULK_PER_COMMIT)
+                tokens = BULK_PER_COMMIT;
+            filled_ns = t;
+        }
+        if (left) /* until a token is there for the posts waiting */
+            wait = rate > 0 && tokens < 1 ? 1 + (int64_t)((1 - tokens) * 1000 / rate) : 1;
+        if (wait > WAIT_MS)
+            wait = WAIT_MS;
+        if (wk_ingest_collect(c, wait) == 0 && !(left && (rate == 0 || tokens >= 1))) {
             wk_ingest_heartbeat(c, atomic_load(&c->gen));
             continue;
         }
-        int n = 0;
-        for (int p = c->index; p < in->nparts; p += in->ncom)
-            if (in->parts[p].active && in->parts[p].buf->n > 0)
-                group[n++] = &in->parts[p];
-        commit_group(c, group, n); /* a lost lease bumped gen: tend() gives the partitions up */
-        for (int i = 0; i < n; i++)
-            wk_ingest_batch_reset(group[i]->buf);
+        /* every live post that arrived; bulk posts up to BULK_PER_COMMIT and the bucket,
+         * partitions in turn */
+        int budget = rate > 0 && tokens < BULK_PER_COMMIT ? (int)tokens : BULK_PER_COMMIT;
+        int n = 0, taken = 0, mine = (in->nparts - c->index + in->ncom - 1) / in->ncom;
+        turn = mine > 0 ? (turn + 1) % mine : 0;
+        for (int j = 0; j < mine; j++) {
+            partition *pt = &in->parts[c->index + ((turn + j) % mine) * in->ncom];
+            int waiting = pt->lanes[LANE_BULK].buf->n;
+            int take = pt->active ? (waiting < budget ? waiting : budget) : 0;
+            if (!pt->active || (pt->lanes[LANE_LIVE].buf->n == 0 && take == 0))
+                continue;
+            budget -= take;
+            taken += take;
+            bulk[n] = take;
+            group[n++] = pt;
+        }
+        tokens -= taken;
+        commit_group(c, group, bulk, n); /* a lost lease bumped gen: tend() gives the partitions up */
+        left = false;
+        for (int i = 0; i < n; i++) {
+            wk_ingest_batch_reset(group[i]->lanes[LANE_LIVE].buf);
+            wk_ingest_batch_drop_front(group[i]->lanes[LANE_BULK].buf, bulk[i]);
+            left = left || group[i]->lanes[LANE_BULK].buf->n > 0;
+        }
+        for (int p = c->index; p < in->nparts && !left; p += in->ncom)
+            left = in->parts[p].active && in->parts[p].lanes[LANE_BULK].buf->n > 0;
+        if (left && chat_mono_ms() - kept_ms >= BULK_KEEP_MS) { /* bulk posts waiting their turn: not redelivered */
+            kept_ms = chat_mono_ms();
+            for (int p = c->index; p < in->nparts; p += in->ncom)
+                if (in->parts[p].active)
+                    wk_ingest_reply_all(nc, in->parts[p].lanes[LANE_BULK].buf, "+WPI");
+        }
     }
     for (;;) { /* give everything up, waiting for set-ups under way */
         wk_ingest_tend(c, true, false);
@@ -181,6 +236,7 @@ static void *committer_thread(void *arg)
             break;
         chat_sleep_ms(10);
     }
+    free(bulk);
     free(group);
     return NULL;
 }
@@ -251,11 +307,13 @@ static void committers_stop(wk_ingest *in)
 
 static void parts_free(wk_ingest *in)
 {
-    for (int p = 0; p < in->nparts; p++) {
-        wk_ingest_batch_reset(in->parts[p].buf);
-        free(in->parts[p].buf->items);
-        free(in->parts[p].buf);
-    }
+    for (int p = 0; p < in->nparts; p++)
+        for (int k = 0; k < LANES; k++) {
+            batch *b = in->parts[p].lanes[k].buf;
+            wk_ingest_batch_reset(b);
+            free(b->items);
+            free(b);
+        }
     free(in->parts);
 }
 
@@ -274,9 +332,8 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     for (int p = 0; p < in->nparts; p++) {
         in->parts[p].in = in;
         in->parts[p].index = p;
-        in->parts[p].buf = calloc(1, sizeof(batch));
-        if (in->parts[p].buf == NULL)
-            CHAT_OOM();
+        for (int k = 0; k < LANES; k++)
+            in->parts[p].lanes[k].buf = chat_xcalloc(1, sizeof(batch));
     }
     chat_metrics *m = app->metrics;
     for (int p = 0; p < in->nparts; p++) {

@@ -170,14 +170,33 @@ void wk_ingest_batch_reset(batch *b)
     batch_clear_attempt(b);
 }
 
-/* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops them). */
+void wk_ingest_batch_drop_front(batch *b, int n)
+{
+    if (n > b->n)
+        n = b->n;
+    if (n <= 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        if (b->items[i].post)
+            chat__v1__post__free_unpacked(b->items[i].post, NULL);
+        natsMsg_Destroy(b->items[i].msg);
+    }
+    if (b->n > n)
+        memmove(b->items, b->items + n, (size_t)(b->n - n) * sizeof *b->items);
+    b->n -= n;
+    batch_clear_attempt(b);
+}
+
+/* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops
+ * them); items left from an earlier commit (a lane's) are decoded already. */
 void wk_ingest_batch_decode(batch *b, int part)
 {
     for (int i = 0; i < b->n; i++) {
         item *it = &b->items[i];
         it->part = part;
-        it->post = chat__v1__post__unpack(NULL, (size_t)natsMsg_GetDataLength(it->msg),
-                                          (const uint8_t *)natsMsg_GetData(it->msg));
+        if (it->post == NULL)
+            it->post = chat__v1__post__unpack(NULL, (size_t)natsMsg_GetDataLength(it->msg),
+                                              (const uint8_t *)natsMsg_GetData(it->msg));
     }
 }
 

@@ -125,6 +125,7 @@ static void arm_leased(partition *pt, int64_t upto_us)
 {
     pt->events_upto_us = upto_us;
     pt->events_newest_us = upto_us;
+    pt->created_floor_us = upto_us; /* nothing is stored before the cursor: a repair reads from it */
     pt->events_dirty = false;
     pt->events_repair = true;
     pt->events_repair_tried = false;

@@ -18,6 +18,49 @@
 /* Pulling                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Creates lane k's consumer of the partition on its stream (its filter, its limits). */
+static chat_status add_consumer(partition *pt, int k)
+{
+    lane *l = &pt->lanes[k];
+    l->stream = k == LANE_BULK ? CHAT_STREAM_BULK : CHAT_STREAM_IN;
+    snprintf(l->consumer, sizeof l->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    /* the ack subject names the stream and the consumer: $JS.ACK.<stream>.<consumer>. */
+    snprintf(l->ack_key, sizeof l->ack_key, ".%s.%s.", l->stream, l->consumer);
+    char filter[64];
+    if (k == LANE_BULK)
+        chat_subject_bulk_partition(filter, sizeof filter, pt->index);
+    else
+        chat_subject_in_partition(filter, sizeof filter, pt->index); /* users' and backends' posts, in order */
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = l->consumer;
+    cc.FilterSubject = filter;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = ACK_WAIT_NS;
+    cc.MaxDeliver = MAX_DELIVER;
+    cc.MaxAckPending = k == LANE_BULK ? BULK_ACK_PENDING : 4 * BATCH_MAX;
+    cc.DeliverPolicy = js_DeliverAll;
+    /* Its state in the broker's memory, not in a file: on a work-queue stream the unacked messages
+     * are the stream, so a consumer lost with a broker restart (this one is made again on the
+     * reconnect, DeliverAll) misses nothing. A file consumer writes its state file (open, write,
+     * close) up to ten times a second for every partition that moved: at 100 msg/s that was 45 %
+     * of nats-server's CPU (bench/findings.md item 18). */
+    cc.MemoryStorage = true;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_AddConsumer(&ci, pt->js, l->stream, &cc, NULL, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        LOG_WARN("ingest", "event=consumer_setup_failed partition=%d consumer=%s status=\"%s\" jerr=%d", pt->index,
+                 l->consumer, natsStatus_GetText(s), (int)jerr);
+        return CHAT_ERR_UNAVAILABLE;
+    }
+    chat_subject_js_next(l->next_subject, sizeof l->next_subject, l->stream, l->consumer);
+    snprintf(l->reply, sizeof l->reply, "%s.%d.%lld%s", pt->com->inbox, pt->index, (long long)pt->epoch,
+             k == LANE_BULK ? ".b" : "");
+    return CHAT_OK;
+}
+
 static chat_status setup_consumer(partition *pt)
 {
     wk_ingest *in = pt->in;
@@ -29,49 +72,28 @@ static chat_status setup_consumer(partition *pt)
     pt->js = NULL;
     if (natsConnection_JetStream(&pt->js, nc, &jo) != NATS_OK)
         return CHAT_ERR_UNAVAILABLE;
-    /* delete the consumers of earlier leases of this partition: a stale owner pulls from nothing
-     * (a reset deletes its own alone: a newer lease's may exist by now) */
+    /* delete the consumers of earlier leases of this partition on both streams: a stale owner
+     * pulls from nothing (a reset deletes its own alone: a newer lease's may exist by now) */
     char prefix[32];
     snprintf(prefix, sizeof prefix, "ingest-%d-", pt->index);
-    jsConsumerNamesList *names = NULL;
-    jsErrCode jerr = 0;
-    if (pt->active) {
-        js_DeleteConsumer(pt->js, CHAT_STREAM_IN, pt->consumer, NULL, &jerr);
-    } else if (js_ConsumerNames(&names, pt->js, CHAT_STREAM_IN, NULL, &jerr) == NATS_OK && names) {
-        for (int i = 0; i < names->Count; i++)
-            if (strncmp(names->List[i], prefix, strlen(prefix)) == 0)
-                js_DeleteConsumer(pt->js, CHAT_STREAM_IN, names->List[i], NULL, &jerr);
-        jsConsumerNamesList_Destroy(names);
+    static const char *const streams[LANES] = {[LANE_LIVE] = CHAT_STREAM_IN, [LANE_BULK] = CHAT_STREAM_BULK};
+    for (int k = 0; k < LANES; k++) {
+        jsConsumerNamesList *names = NULL;
+        jsErrCode jerr = 0;
+        if (pt->active) {
+            js_DeleteConsumer(pt->js, streams[k], pt->lanes[k].consumer, NULL, &jerr);
+        } else if (js_ConsumerNames(&names, pt->js, streams[k], NULL, &jerr) == NATS_OK && names) {
+            for (int i = 0; i < names->Count; i++)
+                if (strncmp(names->List[i], prefix, strlen(prefix)) == 0)
+                    js_DeleteConsumer(pt->js, streams[k], names->List[i], NULL, &jerr);
+            jsConsumerNamesList_Destroy(names);
+        }
     }
-    snprintf(pt->consumer, sizeof pt->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
-    snprintf(pt->ack_key, sizeof pt->ack_key, ".%s.", pt->consumer);
-    char filter[64];
-    chat_subject_in_partition(filter, sizeof filter, pt->index); /* users' and backends' posts, in order */
-    jsConsumerConfig cc;
-    jsConsumerConfig_Init(&cc);
-    cc.Durable = pt->consumer;
-    cc.FilterSubject = filter;
-    cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = ACK_WAIT_NS;
-    cc.MaxDeliver = MAX_DELIVER;
-    cc.MaxAckPending = 4 * BATCH_MAX;
-    cc.DeliverPolicy = js_DeliverAll;
-    /* Its state in the broker's memory, not in a file: on a work-queue stream the unacked messages
-     * are the stream, so a consumer lost with a broker restart (this one is made again on the
-     * reconnect, DeliverAll) misses nothing. A file consumer writes its state file (open, write,
-     * close) up to ten times a second for every partition that moved: at 100 msg/s that was 45 %
-     * of nats-server's CPU (bench/findings.md item 18). */
-    cc.MemoryStorage = true;
-    jsConsumerInfo *ci = NULL;
-    natsStatus s = js_AddConsumer(&ci, pt->js, CHAT_STREAM_IN, &cc, NULL, &jerr);
-    jsConsumerInfo_Destroy(ci);
-    if (s != NATS_OK) {
-        LOG_WARN("ingest", "event=consumer_setup_failed partition=%d status=\"%s\" jerr=%d", pt->index,
-                 natsStatus_GetText(s), (int)jerr);
-        return CHAT_ERR_UNAVAILABLE;
-    }
-    chat_subject_js_next(pt->next_subject, sizeof pt->next_subject, CHAT_STREAM_IN, pt->consumer);
-    snprintf(pt->reply, sizeof pt->reply, "%s.%d.%lld", pt->com->inbox, pt->index, (long long)pt->epoch);
+    /* the live lane first (the bulk stream may be missing on a broker not set up again yet: the
+     * partition is then tried again, as for any failed set-up) */
+    for (int k = 0; k < LANES; k++)
+        if (add_consumer(pt, k) != CHAT_OK)
+            return CHAT_ERR_UNAVAILABLE;
     return CHAT_OK;
 }
 
@@ -87,20 +109,32 @@ static void ask_lag(partition *pt, natsConnection *nc)
     if (now - pt->lag_at_ms < 5000)
         return;
     pt->lag_at_ms = now;
-    char subject[160], reply[112];
-    chat_subject_js_info(subject, sizeof subject, CHAT_STREAM_IN, pt->consumer);
-    snprintf(reply, sizeof reply, "%s.lag", pt->reply);
-    natsConnection_PublishRequest(nc, subject, reply, NULL, 0);
+    for (int k = 0; k < LANES; k++) {
+        char subject[160], reply[112];
+        chat_subject_js_info(subject, sizeof subject, pt->lanes[k].stream, pt->lanes[k].consumer);
+        snprintf(reply, sizeof reply, "%s.lag", pt->lanes[k].reply);
+        natsConnection_PublishRequest(nc, subject, reply, NULL, 0);
+    }
 }
 
-/* The consumer info that ask_lag() asked for; anything else (an error, a 503) is ignored. */
-static void take_lag(partition *pt, natsMsg *m)
+/* The partition's lag: its lanes' together. */
+static void show_pending(partition *pt)
+{
+    atomic_store(pt->m_pending, (int_fast64_t)(pt->lanes[LANE_LIVE].pending + pt->lanes[LANE_BULK].pending));
+}
+
+/* The consumer info that ask_lag() asked for; anything else (an error, a 503) is ignored. The
+ * gauge of messages delivered unacked follows the live lane (the bulk lane holds up to
+ * BULK_ACK_PENDING by design). */
+static void take_lag(partition *pt, int k, natsMsg *m)
 {
     json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
     json_t *pending = json_object_get(j, "num_pending"), *ack_pending = json_object_get(j, "num_ack_pending");
     if (json_is_integer(pending) && json_is_integer(ack_pending)) {
-        atomic_store(pt->m_pending, (int_fast64_t)json_integer_value(pending));
-        atomic_store(pt->m_ack_pending, (int_fast64_t)json_integer_value(ack_pending));
+        pt->lanes[k].pending = (int64_t)json_integer_value(pending);
+        show_pending(pt);
+        if (k == LANE_LIVE)
+            atomic_store(pt->m_ack_pending, (int_fast64_t)json_integer_value(ack_pending));
     }
     json_decref(j);
 }
@@ -156,9 +190,10 @@ static void partition_begin(partition *pt, bool keep)
         return;
     }
     pt->active = true;
-    pt->pull = (chat_js_puller){0};
+    for (int k = 0; k < LANES; k++)
+        pt->lanes[k].pull = (chat_js_puller){0};
     LOG_INFO("ingest", "event=partition_acquired partition=%d epoch=%lld consumer=%s", pt->index,
-             (long long)pt->epoch, pt->consumer);
+             (long long)pt->epoch, pt->lanes[LANE_LIVE].consumer);
 }
 
 /* After a reconnect the broker may be one that restarted on less than it had acknowledged (a
@@ -177,13 +212,15 @@ static void reset_consumer(partition *pt)
     int su = setup_step(pt);
     if (su == SETUP_NONE || su == SETUP_RUNNING)
         return;
-    pt->pull = (chat_js_puller){0};
+    for (int k = 0; k < LANES; k++)
+        pt->lanes[k].pull = (chat_js_puller){0};
     if (su == SETUP_OK) {
         pt->reset_due = false;
-        LOG_INFO("ingest", "event=consumer_reset partition=%d consumer=%s", pt->index, pt->consumer);
+        LOG_INFO("ingest", "event=consumer_reset partition=%d consumer=%s", pt->index, pt->lanes[LANE_LIVE].consumer);
     } else {
         pt->reset_at_ms = chat_mono_ms() + 1000;
-        LOG_WARN("ingest", "event=consumer_reset_failed partition=%d consumer=%s", pt->index, pt->consumer);
+        LOG_WARN("ingest", "event=consumer_reset_failed partition=%d consumer=%s", pt->index,
+                 pt->lanes[LANE_LIVE].consumer);
     }
 }
 
@@ -191,7 +228,10 @@ static void reset_consumer(partition *pt)
  * deletes this consumer and gets it all again from its own), as is what still comes. */
 static void partition_end(partition *pt, bool lost)
 {
-    wk_ingest_batch_reset(pt->buf);
+    for (int k = 0; k < LANES; k++) {
+        wk_ingest_batch_reset(pt->lanes[k].buf);
+        pt->lanes[k].pending = 0;
+    }
     jsCtx_Destroy(pt->js);
     pt->js = NULL;
     atomic_store(pt->m_pending, 0); /* reported by the next owner */
@@ -202,21 +242,29 @@ static void partition_end(partition *pt, bool lost)
     atomic_store(&pt->state, P_DONE);
 }
 
-/* Keeps a pull request open (chat_js_keep_pulling): BATCH_MAX messages, renewed at half, each
- * expiring after PULL_EXPIRES_MS; requests that died with a connection are forgotten on a
- * reconnect or after their expiry and a second. */
+/* Keeps a pull request open on each lane (chat_js_keep_pulling): BATCH_MAX messages, renewed at
+ * half, each expiring after PULL_EXPIRES_MS; requests that died with a connection are forgotten on
+ * a reconnect or after their expiry and a second. The bulk lane asks for BULK_PER_COMMIT, and only
+ * while fewer than that of its messages wait here. */
 static void keep_pulling(partition *pt, natsConnection *nc)
 {
-    chat_js_keep_pulling(&pt->pull, nc, pt->next_subject, pt->reply, BATCH_MAX, PULL_EXPIRES_MS, PULL_RETRY_MS);
+    for (int k = 0; k < LANES; k++) {
+        lane *l = &pt->lanes[k];
+        if (k == LANE_BULK && l->buf->n >= BULK_PER_COMMIT)
+            continue;
+        chat_js_keep_pulling(&l->pull, nc, l->next_subject, l->reply, k == LANE_BULK ? BULK_PER_COMMIT : BATCH_MAX,
+                             PULL_EXPIRES_MS, PULL_RETRY_MS);
+    }
 }
 
 bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject, inbox_subject *out)
 {
     size_t il = strlen(inbox);
-    bool pulled = strncmp(subject, "chat.in.", 8) == 0;
+    bool bulk = strncmp(subject, "chat.bulk.", 10) == 0;
+    bool pulled = bulk || strncmp(subject, "chat.in.", 8) == 0;
     const char *tok = NULL;
     if (pulled)
-        tok = subject + 8;
+        tok = subject + (bulk ? 10 : 8);
     else if (strncmp(subject, inbox, il) == 0 && subject[il] == '.')
         tok = subject + il + 1;
     if (tok == NULL)
@@ -226,12 +274,15 @@ bool wk_ingest_inbox_subject(const char *inbox, int nparts, const char *subject,
     if (end == tok || *end != '.' || p < 0 || p >= nparts)
         return false;
     size_t sl = strlen(subject);
-    *out = (inbox_subject){
-        .part = (int)p,
-        .pulled = pulled,
-        .epoch = pulled ? 0 : strtoll(end + 1, NULL, 10),
-        .lag = !pulled && sl > 4 && strcmp(subject + sl - 4, ".lag") == 0,
-    };
+    *out = (inbox_subject){.part = (int)p, .pulled = pulled};
+    if (pulled) {
+        out->lane = bulk ? LANE_BULK : LANE_LIVE;
+        return true;
+    }
+    char *rest = NULL;
+    out->epoch = strtoll(end + 1, &rest, 10);
+    out->lane = strncmp(rest, ".b", 2) == 0 && (rest[2] == '\0' || rest[2] == '.') ? LANE_BULK : LANE_LIVE;
+    out->lag = sl > 4 && strcmp(subject + sl - 4, ".lag") == 0;
     return true;
 }
 
@@ -262,14 +313,15 @@ static int take_message(committer *c, natsMsg *m)
         natsMsg_Destroy(m);
         return 0;
     }
+    lane *l = &pt->lanes[is.lane];
     if (is.lag) {
-        take_lag(pt, m);
+        take_lag(pt, is.lane, m);
         natsMsg_Destroy(m);
         return 0;
     }
     /* 408: a request expired; 409 and others: it ended otherwise (a consumer deleted by a newer
      * owner, a leader change): asked again, but not at once */
-    int status = chat_js_pull_took(&pt->pull, m, PULL_RETRY_MS);
+    int status = chat_js_pull_took(&l->pull, m, PULL_RETRY_MS);
     if (status != 0) {
         if (status != 408)
             LOG_DEBUG("ingest", "event=pull_ended partition=%d status=%d", pt->index, status);
@@ -277,16 +329,18 @@ static int take_message(committer *c, natsMsg *m)
         return 0;
     }
     const char *reply = natsMsg_GetReply(m);
-    if (reply == NULL || strstr(reply, pt->ack_key) == NULL) { /* an earlier consumer's: not ours to store */
+    if (reply == NULL || strstr(reply, l->ack_key) == NULL) { /* an earlier consumer's: not ours to store */
         natsMsg_Destroy(m);
         return 0;
     }
     chat_js_ack ack;
-    if (chat_js_ack_parse(reply, &ack) && ack.pending >= 0) /* the lag, exact and free */
-        atomic_store(pt->m_pending, (int_fast64_t)ack.pending);
-    if (pt->buf->n == 0)
-        pt->fetched_ns = chat_mono_ns();
-    wk_ingest_batch_add(pt->buf, &(item){.msg = m});
+    if (chat_js_ack_parse(reply, &ack) && ack.pending >= 0) { /* the lag, exact and free */
+        l->pending = ack.pending;
+        show_pending(pt);
+    }
+    if (l->buf->n == 0)
+        l->fetched_ns = chat_mono_ns();
+    wk_ingest_batch_add(l->buf, &(item){.msg = m});
     return 1;
 }
 
@@ -336,7 +390,8 @@ void wk_ingest_tend(committer *c, bool stopping, bool reconnected)
         }
         if (pt->active) {
             if (reconnected) { /* the broker forgot the requests of the old connection */
-                pt->pull.credit = 0;
+                for (int k = 0; k < LANES; k++)
+                    pt->lanes[k].pull.credit = 0;
                 pt->reset_due = true;
                 pt->reset_at_ms = 0;
             }

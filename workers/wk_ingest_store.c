@@ -317,12 +317,11 @@ static int write_counts(batch *b, write_columns *w)
     return nnew;
 }
 
-/* $3..$13: the columns of a new event; it gets its id and created_at (the broker timestamp) here. */
+/* $3..$13: the columns of a new event (created_at from stamp_created()); it gets its id here. */
 static void write_event(write_columns *w, item *it)
 {
     Chat__V1__Post *p = it->post;
     char target[24], ts[48];
-    it->created_us = it->ts_us;
     make_id(it->id, it->ts_us / 1000);
     snprintf(target, sizeof target, "%" PRIu64, p->target);
     wk_ingest_format_ts(ts, sizeof ts, it->created_us);
@@ -471,6 +470,25 @@ static bool store_writes(PGconn *pg, batch *b, bool *synced, const char **step, 
  * seq/id of NEW items, marks STORED and DROP. A statement that fails leaves the rest of the
  * pipeline skipped by the server; the transaction is rolled back as it was when each statement
  * was a round trip of its own, and the failure classified the same way. */
+/* The created_at of b's new events: the broker timestamp, but never earlier than what the
+ * partition stored or published before (created_floor_us, events_newest_us). A partition's events
+ * are then stored in created_at order, which the CHAT_EVENTS cursor relies on (a repair reads from
+ * it), although the backend lane's posts may be committed after later users' posts
+ * (wk_ingestp.h, lanes). A floor raised by a transaction that then fails only makes later
+ * created_at values a little later. */
+static void stamp_created(committer *c, batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        item *it = &b->items[i];
+        if (it->state != I_NEW)
+            continue;
+        partition *pt = &c->in->parts[it->part];
+        int64_t floor = pt->created_floor_us > pt->events_newest_us ? pt->created_floor_us : pt->events_newest_us;
+        it->created_us = it->ts_us > floor ? it->ts_us : floor;
+        pt->created_floor_us = it->created_us;
+    }
+}
+
 static int store_batch(committer *c, batch *b)
 {
     PGconn *pg = c->pg;
@@ -487,6 +505,7 @@ static int store_batch(committer *c, batch *b)
          * deleted; only its sender edits or deletes it (after 2b: a non-member learns nothing of
          * the conversation's seqs) */
         apply_targets(b, targets);
+        stamp_created(c, b);
         ok = store_writes(pg, b, &synced, &step, &e);
     }
     PQclear(targets);

@@ -57,6 +57,18 @@
 #define EVENTS_SLACK_US (5LL * 1000000)
 #define EVENTS_FIRST_REPAIR_US (9LL * 60 * 1000000)
 #define GROUP_MAX 2048 /* items in one commit of several partitions' batches */
+/* Lanes: a partition's live posts (users' and backends', chat.in.<p>.<conv>[.backend], stream
+ * CHAT_IN) and its bulk posts (imports, chat.bulk.<p>.<conv>, stream CHAT_BULK) come from two
+ * consumers. A commit takes every live post that has arrived and at most BULK_PER_COMMIT bulk
+ * posts of all the committer's partitions (fewer under CHAT_INGEST_BULK_RATE), so an import never
+ * puts more than that ahead of a live post (256 left a live post's p99 at 50-65 ms beside an
+ * import, 64 at 28-33: bench/findings.md item 20). A partition's bulk lane pulls BULK_PER_COMMIT at
+ * a time and only while fewer wait here; what waits is kept from the broker's redelivery with an
+ * in-progress ack every BULK_KEEP_MS. docs/architecture.md, "Ingest": lanes. */
+enum { LANE_LIVE, LANE_BULK, LANES };
+#define BULK_PER_COMMIT 64
+#define BULK_ACK_PENDING (4 * BULK_PER_COMMIT)
+#define BULK_KEEP_MS 3000
 
 /* Partition states: the coordinator moves IDLE -> RUNNING (lease taken) and RUNNING -> RELEASE
  * (too many owned); the committer moves RUNNING or RELEASE -> DONE (given up, or lost); the
@@ -67,6 +79,19 @@ enum { SETUP_NONE, SETUP_RUNNING, SETUP_OK, SETUP_FAILED };
 
 struct batch;
 struct committer;
+
+/* One consumer of a partition and what it brought (the committer's alone). */
+typedef struct lane {
+    const char *stream;         /* CHAT_IN, CHAT_BULK */
+    char consumer[64];          /* ingest-<p>-<epoch> on its stream */
+    char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
+    char next_subject[128];
+    char reply[96];             /* <committer inbox>.<p>.<epoch>[.b]: its pull requests' ends */
+    chat_js_puller pull;        /* its open pull requests */
+    struct batch *buf;          /* messages arrived and not yet committed, in consumer order */
+    int64_t fetched_ns;         /* when the first of them arrived */
+    int64_t pending;            /* its broker lag, as last read */
+} lane;
 
 typedef struct partition {
     struct wk_ingest *in;
@@ -82,19 +107,14 @@ typedef struct partition {
     bool active;                /* its consumer is set up and pulled */
     bool reset_due;             /* its consumer is to be made again (after a reconnect: pull.c) */
     int64_t reset_at_ms;        /* not before this (after a failed reset) */
-    char consumer[64];
-    char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
-    char next_subject[128];
-    char reply[96];             /* <committer inbox>.<partition>: where its pulled messages arrive */
-    chat_js_puller pull;        /* its open pull requests */
-    struct batch *buf;          /* messages arrived since the last commit, in consumer order */
-    int64_t fetched_ns;         /* when the first of them arrived */
+    lane lanes[LANES];          /* its live posts and its bulk posts */
     jsCtx *js;                  /* consumer management and lag */
     int64_t lag_at_ms;          /* when the consumer's lag was last read */
     char label[32];             /* partition="N" */
     atomic_int_fast64_t *m_pending, *m_ack_pending;
     /* CHAT_EVENTS (wk_ingest_events.c; set by the coordinator when it takes the lease) */
     int64_t events_upto_us;     /* the cursor in ingest_leases.events_upto (0: none) */
+    int64_t created_floor_us;   /* no event is stored with an earlier created_at (wk_ingest_store.c) */
     int64_t events_newest_us;   /* the newest created_us published (or republished) */
     int64_t events_from_us;     /* where the pending repair starts */
     bool events_dirty;          /* published since the last confirmation */
@@ -235,7 +255,7 @@ typedef struct item {
     char id[32];
     int64_t created_us;  /* stored created_at */
     drop_reason drop;    /* I_DROP: why */
-    bool backend;        /* posted on chat.in.<p>.<conv>.backend: a trusted post, any sender */
+    bool backend;        /* posted on chat.in.<p>.<conv>.backend or chat.bulk.<p>.<conv>: a trusted post, any sender */
 } item;
 
 /* store_batch(): S_DATA_ERROR is the batch's data refused (split it, drop the poison); S_RETRY the database
@@ -272,6 +292,8 @@ enum { D_CONV, D_CMID, D_SEQ, D_ID, D_CREATED, D_SENDER, D_KIND, D_BODY, D_META,
 void wk_ingest_batch_add(batch *b, const item *it);
 /* Empties a partition's batch (which owns its messages and posts). */
 void wk_ingest_batch_reset(batch *b);
+/* Frees the first n items of a partition's batch (committed and acked) and keeps the rest. */
+void wk_ingest_batch_drop_front(batch *b, int n);
 /* Frees a view's own memory (not the items' messages and posts) and zeroes it. */
 void wk_ingest_view_free(batch *v);
 /* Decodes the posts of a partition's fetched batch (undecodable ones stay NULL: validate drops them). */
@@ -385,10 +407,11 @@ void wk_ingest_events_tick(committer *c);
 /* Pulling (wk_ingest_pull.c)                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Where a message of a committer's inbox belongs: a pulled message (chat.in.<p>.<conv>...) or a
- * pull request's end or lag answer (<inbox>.<p>.<epoch>[.lag]). */
+/* Where a message of a committer's inbox belongs: a pulled message (chat.in.<p>.<conv>[.backend],
+ * chat.bulk.<p>.<conv>) or a pull request's end or lag answer (<inbox>.<p>.<epoch>[.b][.lag]). */
 typedef struct inbox_subject {
     int part;
+    int lane;     /* LANE_*: a pulled message's by its subject, a request's end by its reply's ".b" */
     bool pulled;  /* chat.in.<p>...: no epoch */
     int64_t epoch;
     bool lag;     /* <inbox>.<p>.<epoch>.lag */

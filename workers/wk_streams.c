@@ -44,6 +44,27 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
     if (st != CHAT_OK)
         return st;
 
+    /* bulk imports (chatctl import; docs/nats.md): a lane of the ingest of their own, drained after
+     * the live posts and at most CHAT_INGEST_BULK_RATE a second, so an import may wait here for a
+     * long time: kept a week, and a full stream refuses new imports (the importer's PubAck says so
+     * and it sends again later) instead of dropping what it holds */
+    jsStreamConfig bulk;
+    jsStreamConfig_Init(&bulk);
+    const char *bulk_subjects[] = {"chat.bulk.*.*"};
+    bulk.Name = CHAT_STREAM_BULK;
+    bulk.Subjects = bulk_subjects;
+    bulk.SubjectsLen = 1;
+    bulk.Storage = js_FileStorage;
+    bulk.Retention = js_WorkQueuePolicy;
+    bulk.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    bulk.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
+    bulk.MaxBytes = WK_BULK_MAX_BYTES;
+    bulk.Discard = js_DiscardNew;
+    bulk.Replicas = replicas;
+    st = ensure(js, &bulk, update);
+    if (st != CHAT_OK)
+        return st;
+
     jsStreamConfig ev;
     jsStreamConfig_Init(&ev);
     const char *ev_subjects[] = {"chat.evt.>"};

@@ -4,6 +4,9 @@
  * role's credential must not carry it; docs/security.md):
  *   CHAT_IN      chat.in.*.*, chat.in.*.*.backend   file storage, work-queue retention (a message leaves once the
  *                              ingest acked it), duplicate window 10 minutes
+ *   CHAT_BULK    chat.bulk.*.* file storage, work-queue retention, 7 days, WK_BULK_MAX_BYTES (a full
+ *                              stream refuses new posts: discard new), duplicate window 10 minutes:
+ *                              bulk imports, the ingest's second lane (workers/wk_ingestp.h)
  *   CHAT_EVENTS  chat.evt.>    file storage, limits retention (7 days), duplicate window 10 minutes:
  *                              the committed events, replayable by backends; the notify role
  *                              reads its offline pushes from it too (workers/wk_notify.h)
@@ -20,6 +23,7 @@
 #include "chat_status.h"
 
 #define WK_DUPLICATE_WINDOW_NS (10LL * 60 * 1000000000LL)
+#define WK_BULK_MAX_BYTES (1LL << 30) /* CHAT_BULK: a GiB of imports waiting, about 3 million posts */
 
 /* Creates the missing streams with `replicas` (CHAT_JS_REPLICAS: 1 on one server, 3 on a
  * three-node cluster); with update, also brings existing ones to this configuration (only the

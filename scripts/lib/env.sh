@@ -14,7 +14,7 @@ CHAT_SETTINGS=(
     CHAT_ALLOWED_ORIGINS CHAT_DEV_MODE CHAT_PUSH_WEBHOOK_URL CHAT_EGRESS_ALLOW CHAT_LOG
     CHAT_NATS_MONITOR_PORT CHAT_NATS_SYNC CHAT_JS_REPLICAS CHAT_WS_QUEUE_MAX CHAT_WS_SLOW_GRACE CHAT_WS_RATE
     CHAT_WS_USER_RATE CHAT_WS_MAX_PER_USER CHAT_WS_MAX_PER_IP CHAT_WS_PING CHAT_WS_STOP_DELAY CHAT_WS_INFLIGHT_MAX
-    CHAT_WS_MEMBERSHIP_CACHE CHAT_WS_REFUSED_PER_IP CHAT_INGEST_COMMITTERS
+    CHAT_WS_MEMBERSHIP_CACHE CHAT_WS_REFUSED_PER_IP CHAT_INGEST_COMMITTERS CHAT_INGEST_BULK_RATE
     CHAT_TLS_CERT CHAT_TLS_KEY
 )
 
@@ -111,6 +111,8 @@ chat_env_init() {
     # the ingest: transactions at once per worker, and from how many members a conversation's
     # events go to its members' gateways rather than per user (docs/operations.md)
     chat_env_default CHAT_INGEST_COMMITTERS 2
+    # bulk imports (chat.bulk.*, chatctl import) stored per second per worker, after the live posts
+    chat_env_default CHAT_INGEST_BULK_RATE 2000
     chat_env_default CHAT_WS_PING 30s
     chat_env_default CHAT_WS_STOP_DELAY 2s
     chat_env_default CHAT_WS_INFLIGHT_MAX 1000

@@ -313,7 +313,7 @@ topology_up() {
     start_worker ingest-1 ingest
     wait_ready ingest-1 || return 1
     local s
-    for s in CHAT_IN CHAT_EVENTS; do
+    for s in CHAT_IN CHAT_BULK CHAT_EVENTS; do
         wait_for 60 replicated "$s" \
             || { echo "FAIL: stream $s is not replicated 3 times: $(js_api 1 "\$JS.API.STREAM.INFO.$s" | head -c 600)"; return 1; }
     done

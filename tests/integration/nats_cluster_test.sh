@@ -369,7 +369,7 @@ else
     exit 1
 fi
 start_worker worker "$worker_port" ingest,api,archive
-for s in CHAT_IN CHAT_EVENTS KV_CHAT_REVOKED; do
+for s in CHAT_IN CHAT_BULK CHAT_EVENTS KV_CHAT_REVOKED; do
     if wait_for 120 replicated "$s"; then
         pass "stream $s has 3 replicas (CHAT_JS_REPLICAS=3): a leader and two current followers"
     else
@@ -631,6 +631,8 @@ expect_violation "gateway publishes a delivery (forging a frame to any user)" 1 
     "PUB chat.deliver.u.alice 0\r\n\r\n" 'Publish to "chat.deliver.u.alice"'
 expect_violation "gateway publishes a trusted post (chat.in.*.*.backend)" 1 gateway-1 "$gw_pw" \
     "PUB chat.in.0.$conv.backend 0\r\n\r\n" "Publish to \"chat.in.0.$conv.backend\""
+expect_violation "gateway publishes a bulk import's trusted post (chat.bulk.*.*)" 1 gateway-1 "$gw_pw" \
+    "PUB chat.bulk.0.$conv 0\r\n\r\n" "Publish to \"chat.bulk.0.$conv\""
 expect_violation "gateway calls chat.api.v1.history (the trusted backend form)" 1 gateway-1 "$gw_pw" \
     "PUB chat.api.v1.history _INBOX.gw.x.4 0\r\n\r\n" 'Publish to "chat.api.v1.history"'
 expect_violation "gateway calls chat.api.v1.gw.post (no gateway form)" 1 gateway-1 "$gw_pw" \

@@ -36,6 +36,10 @@ START_TEST(more_subjects)
     ck_assert_str_eq(buf, "chat.members.conv-1");
     ck_assert(chat_subject_in_partition(buf, sizeof buf, 17));
     ck_assert_str_eq(buf, "chat.in.17.>");
+    ck_assert(chat_subject_bulk(buf, sizeof buf, 4, "c"));
+    ck_assert_str_eq(buf, "chat.bulk.4.c");
+    ck_assert(chat_subject_bulk_partition(buf, sizeof buf, 17));
+    ck_assert_str_eq(buf, "chat.bulk.17.*");
     ck_assert(chat_subject_api(buf, sizeof buf, "gw.post_status"));
     ck_assert_str_eq(buf, "chat.api.v1.gw.post_status");
     ck_assert(chat_subject_js_next(buf, sizeof buf, CHAT_STREAM_IN, "ingest-3-7"));
@@ -127,7 +131,12 @@ START_TEST(parse_subjects)
     ck_assert(n == 5 && strncmp(conv, "conv1", n) == 0 && !backend);
     ck_assert(chat_subject_in_parse("chat.in.2.conv1.backend", &conv, &n, &backend));
     ck_assert(n == 5 && strncmp(conv, "conv1", n) == 0 && backend);
-    const char *bad[] = {"chat.in.x.c", "chat.in.2.", "chat.in..c", "chat.in.2.c.other", "chat.evt.c", NULL};
+    /* a bulk import's post: trusted, and only in the one form */
+    backend = false;
+    ck_assert(chat_subject_in_parse("chat.bulk.7.conv1", &conv, &n, &backend));
+    ck_assert(n == 5 && strncmp(conv, "conv1", n) == 0 && backend);
+    const char *bad[] = {"chat.in.x.c", "chat.in.2.", "chat.in..c", "chat.in.2.c.other", "chat.evt.c",
+                         "chat.bulk.7.c.backend", "chat.bulk.x.c", "chat.bulk.7.", NULL};
     for (int i = 0; bad[i]; i++)
         ck_assert_msg(!chat_subject_in_parse(bad[i], &conv, &n, &backend), "parsed %s", bad[i]);
 }

@@ -76,8 +76,16 @@ START_TEST(inbox_subjects)
     ck_assert_int_eq(is.part, 3);
     ck_assert(is.pulled);
     ck_assert(!is.lag);
+    ck_assert_int_eq(is.lane, LANE_LIVE);
     ck_assert(wk_ingest_inbox_subject(inbox, 16, "chat.in.15.conv1.backend", &is));
     ck_assert_int_eq(is.part, 15);
+    ck_assert_int_eq(is.lane, LANE_LIVE);
+    /* a bulk import's post, from the other stream */
+    ck_assert(wk_ingest_inbox_subject(inbox, 16, "chat.bulk.2.conv1", &is));
+    ck_assert_int_eq(is.part, 2);
+    ck_assert(is.pulled);
+    ck_assert_int_eq(is.lane, LANE_BULK);
+    ck_assert(!wk_ingest_inbox_subject(inbox, 16, "chat.bulk.16.conv1", &is));
     /* a pull request's end, with the epoch of the lease that asked */
     ck_assert(wk_ingest_inbox_subject(inbox, 16, "_INBOX.abcdef.7.42", &is));
     ck_assert_int_eq(is.part, 7);
@@ -87,6 +95,15 @@ START_TEST(inbox_subjects)
     /* the answer to a lag request */
     ck_assert(wk_ingest_inbox_subject(inbox, 16, "_INBOX.abcdef.7.42.lag", &is));
     ck_assert_int_eq(is.epoch, 42);
+    ck_assert(is.lag);
+    ck_assert_int_eq(is.lane, LANE_LIVE);
+    /* the bulk lane's request ends and lag answers */
+    ck_assert(wk_ingest_inbox_subject(inbox, 16, "_INBOX.abcdef.7.42.b", &is));
+    ck_assert_int_eq(is.epoch, 42);
+    ck_assert_int_eq(is.lane, LANE_BULK);
+    ck_assert(!is.lag);
+    ck_assert(wk_ingest_inbox_subject(inbox, 16, "_INBOX.abcdef.7.42.b.lag", &is));
+    ck_assert_int_eq(is.lane, LANE_BULK);
     ck_assert(is.lag);
     /* not ours, or no partition */
     ck_assert(!wk_ingest_inbox_subject(inbox, 16, "chat.in.16.conv1", &is));
