@@ -74,8 +74,8 @@ static const char *str_field(json_t *o, const char *key)
 }
 
 /* One input line to a Post, published; false with *why set when the line is not a post. */
-static bool publish_line(const chat_cfg *cfg, jsCtx *js, const char *line, const char *id_prefix, uint64_t lineno,
-                         chat_map *last_cmid, const char **why, char *whybuf, size_t whysz)
+static bool publish_line(const chat_cfg *cfg, jsCtx *js, const char *line, const char *id_prefix, bool live,
+                         uint64_t lineno, chat_map *last_cmid, const char **why, char *whybuf, size_t whysz)
 {
     json_error_t jerr;
     json_t *o = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
@@ -126,7 +126,11 @@ static bool publish_line(const chat_cfg *cfg, jsCtx *js, const char *line, const
     chat__v1__post__pack(&p, buf);
     free(meta_json);
     char subject[128], msgid[2 * CHAT_ID_MAX + 2];
-    chat_subject_bulk(subject, sizeof subject, (int)chat_partition_of(conv, (uint32_t)cfg->partitions), conv);
+    int part = (int)chat_partition_of(conv, (uint32_t)cfg->partitions);
+    if (live)
+        chat_subject_in_backend(subject, sizeof subject, part, conv);
+    else
+        chat_subject_bulk(subject, sizeof subject, part, conv);
     snprintf(msgid, sizeof msgid, "%s/%s", conv, cmid);
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
@@ -245,7 +249,7 @@ int chatctl_import(const chat_cfg *cfg, int argc, char **argv)
 {
     uint64_t window = WINDOW_DEFAULT;
     const char *id_prefix = NULL;
-    bool wait = false;
+    bool wait = false, live = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--window") == 0 && i + 1 < argc) {
@@ -266,6 +270,8 @@ int chatctl_import(const chat_cfg *cfg, int argc, char **argv)
             }
         } else if (strcmp(a, "--wait") == 0) {
             wait = true;
+        } else if (strcmp(a, "--live") == 0) {
+            live = true;
         } else {
             fprintf(stderr, "chatctl import: unknown option or missing value \"%s\" (try --help)\n", a);
             return 2;
@@ -312,7 +318,7 @@ int chatctl_import(const chat_cfg *cfg, int argc, char **argv)
             continue;
         const char *why = NULL;
         char whybuf[200];
-        if (publish_line(cfg, js, line, id_prefix, lineno, last_cmid, &why, whybuf, sizeof whybuf)) {
+        if (publish_line(cfg, js, line, id_prefix, live, lineno, last_cmid, &why, whybuf, sizeof whybuf)) {
             published++;
         } else {
             fprintf(stderr, "chatctl import: line %" PRIu64 ": %s, skipped\n", lineno, why);

@@ -270,6 +270,7 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
         return CHAT_ERR_UNAVAILABLE;
     if (natsConnection_JetStream(&c->js, c->enc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
+    c->enc_reconnects = wk_ingest_reconnects(c->enc);
     if (pthread_create(&c->thread, NULL, committer_thread, c) != 0)
         return CHAT_ERR_INTERNAL;
     c->started = true;
@@ -344,6 +345,9 @@ chat_status wk_ingest_start(wk_app *app, wk_ingest **out)
     for (int p = 0; p < in->nparts; p++)
         in->parts[p].m_ack_pending = chat_metrics_gauge(m, "chat_ingest_consumer_ack_pending", in->parts[p].label,
                                                         "Messages delivered to the partition's owner, not yet acked.");
+    for (int p = 0; p < in->nparts; p++)
+        in->parts[p].m_bulk_pending = chat_metrics_gauge(m, "chat_ingest_bulk_pending", in->parts[p].label,
+                                                         "Bulk-import posts waiting in CHAT_BULK for an owned partition.");
     in->m_owned = chat_metrics_gauge(m, "chat_ingest_partitions_owned", NULL, "Ordering partitions this worker owns.");
     in->m_events = chat_metrics_counter(m, "chat_ingest_events_total", NULL, "Events committed to PostgreSQL.");
     in->m_redelivered = chat_metrics_counter(m, "chat_ingest_redelivered_total", NULL,

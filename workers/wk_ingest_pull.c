@@ -22,10 +22,14 @@
 static chat_status add_consumer(partition *pt, int k)
 {
     lane *l = &pt->lanes[k];
-    l->stream = k == LANE_BULK ? CHAT_STREAM_BULK : CHAT_STREAM_IN;
-    snprintf(l->consumer, sizeof l->consumer, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    l->on = false;
+    const char *stream = k == LANE_BULK ? CHAT_STREAM_BULK : CHAT_STREAM_IN;
+    l->stream = stream;
+    char name[48];
+    snprintf(name, sizeof name, "ingest-%d-%lld", pt->index, (long long)pt->epoch);
+    snprintf(l->consumer, sizeof l->consumer, "%s", name);
     /* the ack subject names the stream and the consumer: $JS.ACK.<stream>.<consumer>. */
-    snprintf(l->ack_key, sizeof l->ack_key, ".%s.%s.", l->stream, l->consumer);
+    snprintf(l->ack_key, sizeof l->ack_key, ".%s.%s.", stream, name);
     char filter[64];
     if (k == LANE_BULK)
         chat_subject_bulk_partition(filter, sizeof filter, pt->index);
@@ -58,6 +62,7 @@ static chat_status add_consumer(partition *pt, int k)
     chat_subject_js_next(l->next_subject, sizeof l->next_subject, l->stream, l->consumer);
     snprintf(l->reply, sizeof l->reply, "%s.%d.%lld%s", pt->com->inbox, pt->index, (long long)pt->epoch,
              k == LANE_BULK ? ".b" : "");
+    l->on = true;
     return CHAT_OK;
 }
 
@@ -89,11 +94,13 @@ static chat_status setup_consumer(partition *pt)
             jsConsumerNamesList_Destroy(names);
         }
     }
-    /* the live lane first (the bulk stream may be missing on a broker not set up again yet: the
-     * partition is then tried again, as for any failed set-up) */
-    for (int k = 0; k < LANES; k++)
-        if (add_consumer(pt, k) != CHAT_OK)
-            return CHAT_ERR_UNAVAILABLE;
+    /* the live lane, without which the partition is not run; then the bulk lane, without which it
+     * is (CHAT_BULK missing, or a NATS user not yet allowed it after an upgrade: imports wait in
+     * CHAT_BULK, or are refused there, until the next lease or reconnect sets the lane up) */
+    if (add_consumer(pt, LANE_LIVE) != CHAT_OK)
+        return CHAT_ERR_UNAVAILABLE;
+    if (add_consumer(pt, LANE_BULK) != CHAT_OK)
+        LOG_WARN("ingest", "event=bulk_lane_unavailable partition=%d stream=%s", pt->index, CHAT_STREAM_BULK);
     return CHAT_OK;
 }
 
@@ -110,6 +117,8 @@ static void ask_lag(partition *pt, natsConnection *nc)
         return;
     pt->lag_at_ms = now;
     for (int k = 0; k < LANES; k++) {
+        if (!pt->lanes[k].on)
+            continue;
         char subject[160], reply[112];
         chat_subject_js_info(subject, sizeof subject, pt->lanes[k].stream, pt->lanes[k].consumer);
         snprintf(reply, sizeof reply, "%s.lag", pt->lanes[k].reply);
@@ -117,10 +126,12 @@ static void ask_lag(partition *pt, natsConnection *nc)
     }
 }
 
-/* The partition's lag: its lanes' together. */
+/* The partition's lag, a gauge per lane: the live lane's is what the lag alerts watch; an import
+ * waiting in the bulk lane is no fault. */
 static void show_pending(partition *pt)
 {
-    atomic_store(pt->m_pending, (int_fast64_t)(pt->lanes[LANE_LIVE].pending + pt->lanes[LANE_BULK].pending));
+    atomic_store(pt->m_pending, (int_fast64_t)pt->lanes[LANE_LIVE].pending);
+    atomic_store(pt->m_bulk_pending, (int_fast64_t)pt->lanes[LANE_BULK].pending);
 }
 
 /* The consumer info that ask_lag() asked for; anything else (an error, a 503) is ignored. The
@@ -235,6 +246,7 @@ static void partition_end(partition *pt, bool lost)
     jsCtx_Destroy(pt->js);
     pt->js = NULL;
     atomic_store(pt->m_pending, 0); /* reported by the next owner */
+    atomic_store(pt->m_bulk_pending, 0);
     atomic_store(pt->m_ack_pending, 0);
     pt->active = false;
     pt->lost = lost;
@@ -250,7 +262,7 @@ static void keep_pulling(partition *pt, natsConnection *nc)
 {
     for (int k = 0; k < LANES; k++) {
         lane *l = &pt->lanes[k];
-        if (k == LANE_BULK && l->buf->n >= BULK_PER_COMMIT)
+        if (!l->on || (k == LANE_BULK && l->buf->n >= BULK_PER_COMMIT))
             continue;
         chat_js_keep_pulling(&l->pull, nc, l->next_subject, l->reply, k == LANE_BULK ? BULK_PER_COMMIT : BATCH_MAX,
                              PULL_EXPIRES_MS, PULL_RETRY_MS);
@@ -314,6 +326,10 @@ static int take_message(committer *c, natsMsg *m)
         return 0;
     }
     lane *l = &pt->lanes[is.lane];
+    if (!l->on) { /* a lane not set up: nothing of it is ours */
+        natsMsg_Destroy(m);
+        return 0;
+    }
     if (is.lag) {
         take_lag(pt, is.lane, m);
         natsMsg_Destroy(m);

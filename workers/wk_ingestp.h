@@ -82,9 +82,10 @@ struct committer;
 
 /* One consumer of a partition and what it brought (the committer's alone). */
 typedef struct lane {
+    bool on;                    /* its consumer is set up (the bulk lane's may not be: below) */
     const char *stream;         /* CHAT_IN, CHAT_BULK */
     char consumer[64];          /* ingest-<p>-<epoch> on its stream */
-    char ack_key[72];           /* ".<consumer>.", found in the ack subject of each of its messages */
+    char ack_key[96];           /* ".<stream>.<consumer>.", found in the ack subject of each of its messages */
     char next_subject[128];
     char reply[96];             /* <committer inbox>.<p>.<epoch>[.b]: its pull requests' ends */
     chat_js_puller pull;        /* its open pull requests */
@@ -111,7 +112,7 @@ typedef struct partition {
     jsCtx *js;                  /* consumer management and lag */
     int64_t lag_at_ms;          /* when the consumer's lag was last read */
     char label[32];             /* partition="N" */
-    atomic_int_fast64_t *m_pending, *m_ack_pending;
+    atomic_int_fast64_t *m_pending, *m_ack_pending, *m_bulk_pending; /* live lane; bulk lane */
     /* CHAT_EVENTS (wk_ingest_events.c; set by the coordinator when it takes the lease) */
     int64_t events_upto_us;     /* the cursor in ingest_leases.events_upto (0: none) */
     int64_t created_floor_us;   /* no event is stored with an earlier created_at (wk_ingest_store.c) */
@@ -155,6 +156,7 @@ typedef struct committer {
     int64_t events_tick_ms;     /* the last confirmation */
     int64_t repair_at_ms;       /* no repair before this after one failed (but one of a new lease) */
     int64_t repair_backoff_ms;  /* 0 after a repair that worked, doubling up to EVENTS_REPAIR_BACKOFF_MS */
+    uint64_t enc_reconnects;    /* enc's reconnects seen so far: a new one makes every partition repair */
     /* routes (wk_ingest_routes.c): its own Redis connection, CHAT_REDIS_URL */
     wk_redis_link redis;        /* the routes' Redis connection (wk_routes.h) */
     struct wk_route_batches *routed; /* the per-gateway batches of a fanout (wk_route_batch.h) */

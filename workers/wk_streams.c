@@ -44,6 +44,23 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
     if (st != CHAT_OK)
         return st;
 
+    jsStreamConfig ev;
+    jsStreamConfig_Init(&ev);
+    const char *ev_subjects[] = {"chat.evt.>"};
+    ev.Name = CHAT_STREAM_EVENTS;
+    ev.Subjects = ev_subjects;
+    ev.SubjectsLen = 1;
+    ev.Storage = js_FileStorage;
+    ev.Retention = js_LimitsPolicy;
+    ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
+    ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    ev.Replicas = replicas;
+    /* CHAT_NOTIFY, the notify requests of older releases, is no longer created; a stream left
+     * from one is not touched here (an operator removes it once drained, docs/notifications.md) */
+    st = ensure(js, &ev, update);
+    if (st != CHAT_OK)
+        return st;
+
     /* bulk imports (chatctl import; docs/nats.md): a lane of the ingest of their own, drained after
      * the live posts and at most CHAT_INGEST_BULK_RATE a second, so an import may wait here for a
      * long time: kept a week, and a full stream refuses new imports (the importer's PubAck says so
@@ -62,23 +79,9 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
     bulk.Discard = js_DiscardNew;
     bulk.Replicas = replicas;
     st = ensure(js, &bulk, update);
-    if (st != CHAT_OK)
-        return st;
-
-    jsStreamConfig ev;
-    jsStreamConfig_Init(&ev);
-    const char *ev_subjects[] = {"chat.evt.>"};
-    ev.Name = CHAT_STREAM_EVENTS;
-    ev.Subjects = ev_subjects;
-    ev.SubjectsLen = 1;
-    ev.Storage = js_FileStorage;
-    ev.Retention = js_LimitsPolicy;
-    ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
-    ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    ev.Replicas = replicas;
-    /* CHAT_NOTIFY, the notify requests of older releases, is no longer created; a stream left
-     * from one is not touched here (an operator removes it once drained, docs/notifications.md) */
-    return ensure(js, &ev, update);
+    /* a running role goes on without it (a broker whose permissions predate CHAT_BULK, while an
+     * upgrade is under way): the ingest then runs its partitions without the bulk lane */
+    return update ? st : CHAT_OK;
 }
 
 chat_status wk_streams_ensure_revoked(jsCtx *js, int replicas, int64_t max_ttl_s, bool update)
