@@ -983,7 +983,7 @@ def import_section(res, w):
     if not alone and not beside:
         return
     j0 = next((r["j"] for r in alone + beside if r["j"]), None)
-    rate = j0["params"]["rate"] if j0 else "?"
+    rate = fmt_rate(j0["params"]["rate"]) if j0 else "?"
     w("## A bulk import beside 1:1 traffic")
     w("")
     w("1:1 at %s msg/s on 2,000 connections (1,000 conversations), the default stack, alone and with a backend "
