@@ -216,6 +216,16 @@ bool chat_nats_connected(natsConnection *nc)
     return nc != NULL && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
+uint64_t chat_nats_reconnects(natsConnection *nc)
+{
+    natsStatistics *st = NULL;
+    uint64_t n = 0;
+    if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(nc, st) == NATS_OK)
+        natsStatistics_GetCounts(st, NULL, NULL, NULL, NULL, &n);
+    natsStatistics_Destroy(st);
+    return n;
+}
+
 static bool fits(int n, size_t size)
 {
     return n > 0 && (size_t)n < size;

@@ -35,6 +35,8 @@ chat_status chat_nats_connect_inbox(const chat_cfg *cfg, const char *name, const
 chat_status chat_nats_check(natsStatus s, const char *comp, const char *action);
 
 bool chat_nats_connected(natsConnection *nc);
+/* How many times nc reconnected (nats.c counts every new socket); 0 when it cannot tell. */
+uint64_t chat_nats_reconnects(natsConnection *nc);
 /* At exit, after every NATS object is destroyed: tears nats.c down and waits (up to 2 s) for its
  * threads. nats_Close() alone returns at once, and a message a connection's threads destroy after
  * the library's garbage collector stopped is never freed (LeakSanitizer saw one at a gateway's

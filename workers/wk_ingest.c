@@ -163,7 +163,7 @@ static void *committer_thread(void *arg)
     natsConnection *nc = in->app->nc;
     partition **group = chat_xcalloc((size_t)in->nparts, sizeof *group);
     int *bulk = chat_xcalloc((size_t)in->nparts, sizeof *bulk);
-    uint64_t seen = wk_ingest_reconnects(nc);
+    uint64_t seen = chat_nats_reconnects(nc);
     int turn = 0; /* which partition's bulk posts go first, in turn */
     bool left = false; /* bulk posts wait from the last commit: commit again without waiting */
     /* the bulk lane's rate (CHAT_INGEST_BULK_RATE, this committer's share): a bucket of at most a
@@ -174,7 +174,7 @@ static void *committer_thread(void *arg)
     while (!atomic_load(&c->stop)) {
         if (c->sub == NULL && chat_nats_connected(nc))
             wk_ingest_subscribe_inbox(c);
-        uint64_t now = wk_ingest_reconnects(nc);
+        uint64_t now = chat_nats_reconnects(nc);
         wk_ingest_tend(c, atomic_load(&in->app->stopping), now != seen);
         seen = now;
         wk_ingest_events_tick(c); /* a partition just leased is repaired before its first batch */
@@ -270,7 +270,7 @@ static chat_status committer_start(wk_ingest *in, committer *c, int index)
         return CHAT_ERR_UNAVAILABLE;
     if (natsConnection_JetStream(&c->js, c->enc, &jo) != NATS_OK)
         return CHAT_ERR_INTERNAL;
-    c->enc_reconnects = wk_ingest_reconnects(c->enc);
+    c->enc_reconnects = chat_nats_reconnects(c->enc);
     if (pthread_create(&c->thread, NULL, committer_thread, c) != 0)
         return CHAT_ERR_INTERNAL;
     c->started = true;

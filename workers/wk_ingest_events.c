@@ -571,7 +571,7 @@ void wk_ingest_events_tick(committer *c)
      * suite's nats_power_loss lost 62 events so on 2026-12-08, once in about ten runs). So every
      * partition is repaired from its cursor, which nothing unchecked moved; the broker drops
      * what it still has by Nats-Msg-Id. */
-    uint64_t reconnects = wk_ingest_reconnects(c->enc);
+    uint64_t reconnects = chat_nats_reconnects(c->enc);
     if (reconnects != c->enc_reconnects) {
         c->enc_reconnects = reconnects;
         LOG_INFO("ingest", "event=events_reconnected committer=%d detail=\"repairing from the cursors\"", c->index);

@@ -74,16 +74,6 @@ void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what)
     }
 }
 
-uint64_t wk_ingest_reconnects(natsConnection *nc)
-{
-    natsStatistics *st = NULL;
-    uint64_t n = 0;
-    if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(nc, st) == NATS_OK)
-        natsStatistics_GetCounts(st, NULL, NULL, NULL, NULL, &n);
-    natsStatistics_Destroy(st);
-    return n;
-}
-
 /* One fanout's way to its recipients: the routes read for it and the per-gateway batches being
  * built. */
 typedef struct fanout {
@@ -193,14 +183,14 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
         return rc;
     Chat__V1__Event *events = chat_xcalloc((size_t)b->n, sizeof *events);
     for (int attempt = 0;; attempt++) {
-        uint64_t delivered_on = wk_ingest_reconnects(nc);
+        uint64_t delivered_on = chat_nats_reconnects(nc);
         fanout_once(c, b, &f, events, committed_ms);
         /* a PONG on the worker's connection says the server took the deliveries before it (a
          * node killed with them in its socket has not) */
         int64_t waited = chat_mono_ns();
         natsStatus fs = natsConnection_FlushTimeout(nc, FLUSH_WAIT_MS);
         waited = (chat_mono_ns() - waited) / 1000000;
-        bool same = wk_ingest_reconnects(nc) == delivered_on;
+        bool same = chat_nats_reconnects(nc) == delivered_on;
         if (fs == NATS_OK && same)
             break;
         if (atomic_load(&in->app->stopping) && attempt > 2) {

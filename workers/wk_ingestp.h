@@ -370,8 +370,6 @@ int wk_ingest_fanout(committer *c, batch *b, uint64_t gen, int64_t committed_ms)
 void wk_ingest_reply_all(natsConnection *nc, batch *b, const char *what);
 /* Counts and logs the dropped items of b and tells their sessions why. */
 void wk_ingest_count_drops(wk_ingest *in, batch *b);
-/* How many times the connection reconnected (nats.c counts every new socket). */
-uint64_t wk_ingest_reconnects(natsConnection *nc);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Routes (wk_ingest_routes.c)                                                                  */
