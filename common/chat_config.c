@@ -1,4 +1,5 @@
-/* Settings table, loading and validation. Runs once at start on the main thread. */
+/* Settings table, loading and validation (the dependencies' URLs and TLS files: chat_config_deps.c).
+ * Runs once at start on the main thread. */
 #include "chat_config.h"
 
 #include <arpa/inet.h>
@@ -12,10 +13,6 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
-#include <openssl/crypto.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include "chat_duration.h"
 #include "chat_egress.h"
@@ -162,215 +159,6 @@ static const setting *find_flag(const char *arg, size_t len)
     return NULL;
 }
 
-static chat_status fail(char *err, size_t errsz, const char *env, const char *fmt, const char *val)
-{
-    char reason[512];
-    /* a long value is cut, and says so (and an optimizing build sees the length checked) */
-    if (snprintf(reason, sizeof reason, fmt, val ? val : "") >= (int)sizeof reason)
-        memcpy(reason + sizeof reason - 4, "...", 4);
-    for (char *p = reason; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = p[1] ? ' ' : '\0';
-    snprintf(err, errsz, "%s: %s", env, reason);
-    return CHAT_ERR_INVALID;
-}
-
-chat_status chat_parse_listen(const char *text, chat_listen *out)
-{
-    const char *colon = strrchr(text, ':');
-    if (colon == NULL || colon == text || (size_t)(colon - text) >= sizeof out->host)
-        return CHAT_ERR_INVALID;
-    char *end;
-    errno = 0;
-    long port = strtol(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || port < 1 || port > 65535)
-        return CHAT_ERR_INVALID;
-    memcpy(out->host, text, (size_t)(colon - text));
-    out->host[colon - text] = '\0';
-    out->port = (int)port;
-    return CHAT_OK;
-}
-
-static bool parse_int(const char *text, long min, long max, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || *text == '\0' || *end || v < min || v > max)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-/* nats://host:port or tls://host:port, optionally user:pass@, comma separated. */
-static bool nats_urls_valid(const char *list)
-{
-    if (*list == '\0')
-        return false;
-    char *copy = strdup(list), *save = NULL;
-    bool ok = true;
-    for (char *u = strtok_r(copy, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
-        while (isspace((unsigned char)*u))
-            u++;
-        const char *rest = NULL;
-        if (strncmp(u, "nats://", 7) == 0)
-            rest = u + 7;
-        else if (strncmp(u, "tls://", 6) == 0)
-            rest = u + 6;
-        const char *at = rest ? strrchr(rest, '@') : NULL;
-        if (at)
-            rest = at + 1;
-        chat_listen l;
-        if (rest == NULL || chat_parse_listen(rest, &l) != CHAT_OK)
-            ok = false;
-    }
-    free(copy);
-    return ok;
-}
-
-/* The scheme of every URL of a valid CHAT_NATS_URL list: "nats", "tls", or "mixed". */
-static const char *nats_urls_scheme(const char *list)
-{
-    bool plain = false, tls = false;
-    for (const char *p = list; *p;) {
-        p += strspn(p, " \t,");
-        if (strncmp(p, "tls://", 6) == 0)
-            tls = true;
-        else if (*p)
-            plain = true;
-        p += strcspn(p, ",");
-    }
-    return plain && tls ? "mixed" : tls ? "tls" : "nats";
-}
-
-/* OpenSSL's passphrase callback: none (no prompt on the terminal; an encrypted key is refused). */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf, (void)size, (void)rwflag, (void)u;
-    return -1;
-}
-
-/* The NATS TLS settings: tls:// URLs for them, and their PEM files parsed at start, so that a wrong
- * file stops the program with one line here rather than failing every connection later. */
-static chat_status nats_tls_valid(const chat_cfg *cfg, char *err, size_t errsz)
-{
-    bool any = cfg->nats_ca[0] || cfg->nats_cert[0] || cfg->nats_key[0];
-    const char *scheme = nats_urls_scheme(cfg->nats_url);
-    if (strcmp(scheme, "mixed") == 0)
-        return fail(err, errsz, "CHAT_NATS_URL", "mixes nats:// and tls:// URLs: use tls:// for every server%s", NULL);
-    const char *first = cfg->nats_ca[0] ? "CHAT_NATS_CA" : cfg->nats_cert[0] ? "CHAT_NATS_CERT" : "CHAT_NATS_KEY";
-    if (any && strcmp(scheme, "tls") != 0)
-        return fail(err, errsz, first, "needs tls:// URLs in CHAT_NATS_URL (they are nats://)%s", NULL);
-    if ((cfg->nats_cert[0] != '\0') != (cfg->nats_key[0] != '\0'))
-        return fail(err, errsz, cfg->nats_cert[0] ? "CHAT_NATS_KEY" : "CHAT_NATS_CERT",
-                    "CHAT_NATS_CERT and CHAT_NATS_KEY go together%s", NULL);
-    const struct {
-        const char *env, *path;
-    } files[] = {{"CHAT_NATS_CA", cfg->nats_ca}, {"CHAT_NATS_CERT", cfg->nats_cert}, {"CHAT_NATS_KEY", cfg->nats_key}};
-    /* This is the process's first use of OpenSSL. nats.c 3.4.1's exit handler frees OpenSSL's
-     * compression-method stack, which OpenSSL's own exit handler frees again (a crash at exit)
-     * when it runs second, as it would, registered here before nats.c's: so OpenSSL registers
-     * none. (nats_Open here would order them, but start nats.c's threads before the program
-     * blocks SIGTERM for its signal thread.) */
-    if (cfg->nats_ca[0] == '\0' && cfg->nats_cert[0] == '\0')
-        return CHAT_OK;
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
-    X509 *cert = NULL;
-    EVP_PKEY *key = NULL;
-    chat_status st = CHAT_OK;
-    for (size_t i = 0; i < sizeof files / sizeof files[0] && st == CHAT_OK; i++) {
-        if (files[i].path[0] == '\0')
-            continue;
-        FILE *f = fopen(files[i].path, "r");
-        if (f == NULL) {
-            char fmt[300];
-            snprintf(fmt, sizeof fmt, "cannot read \"%%s\" (%s)", strerror(errno));
-            st = fail(err, errsz, files[i].env, fmt, files[i].path);
-            break;
-        }
-        if (i == 0) { /* every certificate of the CA file must parse, and there must be one */
-            STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read(f, NULL, no_passphrase, NULL);
-            int certs = 0;
-            for (int j = 0; infos && j < sk_X509_INFO_num(infos); j++)
-                certs += sk_X509_INFO_value(infos, j)->x509 != NULL;
-            if (certs == 0)
-                st = fail(err, errsz, files[i].env, "\"%s\" holds no PEM certificate", files[i].path);
-            sk_X509_INFO_pop_free(infos, X509_INFO_free);
-        } else if (i == 1) {
-            cert = PEM_read_X509(f, NULL, no_passphrase, NULL);
-            if (cert == NULL)
-                st = fail(err, errsz, files[i].env, "\"%s\" holds no PEM certificate", files[i].path);
-        } else {
-            key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
-            if (key == NULL)
-                st = fail(err, errsz, files[i].env,
-                          "\"%s\" holds no PEM private key (or it is encrypted: give it without a passphrase)",
-                          files[i].path);
-            else if (cert && X509_check_private_key(cert, key) != 1)
-                st = fail(err, errsz, files[i].env, "\"%s\" is not the key of the certificate in CHAT_NATS_CERT",
-                          files[i].path);
-        }
-        fclose(f);
-    }
-    X509_free(cert);
-    EVP_PKEY_free(key);
-    ERR_clear_error(); /* nats.c reads this thread's OpenSSL error queue later */
-    return st;
-}
-
-/* Copies len bytes of text into a field of size bytes; false when it does not fit. */
-static bool copy_part(char *field, size_t size, const char *text, size_t len)
-{
-    if (len >= size)
-        return false;
-    memcpy(field, text, len);
-    field[len] = '\0';
-    return true;
-}
-
-/* redis://[[user]:password@]host:port[/db]: a user (a Redis ACL user, deploy/redis/users.sh) ends
- * at the first ':' of the part before the last '@'; without a ':' that part is the password. */
-static bool parse_redis(const char *url, chat_cfg *cfg)
-{
-    if (strncmp(url, "redis://", 8) != 0)
-        return false;
-    char buf[512];
-    if (strlen(url + 8) >= sizeof buf)
-        return false;
-    strcpy(buf, url + 8);
-    char *hostport = buf;
-    cfg->redis_user[0] = '\0';
-    cfg->redis_password[0] = '\0';
-    char *at = strrchr(buf, '@');
-    if (at) {
-        *at = '\0';
-        char *colon = strchr(buf, ':');
-        const char *password = colon ? colon + 1 : buf;
-        if ((colon && !copy_part(cfg->redis_user, sizeof cfg->redis_user, buf, (size_t)(colon - buf))) ||
-            !copy_part(cfg->redis_password, sizeof cfg->redis_password, password, strlen(password)))
-            return false;
-        hostport = at + 1;
-    }
-    cfg->redis_db = 0;
-    char *slash = strchr(hostport, '/');
-    if (slash) {
-        *slash = '\0';
-        if (slash[1] && !parse_int(slash + 1, 0, 15, &cfg->redis_db))
-            return false;
-    }
-    chat_listen l;
-    if (strchr(hostport, ':') == NULL) {
-        if (!copy_part(l.host, sizeof l.host, hostport, strlen(hostport)) || l.host[0] == '\0')
-            return false;
-        l.port = 6379;
-    } else if (chat_parse_listen(hostport, &l) != CHAT_OK) {
-        return false;
-    }
-    snprintf(cfg->redis_host, sizeof cfg->redis_host, "%s", l.host);
-    cfg->redis_port = l.port;
-    return true;
-}
-
 static unsigned parse_roles(const char *list)
 {
     static const struct {
@@ -446,7 +234,7 @@ static chat_status duration_in(const char *env, const char *raw, int64_t min, in
         chat_duration_format(max, hi, sizeof hi);
         snprintf(fmt, sizeof fmt, "must be a duration from %s to %s like 30s, 5m, 12h, 30d (got \"%%s\")",
                  lo, hi);
-        return fail(err, errsz, env, fmt, raw);
+        return chat_cfg_fail(err, errsz, env, fmt, raw);
     }
     *out = ms;
     return CHAT_OK;
@@ -483,32 +271,34 @@ static chat_status validate_common(chat_cfg *cfg, unsigned prog, char *err, size
     char shown[1024]; /* a setting echoed in an error: its secrets masked (chat_redact.h) */
     /* CHAT_HOME: made absolute, so file:// defaults and pid paths do not depend on cwd later. */
     if (cfg->home[0] == '\0')
-        return fail(err, errsz, "CHAT_HOME", "must not be empty", NULL);
+        return chat_cfg_fail(err, errsz, "CHAT_HOME", "must not be empty", NULL);
     if (cfg->home[0] != '/') {
         char cwd[PATH_MAX], abs[PATH_MAX + 256];
         if (getcwd(cwd, sizeof cwd) == NULL)
-            return fail(err, errsz, "CHAT_HOME", "cannot resolve relative path \"%s\"", cfg->home);
+            return chat_cfg_fail(err, errsz, "CHAT_HOME", "cannot resolve relative path \"%s\"", cfg->home);
         snprintf(abs, sizeof abs, "%s/%s", cwd, cfg->home);
         free(cfg->home);
         cfg->home = chat_xstrdup(abs);
     }
     int lvl = chat_log_level_parse(cfg->log_raw);
     if (lvl < 0)
-        return fail(err, errsz, "CHAT_LOG", "must be error, warn, info or debug (got \"%s\")", cfg->log_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_LOG", "must be error, warn, info or debug (got \"%s\")", cfg->log_raw);
     cfg->log_level = lvl;
 
     if ((prog & GW) && chat_parse_listen(cfg->gateway_listen_raw, &cfg->gateway_listen) != CHAT_OK)
-        return fail(err, errsz, "CHAT_GATEWAY_LISTEN", "must be host:port (got \"%s\")",
-                    cfg->gateway_listen_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_GATEWAY_LISTEN", "must be host:port (got \"%s\")",
+                             cfg->gateway_listen_raw);
     if ((prog & WK) && chat_parse_listen(cfg->worker_listen_raw, &cfg->worker_listen) != CHAT_OK)
-        return fail(err, errsz, "CHAT_WORKER_LISTEN", "must be host:port (got \"%s\")",
-                    cfg->worker_listen_raw);
-    if (!nats_urls_valid(cfg->nats_url)) {
+        return chat_cfg_fail(err, errsz, "CHAT_WORKER_LISTEN", "must be host:port (got \"%s\")",
+                             cfg->worker_listen_raw);
+    if (!chat_cfg_nats_urls_valid(cfg->nats_url)) {
         chat_redact_url(cfg->nats_url, shown, sizeof shown);
-        return fail(err, errsz, "CHAT_NATS_URL",
-                    "must be nats://host:port[,nats://host:port...] or the same with tls:// (got \"%s\")", shown);
+        return chat_cfg_fail(err, errsz, "CHAT_NATS_URL",
+                             "must be nats://host:port[,nats://host:port...] or the same with tls:// (got \"%s\")",
+                             shown);
     }
-    chat_status tls_st = nats_tls_valid(cfg, err, errsz);
+    chat_status tls_st =
+        chat_cfg_nats_tls_valid(cfg->nats_url, cfg->nats_ca, cfg->nats_cert, cfg->nats_key, err, errsz);
     if (tls_st != CHAT_OK)
         return tls_st;
     if (prog & (WK | CTL)) {
@@ -516,19 +306,28 @@ static chat_status validate_common(chat_cfg *cfg, unsigned prog, char *err, size
         PQconninfoOption *opts = PQconninfoParse(cfg->pg_dsn, &perr);
         if (opts == NULL) {
             chat_redact_pq_message(perr ? perr : "cannot parse", shown, sizeof shown);
-            chat_status st = fail(err, errsz, "CHAT_PG_DSN", "malformed: %s", shown);
+            chat_status st = chat_cfg_fail(err, errsz, "CHAT_PG_DSN", "malformed: %s", shown);
             PQfreemem(perr);
             return st;
         }
         PQconninfoFree(opts);
     }
-    if ((prog & (GW | WK)) && !parse_redis(cfg->redis_url, cfg)) {
+    chat_redis_addr redis;
+    if ((prog & (GW | WK)) && !chat_cfg_parse_redis(cfg->redis_url, &redis)) {
         chat_redact_url(cfg->redis_url, shown, sizeof shown);
-        return fail(err, errsz, "CHAT_REDIS_URL", "must be redis://[[user]:password@]host:port[/db] (got \"%s\")", shown);
+        return chat_cfg_fail(err, errsz, "CHAT_REDIS_URL",
+                             "must be redis://[[user]:password@]host:port[/db] (got \"%s\")", shown);
     }
-    if (!parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
-        return fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
-                    cfg->partitions_raw);
+    if (prog & (GW | WK)) {
+        snprintf(cfg->redis_host, sizeof cfg->redis_host, "%s", redis.host);
+        cfg->redis_port = redis.port;
+        cfg->redis_db = redis.db;
+        snprintf(cfg->redis_user, sizeof cfg->redis_user, "%s", redis.user);
+        snprintf(cfg->redis_password, sizeof cfg->redis_password, "%s", redis.password);
+    }
+    if (!chat_cfg_parse_int(cfg->partitions_raw, 1, 1024, &cfg->partitions))
+        return chat_cfg_fail(err, errsz, "CHAT_PARTITIONS", "must be an integer from 1 to 1024 (got \"%s\")",
+                             cfg->partitions_raw);
     if (prog & (GW | WK | CTL)) {
         int64_t max_ttl_ms;
         chat_status st = duration_in("CHAT_JWT_MAX_TTL", cfg->jwt_max_ttl_raw, 60000, 365LL * 86400000, &max_ttl_ms,
@@ -559,15 +358,15 @@ static chat_status validate_storage(chat_cfg *cfg, char *err, size_t errsz)
     bool s3 = strncmp(cfg->archive_url, "s3://", 5) == 0 && cfg->archive_url[5] != '\0' &&
               cfg->archive_url[5] != '/';
     if (!file && !s3)
-        return fail(err, errsz, "CHAT_ARCHIVE_URL",
-                    "must be file:///absolute/path or s3://bucket/prefix (got \"%s\")", cfg->archive_url);
+        return chat_cfg_fail(err, errsz, "CHAT_ARCHIVE_URL",
+                             "must be file:///absolute/path or s3://bucket/prefix (got \"%s\")", cfg->archive_url);
     if (s3 && (cfg->s3_access_key[0] == '\0' || cfg->s3_secret_key[0] == '\0'))
-        return fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
-                    "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
+        return chat_cfg_fail(err, errsz, cfg->s3_access_key[0] ? "CHAT_S3_SECRET_KEY" : "CHAT_S3_ACCESS_KEY",
+                             "required when CHAT_ARCHIVE_URL is s3://%s", NULL);
     if (s3 && cfg->s3_endpoint[0] && strncmp(cfg->s3_endpoint, "http://", 7) != 0 &&
         strncmp(cfg->s3_endpoint, "https://", 8) != 0) {
         chat_redact_url(cfg->s3_endpoint, shown, sizeof shown);
-        return fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")", shown);
+        return chat_cfg_fail(err, errsz, "CHAT_S3_ENDPOINT", "must be an http:// or https:// URL (got \"%s\")", shown);
     }
     chat_status st = duration_in("CHAT_PARTITION_SPAN", cfg->span_raw, 60000, 7 * 86400000LL,
                                  &cfg->partition_span_ms, err, errsz);
@@ -580,8 +379,8 @@ static chat_status validate_storage(chat_cfg *cfg, char *err, size_t errsz)
     if (strcmp(cfg->nats_sync_raw, "always") == 0)
         cfg->nats_sync_ms = 0;
     else if (duration_in("CHAT_NATS_SYNC", cfg->nats_sync_raw, 1, 300000, &cfg->nats_sync_ms, err, errsz) != CHAT_OK)
-        return fail(err, errsz, "CHAT_NATS_SYNC", "must be always or a duration from 1ms to 5m like 1s (got \"%s\")",
-                    cfg->nats_sync_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_NATS_SYNC",
+                             "must be always or a duration from 1ms to 5m like 1s (got \"%s\")", cfg->nats_sync_raw);
     return CHAT_OK;
 }
 
@@ -596,33 +395,34 @@ static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
     const char *w = cfg->push_webhook_url;
     if (w[0] && strncmp(w, "http://", 7) != 0 && strncmp(w, "https://", 8) != 0) {
         chat_redact_url(w, shown, sizeof shown);
-        return fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")", shown);
+        return chat_cfg_fail(err, errsz, "CHAT_PUSH_WEBHOOK_URL", "must be an http:// or https:// URL (got \"%s\")",
+                             shown);
     }
     chat_egress *egress = NULL;
     char why[160];
     if (chat_egress_create(cfg->egress_allow, &egress, why, sizeof why) != CHAT_OK)
-        return fail(err, errsz, "CHAT_EGRESS_ALLOW", "%s", why);
+        return chat_cfg_fail(err, errsz, "CHAT_EGRESS_ALLOW", "%s", why);
     chat_egress_destroy(egress);
     if (strcmp(cfg->push_preview_raw, "0") != 0 && strcmp(cfg->push_preview_raw, "1") != 0)
-        return fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_PUSH_PREVIEW", "must be 0 or 1 (got \"%s\")", cfg->push_preview_raw);
     cfg->push_preview = strcmp(cfg->push_preview_raw, "1") == 0;
-    if (!parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
-        return fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
-                    cfg->js_replicas_raw);
-    if (!parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
-        return fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
-                    cfg->archive_cache_raw);
-    if (!parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
-        return fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
-                    cfg->committers_raw);
-    if (!parse_int(cfg->bulk_rate_raw, 0, 10000000, &cfg->ingest_bulk_rate))
-        return fail(err, errsz, "CHAT_INGEST_BULK_RATE", "must be an integer from 0 to 10000000 (got \"%s\")",
-                    cfg->bulk_rate_raw);
+    if (!chat_cfg_parse_int(cfg->js_replicas_raw, 1, 5, &cfg->js_replicas))
+        return chat_cfg_fail(err, errsz, "CHAT_JS_REPLICAS", "must be an integer from 1 to 5 (got \"%s\")",
+                             cfg->js_replicas_raw);
+    if (!chat_cfg_parse_int(cfg->archive_cache_raw, 0, 65536, &cfg->archive_cache_mb))
+        return chat_cfg_fail(err, errsz, "CHAT_ARCHIVE_CACHE_MB", "must be an integer from 0 to 65536 (got \"%s\")",
+                             cfg->archive_cache_raw);
+    if (!chat_cfg_parse_int(cfg->committers_raw, 1, 64, &cfg->ingest_committers))
+        return chat_cfg_fail(err, errsz, "CHAT_INGEST_COMMITTERS", "must be an integer from 1 to 64 (got \"%s\")",
+                             cfg->committers_raw);
+    if (!chat_cfg_parse_int(cfg->bulk_rate_raw, 0, 10000000, &cfg->ingest_bulk_rate))
+        return chat_cfg_fail(err, errsz, "CHAT_INGEST_BULK_RATE", "must be an integer from 0 to 10000000 (got \"%s\")",
+                             cfg->bulk_rate_raw);
     cfg->roles = parse_roles(cfg->worker_roles);
     if (cfg->roles == 0)
-        return fail(err, errsz, "CHAT_WORKER_ROLES",
-                    "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
-                    cfg->worker_roles);
+        return chat_cfg_fail(err, errsz, "CHAT_WORKER_ROLES",
+                             "must be a comma separated list of ingest, api, notify, archive (got \"%s\")",
+                             cfg->worker_roles);
     /* the api role checks the tokens of the gateways' route claims (workers/wk_claims.h) */
     if ((cfg->roles & CHAT_ROLE_API) && cfg->jwt == NULL) /* not loaded yet for the gateway's settings */
         return jwt_policy_load(cfg, err, errsz);
@@ -633,29 +433,30 @@ static chat_status validate_worker(chat_cfg *cfg, char *err, size_t errsz)
 static chat_status validate_gateway(chat_cfg *cfg, char *err, size_t errsz)
 {
     if (strcmp(cfg->dev_mode_raw, "0") != 0 && strcmp(cfg->dev_mode_raw, "1") != 0)
-        return fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_DEV_MODE", "must be 0 or 1 (got \"%s\")", cfg->dev_mode_raw);
     cfg->dev_mode = strcmp(cfg->dev_mode_raw, "1") == 0;
     if (cfg->gateway_id[0] && (strlen(cfg->gateway_id) > CHAT_GATEWAY_ID_MAX || !chat_id_valid(cfg->gateway_id)))
-        return fail(err, errsz, "CHAT_GATEWAY_ID", "must be 1 to 23 of A-Z a-z 0-9 _ - (got \"%s\")", cfg->gateway_id);
+        return chat_cfg_fail(err, errsz, "CHAT_GATEWAY_ID", "must be 1 to 23 of A-Z a-z 0-9 _ - (got \"%s\")",
+                             cfg->gateway_id);
     /* dev mode mints a token for any user: never on an address the network reaches */
     if (cfg->dev_mode && !host_is_loopback(cfg->gateway_listen.host))
-        return fail(err, errsz, "CHAT_DEV_MODE",
-                    "1 needs a loopback CHAT_GATEWAY_LISTEN (127.0.0.1, ::1 or localhost): /dev/token mints a "
-                    "token for any user (got \"%s\")",
-                    cfg->gateway_listen_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_DEV_MODE",
+                             "1 needs a loopback CHAT_GATEWAY_LISTEN (127.0.0.1, ::1 or localhost): /dev/token mints a "
+                             "token for any user (got \"%s\")",
+                             cfg->gateway_listen_raw);
     if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0'))
-        return fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
-                    "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
+        return chat_cfg_fail(err, errsz, cfg->tls_cert[0] ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT",
+                             "CHAT_TLS_CERT and CHAT_TLS_KEY go together%s", NULL);
     for (int i = 0; i < 2; i++) {
         const char *path = i ? cfg->tls_key : cfg->tls_cert;
         if (path[0] && access(path, R_OK) != 0)
-            return fail(err, errsz, i ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT", "cannot read \"%s\"", path);
+            return chat_cfg_fail(err, errsz, i ? "CHAT_TLS_KEY" : "CHAT_TLS_CERT", "cannot read \"%s\"", path);
     }
     char *end;
     long long queue = strtoll(cfg->ws_queue_raw, &end, 10);
     if (*end || queue < 65536 || queue > (1LL << 30))
-        return fail(err, errsz, "CHAT_WS_QUEUE_MAX", "must be a number of bytes from 65536 to 1073741824 (got \"%s\")",
-                    cfg->ws_queue_raw);
+        return chat_cfg_fail(err, errsz, "CHAT_WS_QUEUE_MAX",
+                             "must be a number of bytes from 65536 to 1073741824 (got \"%s\")", cfg->ws_queue_raw);
     cfg->ws_queue_max = queue;
     chat_status st = duration_in("CHAT_WS_SLOW_GRACE", cfg->ws_grace_raw, 1, 3600000, &cfg->ws_slow_grace_ms, err, errsz);
     if (st == CHAT_OK)
@@ -665,24 +466,27 @@ static chat_status validate_gateway(chat_cfg *cfg, char *err, size_t errsz)
         st = duration_in("CHAT_WS_STOP_DELAY", cfg->ws_stop_delay_raw, 1, 60000, &cfg->ws_stop_delay_ms, err, errsz);
     if (st != CHAT_OK)
         return st;
-    if (!parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))
-        return fail(err, errsz, "CHAT_WS_RATE", "must be an integer from 1 to 1000000 (got \"%s\")", cfg->ws_rate_raw);
-    if (!parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
-        return fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
-                    cfg->ws_user_rate_raw);
-    if (!parse_int(cfg->ws_inflight_raw, 0, 1000000, &cfg->ws_inflight_max))
-        return fail(err, errsz, "CHAT_WS_INFLIGHT_MAX", "must be an integer from 0 to 1000000 (got \"%s\")",
-                    cfg->ws_inflight_raw);
-    if (!parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
-        return fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_user_raw);
-    if (!parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
-        return fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")", cfg->ws_per_ip_raw);
-    if (!parse_int(cfg->ws_refused_per_ip_raw, 0, 1000000, &cfg->ws_refused_per_ip))
-        return fail(err, errsz, "CHAT_WS_REFUSED_PER_IP", "must be an integer from 0 to 1000000 (got \"%s\")",
-                    cfg->ws_refused_per_ip_raw);
-    if (!parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
-        return fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE", "must be an integer from 10 to 10000000 (got \"%s\")",
-                    cfg->ws_membership_cache_raw);
+    if (!chat_cfg_parse_int(cfg->ws_rate_raw, 1, 1000000, &cfg->ws_rate))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
+                             cfg->ws_rate_raw);
+    if (!chat_cfg_parse_int(cfg->ws_user_rate_raw, 1, 1000000, &cfg->ws_user_rate))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_USER_RATE", "must be an integer from 1 to 1000000 (got \"%s\")",
+                             cfg->ws_user_rate_raw);
+    if (!chat_cfg_parse_int(cfg->ws_inflight_raw, 0, 1000000, &cfg->ws_inflight_max))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_INFLIGHT_MAX", "must be an integer from 0 to 1000000 (got \"%s\")",
+                             cfg->ws_inflight_raw);
+    if (!chat_cfg_parse_int(cfg->ws_per_user_raw, 0, 1000000, &cfg->ws_max_per_user))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_MAX_PER_USER", "must be an integer >= 0 (got \"%s\")",
+                             cfg->ws_per_user_raw);
+    if (!chat_cfg_parse_int(cfg->ws_per_ip_raw, 0, 10000000, &cfg->ws_max_per_ip))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_MAX_PER_IP", "must be an integer >= 0 (got \"%s\")",
+                             cfg->ws_per_ip_raw);
+    if (!chat_cfg_parse_int(cfg->ws_refused_per_ip_raw, 0, 1000000, &cfg->ws_refused_per_ip))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_REFUSED_PER_IP", "must be an integer from 0 to 1000000 (got \"%s\")",
+                             cfg->ws_refused_per_ip_raw);
+    if (!chat_cfg_parse_int(cfg->ws_membership_cache_raw, 10, 10000000, &cfg->ws_membership_cache))
+        return chat_cfg_fail(err, errsz, "CHAT_WS_MEMBERSHIP_CACHE",
+                             "must be an integer from 10 to 10000000 (got \"%s\")", cfg->ws_membership_cache_raw);
     return CHAT_OK;
 }
 

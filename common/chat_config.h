@@ -9,6 +9,7 @@
 
 #include "chat_jwt.h"
 #include "chat_status.h"
+#include "chat_config_deps.h"
 
 /* Which program asks: only the settings a program uses are validated for it. */
 /* Longest CHAT_GATEWAY_ID (its NATS subjects and session names are built from it). */
@@ -20,11 +21,6 @@ enum {
     CHAT_PROG_CTL = 1 << 2,
     CHAT_PROG_BENCH = 1 << 3,
 };
-
-typedef struct chat_listen {
-    char host[256];
-    int port;
-} chat_listen;
 
 typedef struct chat_cfg {
     /* raw values as given (or defaulted), owned by the cfg */
@@ -122,8 +118,7 @@ void chat_cfg_print_help(unsigned prog, const char *progname, const char *usage)
 
 void chat_cfg_free(chat_cfg *cfg);
 
-/* Helpers for validation, exposed for tests. */
-chat_status chat_parse_listen(const char *text, chat_listen *out);
+/* Helpers for validation, exposed for tests (chat_parse_listen: chat_config_deps.h). */
 bool chat_origin_allowed(const char *allowed_list, const char *origin);
 
 #endif

@@ -27,34 +27,34 @@ static chat_status ensure(jsCtx *js, jsStreamConfig *sc, bool update)
     return CHAT_OK;
 }
 
+/* What the chat streams share: on disk, with the platform's duplicate window. */
+static void chat_stream(jsStreamConfig *sc, const char *name, const char **subjects, int n, jsRetentionPolicy r,
+                        int replicas)
+{
+    jsStreamConfig_Init(sc);
+    sc->Name = name;
+    sc->Subjects = subjects;
+    sc->SubjectsLen = n;
+    sc->Storage = js_FileStorage;
+    sc->Retention = r;
+    sc->Duplicates = WK_DUPLICATE_WINDOW_NS;
+    sc->Replicas = replicas;
+}
+
 chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
 {
     jsStreamConfig in;
-    jsStreamConfig_Init(&in);
     /* users' posts (from gateways) and backends' (trusted: any sender), one partition order */
     const char *in_subjects[] = {"chat.in.*.*", "chat.in.*.*.backend"};
-    in.Name = CHAT_STREAM_IN;
-    in.Subjects = in_subjects;
-    in.SubjectsLen = 2;
-    in.Storage = js_FileStorage;
-    in.Retention = js_WorkQueuePolicy;
-    in.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    in.Replicas = replicas;
+    chat_stream(&in, CHAT_STREAM_IN, in_subjects, 2, js_WorkQueuePolicy, replicas);
     chat_status st = ensure(js, &in, update);
     if (st != CHAT_OK)
         return st;
 
     jsStreamConfig ev;
-    jsStreamConfig_Init(&ev);
     const char *ev_subjects[] = {"chat.evt.>"};
-    ev.Name = CHAT_STREAM_EVENTS;
-    ev.Subjects = ev_subjects;
-    ev.SubjectsLen = 1;
-    ev.Storage = js_FileStorage;
-    ev.Retention = js_LimitsPolicy;
+    chat_stream(&ev, CHAT_STREAM_EVENTS, ev_subjects, 1, js_LimitsPolicy, replicas);
     ev.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
-    ev.Duplicates = WK_DUPLICATE_WINDOW_NS;
-    ev.Replicas = replicas;
     /* CHAT_NOTIFY, the notify requests of older releases, is no longer created; a stream left
      * from one is not touched here (an operator removes it once drained, docs/notifications.md) */
     st = ensure(js, &ev, update);
@@ -66,18 +66,11 @@ chat_status wk_streams_ensure(jsCtx *js, int replicas, bool update)
      * long time: kept a week, and a full stream refuses new imports (the importer's PubAck says so
      * and it sends again later) instead of dropping what it holds */
     jsStreamConfig bulk;
-    jsStreamConfig_Init(&bulk);
     const char *bulk_subjects[] = {"chat.bulk.*.*"};
-    bulk.Name = CHAT_STREAM_BULK;
-    bulk.Subjects = bulk_subjects;
-    bulk.SubjectsLen = 1;
-    bulk.Storage = js_FileStorage;
-    bulk.Retention = js_WorkQueuePolicy;
-    bulk.Duplicates = WK_DUPLICATE_WINDOW_NS;
+    chat_stream(&bulk, CHAT_STREAM_BULK, bulk_subjects, 1, js_WorkQueuePolicy, replicas);
     bulk.MaxAge = 7LL * 24 * 3600 * 1000000000LL;
     bulk.MaxBytes = WK_BULK_MAX_BYTES;
     bulk.Discard = js_DiscardNew;
-    bulk.Replicas = replicas;
     st = ensure(js, &bulk, update);
     /* a running role goes on without it (a broker whose permissions predate CHAT_BULK, while an
      * upgrade is under way): the ingest then runs its partitions without the bulk lane */

@@ -11,38 +11,9 @@
 # Exits 77 (skipped) when no test stack is running.
 set -euo pipefail
 
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
-
-if [[ -z "${CHAT_HOME:-}" || ! -r "$CHAT_HOME/env" ]]; then
-    echo "SKIP: no running stack (CHAT_HOME/env not found); run it through scripts/test"
-    exit 77
-fi
-# shellcheck source=/dev/null
-. "$CHAT_HOME/env"
-build=$(realpath -m -- "${1:-${CHAT_BUILD_DIR:-$src/build}}")
-chatctl="$build/bin/chatctl"
+# shellcheck source=tests/integration/stack_lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/stack_lib.sh" "$@"
 [[ -x "$chatctl" ]] || { echo "FAIL: $chatctl not built"; exit 1; }
-
-passed=0
-failed=0
-pass() { printf 'PASS: %s\n' "$*"; passed=$((passed + 1)); }
-fail() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
-
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
-
-# ctl ARGS...: runs chatctl; stdout in $tmp/out, stderr in $tmp/err, exit code in $rc.
-rc=0
-ctl() {
-    rc=0
-    timeout 60 "$chatctl" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-}
-
-# field KEY: the value of "KEY" (a number or a string, unquoted) in the first line of $tmp/out.
-field() {
-    head -n 1 "$tmp/out" | sed -n -E "s/.*\"$1\":(\"([^\"]*)\"|([0-9]+|true|false)).*/\\2\\3/p"
-}
 
 # column KEY: the value of KEY on every line of $tmp/out, space separated.
 column() {
@@ -54,7 +25,6 @@ column() {
 }
 
 lines() { grep -c . "$tmp/out" || true; }
-why() { printf 'exit %s, out: %s, err: %s' "$rc" "$(head -c 300 "$tmp/out" | tr '\n' '|')" "$(head -c 300 "$tmp/err" | tr '\n' '|')"; }
 
 run_id="$$x$(date +%s)"
 conv="api-$run_id"
@@ -235,5 +205,4 @@ for cmd in "send $conv hi" "history" "conv create $conv" "conv frobnicate x" "hi
     fi
 done
 
-printf 'api_test: %d passed, %d failed\n' "$passed" "$failed"
-((failed == 0))
+finish api_test

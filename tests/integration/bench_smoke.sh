@@ -9,16 +9,8 @@
 # Exits 77 (skipped) when no test stack is running.
 set -euo pipefail
 
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
-
-if [[ -z "${CHAT_HOME:-}" || ! -r "$CHAT_HOME/env" ]]; then
-    echo "SKIP: no running stack (CHAT_HOME/env not found); run it through scripts/test"
-    exit 77
-fi
-# shellcheck source=/dev/null
-. "$CHAT_HOME/env"
-build=$(realpath -m -- "${1:-${CHAT_BUILD_DIR:-$src/build}}")
+# shellcheck source=tests/integration/stack_lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/stack_lib.sh" "$@"
 bench="$build/bin/chat-bench"
 scenario="$src/bench/scenarios/smoke.conf"
 
@@ -26,9 +18,6 @@ if [[ ! -x "$bench" ]]; then
     echo "FAIL: $bench not built"
     exit 1
 fi
-
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
 
 # The checker itself: synthetic frames with a gap, a reordering, a duplicate, ... must be caught.
 if "$bench" --self-test >"$tmp/self.log" 2>&1; then

@@ -13,42 +13,16 @@
 # Exits 77 (skipped) when no test stack is running.
 set -euo pipefail
 
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
-
-if [[ -z "${CHAT_HOME:-}" || ! -r "$CHAT_HOME/env" ]]; then
-    echo "SKIP: no running stack (CHAT_HOME/env not found); run it through scripts/test"
-    exit 77
-fi
-# shellcheck source=/dev/null
-. "$CHAT_HOME/env"
-build=$(realpath -m -- "${1:-${CHAT_BUILD_DIR:-$src/build}}")
-chatctl="$build/bin/chatctl"
+# shellcheck source=tests/integration/stack_lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/stack_lib.sh" "$@"
 [[ -x "$chatctl" ]] || { echo "FAIL: $chatctl not built"; exit 1; }
 
-passed=0
-failed=0
-pass() { printf 'PASS: %s\n' "$*"; passed=$((passed + 1)); }
-fail() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
-
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
-
-rc=0
-ctl() {
-    rc=0
-    timeout 120 "$chatctl" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-}
 # imp FILE ARGS...: chatctl import ARGS < FILE
 imp() {
     local file=$1; shift
     rc=0
     timeout 120 "$chatctl" import "$@" <"$file" >"$tmp/out" 2>"$tmp/err" || rc=$?
 }
-field() {
-    head -n 1 "$tmp/out" | sed -n -E "s/.*\"$1\":(\"([^\"]*)\"|([0-9]+|true|false)).*/\\2\\3/p"
-}
-why() { printf 'exit %s, out: %s, err: %s' "$rc" "$(head -c 400 "$tmp/out" | tr '\n' '|')" "$(head -c 400 "$tmp/err" | tr '\n' '|')"; }
 # newest CONV: the seq and body of the conversation's newest message ("SEQ BODY")
 newest() {
     ctl history "$1" --limit 1
@@ -147,5 +121,4 @@ for args in "--window 0" "--window x" "--id a/b" "--frobnicate"; do
     if [[ $rc -eq 2 ]]; then pass "chatctl import $args -> exit 2"; else fail "chatctl import $args: want exit 2; $(why)"; fi
 done
 
-printf 'import_test: %d passed, %d failed\n' "$passed" "$failed"
-((failed == 0))
+finish import_test

@@ -444,7 +444,10 @@ ctl_send() {
     while :; do
         send_tries=$((send_tries + 1))
         ctl backend "$NATS_BACKEND_PASSWORD" send "$@"
-        ((rc != 0)) && grep -q 'unavailable\|no answer' "$tmp/err" && ((SECONDS < deadline)) || return 0
+        # transient while a node is down: the stream's new leader not elected yet (unavailable), the
+        # api worker's request lost with its node (no answer) or its connection not yet moved to
+        # another node (no api worker answers: NATS had no subscriber for the request)
+        ((rc != 0)) && grep -q 'unavailable\|no answer\|no api worker answers' "$tmp/err" && ((SECONDS < deadline)) || return 0
         sleep 1
     done
 }

@@ -9,25 +9,9 @@
 # Exits 77 (skipped) when no test stack is running.
 set -euo pipefail
 
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-src=${CHAT_TEST_SOURCE_DIR:-$(cd -- "$here/../.." && pwd -P)}
-
-if [[ -z "${CHAT_HOME:-}" || ! -r "$CHAT_HOME/env" ]]; then
-    echo "SKIP: no running stack (CHAT_HOME/env not found); run it through scripts/test"
-    exit 77
-fi
-# shellcheck source=/dev/null
-. "$CHAT_HOME/env"
-build=$(realpath -m -- "${1:-${CHAT_BUILD_DIR:-$src/build}}")
+# shellcheck source=tests/integration/stack_lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/stack_lib.sh" "$@"
 export CHAT_BUILD_DIR="$build"
-
-passed=0
-failed=0
-pass() { printf 'PASS: %s\n' "$*"; passed=$((passed + 1)); }
-fail() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
-
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
 
 # ------------------------------------------------------------ HTTP endpoints
 for svc in gateway worker; do
@@ -183,5 +167,4 @@ bad_setting() {
 bad_setting "$build/bin/chat-gateway" CHAT_NATS_URL notaurl
 bad_setting "$build/bin/chat-worker" CHAT_PARTITIONS 0
 
-printf 'stack_test: %d passed, %d failed\n' "$passed" "$failed"
-((failed == 0))
+finish stack_test
